@@ -1,0 +1,1 @@
+"""mmjax: multimodal vision-language models in JAX/Flax."""
