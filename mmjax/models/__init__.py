@@ -1,0 +1,13 @@
+"""Flax (linen) models: layers, ViT, text transformer, two-tower CLIP/SigLIP and the size registry."""
+
+from mmjax.models.layers import BlockOptions
+from mmjax.models.registry import (abstract_params, create_model, example_inputs, get_config, list_models,
+                                   param_count)
+from mmjax.models.text import TextConfig, TextTransformer
+from mmjax.models.two_tower import TwoTower, TwoTowerConfig
+from mmjax.models.vit import VisionConfig, ViT
+
+__all__ = [
+    "BlockOptions", "TextConfig", "TextTransformer", "TwoTower", "TwoTowerConfig", "VisionConfig", "ViT",
+    "abstract_params", "create_model", "example_inputs", "get_config", "list_models", "param_count",
+]

@@ -1,0 +1,83 @@
+"""grain pipelines over the synthetic world: an endless training stream and finite eval sets.
+
+Batches are dicts of numpy arrays:
+  `image`         uint8 `[b, S, S, 3]`
+  `text`          int32 `[b, L]` token ids
+  `image_labels`  int32 `[b, 4]` (shape, colour, size, position); colour 7 = grey
+  `text_labels`   int32 `[b, 4]` the attributes each caption names, −1 where it names none
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from mmjax.data import synthetic
+from mmjax.data.tokenizers import Tokenizer
+
+@dataclasses.dataclass(frozen=True)
+class RenderAndTokenize(grain.transforms.Map):
+    """The decode stage: a `synthetic.SyntheticSource` record → one example of a batch."""
+
+    image_size: int
+    tokenizer: Tokenizer
+
+    def map(self, record: dict) -> dict[str, np.ndarray]:
+        return {"image": synthetic.render_image(record, self.image_size),
+                "text": self.tokenizer([record["caption"]])[0],
+                "image_labels": record["image_labels"],
+                "text_labels": record["text_labels"]}
+
+
+def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer: Tokenizer,
+                  num_workers: int = 0, process_index: int | None = None,
+                  process_count: int | None = None,
+                  num_examples: int | None = None) -> grain.IterDataset:
+    """The endless, shuffled training stream of this process.
+
+    Source (`num_examples` per epoch, default `synthetic.DEFAULT_SIZES`) → global
+    shuffle (index_shuffle: O(1) memory, a new order each epoch)
+    → repeat forever → this process's shard (every `process_count`-th example, so
+    the shards of one step together are the single-process batch) → render and
+    tokenize → batch of `global_batch_size // process_count` → `num_workers`
+    worker processes (none when 0). `iter()` gives a checkpointable iterator
+    (`get_state` / `set_state`, `grain.checkpoint.CheckpointSave`).
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} does not split over "
+                         f"{process_count} processes")
+    source = synthetic.SyntheticSource("train", seed, num_examples)
+    dataset = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+               [process_index::process_count]
+               .map(RenderAndTokenize(image_size, tokenizer))
+               .batch(global_batch_size // process_count, drop_remainder=True))
+    return _prefetch(dataset, num_workers)
+
+
+def eval_dataset(split: str, seed: int, batch_size: int, image_size: int,
+                 tokenizer: Tokenizer, num_examples: int | None = None) -> grain.MapDataset:
+    """All `num_examples` of `split` ('heldout' or 'retrieval') in index order.
+
+    Finite: `len()` batches, the last one partial. Use the training seed, which
+    fixes the held-out pairs.
+    """
+    source = synthetic.SyntheticSource(split, seed, num_examples)
+    return (grain.MapDataset.source(source)
+            .map(RenderAndTokenize(image_size, tokenizer))
+            .batch(batch_size, drop_remainder=False))
+
+
+def _prefetch(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+    """One batch is prepared ahead in a thread, or in each of `num_workers` processes."""
+    iter_dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    if num_workers == 0:
+        return iter_dataset
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
+        flags.FLAGS.mark_as_parsed()
+    return iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

@@ -1,0 +1,80 @@
+"""Text → fixed-length token ids, backed by a Hugging Face `tokenizers.Tokenizer`.
+
+Convention (OpenAI CLIP): every sequence is `<|startoftext|> … <|endoftext|>`,
+padded with `pad_id` to `context_length` and truncated so that the end-of-text
+token survives. Text encoders that pool at `argmax(ids)` need end-of-text to
+have the highest id; the word-level vocabulary built here guarantees that.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tokenizers
+from tokenizers import models, normalizers, pre_tokenizers, processors
+
+from mmjax.data import synthetic
+
+PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
+
+
+class Tokenizer:
+    """Wraps a `tokenizers.Tokenizer` whose padding and truncation fix the length.
+
+    The backend must already add start/end-of-text and pad to `context_length`;
+    the context length is read from its padding settings, so it round-trips
+    through `save` / `load` (tokenizer.json).
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, eot_token: str = EOT):
+        if backend.padding is None or backend.padding.get("length") is None:
+            raise ValueError("the backend must pad to a fixed length")
+        self.backend = backend
+        self.context_length: int = backend.padding["length"]
+        self.pad_id: int = backend.padding["pad_id"]
+        self.eot_id: int = backend.token_to_id(eot_token)
+        self.vocab_size: int = backend.get_vocab_size()
+
+    @classmethod
+    def from_corpus(cls, texts: Sequence[str], context_length: int) -> Tokenizer:
+        """A word-level tokenizer whose vocabulary is every word of `texts`.
+
+        Ids: pad 0, unk 1, start-of-text 2, the words in sorted order, end-of-text last.
+        Words are lower-cased and split at whitespace and punctuation.
+        """
+        normalizer = normalizers.Lowercase()
+        pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+        words = sorted({word for text in texts
+                        for word, _ in pre_tokenizer.pre_tokenize_str(
+                            normalizer.normalize_str(text))})
+        vocab = {token: i for i, token in enumerate([PAD, UNK, SOT, *words, EOT])}
+        backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        backend.normalizer = normalizer
+        backend.pre_tokenizer = pre_tokenizer
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{SOT} $A {EOT}", special_tokens=[(SOT, vocab[SOT]), (EOT, vocab[EOT])])
+        backend.enable_truncation(context_length)
+        backend.enable_padding(pad_id=vocab[PAD], pad_token=PAD, length=context_length)
+        return cls(backend)
+
+    @classmethod
+    def for_synthetic(cls, context_length: int = 16) -> Tokenizer:
+        """The word-level tokenizer of the synthetic world (`synthetic.corpus()`)."""
+        return cls.from_corpus(synthetic.corpus(), context_length)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Token ids of `texts`: int32 `[N, context_length]`."""
+        encodings = self.backend.encode_batch(list(texts))
+        return np.array([encoding.ids for encoding in encodings], np.int32).reshape(
+            len(encodings), self.context_length)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes tokenizer.json (padding and truncation, hence the context length, included)."""
+        self.backend.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, eot_token: str = EOT) -> Tokenizer:
+        """Reads a tokenizer.json written by `save` (or any fixed-length one)."""
+        return cls(tokenizers.Tokenizer.from_file(os.fspath(path)), eot_token)

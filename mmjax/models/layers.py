@@ -1,0 +1,292 @@
+"""Shared building blocks: attention, MLP, pre-LN transformer, embeddings, pooling.
+
+Every parameter carries logical axis names (`mmjax.models.axes`). Shapes use
+B = batch, T = query length, S = key length, D = width, H = heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.models import axes
+
+Dtype = jnp.dtype
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _init(initializer: Callable, names: tuple[str | None, ...]) -> Callable:
+    return nn.with_logical_partitioning(initializer, names)
+
+
+def dense(features, names, *, axis=-1, use_bias=True, dtype=jnp.float32, name=None,
+          kernel_init=nn.initializers.lecun_normal()) -> nn.DenseGeneral:
+    """A DenseGeneral whose kernel axes are `names` and bias axes the output part of them."""
+    n_out = len(features) if isinstance(features, tuple) else 1
+    return nn.DenseGeneral(
+        features, axis=axis, use_bias=use_bias, dtype=dtype, name=name,
+        kernel_init=_init(kernel_init, names),
+        bias_init=_init(nn.initializers.zeros_init(), names[-n_out:]),
+    )
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, name=name,
+        scale_init=_init(nn.initializers.ones_init(), (axes.NORM,)),
+        bias_init=_init(nn.initializers.zeros_init(), (axes.NORM,)),
+    )
+
+
+def causal_mask(length: int) -> jax.Array:
+    """Boolean `[1, 1, T, T]` mask, True where a query may attend to a key."""
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+def constrain_tokens(x: jax.Array) -> jax.Array:
+    """Annotate a `[B, T, D]` activation with its logical axes."""
+    return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head dot-product attention, self or cross.
+
+    Call with `queries [B, T, D]`, optional `keys_values [B, S, Dkv]` (self-attention
+    when omitted) and an optional boolean mask broadcastable to `[B, H, T, S]`.
+    Returns `[B, T, D]`.
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, queries, keys_values=None, mask=None):
+        if keys_values is None:
+            keys_values = queries
+        width = queries.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
+        head_dim = width // self.num_heads
+        proj_names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+        project = lambda name, x: dense((self.num_heads, head_dim), proj_names, dtype=self.dtype, name=name)(x)
+        q, k, v = project("query", queries), project("key", keys_values), project("value", keys_values)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), axis=(-2, -1), dtype=self.dtype, name="out")(out)
+
+
+class Mlp(nn.Module):
+    """Feed-forward block `[.., D] -> [.., mlp_dim] -> [.., D]`."""
+
+    mlp_dim: int
+    activation: str = "gelu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        h = dense(self.mlp_dim, (axes.EMBED, axes.MLP), dtype=self.dtype, name="fc1")(x)
+        h = ACTIVATIONS[self.activation](h)
+        return dense(width, (axes.MLP, axes.EMBED), dtype=self.dtype, name="fc2")(h)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+    """How blocks compute, shared by every tower of a model.
+
+    activation: a key of `ACTIVATIONS`; scan_layers: `nn.scan` over layers (stacked
+    parameters, one compiled block); remat_policy: a key of `REMAT_POLICIES`;
+    dtype: compute dtype (parameters stay float32).
+    """
+
+    activation: str = "gelu"
+    norm_eps: float = 1e-5
+    scan_layers: bool = False
+    remat_policy: str = "none"
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerSpec:
+    """Shape of a transformer stack."""
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. `[B, T, D] -> [B, T, D]`."""
+
+    spec: TransformerSpec
+    options: BlockOptions
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        spec, opts = self.spec, self.options
+        dtype = jnp.dtype(opts.dtype)
+        x = constrain_tokens(x)
+        y = layer_norm(opts.norm_eps, dtype, "ln_1")(x)
+        x = x + MultiHeadAttention(spec.num_heads, dtype, name="attn")(y, mask=mask)
+        y = layer_norm(opts.norm_eps, dtype, "ln_2")(x)
+        return x + Mlp(spec.mlp_dim, opts.activation, dtype, name="mlp")(y)
+
+
+class _ScanStep(TransformerBlock):
+    """The block in the `(carry, x) -> (carry, y)` form that `nn.scan` needs."""
+
+    def __call__(self, x, mask=None):
+        return super().__call__(x, mask), None
+
+
+class Transformer(nn.Module):
+    """A stack of `depth` pre-LN blocks, unrolled or scanned, optionally rematerialised.
+
+    Scanned parameters are stacked on a leading `layers` axis; the outputs are the
+    same either way. `[B, T, D] -> [B, T, D]`.
+    """
+
+    spec: TransformerSpec
+    options: BlockOptions
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        spec, opts = self.spec, self.options
+        if opts.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {opts.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+        block = _ScanStep if opts.scan_layers else TransformerBlock
+        if opts.remat_policy != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[opts.remat_policy], prevent_cse=not opts.scan_layers)
+        if opts.scan_layers:
+            stack = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=nn.broadcast, length=spec.depth,
+                metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+            )
+            x, _ = stack(spec, opts, name="layers")(x, mask)
+            return x
+        for i in range(spec.depth):
+            x = block(spec, opts, name=f"layers_{i}")(x, mask)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches: `[B, H, W, C] -> [B, (H/p)*(W/p), D]`."""
+
+    patch_size: int
+    width: int
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        p = self.patch_size
+        x = nn.Conv(
+            self.width, (p, p), strides=(p, p), padding="VALID", use_bias=self.use_bias, dtype=self.dtype,
+            kernel_init=_init(nn.initializers.lecun_normal(), (None, None, None, axes.EMBED)),
+            bias_init=_init(nn.initializers.zeros_init(), (axes.EMBED,)), name="conv",
+        )(images)
+        return x.reshape(x.shape[0], -1, self.width)
+
+
+def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sine-cosine position table `[grid*grid, width]` (MoCo v3 / big_vision layout)."""
+    if width % 4:
+        raise ValueError(f"sincos_2d needs a width divisible by 4, got {width}")
+    y, x = np.mgrid[:grid, :grid]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+    y = y.reshape(-1, 1) * omega[None]
+    x = x.reshape(-1, 1) * omega[None]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+class AddPositionEmbedding(nn.Module):
+    """Adds a position table to `[B, T, D]`: learned (`"learned"`) or fixed 2-D (`"sincos2d"`)."""
+
+    kind: str = "learned"
+    init_std: float = 0.01
+
+    @nn.compact
+    def __call__(self, x):
+        _, length, width = x.shape
+        if self.kind == "learned":
+            table = self.param("embedding", _init(nn.initializers.normal(self.init_std), (axes.POSITION, axes.EMBED)),
+                               (length, width))
+        elif self.kind == "sincos2d":
+            grid = int(round(length ** 0.5))
+            if grid * grid != length:
+                raise ValueError(f"sincos2d needs a square token grid, got {length} tokens")
+            table = jnp.asarray(sincos_2d(grid, width))
+        else:
+            raise ValueError(f"position embedding {self.kind!r} is not 'learned' or 'sincos2d'")
+        return x + table.astype(x.dtype)[None]
+
+
+class ClassToken(nn.Module):
+    """Prepends a learned token: `[B, T, D] -> [B, T+1, D]`."""
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        cls = self.param("token", _init(nn.initializers.normal(width ** -0.5), (axes.EMBED,)), (width,))
+        cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, width))
+        return jnp.concatenate([cls, x], axis=1)
+
+
+class MapHead(nn.Module):
+    """Multi-head attention pooling (MAP): a learned probe attends over tokens.
+
+    `[B, T, D] -> [B, D]`: probe → cross-attention → `x + mlp(ln(x))`.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    activation: str = "gelu"
+    norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens):
+        width = tokens.shape[-1]
+        probe = self.param("probe", _init(nn.initializers.xavier_uniform(), (None, None, axes.EMBED)), (1, 1, width))
+        probe = jnp.broadcast_to(probe.astype(tokens.dtype), (tokens.shape[0], 1, width))
+        x = MultiHeadAttention(self.num_heads, self.dtype, name="attn")(probe, tokens)
+        y = layer_norm(self.norm_eps, self.dtype, "ln")(x)
+        x = x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)
+        return x[:, 0]
+
+
+def pool_tokens(tokens: jax.Array, kind: str, token_ids: jax.Array | None = None) -> jax.Array:
+    """Parameter-free pooling of `[B, T, D]` to `[B, D]`.
+
+    kind: `"cls"` (first token), `"mean"`, `"last"` (last position), `"eot"` (the
+    position of the largest token id, the end-of-text token in OpenAI's vocabulary;
+    needs `token_ids [B, T]`).
+    """
+    if kind == "cls":
+        return tokens[:, 0]
+    if kind == "mean":
+        return tokens.mean(axis=1)
+    if kind == "last":
+        return tokens[:, -1]
+    if kind == "eot":
+        index = jnp.argmax(token_ids, axis=-1)
+        return jnp.take_along_axis(tokens, index[:, None, None], axis=1)[:, 0]
+    raise ValueError(f"pooling {kind!r} is not one of cls, mean, last, eot, map")

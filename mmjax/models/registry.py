@@ -1,0 +1,120 @@
+"""Named model sizes: a size is a registry entry, never a new class.
+
+`list_models()` gives the names, `get_config(name)` the frozen config,
+`create_model(name)` the module and `param_count(name)` counts parameters by an
+abstract `init` (nothing is allocated, nothing is stored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.models.layers import BlockOptions
+from mmjax.models.text import TextConfig
+from mmjax.models.two_tower import TwoTower, TwoTowerConfig
+from mmjax.models.vit import VisionConfig
+
+
+def _tower(width: int, depth: int, heads: int, mlp_ratio: int = 4) -> dict:
+    return dict(width=width, depth=depth, num_heads=heads, mlp_dim=width * mlp_ratio)
+
+
+def _clip(image_size, patch_size, vision, text, embed_dim, vocab_size=49408, context_length=77,
+          activation="gelu") -> TwoTowerConfig:
+    """OpenAI CLIP layout: class token, pre-norm, causal text pooled at end-of-text."""
+    return TwoTowerConfig(
+        vision=VisionConfig(image_size=image_size, patch_size=patch_size, **vision),
+        text=TextConfig(vocab_size=vocab_size, context_length=context_length, **text),
+        embed_dim=embed_dim,
+        options=BlockOptions(activation=activation, norm_eps=1e-5),
+    )
+
+
+def _siglip(image_size, patch_size, vision, text, vocab_size, context_length) -> TwoTowerConfig:
+    """big_vision SigLIP layout: MAP pooling, no class token, bidirectional text pooled at the last token."""
+    return TwoTowerConfig(
+        vision=VisionConfig(image_size=image_size, patch_size=patch_size, pool="map", pre_norm=False,
+                            patch_bias=True, **vision),
+        text=TextConfig(vocab_size=vocab_size, context_length=context_length, causal=False, pool="last", **text),
+        embed_dim=vision["width"],
+        options=BlockOptions(activation="gelu_tanh", norm_eps=1e-6),
+        image_projection=False,
+        text_projection_bias=True,
+        logit_scale_init=math.log(10.0),
+        logit_bias_init=-10.0,
+    )
+
+
+def _build_registry() -> dict[str, TwoTowerConfig]:
+    b, l = _tower(768, 12, 12), _tower(1024, 24, 16)
+    text_b, text_l = _tower(512, 12, 8), _tower(768, 12, 12)
+    openai = {
+        "ViT-B-32": _clip(224, 32, b, text_b, 512),
+        "ViT-B-16": _clip(224, 16, b, text_b, 512),
+        "ViT-L-14": _clip(224, 14, l, text_l, 768),
+    }
+    registry = dict(openai)
+    for name, cfg in openai.items():
+        registry[f"{name}-quickgelu"] = dataclasses.replace(
+            cfg, options=dataclasses.replace(cfg.options, activation="quick_gelu"))
+    registry["ViT-B-16-SigLIP"] = _siglip(224, 16, b, _tower(768, 12, 12), vocab_size=32_000, context_length=64)
+    tiny_vision, tiny_text = _tower(128, 3, 4), _tower(128, 2, 4)
+    registry["clip-tiny"] = _clip(32, 8, tiny_vision, tiny_text, 128, vocab_size=128, context_length=16)
+    registry["siglip-tiny"] = _siglip(32, 8, tiny_vision, tiny_text, vocab_size=128, context_length=16)
+    test_tower = _tower(32, 2, 2, mlp_ratio=2)
+    registry["clip-test"] = _clip(16, 8, test_tower, test_tower, 16, vocab_size=64, context_length=8)
+    registry["siglip-test"] = _siglip(16, 8, test_tower, test_tower, vocab_size=64, context_length=8)
+    return registry
+
+
+_REGISTRY = _build_registry()
+
+
+def list_models() -> list[str]:
+    """Names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str, **options) -> TwoTowerConfig:
+    """The config of model `name`; keyword arguments override `BlockOptions`
+    fields (`scan_layers`, `remat_policy`, `dtype`, `activation`, `norm_eps`)."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(list_models())}"
+        raise KeyError(f"unknown model {name!r}{hint}")
+    cfg = _REGISTRY[name]
+    unknown = set(options) - {f.name for f in dataclasses.fields(BlockOptions)}
+    if unknown:
+        raise KeyError(f"unknown model option(s) {sorted(unknown)} for {name!r}")
+    return dataclasses.replace(cfg, options=dataclasses.replace(cfg.options, **options)) if options else cfg
+
+
+def create_model(name: str, **options) -> TwoTower:
+    """The (unbound) Flax module of model `name`."""
+    return TwoTower(get_config(name, **options))
+
+
+def example_inputs(config: TwoTowerConfig, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Zero images `[B, H, W, 3]` and token ids `[B, L]` of the shapes the model takes."""
+    size = config.vision.image_size
+    return (jnp.zeros((batch_size, size, size, 3), jnp.float32),
+            jnp.zeros((batch_size, config.text.context_length), jnp.int32))
+
+
+def abstract_params(config: TwoTowerConfig):
+    """Parameter shapes (boxed with logical axis names) from an abstract init."""
+    model = TwoTower(config)
+    images, tokens = example_inputs(config)
+    return jax.eval_shape(lambda rng: model.init(rng, image=images, text=tokens), jax.random.key(0))["params"]
+
+
+def param_count(name: str) -> int:
+    """Number of parameters of model `name`, counted from an abstract init."""
+    leaves = jax.tree.leaves(abstract_params(get_config(name)))
+    return int(sum(np.prod(leaf.shape) for leaf in leaves))

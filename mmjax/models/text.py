@@ -1,0 +1,50 @@
+"""Text transformer encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax.models import axes, layers
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig(layers.TransformerSpec):
+    """Shape of a text transformer.
+
+    causal: causal self-attention (CLIP) or bidirectional (SigLIP).
+    pool: `"eot"` (token at the largest id, CLIP's end-of-text), `"last"` (last
+    position, SigLIP), `"map"` or `"mean"`.
+    """
+
+    vocab_size: int
+    context_length: int
+    causal: bool = True
+    pool: str = "eot"
+
+
+class TextTransformer(nn.Module):
+    """`token_ids [B, L] int -> pooled features [B, width]`."""
+
+    config: TextConfig
+    options: layers.BlockOptions
+
+    @nn.compact
+    def __call__(self, token_ids):
+        cfg, opts = self.config, self.options
+        dtype = jnp.dtype(opts.dtype)
+        if token_ids.ndim != 2 or token_ids.shape[1] != cfg.context_length:
+            raise ValueError(f"text encoder expects token ids [B, {cfg.context_length}], got {list(token_ids.shape)}")
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.width, dtype=dtype, name="token_embed",
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+        )
+        x = layers.AddPositionEmbedding("learned", 0.01, name="pos_embed")(embed(token_ids))
+        mask = layers.causal_mask(cfg.context_length) if cfg.causal else None
+        x = layers.Transformer(cfg, opts, name="encoder")(x, mask)
+        x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
+        if cfg.pool == "map":
+            return layers.MapHead(cfg.num_heads, cfg.mlp_dim, opts.activation, opts.norm_eps, dtype, name="map_head")(x)
+        return layers.pool_tokens(x, cfg.pool, token_ids)

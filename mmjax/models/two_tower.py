@@ -1,0 +1,89 @@
+"""Two-tower image-text model (CLIP, SigLIP).
+
+`model.apply(params, image=…, text=…)` returns `(image_emb, text_emb, aux)`:
+L2-normalised `[B, E]` embeddings (None for a tower not given) and
+`aux = {"logit_scale": …, "logit_bias": …}` (bias only for SigLIP). Either tower
+can be skipped, so embedding only images is the same code path.
+`encode_image` / `encode_text` return the projected, unnormalised embeddings.
+Temperature and bias are parameters of the model; the losses live in
+`mmjax.losses`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.models import axes, layers
+from mmjax.models.text import TextConfig, TextTransformer
+from mmjax.models.vit import VisionConfig, ViT
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerConfig:
+    """A full two-tower model.
+
+    image_projection: project image features to `embed_dim` (no bias), or use
+    them as they are (`False`, SigLIP, where width == embed_dim).
+    text_projection_bias: SigLIP's text head has a bias, CLIP's projection not.
+    logit_scale_init: `log(1/0.07)` for CLIP, `log(10)` for SigLIP.
+    logit_bias_init: `None` for CLIP (no bias parameter), −10 for SigLIP.
+    """
+
+    vision: VisionConfig
+    text: TextConfig
+    embed_dim: int
+    options: layers.BlockOptions = layers.BlockOptions()
+    image_projection: bool = True
+    text_projection_bias: bool = False
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_bias_init: float | None = None
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+class TwoTower(nn.Module):
+    config: TwoTowerConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.options.dtype)
+        self.image_encoder = ViT(cfg.vision, cfg.options)
+        self.text_encoder = TextTransformer(cfg.text, cfg.options)
+        if cfg.image_projection:
+            self.image_proj = layers.dense(cfg.embed_dim, (axes.EMBED, axes.PROJ), use_bias=False, dtype=dtype)
+        elif cfg.vision.width != cfg.embed_dim:
+            raise ValueError(f"without an image projection the vision width ({cfg.vision.width}) "
+                             f"must equal embed_dim ({cfg.embed_dim})")
+        self.text_proj = layers.dense(cfg.embed_dim, (axes.EMBED, axes.PROJ), use_bias=cfg.text_projection_bias,
+                                      dtype=dtype)
+        scalar = lambda value: nn.with_logical_partitioning(nn.initializers.constant(value), ())
+        self.logit_scale = self.param("logit_scale", scalar(cfg.logit_scale_init), ())
+        if cfg.logit_bias_init is not None:
+            self.logit_bias = self.param("logit_bias", scalar(cfg.logit_bias_init), ())
+
+    def encode_image(self, images: jax.Array) -> jax.Array:
+        """`images [B, H, W, 3]` (normalised floats) → unnormalised embeddings `[B, E]` (float32)."""
+        features = self.image_encoder(images)
+        if self.config.image_projection:
+            features = self.image_proj(features)
+        return features.astype(jnp.float32)
+
+    def encode_text(self, token_ids: jax.Array) -> jax.Array:
+        """`token_ids [B, L]` → unnormalised embeddings `[B, E]` (float32)."""
+        return self.text_proj(self.text_encoder(token_ids)).astype(jnp.float32)
+
+    def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None):
+        image_emb = None if image is None else _l2_normalize(self.encode_image(image))
+        text_emb = None if text is None else _l2_normalize(self.encode_text(text))
+        aux = {"logit_scale": self.logit_scale}
+        if self.config.logit_bias_init is not None:
+            aux["logit_bias"] = self.logit_bias
+        return image_emb, text_emb, aux

@@ -1,0 +1,58 @@
+"""Vision Transformer image encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax.models import layers
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VisionConfig(layers.TransformerSpec):
+    """Shape of a ViT.
+
+    pool: `"cls"` (a class token is prepended and read out), `"map"` (attention
+    pooling, no class token) or `"mean"`. pre_norm: a LayerNorm before the blocks
+    (OpenAI CLIP). patch_bias: bias on the patch projection (SigLIP).
+    posemb: `"learned"` or `"sincos2d"`.
+    """
+
+    image_size: int
+    patch_size: int
+    pool: str = "cls"
+    pre_norm: bool = True
+    patch_bias: bool = False
+    posemb: str = "learned"
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class ViT(nn.Module):
+    """`images [B, H, W, 3] (float, normalised) -> pooled features [B, width]`."""
+
+    config: VisionConfig
+    options: layers.BlockOptions
+
+    @nn.compact
+    def __call__(self, images):
+        cfg, opts = self.config, self.options
+        dtype = jnp.dtype(opts.dtype)
+        expected = (cfg.image_size, cfg.image_size, 3)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"ViT expects images [B, {cfg.image_size}, {cfg.image_size}, 3], got {list(images.shape)}")
+        x = layers.PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias, dtype, name="patch_embed")(images.astype(dtype))
+        if cfg.pool == "cls":
+            x = layers.ClassToken(name="cls")(x)
+        x = layers.AddPositionEmbedding(cfg.posemb, cfg.width ** -0.5, name="pos_embed")(x)
+        if cfg.pre_norm:
+            x = layers.layer_norm(opts.norm_eps, dtype, "ln_pre")(x)
+        x = layers.Transformer(cfg, opts, name="encoder")(x)
+        x = layers.layer_norm(opts.norm_eps, dtype, "ln_post")(x)
+        if cfg.pool == "map":
+            return layers.MapHead(cfg.num_heads, cfg.mlp_dim, opts.activation, opts.norm_eps, dtype, name="map_head")(x)
+        return layers.pool_tokens(x, cfg.pool)

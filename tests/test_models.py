@@ -1,0 +1,175 @@
+"""Model tests: published parameter counts, a NumPy reference for the blocks,
+scan/remat equivalence, logical axis names, and clear shape errors."""
+
+import math
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mmjax.models as models
+from mmjax.models import layers
+
+PUBLISHED_COUNTS = {  # OpenAI CLIP / Google SigLIP releases (open_clip and HF model cards)
+    "ViT-B-32": 151_277_313,
+    "ViT-B-16": 149_620_737,
+    "ViT-L-14": 427_616_513,
+    "ViT-B-16-SigLIP": 203_155_970,
+}
+
+
+@pytest.mark.parametrize("name,count", PUBLISHED_COUNTS.items())
+def test_param_count_matches_published_models(name, count):
+    assert models.param_count(name) == count
+
+
+def test_registry_lists_required_models():
+    names = models.list_models()
+    for name in [*PUBLISHED_COUNTS, "clip-tiny", "siglip-tiny"]:
+        assert name in names
+
+
+def test_unknown_model_name_suggests_close_match():
+    with pytest.raises(KeyError, match="did you mean ViT-B-32"):
+        models.get_config("ViT-B32")
+
+
+def _np_layer_norm(x, scale, bias, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def _np_attention(x, p, causal):
+    """Naive multi-head self-attention from the parameter arrays, float64."""
+    q, k, v = (np.einsum("btd,dhk->bthk", x, p[n]["kernel"]) + p[n]["bias"] for n in ("query", "key", "value"))
+    scores = np.einsum("bthk,bshk->bhts", q, k) / math.sqrt(q.shape[-1])
+    if causal:
+        t = x.shape[1]
+        scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhts,bshk->bthk", weights, v)
+    return np.einsum("bthk,hkd->btd", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _np_block(x, p, causal, eps, act):
+    x = x + _np_attention(_np_layer_norm(x, **p["ln_1"], eps=eps), p["attn"], causal)
+    h = _np_layer_norm(x, **p["ln_2"], eps=eps) @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"]
+    return x + act(h) @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+def test_transformer_block_matches_numpy_reference(causal, activation):
+    spec = layers.TransformerSpec(width=16, depth=1, num_heads=4, mlp_dim=32)
+    opts = layers.BlockOptions(activation=activation)
+    block = layers.TransformerBlock(spec, opts)
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32)
+    mask = layers.causal_mask(5) if causal else None
+    params = nn.unbox(block.init(jax.random.key(1), x, mask))["params"]
+    got = block.apply({"params": params}, x, mask)
+    act = {"gelu": lambda h: 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2))),
+           "quick_gelu": lambda h: h / (1 + np.exp(-1.702 * h))}[activation]
+    p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    want = _np_block(x.astype(np.float64), p64, causal, 1e-5, act)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_eot_pooling_reads_the_largest_token_id():
+    tokens = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3)
+    ids = jnp.array([[5, 9, 0, 0], [5, 7, 8, 63]])
+    pooled = layers.pool_tokens(tokens, "eot", ids)
+    np.testing.assert_array_equal(pooled, np.stack([tokens[0, 1], tokens[1, 3]]))
+
+
+def _init_and_apply(config, images, tokens):
+    model = models.TwoTower(config)
+    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    return model, params
+
+
+def _inputs(config, batch=3):
+    rng = np.random.default_rng(0)
+    size = config.vision.image_size
+    images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    tokens = rng.integers(1, config.text.vocab_size, size=(batch, config.text.context_length)).astype(np.int32)
+    return images, tokens
+
+
+def _stack_layers(params):
+    """Turn unrolled `layers_i` subtrees into one scanned `layers` subtree (leading axis = layer)."""
+    if not isinstance(params, dict):
+        return params
+    layer_keys = sorted((k for k in params if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+    out = {k: _stack_layers(v) for k, v in params.items() if not k.startswith("layers_")}
+    if layer_keys:
+        out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in layer_keys])
+    return out
+
+
+@pytest.mark.parametrize("name", ["clip-test", "siglip-test"])
+def test_scan_and_remat_give_identical_outputs_and_gradients(name):
+    base = models.get_config(name)
+    images, tokens = _inputs(base)
+    model, params = _init_and_apply(base, images, tokens)
+    stacked = _stack_layers(params)
+
+    def loss(model, params):
+        img, txt, aux = model.apply({"params": params}, image=images, text=tokens)
+        return jnp.sum(img @ txt.T) * aux["logit_scale"]
+
+    want_out = jax.jit(model.apply)({"params": params}, image=images, text=tokens)
+    want_grad = _stack_layers(jax.jit(jax.grad(lambda p: loss(model, p)))(params))
+    for options, p in [(dict(scan_layers=True, remat_policy="dots"), stacked), (dict(remat_policy="full"), params)]:
+        variant = models.TwoTower(models.get_config(name, **options))
+        got_out = jax.jit(variant.apply)({"params": p}, image=images, text=tokens)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6), got_out, want_out)
+        got_grad = _stack_layers(jax.jit(jax.grad(lambda q: loss(variant, q)))(p))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got_grad, want_grad)
+
+
+def test_every_parameter_has_logical_axis_names():
+    boxed = models.abstract_params(models.get_config("siglip-test", scan_layers=True))
+    flat = flax.traverse_util.flatten_dict(boxed, is_leaf=lambda _, x: isinstance(x, nn.Partitioned), sep="/")
+    for path, leaf in flat.items():
+        assert isinstance(leaf, nn.Partitioned), path
+        assert len(leaf.names) == len(leaf.value.shape), path
+
+
+def test_initial_temperature_and_bias():
+    clip = models.abstract_params(models.get_config("clip-test"))
+    assert "logit_bias" not in clip
+    images, tokens = _inputs(models.get_config("siglip-test"))
+    out, _ = models.TwoTower(models.get_config("siglip-test")).init_with_output(
+        jax.random.key(0), image=images, text=tokens)
+    aux = out[2]
+    assert float(aux["logit_scale"]) == pytest.approx(math.log(10.0))
+    assert float(aux["logit_bias"]) == -10.0
+    out, _ = models.TwoTower(models.get_config("clip-test")).init_with_output(
+        jax.random.key(0), image=images[:, :16, :16], text=tokens)
+    assert float(out[2]["logit_scale"]) == pytest.approx(math.log(1 / 0.07))
+
+
+def test_embeddings_are_unit_norm_and_towers_are_optional():
+    config = models.get_config("clip-test")
+    images, tokens = _inputs(config)
+    model, params = _init_and_apply(config, images, tokens)
+    img, txt, _ = model.apply({"params": params}, image=images)
+    assert txt is None
+    np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
+    raw = model.apply({"params": params}, images, method=models.TwoTower.encode_image)
+    np.testing.assert_allclose(img, raw / np.linalg.norm(raw, axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_image_size_is_one_clear_error():
+    config = models.get_config("clip-test")
+    images, tokens = _inputs(config)
+    model, params = _init_and_apply(config, images, tokens)
+    with pytest.raises(ValueError, match=r"ViT expects images \[B, 16, 16, 3\], got \[3, 32, 32, 3\]"):
+        model.apply({"params": params}, image=np.zeros((3, 32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match=r"token ids \[B, 8\]"):
+        model.apply({"params": params}, text=np.zeros((3, 9), np.int32))
