@@ -191,7 +191,9 @@ def test_every_world_word_is_in_vocabulary(tokenizer):
                                           for c in synthetic.CLASSNAMES]
     source = synthetic.SyntheticSource("train", SEED)
     texts += [source[i]["caption"] for i in range(300)]
-    assert not (tokenizer(texts) == unk_id).any()
+    ids = tokenizer(texts)
+    assert not (ids == unk_id).any()
+    assert (ids[:, -1] == tokenizer.pad_id).all()  # nothing is truncated at 16 tokens
     assert (tokenizer(["a zebra"]) == unk_id).any()
 
 

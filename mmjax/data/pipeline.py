@@ -44,7 +44,8 @@ def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer:
     the shards of one step together are the single-process batch) → render and
     tokenize → batch of `global_batch_size // process_count` → `num_workers`
     worker processes (none when 0). `iter()` gives a checkpointable iterator
-    (`get_state` / `set_state`, `grain.checkpoint.CheckpointSave`).
+    (`get_state` / `set_state`, `grain.checkpoint.CheckpointSave`); `close()` it
+    to stop the workers.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count

@@ -125,8 +125,10 @@ class SyntheticSource:
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} examples")
         rng = np.random.default_rng([self.seed, self.split_id, index, 0])
-        labels = getattr(self, f"_{self.split}_labels")(rng, index)
+        labels = self._image_labels(rng, index)
         named = self._named_attributes(rng, labels) if self.split == "train" else np.ones(4, bool)
         text_labels = np.where(named, labels, -1).astype(np.int32)
         template = int(rng.integers(len(CAPTION_TEMPLATES)))
@@ -136,23 +138,19 @@ class SyntheticSource:
                 "text_labels": text_labels,
                 "key": np.array([self.seed, self.split_id, index], np.int64)}
 
-    def _train_labels(self, rng: np.random.Generator, index: int) -> np.ndarray:
-        if rng.random() < self.grey_fraction:
+    def _image_labels(self, rng: np.random.Generator, index: int) -> np.ndarray:
+        """int32 `[4]`: train avoids the held-out pairs, heldout shows only them."""
+        if self.split == "retrieval":
+            dims = (len(SHAPES), len(COLOURS), len(SIZES), len(POSITIONS))
+            return np.array(np.unravel_index(self._combinations[index], dims), np.int32)
+        if self.split == "train" and rng.random() < self.grey_fraction:
             shape, colour = rng.integers(len(SHAPES)), GREY
         else:
             colour = rng.integers(len(COLOURS))
-            shape = self._trained_shapes[colour, rng.integers(len(SHAPES) - 1)]
+            shape = (self.heldout[colour] if self.split == "heldout" else
+                     self._trained_shapes[colour, rng.integers(len(SHAPES) - 1)])
         return np.array([shape, colour, rng.integers(len(SIZES)),
                          rng.integers(len(POSITIONS))], np.int32)
-
-    def _heldout_labels(self, rng: np.random.Generator, index: int) -> np.ndarray:
-        colour = rng.integers(len(COLOURS))
-        return np.array([self.heldout[colour], colour, rng.integers(len(SIZES)),
-                         rng.integers(len(POSITIONS))], np.int32)
-
-    def _retrieval_labels(self, rng: np.random.Generator, index: int) -> np.ndarray:
-        dims = (len(SHAPES), len(COLOURS), len(SIZES), len(POSITIONS))
-        return np.array(np.unravel_index(self._combinations[index], dims), np.int32)
 
     def _named_attributes(self, rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
         """bool `[4]`: all nameable attributes, or a random non-empty proper subset of them."""

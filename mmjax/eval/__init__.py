@@ -26,3 +26,31 @@ __all__ = [
     "topk_accuracy",
     "zero_shot_metrics",
 ]
+
+# The synthetic demo benchmark, its report and figure.
+from mmjax.eval.figure import figure_size, write_demo_figure  # noqa: E402
+from mmjax.eval.report import (  # noqa: E402
+    SYNTHETIC_TASK,
+    chance_level,
+    format_table,
+    results_json,
+    write_results,
+)
+from mmjax.eval.synthetic_benchmark import (  # noqa: E402
+    RetrievalExample,
+    evaluate_synthetic,
+    text_to_image_examples,
+)
+
+__all__ += [
+    "RetrievalExample",
+    "SYNTHETIC_TASK",
+    "chance_level",
+    "evaluate_synthetic",
+    "figure_size",
+    "format_table",
+    "results_json",
+    "text_to_image_examples",
+    "write_demo_figure",
+    "write_results",
+]

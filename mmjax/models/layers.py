@@ -36,15 +36,38 @@ def _init(initializer: Callable, names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(initializer, names)
 
 
-def dense(features, names, *, axis=-1, use_bias=True, dtype=jnp.float32, name=None,
-          kernel_init=nn.initializers.lecun_normal()) -> nn.DenseGeneral:
-    """A DenseGeneral whose kernel axes are `names` and bias axes the output part of them."""
-    n_out = len(features) if isinstance(features, tuple) else 1
-    return nn.DenseGeneral(
-        features, axis=axis, use_bias=use_bias, dtype=dtype, name=name,
-        kernel_init=_init(kernel_init, names),
-        bias_init=_init(nn.initializers.zeros_init(), names[-n_out:]),
-    )
+class DenseGeneral(nn.Module):
+    """`x [..., *in_dims] -> [..., *features]`: contracts the last `num_in` dims of x
+    with a kernel `[*in_dims, *features]` whose axes are named `names`.
+
+    Initialised as LeCun-normal over the flattened fan-in (like a Dense layer on
+    the flattened dims); the bias, if any, has the axes of `features`.
+    """
+
+    features: tuple[int, ...]
+    names: tuple[str | None, ...]
+    num_in: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n_out = len(self.features)
+        init = nn.initializers.lecun_normal(in_axis=tuple(range(self.num_in)),
+                                            out_axis=tuple(range(self.num_in, self.num_in + n_out)))
+        kernel = self.param("kernel", _init(init, self.names), tuple(x.shape[-self.num_in:]) + self.features)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.num_in)
+        if self.use_bias:
+            bias = self.param("bias", _init(nn.initializers.zeros_init(), self.names[-n_out:]), self.features)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def dense(features: int | tuple[int, ...], names: tuple[str | None, ...], *, num_in: int = 1, use_bias: bool = True,
+          dtype: Dtype = jnp.float32, name: str | None = None) -> DenseGeneral:
+    """A `DenseGeneral` with integer or tuple `features`."""
+    features = features if isinstance(features, tuple) else (features,)
+    return DenseGeneral(features, names, num_in, use_bias, dtype, name=name)
 
 
 def layer_norm(eps: float, dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
@@ -88,7 +111,7 @@ class MultiHeadAttention(nn.Module):
         project = lambda name, x: dense((self.num_heads, head_dim), proj_names, dtype=self.dtype, name=name)(x)
         q, k, v = project("query", queries), project("key", keys_values), project("value", keys_values)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), axis=(-2, -1), dtype=self.dtype, name="out")(out)
+        return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, dtype=self.dtype, name="out")(out)
 
 
 class Mlp(nn.Module):

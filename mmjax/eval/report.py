@@ -1,0 +1,108 @@
+"""Evaluation results as clip_benchmark JSON and as a small text table.
+
+clip_benchmark's ``cli.py`` (commit 48de38c1) writes one JSON object per run with
+the top-level keys ``dataset``, ``model``, ``pretrained``, ``task``, ``metrics``
+and ``language``; :func:`results_json` builds the same object.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+SYNTHETIC_TASK = "zeroshot_classification+zeroshot_retrieval"
+
+
+def results_json(
+    dataset: str,
+    model: str,
+    metrics: Mapping[str, float],
+    extra: Mapping[str, Any] | None = None,
+    *,
+    task: str = SYNTHETIC_TASK,
+    pretrained: str | None = None,
+    language: str = "en",
+) -> dict[str, Any]:
+    """clip_benchmark's result object, plus the top-level entries of ``extra``.
+
+    Args:
+      dataset: data set name, e.g. ``"synthetic_shapes"``.
+      model: model name, e.g. ``"clip_tiny"``.
+      metrics: flat name -> value dict (e.g. from ``evaluate_synthetic``).
+      extra: more top-level entries (seed, steps, classnames …); they may not
+        replace the clip_benchmark keys.
+      task: clip_benchmark's task name; the default is the combined synthetic one.
+      pretrained: the checkpoint, as clip_benchmark's ``pretrained``.
+      language: clip_benchmark's ``language``.
+    """
+    results = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task,
+               "metrics": dict(metrics), "language": language}
+    clashes = sorted(set(results) & set(extra or {}))
+    if clashes:
+        raise ValueError(f"extra may not replace the clip_benchmark keys {clashes}")
+    return results | dict(extra or {})
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN / inf floats -> None, recursively through dicts and lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def write_results(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
+    """Writes ``results`` as strict JSON (NaN, e.g. ``acc5`` with < 5 classes, becomes null)."""
+    with open(path, "w") as f:
+        json.dump(_finite_or_none(results), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
+    """The value of metric ``name`` for an encoder that ranks at random, where known.
+
+    An explicit ``chance_<name>`` entry wins; otherwise ``acc<k>`` is ``k / num_classes``,
+    ``mean_per_class_recall`` is ``1 / num_classes`` and ``*_recall@<k>`` is
+    ``k / num_retrieval_pairs`` (one match per query), each capped at 1.
+    """
+    if f"chance_{name}" in metrics:
+        return float(metrics[f"chance_{name}"])
+    num_classes = metrics.get("num_classes")
+    num_pairs = metrics.get("num_retrieval_pairs")
+    top_k = re.fullmatch(r"acc(\d+)", name)
+    recall = re.fullmatch(r".*_recall@(\d+)", name)
+    if num_classes and top_k:
+        return min(int(top_k.group(1)) / num_classes, 1.0)
+    if num_classes and name == "mean_per_class_recall":
+        return 1 / num_classes
+    if num_pairs and recall:
+        return min(int(recall.group(1)) / num_pairs, 1.0)
+    return None
+
+
+def format_table(metrics: Mapping[str, float]) -> str:
+    """An aligned text table: one row per metric, fractions in %, chance level where known.
+
+    Integer entries (counts) are printed as they are; ``chance_*`` entries fill the
+    chance column of the metrics they belong to instead of getting rows of their own.
+    """
+    rows = [("metric", "value", "chance")]
+    for name, value in metrics.items():
+        if name.startswith("chance_"):
+            continue
+        if isinstance(value, int):
+            rows.append((name, str(value), ""))
+            continue
+        chance = chance_level(name, metrics)
+        rows.append((name, f"{100 * value:.2f} %",
+                     "" if chance is None else f"{100 * chance:.2f} %"))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = [f"{name:<{widths[0]}}  {value:>{widths[1]}}  {chance:>{widths[2]}}".rstrip()
+             for name, value, chance in rows]
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Orbax checkpoints of {train state, grain iterator state, config} in one step directory.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data,config}`. Saves are async; the
+data iterator state makes a resumed run see exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+from mmjax.train.state import TrainState
+
+
+class Checkpoints:
+    """A `CheckpointManager` for one workdir. `keep` newest steps are kept."""
+
+    def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                               enable_async_checkpointing=True)
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data_iterator: Any, config: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(config)), force=True)
+
+    def restore(self, abstract_state: TrainState, data_iterator: Any | None = None,
+                step: int | None = None) -> TrainState:
+        """Restore the state (onto the shardings in `abstract_state`) and, when given, the iterator in place."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,94 @@
+"""The training config: defaults shared by every `configs/*.py` file, and its checks.
+
+A config is an `ml_collections.ConfigDict`, locked so that a misspelt key is an
+error. `validate` checks values before anything is compiled and raises
+`ConfigError` with one line saying what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mmjax.models import registry
+
+LOSSES = ("clip", "sigmoid")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
+    """Defaults for contrastive training of `model` with `loss` on the synthetic data."""
+    c = ml_collections.ConfigDict()
+    c.model = model
+    c.model_options = ml_collections.ConfigDict(
+        dict(scan_layers=False, remat_policy="none", dtype="float32"))
+    c.loss = loss
+    # Caption j counts as a positive for image i when every attribute it names holds for i
+    # (the synthetic data's labels); False is plain one-to-one contrastive training.
+    c.multi_positive = True
+    c.data = ml_collections.ConfigDict(dict(
+        name="synthetic", seed=0, num_workers=1, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)))
+    c.seed = 0
+    c.batch_size = 256
+    c.total_steps = 1000
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=1e-3, warmup_steps=100, final_lr_ratio=0.0,
+        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, clip_norm=1.0,
+        # Parameter-path patterns (regular expressions, searched in "a/b/c" paths) without weight decay:
+        # biases, norm scales, logit scale/bias, positional embeddings, class token, MAP probe.
+        no_decay=("bias$", "scale$", "pos_embed/", "cls/token$", "probe$")))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
+    c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500))
+    return c
+
+
+def small_for_tests(c: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+    """Shrink a config to seconds on CPU: a test-sized model, a few steps, no workers."""
+    c.model = model
+    c.batch_size = 16
+    c.total_steps = 6
+    c.optim.warmup_steps = 2
+    c.log_every = 2
+    c.checkpoint_every = 3
+    c.data.num_workers = 0
+    c.eval.num_heldout = 64
+    c.eval.num_retrieval = 32
+    c.eval.batch_size = 32
+    return c
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise `ConfigError` (one line) for a value that cannot work."""
+    _require(c.model in registry.list_models(),
+             f"config.model={c.model!r} is not a registered model; known: {', '.join(registry.list_models())}")
+    model = registry.get_config(c.model)
+    _require(c.loss in LOSSES, f"config.loss={c.loss!r} must be one of {LOSSES}")
+    _require(c.loss != "sigmoid" or model.logit_bias_init is not None,
+             f"config.loss='sigmoid' needs a model with a logit bias; {c.model!r} has none (use a SigLIP model)")
+    _require(c.model_options.remat_policy in REMAT_POLICIES,
+             f"config.model_options.remat_policy={c.model_options.remat_policy!r} must be one of {REMAT_POLICIES}")
+    _require(c.model_options.dtype in DTYPES, f"config.model_options.dtype={c.model_options.dtype!r} must be one of {DTYPES}")
+    _require(c.data.name == "synthetic", f"config.data.name={c.data.name!r}: only 'synthetic' is available")
+    _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be positive")
+    _require(c.total_steps > 0, f"config.total_steps={c.total_steps} must be positive")
+    _require(0 <= c.optim.warmup_steps < c.total_steps,
+             f"config.optim.warmup_steps={c.optim.warmup_steps} must be in [0, total_steps={c.total_steps})")
+    _require(c.optim.learning_rate > 0, f"config.optim.learning_rate={c.optim.learning_rate} must be positive")
+    _require(c.optim.clip_norm > 0, f"config.optim.clip_norm={c.optim.clip_norm} must be positive")
+    _require(c.log_every > 0 and c.checkpoint_every > 0 and c.keep_checkpoints > 0,
+             "config.log_every, checkpoint_every and keep_checkpoints must be positive")
+    _require(c.data.num_workers >= 0, f"config.data.num_workers={c.data.num_workers} must be ≥ 0")
+    for key in ("image_mean", "image_std"):
+        _require(len(c.data[key]) == 3, f"config.data.{key} must have 3 values (RGB), got {c.data[key]}")

@@ -1,0 +1,89 @@
+"""The training loop: config → mesh → sharded state → steps → metrics and checkpoints.
+
+Running it again on the same workdir resumes from the latest checkpoint, with
+the data iterator where it was, so the resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from mmjax.data.pipeline import train_dataset
+from mmjax.models import TwoTower, get_config
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, make_mesh
+from mmjax.train.checkpoint import Checkpoints
+from mmjax.train.config import ConfigError, validate
+from mmjax.train.metrics import MetricsWriter
+from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
+from mmjax.train.step import jit_train_step, make_train_step
+from mmjax.train.workdir import save_config, workdir_tokenizer
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> TrainState:
+    """Train (or resume) into `workdir` until `config.total_steps`, or until step
+    `stop_after` (a checkpoint is written there; run again to continue)."""
+    validate(config)
+    mesh = make_mesh(**config.mesh)
+    multiple = batch_size_multiple(mesh) * jax.process_count()
+    if config.batch_size % multiple:
+        raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple} "
+                          f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
+    model_config = get_config(config.model, **config.model_options)
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length)
+    if tokenizer.vocab_size > model_config.text.vocab_size:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {config.model} only "
+                          f"{model_config.text.vocab_size}")
+    if jax.process_index() == 0:
+        save_config(workdir, config)
+
+    model = TwoTower(model_config)
+    tx = make_optimizer(config.optim, config.total_steps)
+    shardings = state_shardings(model, tx, mesh)
+    data = iter(train_dataset(config.data.seed, config.batch_size, model_config.vision.image_size, tokenizer,
+                              config.data.num_workers))
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
+    else:
+        state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
+    step_fn = jit_train_step(
+        make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
+                        loss=config.loss, multi_positive=config.multi_positive,
+                        image_mean=config.data.image_mean, image_std=config.data.image_std),
+        shardings, mesh)
+
+    start = int(state.step)
+    end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
+    writer = MetricsWriter(workdir, config.total_steps, start)
+    config_json = config.to_dict()
+    to_mesh = lambda batch: jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
+    last_time, last_step = time.perf_counter(), start
+    try:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+            for step in range(start + 1, end + 1):
+                state, metrics = step_fn(state, to_mesh(next(data)))
+                writer.advance(1)
+                if step % config.log_every == 0 or step == end:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    seconds_per_step = (now - last_time) / (step - last_step)
+                    metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step)
+                    writer.write(step, metrics)
+                    last_time, last_step = now, step
+                if step % config.checkpoint_every == 0 or step == end:
+                    checkpoints.save(step, state, data, config_json)
+        checkpoints.wait()
+    finally:
+        checkpoints.close()
+        writer.close()
+        if hasattr(data, "close"):
+            data.close()
+    return state

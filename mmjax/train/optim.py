@@ -1,0 +1,27 @@
+"""Optimizer: global-norm clipping → AdamW (masked weight decay), warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import ml_collections
+import optax
+
+from mmjax.train.patterns import decay_mask
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate`, then cosine decay to
+    `learning_rate * final_lr_ratio` at `total_steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=optim.learning_rate, warmup_steps=optim.warmup_steps,
+        decay_steps=total_steps, end_value=optim.learning_rate * optim.final_lr_ratio)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """`clip_by_global_norm(clip_norm)` then AdamW; no decay on paths matching `optim.no_decay`."""
+    mask = lambda params: decay_mask(nn.unbox(params), optim.no_decay)
+    return optax.chain(
+        optax.clip_by_global_norm(optim.clip_norm),
+        optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                    weight_decay=optim.weight_decay, mask=mask),
+    )

@@ -1,0 +1,61 @@
+"""The pure training step: `train_step(state, batch) -> (state, metrics)`.
+
+Shardings and buffer donation are attached where it is jitted (`jit_train_step`);
+the contrastive loss runs under `shard_map` over the batch axes of the mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from mmjax.data.transforms import normalize_images
+from mmjax.losses import sharded_clip_loss, sharded_sigmoid_loss
+from mmjax.models import TwoTower
+from mmjax.parallel import batch_sharding, replicated
+from mmjax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh, *,
+                    loss: str, multi_positive: bool, image_mean, image_std) -> Callable:
+    """A step for `loss` ("clip" or "sigmoid").
+
+    batch: `image` uint8 `[B, H, W, 3]`, `text` int32 `[B, L]` and, when
+    `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`.
+    """
+
+    def loss_fn(params, batch: Batch):
+        images = normalize_images(batch["image"], image_mean, image_std)
+        image_emb, text_emb, aux = model.apply({"params": params}, image=images, text=batch["text"])
+        labels = (batch["image_labels"], batch["text_labels"]) if multi_positive else (None, None)
+        if loss == "clip":
+            value = sharded_clip_loss(image_emb, text_emb, aux["logit_scale"], *labels, mesh=mesh)
+        else:
+            value = sharded_sigmoid_loss(image_emb, text_emb, aux["logit_scale"], aux["logit_bias"], *labels,
+                                         mesh=mesh)
+        return value, aux
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": value, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step),
+                   "temperature": jnp.exp(aux["logit_scale"])}
+        if "logit_bias" in aux:
+            metrics["logit_bias"] = aux["logit_bias"]
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def jit_train_step(train_step: Callable, state_sharding: TrainState, mesh: Mesh) -> Callable:
+    """Jit with the state's shardings in and out, the batch split over `data × fsdp`,
+    replicated metrics, and the old state's buffers donated."""
+    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding(mesh)),
+                   out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)

@@ -1,0 +1,79 @@
+"""What a training run leaves in its workdir, and how to load it back.
+
+    WORKDIR/config.json       the training config
+    WORKDIR/tokenizer.json    the tokenizer the run trained with
+    WORKDIR/checkpoints/N/    orbax: train state, data iterator state, config
+    WORKDIR/metrics.jsonl     one JSON object per logged step
+    WORKDIR/tensorboard/      TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+
+from mmjax.data.tokenizers import Tokenizer
+from mmjax.models import TwoTower, get_config
+from mmjax.parallel import make_mesh
+from mmjax.train.checkpoint import Checkpoints
+from mmjax.train.optim import make_optimizer
+from mmjax.train.state import abstract_train_state, state_shardings
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"workdir {workdir} does not exist")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: {workdir} is not an mmjax training workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def workdir_tokenizer(workdir: str, context_length: int) -> Tokenizer:
+    """The run's tokenizer: loaded from the workdir, or built for the synthetic data and saved there."""
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(path):
+        return Tokenizer.load(path)
+    tokenizer = Tokenizer.for_synthetic(context_length)
+    if jax.process_index() == 0:
+        tokenizer.save(path)
+    return tokenizer
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model restored from a workdir: module, parameters, tokenizer, training config."""
+
+    model: TwoTower
+    params: dict
+    tokenizer: Tokenizer
+    config: ml_collections.ConfigDict
+    step: int
+
+
+def load_trained(workdir: str) -> TrainedModel:
+    """Restore the latest checkpoint's parameters on the local devices (replicated)."""
+    config = load_config(workdir)
+    checkpoints = Checkpoints(workdir, read_only=True)
+    if checkpoints.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
+    model = TwoTower(get_config(config.model, **config.model_options))
+    tx = make_optimizer(config.optim, config.total_steps)
+    mesh = make_mesh(data=-1)
+    abstract = abstract_train_state(state_shardings(model, tx, mesh), model, tx)
+    state = checkpoints.restore(abstract)
+    tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
+    return TrainedModel(model, state.params, tokenizer, config, int(state.step))
