@@ -45,7 +45,7 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule:
         (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": value, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step),
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
                    "temperature": jnp.exp(aux["logit_scale"])}
         if "logit_bias" in aux:
             metrics["logit_bias"] = aux["logit_bias"]

@@ -1,0 +1,155 @@
+"""Training tests: sharded steps equal a plain single-device step, exact resume,
+the optimizer's schedule and weight-decay mask, and one-line config errors."""
+
+import math
+import os
+import sys
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mmjax.models as models
+from mmjax.data import Tokenizer, train_dataset
+from mmjax.data.transforms import normalize_images
+from mmjax.losses import clip_loss, sigmoid_loss
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
+from mmjax.train.config import ConfigError, base_config, small_for_tests, validate
+from mmjax.train.loop import train
+from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.patterns import decay_mask
+from mmjax.train.state import create_train_state, state_shardings
+from mmjax.train.step import jit_train_step, make_train_step
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import clip_tiny  # noqa: E402
+
+
+def _batches(config, steps):
+    tokenizer = Tokenizer.for_synthetic(models.get_config(config.model).text.context_length)
+    size = models.get_config(config.model).vision.image_size
+    stream = iter(train_dataset(seed=0, global_batch_size=config.batch_size, image_size=size, tokenizer=tokenizer))
+    return [next(stream) for _ in range(steps)]
+
+
+def _reference_params(config, batches):
+    """A plain, unsharded, un-jitted step written out by hand with the single-device losses."""
+    model = models.TwoTower(models.get_config(config.model))
+    tx = make_optimizer(config.optim, config.total_steps)
+    images, tokens = models.example_inputs(model.config)
+    params = nn.unbox(model.init(jax.random.key(config.seed), image=images, text=tokens))["params"]
+    opt_state = tx.init(params)
+
+    def loss_fn(params, batch):
+        img, txt, aux = model.apply({"params": params}, image=normalize_images(batch["image"], (0.5,) * 3, (0.5,) * 3),
+                                    text=batch["text"])
+        labels = (batch["image_labels"], batch["text_labels"])
+        if config.loss == "clip":
+            return clip_loss(img, txt, aux["logit_scale"], *labels)
+        return sigmoid_loss(img, txt, aux["logit_scale"], aux["logit_bias"], *labels)
+
+    for batch in batches:
+        grads = jax.grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def _sharded_params(config, batches, mesh):
+    model = models.TwoTower(models.get_config(config.model))
+    tx = make_optimizer(config.optim, config.total_steps)
+    shardings = state_shardings(model, tx, mesh)
+    state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
+    step = jit_train_step(make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
+                                          loss=config.loss, multi_positive=True, image_mean=(0.5,) * 3,
+                                          image_std=(0.5,) * 3), shardings, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        for batch in batches:
+            state, _ = step(state, jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), batch))
+    return state.params
+
+
+def _test_config(loss):
+    config = small_for_tests(base_config("clip-tiny", loss), "clip-test" if loss == "clip" else "siglip-test")
+    config.optim.weight_decay = 0.5  # make the decay mask matter within 3 steps
+    return config
+
+
+@pytest.mark.parametrize("loss", ["clip", "sigmoid"])
+def test_sharded_steps_equal_a_plain_single_device_step(loss):
+    config = _test_config(loss)
+    batches = _batches(config, 3)
+    want = _reference_params(config, batches)
+    for shape in [(1, 1, 1), (8, 1, 1), (4, 2, 1)]:
+        devices = jax.devices()[:math.prod(shape)]
+        got = _sharded_params(config, batches, make_mesh(*shape, devices=devices))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
+
+
+def test_fsdp_mesh_really_shards_parameters():
+    config = _test_config("clip")
+    model = models.TwoTower(models.get_config(config.model))
+    shardings = state_shardings(model, make_optimizer(config.optim, 6), make_mesh(4, 2, 1))
+    kernel = shardings.params["image_encoder"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]
+    assert kernel.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    mu = shardings.opt_state[1][0].mu["image_encoder"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]
+    assert mu.spec == kernel.spec
+
+
+def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
+    config = clip_tiny.get_config("test")
+    straight = train(config, str(tmp_path / "straight"))
+    train(config, str(tmp_path / "resumed"), stop_after=3)
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["3"]
+    resumed = train(config, str(tmp_path / "resumed"))
+    assert int(resumed.step) == int(straight.step) == config.total_steps
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+    jax.tree.map(np.testing.assert_array_equal, resumed.opt_state, straight.opt_state)
+    for name in ["config.json", "tokenizer.json", "metrics.jsonl", "tensorboard"]:
+        assert os.path.exists(tmp_path / "resumed" / name), name
+
+
+def test_schedule_is_linear_warmup_then_cosine_to_the_floor():
+    optim = base_config("clip-tiny", "clip").optim
+    optim.learning_rate, optim.warmup_steps, optim.final_lr_ratio = 1e-3, 10, 0.1
+    schedule = learning_rate_schedule(optim, total_steps=110)
+    for step in [0, 5, 10, 35, 60, 110]:
+        if step <= 10:
+            want = 1e-3 * step / 10
+        else:
+            progress = (step - 10) / 100
+            want = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress))
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-9), step
+
+
+def test_weight_decay_skips_biases_norms_positions_and_logit_parameters():
+    params = nn.unbox(models.abstract_params(models.get_config("siglip-test")))
+    mask = flax.traverse_util.flatten_dict(decay_mask(params, base_config("x", "clip").optim.no_decay), sep="/")
+    decayed = {path for path, on in mask.items() if on}
+    expected = {path for path in mask
+                if path.endswith("kernel") or path.endswith("token_embed/embedding")}
+    assert decayed == expected
+
+
+def test_invalid_values_are_one_line_config_errors():
+    config = clip_tiny.get_config("test")
+    config.loss = "triplet"
+    with pytest.raises(ConfigError, match=r"config.loss='triplet' must be one of"):
+        validate(config)
+    config = clip_tiny.get_config("test")
+    config.loss = "sigmoid"
+    with pytest.raises(ConfigError, match="needs a model with a logit bias"):
+        validate(config)
+    with pytest.raises(AttributeError):
+        clip_tiny.get_config("test").batch_sze = 3  # locked: a misspelt key is an error
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_rejected_before_compiling(tmp_path):
+    config = clip_tiny.get_config("test")
+    config.batch_size = 12
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        train(config, str(tmp_path))
