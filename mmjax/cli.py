@@ -80,6 +80,23 @@ COMMANDS = {
 }
 
 
+def _fail(error: BaseException) -> None:
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    text = " ".join(str(message).replace("\\n", " ").replace("\\'", "'").split())
+    if isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
+        text = "unknown config key " + text.strip("'").replace("' ", ": ", 1)
+    print(f"mmjax: error: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a bad flag or config override reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as error:
+        _fail(error)
+
+
 def _run_reporting_errors(command):
     """Known failures (bad config, missing files, shape errors) become one line, exit status 2."""
     from mmjax.train.config import ConfigError
@@ -88,9 +105,7 @@ def _run_reporting_errors(command):
         try:
             command(argv)
         except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            print(f"mmjax: error: {message}", file=sys.stderr)
-            sys.exit(2)
+            _fail(error)
 
     return run
 
@@ -102,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
     define_flags, command = COMMANDS[argv[1]]
     define_flags()
-    logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
-    app.run(_run_reporting_errors(command), argv=[f"mmjax {argv[1]}", *argv[2:]])
+    logging.set_verbosity(logging.ERROR)  # orbax and grain log every save at INFO
+    app.run(_run_reporting_errors(command), argv=[f"mmjax {argv[1]}", *argv[2:]], flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

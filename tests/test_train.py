@@ -37,7 +37,7 @@ def _batches(config, steps):
 
 
 def _reference_params(config, batches):
-    """A plain, unsharded, un-jitted step written out by hand with the single-device losses."""
+    """A plain, unsharded step written out by hand with the single-device losses (no mesh, no shard_map)."""
     model = models.TwoTower(models.get_config(config.model))
     tx = make_optimizer(config.optim, config.total_steps)
     images, tokens = models.example_inputs(model.config)
@@ -52,8 +52,9 @@ def _reference_params(config, batches):
             return clip_loss(img, txt, aux["logit_scale"], *labels)
         return sigmoid_loss(img, txt, aux["logit_scale"], aux["logit_bias"], *labels)
 
+    grad_fn = jax.jit(jax.grad(loss_fn))
     for batch in batches:
-        grads = jax.grad(loss_fn)(params, batch)
+        grads = grad_fn(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
     return params
@@ -84,7 +85,7 @@ def test_sharded_steps_equal_a_plain_single_device_step(loss):
     config = _test_config(loss)
     batches = _batches(config, 3)
     want = _reference_params(config, batches)
-    for shape in [(1, 1, 1), (8, 1, 1), (4, 2, 1)]:
+    for shape in [(8, 1, 1), (4, 2, 1)]:
         devices = jax.devices()[:math.prod(shape)]
         got = _sharded_params(config, batches, make_mesh(*shape, devices=devices))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)

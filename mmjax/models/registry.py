@@ -65,7 +65,8 @@ def _build_registry() -> dict[str, TwoTowerConfig]:
             cfg, options=dataclasses.replace(cfg.options, activation="quick_gelu"))
     registry["ViT-B-16-SigLIP"] = _siglip(224, 16, b, _tower(768, 12, 12), vocab_size=32_000, context_length=64)
     tiny_vision, tiny_text = _tower(128, 3, 4), _tower(128, 2, 4)
-    registry["clip-tiny"] = _clip(32, 8, tiny_vision, tiny_text, 128, vocab_size=128, context_length=16)
+    registry["clip-tiny"] = _clip(32, 8, tiny_vision, tiny_text, 128, vocab_size=128, context_length=16,
+                                  activation="quick_gelu")
     registry["siglip-tiny"] = _siglip(32, 8, tiny_vision, tiny_text, vocab_size=128, context_length=16)
     test_tower = _tower(32, 2, 2, mlp_ratio=2)
     registry["clip-test"] = _clip(16, 8, test_tower, test_tower, 16, vocab_size=64, context_length=8)

@@ -36,7 +36,7 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.batch_size = 256
     c.total_steps = 1000
     c.optim = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, warmup_steps=100, final_lr_ratio=0.0,
+        learning_rate=2e-3, warmup_steps=100, final_lr_ratio=0.0,
         b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, clip_norm=1.0,
         # Parameter-path patterns (regular expressions, searched in "a/b/c" paths) without weight decay:
         # biases, norm scales, logit scale/bias, positional embeddings, class token, MAP probe.

@@ -1,0 +1,65 @@
+"""The command line end to end: train → eval on the test config, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_CONFIG = os.path.join(ROOT, "configs", "clip_tiny.py") + ":test"
+
+
+def mmjax(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _assert_one_line_error(result, expected):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
+    workdir = str(tmp_path / "run")
+    trained = mmjax("train", "--config", TEST_CONFIG, "--workdir", workdir)
+    assert trained.returncode == 0, trained.stderr
+    figure = str(tmp_path / "demo.png")
+    evaluated = mmjax("eval", "--model", workdir, "--figure", figure)
+    assert evaluated.returncode == 0, evaluated.stderr
+    with open(os.path.join(workdir, "eval.json")) as f:
+        results = json.load(f)
+    assert {"dataset", "model", "task", "metrics"} <= set(results)
+    for key in ["acc1", "acc5", "mean_per_class_recall", "image_retrieval_recall@1", "text_retrieval_recall@1",
+                "image_retrieval_recall@5", "text_retrieval_recall@5"]:
+        assert 0.0 <= results["metrics"][key] <= 1.0, key
+    assert "acc1" in evaluated.stdout
+    assert Image.open(figure).size[0] > 0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for key in ["loss", "learning_rate", "grad_norm", "temperature", "examples_per_s", "step_time_s"]:
+        assert key in records[-1], key
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.batch_sze=3", "batch_sze"),
+    ("--config.loss=triplet", "mmjax: error: config.loss='triplet' must be one of"),
+    ("--config.batch_size=many", "batch_size"),
+    ("--config.model=ViT-B32", "mmjax: error: config.model='ViT-B32' is not a registered model"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, override, expected):
+    _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path), override), expected)
+
+
+def test_missing_workdir_is_one_clear_line(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    _assert_one_line_error(mmjax("eval", "--model", missing), f"mmjax: error: workdir {missing} does not exist")
+
+
+def test_workdir_without_checkpoint_is_one_clear_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path)), "no checkpoint in")
