@@ -1,1 +1,9 @@
-"""mmjax: multimodal vision-language models in JAX/Flax."""
+"""mmjax: multimodal vision-language models in JAX/Flax.
+
+Subpackages: `models` (Flax modules and the size registry), `losses`
+(contrastive losses and their sharded forms), `data` (tokenizers, synthetic
+data, grain pipelines), `parallel` (mesh and logical-axis rules), `train`
+(the trainer), `eval` (zero-shot and retrieval metrics).
+"""
+
+__version__ = "0.1.0"
