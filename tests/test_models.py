@@ -173,3 +173,29 @@ def test_wrong_image_size_is_one_clear_error():
         model.apply({"params": params}, image=np.zeros((3, 32, 32, 3), np.float32))
     with pytest.raises(ValueError, match=r"token ids \[B, 8\]"):
         model.apply({"params": params}, text=np.zeros((3, 9), np.int32))
+
+
+def test_sincos_position_table_matches_the_formula():
+    grid, width = 3, 8
+    table = layers.sincos_2d(grid, width)
+    quarter = width // 4
+    omega = [1.0 / 10_000 ** (i / (quarter - 1)) for i in range(quarter)]
+    for row in range(grid):
+        for col in range(grid):
+            want = ([math.sin(col * w) for w in omega] + [math.cos(col * w) for w in omega]
+                    + [math.sin(row * w) for w in omega] + [math.cos(row * w) for w in omega])
+            np.testing.assert_allclose(table[row * grid + col], want, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
+    config = models.get_config("clip-test")
+    images, tokens = _inputs(config)
+    model, params = _init_and_apply(config, images, tokens)
+    low = models.TwoTower(models.get_config("clip-test", dtype="bfloat16"))
+    low_params = nn.unbox(low.init(jax.random.key(0), image=images, text=tokens))["params"]
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(low_params))
+    want = jax.jit(model.apply)({"params": params}, image=images, text=tokens)
+    got = jax.jit(low.apply)({"params": params}, image=images, text=tokens)
+    for a, b in zip(got[:2], want[:2]):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, atol=0.05)

@@ -154,3 +154,11 @@ def test_batch_that_does_not_split_over_the_mesh_is_rejected_before_compiling(tm
     config.batch_size = 12
     with pytest.raises(ConfigError, match="multiple of 8"):
         train(config, str(tmp_path))
+
+
+def test_resuming_a_workdir_with_another_model_is_rejected(tmp_path):
+    config = clip_tiny.get_config("test")
+    train(config, str(tmp_path), stop_after=1)
+    config.model = "siglip-test"
+    with pytest.raises(ConfigError, match="holds a run of model 'clip-test', not 'siglip-test'"):
+        train(config, str(tmp_path))

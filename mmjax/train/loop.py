@@ -22,7 +22,17 @@ from mmjax.train.metrics import MetricsWriter
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.workdir import save_config, workdir_tokenizer
+from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
+
+
+def _check_same_model_as_before(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """A workdir resumes only the model it holds; say so before restoring fails deep inside Orbax."""
+    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        return
+    before = load_config(workdir)
+    if before.get("model") != config.model:
+        raise ConfigError(f"{workdir} holds a run of model {before.get('model')!r}, not {config.model!r}: "
+                          f"use another --workdir")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> TrainState:
@@ -35,6 +45,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple} "
                           f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
     model_config = get_config(config.model, **config.model_options)
+    _check_same_model_as_before(workdir, config)
     os.makedirs(workdir, exist_ok=True)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length)
     if tokenizer.vocab_size > model_config.text.vocab_size:
