@@ -32,6 +32,7 @@ def _define_eval_flags() -> None:
     flags.DEFINE_string("model", None, "A training workdir.")
     flags.DEFINE_string("output", None, "Results JSON (default: MODEL/eval.json).")
     flags.DEFINE_string("figure", None, "Also write a PNG: loss curve and text→image retrievals.")
+    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with).")
     flags.mark_flags_as_required(["model"])
 
 
@@ -42,7 +43,7 @@ def _eval(_argv) -> None:
     from mmjax.train.workdir import load_trained
 
     workdir = flags.FLAGS.model
-    trained = load_trained(workdir)
+    trained = load_trained(workdir, dtype=flags.FLAGS.dtype)
     config = trained.config
     encoder = Encoder(trained.model, trained.params, trained.tokenizer, config.data.image_mean,
                       config.data.image_std, batch_size=config.eval.batch_size)

@@ -1,4 +1,4 @@
-"""Batched, jitted embedding of images and texts with a two-tower model."""
+"""Batched, jitted embedding of images and texts with a two-tower model, sharded over devices."""
 
 from __future__ import annotations
 
@@ -6,35 +6,51 @@ from typing import Sequence
 
 import jax
 import numpy as np
+import tqdm
+from jax.sharding import Mesh
 
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.data.transforms import normalize_images
 from mmjax.models import TwoTower
+from mmjax.parallel import batch_sharding, batch_size_multiple, make_mesh, replicated
 
 
 class Encoder:
-    """Embeds uint8 images `[N, H, W, 3]` and strings with fixed-size jitted batches.
+    """Embeds uint8 images `[N, H, W, 3]` and strings in fixed-size jitted batches.
 
-    Inputs are padded to `batch_size` so one compiled program serves every call.
-    Returns the projected, unnormalised embeddings `[N, E]` as float32 NumPy arrays.
+    Each batch is split over the `data × fsdp` devices of `mesh` (all local devices
+    by default); parameters are replicated. Inputs are padded to `batch_size`
+    (rounded up to a multiple of the device count) so one compiled program serves
+    every call. The compute dtype is the model's (`dtype="bfloat16"` in its
+    options). Returns the projected, unnormalised embeddings `[N, E]` as float32
+    NumPy arrays.
     """
 
     def __init__(self, model: TwoTower, params, tokenizer: Tokenizer, image_mean: Sequence[float],
-                 image_std: Sequence[float], batch_size: int = 256):
-        self.params, self.tokenizer, self.batch_size = params, tokenizer, batch_size
+                 image_std: Sequence[float], batch_size: int = 256, mesh: Mesh | None = None,
+                 progress: bool = False):
+        mesh = make_mesh(data=-1) if mesh is None else mesh
+        multiple = batch_size_multiple(mesh)
+        self.batch_size = -(-batch_size // multiple) * multiple
+        self.tokenizer, self.progress = tokenizer, progress
+        self.params = jax.device_put(params, replicated(mesh))
+        self._input_sharding = batch_sharding(mesh)
         size = model.config.vision.image_size
         self.image_shape = (size, size, 3)
-        self._images = jax.jit(lambda p, x: model.apply(
+        jit = lambda fn: jax.jit(fn, in_shardings=(replicated(mesh), self._input_sharding),
+                                 out_shardings=self._input_sharding)
+        self._images = jit(lambda p, x: model.apply(
             {"params": p}, normalize_images(x, image_mean, image_std), method=TwoTower.encode_image))
-        self._texts = jax.jit(lambda p, t: model.apply({"params": p}, t, method=TwoTower.encode_text))
+        self._texts = jit(lambda p, t: model.apply({"params": p}, t, method=TwoTower.encode_text))
 
-    def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
+    def _batched(self, fn, inputs: np.ndarray, unit: str) -> np.ndarray:
         outputs = []
-        for start in range(0, len(inputs), self.batch_size):
+        starts = range(0, len(inputs), self.batch_size)
+        for start in tqdm.tqdm(starts, unit=f"batch of {self.batch_size} {unit}", disable=not self.progress):
             chunk = inputs[start:start + self.batch_size]
             padded = np.zeros((self.batch_size, *chunk.shape[1:]), chunk.dtype)
             padded[:len(chunk)] = chunk
-            outputs.append(np.asarray(fn(self.params, padded))[:len(chunk)])
+            outputs.append(np.asarray(fn(self.params, jax.device_put(padded, self._input_sharding)))[:len(chunk)])
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
@@ -42,7 +58,7 @@ class Encoder:
         if images.ndim != 4 or images.shape[1:] != self.image_shape:
             raise ValueError(f"images must be uint8 [N, {', '.join(map(str, self.image_shape))}], "
                              f"got {list(images.shape)}")
-        return self._batched(self._images, images.astype(np.uint8))
+        return self._batched(self._images, images.astype(np.uint8), "images")
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._batched(self._texts, self.tokenizer(list(texts)))
+        return self._batched(self._texts, self.tokenizer(list(texts)), "texts")

@@ -64,9 +64,15 @@ class TrainedModel:
     step: int
 
 
-def load_trained(workdir: str) -> TrainedModel:
-    """Restore the latest checkpoint's parameters on the local devices (replicated)."""
+def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
+    """Restore the latest checkpoint's parameters on the local devices (replicated).
+
+    `dtype` overrides the compute dtype the run trained with (e.g. "bfloat16" for
+    faster evaluation); parameters stay float32.
+    """
     config = load_config(workdir)
+    if dtype is not None:
+        config.model_options.dtype = dtype
     checkpoints = Checkpoints(workdir, read_only=True)
     if checkpoints.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
