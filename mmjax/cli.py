@@ -1,8 +1,12 @@
-"""`mmjax` command line: `mmjax train | eval | models`.
+"""`mmjax` command line: `mmjax train | eval | models | embed | search | classify`.
 
     mmjax train --config configs/clip_tiny.py --workdir runs/demo [--config.batch_size=128 …]
     mmjax eval  --model runs/demo [--output runs/demo/eval.json] [--figure runs/demo/demo.png]
+    mmjax eval  --model runs/demo --benchmark cifar10 [--data-dir DIR] | --benchmark wds:DIR
     mmjax models
+    mmjax embed    --model runs/demo (--images DIR | --texts FILE) --out index.safetensors
+    mmjax search   --index index.safetensors (--text "a red circle" | --image q.png) -k 10 [--sheet hits.png]
+    mmjax classify --model runs/demo --labels "a red circle,a blue square" IMAGE...
 """
 
 from __future__ import annotations
@@ -30,38 +34,54 @@ def _train(_argv) -> None:
 
 def _define_eval_flags() -> None:
     flags.DEFINE_string("model", None, "A training workdir.")
-    flags.DEFINE_string("output", None, "Results JSON (default: MODEL/eval.json).")
-    flags.DEFINE_string("figure", None, "Also write a PNG: loss curve and text→image retrievals.")
+    flags.DEFINE_string("benchmark", None, "A TFDS benchmark (cifar10, imagenet2012, coco_captions, …) or wds:DIR; "
+                        "default: the synthetic benchmark of the run's data.")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+    flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.")
+    flags.DEFINE_string("output", None, "Results JSON (default: MODEL/eval.json or MODEL/eval_BENCHMARK.json).")
+    flags.DEFINE_string("figure", None, "Synthetic benchmark only: also write a PNG with the loss curve and "
+                        "text→image retrievals.")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with).")
     flags.mark_flags_as_required(["model"])
 
 
 def _eval(_argv) -> None:
-    from mmjax.eval import (evaluate_synthetic, format_table, results_json, text_to_image_examples,
-                            write_demo_figure, write_results)
-    from mmjax.inference import Encoder
-    from mmjax.train.workdir import load_trained
+    from mmjax.eval import evaluate_synthetic, format_table, results_json, write_results
+    from mmjax.eval.benchmarks import run_benchmark
 
-    workdir = flags.FLAGS.model
-    trained = load_trained(workdir, dtype=flags.FLAGS.dtype)
-    config = trained.config
-    encoder = Encoder(trained.model, trained.params, trained.tokenizer, config.data.image_mean,
-                      config.data.image_std, batch_size=config.eval.batch_size)
-    common = dict(seed=config.data.seed, image_size=trained.model.config.vision.image_size)
-    metrics = evaluate_synthetic(encoder.encode_images, encoder.encode_texts, num_heldout=config.eval.num_heldout,
-                                 num_retrieval=config.eval.num_retrieval, batch_size=config.eval.batch_size, **common)
-    output = flags.FLAGS.output or os.path.join(workdir, "eval.json")
-    write_results(output, results_json("synthetic-shapes", workdir, metrics, extra={"step": trained.step}))
-    print(f"{config.model} trained {trained.step} steps in {workdir}")
+    workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
+    encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None)
+    config, image_size = trained.config, trained.model.config.vision.image_size
+    if benchmark is None:
+        metrics = evaluate_synthetic(encoder.encode_images, encoder.encode_texts, seed=config.data.seed,
+                                     image_size=image_size, num_heldout=config.eval.num_heldout,
+                                     num_retrieval=config.eval.num_retrieval, batch_size=config.eval.batch_size)
+        results = results_json("synthetic-shapes", workdir, metrics, extra={"step": trained.step})
+        default_output = os.path.join(workdir, "eval.json")
+    else:
+        task, metrics = run_benchmark(benchmark, encoder.encode_images, encoder.encode_texts, image_size=image_size,
+                                      data_dir=flags.FLAGS.data_dir, batch_size=encoder.batch_size,
+                                      max_examples=flags.FLAGS.max_examples)
+        results = results_json(benchmark, workdir, metrics, extra={"step": trained.step}, task=task)
+        default_output = os.path.join(workdir, f"eval_{os.path.basename(benchmark.rstrip('/'))}.json")
+    output = flags.FLAGS.output or default_output
+    write_results(output, results)
+    print(f"{config.model} trained {trained.step} steps in {workdir}: {results['dataset']} ({results['task']})")
     print(format_table(metrics))
     print(f"results: {output}")
     if flags.FLAGS.figure:
-        examples = text_to_image_examples(encoder.encode_images, encoder.encode_texts,
-                                          num_images=config.eval.num_retrieval, **common)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            records = [json.loads(line) for line in f]
-        write_demo_figure(flags.FLAGS.figure, records, examples)
-        print(f"figure:  {flags.FLAGS.figure}")
+        _write_demo_figure(flags.FLAGS.figure, workdir, encoder, config, image_size)
+
+
+def _write_demo_figure(path: str, workdir: str, encoder, config, image_size: int) -> None:
+    from mmjax.eval import text_to_image_examples, write_demo_figure
+
+    examples = text_to_image_examples(encoder.encode_images, encoder.encode_texts, seed=config.data.seed,
+                                      image_size=image_size, num_images=config.eval.num_retrieval)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    write_demo_figure(path, records, examples)
+    print(f"figure:  {path}")
 
 
 def _define_no_flags() -> None:
@@ -74,10 +94,115 @@ def _models(_argv) -> None:
         print(f"{name:24s} {param_count(name):>14,d} parameters")
 
 
+def _load_encoder(source: str, dtype: str | None = None, progress: bool = False):
+    """``(Encoder, TrainedModel)`` for a training workdir, with its eval batch size and image statistics."""
+    from mmjax.inference import Encoder
+    from mmjax.train.workdir import load_trained
+
+    trained = load_trained(source, dtype=dtype)
+    data = trained.config.data
+    encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
+                      batch_size=trained.config.eval.batch_size, progress=progress)
+    return encoder, trained
+
+
+def _define_embed_flags() -> None:
+    flags.DEFINE_string("model", None, "A training workdir.")
+    flags.DEFINE_string("images", None, "Embed the image files under this directory (recursive); ids: relative paths.")
+    flags.DEFINE_string("texts", None, "Embed the non-empty lines of this UTF-8 file; ids: the texts themselves.")
+    flags.DEFINE_string("out", None, "Index file to write: .safetensors or .npz.")
+    flags.mark_flags_as_required(["model", "out"])
+
+
+def _embed(argv) -> None:
+    from mmjax.eval.images import list_images
+    from mmjax.eval.search import Index, embed_image_files, index_format, read_text_lines, save_index
+
+    images, texts, out = flags.FLAGS.images, flags.FLAGS.texts, flags.FLAGS.out
+    if len(argv) == 2 and not (images or texts):  # `mmjax embed --model M IMAGE_DIR|TEXT_FILE --out F`
+        images, texts = (argv[1], None) if os.path.isdir(argv[1]) else (None, argv[1])
+    elif len(argv) > 1 or bool(images) == bool(texts):
+        raise ValueError("give one of --images DIR or --texts FILE (or one IMAGE_DIR | TEXT_FILE argument)")
+    index_format(out)
+    encoder, trained = _load_encoder(flags.FLAGS.model)
+    model = os.path.abspath(flags.FLAGS.model)
+    if images:
+        size = trained.model.config.vision.image_size
+        embeddings, ids = embed_image_files(encoder.encode_images, list_images(images), size, root=images)
+        index = Index(embeddings, ids, "image", model, os.path.abspath(images))
+    else:
+        ids = read_text_lines(texts)
+        index = Index(encoder.encode_texts(ids), ids, "text", model)
+    save_index(out, index)
+    print(f"{len(index)} {index.modality} embeddings ({index.dim}-d) -> {out}")
+
+
+def _define_search_flags() -> None:
+    flags.DEFINE_string("model", None, "A training workdir (default: the model that built the index).")
+    flags.DEFINE_string("index", None, "Index file written by `mmjax embed`.")
+    flags.DEFINE_string("text", None, "Query text.")
+    flags.DEFINE_string("image", None, "Query image file.")
+    flags.DEFINE_integer("k", 10, "Number of hits.", lower_bound=1)
+    flags.DEFINE_string("sheet", None, "Also write a contact-sheet PNG of the hits (image index).")
+    flags.mark_flags_as_required(["index"])
+
+
+def _search(_argv) -> None:
+    from mmjax.eval.contact_sheet import write_search_sheet
+    from mmjax.eval.images import load_images
+    from mmjax.eval.search import format_hits, load_index, search
+
+    text, image = flags.FLAGS.text, flags.FLAGS.image
+    if (text is None) == (image is None):
+        raise ValueError("give one of --text or --image")
+    index = load_index(flags.FLAGS.index)
+    if flags.FLAGS.sheet and index.modality != "image":
+        raise ValueError("--sheet needs an image index (the hits are texts)")
+    model = flags.FLAGS.model or index.model
+    if index.model and os.path.abspath(model) != index.model:
+        print(f"mmjax: warning: the index was embedded by {index.model}, not {model}", file=sys.stderr)
+    encoder, trained = _load_encoder(model)
+    if text is not None:
+        query = encoder.encode_texts([text])
+    else:
+        query = encoder.encode_images(load_images([image], trained.model.config.vision.image_size)[0])
+    indices, scores = search(index, query, flags.FLAGS.k)
+    print("\n".join(format_hits(indices[0], scores[0], index.ids)))
+    if flags.FLAGS.sheet:
+        write_search_sheet(flags.FLAGS.sheet, index, text if text is not None else image, text is not None,
+                           indices[0], scores[0])
+        print(f"sheet: {flags.FLAGS.sheet}", file=sys.stderr)
+
+
+def _define_classify_flags() -> None:
+    flags.DEFINE_string("model", None, "A training workdir.")
+    flags.DEFINE_string("labels", None, 'Comma-separated labels, used verbatim as prompts: "a cat,a dog".')
+    flags.mark_flags_as_required(["model", "labels"])
+
+
+def _classify(argv) -> None:
+    from mmjax.eval.classify import model_label_probabilities
+    from mmjax.eval.search import embed_image_files
+
+    labels = [label.strip() for label in flags.FLAGS.labels.split(",") if label.strip()]
+    if not labels or len(argv) < 2:
+        raise ValueError("usage: mmjax classify --model WORKDIR --labels \"a cat,a dog\" IMAGE...")
+    encoder, trained = _load_encoder(flags.FLAGS.model)
+    size = trained.model.config.vision.image_size
+    image_emb, ids = embed_image_files(encoder.encode_images, argv[1:], size)
+    probabilities = model_label_probabilities(trained.params, image_emb, encoder.encode_texts(labels))
+    for image_id, row in zip(ids, probabilities):
+        print(image_id)
+        print("\n".join(f"  {row[j]:.4f}  {labels[j]}" for j in sorted(range(len(labels)), key=lambda j: -row[j])))
+
+
 COMMANDS = {
     "train": (_define_train_flags, _train),
     "eval": (_define_eval_flags, _eval),
     "models": (_define_no_flags, _models),
+    "embed": (_define_embed_flags, _embed),
+    "search": (_define_search_flags, _search),
+    "classify": (_define_classify_flags, _classify),
 }
 
 
@@ -111,15 +236,24 @@ def _run_reporting_errors(command):
     return run
 
 
+def _underscored(arg: str) -> str:
+    """`--data-dir=x` → `--data_dir=x`: flags may be spelt with dashes."""
+    if not arg.startswith("--") or arg.startswith("--config."):
+        return arg
+    name, sep, value = arg[2:].partition("=")
+    return "--" + name.replace("-", "_") + sep + value
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
     if len(argv) < 2 or argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
     define_flags, command = COMMANDS[argv[1]]
+    args = [_underscored(arg) for arg in argv[2:]]
     define_flags()
     logging.set_verbosity(logging.ERROR)  # orbax and grain log every save at INFO
-    app.run(_run_reporting_errors(command), argv=[f"mmjax {argv[1]}", *argv[2:]], flags_parser=_parse_flags)
+    app.run(_run_reporting_errors(command), argv=[f"mmjax {argv[1]}", *args], flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

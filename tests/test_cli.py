@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from PIL import Image
+from test_eval_reproduces import write_heldout_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(ROOT, "configs", "clip_tiny.py") + ":test"
@@ -41,6 +42,14 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     assert [r["step"] for r in records] == [2, 4, 6]
+
+    write_heldout_shards(tmp_path / "wds", seed=0, image_size=16, count=40)
+    benchmark = mmjax("eval", "--model", workdir, "--benchmark", f"wds:{tmp_path / 'wds'}", "--dtype", "bfloat16")
+    assert benchmark.returncode == 0, benchmark.stderr
+    with open(os.path.join(workdir, "eval_wds.json")) as f:
+        results = json.load(f)
+    assert results["task"] == "zeroshot_classification"
+    assert results["metrics"]["num_images"] == 40 and results["metrics"]["images_per_s"] > 0
     for key in ["loss", "learning_rate", "grad_norm", "temperature", "examples_per_s", "step_time_s"]:
         assert key in records[-1], key
 

@@ -1,0 +1,70 @@
+"""Image files → uint8 arrays, with CLIP's preprocessing geometry.
+
+Each image is opened with PIL, converted to RGB, resized so its shorter side is
+``size`` (bicubic) and centre-cropped to ``size × size`` — torchvision's
+``Resize(size) + CenterCrop(size)``, as OpenCLIP's eval transform. Normalisation
+(mean / std) is left to the model's encoder.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from mmjax.data.transforms import resize_center_crop
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def list_images(directory: str | os.PathLike) -> list[str]:
+    """Paths of the image files under ``directory`` (recursive), sorted by relative path.
+
+    Files are recognised by extension (case-insensitive): jpg, jpeg, png, webp, bmp.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"image directory {directory} does not exist")
+    relative = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in files:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                relative.append(os.path.relpath(os.path.join(root, name), directory))
+    if not relative:
+        raise ValueError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) under {directory}")
+    relative.sort(key=lambda p: p.split(os.sep))
+    return [os.path.join(directory, p) for p in relative]
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One file → uint8 ``[size, size, 3]``; an unreadable file → ``ValueError`` naming it."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return resize_center_crop(image, size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"cannot read image {path}: {reason}") from None
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike], size: int, root: str | os.PathLike | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Files → ``(uint8 [N, size, size, 3], ids)``.
+
+    ``ids`` are the paths relative to ``root`` (as ``list_images`` returns them,
+    with ``/`` separators) when ``root`` is given, else the paths as passed.
+    """
+    images = np.zeros((len(paths), size, size, 3), np.uint8)
+    for i, path in enumerate(paths):
+        images[i] = load_image(path, size)
+    if root is None:
+        ids = [os.fspath(p) for p in paths]
+    else:
+        ids = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
+    return images, ids

@@ -1,0 +1,324 @@
+"""Benchmark readers and runners: TFDS (mock_data), webdataset shards written here, errors."""
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.data.transforms import resize_center_crop
+from mmjax.eval import benchmarks, sources
+from mmjax.eval.zeroshot import build_classifier, classify, l2_normalize, zero_shot_metrics
+
+COLOURS = {
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+    "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255),
+}
+NAMES = list(COLOURS)
+TEMPLATES = ["a photo of a {c} square.", "a {c} thing"]
+
+
+def png(colour, size=(6, 4)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_shard(path, samples) -> None:
+    """samples: list of (key, {extension: bytes})."""
+    with tarfile.open(path, "w") as tar:
+        for key, files in samples:
+            for extension, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def write_classification(root, labels_per_shard, classnames=NAMES, templates=TEMPLATES):
+    (root / "test").mkdir(parents=True)
+    for shard, labels in enumerate(labels_per_shard):
+        write_shard(root / "test" / f"{shard:04d}.tar",
+                    [(f"s{shard}_{i:03d}", {"png": png(COLOURS[NAMES[label]]),
+                                            "cls": str(label).encode()})
+                     for i, label in enumerate(labels)])
+    (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    return f"wds:{root}"
+
+
+def colour_index(images: np.ndarray) -> np.ndarray:
+    """Index in NAMES of each (solid-colour) image's colour."""
+    table = np.array(list(COLOURS.values()))
+    means = images.reshape(len(images), -1, 3).mean(axis=1)
+    return np.argmin(((means[:, None, :] - table[None]) ** 2).sum(-1), axis=1)
+
+
+def oracle_images(images: np.ndarray) -> np.ndarray:
+    return np.eye(len(NAMES))[colour_index(images)]
+
+
+def oracle_texts(texts: list[str]) -> np.ndarray:
+    return np.stack([np.eye(len(NAMES))[[n in t.split() for n in NAMES].index(True)]
+                     for t in texts])
+
+
+def random_texts(texts: list[str], dim: int = 8) -> np.ndarray:
+    return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=dim)
+                     for t in texts])
+
+
+LABELS = [[0, 1, 2, 3, 4, 5, 0], [0, 0, 1, 3, 5]]  # imbalanced, two shards, 12 images
+
+
+def test_shipped_classnames_and_templates():
+    names, templates = benchmarks.shipped_classnames(), benchmarks.shipped_templates()
+    assert len(names["cifar10"]) == 10 and len(names["cifar100"]) == 100
+    assert len(names["imagenet1k"]) == 1000 and len(templates["imagenet1k"]) == 80
+    assert len(names["food101"]) == 101 and len(names["pets"]) == 37
+    assert names["cifar10"][0] == "airplane" and names["pets"][0] == "Abyssinian"
+    for key, names_of_key in names.items():
+        if key != "imagenet1k":  # OpenAI's ImageNet names repeat two (e.g. "missile")
+            assert len(set(names_of_key)) == len(names_of_key), key
+        assert all("{c}" in t for t in templates[key]), key
+    source = sources.load_json_data("classnames.json")["source"]
+    assert "MIT" in source["license"] and "CLIP_benchmark" in source["repository"]
+    for name, benchmark in sources.TFDS_BENCHMARKS.items():
+        if benchmark.task == sources.CLASSIFICATION:
+            assert benchmark.classnames in names, name
+
+
+def test_resize_center_crop():
+    image = np.zeros((4, 8, 3), np.uint8)  # height 4, width 8
+    image[:, :2] = COLOURS["red"]
+    image[:, 2:6] = COLOURS["green"]
+    image[:, 6:] = COLOURS["blue"]
+    out = resize_center_crop(Image.fromarray(image), 4)
+    assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.broadcast_to(COLOURS["green"], (4, 4, 3)))
+    tall = resize_center_crop(Image.new("L", (3, 9), 7), 6)  # grey -> RGB, upscaled
+    assert tall.shape == (6, 6, 3) and (tall == 7).all()
+
+
+def test_wds_classification_oracle_and_wrong_encoder(tmp_path):
+    name = write_classification(tmp_path, LABELS)
+    task, metrics = benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=3,
+                                             batch_size=5)
+    assert task == "zeroshot_classification"
+    assert metrics["acc1"] == 1.0 and metrics["acc5"] == 1.0
+    assert metrics["mean_per_class_recall"] == 1.0
+    assert metrics["num_images"] == 12 and metrics["num_classes"] == 6
+    assert metrics["images_per_s"] > 0
+
+    def wrong_images(images):  # classes 0-2 right; 3-5 -> (c+1) % 6 first, c second
+        index = colour_index(images)
+        right = np.eye(6)[index]
+        return np.where((index < 3)[:, None], right, np.eye(6)[(index + 1) % 6] + 0.5 * right)
+
+    _, metrics = benchmarks.run_benchmark(name, wrong_images, oracle_texts, image_size=3,
+                                          batch_size=5)
+    labels = np.concatenate(LABELS)
+    assert metrics["acc1"] == pytest.approx(np.mean(labels < 3))  # 7 / 12
+    assert metrics["acc5"] == 1.0
+    assert metrics["mean_per_class_recall"] == pytest.approx(0.5)  # 3 of 6 classes right
+
+
+def test_wds_classification_matches_dense_metrics(tmp_path):
+    name = write_classification(tmp_path, LABELS)
+    projection = np.random.default_rng(0).normal(size=(3, 8))
+
+    def random_images(images):
+        return images.reshape(len(images), -1, 3).mean(axis=1) @ projection
+
+    _, metrics = benchmarks.run_benchmark(name, random_images, random_texts, image_size=2,
+                                          batch_size=4, max_examples=10)
+    labels = np.concatenate(LABELS)[:10]
+    pixels = np.array([COLOURS[NAMES[label]] for label in labels], np.float64)
+    classifier = build_classifier(random_texts, NAMES, TEMPLATES)
+    expected = zero_shot_metrics(classify(pixels @ projection, classifier), labels)
+    assert metrics["num_images"] == 10
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value), key
+
+
+def naive_recall(image_emb, text_emb, text_to_image, k):
+    """Dense recall@k, ties to the lower index (stable sort)."""
+    scores = l2_normalize(text_emb).astype(np.float64) @ l2_normalize(image_emb).T
+    top_images = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    image_hits = [text_to_image[t] in top_images[t] for t in range(len(text_emb))]
+    top_texts = np.argsort(-scores.T, axis=1, kind="stable")[:, :k]
+    text_hits = [(text_to_image[top_texts[i]] == i).any() for i in range(len(image_emb))]
+    return float(np.mean(image_hits)), float(np.mean(text_hits))
+
+
+def test_wds_retrieval_several_captions(tmp_path):
+    (tmp_path / "test").mkdir()
+    captions = {  # image colour -> its captions (2 or 3 each)
+        "red": ["a red square", "red", "something red here"],
+        "green": ["a green square", "green block"],
+        "blue": ["blue", "a blue tile", "the blue one"],
+        "yellow": ["yellow", "a yellow square"],
+        "cyan": ["cyan thing", "a cyan square"],
+    }
+    order = list(captions)
+    write_shard(tmp_path / "test" / "0000.tar",
+                [(f"k{i}", {"jpg": png(COLOURS[c]),
+                            "txt": "\n".join(captions[c]).encode()})
+                 for i, c in enumerate(order[:3])])
+    write_shard(tmp_path / "test" / "0001.tar",
+                [(f"k{i}", {"png": png(COLOURS[c]), "txt": "\n".join(captions[c]).encode()})
+                 for i, c in enumerate(order[3:], start=3)])
+    name = f"wds:{tmp_path}"
+    task, metrics = benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2,
+                                             batch_size=2)
+    assert task == "zeroshot_retrieval"
+    assert metrics["num_images"] == 5 and metrics["num_texts"] == 12
+    assert metrics["image_retrieval_recall@1"] == 1.0
+    assert metrics["text_retrieval_recall@1"] == 1.0
+
+    projection = np.random.default_rng(1).normal(size=(3, 8))
+
+    def random_images(images):
+        return images.reshape(len(images), -1, 3).mean(axis=1) @ projection
+
+    _, metrics = benchmarks.run_benchmark(name, random_images, random_texts, image_size=2,
+                                          batch_size=2)
+    image_emb = np.array([COLOURS[c] for c in order], np.float64) @ projection
+    texts = [t for c in order for t in captions[c]]
+    text_to_image = np.array([i for i, c in enumerate(order) for _ in captions[c]])
+    for k in (1, 5, 10):
+        image_recall, text_recall = naive_recall(image_emb, random_texts(texts), text_to_image, k)
+        assert metrics[f"image_retrieval_recall@{k}"] == pytest.approx(image_recall), k
+        assert metrics[f"text_retrieval_recall@{k}"] == pytest.approx(text_recall), k
+    assert 0 < metrics["image_retrieval_recall@1"] < 1  # a non-trivial case
+
+
+def test_tfds_cifar10_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    projection = np.random.default_rng(2).normal(size=(32 * 32 * 3, 8))
+
+    def encode_images(images):
+        return images.reshape(len(images), -1).astype(np.float64) @ projection
+
+    with tfds.testing.mock_data(num_examples=12):
+        task, metrics = benchmarks.run_benchmark("cifar10", encode_images, random_texts,
+                                                 image_size=32, data_dir=str(tmp_path),
+                                                 batch_size=5)
+        source = tfds.data_source("cifar10", split="test")
+        examples = [source[i] for i in range(len(source))]
+    assert task == "zeroshot_classification" and metrics["num_images"] == 12
+    images = np.stack([example["image"] for example in examples])  # 32 px: no resize
+    labels = np.array([example["label"] for example in examples])
+    classifier = build_classifier(random_texts, benchmarks.shipped_classnames()["cifar10"],
+                                  benchmarks.shipped_templates()["cifar10"])
+    expected = zero_shot_metrics(classify(encode_images(images), classifier), labels)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value), key
+
+
+def one_line(excinfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_tfds_dataset(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(FileNotFoundError, match=r"tfds build cifar10 --data_dir") as excinfo:
+        benchmarks.run_benchmark("cifar10", oracle_images, oracle_texts, image_size=8,
+                                 data_dir=str(tmp_path))
+    assert "tensorflow-cpu" in one_line(excinfo)
+    with pytest.raises(FileNotFoundError, match=r"coco_captions/2014.*not prepared") as excinfo:
+        benchmarks.run_benchmark("coco_captions", oracle_images, oracle_texts, image_size=8,
+                                 data_dir=str(tmp_path))
+    one_line(excinfo)
+
+
+def test_unknown_benchmark():
+    with pytest.raises(ValueError, match="unknown benchmark 'cifar11'"):
+        benchmarks.run_benchmark("cifar11", oracle_images, oracle_texts, image_size=8)
+
+
+def test_empty_shard(tmp_path):
+    name = write_classification(tmp_path, [[0, 1], []])
+    with pytest.raises(ValueError, match=r"0001\.tar: empty shard") as excinfo:
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    one_line(excinfo)
+
+
+def test_corrupt_image(tmp_path):
+    (tmp_path / "test").mkdir()
+    write_shard(tmp_path / "test" / "0000.tar",
+                [("a", {"png": png((255, 0, 0)), "cls": b"0"}),
+                 ("b", {"png": b"\x89PNG not really", "cls": b"1"})])
+    (tmp_path / "classnames.txt").write_text("red\ngreen\n")
+    (tmp_path / "zeroshot_classification_templates.txt").write_text("a {c} thing\n")
+    with pytest.raises(ValueError, match=r"0000\.tar: cannot decode image b\.png") as excinfo:
+        benchmarks.run_benchmark(f"wds:{tmp_path}", oracle_images, oracle_texts, image_size=2)
+    one_line(excinfo)
+
+
+def test_classnames_count_mismatch(tmp_path):
+    name = write_classification(tmp_path, [[0, 1, 5]], classnames=["red", "green"])
+    with pytest.raises(ValueError, match=r"classnames\.txt has 2 class names .* label 5") as info:
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    one_line(info)
+
+
+def test_missing_shards(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no webdataset shards"):
+        benchmarks.run_benchmark(f"wds:{tmp_path}", oracle_images, oracle_texts, image_size=2)
+
+
+def test_acc5_nan_with_few_classes(tmp_path):
+    name = write_classification(tmp_path, [[0, 1, 2, 1]], classnames=NAMES[:3])
+    _, metrics = benchmarks.run_benchmark(name, lambda x: oracle_images(x)[:, :3],
+                                          lambda t: oracle_texts(t)[:, :3], image_size=2)
+    assert metrics["acc1"] == 1.0 and math.isnan(metrics["acc5"])
+
+
+def test_tfds_prepared_directory_retrieval(tmp_path):
+    """A real array_record data set on disk (written here without TensorFlow: PIL images
+    encode without it), read through ``builder_from_directory`` like a prepared coco_captions."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pairs = [("red", ["a red one", "red"]), ("green", ["green"]),
+             ("blue", ["blue square", "a blue", "blue!"]), ("yellow", ["yellow", "the yellow"])]
+
+    class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "coco_captions"
+        VERSION = tfds.core.Version("1.1.0")
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2014")]
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64})}))
+
+        def _split_generators(self, dl_manager):
+            return {"test": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, (colour, texts) in enumerate(pairs):
+                yield i, {"image": Image.new("RGB", (5, 3), COLOURS[colour]),
+                          "captions": [{"text": t, "id": j} for j, t in enumerate(texts)]}
+
+    FakeCocoCaptions(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    projection = np.random.default_rng(3).normal(size=(3, 8))
+
+    def random_images(images):
+        return images.reshape(len(images), -1, 3).mean(axis=1) @ projection
+
+    task, metrics = benchmarks.run_benchmark("coco_captions", random_images, random_texts,
+                                             image_size=3, data_dir=str(tmp_path), batch_size=3)
+    assert task == "zeroshot_retrieval"
+    assert metrics["num_images"] == 4 and metrics["num_texts"] == 8
+    image_emb = np.array([COLOURS[c] for c, _ in pairs], np.float64) @ projection
+    texts = [t for _, ts in pairs for t in ts]
+    text_to_image = np.array([i for i, (_, ts) in enumerate(pairs) for _ in ts])
+    for k in (1, 5):  # no ties, so the stored (shuffled) order does not matter
+        image_recall, text_recall = naive_recall(image_emb, random_texts(texts), text_to_image, k)
+        assert metrics[f"image_retrieval_recall@{k}"] == pytest.approx(image_recall), k
+        assert metrics[f"text_retrieval_recall@{k}"] == pytest.approx(text_recall), k
