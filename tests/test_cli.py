@@ -72,3 +72,35 @@ def test_missing_workdir_is_one_clear_line(tmp_path):
 def test_workdir_without_checkpoint_is_one_clear_line(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     _assert_one_line_error(mmjax("eval", "--model", str(tmp_path)), "no checkpoint in")
+
+
+@pytest.mark.slow  # ~45 s: three processes. Kept in the default run: it is the only test of a real kill.
+def test_training_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_path):
+    import signal
+    import time
+
+    import jax
+    import numpy as np
+
+    from mmjax.train.workdir import load_trained
+
+    overrides = ["--config.total_steps=150", "--config.checkpoint_every=10", "--config.log_every=50"]
+    straight = mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path / "straight"), *overrides)
+    assert straight.returncode == 0, straight.stderr
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "mmjax.cli", "train", "--config", TEST_CONFIG, "--workdir",
+                                str(killed_dir), *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed_dir / "checkpoints" / "30").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = mmjax("train", "--config", TEST_CONFIG, "--workdir", str(killed_dir), *overrides)
+    assert resumed.returncode == 0, resumed.stderr
+
+    want, got = load_trained(str(tmp_path / "straight")), load_trained(str(killed_dir))
+    assert got.step == want.step == 150
+    jax.tree.map(np.testing.assert_array_equal, got.params, want.params)

@@ -14,7 +14,8 @@ clip_benchmark's task name and metrics:
   :func:`~mmjax.eval.retrieval.retrieval_metrics` (blocked) with recall@1/5/10.
 
 Besides the metrics: ``images_per_s`` (images over the wall time of the image phase:
-reading, decoding, resizing and ``encode_images``), ``num_images`` and ``num_classes`` or
+reading, decoding, resizing and ``encode_images``; with ``num_workers`` the first three run in
+grain worker processes, whose start-up is counted), ``num_images`` and ``num_classes`` or
 ``num_texts``.
 """
 from __future__ import annotations
@@ -58,9 +59,10 @@ def benchmark_names() -> list[str]:
     return sorted(sources.TFDS_BENCHMARKS)
 
 
-def _open(name_or_path: str, data_dir: str | None, max_examples: int | None
-          ) -> tuple[str, Iterator[tuple[Any, Any]], list[str] | None, list[str] | None]:
-    """``(task, examples, classnames, templates)`` of a benchmark (names None for retrieval)."""
+def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, image_size: int,
+          batch_size: int, num_workers: int
+          ) -> tuple[str, Iterator[tuple[np.ndarray, Any]], list[str] | None, list[str] | None]:
+    """``(task, batches, classnames, templates)`` of a benchmark (names None for retrieval)."""
     if name_or_path.startswith(WDS_PREFIX):
         directory = name_or_path[len(WDS_PREFIX):]
         task = sources.wds_task(directory)
@@ -68,9 +70,10 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None
         if task == sources.CLASSIFICATION:
             classnames = sources.wds_classnames(directory)
             templates = sources.wds_templates(directory)
-        examples = sources.wds_examples(directory, task, len(classnames) if classnames else None,
-                                        max_examples)
-        return task, examples, classnames, templates
+        batches = sources.wds_batches(directory, task, image_size, batch_size,
+                                      len(classnames) if classnames else None, max_examples,
+                                      num_workers)
+        return task, batches, classnames, templates
     if name_or_path not in sources.TFDS_BENCHMARKS:
         raise ValueError(f"unknown benchmark {name_or_path!r}: use one of {benchmark_names()} "
                          f"or {WDS_PREFIX}DIR for a webdataset directory")
@@ -84,8 +87,9 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None
         if declared is not None and declared != len(classnames):
             raise ValueError(f"{benchmark.tfds_name} has {declared} classes but the shipped "
                              f"class names for {benchmark.classnames} are {len(classnames)}")
-    return benchmark.task, sources.tfds_examples(source, benchmark, max_examples), classnames, \
-        templates
+    batches = sources.tfds_batches(source, benchmark, image_size, batch_size, max_examples,
+                                   num_workers)
+    return benchmark.task, batches, classnames, templates
 
 
 def run_benchmark(
@@ -97,6 +101,7 @@ def run_benchmark(
     data_dir: str | None = None,
     batch_size: int = 256,
     max_examples: int | None = None,
+    num_workers: int = 0,
 ) -> tuple[str, dict[str, float]]:
     """Zero-shot evaluation of one benchmark.
 
@@ -108,6 +113,8 @@ def run_benchmark(
       data_dir: TFDS data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       batch_size: images (and texts) per encoder call.
       max_examples: evaluate only the first images.
+      num_workers: read, decode, resize and batch the images in this many grain worker
+        processes (0: in this process). The batches, hence the metrics, do not depend on it.
 
     Returns:
       ``(task, metrics)``: task is ``"zeroshot_classification"`` or ``"zeroshot_retrieval"``.
@@ -116,19 +123,22 @@ def run_benchmark(
       FileNotFoundError: a TFDS data set that is not prepared, a missing webdataset file.
       ValueError: bad data (empty shard, undecodable image, class names not fitting labels).
     """
-    task, examples, classnames, templates = _open(name_or_path, data_dir, max_examples)
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
+                                                 image_size, batch_size, num_workers)
     if task == sources.CLASSIFICATION:
-        return task, _classification(examples, classnames, templates, encode_images,
-                                     encode_texts, image_size, batch_size)
-    return task, _retrieval(examples, encode_images, encode_texts, image_size, batch_size)
+        return task, _classification(batches, classnames, templates, encode_images,
+                                     encode_texts, batch_size)
+    return task, _retrieval(batches, encode_images, encode_texts, batch_size)
 
 
-def _classification(examples, classnames, templates, encode_images, encode_texts, image_size,
+def _classification(batches, classnames, templates, encode_images, encode_texts,
                     batch_size) -> dict[str, float]:
     classifier = build_classifier(encode_texts, classnames, templates, batch_size)
     ranks, predictions, labels = [], [], []
     num_images, start = 0, time.perf_counter()
-    for images, batch_labels in sources.batches(examples, image_size, batch_size):
+    for images, batch_labels in batches:
         logits = classify(np.asarray(encode_images(images), np.float32), classifier)
         ranks.append(label_rank(logits, batch_labels))
         predictions.append(logits.argmax(axis=1))
@@ -148,11 +158,10 @@ def _classification(examples, classnames, templates, encode_images, encode_texts
     }
 
 
-def _retrieval(examples, encode_images, encode_texts, image_size, batch_size
-               ) -> dict[str, float]:
+def _retrieval(batches, encode_images, encode_texts, batch_size) -> dict[str, float]:
     image_embeddings, captions, text_to_image = [], [], []
     num_images, start = 0, time.perf_counter()
-    for images, batch_captions in sources.batches(examples, image_size, batch_size):
+    for images, batch_captions in batches:
         image_embeddings.append(np.asarray(encode_images(images), np.float32))
         for offset, image_captions in enumerate(batch_captions):
             captions.extend(image_captions)

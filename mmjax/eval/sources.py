@@ -21,6 +21,17 @@ one entry per line.
 Images are decoded with PIL to RGB and prepared as OpenCLIP / clip_benchmark do
 (``Resize(S, bicubic)`` on the shorter side, then ``CenterCrop(S)``), as uint8; normalisation
 is the encoder's business.
+
+Batches come from :func:`batches` (decoding in the calling process) or, with
+``num_workers > 0``, from :func:`tfds_batches` / :func:`wds_batches`: grain pipelines whose
+reading, decoding, resizing and batching run in ``num_workers`` spawned worker processes
+(``MapDataset -> map -> batch -> to_iter_dataset -> mp_prefetch``). Both are random access
+over the examples (a TFDS data source; for webdataset an index of every sample's member
+``(offset, size)`` in its shard, built by one pass over the tar headers, see
+:func:`wds_index`), and ``mp_prefetch`` hands worker ``w`` the batches ``w, w + n, ...`` and
+interleaves them back in order, so batches, and hence metrics, are the same for any number of
+workers. A bad-data ``ValueError`` raised in a worker reaches the caller as the same one-line
+``ValueError`` the in-process path raises.
 """
 from __future__ import annotations
 
@@ -30,9 +41,9 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -155,13 +166,50 @@ def tfds_examples(
     """``(PIL image, label int | captions list[str])`` for the first examples of ``source``."""
     count = len(source) if max_examples is None else min(len(source), max_examples)
     for index in range(count):
-        example = source[index]
-        image = _to_pil(example[benchmark.image_key])
-        if benchmark.task == CLASSIFICATION:
-            yield image, int(example[benchmark.label_key])
-        else:
-            texts = example[benchmark.captions_key]["text"]
-            yield image, [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+        yield _tfds_example(source[index], benchmark)
+
+
+def _tfds_example(example: dict[str, Any], benchmark: TfdsBenchmark) -> tuple[Image.Image, Any]:
+    image = _to_pil(example[benchmark.image_key])
+    if benchmark.task == CLASSIFICATION:
+        return image, int(example[benchmark.label_key])
+    texts = example[benchmark.captions_key]["text"]
+    return image, [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+
+
+@dataclass(frozen=True)
+class _TfdsPrepare:
+    """Feature dict -> ``(uint8 [S, S, 3], target)`` (a grain map, run in the workers)."""
+
+    benchmark: TfdsBenchmark
+    image_size: int
+
+    def __call__(self, example: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        image, target = _tfds_example(example, self.benchmark)
+        return resize_center_crop(image, self.image_size), target
+
+
+def tfds_batches(
+    source: Sequence[dict[str, Any]],
+    benchmark: TfdsBenchmark,
+    image_size: int,
+    batch_size: int,
+    max_examples: int | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """:func:`batches` of :func:`tfds_examples`, read and prepared in grain worker processes
+    (in this process when ``num_workers`` is 0)."""
+    if num_workers == 0:
+        yield from batches(tfds_examples(source, benchmark, max_examples), image_size,
+                           batch_size)
+        return
+    import grain  # noqa: PLC0415
+
+    dataset = grain.MapDataset.source(source)
+    if max_examples is not None:
+        dataset = dataset[:max_examples]
+    yield from _grain_batches(dataset.map(_TfdsPrepare(benchmark, image_size)), batch_size,
+                              num_workers)
 
 
 # ----------------------------------------------------------------------------- webdataset
@@ -248,6 +296,28 @@ def _decode_image(sample: dict[str, bytes], shard: str, key: str) -> Image.Image
     return image.convert("RGB")
 
 
+def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
+                 num_classes: int | None, classnames_path: str) -> tuple[Image.Image, Any]:
+    """One sample's ``(PIL image, label | captions)``, checked (one-line ``ValueError``)."""
+    image = _decode_image(sample, shard, key)
+    if task == CLASSIFICATION:
+        if "cls" not in sample:
+            raise ValueError(f"{shard}: sample {key} has no .cls label")
+        label = int(sample["cls"].decode("utf-8").strip())
+        if num_classes is not None and not 0 <= label < num_classes:
+            raise ValueError(
+                f"{classnames_path} has {num_classes} class "
+                f"names but {shard} sample {key} has label {label}")
+        return image, label
+    if "txt" not in sample:
+        raise ValueError(f"{shard}: sample {key} has no .txt captions")
+    captions = [line.strip() for line in sample["txt"].decode("utf-8").splitlines()
+                if line.strip()]
+    if not captions:
+        raise ValueError(f"{shard}: sample {key} has an empty .txt")
+    return image, captions
+
+
 def wds_examples(
     directory: str,
     task: str,
@@ -267,6 +337,7 @@ def wds_examples(
       ValueError (one line, naming the file): an empty shard, a sample without image or
         label/captions, an image PIL cannot decode, a label outside ``classnames.txt``.
     """
+    classnames_path = os.path.join(directory, "classnames.txt")
     count = 0
     for shard in wds_shards(directory):
         empty = True
@@ -274,27 +345,101 @@ def wds_examples(
             empty = False
             if max_examples is not None and count >= max_examples:
                 return
-            image = _decode_image(sample, shard, key)
-            if task == CLASSIFICATION:
-                if "cls" not in sample:
-                    raise ValueError(f"{shard}: sample {key} has no .cls label")
-                label = int(sample["cls"].decode("utf-8").strip())
-                if num_classes is not None and not 0 <= label < num_classes:
-                    raise ValueError(
-                        f"{os.path.join(directory, 'classnames.txt')} has {num_classes} class "
-                        f"names but {shard} sample {key} has label {label}")
-                yield image, label
-            else:
-                if "txt" not in sample:
-                    raise ValueError(f"{shard}: sample {key} has no .txt captions")
-                captions = [line.strip() for line in sample["txt"].decode("utf-8").splitlines()
-                            if line.strip()]
-                if not captions:
-                    raise ValueError(f"{shard}: sample {key} has an empty .txt")
-                yield image, captions
+            yield _wds_example(sample, shard, key, task, num_classes, classnames_path)
             count += 1
         if empty:
             raise ValueError(f"{shard}: empty shard (no samples)")
+
+
+class WdsSample(NamedTuple):
+    """Where one webdataset sample's files lie: ``members`` is ``((extension, offset, size),
+    ...)``, byte ranges of the member data in the (uncompressed) tar ``shard``."""
+
+    shard: str
+    key: str
+    members: tuple[tuple[str, int, int], ...]
+
+
+def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample]:
+    """The first ``max_examples`` samples of ``DIR/test/*.tar`` in :func:`wds_examples`'s
+    order, located by one pass over the tar headers (member data is skipped, not read).
+
+    Raises:
+      ValueError (one line, naming the file): an unreadable or compressed tar, an empty shard.
+    """
+    index: list[WdsSample] = []
+    for shard in wds_shards(directory):
+        if max_examples is not None and len(index) >= max_examples:
+            break
+        try:
+            tar = tarfile.open(shard, "r:")  # plain tar: data lies at offsets in the file
+        except tarfile.TarError as error:
+            raise ValueError(f"{shard}: not a readable uncompressed tar file ({error})") from error
+        with tar:
+            key, members, found = None, [], False
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, extension = _split_key(member.name)
+                if member_key != key and members:
+                    index.append(WdsSample(shard, key, tuple(members)))
+                    members = []
+                    if max_examples is not None and len(index) >= max_examples:
+                        break
+                key, found = member_key, True
+                members = [m for m in members if m[0] != extension]  # last one wins, as in
+                members.append((extension, member.offset_data, member.size))  # a dict
+            else:
+                if members:
+                    index.append(WdsSample(shard, key, tuple(members)))
+            if not found:
+                raise ValueError(f"{shard}: empty shard (no samples)")
+    return index
+
+
+@dataclass(frozen=True)
+class _WdsPrepare:
+    """:class:`WdsSample` -> ``(uint8 [S, S, 3], target)``: reads the member bytes at their
+    offsets, checks and decodes as :func:`wds_examples` (a grain map, run in the workers)."""
+
+    task: str
+    image_size: int
+    num_classes: int | None
+    classnames_path: str
+
+    def __call__(self, entry: WdsSample) -> tuple[np.ndarray, Any]:
+        sample = {}
+        with open(entry.shard, "rb") as f:
+            for extension, offset, size in entry.members:
+                f.seek(offset)
+                sample[extension] = f.read(size)
+        image, target = _wds_example(sample, entry.shard, entry.key, self.task,
+                                     self.num_classes, self.classnames_path)
+        return resize_center_crop(image, self.image_size), target
+
+
+def wds_batches(
+    directory: str,
+    task: str,
+    image_size: int,
+    batch_size: int,
+    num_classes: int | None = None,
+    max_examples: int | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """:func:`batches` of :func:`wds_examples`, read and prepared in grain worker processes
+    over :func:`wds_index` (in this process, streaming the shards, when ``num_workers`` is 0).
+    Same batches, same errors."""
+    if num_workers == 0:
+        yield from batches(wds_examples(directory, task, num_classes, max_examples),
+                           image_size, batch_size)
+        return
+    import grain  # noqa: PLC0415
+
+    prepare = _WdsPrepare(task, image_size, num_classes,
+                          os.path.join(directory, "classnames.txt"))
+    dataset = grain.MapDataset.source(wds_index(directory, max_examples)).map(prepare)
+    yield from _grain_batches(dataset, batch_size, num_workers)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -321,6 +466,48 @@ def _finish(images: list[np.ndarray], targets: list[Any]) -> tuple[np.ndarray, A
     if isinstance(targets[0], list):
         return stacked, targets
     return stacked, np.asarray(targets, np.int64)
+
+
+def _collate(elements: Sequence[tuple[np.ndarray, Any]]) -> tuple[np.ndarray, Any]:
+    return _finish([image for image, _ in elements], [target for _, target in elements])
+
+
+def _grain_batches(dataset: Any, batch_size: int, num_workers: int
+                   ) -> Iterator[tuple[np.ndarray, Any]]:
+    """Batches of the ``(uint8 image, target)`` grain ``MapDataset``, in order, prepared in
+    ``num_workers`` processes; their bad-data errors re-raised here as one line."""
+    import grain  # noqa: PLC0415
+    from absl import flags  # noqa: PLC0415
+
+    iter_dataset = dataset.batch(batch_size, drop_remainder=False, batch_fn=_collate)
+    iter_dataset = iter_dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
+        flags.FLAGS.mark_as_parsed()
+    iterator = iter(iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers)))
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:  # noqa: BLE001 - re-raised, only trimmed
+                raise _as_raised_here(error) from None
+            yield batch
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def _as_raised_here(error: BaseException) -> BaseException:
+    """A worker's exception as the in-process path raises it: grain re-raises the worker's
+    exception object (same type and message) with the worker's frames and a note about
+    its traceback filtering; drop both, so the user sees the one-line error alone."""
+    if getattr(error, "__notes__", None):
+        del error.__notes__
+    return error.with_traceback(None)
 
 
 def load_json_data(file_name: str) -> dict[str, Any]:
