@@ -4,12 +4,10 @@
     mmjax train --config configs/clip_tiny.py:test --workdir /tmp/t   # seconds, for tests
 """
 
-from mmjax.train.config import base_config, small_for_tests
+from mmjax.train.config import apply_arg, base_config
 
 
 def get_config(arg: str | None = None):
-    config = base_config(model="clip-tiny", loss="clip")
-    if arg == "test":
-        small_for_tests(config, model="clip-test")
+    config = apply_arg(base_config(model="clip-tiny", loss="clip"), arg, test_model="clip-test")
     config.lock()
     return config

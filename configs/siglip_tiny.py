@@ -3,12 +3,10 @@
     mmjax train --config configs/siglip_tiny.py --workdir runs/siglip
 """
 
-from mmjax.train.config import base_config, small_for_tests
+from mmjax.train.config import apply_arg, base_config
 
 
 def get_config(arg: str | None = None):
-    config = base_config(model="siglip-tiny", loss="sigmoid")
-    if arg == "test":
-        small_for_tests(config, model="siglip-test")
+    config = apply_arg(base_config(model="siglip-tiny", loss="sigmoid"), arg, test_model="siglip-test")
     config.lock()
     return config

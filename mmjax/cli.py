@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -28,7 +29,12 @@ def _define_train_flags() -> None:
 
 
 def _train(_argv) -> None:
+    from ml_collections import config_flags
+
     from mmjax.train.loop import train
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+    if not os.path.isfile(path):  # config_flags would defer this to a traceback at first use
+        raise FileNotFoundError(f"config file {path} does not exist")
     train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -38,6 +44,8 @@ def _define_eval_flags() -> None:
                         "default: the synthetic benchmark of the run's data.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.")
+    flags.DEFINE_integer("num_workers", 0, "grain worker processes decoding benchmark images (0: in this process).",
+                         lower_bound=0)
     flags.DEFINE_string("output", None, "Results JSON (default: MODEL/eval.json or MODEL/eval_BENCHMARK.json).")
     flags.DEFINE_string("figure", None, "Synthetic benchmark only: also write a PNG with the loss curve and "
                         "text→image retrievals.")
@@ -50,19 +58,24 @@ def _eval(_argv) -> None:
     from mmjax.eval.benchmarks import run_benchmark
 
     workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
+    output_dir = os.path.dirname(os.path.abspath(flags.FLAGS.output or workdir))
+    if not os.path.isdir(output_dir):
+        raise FileNotFoundError(f"--output directory {output_dir} does not exist")
     encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None)
     config, image_size = trained.config, trained.model.config.vision.image_size
     if benchmark is None:
         metrics = evaluate_synthetic(encoder.encode_images, encoder.encode_texts, seed=config.data.seed,
                                      image_size=image_size, num_heldout=config.eval.num_heldout,
                                      num_retrieval=config.eval.num_retrieval, batch_size=config.eval.batch_size)
-        results = results_json("synthetic-shapes", workdir, metrics, extra={"step": trained.step})
+        results = results_json("synthetic-shapes", config.model, metrics, extra={"step": trained.step},
+                               pretrained=workdir)
         default_output = os.path.join(workdir, "eval.json")
     else:
         task, metrics = run_benchmark(benchmark, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                       data_dir=flags.FLAGS.data_dir, batch_size=encoder.batch_size,
-                                      max_examples=flags.FLAGS.max_examples)
-        results = results_json(benchmark, workdir, metrics, extra={"step": trained.step}, task=task)
+                                      max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers)
+        results = results_json(benchmark, config.model, metrics, extra={"step": trained.step}, task=task,
+                               pretrained=workdir)
         default_output = os.path.join(workdir, f"eval_{os.path.basename(benchmark.rstrip('/'))}.json")
     output = flags.FLAGS.output or default_output
     write_results(output, results)
@@ -208,6 +221,8 @@ COMMANDS = {
 
 def _fail(error: BaseException) -> None:
     message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    if "Traceback (most recent call last)" in str(message):  # config_flags wraps get_config's error with its trace
+        message = re.sub(r"^[\w.]+: ", "", str(message).strip().splitlines()[-1])
     text = " ".join(str(message).replace("\\n", " ").replace("\\'", "'").split())
     if isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
         text = "unknown config key " + text.strip("'").replace("' ", ": ", 1)
@@ -219,7 +234,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with a bad flag or config override reported in one line."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as error:
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as error:
         _fail(error)
 
 

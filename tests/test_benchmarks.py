@@ -322,3 +322,109 @@ def test_tfds_prepared_directory_retrieval(tmp_path):
         image_recall, text_recall = naive_recall(image_emb, random_texts(texts), text_to_image, k)
         assert metrics[f"image_retrieval_recall@{k}"] == pytest.approx(image_recall), k
         assert metrics[f"text_retrieval_recall@{k}"] == pytest.approx(text_recall), k
+
+
+# ----------------------------------------------------------------------------- grain workers
+# Each run with workers spawns processes (a few seconds on a small machine): one run each.
+
+
+def random_colour_images(images):
+    projection = np.random.default_rng(4).normal(size=(3, 8))
+    return images.reshape(len(images), -1, 3).mean(axis=1) @ projection
+
+
+def test_wds_index_matches_streamed_samples(tmp_path):
+    write_classification(tmp_path, LABELS)
+    index = sources.wds_index(str(tmp_path))
+    streamed = [(shard, key, sample) for shard in sources.wds_shards(str(tmp_path))
+                for key, sample in sources._shard_samples(shard)]
+    assert [(e.shard, e.key) for e in index] == [(s, k) for s, k, _ in streamed]
+    for entry, (_, _, sample) in zip(index, streamed):
+        with open(entry.shard, "rb") as f:
+            read = {}
+            for extension, offset, size in entry.members:
+                f.seek(offset)
+                read[extension] = f.read(size)
+        assert read == sample
+    assert [e.key for e in sources.wds_index(str(tmp_path), max_examples=8)] == \
+        [k for _, k, _ in streamed[:8]]
+
+
+def test_wds_workers_same_batches_and_metrics(tmp_path):
+    name = write_classification(tmp_path, LABELS)
+    seen = {0: [], 2: []}
+    results = {}
+    for workers in (0, 2):
+        def encode(images, workers=workers):
+            seen[workers].append(images.copy())
+            return random_colour_images(images)
+
+        results[workers] = benchmarks.run_benchmark(
+            name, encode, random_texts, image_size=3, batch_size=4, max_examples=11,
+            num_workers=workers)
+    assert [b.shape for b in seen[2]] == [(4, 3, 3, 3), (4, 3, 3, 3), (3, 3, 3, 3)]
+    for zero, two in zip(seen[0], seen[2], strict=True):
+        np.testing.assert_array_equal(zero, two)
+    (task0, metrics0), (task2, metrics2) = results[0], results[2]
+    assert task0 == task2 == "zeroshot_classification"
+    for key in ("acc1", "acc5", "mean_per_class_recall", "num_images", "num_classes"):
+        assert metrics2[key] == metrics0[key], key
+    assert metrics2["num_images"] == 11 and 0 < metrics0["acc1"] < 1
+
+
+def test_wds_retrieval_workers_same_metrics(tmp_path):
+    (tmp_path / "test").mkdir()
+    captions = [["a red square", "red"], ["green"], ["blue", "a blue tile", "blue one"],
+                ["yellow", "a yellow square"], ["cyan thing"]]
+    for shard, keys in enumerate([(0, 1, 2), (3, 4)]):
+        write_shard(tmp_path / "test" / f"{shard:04d}.tar",
+                    [(f"k{i}", {"jpg": png(COLOURS[NAMES[i]]),
+                                "txt": "\n".join(captions[i]).encode()}) for i in keys])
+    name = f"wds:{tmp_path}"
+    results = [benchmarks.run_benchmark(name, random_colour_images, random_texts,
+                                        image_size=2, batch_size=2, num_workers=workers)
+               for workers in (0, 2)]
+    (task0, metrics0), (task2, metrics2) = results
+    assert task0 == task2 == "zeroshot_retrieval" and metrics2["num_texts"] == 9
+    assert {k: v for k, v in metrics0.items() if k != "images_per_s"} == \
+        {k: v for k, v in metrics2.items() if k != "images_per_s"}
+
+
+def test_tfds_mock_data_workers_same_metrics(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    projection = np.random.default_rng(2).normal(size=(16 * 16 * 3, 8))
+
+    def encode_images(images):
+        return images.reshape(len(images), -1).astype(np.float64) @ projection
+
+    with tfds.testing.mock_data(num_examples=13):
+        results = [benchmarks.run_benchmark("cifar10", encode_images, random_texts,
+                                            image_size=16, data_dir=str(tmp_path),
+                                            batch_size=5, max_examples=12, num_workers=workers)
+                   for workers in (0, 2)]
+    (_, metrics0), (_, metrics2) = results
+    assert metrics0["num_images"] == metrics2["num_images"] == 12
+    for key in ("acc1", "acc5", "mean_per_class_recall"):
+        assert metrics2[key] == metrics0[key], key
+
+
+def test_corrupt_image_with_workers(tmp_path):
+    (tmp_path / "test").mkdir()
+    write_shard(tmp_path / "test" / "0000.tar",
+                [("a", {"png": png((255, 0, 0)), "cls": b"0"}),
+                 ("b", {"png": b"\x89PNG not really", "cls": b"1"})])
+    (tmp_path / "classnames.txt").write_text("red\ngreen\n")
+    (tmp_path / "zeroshot_classification_templates.txt").write_text("a {c} thing\n")
+    with pytest.raises(ValueError, match=r"0000\.tar: cannot decode image b\.png") as excinfo:
+        benchmarks.run_benchmark(f"wds:{tmp_path}", oracle_images, oracle_texts, image_size=2,
+                                 batch_size=1, num_workers=2)
+    one_line(excinfo)
+    assert not getattr(excinfo.value, "__notes__", None)  # grain's note dropped
+
+
+def test_empty_shard_with_workers(tmp_path):
+    """Found by the index pass, in this process, before any worker starts."""
+    name = write_classification(tmp_path, [[0, 1], []])
+    with pytest.raises(ValueError, match=r"0001\.tar: empty shard") as excinfo:
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=2)
+    one_line(excinfo)

@@ -59,9 +59,21 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
     ("--config.loss=triplet", "mmjax: error: config.loss='triplet' must be one of"),
     ("--config.batch_size=many", "batch_size"),
     ("--config.model=ViT-B32", "mmjax: error: config.model='ViT-B32' is not a registered model"),
+    ("--config.optim.no_decay=('(',)", "mmjax: error: config.optim.no_decay: '(' is not a regular expression"),
+    ("--config.eval.batch_size=0", "mmjax: error: config.eval.batch_size=0 must be positive"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, override, expected):
     _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path), override), expected)
+
+
+def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one_line(tmp_path):
+    _assert_one_line_error(mmjax("train", "--config", "configs/nope.py", "--workdir", str(tmp_path)),
+                           "mmjax: error: config file configs/nope.py does not exist")
+    _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG.replace(":test", ":bogus"), "--workdir",
+                                 str(tmp_path)), "mmjax: error: unknown config argument 'bogus'")
+    (tmp_path / "file").write_text("")
+    _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path / "file")),
+                           "is a file, not a directory")
 
 
 def test_missing_workdir_is_one_clear_line(tmp_path):

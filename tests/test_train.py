@@ -1,8 +1,10 @@
 """Training tests: sharded steps equal a plain single-device step, exact resume,
 the optimizer's schedule and weight-decay mask, and one-line config errors."""
 
+import json
 import math
 import os
+import shutil
 import sys
 
 import flax
@@ -101,8 +103,14 @@ def test_fsdp_mesh_really_shards_parameters():
     assert mu.spec == kernel.spec
 
 
+def _logged_steps(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
 def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
     config = clip_tiny.get_config("test")
+    config.data.num_workers = 1  # the demo's path: the iterator state of a grain worker process is checkpointed
     straight = train(config, str(tmp_path / "straight"))
     train(config, str(tmp_path / "resumed"), stop_after=3)
     assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["3"]
@@ -112,6 +120,16 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, resumed.opt_state, straight.opt_state)
     for name in ["config.json", "tokenizer.json", "metrics.jsonl", "tensorboard"]:
         assert os.path.exists(tmp_path / "resumed" / name), name
+    assert _logged_steps(tmp_path / "resumed") == [2, 3, 4, 6]
+
+
+def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(tmp_path):
+    config = clip_tiny.get_config("test")
+    train(config, str(tmp_path))
+    assert _logged_steps(tmp_path) == [2, 4, 6]
+    shutil.rmtree(tmp_path / "checkpoints" / "6")  # as if killed after logging step 6, before its checkpoint
+    train(config, str(tmp_path))
+    assert _logged_steps(tmp_path) == [2, 4, 6]
 
 
 def test_schedule_is_linear_warmup_then_cosine_to_the_floor():
@@ -160,5 +178,5 @@ def test_resuming_a_workdir_with_another_model_is_rejected(tmp_path):
     config = clip_tiny.get_config("test")
     train(config, str(tmp_path), stop_after=1)
     config.model = "siglip-test"
-    with pytest.raises(ConfigError, match="holds a run of model 'clip-test', not 'siglip-test'"):
+    with pytest.raises(ConfigError, match="holds a run with model='clip-test', not 'siglip-test'"):
         train(config, str(tmp_path))

@@ -32,6 +32,7 @@ SIZES = ("small", "medium", "large")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right",
              "bottom left", "bottom", "bottom right")
 SPLITS = ("train", "heldout", "retrieval")
+NUM_COMBINATIONS = len(SHAPES) * len(COLOURS) * len(SIZES) * len(POSITIONS)  # 1 134 distinct full captions
 DEFAULT_SIZES = {"train": 2**20, "heldout": 1000, "retrieval": 1000}  # examples per split
 
 # RGB of each colour id; the last row is GREY.
@@ -108,9 +109,8 @@ class SyntheticSource:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         num_examples = DEFAULT_SIZES[split] if num_examples is None else num_examples
-        num_combinations = len(SHAPES) * len(COLOURS) * len(SIZES) * len(POSITIONS)
-        if split == "retrieval" and num_examples > num_combinations:
-            raise ValueError(f"retrieval has at most {num_combinations} distinct captions")
+        if split == "retrieval" and num_examples > NUM_COMBINATIONS:
+            raise ValueError(f"retrieval has at most {NUM_COMBINATIONS} distinct captions")
         self.split, self.seed, self.num_examples = split, seed, num_examples
         self.split_id = SPLITS.index(split)
         self.grey_fraction, self.full_caption_fraction = grey_fraction, full_caption_fraction
@@ -118,7 +118,7 @@ class SyntheticSource:
         self._trained_shapes = np.array([np.delete(np.arange(len(SHAPES)), shape)
                                          for shape in self.heldout])  # [7, 5]
         self._combinations = np.random.default_rng([seed, self.split_id]).permutation(
-            num_combinations)[:num_examples] if split == "retrieval" else None
+            NUM_COMBINATIONS)[:num_examples] if split == "retrieval" else None
 
     def __len__(self) -> int:
         return self.num_examples

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from mmjax.eval.zeroshot import l2_normalize
+from mmjax.losses.contrastive import CLIP_MAX_SCALE
 
-CLIP_MAX_SCALE = 100.0
 
 
 def label_probabilities(image_emb: np.ndarray, label_emb: np.ndarray, logit_scale: float,

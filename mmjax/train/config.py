@@ -7,12 +7,15 @@ error. `validate` checks values before anything is compiled and raises
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
-from mmjax.models import registry
+from mmjax.data import synthetic
+from mmjax.models import layers, registry
 
 LOSSES = ("clip", "sigmoid")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = tuple(layers.REMAT_POLICIES)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -46,6 +49,15 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500))
+    return c
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None, test_model: str) -> ml_collections.ConfigDict:
+    """The `get_config(arg)` convention of `configs/*.py`: no argument, or `test`."""
+    if arg == "test":
+        return small_for_tests(c, test_model)
+    if arg is not None:
+        raise ConfigError(f"unknown config argument {arg!r}: use none or 'test'")
     return c
 
 
@@ -92,3 +104,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.data.num_workers >= 0, f"config.data.num_workers={c.data.num_workers} must be ≥ 0")
     for key in ("image_mean", "image_std"):
         _require(len(c.data[key]) == 3, f"config.data.{key} must have 3 values (RGB), got {c.data[key]}")
+    for pattern in c.optim.no_decay:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"config.optim.no_decay: {pattern!r} is not a regular expression ({error})") from None
+    _require(c.eval.batch_size > 0, f"config.eval.batch_size={c.eval.batch_size} must be positive")
+    _require(c.eval.num_heldout > 0, f"config.eval.num_heldout={c.eval.num_heldout} must be positive")
+    _require(0 < c.eval.num_retrieval <= synthetic.NUM_COMBINATIONS,
+             f"config.eval.num_retrieval={c.eval.num_retrieval} must be in [1, {synthetic.NUM_COMBINATIONS}] "
+             f"(the distinct captions of the synthetic world)")

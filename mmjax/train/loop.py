@@ -25,14 +25,27 @@ from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
 
 
-def _check_same_model_as_before(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """A workdir resumes only the model it holds; say so before restoring fails deep inside Orbax."""
+RESUME_KEYS = ("model", "loss", "batch_size", "data.seed", "data.name")
+
+
+def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """A workdir resumes only the run it holds (model, loss, data order); say so before
+    restoring fails deep inside Orbax or silently changes the data stream."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file, not a directory")
     if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         return
     before = load_config(workdir)
-    if before.get("model") != config.model:
-        raise ConfigError(f"{workdir} holds a run of model {before.get('model')!r}, not {config.model!r}: "
-                          f"use another --workdir")
+    for key in RESUME_KEYS:
+        old, new = _lookup(before, key), _lookup(config, key)
+        if old != new:
+            raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+    for part in dotted.split("."):
+        config = config.get(part) if config is not None else None
+    return config
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> TrainState:
@@ -45,7 +58,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple} "
                           f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
     model_config = get_config(config.model, **config.model_options)
-    _check_same_model_as_before(workdir, config)
+    _check_resumable(workdir, config)
     os.makedirs(workdir, exist_ok=True)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length)
     if tokenizer.vocab_size > model_config.text.vocab_size:
@@ -76,17 +89,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     config_json = config.to_dict()
     to_mesh = lambda batch: jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
-    last_time, last_step = time.perf_counter(), start
+    last_time, last_step, first_log = time.perf_counter(), start, True
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
             for step in range(start + 1, end + 1):
                 state, metrics = step_fn(state, to_mesh(next(data)))
                 writer.advance(1)
+                if step == start + 1:  # the first step compiles: time the rest without it
+                    jax.block_until_ready(metrics)
+                    now = time.perf_counter()
+                    first_step_s, last_time, last_step = now - last_time, now, step
                 if step % config.log_every == 0 or step == end:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
-                    seconds_per_step = (now - last_time) / (step - last_step)
+                    seconds_per_step = (now - last_time) / (step - last_step) if step > last_step else first_step_s
                     metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step)
+                    if first_log:
+                        metrics["first_step_s"], first_log = first_step_s, False  # includes compilation
                     writer.write(step, metrics)
                     last_time, last_step = now, step
                 if step % config.checkpoint_every == 0 or step == end:
