@@ -10,6 +10,8 @@ import os
 from typing import Any
 
 import grain
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from mmjax.train.state import TrainState
@@ -43,6 +45,18 @@ class Checkpoints:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+        """Only the parameters (onto the shardings in `abstract_params`) and the step:
+        the optimizer state, twice the parameters' size for AdamW, is never read."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        item = {"params": abstract_params, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))["state"]
+        return restored["params"], int(restored["step"])
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -13,15 +13,14 @@ import dataclasses
 import json
 import os
 
+import flax.linen as nn
 import jax
 import ml_collections
 
 from mmjax.data.tokenizers import Tokenizer
-from mmjax.models import TwoTower, get_config
-from mmjax.parallel import make_mesh
+from mmjax.models import TwoTower, abstract_params, get_config
+from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.train.checkpoint import Checkpoints
-from mmjax.train.optim import make_optimizer
-from mmjax.train.state import abstract_train_state, state_shardings
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -76,10 +75,10 @@ def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
     checkpoints = Checkpoints(workdir, read_only=True)
     if checkpoints.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
-    model = TwoTower(get_config(config.model, **config.model_options))
-    tx = make_optimizer(config.optim, config.total_steps)
-    mesh = make_mesh(data=-1)
-    abstract = abstract_train_state(state_shardings(model, tx, mesh), model, tx)
-    state = checkpoints.restore(abstract)
+    model_config = get_config(config.model, **config.model_options)
+    boxed = abstract_params(model_config)
+    shardings = logical_shardings(boxed, make_mesh(data=-1))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
+    params, step = checkpoints.restore_params(abstract)
     tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
-    return TrainedModel(model, state.params, tokenizer, config, int(state.step))
+    return TrainedModel(TwoTower(model_config), params, tokenizer, config, step)
