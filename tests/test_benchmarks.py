@@ -12,6 +12,7 @@ from PIL import Image
 
 from mmjax.data.transforms import resize_center_crop
 from mmjax.eval import benchmarks, sources
+from mmjax.eval.sources import wds_source
 from mmjax.eval.zeroshot import build_classifier, classify, l2_normalize, zero_shot_metrics
 
 COLOURS = {
@@ -84,7 +85,7 @@ def test_shipped_classnames_and_templates():
         if key != "imagenet1k":  # OpenAI's ImageNet names repeat two (e.g. "missile")
             assert len(set(names_of_key)) == len(names_of_key), key
         assert all("{c}" in t for t in templates[key]), key
-    source = sources.load_json_data("classnames.json")["source"]
+    source = benchmarks._load_json_data("classnames.json")["source"]
     assert "MIT" in source["license"] and "CLIP_benchmark" in source["repository"]
     for name, benchmark in sources.TFDS_BENCHMARKS.items():
         if benchmark.task == sources.CLASSIFICATION:
@@ -337,7 +338,7 @@ def test_wds_index_matches_streamed_samples(tmp_path):
     write_classification(tmp_path, LABELS)
     index = sources.wds_index(str(tmp_path))
     streamed = [(shard, key, sample) for shard in sources.wds_shards(str(tmp_path))
-                for key, sample in sources._shard_samples(shard)]
+                for key, sample in wds_source._shard_samples(shard)]
     assert [(e.shard, e.key) for e in index] == [(s, k) for s, k, _ in streamed]
     for entry, (_, _, sample) in zip(index, streamed):
         with open(entry.shard, "rb") as f:

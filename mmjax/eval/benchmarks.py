@@ -21,8 +21,10 @@ grain worker processes, whose start-up is counted), ``num_images`` and ``num_cla
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Iterator
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -45,13 +47,13 @@ WDS_PREFIX = "wds:"
 @functools.cache
 def shipped_classnames() -> dict[str, list[str]]:
     """Class names per key (``cifar10``, ``cifar100``, ``imagenet1k``, ``food101``, ``pets``)."""
-    return sources.load_json_data("classnames.json")["classnames"]
+    return _load_json_data("classnames.json")["classnames"]
 
 
 @functools.cache
 def shipped_templates() -> dict[str, list[str]]:
     """clip_benchmark's prompt templates (``{c}`` placeholder) per key, as :func:`shipped_classnames`."""
-    return sources.load_json_data("templates.json")["templates"]
+    return _load_json_data("templates.json")["templates"]
 
 
 def benchmark_names() -> list[str]:
@@ -177,3 +179,8 @@ def _retrieval(batches, encode_images, encode_texts, batch_size) -> dict[str, fl
                                 np.asarray(text_to_image))
     return metrics | {"images_per_s": num_images / seconds, "num_images": num_images,
                       "num_texts": len(captions)}
+
+
+def _load_json_data(file_name: str) -> dict[str, Any]:
+    """A JSON file shipped in ``mmjax/eval/data``."""
+    return json.loads(resources.files("mmjax.eval").joinpath("data", file_name).read_text("utf-8"))

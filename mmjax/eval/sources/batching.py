@@ -1,0 +1,77 @@
+"""Batching benchmark examples: in this process, or in grain worker processes."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mmjax.data.transforms import resize_center_crop
+
+
+
+def batches(
+    examples: Iterator[tuple[Image.Image, Any]], image_size: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """``(uint8 [b, S, S, 3], targets)``, ``b <= batch_size``; targets are int64 ``[b]``
+    labels or a list of ``b`` caption lists, following the examples."""
+    images, targets = [], []
+    for image, target in examples:
+        images.append(resize_center_crop(image, image_size))
+        targets.append(target)
+        if len(images) == batch_size:
+            yield _finish(images, targets)
+            images, targets = [], []
+    if images:
+        yield _finish(images, targets)
+
+
+def _finish(images: list[np.ndarray], targets: list[Any]) -> tuple[np.ndarray, Any]:
+    stacked = np.stack(images)
+    if isinstance(targets[0], list):
+        return stacked, targets
+    return stacked, np.asarray(targets, np.int64)
+
+
+def _collate(elements: Sequence[tuple[np.ndarray, Any]]) -> tuple[np.ndarray, Any]:
+    return _finish([image for image, _ in elements], [target for _, target in elements])
+
+
+def grain_batches(dataset: Any, batch_size: int, num_workers: int
+                   ) -> Iterator[tuple[np.ndarray, Any]]:
+    """Batches of the ``(uint8 image, target)`` grain ``MapDataset``, in order, prepared in
+    ``num_workers`` processes; their bad-data errors re-raised here as one line."""
+    import grain  # noqa: PLC0415
+    from absl import flags  # noqa: PLC0415
+
+    iter_dataset = dataset.batch(batch_size, drop_remainder=False, batch_fn=_collate)
+    iter_dataset = iter_dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
+        flags.FLAGS.mark_as_parsed()
+    iterator = iter(iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers)))
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:  # noqa: BLE001 - re-raised, only trimmed
+                raise _as_raised_here(error) from None
+            yield batch
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def _as_raised_here(error: BaseException) -> BaseException:
+    """A worker's exception as the in-process path raises it: grain re-raises the worker's
+    exception object (same type and message) with the worker's frames and a note about
+    its traceback filtering; drop both, so the user sees the one-line error alone."""
+    if getattr(error, "__notes__", None):
+        del error.__notes__
+    return error.with_traceback(None)
+

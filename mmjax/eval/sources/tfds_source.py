@@ -1,0 +1,170 @@
+"""TFDS benchmarks: prepared ArrayRecord data sets, read without TensorFlow."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mmjax.data.transforms import resize_center_crop
+
+from mmjax.eval.sources.batching import batches, grain_batches
+from mmjax.eval.sources.tasks import CLASSIFICATION, RETRIEVAL
+
+
+def _to_pil(image: Any) -> Image.Image:
+    """A PIL image from a decoded TFDS image (uint8 ``[H, W, C]``, C in 1, 3, 4)."""
+    if isinstance(image, Image.Image):
+        return image
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array.astype(np.uint8))
+
+
+
+@dataclass(frozen=True)
+class TfdsBenchmark:
+    """Where a benchmark lives in TFDS and how to read it."""
+
+    tfds_name: str  # name[/config], also the directory under data_dir
+    split: str
+    task: str = CLASSIFICATION
+    classnames: str | None = None  # key of the shipped class names / templates
+    image_key: str = "image"
+    label_key: str = "label"
+    captions_key: str = "captions"  # retrieval: a Sequence({"text": str, ...})
+    prepare_hint: str = ""
+
+
+_BUILD = "pip install tensorflow-cpu; tfds build {name} --data_dir {data_dir} --file_format array_record"
+
+TFDS_BENCHMARKS: dict[str, TfdsBenchmark] = {
+    "cifar10": TfdsBenchmark("cifar10", "test", classnames="cifar10"),
+    "cifar100": TfdsBenchmark("cifar100", "test", classnames="cifar100"),
+    "imagenet2012": TfdsBenchmark(
+        "imagenet2012", "validation", classnames="imagenet1k",
+        prepare_hint=" (first put ILSVRC2012_img_val.tar and ILSVRC2012_img_train.tar in "
+        "{data_dir}/downloads/manual)"),
+    "imagenet_v2": TfdsBenchmark("imagenet_v2/matched-frequency", "test", classnames="imagenet1k"),
+    "food101": TfdsBenchmark("food101", "validation", classnames="food101"),
+    "oxford_iiit_pet": TfdsBenchmark("oxford_iiit_pet", "test", classnames="pets"),
+    "coco_captions": TfdsBenchmark("coco_captions/2014", "test", task=RETRIEVAL),
+}
+
+
+def default_tfds_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` (TFDS's own default)."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    parts = os.path.basename(os.path.dirname(path)).split(".")
+    return tuple(int(part) if part.isdigit() else -1 for part in parts)
+
+
+def _prepared_dir(benchmark: TfdsBenchmark, data_dir: str) -> str | None:
+    """The newest prepared version directory of ``benchmark`` under ``data_dir``, if any."""
+    infos = glob.glob(os.path.join(data_dir, benchmark.tfds_name, "*", "dataset_info.json"))
+    return os.path.dirname(max(infos, key=_version_key)) if infos else None
+
+
+def open_tfds(name: str, data_dir: str | None = None) -> Sequence[dict[str, Any]]:
+    """The random-access source (``len`` / ``[i]`` -> feature dict) of TFDS benchmark ``name``.
+
+    Raises:
+      KeyError: ``name`` is not in :data:`TFDS_BENCHMARKS`.
+      FileNotFoundError: the data set is not prepared (as array_record) under ``data_dir``;
+        the message is one line saying how to prepare it.
+    """
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (import cost only when used)
+
+    if name not in TFDS_BENCHMARKS:
+        raise KeyError(f"unknown TFDS benchmark {name!r}; known: {sorted(TFDS_BENCHMARKS)}")
+    benchmark = TFDS_BENCHMARKS[name]
+    data_dir = data_dir or default_tfds_data_dir()
+    builder_name = benchmark.tfds_name.split("/")[0]
+    how = _BUILD.format(name=benchmark.tfds_name, data_dir=data_dir) + benchmark.prepare_hint.format(
+        data_dir=data_dir)
+    prepared = _prepared_dir(benchmark, data_dir)
+    try:
+        if prepared is not None:
+            return tfds.builder_from_directory(prepared).as_data_source(split=benchmark.split)
+        # Nothing on disk: tfds.data_source still answers under tfds.testing.mock_data.
+        # (Without it, builders whose code imports TensorFlow print a banner: hide it.)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tfds.data_source(benchmark.tfds_name, split=benchmark.split,
+                                    data_dir=data_dir, download=False)
+    except Exception as error:  # noqa: BLE001 - tfds raises many kinds here; all mean "not usable"
+        where = prepared or os.path.join(data_dir, builder_name)
+        reason = "is not in array_record format" if prepared else "is not prepared"
+        raise FileNotFoundError(
+            f"TFDS data set {benchmark.tfds_name} ({benchmark.split}) {reason} at {where}; "
+            f"prepare it with: {how}") from error
+
+
+def tfds_classnames_count(source: Any, benchmark: TfdsBenchmark) -> int | None:
+    """Number of label classes the TFDS source declares, when it says."""
+    try:
+        return int(source.dataset_info.features[benchmark.label_key].num_classes)
+    except Exception:  # noqa: BLE001 - mock or unusual sources may not carry the info
+        return None
+
+
+def tfds_examples(
+    source: Sequence[dict[str, Any]], benchmark: TfdsBenchmark, max_examples: int | None = None
+) -> Iterator[tuple[Image.Image, Any]]:
+    """``(PIL image, label int | captions list[str])`` for the first examples of ``source``."""
+    count = len(source) if max_examples is None else min(len(source), max_examples)
+    for index in range(count):
+        yield _tfds_example(source[index], benchmark)
+
+
+def _tfds_example(example: dict[str, Any], benchmark: TfdsBenchmark) -> tuple[Image.Image, Any]:
+    image = _to_pil(example[benchmark.image_key])
+    if benchmark.task == CLASSIFICATION:
+        return image, int(example[benchmark.label_key])
+    texts = example[benchmark.captions_key]["text"]
+    return image, [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+
+
+@dataclass(frozen=True)
+class _TfdsPrepare:
+    """Feature dict -> ``(uint8 [S, S, 3], target)`` (a grain map, run in the workers)."""
+
+    benchmark: TfdsBenchmark
+    image_size: int
+
+    def __call__(self, example: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        image, target = _tfds_example(example, self.benchmark)
+        return resize_center_crop(image, self.image_size), target
+
+
+def tfds_batches(
+    source: Sequence[dict[str, Any]],
+    benchmark: TfdsBenchmark,
+    image_size: int,
+    batch_size: int,
+    max_examples: int | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """:func:`batches` of :func:`tfds_examples`, read and prepared in grain worker processes
+    (in this process when ``num_workers`` is 0)."""
+    if num_workers == 0:
+        yield from batches(tfds_examples(source, benchmark, max_examples), image_size,
+                           batch_size)
+        return
+    import grain  # noqa: PLC0415
+
+    dataset = grain.MapDataset.source(source)
+    if max_examples is not None:
+        dataset = dataset[:max_examples]
+    yield from grain_batches(dataset.map(_TfdsPrepare(benchmark, image_size)), batch_size,
+                              num_workers)
+

@@ -1,0 +1,246 @@
+"""clip_benchmark webdataset benchmarks: `DIR/test/*.tar` shards, class names and templates."""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from mmjax.data.transforms import resize_center_crop
+
+from mmjax.eval.sources.batching import batches, grain_batches
+from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def wds_shards(directory: str, split: str = "test") -> list[str]:
+    """The sorted ``DIR/split/*.tar`` shards; ``FileNotFoundError`` when there are none."""
+    shards = sorted(glob.glob(os.path.join(directory, split, "*.tar")))
+    if not shards:
+        raise FileNotFoundError(f"no webdataset shards {os.path.join(directory, split, '*.tar')}")
+    return shards
+
+
+def wds_classnames(directory: str) -> list[str]:
+    """``DIR/classnames.txt``, one class name per line."""
+    path = os.path.join(directory, "classnames.txt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (one class name per line)")
+    return _read_lines(path)
+
+
+def wds_templates(directory: str) -> list[str]:
+    """``DIR/zeroshot_classification_templates.txt``, one template (``{c}``) per line."""
+    path = os.path.join(directory, "zeroshot_classification_templates.txt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (one prompt template per line, with {{c}})")
+    return _read_lines(path)
+
+
+def _split_key(member_name: str) -> tuple[str, str]:
+    """``("dir/key", "ext")``: the key ends at the first dot of the file name (webdataset)."""
+    directory, base = os.path.split(member_name)
+    key, _, extension = base.partition(".")
+    return os.path.join(directory, key), extension.lower()
+
+
+def _shard_samples(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` for the consecutive samples of one tar shard."""
+    try:
+        tar = tarfile.open(shard, "r")
+    except tarfile.TarError as error:
+        raise ValueError(f"{shard}: not a readable tar file ({error})") from error
+    with tar:
+        key, sample = None, {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            member_key, extension = _split_key(member.name)
+            if member_key != key and sample:
+                yield key, sample
+                sample = {}
+            key = member_key
+            sample[extension] = tar.extractfile(member).read()
+        if sample:
+            yield key, sample
+
+
+def wds_task(directory: str) -> str:
+    """:data:`CLASSIFICATION` (samples hold ``.cls``) or :data:`RETRIEVAL` (``.txt``)."""
+    shard = wds_shards(directory)[0]
+    for _, sample in _shard_samples(shard):
+        if "cls" in sample:
+            return CLASSIFICATION
+        if "txt" in sample:
+            return RETRIEVAL
+        raise ValueError(f"{shard}: first sample has neither .cls nor .txt ({sorted(sample)})")
+    raise ValueError(f"{shard}: empty shard (no samples)")
+
+
+def _decode_image(sample: dict[str, bytes], shard: str, key: str) -> Image.Image:
+    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if extension is None:
+        raise ValueError(f"{shard}: sample {key} has no image ({'/'.join(IMAGE_EXTENSIONS)})")
+    try:
+        image = Image.open(io.BytesIO(sample[extension]))
+        image.load()
+    except Exception as error:  # noqa: BLE001 - PIL raises several types for bad data
+        raise ValueError(f"{shard}: cannot decode image {key}.{extension} ({error})") from error
+    return image.convert("RGB")
+
+
+def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
+                 num_classes: int | None, classnames_path: str) -> tuple[Image.Image, Any]:
+    """One sample's ``(PIL image, label | captions)``, checked (one-line ``ValueError``)."""
+    image = _decode_image(sample, shard, key)
+    if task == CLASSIFICATION:
+        if "cls" not in sample:
+            raise ValueError(f"{shard}: sample {key} has no .cls label")
+        label = int(sample["cls"].decode("utf-8").strip())
+        if num_classes is not None and not 0 <= label < num_classes:
+            raise ValueError(
+                f"{classnames_path} has {num_classes} class "
+                f"names but {shard} sample {key} has label {label}")
+        return image, label
+    if "txt" not in sample:
+        raise ValueError(f"{shard}: sample {key} has no .txt captions")
+    captions = [line.strip() for line in sample["txt"].decode("utf-8").splitlines()
+                if line.strip()]
+    if not captions:
+        raise ValueError(f"{shard}: sample {key} has an empty .txt")
+    return image, captions
+
+
+def wds_examples(
+    directory: str,
+    task: str,
+    num_classes: int | None = None,
+    max_examples: int | None = None,
+) -> Iterator[tuple[Image.Image, Any]]:
+    """``(PIL image, label int | captions list[str])`` for the samples of ``DIR/test/*.tar``.
+
+    Args:
+      directory: the benchmark directory.
+      task: :data:`CLASSIFICATION` or :data:`RETRIEVAL`.
+      num_classes: with classification, labels must lie in ``[0, num_classes)`` (the
+        length of ``classnames.txt``).
+      max_examples: stop after this many.
+
+    Raises:
+      ValueError (one line, naming the file): an empty shard, a sample without image or
+        label/captions, an image PIL cannot decode, a label outside ``classnames.txt``.
+    """
+    classnames_path = os.path.join(directory, "classnames.txt")
+    count = 0
+    for shard in wds_shards(directory):
+        empty = True
+        for key, sample in _shard_samples(shard):
+            empty = False
+            if max_examples is not None and count >= max_examples:
+                return
+            yield _wds_example(sample, shard, key, task, num_classes, classnames_path)
+            count += 1
+        if empty:
+            raise ValueError(f"{shard}: empty shard (no samples)")
+
+
+class WdsSample(NamedTuple):
+    """Where one webdataset sample's files lie: ``members`` is ``((extension, offset, size),
+    ...)``, byte ranges of the member data in the (uncompressed) tar ``shard``."""
+
+    shard: str
+    key: str
+    members: tuple[tuple[str, int, int], ...]
+
+
+def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample]:
+    """The first ``max_examples`` samples of ``DIR/test/*.tar`` in :func:`wds_examples`'s
+    order, located by one pass over the tar headers (member data is skipped, not read).
+
+    Raises:
+      ValueError (one line, naming the file): an unreadable or compressed tar, an empty shard.
+    """
+    index: list[WdsSample] = []
+    for shard in wds_shards(directory):
+        if max_examples is not None and len(index) >= max_examples:
+            break
+        try:
+            tar = tarfile.open(shard, "r:")  # plain tar: data lies at offsets in the file
+        except tarfile.TarError as error:
+            raise ValueError(f"{shard}: not a readable uncompressed tar file ({error})") from error
+        with tar:
+            key, members, found = None, [], False
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, extension = _split_key(member.name)
+                if member_key != key and members:
+                    index.append(WdsSample(shard, key, tuple(members)))
+                    members = []
+                    if max_examples is not None and len(index) >= max_examples:
+                        break
+                key, found = member_key, True
+                members = [m for m in members if m[0] != extension]  # last one wins, as in
+                members.append((extension, member.offset_data, member.size))  # a dict
+            else:
+                if members:
+                    index.append(WdsSample(shard, key, tuple(members)))
+            if not found:
+                raise ValueError(f"{shard}: empty shard (no samples)")
+    return index
+
+
+@dataclass(frozen=True)
+class _WdsPrepare:
+    """:class:`WdsSample` -> ``(uint8 [S, S, 3], target)``: reads the member bytes at their
+    offsets, checks and decodes as :func:`wds_examples` (a grain map, run in the workers)."""
+
+    task: str
+    image_size: int
+    num_classes: int | None
+    classnames_path: str
+
+    def __call__(self, entry: WdsSample) -> tuple[np.ndarray, Any]:
+        sample = {}
+        with open(entry.shard, "rb") as f:
+            for extension, offset, size in entry.members:
+                f.seek(offset)
+                sample[extension] = f.read(size)
+        image, target = _wds_example(sample, entry.shard, entry.key, self.task,
+                                     self.num_classes, self.classnames_path)
+        return resize_center_crop(image, self.image_size), target
+
+
+def wds_batches(
+    directory: str,
+    task: str,
+    image_size: int,
+    batch_size: int,
+    num_classes: int | None = None,
+    max_examples: int | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """:func:`batches` of :func:`wds_examples`, read and prepared in grain worker processes
+    over :func:`wds_index` (in this process, streaming the shards, when ``num_workers`` is 0).
+    Same batches, same errors."""
+    if num_workers == 0:
+        yield from batches(wds_examples(directory, task, num_classes, max_examples),
+                           image_size, batch_size)
+        return
+    import grain  # noqa: PLC0415
+
+    prepare = _WdsPrepare(task, image_size, num_classes,
+                          os.path.join(directory, "classnames.txt"))
+    dataset = grain.MapDataset.source(wds_index(directory, max_examples)).map(prepare)
+    yield from grain_batches(dataset, batch_size, num_workers)
+
