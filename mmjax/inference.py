@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -18,8 +18,10 @@ from mmjax.parallel import batch_sharding, batch_size_multiple, make_mesh, repli
 class Encoder:
     """Embeds uint8 images `[N, H, W, 3]` and strings in fixed-size jitted batches.
 
-    Each batch is split over the `data × fsdp` devices of `mesh` (all local devices
-    by default); parameters are replicated. Inputs are padded to `batch_size`
+    Each batch is split over the `data × fsdp` devices of `mesh` (by default all of
+    this process's devices, `jax.local_devices()`, so in a multi-process run every
+    process embeds its own inputs with no cross-host communication); parameters are
+    replicated. Inputs are padded to `batch_size`
     (rounded up to a multiple of the device count) so one compiled program serves
     every call. The compute dtype is the model's (`dtype="bfloat16"` in its
     options). Returns the projected, unnormalised embeddings `[N, E]` as float32
@@ -29,7 +31,7 @@ class Encoder:
     def __init__(self, model: TwoTower, params, tokenizer: Tokenizer, image_mean: Sequence[float],
                  image_std: Sequence[float], batch_size: int = 256, mesh: Mesh | None = None,
                  progress: bool = False):
-        mesh = make_mesh(data=-1) if mesh is None else mesh
+        mesh = make_mesh(data=-1, devices=jax.local_devices()) if mesh is None else mesh
         multiple = batch_size_multiple(mesh)
         self.batch_size = -(-batch_size // multiple) * multiple
         self.tokenizer, self.progress = tokenizer, progress

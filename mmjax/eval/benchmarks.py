@@ -15,8 +15,16 @@ clip_benchmark's task name and metrics:
 
 Besides the metrics: ``images_per_s`` (images over the wall time of the image phase:
 reading, decoding, resizing and ``encode_images``; with ``num_workers`` the first three run in
-grain worker processes, whose start-up is counted), ``num_images`` and ``num_classes`` or
-``num_texts``.
+grain worker processes, whose start-up is counted; with several processes, all images over the
+slowest process's time), ``num_images`` and ``num_classes`` or ``num_texts``.
+
+Multi-process (multi-host) runs: batch ``i`` is embedded by process ``i % process_count`` (with
+the caller's encoders, which should use that process's devices only, as
+:class:`~mmjax.inference.Encoder` does by default), the per-example results (true-class ranks,
+predictions and labels; image and caption embeddings) are gathered to every process in batch
+order (:mod:`mmjax.parallel.distributed`), and every process returns the metrics one process
+would. Every process still reads the whole stream and decodes it (the sources have no
+per-process split yet); only the embedding is divided.
 """
 from __future__ import annotations
 
@@ -36,6 +44,12 @@ from mmjax.eval.zeroshot import (
     classify,
     label_rank,
     mean_per_class_recall,
+)
+from mmjax.parallel.distributed import (
+    default_process,
+    gather_batches,
+    owns_batch,
+    process_max,
 )
 
 ImageEncoder = Callable[[np.ndarray], np.ndarray]  # uint8 [N, S, S, 3] -> [N, D]
@@ -104,6 +118,8 @@ def run_benchmark(
     batch_size: int = 256,
     max_examples: int | None = None,
     num_workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> tuple[str, dict[str, float]]:
     """Zero-shot evaluation of one benchmark.
 
@@ -117,6 +133,9 @@ def run_benchmark(
       max_examples: evaluate only the first images.
       num_workers: read, decode, resize and batch the images in this many grain worker
         processes (0: in this process). The batches, hence the metrics, do not depend on it.
+      process_index, process_count: this process and the number of processes sharing the
+        work (default ``jax.process_index()``, ``jax.process_count()``); every process must
+        call this function with the same arguments, and gets the same metrics.
 
     Returns:
       ``(task, metrics)``: task is ``"zeroshot_classification"`` or ``"zeroshot_retrieval"``.
@@ -127,26 +146,31 @@ def run_benchmark(
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    process = default_process(process_index, process_count)
     task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
                                                  image_size, batch_size, num_workers)
+    mine = (batch for i, batch in enumerate(batches) if owns_batch(i, *process))
     if task == sources.CLASSIFICATION:
-        return task, _classification(batches, classnames, templates, encode_images,
-                                     encode_texts, batch_size)
-    return task, _retrieval(batches, encode_images, encode_texts, batch_size)
+        return task, _classification(mine, classnames, templates, encode_images,
+                                     encode_texts, batch_size, process)
+    return task, _retrieval(mine, encode_images, encode_texts, batch_size, process)
 
 
 def _classification(batches, classnames, templates, encode_images, encode_texts,
-                    batch_size) -> dict[str, float]:
+                    batch_size, process) -> dict[str, float]:
     classifier = build_classifier(encode_texts, classnames, templates, batch_size)
     ranks, predictions, labels = [], [], []
-    num_images, start = 0, time.perf_counter()
+    start = time.perf_counter()
     for images, batch_labels in batches:
         logits = classify(np.asarray(encode_images(images), np.float32), classifier)
         ranks.append(label_rank(logits, batch_labels))
         predictions.append(logits.argmax(axis=1))
-        labels.append(batch_labels)
-        num_images += len(images)
-    seconds = time.perf_counter() - start
+        labels.append(np.asarray(batch_labels))
+    seconds = process_max(time.perf_counter() - start, process[1])
+    empty = np.zeros(0, np.int32)
+    ranks, predictions, labels = (gather_batches(x, *process, empty)
+                                  for x in (ranks, predictions, labels))
+    num_images = sum(map(len, ranks))
     if not num_images:
         raise ValueError("the benchmark has no examples")
     ranks, predictions, labels = map(np.concatenate, (ranks, predictions, labels))
@@ -160,25 +184,34 @@ def _classification(batches, classnames, templates, encode_images, encode_texts,
     }
 
 
-def _retrieval(batches, encode_images, encode_texts, batch_size) -> dict[str, float]:
-    image_embeddings, captions, text_to_image = [], [], []
-    num_images, start = 0, time.perf_counter()
+def _retrieval(batches, encode_images, encode_texts, batch_size, process) -> dict[str, float]:
+    image_embeddings, captions, captions_per_image = [], [], []
+    start = time.perf_counter()
     for images, batch_captions in batches:
         image_embeddings.append(np.asarray(encode_images(images), np.float32))
-        for offset, image_captions in enumerate(batch_captions):
-            captions.extend(image_captions)
-            text_to_image.extend([num_images + offset] * len(image_captions))
-        num_images += len(images)
-    seconds = time.perf_counter() - start
-    if not num_images:
-        raise ValueError("the benchmark has no examples")
+        captions_per_image.append(np.asarray([len(c) for c in batch_captions], np.int32))
+        captions.extend(caption for image_captions in batch_captions for caption in image_captions)
+    seconds = process_max(time.perf_counter() - start, process[1])
+    no_embeddings = np.zeros((0, 0), np.float32)
     text_embeddings = np.concatenate([
         np.asarray(encode_texts(captions[i:i + batch_size]), np.float32)
-        for i in range(0, len(captions), batch_size)])
-    metrics = retrieval_metrics(np.concatenate(image_embeddings), text_embeddings,
-                                np.asarray(text_to_image))
+        for i in range(0, len(captions), batch_size)]) if captions else no_embeddings
+    # this process's caption embeddings per batch, to gather them in batch order
+    text_embeddings = np.split(text_embeddings,
+                               np.cumsum([c.sum() for c in captions_per_image])[:-1])
+    image_embeddings = gather_batches(image_embeddings, *process, no_embeddings)
+    text_embeddings = gather_batches(text_embeddings[:len(captions_per_image)], *process,
+                                     no_embeddings)
+    captions_per_image = gather_batches(captions_per_image, *process, np.zeros(0, np.int32))
+    num_images = sum(map(len, image_embeddings))
+    if not num_images:
+        raise ValueError("the benchmark has no examples")
+    captions_per_image = np.concatenate(captions_per_image)
+    text_to_image = np.repeat(np.arange(num_images), captions_per_image)
+    metrics = retrieval_metrics(np.concatenate(image_embeddings), np.concatenate(text_embeddings),
+                                text_to_image)
     return metrics | {"images_per_s": num_images / seconds, "num_images": num_images,
-                      "num_texts": len(captions)}
+                      "num_texts": len(text_to_image)}
 
 
 def _load_json_data(file_name: str) -> dict[str, Any]:

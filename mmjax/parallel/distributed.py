@@ -1,0 +1,72 @@
+"""Gathering host-local NumPy results from every process (multi-host evaluation).
+
+Work is split by batches: batch ``i`` of a stream goes to process ``i % process_count``.
+:func:`gather_batches` brings every process's batches back to every process in the order of
+the stream, so all processes compute the same metrics as one process would. With one process
+nothing is communicated. The collective is :func:`jax.experimental.multihost_utils.process_allgather`
+(gloo on CPU), on arrays padded to one size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+
+def owns_batch(index: int, process_index: int, process_count: int) -> bool:
+    """Whether batch ``index`` of a stream is this process's (round robin)."""
+    return index % process_count == process_index
+
+
+def allgather_rows(rows: np.ndarray, process_count: int) -> list[np.ndarray]:
+    """Every process's ``[n_p, ...]`` array (``n_p`` may differ), in process order.
+
+    All processes must pass arrays of the same ``ndim`` and dtype; trailing dimensions are
+    taken from the processes with rows (an empty array may say 0 for them).
+    """
+    rows = np.asarray(rows)
+    if process_count == 1:
+        return [rows]
+    from jax.experimental.multihost_utils import process_allgather
+
+    shapes = np.asarray(process_allgather(np.asarray(rows.shape, np.int32)))  # [P, ndim]
+    size = shapes.max(axis=0)
+    padded = np.zeros(tuple(size), rows.dtype)
+    padded[tuple(slice(0, n) for n in rows.shape)] = rows
+    gathered = np.asarray(process_allgather(padded))  # [P, *size]
+    return [gathered[p, :shapes[p, 0]] for p in range(process_count)]
+
+
+def gather_batches(batches: Sequence[np.ndarray], process_index: int, process_count: int,
+                   empty: np.ndarray) -> list[np.ndarray]:
+    """All processes' batches in stream order; this process holds batches ``process_index::process_count``.
+
+    Args:
+      batches: this process's batches, in its order (arrays of one dtype and ``ndim``).
+      empty: a zero-row array of that dtype and ``ndim``, for a process without batches.
+    """
+    if process_count == 1:
+        return list(batches)
+    sizes = allgather_rows(np.asarray([len(b) for b in batches], np.int32), process_count)
+    rows = allgather_rows(np.concatenate(batches) if batches else empty, process_count)
+    per_process = [np.split(r, np.cumsum(s)[:-1]) if len(s) else [] for r, s in zip(rows, sizes)]
+    total = sum(len(s) for s in sizes)
+    return [per_process[i % process_count][i // process_count] for i in range(total)]
+
+
+def process_max(value: float, process_count: int) -> float:
+    """The largest of every process's ``value``."""
+    if process_count == 1:
+        return value
+    return float(np.max(allgather_rows(np.asarray([value], np.float32), process_count)))
+
+
+def default_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """``(process_index, process_count)``, JAX's where None."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} is not in [0, {count})")
+    return index, count

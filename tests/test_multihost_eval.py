@@ -1,0 +1,136 @@
+"""Benchmark evaluation split over two JAX processes (gloo on CPU) gives one process's metrics."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tarfile
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax import models
+from mmjax.data import Tokenizer
+from mmjax.eval.benchmarks import run_benchmark
+from mmjax.inference import Encoder
+from mmjax.parallel import make_mesh
+from mmjax.parallel.distributed import gather_batches
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CLASSNAMES = ["red", "green", "blue", "yellow", "cyan", "magenta"]
+BATCH_SIZE = 3  # 11 classification images -> 4 batches; 7 retrieval images -> 3 (uneven split)
+
+WORKER = """
+import json, sys
+import jax
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+sys.path.insert(0, sys.argv[3])
+from test_multihost_eval import evaluate
+assert jax.process_count() == 2 and len(jax.local_devices()) == 1
+print(json.dumps(evaluate(sys.argv[4:], jax.local_devices())))
+"""
+
+
+def write_shard(path, samples) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, files in samples:
+            for extension, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def png(rng) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_benchmarks(root) -> list[str]:
+    rng = np.random.default_rng(0)
+    classification = root / "classification"
+    (classification / "test").mkdir(parents=True)
+    for shard, labels in enumerate([[0, 1, 2, 3, 4, 5, 0], [1, 1, 4, 2]]):
+        write_shard(classification / "test" / f"{shard}.tar",
+                    [(f"s{shard}_{i}", {"png": png(rng), "cls": str(label).encode()})
+                     for i, label in enumerate(labels)])
+    (classification / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
+    (classification / "zeroshot_classification_templates.txt").write_text(
+        "a photo of a {c} square.\na {c} thing\n")
+    retrieval = root / "retrieval"
+    (retrieval / "test").mkdir(parents=True)
+    captions = [[f"a {c} square", f"{c}", f"something {c} here"][:1 + i % 3]
+                for i, c in enumerate(CLASSNAMES + ["grey"])]
+    write_shard(retrieval / "test" / "0.tar",
+                [(f"k{i}", {"png": png(rng), "txt": "\n".join(c).encode()})
+                 for i, c in enumerate(captions)])
+    return [f"wds:{classification}", f"wds:{retrieval}"]
+
+
+def evaluate(benchmarks: list[str], devices) -> dict[str, dict[str, float]]:
+    """Metrics of a random-init clip-test model on each benchmark, embedding on ``devices``."""
+    config = models.get_config("clip-test")
+    model = models.TwoTower(config)
+    images, tokens = models.example_inputs(config)
+    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    encoder = Encoder(model, params, Tokenizer.for_synthetic(config.text.context_length),
+                      (0.5,) * 3, (0.5,) * 3, batch_size=4, mesh=make_mesh(data=-1, devices=devices))
+    return {name: run_benchmark(name, encoder.encode_images, encoder.encode_texts,
+                                image_size=config.vision.image_size, batch_size=BATCH_SIZE)[1]
+            for name in benchmarks}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gather_batches_single_process_is_identity():
+    batches = [np.arange(3), np.arange(2)]
+    assert gather_batches(batches, 0, 1, np.zeros(0)) is not batches
+    assert all(a is b for a, b in zip(gather_batches(batches, 0, 1, np.zeros(0)), batches))
+
+
+@pytest.mark.slow
+def test_two_processes_give_single_process_metrics(tmp_path):
+    names = write_benchmarks(tmp_path)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    port = free_port()
+    workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i),
+                                 str(pathlib.Path(__file__).parent), *names],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(2)]
+    outputs = []
+    try:
+        for worker in workers:
+            stdout, stderr = worker.communicate(timeout=180)
+            assert worker.returncode == 0, stderr[-3000:]
+            outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+    # one process on one device: the same compiled programs as each worker's
+    want = evaluate(names, jax.devices()[:1])
+    assert want[names[0]]["num_images"] == 11 and want[names[1]]["num_texts"] == 13
+    assert 0 < want[names[0]]["acc1"] < 1
+    for got in outputs:
+        assert got.keys() == want.keys()
+        for name in names:
+            assert got[name].keys() == want[name].keys()
+            for key, value in want[name].items():
+                if key != "images_per_s":
+                    assert got[name][key] == value or (math.isnan(value) and math.isnan(got[name][key])), (name, key)
