@@ -29,6 +29,12 @@ def png(colour, size=(6, 4)) -> bytes:
     return buffer.getvalue()
 
 
+def pixel_projection(image_size: int):
+    """A fixed random linear image encoder: uint8 [N, S, S, 3] -> [N, 8]."""
+    projection = np.random.default_rng(2).normal(size=(image_size * image_size * 3, 8))
+    return lambda images: images.reshape(len(images), -1).astype(np.float64) @ projection
+
+
 def write_shard(path, samples) -> None:
     """samples: list of (key, {extension: bytes})."""
     with tarfile.open(path, "w") as tar:
@@ -199,10 +205,7 @@ def test_wds_retrieval_several_captions(tmp_path):
 
 def test_tfds_cifar10_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    projection = np.random.default_rng(2).normal(size=(32 * 32 * 3, 8))
-
-    def encode_images(images):
-        return images.reshape(len(images), -1).astype(np.float64) @ projection
+    encode_images = pixel_projection(32)
 
     with tfds.testing.mock_data(num_examples=12):
         task, metrics = benchmarks.run_benchmark("cifar10", encode_images, random_texts,
@@ -393,10 +396,7 @@ def test_wds_retrieval_workers_same_metrics(tmp_path):
 
 def test_tfds_mock_data_workers_same_metrics(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    projection = np.random.default_rng(2).normal(size=(16 * 16 * 3, 8))
-
-    def encode_images(images):
-        return images.reshape(len(images), -1).astype(np.float64) @ projection
+    encode_images = pixel_projection(16)
 
     with tfds.testing.mock_data(num_examples=13):
         results = [benchmarks.run_benchmark("cifar10", encode_images, random_texts,

@@ -9,7 +9,6 @@ import pathlib
 import socket
 import subprocess
 import sys
-import tarfile
 
 import flax.linen as nn
 import jax
@@ -23,6 +22,7 @@ from mmjax.eval.benchmarks import run_benchmark
 from mmjax.inference import Encoder
 from mmjax.parallel import make_mesh
 from mmjax.parallel.distributed import gather_batches
+from test_benchmarks import write_shard
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSNAMES = ["red", "green", "blue", "yellow", "cyan", "magenta"]
@@ -37,15 +37,6 @@ from test_multihost_eval import evaluate
 assert jax.process_count() == 2 and len(jax.local_devices()) == 1
 print(json.dumps(evaluate(sys.argv[4:], jax.local_devices())))
 """
-
-
-def write_shard(path, samples) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, files in samples:
-            for extension, data in files.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 def png(rng) -> bytes:
