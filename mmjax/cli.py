@@ -209,6 +209,19 @@ def _classify(argv) -> None:
         print("\n".join(f"  {row[j]:.4f}  {labels[j]}" for j in sorted(range(len(labels)), key=lambda j: -row[j])))
 
 
+def _module_command(name: str):
+    """A subcommand living in `mmjax/commands/NAME.py`, which defines `define_flags()` and `run(argv)`."""
+    import importlib
+
+    def define_flags() -> None:
+        importlib.import_module(f"mmjax.commands.{name}").define_flags()
+
+    def run(argv) -> None:
+        importlib.import_module(f"mmjax.commands.{name}").run(argv)
+
+    return define_flags, run
+
+
 COMMANDS = {
     "train": (_define_train_flags, _train),
     "eval": (_define_eval_flags, _eval),
@@ -216,6 +229,9 @@ COMMANDS = {
     "embed": (_define_embed_flags, _embed),
     "search": (_define_search_flags, _search),
     "classify": (_define_classify_flags, _classify),
+    "convert": _module_command("convert"),
+    "data": _module_command("data"),
+    "bench": _module_command("bench"),
 }
 
 

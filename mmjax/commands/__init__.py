@@ -1,0 +1,1 @@
+"""Subcommands of `mmjax` that live in their own module: each defines `define_flags()` and `run(argv)`."""
