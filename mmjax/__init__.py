@@ -7,3 +7,11 @@ data, grain pipelines), `parallel` (mesh and logical-axis rules), `train`
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`mmjax.load_pretrained` / `mmjax.Pretrained`, imported on first use so `import mmjax` stays cheap."""
+    if name in ("load_pretrained", "Pretrained"):
+        from mmjax import pretrained
+        return getattr(pretrained, name)
+    raise AttributeError(f"module 'mmjax' has no attribute {name!r}")

@@ -18,8 +18,15 @@ from mmjax.models import axes
 
 Dtype = jnp.dtype
 
+
+def _gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, `x Φ(x)`, written with `erf`: XLA:CPU lowers `jax.nn.gelu`'s `erfc` to a two-branch
+    polynomial, ~3× slower than `erf`'s (measured on `[4160, 768]` float32); the values agree to 5e-7."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": _gelu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
 }
@@ -296,12 +303,14 @@ class MapHead(nn.Module):
         return x[:, 0]
 
 
-def pool_tokens(tokens: jax.Array, kind: str, token_ids: jax.Array | None = None) -> jax.Array:
+def pool_tokens(tokens: jax.Array, kind: str, token_ids: jax.Array | None = None,
+                eot_id: int | None = None) -> jax.Array:
     """Parameter-free pooling of `[B, T, D]` to `[B, D]`.
 
     kind: `"cls"` (first token), `"mean"`, `"last"` (last position), `"eot"` (the
     position of the largest token id, the end-of-text token in OpenAI's vocabulary;
-    needs `token_ids [B, T]`).
+    needs `token_ids [B, T]`), `"first_eot"` (the first position whose id is `eot_id`,
+    position 0 when there is none, as transformers' CLIP does).
     """
     if kind == "cls":
         return tokens[:, 0]
@@ -312,4 +321,9 @@ def pool_tokens(tokens: jax.Array, kind: str, token_ids: jax.Array | None = None
     if kind == "eot":
         index = jnp.argmax(token_ids, axis=-1)
         return jnp.take_along_axis(tokens, index[:, None, None], axis=1)[:, 0]
-    raise ValueError(f"pooling {kind!r} is not one of cls, mean, last, eot, map")
+    if kind == "first_eot":
+        if eot_id is None:
+            raise ValueError("pooling 'first_eot' needs the end-of-text id (TextConfig.eot_id)")
+        index = jnp.argmax(token_ids == eot_id, axis=-1)
+        return jnp.take_along_axis(tokens, index[:, None, None], axis=1)[:, 0]
+    raise ValueError(f"pooling {kind!r} is not one of cls, mean, last, eot, first_eot, map")

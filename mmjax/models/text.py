@@ -15,14 +15,16 @@ class TextConfig(layers.TransformerSpec):
     """Shape of a text transformer.
 
     causal: causal self-attention (CLIP) or bidirectional (SigLIP).
-    pool: `"eot"` (token at the largest id, CLIP's end-of-text), `"last"` (last
-    position, SigLIP), `"map"` or `"mean"`.
+    pool: `"eot"` (token at the largest id, CLIP's end-of-text), `"first_eot"` (the
+    first position holding `eot_id`, transformers' CLIP), `"last"` (last position,
+    SigLIP), `"map"` or `"mean"`.
     """
 
     vocab_size: int
     context_length: int
     causal: bool = True
     pool: str = "eot"
+    eot_id: int | None = None
 
 
 class TextTransformer(nn.Module):
@@ -47,4 +49,4 @@ class TextTransformer(nn.Module):
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
         if cfg.pool == "map":
             return layers.MapHead(cfg.num_heads, cfg.mlp_dim, opts.activation, opts.norm_eps, dtype, name="map_head")(x)
-        return layers.pool_tokens(x, cfg.pool, token_ids)
+        return layers.pool_tokens(x, cfg.pool, token_ids, cfg.eot_id)

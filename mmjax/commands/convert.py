@@ -1,0 +1,54 @@
+"""`mmjax convert`: load any supported checkpoint and write it as a Hugging Face or OpenCLIP directory.
+
+    mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--allow-pickle] [--image-size N]
+
+SOURCE: hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL (with --weights FILE),
+a big_vision .npz, or an mmjax training workdir. `--to hf` writes a transformers `CLIPModel`
+(or `SiglipModel`) directory, `--to open_clip` a directory for OpenCLIP's `local-dir:`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import flags
+
+USAGE = __doc__
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("to", None, ["hf", "open_clip"], "Output format.")
+    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_string("weights", None, "Weights file of an open_clip:MODEL source.")
+    flags.DEFINE_bool("allow_pickle", False, "Read pickle-based .bin/.pt weights (with torch.load(weights_only=True)).")
+    flags.DEFINE_integer("image_size", None, "Write the model for this image size (position embeddings interpolated).",
+                         lower_bound=1)
+
+
+def exporter(pretrained, target: str):
+    """The `export(pretrained, out_dir)` function that writes `pretrained` in format `target`."""
+    is_siglip = pretrained.config.logit_bias_init is not None
+    if target == "hf":
+        if is_siglip:
+            from mmjax.convert import hf_siglip
+            return hf_siglip.export
+        from mmjax.convert import hf_clip
+        return hf_clip.export
+    if is_siglip:
+        raise ValueError("--to open_clip writes CLIP models only; use --to hf for SigLIP")
+    from mmjax.convert import open_clip
+    return open_clip.export
+
+
+def run(argv: list[str]) -> None:
+    if len(argv) != 2 or not flags.FLAGS.to or not flags.FLAGS.out:
+        raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--allow-pickle]")
+    from mmjax.convert.checks import flatten
+    from mmjax.pretrained import load_pretrained
+
+    source, out = argv[1], flags.FLAGS.out
+    pretrained = load_pretrained(source, image_size=flags.FLAGS.image_size, allow_pickle=flags.FLAGS.allow_pickle,
+                                 weights=flags.FLAGS.weights)
+    exporter(pretrained, flags.FLAGS.to)(pretrained, out)
+    count = sum(int(np.prod(np.shape(leaf))) for leaf in flatten(pretrained.params).values())
+    kind = "SigLIP" if pretrained.config.logit_bias_init is not None else "CLIP"
+    print(f"{source} ({pretrained.format} {kind}, {count:,} parameters) -> {out} ({flags.FLAGS.to})")

@@ -1,0 +1,204 @@
+"""big_vision SigLIP checkpoints (`.npz`) → mmjax.
+
+big_vision saves a two-tower model (`models/proj/image_text/two_towers.py`) as one `.npz`
+whose keys are the '/'-joined parameter paths (`utils.tree_flatten_with_names`), with or
+without a leading `params/`:
+
+    img/embedding/{kernel,bias}           patch conv [p, p, 3, W]  (models/vit.py)
+    img/pos_embedding                     [1, N, W]
+    img/Transformer/encoderblock_{i}/...  LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out},
+                                          LayerNorm_1, MlpBlock_0/Dense_{0,1}; scanned models store one
+                                          `encoderblock/...` with a leading depth axis
+    img/Transformer/encoder_norm          final LayerNorm
+    img/MAPHead_0/{probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}
+    txt/Embed_0/embedding [V, W], txt/pos_embedding [1, L, W]   (models/proj/image_text/text_transformer.py)
+    txt/Encoder_0/encoderblock_{i}/..., txt/Encoder_0/encoder_norm, txt/head/{kernel,bias}
+    t [1] (log temperature), b [1] (bias)
+
+Flax layouts equal mmjax's, so the mapping only renames and drops the leading 1 of the
+position tables and scalars. The architecture is read from the shapes (width, depth,
+heads, MLP size, patch, image size, vocabulary, context length); activation (tanh GELU)
+and LayerNorm eps (1e-6) are big_vision's defaults. The SentencePiece model is not in the
+checkpoint: pass it (`tokenizer=`), or keep it next to the `.npz`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from mmjax.convert import checks, hf_siglip, layout
+from mmjax.convert.tensors import read_tensors
+from mmjax.data.preprocess import ImagePreprocess
+from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from mmjax.models.two_tower import TwoTowerConfig
+from mmjax.pretrained import Pretrained
+
+TOWERS = {"img": "img/Transformer", "txt": "txt/Encoder_0"}
+_SCANNED = re.compile(r"^(img/Transformer|txt/Encoder_0)/encoderblock/(.*)$")
+TOKENIZER_HELP = ("big_vision checkpoints do not contain their tokenizer; pass tokenizer=PATH (--tokenizer) with the "
+                  "SentencePiece model the checkpoint was trained with (English SigLIP: c4_en, "
+                  "gs://t5-data/vocabs/cc_en.32000/sentencepiece.model; i18n: mc4, "
+                  "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model), or put it next to the .npz")
+
+
+def normalize_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drops a leading `params/`, splits scanned `encoderblock/` stacks into `encoderblock_{i}/`
+    and folds the second text position table some old checkpoints carry (`txt/Encoder_0/pos_embedding`)
+    into `txt/pos_embedding`, as big_vision's own loader does."""
+    out = {}
+    for key, value in tensors.items():
+        key = key.removeprefix("params/")
+        if match := _SCANNED.match(key):
+            for i, layer in enumerate(value):
+                out[f"{match[1]}/encoderblock_{i}/{match[2]}"] = layer
+        else:
+            out[key] = value
+    if "txt/Encoder_0/pos_embedding" in out and "txt/pos_embedding" in out:
+        out["txt/pos_embedding"] = out["txt/pos_embedding"] + out.pop("txt/Encoder_0/pos_embedding")
+    return out
+
+
+def _depth(tensors: Mapping[str, np.ndarray], tower: str) -> int:
+    prefix = f"{TOWERS[tower]}/encoderblock_"
+    return len({key[len(prefix):].split("/")[0] for key in tensors if key.startswith(prefix)})
+
+
+def image_size_from_name(path: str, patch: int, grid: int) -> int:
+    """The input side of a checkpoint with `grid`×`grid` patches of `patch` px.
+
+    Usually `grid * patch`, but a patch size that does not divide the side (So400m/14 at 384 px:
+    27 patches, 6 px unused) is only told by the file name (`webli_en_so400m_384_58765454.npz`):
+    the first 3-digit number in it with `number // patch == grid` wins."""
+    for number in re.findall(r"(?<!\d)\d{3}(?!\d)", os.path.basename(path)):
+        if int(number) // patch == grid:
+            return int(number)
+    return grid * patch
+
+
+def infer_config(tensors: Mapping[str, np.ndarray], where: str) -> TwoTowerConfig:
+    """The SigLIP architecture of a checkpoint, from its tensor shapes (and its name, for the image size)."""
+    if "img/head/kernel" in tensors:
+        raise ValueError(f"{where}: an image projection head (img/head) is not supported; SigLIP has none")
+
+    def shape(key: str) -> tuple[int, ...]:
+        return layout.take(tensors, key, where).shape
+
+    def tower(name: str) -> dict:
+        block = f"{TOWERS[name]}/encoderblock_0"
+        width, heads, _ = shape(f"{block}/MultiHeadDotProductAttention_0/query/kernel")
+        return dict(hidden_size=width, num_hidden_layers=_depth(tensors, name), num_attention_heads=heads,
+                    intermediate_size=shape(f"{block}/MlpBlock_0/Dense_0/kernel")[1],
+                    hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+
+    patch, _, _, _ = shape("img/embedding/kernel")
+    grid = round(shape("img/pos_embedding")[-2] ** 0.5)
+    vocab_size, text_width = shape("txt/Embed_0/embedding")
+    projection = shape("txt/head/kernel")[1] if "txt/head/kernel" in tensors else text_width
+    text = dict(tower("txt"), vocab_size=vocab_size, max_position_embeddings=shape("txt/pos_embedding")[-2],
+                projection_size=projection)
+    vision = dict(tower("img"), image_size=image_size_from_name(where, patch, grid), patch_size=patch)
+    return hf_siglip.config_from_hf(dict(model_type="siglip", text_config=text, vision_config=vision), where)
+
+
+def _block(mm: str, bv: str) -> Iterator[tuple[str, str]]:
+    yield f"{mm}/ln_1", f"{bv}/LayerNorm_0"
+    yield f"{mm}/ln_2", f"{bv}/LayerNorm_1"
+    yield from _attention_mlp(mm, bv)
+
+
+def _attention_mlp(mm: str, bv: str) -> Iterator[tuple[str, str]]:
+    for part in ("query", "key", "value", "out"):
+        yield f"{mm}/attn/{part}", f"{bv}/MultiHeadDotProductAttention_0/{part}"
+    yield f"{mm}/mlp/fc1", f"{bv}/MlpBlock_0/Dense_0"
+    yield f"{mm}/mlp/fc2", f"{bv}/MlpBlock_0/Dense_1"
+
+
+def modules(config: TwoTowerConfig) -> list[tuple[str, str]]:
+    """`(mmjax module path, big_vision module path)`; every parameter below them keeps its name
+    (`kernel`, `bias`; LayerNorm `scale`, `bias`)."""
+    rows = [("image_encoder/patch_embed/conv", "img/embedding")]
+    for tower, mm_tower, depth in (("img", "image_encoder", config.vision.depth),
+                                   ("txt", "text_encoder", config.text.depth)):
+        for i in range(depth):
+            rows += _block(f"{mm_tower}/encoder/layers_{i}", f"{TOWERS[tower]}/encoderblock_{i}")
+    rows += [("image_encoder/ln_post", "img/Transformer/encoder_norm"),
+             ("image_encoder/map_head/ln", "img/MAPHead_0/LayerNorm_0"),
+             *_attention_mlp("image_encoder/map_head", "img/MAPHead_0"),
+             ("text_encoder/ln_final", "txt/Encoder_0/encoder_norm"),
+             ("text_proj", "txt/head")]
+    return rows
+
+
+def params_from_big_vision(tensors: Mapping[str, np.ndarray], config: TwoTowerConfig, where: str) -> dict:
+    """mmjax params (nested float32 NumPy) from normalised big_vision tensors (`normalize_names`).
+
+    Raises a one-line ValueError naming the first missing tensor, a tensor the model does
+    not use, or the first parameter whose shape does not fit."""
+    if "txt/head/kernel" not in tensors:  # i18n B/16 256: no text head; the identity keeps the text features
+        tensors = {**tensors, "txt/head/kernel": np.eye(config.text.width, dtype=np.float32),
+                   "txt/head/bias": np.zeros(config.text.width, np.float32)}
+    used = set()
+
+    def take(key: str) -> np.ndarray:
+        used.add(key)
+        return layout.take(tensors, key, where)
+
+    expected = checks.expected_shapes(config)
+    flat = {
+        "image_encoder/pos_embed/embedding": take("img/pos_embedding")[0],
+        "image_encoder/map_head/probe": take("img/MAPHead_0/probe"),
+        "text_encoder/token_embed/embedding": take("txt/Embed_0/embedding"),
+        "text_encoder/pos_embed/embedding": take("txt/pos_embedding")[0],
+        "logit_scale": take("t").reshape(()),
+        "logit_bias": take("b").reshape(()),
+    }
+    for mm, bv in modules(config):
+        for name in ("kernel", "bias", "scale"):
+            if f"{mm}/{name}" in expected:
+                flat[f"{mm}/{name}"] = take(f"{bv}/{name}")
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise ValueError(f"{where}: tensor {unused[0]} is not used by the SigLIP model")
+    params = checks.unflatten(flat)
+    checks.check_shapes(params, expected, where)
+    return params
+
+
+def find_tokenizer(npz_path: str) -> str:
+    """The SentencePiece model next to a checkpoint: `NAME.model` for `NAME.npz`, else the only `*.model`."""
+    stem = os.path.splitext(npz_path)[0] + ".model"
+    if os.path.isfile(stem):
+        return stem
+    candidates = glob.glob(os.path.join(os.path.dirname(os.path.abspath(npz_path)), "*.model"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise FileNotFoundError(f"{npz_path}: {TOKENIZER_HELP}")
+
+
+def load(path: str, *, tokenizer: str | None = None, image_size: int | None = None,
+         allow_pickle: bool = False) -> Pretrained:
+    """A big_vision SigLIP `.npz` (+ its SentencePiece model) → `Pretrained`.
+
+    Text: lower-cased (ASCII, as `tf.strings.lower`), SentencePiece, `</s>` appended and kept
+    when truncated, padded with `</s>` (big_vision's `tokenize(eos="sticky", pad_value=1)`).
+    Images: resized to S×S (bilinear), scaled to [−1, 1] (`value_range(-1, 1)`).
+    allow_pickle is accepted for a uniform signature; `.npz` files are read without pickles.
+    """
+    del allow_pickle
+    path = os.fspath(path)
+    tensors = normalize_names(read_tensors(path))
+    config = infer_config(tensors, path)
+    params = params_from_big_vision(tensors, config, path)
+    spm_path = tokenizer if tokenizer is not None else find_tokenizer(path)
+    text_tokenizer = SentencePieceTokenizer.from_file(spm_path, context_length=config.text.context_length,
+                                                      normalization="big_vision")
+    preprocess = ImagePreprocess(config.vision.image_size, (0.5,) * 3, (0.5,) * 3, mode="squash",
+                                 interpolation="bilinear")
+    pretrained = Pretrained(config=config, params=params, tokenizer=text_tokenizer, preprocess=preprocess,
+                            source=path, format="big_vision")
+    return pretrained.with_image_size(image_size) if image_size else pretrained

@@ -1,0 +1,54 @@
+"""Shape checks that name the first parameter that does not fit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+
+from mmjax.models import TwoTowerConfig, abstract_params
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """Nested dict → `{"a/b/c": leaf}` in insertion order."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, path + "/"))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, object]) -> dict:
+    """`{"a/b/c": leaf}` → nested dict."""
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def expected_shapes(config: TwoTowerConfig) -> dict[str, tuple[int, ...]]:
+    """`{"image_encoder/…/kernel": shape}` of the parameters `config` needs (abstract init, nothing allocated)."""
+    return {path: tuple(leaf.shape) for path, leaf in flatten(nn.unbox(abstract_params(config))).items()}
+
+
+def check_shapes(params: Mapping, expected: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Raises a one-line ValueError naming the first parameter of `params` (in the order the converter built
+    them, i.e. the checkpoint's order) whose shape differs from `expected` or that the model does not use,
+    else the first parameter of `expected` that `params` lacks."""
+    flat = flatten(params)
+    for path, value in flat.items():
+        if path not in expected:
+            raise ValueError(f"{where}: parameter {path} is not used by the model")
+        if tuple(value.shape) != tuple(expected[path]):
+            raise ValueError(f"{where}: parameter {path} has shape {tuple(value.shape)} "
+                             f"but the config needs {tuple(expected[path])}")
+    for path, shape in expected.items():
+        if path not in flat:
+            raise ValueError(f"{where}: parameter {path} {tuple(shape)} is missing")

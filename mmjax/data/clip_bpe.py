@@ -1,0 +1,142 @@
+"""The CLIP byte-level BPE tokenizer, in the two flavours checkpoints were trained with.
+
+- transformers (`from_tokenizer_json`, `from_vocab_merges`): exactly `CLIPTokenizer`'s backend —
+  NFC, whitespace runs → one space, lower case, no ftfy; padded with the pad token
+  (`<|endoftext|>` = 49407 for OpenAI's checkpoints).
+- OpenCLIP (`open_clip`): `SimpleTokenizer` — `ftfy.fix_text`, HTML unescaped twice,
+  whitespace collapsed, lower case; padded with 0.
+
+Both wrap the text as `<start> … <end>` and truncate to the context length keeping the
+end-of-text token last; `"a photo of a cat"` → `[49406, 320, 1125, 539, 320, 2368, 49407]`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tokenizers
+from tokenizers import Regex, models, normalizers, pre_tokenizers, processors
+
+from mmjax.data.tokenizers import Tokenizer
+
+HF_SOT, HF_EOT = "<|startoftext|>", "<|endoftext|>"
+OPEN_CLIP_SOT, OPEN_CLIP_EOT = "<start_of_text>", "<end_of_text>"
+_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def _backend(vocab: dict[str, int], merges: list[tuple[str, str]], sot: str, eot: str,
+             unk: str | None) -> tokenizers.Tokenizer:
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                                              end_of_word_suffix="</w>", fuse_unk=False, unk_token=unk))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(f"{_escape(sot)}|{_escape(eot)}|{_WORDS}"), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    backend.add_special_tokens([sot, eot])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{sot} $A {eot}", special_tokens=[(sot, vocab[sot]), (eot, vocab[eot])])
+    return backend
+
+
+def _escape(token: str) -> str:
+    return "".join(f"\\{c}" if c in r"|<>\.^$*+?()[]{}" else c for c in token)
+
+
+class ClipBpeTokenizer(Tokenizer):
+    """`__call__(texts) -> int32 [N, context_length]`; `clean` (OpenCLIP) runs before the backend."""
+
+    def __init__(self, backend: tokenizers.Tokenizer, context_length: int, pad_id: int, eot_token: str,
+                 open_clip_cleaning: bool = False):
+        backend.enable_truncation(context_length)
+        backend.enable_padding(pad_id=pad_id, pad_token=backend.id_to_token(pad_id) or "", length=context_length)
+        super().__init__(backend, eot_token)
+        self.open_clip_cleaning = open_clip_cleaning
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str, context_length: int = 77, pad_token: str = HF_EOT,
+                            eot_token: str = HF_EOT) -> ClipBpeTokenizer:
+        """transformers flavour from a `tokenizer.json` (its own normaliser, pre-tokeniser and post-processor)."""
+        backend = tokenizers.Tokenizer.from_file(os.fspath(path))
+        pad_id = backend.token_to_id(pad_token)
+        if pad_id is None:
+            raise ValueError(f"{path}: pad token {pad_token!r} is not in the vocabulary")
+        return cls(backend, context_length, pad_id, eot_token)
+
+    @classmethod
+    def from_vocab_merges(cls, vocab_path: str, merges_path: str, context_length: int = 77,
+                          pad_token: str = HF_EOT) -> ClipBpeTokenizer:
+        """transformers flavour from `vocab.json` + `merges.txt`, built as `CLIPTokenizer` builds it."""
+        with open(vocab_path, encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(merges_path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        backend = _backend(vocab, merges, HF_SOT, HF_EOT, HF_EOT)
+        backend.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+        if pad_token not in vocab:
+            raise ValueError(f"{vocab_path}: pad token {pad_token!r} is not in the vocabulary")
+        return cls(backend, context_length, vocab[pad_token], HF_EOT)
+
+    @classmethod
+    def open_clip(cls, bpe_path: str | None = None, context_length: int = 77) -> ClipBpeTokenizer:
+        """OpenCLIP flavour from `bpe_simple_vocab_16e6.txt.gz` (default: the one an installed open_clip ships)."""
+        bpe_path = bpe_path or find_open_clip_bpe()
+        with gzip.open(bpe_path) as f:
+            lines = f.read().decode("utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
+        symbols = list(bytes_to_unicode().values())
+        words = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), OPEN_CLIP_SOT, OPEN_CLIP_EOT]
+        vocab = {token: i for i, token in enumerate(words)}
+        backend = _backend(vocab, merges, OPEN_CLIP_SOT, OPEN_CLIP_EOT, None)
+        return cls(backend, context_length, 0, OPEN_CLIP_EOT, open_clip_cleaning=True)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Token ids of `texts`: int32 `[N, context_length]`."""
+        texts = list(texts)
+        if self.open_clip_cleaning:
+            texts = [open_clip_clean(text) for text in texts]
+        return super().__call__(texts)
+
+
+def open_clip_clean(text: str) -> str:
+    """OpenCLIP's default text cleaning: ftfy, HTML unescape ×2, whitespace collapse, lower case."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).strip().lower()
+
+
+def find_open_clip_bpe(*directories: str) -> str:
+    """`bpe_simple_vocab_16e6.txt.gz` in one of `directories`, else in an installed open_clip package."""
+    for directory in directories:
+        path = os.path.join(directory, BPE_FILE)
+        if os.path.isfile(path):
+            return path
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), BPE_FILE)
+        if os.path.isfile(path):
+            return path
+    where = ", ".join(directories) or "(no directory given)"
+    raise FileNotFoundError(f"{BPE_FILE} not found in {where} nor in an installed open_clip package")

@@ -1,0 +1,111 @@
+"""A checkpoint's own image preprocessing, as a small frozen spec.
+
+`ImagePreprocess(size=224, mean=…, std=…)(image)` gives the float32 `[S, S, 3]` pixels the
+reference processor gives:
+
+- OpenCLIP / OpenAI CLIP: torchvision `Resize(S, bicubic)` on a PIL image (PIL's resize),
+  `CenterCrop(S)` (offset `int(round((side − S) / 2))`), `ToTensor`, `Normalize(mean, std)`.
+- transformers CLIP (`crop_rounding="floor"`, `alpha_on_white=True`): the same PIL resize of
+  the shortest edge, crop offset `(side − S) // 2`, transparency composited onto white.
+- SigLIP (`mode="squash"`, `interpolation="bilinear"`): resize straight to `S×S`, no crop.
+
+Resizing is always PIL's (uint8), which transformers' PIL backend also uses; its default
+torchvision-tensor backend differs from PIL by 1–2 grey levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+MODES = ("shortest", "squash")
+CROP_ROUNDINGS = ("round", "floor")
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """Resize → (centre crop) → `(x / 255 − mean) / std`.
+
+    size: output side S. resize_size: the shorter side before the crop (`None`: S).
+    mode: `"shortest"` (resize the shorter side, centre crop S×S) or `"squash"` (resize to S×S).
+    interpolation: `"bicubic"` or `"bilinear"` (PIL filters). crop_rounding: `"round"`
+    (torchvision) or `"floor"` (transformers). alpha_on_white: composite transparent images
+    onto white (transformers) instead of dropping the alpha channel (PIL `convert("RGB")`).
+    """
+
+    size: int
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resize_size: int | None = None
+    mode: str = "shortest"
+    interpolation: str = "bicubic"
+    crop_rounding: str = "round"
+    alpha_on_white: bool = False
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"preprocess mode {self.mode!r} is not one of {MODES}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
+        if self.crop_rounding not in CROP_ROUNDINGS:
+            raise ValueError(f"crop_rounding {self.crop_rounding!r} is not one of {CROP_ROUNDINGS}")
+        if self.resize_size is not None and self.resize_size < self.size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than the crop size {self.size}")
+
+    def with_size(self, size: int) -> ImagePreprocess:
+        """The same processing for another output side (the resize side scales with it)."""
+        resize = None if self.resize_size is None else round(self.resize_size * size / self.size)
+        return dataclasses.replace(self, size=size, resize_size=resize)
+
+    def _rgb(self, image: Image.Image | np.ndarray) -> Image.Image:
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise ValueError(f"images must be PIL images or uint8 [H, W(, C)] arrays, "
+                                 f"got {image.dtype} {list(image.shape)}")
+            image = Image.fromarray(image)
+        has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+        if self.alpha_on_white and has_alpha:
+            rgba = image.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        return image.convert("RGB")
+
+    def resized(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """uint8 `[S, S, 3]`: the image after resize and crop, before normalisation."""
+        image = self._rgb(image)
+        filter_ = INTERPOLATIONS[self.interpolation]
+        if self.mode == "squash":
+            return np.asarray(image.resize((self.size, self.size), filter_), np.uint8)
+        short = self.resize_size or self.size
+        width, height = image.size
+        if width <= height:
+            new_size = (short, int(short * height / width))
+        else:
+            new_size = (int(short * width / height), short)
+        if new_size != image.size:
+            image = image.resize(new_size, filter_)
+        offset = (lambda extra: int(round(extra / 2.0))) if self.crop_rounding == "round" else (lambda e: e // 2)
+        left, top = offset(new_size[0] - self.size), offset(new_size[1] - self.size)
+        return np.asarray(image.crop((left, top, left + self.size, top + self.size)), np.uint8)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 `[..., 3]` → float32 `(x / 255 − mean) / std`."""
+        x = pixels.astype(np.float32) / np.float32(255.0)
+        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+    def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """One PIL image or uint8 `[H, W(, C)]` array → float32 `[S, S, 3]`."""
+        return self.normalize(self.resized(image))
+
+    def batch(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        """A list of images (any sizes) → float32 `[N, S, S, 3]`."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        return np.stack([self(image) for image in images]) if len(images) else np.zeros(
+            (0, self.size, self.size, 3), np.float32)

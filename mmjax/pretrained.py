@@ -1,0 +1,210 @@
+"""Pretrained checkpoints as one bundle: config, parameters, tokenizer and image preprocessing.
+
+    model = mmjax.load_pretrained("hf:openai/clip-vit-base-patch32")
+    image_emb = model.encode_image([PIL.Image.open("cat.jpg")])      # [1, 512], unnormalised
+    text_emb = model.encode_text(["a photo of a cat", "a photo of a dog"])
+
+Sources: `hf:ORG/NAME[@REVISION]` (downloaded with huggingface_hub), a local Hugging Face
+directory (`CLIPModel`, `SiglipModel`), an OpenCLIP directory (`open_clip_config.json`), an
+OpenCLIP model name `open_clip:ViT-B-32-quickgelu` with `weights=FILE`, a big_vision `.npz`,
+or an mmjax training workdir. The format modules live in `mmjax.convert`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import jax
+import numpy as np
+from PIL import Image
+
+from mmjax.data.preprocess import ImagePreprocess
+from mmjax.models import TwoTower, TwoTowerConfig
+
+
+class TextTokenizer(Protocol):
+    """What `mmjax.data.tokenizers.Tokenizer` provides: strings → int32 `[N, context_length]`."""
+
+    context_length: int
+    eot_id: int
+    pad_id: int
+    vocab_size: int
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A loaded checkpoint. `params` is the unboxed parameter dict (mmjax layout, unscanned)."""
+
+    config: TwoTowerConfig
+    params: dict
+    tokenizer: TextTokenizer
+    preprocess: ImagePreprocess
+    source: str = ""
+    format: str = ""
+
+    @property
+    def model(self) -> TwoTower:
+        return TwoTower(self.config)
+
+    @property
+    def logit_scale(self) -> float:
+        """The stored (log) temperature parameter; similarities are multiplied by `exp(logit_scale)`."""
+        return float(self.params["logit_scale"])
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's learned logit bias; None for CLIP."""
+        return float(self.params["logit_bias"]) if "logit_bias" in self.params else None
+
+    @functools.cached_property
+    def _device_params(self):
+        return jax.device_put(self.params)
+
+    @functools.cached_property
+    def _encoders(self):
+        model = self.model
+        images = jax.jit(lambda p, x: model.apply({"params": p}, x, method=TwoTower.encode_image))
+        texts = jax.jit(lambda p, t: model.apply({"params": p}, t, method=TwoTower.encode_text))
+        return images, texts
+
+    def _batched(self, fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            size = batch_size if len(inputs) > batch_size else len(chunk)  # one compiled shape per call pattern
+            padded = np.zeros((size, *chunk.shape[1:]), chunk.dtype)
+            padded[:len(chunk)] = chunk
+            outputs.append(np.asarray(fn(self._device_params, padded))[:len(chunk)])
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.config.embed_dim), np.float32)
+
+    def encode_image(self, images: Sequence[Image.Image | np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """PIL images or uint8 `[H, W, 3]` arrays (any sizes) → projected, unnormalised float32 `[N, E]`,
+        after the checkpoint's own preprocessing."""
+        return self._batched(self._encoders[0], self.preprocess.batch(images), batch_size)
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Strings → projected, unnormalised float32 `[N, E]`, after the checkpoint's own tokenizer."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._batched(self._encoders[1], self.tokenizer(list(texts)), batch_size)
+
+    def with_image_size(self, image_size: int) -> Pretrained:
+        """The same model for `image_size` px images: the learned position table is interpolated
+        (OpenCLIP's antialiased bicubic; a class-token row is kept) and the preprocessing re-sized."""
+        from mmjax.convert.posemb import resize_position_table
+
+        vision = self.config.vision
+        if image_size == vision.image_size:
+            return self
+        if image_size % vision.patch_size:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {vision.patch_size}")
+        params = dict(self.params)
+        if vision.posemb == "learned":
+            encoder = dict(params["image_encoder"])
+            table = np.asarray(encoder["pos_embed"]["embedding"])
+            encoder["pos_embed"] = {"embedding": resize_position_table(
+                table, image_size // vision.patch_size, has_cls=vision.pool == "cls")}
+            params["image_encoder"] = encoder
+        config = dataclasses.replace(self.config, vision=dataclasses.replace(vision, image_size=image_size))
+        return dataclasses.replace(self, config=config, params=params, preprocess=self.preprocess.with_size(image_size))
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _download(repo: str, allow_pickle: bool) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError("hf: sources need huggingface_hub (pip install huggingface_hub)") from None
+    name, _, revision = repo.partition("@")
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.npz", "*.gz"]
+    if allow_pickle:
+        patterns += ["*.bin", "*.pt", "*.pth"]
+    try:
+        return snapshot_download(name, revision=revision or None, allow_patterns=patterns)
+    except Exception as error:  # network, authentication, missing repository: one line
+        raise ValueError(f"could not download {repo} from the Hugging Face Hub: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+
+
+def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
+    if os.path.isfile(os.path.join(path, "open_clip_config.json")):
+        from mmjax.convert import open_clip
+        return open_clip.load(path, allow_pickle=allow_pickle)
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path} has neither config.json (Hugging Face, mmjax workdir) "
+                                "nor open_clip_config.json (OpenCLIP)")
+    config = _read_json(config_path)
+    model_type = config.get("model_type")
+    if model_type == "clip":
+        from mmjax.convert import hf_clip
+        return hf_clip.load(path, allow_pickle=allow_pickle)
+    if model_type == "siglip":
+        from mmjax.convert import hf_siglip
+        return hf_siglip.load(path, allow_pickle=allow_pickle)
+    if model_type is not None:
+        raise ValueError(f"{config_path}: model_type {model_type!r} is not supported (clip, siglip)")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return _load_workdir(path)
+    raise ValueError(f"{config_path} is neither a Hugging Face config (no model_type) nor an mmjax workdir's "
+                     "(no checkpoints/)")
+
+
+def _load_workdir(workdir: str) -> Pretrained:
+    from mmjax.convert.layout import to_numpy, unscan
+    from mmjax.train.workdir import load_trained
+
+    trained = load_trained(workdir)
+    config = trained.model.config
+    params = unscan(to_numpy(trained.params))
+    config = dataclasses.replace(config, options=dataclasses.replace(config.options, scan_layers=False))
+    data = trained.config.data
+    preprocess = ImagePreprocess(config.vision.image_size, tuple(data.image_mean), tuple(data.image_std))
+    return Pretrained(config, params, trained.tokenizer, preprocess, workdir, "mmjax")
+
+
+SOURCES_HELP = ("hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL with weights=FILE, "
+                "a big_vision .npz file, or an mmjax workdir")
+
+
+def load_pretrained(source: str, *, image_size: int | None = None, allow_pickle: bool = False,
+                    weights: str | None = None, tokenizer: str | None = None) -> Pretrained:
+    """Load a checkpoint (see the module docstring for `source`).
+
+    image_size: run at another resolution (position embeddings interpolated).
+    allow_pickle: read `.bin` / `.pt` weights with `torch.load(weights_only=True)`; refused otherwise.
+    weights: the weights file of an `open_clip:MODEL` source.
+    tokenizer: the SentencePiece model of a big_vision `.npz` (default: the `.model` file beside it).
+    """
+    source = os.fspath(source)
+    if source.startswith("hf:"):
+        pretrained = _load_directory(_download(source[3:], allow_pickle), allow_pickle)
+    elif source.startswith("open_clip:"):
+        from mmjax.convert import open_clip
+        if weights is None:
+            raise ValueError(f"{source} needs a weights file (weights=FILE, --weights FILE)")
+        pretrained = open_clip.load_named(source[len("open_clip:"):], weights, allow_pickle=allow_pickle)
+    elif os.path.isdir(source):
+        pretrained = _load_directory(source, allow_pickle)
+    elif source.endswith(".npz"):
+        from mmjax.convert import big_vision
+        pretrained = big_vision.load(source, tokenizer=tokenizer)
+    elif not os.path.exists(source):
+        raise FileNotFoundError(f"{source} does not exist (expected {SOURCES_HELP})")
+    else:
+        raise ValueError(f"{source}: cannot tell the checkpoint format (expected {SOURCES_HELP})")
+    if weights is not None and not source.startswith("open_clip:"):
+        raise ValueError("weights= is only for open_clip:MODEL sources")
+    pretrained = dataclasses.replace(pretrained, source=source)
+    return pretrained.with_image_size(image_size) if image_size else pretrained

@@ -1,0 +1,352 @@
+"""HF CLIPModel and OpenCLIP checkpoints: load → same embeddings as the torch references, export → the
+reference libraries load the files as they are, mmjax → export → import is bit-identical, and bad files give
+one-line errors. Reference models are tiny random-weight ones built here (real 49 408-token CLIP BPE)."""
+
+import dataclasses
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+open_clip = pytest.importorskip("open_clip")
+from safetensors.torch import save_file  # noqa: E402
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
+
+from mmjax.convert import hf_clip  # noqa: E402
+from mmjax.convert import open_clip as oc_convert  # noqa: E402
+from mmjax.convert.checks import expected_shapes, flatten, unflatten  # noqa: E402
+from mmjax.convert.layout import unscan  # noqa: E402
+from mmjax.data.clip_bpe import bytes_to_unicode  # noqa: E402
+from mmjax.data.preprocess import ImagePreprocess  # noqa: E402
+from mmjax.data.tokenizers import Tokenizer  # noqa: E402
+from mmjax.models import TwoTower, get_config  # noqa: E402
+from mmjax.pretrained import Pretrained, load_pretrained  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXTS = ["a photo of a cat", "A DOG on the   beach!!", "naïve café, 3.14 o'clock 🐱", "x " * 90, "",
+         "<b>bold</b> and [brackets]; it's fine"]
+SIZES = [(40, 57), (57, 40), (33, 32), (64, 64)]
+
+
+def _l2(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _assert_close_normalised(ours, reference):
+    assert ours.shape == reference.shape
+    assert np.abs(_l2(ours) - _l2(reference)).max() <= 1e-5
+
+
+def _features(output):
+    """transformers 5 returns a ModelOutput from get_*_features; older versions a tensor."""
+    output = getattr(output, "pooler_output", output)
+    return output.detach().numpy()
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
+
+
+@pytest.fixture(scope="module")
+def bpe_merges():
+    with gzip.open(open_clip.tokenizer.default_bpe()) as f:
+        return f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+
+
+def _hf_tokenizer(merges):
+    symbols = list(bytes_to_unicode().values())
+    words = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges),
+             "<|startoftext|>", "<|endoftext|>"]
+    return transformers.CLIPTokenizer(vocab={w: i for i, w in enumerate(words)},
+                                      merges=[tuple(m.split()) for m in merges])
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, bpe_merges):
+    """A tiny random transformers CLIPModel saved as on the Hub: safetensors, tokenizer, preprocessor config."""
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16, logit_scale_init_value=2.0)
+    model = transformers.CLIPModel(config).eval()
+    path = str(tmp_path_factory.mktemp("hf_clip"))
+    model.save_pretrained(path)
+    _hf_tokenizer(bpe_merges).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def _hf_reference(path, images, texts):
+    model = transformers.CLIPModel.from_pretrained(path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    processor = CLIPImageProcessorPil.from_pretrained(path)
+    with torch.no_grad():
+        pixels = torch.from_numpy(processor(images, return_tensors="np")["pixel_values"])
+        tokens = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return (_features(model.get_image_features(pixel_values=pixels)),
+                _features(model.get_text_features(input_ids=tokens["input_ids"])), tokens["input_ids"].numpy())
+
+
+def _open_clip_dir(root, quick_gelu: bool):
+    torch.manual_seed(1)
+    model_cfg = dict(embed_dim=16, quick_gelu=quick_gelu,
+                     vision_cfg=dict(image_size=32, layers=2, width=48, patch_size=8, head_width=24),
+                     text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2))
+    model = open_clip.model.CLIP(**model_cfg)
+    with torch.no_grad():
+        model.logit_scale.fill_(1.5)
+    path = str(root / ("quickgelu" if quick_gelu else "gelu"))
+    os.makedirs(path)
+    with open(os.path.join(path, "open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25]}}, f)
+    save_file(model.state_dict(), os.path.join(path, "open_clip_model.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def open_clip_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("open_clip")
+    return {quick: _open_clip_dir(root, quick) for quick in (False, True)}
+
+
+def _open_clip_reference(path, images, texts, **kwargs):
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + path, **kwargs)
+    tokenizer = open_clip.get_tokenizer("local-dir:" + path)
+    model.eval()
+    with torch.no_grad():
+        tokens = tokenizer(texts)
+        return (model.encode_image(torch.stack([preprocess(image) for image in images])).numpy(),
+                model.encode_text(tokens).numpy(), tokens.numpy(), model)
+
+
+def test_hf_clip_matches_transformers(hf_dir, images):
+    pretrained = load_pretrained(hf_dir)
+    image_ref, text_ref, ids_ref = _hf_reference(hf_dir, images, TEXTS)
+    assert pretrained.format == "hf_clip" and pretrained.config.options.activation == "quick_gelu"
+    np.testing.assert_array_equal(pretrained.tokenizer(TEXTS), ids_ref)
+    _assert_close_normalised(pretrained.encode_image(images), image_ref)
+    _assert_close_normalised(pretrained.encode_text(TEXTS), text_ref)
+    np.testing.assert_allclose(pretrained.encode_text(TEXTS), text_ref, atol=1e-5)  # unnormalised too
+    assert pretrained.logit_scale == pytest.approx(2.0) and pretrained.logit_bias is None
+    processor = CLIPImageProcessorPil.from_pretrained(hf_dir)
+    pixels = processor(images, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(pretrained.preprocess.batch(images), pixels, atol=1e-6)
+
+
+def test_hf_clip_pools_at_the_first_eos_token(hf_dir):
+    """transformers pools at the first `eos_token_id`; an id above it later in the row must not move the pool."""
+    pretrained = load_pretrained(hf_dir)
+    reference = transformers.CLIPModel.from_pretrained(hf_dir).eval()
+    reference.text_model.eos_token_id = 500
+    config = dataclasses.replace(pretrained.config, text=dataclasses.replace(pretrained.config.text, eot_id=500))
+    ids = np.zeros((2, 77), np.int64)
+    ids[0, :5] = [49406, 320, 500, 40000, 49407]
+    ids[1, :4] = [49406, 2368, 1125, 500]
+    with torch.no_grad():
+        expected = _features(reference.get_text_features(input_ids=torch.from_numpy(ids)))
+    ours = TwoTower(config).apply({"params": pretrained.params}, ids.astype(np.int32), method=TwoTower.encode_text)
+    np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("quick_gelu", [False, True], ids=["gelu", "quick_gelu"])
+def test_open_clip_matches_open_clip(open_clip_dirs, images, quick_gelu):
+    path = open_clip_dirs[quick_gelu]
+    pretrained = load_pretrained(path)
+    image_ref, text_ref, ids_ref, _ = _open_clip_reference(path, images, TEXTS + ["a &amp; b"])
+    assert pretrained.config.options.activation == ("quick_gelu" if quick_gelu else "gelu")
+    np.testing.assert_array_equal(pretrained.tokenizer(TEXTS + ["a &amp; b"]), ids_ref)
+    _assert_close_normalised(pretrained.encode_image(images), image_ref)
+    _assert_close_normalised(pretrained.encode_text(TEXTS + ["a &amp; b"]), text_ref)
+    assert pretrained.logit_scale == pytest.approx(1.5)
+
+
+def test_open_clip_other_image_size_interpolates_like_open_clip(open_clip_dirs, images):
+    path = open_clip_dirs[False]
+    pretrained = load_pretrained(path, image_size=48)
+    image_ref, _, _, _ = _open_clip_reference(path, images, [], force_image_size=48)
+    assert pretrained.config.vision.image_size == 48 and pretrained.preprocess.size == 48
+    _assert_close_normalised(pretrained.encode_image(images), image_ref)
+
+
+def test_open_clip_named_model_with_weights_file(open_clip_dirs, images, monkeypatch, tmp_path):
+    path = open_clip_dirs[True]
+    with open(os.path.join(path, "open_clip_config.json")) as f:
+        monkeypatch.setitem(oc_convert.MODEL_CONFIGS, "tiny-quickgelu", json.load(f)["model_cfg"])
+    weights = str(tmp_path / "tiny.safetensors")
+    shutil.copy(os.path.join(path, "open_clip_model.safetensors"), weights)
+    pretrained = load_pretrained("open_clip:tiny-quickgelu", weights=weights)
+    model = open_clip.create_model("local-dir:" + path).eval()
+    transform = open_clip.image_transform(32, is_train=False)  # the named models use OpenAI's mean/std
+    with torch.no_grad():
+        expected = model.encode_image(torch.stack([transform(image) for image in images])).numpy()
+    _assert_close_normalised(pretrained.encode_image(images), expected)
+    with pytest.raises(ValueError, match="needs a weights file"):
+        load_pretrained("open_clip:tiny-quickgelu")
+
+
+def test_open_clip_name_table_matches_open_clip():
+    for name, config in oc_convert.MODEL_CONFIGS.items():
+        assert config == {k: v for k, v in open_clip.get_model_config(name).items() if k != "custom_text"}, name
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-g-14"])  # plain; head_width 88 with mlp_ratio 4.3637
+def test_open_clip_named_configs_have_open_clips_parameter_count(name):
+    reference = open_clip.get_model_config(name)
+    with torch.device("meta"):
+        model = open_clip.model.CLIP(**reference)
+    shapes = expected_shapes(oc_convert.config_from_open_clip(reference, name))
+    assert sum(int(np.prod(s)) for s in shapes.values()) == sum(p.numel() for p in model.parameters())
+
+
+def test_export_hf_loads_in_transformers(open_clip_dirs, images, tmp_path):
+    """OpenCLIP → mmjax → transformers directory: CLIPModel.from_pretrained gives OpenCLIP's embeddings."""
+    path = open_clip_dirs[True]
+    image_ref, text_ref, ids_ref, _ = _open_clip_reference(path, images, TEXTS)
+    out = str(tmp_path / "hf")
+    hf_clip.export(load_pretrained(path), out)
+    model = transformers.CLIPModel.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    plain = TEXTS[:4]  # transformers' tokenizer does not unescape HTML as OpenCLIP's does
+    tokens = tokenizer(plain, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        _assert_close_normalised(_features(model.get_text_features(input_ids=tokens)), text_ref[:4])
+        pixels = torch.from_numpy(np.stack([load_pretrained(path).preprocess(image) for image in images]))
+        _assert_close_normalised(_features(model.get_image_features(pixel_values=pixels.permute(0, 3, 1, 2))),
+                                 image_ref)
+    content = ids_ref[:4] != 0  # equal ids up to end-of-text; then transformers pads with <|endoftext|>, OpenCLIP 0
+    np.testing.assert_array_equal(tokens.numpy()[content], ids_ref[:4][content])
+    assert (tokens.numpy()[~content] == 49407).all()
+
+
+def test_export_open_clip_loads_in_open_clip(hf_dir, images, tmp_path):
+    """transformers → mmjax → OpenCLIP local-dir: create_model_and_transforms gives transformers' embeddings."""
+    image_ref, text_ref, _ = _hf_reference(hf_dir, images, TEXTS)
+    out = str(tmp_path / "oc")
+    oc_convert.export(load_pretrained(hf_dir), out)
+    hf_pixels = load_pretrained(hf_dir).preprocess.batch(images)
+    _, _, ids, model = _open_clip_reference(out, images[:1], TEXTS)
+    with torch.no_grad():
+        image_emb = model.encode_image(torch.from_numpy(hf_pixels).permute(0, 3, 1, 2)).numpy()
+        text_emb = model.encode_text(torch.from_numpy(ids)).numpy()
+    _assert_close_normalised(image_emb, image_ref)
+    _assert_close_normalised(text_emb, text_ref)
+
+
+def _assert_bit_identical(params, reloaded):
+    flat, again = flatten(params), flatten(reloaded)
+    assert list(flat) == list(again) or set(flat) == set(again)
+    for key, value in flat.items():
+        assert np.array_equal(np.asarray(value), np.asarray(again[key])), key
+
+
+def _random_params(config, seed=3):
+    rng = np.random.default_rng(seed)
+    return unflatten({path: rng.standard_normal(shape).astype(np.float32)
+                      for path, shape in expected_shapes(config).items()})
+
+
+def test_unscan_splits_stacked_layers():
+    scanned = _random_params(get_config("clip-test", scan_layers=True))
+    layers = unscan(scanned)
+    assert expected_shapes(get_config("clip-test")) == {k: v.shape for k, v in flatten(layers).items()}
+    stacked = scanned["text_encoder"]["encoder"]["layers"]["attn"]["query"]["kernel"]
+    np.testing.assert_array_equal(layers["text_encoder"]["encoder"]["layers_1"]["attn"]["query"]["kernel"], stacked[1])
+
+
+@pytest.mark.parametrize("target", ["hf", "open_clip"])
+def test_mmjax_model_export_import_is_bit_identical(target, tmp_path):
+    params = _random_params(get_config("clip-test"))
+    config = get_config("clip-test")
+    pretrained = Pretrained(config, params, Tokenizer.for_synthetic(config.text.context_length),
+                            ImagePreprocess(config.vision.image_size), "test", "mmjax")
+    out = str(tmp_path / target)
+    (hf_clip if target == "hf" else oc_convert).export(pretrained, out)
+    reloaded = load_pretrained(out)
+    _assert_bit_identical(params, reloaded.params)
+    texts = ["a red circle", "a small blue square"]
+    np.testing.assert_array_equal(reloaded.tokenizer(texts), pretrained.tokenizer(texts))
+    np.testing.assert_array_equal(reloaded.encode_text(texts), pretrained.encode_text(texts))
+    if target == "hf":  # and transformers runs the exported word-level model like mmjax does
+        model = transformers.CLIPModel.from_pretrained(out).eval()
+        with torch.no_grad():
+            expected = _features(model.get_text_features(
+                input_ids=torch.from_numpy(pretrained.tokenizer(texts).astype(np.int64))))
+        _assert_close_normalised(pretrained.encode_text(texts), expected)
+
+
+def test_pickle_weights_are_refused_unless_allowed(hf_dir, tmp_path):
+    path = str(tmp_path / "pickled")
+    shutil.copytree(hf_dir, path)
+    state = transformers.CLIPModel.from_pretrained(hf_dir).state_dict()
+    os.remove(os.path.join(path, "model.safetensors"))
+    torch.save(state, os.path.join(path, "pytorch_model.bin"))
+    with pytest.raises(ValueError, match="--allow-pickle") as error:
+        load_pretrained(path)
+    assert "\n" not in str(error.value) and "weights_only=True" in str(error.value)
+    allowed = load_pretrained(path, allow_pickle=True)
+    _assert_bit_identical(load_pretrained(hf_dir).params, allowed.params)
+
+
+def test_shape_mismatch_names_the_first_parameter(hf_dir, tmp_path):
+    path = str(tmp_path / "mismatch")
+    shutil.copytree(hf_dir, path)
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    config["vision_config"]["image_size"] = 48
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match=r"parameter image_encoder/pos_embed/embedding has shape \(17, 48\) "
+                                         r"but the config needs \(37, 48\)"):
+        load_pretrained(path)
+
+
+def test_missing_or_truncated_weights_give_one_line(hf_dir, tmp_path):
+    path = str(tmp_path / "broken")
+    shutil.copytree(hf_dir, path)
+    weights = os.path.join(path, "model.safetensors")
+    with open(weights, "rb") as f:
+        data = f.read()
+    with open(weights, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors") as error:
+        load_pretrained(path)
+    assert "\n" not in str(error.value)
+    os.remove(weights)
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        load_pretrained(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pretrained(str(tmp_path / "nowhere"))
+
+
+def _mmjax(*args):
+    return subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_convert_open_clip_to_hf_and_refuses_pickles(open_clip_dirs, tmp_path):
+    out = str(tmp_path / "hf")
+    result = _mmjax("convert", open_clip_dirs[False], "--to", "hf", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "-> " + out in result.stdout and "CLIP" in result.stdout
+    assert transformers.CLIPConfig.from_pretrained(out).vision_config.hidden_act == "gelu"
+    pickled = str(tmp_path / "pickled")
+    shutil.copytree(open_clip_dirs[False], pickled)
+    os.rename(os.path.join(pickled, "open_clip_model.safetensors"), os.path.join(pickled, "open_clip_pytorch_model.bin"))
+    refused = _mmjax("convert", pickled, "--to", "open_clip", "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("mmjax: error: ") and "--allow-pickle" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

@@ -1,0 +1,70 @@
+"""`ImagePreprocess` equals the reference processors pixel for pixel: OpenCLIP's torchvision transform and
+transformers' CLIPImageProcessor (PIL backend), on odd sizes, both orientations, grey and RGBA inputs."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.data.preprocess import ImagePreprocess
+
+open_clip = pytest.importorskip("open_clip")
+transformers = pytest.importorskip("transformers")
+from transformers.models.clip.image_processing_clip import CLIPImageProcessor  # noqa: E402
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
+
+SIZES = [(300, 451), (451, 300), (97, 130), (225, 224), (224, 224), (37, 1000), (1001, 53)]
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    def smooth(h, w):  # gradients, where interpolation differences would show most clearly as offsets
+        x, y = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+        return np.stack([x, y, np.full((h, w), 90.0)], -1).astype(np.uint8)
+
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
+    images += [Image.fromarray(smooth(h, w)) for h, w in SIZES[:3]]
+    images.append(Image.fromarray(rng.integers(0, 256, (80, 120), dtype=np.uint8)))  # grey
+    return images
+
+
+@pytest.mark.parametrize("interpolation,mode", [("bicubic", "shortest"), ("bilinear", "shortest"),
+                                                ("bicubic", "squash")])
+def test_matches_open_clip_transform(interpolation, mode):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
+    reference = open_clip.image_transform(224, is_train=False, mean=mean, std=std, resize_mode=mode,
+                                          interpolation=interpolation)
+    ours = ImagePreprocess(224, mean, std, mode=mode, interpolation=interpolation)
+    for image in _images():
+        expected = reference(image).numpy().transpose(1, 2, 0)
+        np.testing.assert_allclose(ours(image), expected, atol=2e-6, err_msg=str(image.size))
+
+
+def test_matches_transformers_pil_processor_and_uint8_arrays():
+    reference = CLIPImageProcessorPil(size={"shortest_edge": 240}, crop_size={"height": 224, "width": 224})
+    ours = ImagePreprocess(224, tuple(reference.image_mean), tuple(reference.image_std), resize_size=240,
+                           crop_rounding="floor", alpha_on_white=True)
+    images = _images()
+    rgba = np.random.default_rng(1).integers(0, 256, (90, 70, 4), dtype=np.uint8)
+    images.append(Image.fromarray(rgba, "RGBA"))
+    for image in images:
+        expected = reference(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        np.testing.assert_allclose(ours(image), expected, atol=2e-6, err_msg=str(image.size))
+        if image.mode == "RGB":
+            np.testing.assert_array_equal(ours(np.asarray(image)), ours(image))
+
+
+def test_transformers_torchvision_backend_is_within_two_grey_levels():
+    """transformers 5's default CLIPImageProcessor resizes tensors with torchvision, not PIL: we follow PIL
+    (OpenAI's and the PIL backend's choice); the default backend differs by at most 2/255 per pixel."""
+    reference = CLIPImageProcessor()
+    ours = ImagePreprocess(224, tuple(reference.image_mean), tuple(reference.image_std), crop_rounding="floor")
+    for image in _images()[:4]:
+        expected = reference(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        assert np.abs((ours(image) - expected) * np.asarray(reference.image_std)).max() <= 2.0 / 255 + 1e-6
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(ValueError, match="uint8"):
+        ImagePreprocess(32)(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="interpolation 'lanczos'"):
+        ImagePreprocess(32, interpolation="lanczos")

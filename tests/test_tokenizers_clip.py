@@ -1,0 +1,82 @@
+"""CLIP BPE ids equal the references on a few hundred varied strings: OpenCLIP's SimpleTokenizer and
+transformers' CLIPTokenizer, built from the real 49 408-token vocabulary the open_clip wheel ships."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+open_clip = pytest.importorskip("open_clip")
+transformers = pytest.importorskip("transformers")
+
+from mmjax.data.clip_bpe import ClipBpeTokenizer, bytes_to_unicode  # noqa: E402
+
+BASE = ["a photo of a cat", "A Photo Of A CAT", "  leading and trailing  ", "tabs\tand\nnewlines\r\n here",
+        "it's, they're, we've, I'm, you'll, he'd", "3.14159 and 1,000,000 and 42nd", "e-mail: foo@bar.com",
+        "naïve café résumé", "Straße İstanbul ΣΟΦΟΣ σοφός", "日本語のテキスト", "한국어 텍스트", "emoji 🐱🚀👍🏽 flags 🇫🇷",
+        "&amp; &lt;b&gt; &quot;quoted&quot; &#39;single&#39;", "&amp;amp; double", "<b>html</b> <br/>",
+        "punctuation!!! ??? ... --- ;;; :: (brackets) [square] {curly}", "ﬁ ligature and ½ fraction",
+        "mojibake: cafÃ©", "non\u00a0breaking\u2003spaces\u200bzero width", "a" * 300, "word " * 100,
+        "", " ", "<|endoftext|> in text", "UPPER lower MiXeD", "don't stop", "C++ & C# & F#",
+        "$100 €50 £20 ¥1000", "100% of 50° at 3×4", "a—b–c", "“smart quotes” ‘single’", "x\u0301 combining"]
+
+
+def _strings():
+    rng = np.random.default_rng(0)
+    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,!?'\"-&;:#()") + [
+        "é", "ß", "ø", "λ", "中", "🙂", "\t", "\n", "  ", "&amp;", "&lt;", "'s", "'ll", "\u00a0"]
+    random = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 120)))) for _ in range(300)]
+    return BASE + random
+
+
+@pytest.fixture(scope="module")
+def merges():
+    with gzip.open(open_clip.tokenizer.default_bpe()) as f:
+        return f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+
+
+def test_open_clip_flavour_matches_simple_tokenizer():
+    texts = _strings()
+    reference = open_clip.tokenizer.SimpleTokenizer()
+    ours = ClipBpeTokenizer.open_clip()
+    np.testing.assert_array_equal(ours(texts), reference(texts).numpy())
+    assert ours(["a photo of a cat"])[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 0]
+    assert (ours.vocab_size, ours.eot_id, ours.pad_id, ours.context_length) == (49408, 49407, 0, 77)
+
+
+def test_open_clip_flavour_other_context_length():
+    texts = _strings()[:40]
+    np.testing.assert_array_equal(ClipBpeTokenizer.open_clip(context_length=16)(texts),
+                                  open_clip.tokenizer.SimpleTokenizer(context_length=16)(texts).numpy())
+
+
+def test_transformers_flavour_matches_clip_tokenizer(merges, tmp_path):
+    symbols = list(bytes_to_unicode().values())
+    words = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges),
+             "<|startoftext|>", "<|endoftext|>"]
+    vocab = {w: i for i, w in enumerate(words)}
+    reference = transformers.CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+    reference.save_pretrained(tmp_path)  # tokenizer.json; older Hub repos also hold vocab.json + merges.txt:
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    texts = _strings()
+    expected = np.array(reference(texts, padding="max_length", max_length=77, truncation=True)["input_ids"])
+    from_files = ClipBpeTokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    np.testing.assert_array_equal(from_files(texts), expected)
+    np.testing.assert_array_equal(ClipBpeTokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")(texts), expected)
+    assert from_files(["a photo of a cat"])[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 49407]
+
+
+def test_the_two_flavours_differ_where_the_references_do(merges, tmp_path):
+    """transformers does not unescape HTML (OpenCLIP does): the ids must differ there, as the references do."""
+    text = ["fish &amp; chips"]
+    open_clip_ids = ClipBpeTokenizer.open_clip()(text)
+    symbols = list(bytes_to_unicode().values())
+    words = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges),
+             "<|startoftext|>", "<|endoftext|>"]
+    reference = transformers.CLIPTokenizer(vocab={w: i for i, w in enumerate(words)},
+                                           merges=[tuple(m.split()) for m in merges])
+    hf_ids = np.array(reference(text, padding="max_length", max_length=77, truncation=True)["input_ids"])
+    assert not np.array_equal(open_clip_ids != 0, hf_ids != 49407)
+    np.testing.assert_array_equal(open_clip_ids, open_clip.tokenizer.SimpleTokenizer()(text).numpy())
