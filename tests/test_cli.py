@@ -52,6 +52,32 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
     assert results["metrics"]["num_images"] == 40 and results["metrics"]["images_per_s"] > 0
     for key in ["loss", "learning_rate", "grad_norm", "temperature", "examples_per_s", "step_time_s"]:
         assert key in records[-1], key
+    _assert_exported_workdir_matches_transformers(workdir, str(tmp_path / "hf"))
+
+
+def _assert_exported_workdir_matches_transformers(workdir: str, out: str):
+    """`mmjax convert WORKDIR --to hf`: transformers' CLIPModel on the exported directory gives the embeddings
+    that `load_pretrained(WORKDIR)` gives, on the same token ids and preprocessed pixels."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from mmjax import load_pretrained
+
+    exported = mmjax("convert", workdir, "--to", "hf", "--out", out)
+    assert exported.returncode == 0, exported.stderr
+    assert f"-> {out} (hf)" in exported.stdout
+    pretrained = load_pretrained(workdir)
+    reference = transformers.CLIPModel.from_pretrained(out).eval()
+    texts = ["a small red circle at the top left", "a blue square"]
+    images = list(np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8))
+    with torch.no_grad():
+        want_text = reference.get_text_features(input_ids=torch.from_numpy(
+            pretrained.tokenizer(texts).astype(np.int64))).pooler_output.numpy()
+        want_image = reference.get_image_features(pixel_values=torch.from_numpy(
+            pretrained.preprocess.batch(images).transpose(0, 3, 1, 2).copy())).pooler_output.numpy()
+    np.testing.assert_allclose(pretrained.encode_text(texts), want_text, atol=1e-5)
+    np.testing.assert_allclose(pretrained.encode_image(images), want_image, atol=1e-5)
 
 
 @pytest.mark.parametrize("override,expected", [

@@ -1,6 +1,7 @@
 """`mmjax convert`: load any supported checkpoint and write it as a Hugging Face or OpenCLIP directory.
 
-    mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--allow-pickle] [--image-size N]
+    mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] [--allow-pickle]
+                  [--image-size N]
 
 SOURCE: hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL (with --weights FILE),
 a big_vision .npz, or an mmjax training workdir. `--to hf` writes a transformers `CLIPModel`
@@ -19,6 +20,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("to", None, ["hf", "open_clip"], "Output format.")
     flags.DEFINE_string("out", None, "Output directory.")
     flags.DEFINE_string("weights", None, "Weights file of an open_clip:MODEL source.")
+    flags.DEFINE_string("tokenizer", None, "SentencePiece model of a big_vision .npz source "
+                        "(default: the .model file beside it).")
     flags.DEFINE_bool("allow_pickle", False, "Read pickle-based .bin/.pt weights (with torch.load(weights_only=True)).")
     flags.DEFINE_integer("image_size", None, "Write the model for this image size (position embeddings interpolated).",
                          lower_bound=1)
@@ -41,13 +44,14 @@ def exporter(pretrained, target: str):
 
 def run(argv: list[str]) -> None:
     if len(argv) != 2 or not flags.FLAGS.to or not flags.FLAGS.out:
-        raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--allow-pickle]")
+        raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] "
+                         "[--allow-pickle]")
     from mmjax.convert.checks import flatten
     from mmjax.pretrained import load_pretrained
 
     source, out = argv[1], flags.FLAGS.out
     pretrained = load_pretrained(source, image_size=flags.FLAGS.image_size, allow_pickle=flags.FLAGS.allow_pickle,
-                                 weights=flags.FLAGS.weights)
+                                 weights=flags.FLAGS.weights, tokenizer=flags.FLAGS.tokenizer)
     exporter(pretrained, flags.FLAGS.to)(pretrained, out)
     count = sum(int(np.prod(np.shape(leaf))) for leaf in flatten(pretrained.params).values())
     kind = "SigLIP" if pretrained.config.logit_bias_init is not None else "CLIP"

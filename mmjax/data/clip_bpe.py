@@ -126,17 +126,10 @@ def open_clip_clean(text: str) -> str:
 
 
 def find_open_clip_bpe(*directories: str) -> str:
-    """`bpe_simple_vocab_16e6.txt.gz` in one of `directories`, else in an installed open_clip package."""
+    """`bpe_simple_vocab_16e6.txt.gz` in one of `directories`, else the copy shipped with mmjax
+    (OpenAI CLIP's vocabulary, MIT licence, byte-identical to the one in open_clip)."""
     for directory in directories:
         path = os.path.join(directory, BPE_FILE)
         if os.path.isfile(path):
             return path
-    import importlib.util
-
-    spec = importlib.util.find_spec("open_clip")
-    if spec is not None and spec.origin:
-        path = os.path.join(os.path.dirname(spec.origin), BPE_FILE)
-        if os.path.isfile(path):
-            return path
-    where = ", ".join(directories) or "(no directory given)"
-    raise FileNotFoundError(f"{BPE_FILE} not found in {where} nor in an installed open_clip package")
+    return os.path.join(os.path.dirname(__file__), "assets", BPE_FILE)
