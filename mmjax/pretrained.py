@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Sequence
 from typing import Protocol
@@ -23,6 +22,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from mmjax.convert.jsonfile import read_json
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.models import TwoTower, TwoTowerConfig
 
@@ -116,11 +116,6 @@ class Pretrained:
         return dataclasses.replace(self, config=config, params=params, preprocess=self.preprocess.with_size(image_size))
 
 
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _download(repo: str, allow_pickle: bool) -> str:
     try:
         from huggingface_hub import snapshot_download
@@ -145,7 +140,7 @@ def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path} has neither config.json (Hugging Face, mmjax workdir) "
                                 "nor open_clip_config.json (OpenCLIP)")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     model_type = config.get("model_type")
     if model_type == "clip":
         from mmjax.convert import hf_clip
@@ -188,6 +183,10 @@ def load_pretrained(source: str, *, image_size: int | None = None, allow_pickle:
     tokenizer: the SentencePiece model of a big_vision `.npz` (default: the `.model` file beside it).
     """
     source = os.fspath(source)
+    if weights is not None and not source.startswith("open_clip:"):  # checked before any download or load
+        raise ValueError("weights= is only for open_clip:MODEL sources")
+    if tokenizer is not None and not source.endswith(".npz"):
+        raise ValueError("tokenizer= is only for big_vision .npz sources")
     if source.startswith("hf:"):
         pretrained = _load_directory(_download(source[3:], allow_pickle), allow_pickle)
     elif source.startswith("open_clip:"):
@@ -204,7 +203,5 @@ def load_pretrained(source: str, *, image_size: int | None = None, allow_pickle:
         raise FileNotFoundError(f"{source} does not exist (expected {SOURCES_HELP})")
     else:
         raise ValueError(f"{source}: cannot tell the checkpoint format (expected {SOURCES_HELP})")
-    if weights is not None and not source.startswith("open_clip:"):
-        raise ValueError("weights= is only for open_clip:MODEL sources")
     pretrained = dataclasses.replace(pretrained, source=source)
     return pretrained.with_image_size(image_size) if image_size else pretrained

@@ -15,6 +15,7 @@ import numpy as np
 
 from mmjax.convert import layout
 from mmjax.convert.checks import check_shapes, expected_shapes
+from mmjax.convert.jsonfile import read_json, write_json
 from mmjax.convert.tensors import read_tensors, write_safetensors
 from mmjax.data.clip_bpe import ClipBpeTokenizer
 from mmjax.data.preprocess import ImagePreprocess
@@ -25,11 +26,6 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # transformers' activation names ↔ mmjax's.
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 RESAMPLE = {2: "bilinear", 3: "bicubic"}
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
@@ -136,7 +132,7 @@ def load_tokenizer(path: str, context_length: int, eot_token: str = "<|endoftext
     tokenizer_config = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(path, name)):
-            tokenizer_config.update(_read_json(os.path.join(path, name)))
+            tokenizer_config.update(read_json(os.path.join(path, name)))
     pad = _special_token(tokenizer_config, "pad_token", "<|endoftext|>")
     eot = _special_token(tokenizer_config, "eos_token", eot_token)
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
@@ -150,7 +146,7 @@ def load_tokenizer(path: str, context_length: int, eot_token: str = "<|endoftext
 def load_preprocess(path: str, image_size: int) -> ImagePreprocess:
     """`preprocessor_config.json` (CLIPImageProcessor) → `ImagePreprocess`; OpenAI's defaults when absent."""
     file = os.path.join(path, "preprocessor_config.json")
-    spec = _read_json(file) if os.path.isfile(file) else {}
+    spec = read_json(file) if os.path.isfile(file) else {}
     size, crop = spec.get("size", {"shortest_edge": image_size}), spec.get("crop_size", image_size)
     size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
     crop = crop.get("height") if isinstance(crop, dict) else crop
@@ -168,7 +164,7 @@ def load_preprocess(path: str, image_size: int) -> ImagePreprocess:
 def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     """A local transformers CLIPModel directory → `Pretrained`."""
     config_path = os.path.join(path, "config.json")
-    config = config_from_hf(_read_json(config_path), config_path)
+    config = config_from_hf(read_json(config_path), config_path)
     weights = _weights_file(path)
     params = params_from_hf(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
     tokenizer = load_tokenizer(path, config.text.context_length)
@@ -240,12 +236,6 @@ def params_to_hf(params: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_json(path: str, value: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-
-
 def export_tokenizer(tokenizer, out_dir: str) -> None:
     """tokenizer.json (+ tokenizer_config.json naming the special tokens) for `AutoTokenizer`.
 
@@ -259,7 +249,7 @@ def export_tokenizer(tokenizer, out_dir: str) -> None:
         renames = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
         vocab = {renames.get(token, token): i for token, i in vocab.items()}
         pad_token = renames.get(pad_token, pad_token)
-        _write_json(os.path.join(out_dir, "vocab.json"), vocab)
+        write_json(os.path.join(out_dir, "vocab.json"), vocab)
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
@@ -267,12 +257,12 @@ def export_tokenizer(tokenizer, out_dir: str) -> None:
             pad_token = "<|endoftext|>"
         special = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
                        pad_token=pad_token)
-        _write_json(os.path.join(out_dir, "tokenizer_config.json"),
+        write_json(os.path.join(out_dir, "tokenizer_config.json"),
                     dict(tokenizer_class="CLIPTokenizer", model_max_length=tokenizer.context_length, **special))
         return
     tokenizer.backend.save(os.path.join(out_dir, "tokenizer.json"))
     eot = tokenizer.backend.id_to_token(tokenizer.eot_id)
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"),
+    write_json(os.path.join(out_dir, "tokenizer_config.json"),
                 dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=tokenizer.context_length,
                      pad_token=pad_token, eos_token=eot))
 
@@ -288,9 +278,9 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     write_safetensors(os.path.join(out_dir, "model.safetensors"), params_to_hf(pretrained.params),
                       metadata={"format": "pt"})
-    _write_json(os.path.join(out_dir, "config.json"), hf_config)
+    write_json(os.path.join(out_dir, "config.json"), hf_config)
     export_tokenizer(tokenizer, out_dir)
-    _write_json(os.path.join(out_dir, "preprocessor_config.json"), {
+    write_json(os.path.join(out_dir, "preprocessor_config.json"), {
         "image_processor_type": "CLIPImageProcessor", "do_resize": True,
         "size": {"shortest_edge": pp.resize_size or pp.size}, "resample": {"bicubic": 3, "bilinear": 2}[pp.interpolation],
         "do_center_crop": True, "crop_size": {"height": pp.size, "width": pp.size}, "do_rescale": True,

@@ -12,7 +12,6 @@ export → import is bit-identical.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -20,6 +19,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from mmjax.convert import checks, layout
+from mmjax.convert.jsonfile import read_json, write_json
 from mmjax.convert.tensors import read_tensors, write_safetensors
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
@@ -276,20 +276,6 @@ def params_to_hf(params: Mapping, config: TwoTowerConfig) -> dict[str, np.ndarra
     return fuse_in_proj(tensors)
 
 
-def read_json(path: str) -> dict:
-    """A JSON object from `path`, with one-line errors."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return value
-
-
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
@@ -363,20 +349,21 @@ def tokenizer_from_dir(directory: str, context_length: int) -> SentencePieceToke
     raise FileNotFoundError(f"{directory} has no spiece.model (the SigLIP SentencePiece tokenizer)")
 
 
-def _weights(directory: str, allow_pickle: bool) -> dict[str, np.ndarray]:
-    """The state dict of a transformers directory: model.safetensors, sharded safetensors, or a pickle."""
+def _weights(directory: str, allow_pickle: bool) -> tuple[dict[str, np.ndarray], str]:
+    """`(state dict, file it came from)` of a transformers directory: model.safetensors, sharded
+    safetensors (the index file is named), or a pickle."""
     single = os.path.join(directory, "model.safetensors")
     if os.path.isfile(single):
-        return read_tensors(single)
+        return read_tensors(single), single
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(index):
         tensors = {}
         for shard in sorted(set(read_json(index).get("weight_map", {}).values())):
             tensors.update(read_tensors(os.path.join(directory, shard)))
-        return tensors
+        return tensors, index
     pickled = os.path.join(directory, "pytorch_model.bin")
     if os.path.isfile(pickled):
-        return read_tensors(pickled, allow_pickle=allow_pickle)
+        return read_tensors(pickled, allow_pickle=allow_pickle), pickled
     raise FileNotFoundError(f"{directory} has no model.safetensors")
 
 
@@ -385,8 +372,8 @@ def load(path: str, *, image_size: int | None = None, allow_pickle: bool = False
     path = os.fspath(path)
     config_path = os.path.join(path, "config.json")
     config = config_from_hf(read_json(config_path), config_path)
-    tensors = _weights(path, allow_pickle)
-    params = params_from_hf(tensors, config, os.path.join(path, "model.safetensors"))
+    tensors, weights_file = _weights(path, allow_pickle)
+    params = params_from_hf(tensors, config, weights_file)
     processor_path = os.path.join(path, "preprocessor_config.json")
     processor = read_json(processor_path) if os.path.isfile(processor_path) else {}
     pretrained = Pretrained(config=config, params=params,
@@ -396,26 +383,20 @@ def load(path: str, *, image_size: int | None = None, allow_pickle: bool = False
     return pretrained.with_image_size(image_size) if image_size else pretrained
 
 
-def _write_json(path: str, value: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-
-
 def _export_tokenizer(tokenizer, out_dir: str) -> tuple[int, int]:
     """Writes the tokenizer files; returns `(pad_id, eot_id)`."""
     length = tokenizer.context_length
     if isinstance(tokenizer, SentencePieceTokenizer):
         tokenizer.save(os.path.join(out_dir, "spiece.model"))
         special = dict(eos_token=tokenizer.eot_token, pad_token=tokenizer.pad_token, unk_token="<unk>")
-        _write_json(os.path.join(out_dir, "tokenizer_config.json"),
+        write_json(os.path.join(out_dir, "tokenizer_config.json"),
                     dict(tokenizer_class="SiglipTokenizer", model_max_length=length, do_lower_case=True,
                          model_input_names=["input_ids"], **special))
-        _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
+        write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
     elif isinstance(tokenizer, Tokenizer):
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
         pad = tokenizer.backend.padding["pad_token"]
-        _write_json(os.path.join(out_dir, "tokenizer_config.json"),
+        write_json(os.path.join(out_dir, "tokenizer_config.json"),
                     dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=length, pad_token=pad,
                          eos_token=tokenizer.backend.id_to_token(tokenizer.eot_id), model_input_names=["input_ids"]))
     else:
@@ -433,5 +414,5 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     pad_id, eot_id = _export_tokenizer(pretrained.tokenizer, out_dir)
     write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
-    _write_json(os.path.join(out_dir, "config.json"), config_to_hf(config, pad_id, eot_id))
-    _write_json(os.path.join(out_dir, "preprocessor_config.json"), preprocess_to_hf(pretrained.preprocess))
+    write_json(os.path.join(out_dir, "config.json"), config_to_hf(config, pad_id, eot_id))
+    write_json(os.path.join(out_dir, "preprocessor_config.json"), preprocess_to_hf(pretrained.preprocess))

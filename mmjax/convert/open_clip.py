@@ -18,6 +18,7 @@ import numpy as np
 
 from mmjax.convert import layout
 from mmjax.convert.checks import check_shapes, expected_shapes
+from mmjax.convert.jsonfile import read_json, write_json
 from mmjax.convert.tensors import read_tensors, write_safetensors
 from mmjax.data.clip_bpe import BPE_FILE, ClipBpeTokenizer, find_open_clip_bpe
 from mmjax.data.preprocess import ImagePreprocess
@@ -199,8 +200,7 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     The tokenizer: `tokenizer.json` when present (written by `export` for non-BPE tokenizers), else
     `bpe_simple_vocab_16e6.txt.gz` in the directory or in an installed open_clip."""
     config_path = os.path.join(path, CONFIG_FILE)
-    with open(config_path, encoding="utf-8") as f:
-        spec = json.load(f)
+    spec = read_json(config_path)
     if "model_cfg" not in spec:
         raise ValueError(f"{config_path} has no model_cfg")
     weights = next((os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))),
@@ -237,6 +237,8 @@ def config_to_open_clip(config: TwoTowerConfig) -> dict:
         ("vision pool 'cls'", vision.pool != "cls"), ("vision pre_norm", not vision.pre_norm),
         ("no patch bias", vision.patch_bias), ("learned position embeddings", vision.posemb != "learned"),
         ("causal text", not text.causal), ("text pooled at end-of-text", text.pool not in ("eot", "first_eot")),
+        ("end-of-text as the highest token id (OpenCLIP pools at the argmax id)",
+         text.pool == "first_eot" and text.eot_id != text.vocab_size - 1),
         ("image projection", not config.image_projection), ("no text projection bias", config.text_projection_bias),
         ("no logit bias", config.logit_bias_init is not None),
         ("gelu or quick_gelu", opts.activation not in ("gelu", "quick_gelu")), ("norm eps 1e-5", opts.norm_eps != 1e-5),
@@ -305,14 +307,16 @@ def _write_tokenizer(tokenizer, out_dir: str) -> None:
 
 
 def export(pretrained: Pretrained, out_dir: str) -> None:
-    """Writes a directory that `open_clip.create_model_and_transforms("local-dir:" + out_dir)` loads as it is."""
+    """Writes a directory that `open_clip.create_model_and_transforms("local-dir:" + out_dir)` loads as it is.
+
+    The weights are exact. OpenCLIP's preprocessing config cannot say two things an HF processor can:
+    a resize side larger than the crop (OpenCLIP resizes to the crop size) and a floored crop offset
+    (OpenCLIP rounds). Published OpenAI/LAION checkpoints use neither."""
     model_cfg = config_to_open_clip(pretrained.config)
     pp = pretrained.preprocess
     os.makedirs(out_dir, exist_ok=True)
     write_safetensors(os.path.join(out_dir, WEIGHTS_FILE), params_to_open_clip(pretrained.params))
     preprocess_cfg = {"mean": list(pp.mean), "std": list(pp.std), "interpolation": pp.interpolation,
                       "resize_mode": pp.mode}
-    with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(out_dir, CONFIG_FILE), {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
     _write_tokenizer(pretrained.tokenizer, out_dir)

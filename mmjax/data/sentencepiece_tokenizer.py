@@ -61,7 +61,10 @@ class SentencePieceTokenizer:
         if context_length < 1:
             raise ValueError(f"context_length must be positive, got {context_length}")
         self.model_proto = bytes(model)
-        self.backend = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        try:
+            self.backend = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        except RuntimeError as error:  # sentencepiece reports a bad protobuf as RuntimeError
+            raise ValueError(f"not a SentencePiece model ({str(error).strip()})") from None
         self.eot_token = eot_token
         self.pad_token = eot_token if pad_token is None else pad_token
         self.eot_id: int = self._piece_id(self.eot_token, "end-of-text")
@@ -83,7 +86,11 @@ class SentencePieceTokenizer:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"SentencePiece model {path} does not exist")
         with open(path, "rb") as f:
-            return cls(f.read(), **kwargs)
+            model = f.read()
+        try:
+            return cls(model, **kwargs)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def normalize(self, text: str) -> str:
         """The text clean-up applied before SentencePiece."""

@@ -1,0 +1,27 @@
+"""The small JSON files checkpoints carry (config.json, tokenizer and preprocessor configs), with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def read_json(path: str) -> dict:
+    """A JSON object from `path`; FileNotFoundError / ValueError naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return value
+
+
+def write_json(path: str, value: dict) -> None:
+    """`value` as indented JSON with a final newline."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
