@@ -1,21 +1,28 @@
-"""grain pipelines over the synthetic world: an endless training stream and finite eval sets.
+"""grain pipelines: the synthetic world (an endless training stream and finite eval sets) and real
+image–caption data (ArrayRecord data directories, TFDS, mixtures of them).
 
-Batches are dicts of numpy arrays:
+Synthetic batches are dicts of numpy arrays:
   `image`         uint8 `[b, S, S, 3]`
   `text`          int32 `[b, L]` token ids
   `image_labels`  int32 `[b, 4]` (shape, colour, size, position); colour 7 = grey
   `text_labels`   int32 `[b, 4]` the attributes each caption names, −1 where it names none
+Real-data batches hold `image` and `text`; the iterator counts skipped samples (`batching.CountSkips`).
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 from absl import flags
 
 from mmjax.data import synthetic
+from mmjax.data.batching import CountSkips, SkipAndBatch
+from mmjax.data.decode import DecodeOptions
+from mmjax.data.mixture import decoded_component, mix, open_source
 from mmjax.data.tokenizers import Tokenizer
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +80,55 @@ def eval_dataset(split: str, seed: int, batch_size: int, image_size: int,
             .batch(batch_size, drop_remainder=False))
 
 
-def _prefetch(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-    """One batch is prepared ahead in a thread, or in each of `num_workers` processes."""
-    iter_dataset = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, seed: int, global_batch_size: int,
+                          options: DecodeOptions, tokenizer: Tokenizer, num_workers: int = 0,
+                          process_index: int | None = None, process_count: int | None = None,
+                          num_epochs: int | None = None) -> CountSkips:
+    """The shuffled training stream of this process over real data.
+
+    Each of `sources` (`mixture.open_source`: `RecordSource`, `TfdsSamples`) is shuffled and
+    repeated (`num_epochs`; None: forever), decoded in the workers (`DecodeExample`:
+    random-resized-crop, one caption sampled, tokenised), mixed by `weights`, then this
+    process takes every `process_count`-th example (`grain.sharding.ShardByJaxProcess` by
+    default, so hosts see disjoint data) and batches `global_batch_size // process_count`
+    good examples (`SkipAndBatch`), in `num_workers` processes. The iterator
+    (`CountSkips`) totals the skipped samples by reason; `get_state` / `set_state` give exact resume.
+    A finite stream (`num_epochs`) ends with a partial batch.
+    """
+    if process_index is None or process_count is None:
+        shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        process_index, process_count = shard.shard_index, shard.shard_count
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
+    components = [decoded_component(source, i, seed, options, tokenizer, num_epochs)
+                  for i, source in enumerate(sources)]
+    dataset = mix(components, weights)[process_index::process_count]
+    batched = SkipAndBatch(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)),
+                           global_batch_size // process_count, drop_remainder=num_epochs is None)
+    return CountSkips(_start_workers(batched, num_workers), len(components))
+
+
+def config_train_dataset(data: ml_collections.ConfigDict, global_batch_size: int, image_size: int,
+                         tokenizer: Tokenizer) -> grain.IterDataset:
+    """The training stream a config's `data` section names: synthetic, or real sources (`records_train_dataset`)."""
+    if data.name == "synthetic":
+        return train_dataset(data.seed, global_batch_size, image_size, tokenizer, data.num_workers)
+    sources = [open_source(spec, data.tfds_split, data.tfds_data_dir or None) for spec in data.sources]
+    options = DecodeOptions(image_size, data.augment, tuple(data.crop_scale), tuple(data.crop_ratio),
+                            data.caption_sampling, data.max_caption_chars)
+    return records_train_dataset(sources, tuple(data.weights) if data.name == "mixture" else None, data.seed,
+                                 global_batch_size, options, tokenizer, data.num_workers)
+
+
+def _start_workers(dataset: grain.IterDataset, num_workers: int) -> grain.IterDataset:
     if num_workers == 0:
-        return iter_dataset
+        return dataset
     if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
         flags.FLAGS.mark_as_parsed()
-    return iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+
+
+def _prefetch(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+    """One batch is prepared ahead in a thread, or in each of `num_workers` processes."""
+    return _start_workers(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)),
+                          num_workers)

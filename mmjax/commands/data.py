@@ -1,0 +1,91 @@
+"""`mmjax data convert | filter | info`: build, filter and inspect mmjax data directories (ArrayRecord shards).
+
+    mmjax data convert SOURCE --out DIR [--records_per_shard 10000] [--num_workers 4]
+                       [--split train] [--data_dir TFDS_DIR]        SOURCE: tars dir | .tar | .csv | .jsonl | tfds:NAME
+    mmjax data filter DIR --model WORKDIR --out DIR2 (--threshold 0.3 | --top_fraction 0.5) [--batch_size 256]
+    mmjax data info DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+
+USAGE = __doc__
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("out", None, "Output data directory.")
+    flags.DEFINE_integer("records_per_shard", 10_000, "convert (csv/jsonl/tfds) and filter: records per output shard.",
+                         lower_bound=1)
+    flags.DEFINE_integer("num_workers", 1, "convert: worker processes writing shards.", lower_bound=1)
+    flags.DEFINE_string("split", "train", "convert tfds:NAME: the split.")
+    flags.DEFINE_string("data_dir", None, "convert tfds:NAME: TFDS data directory (default $TFDS_DATA_DIR).")
+    flags.DEFINE_string("model", None, "filter: a training workdir whose model scores the pairs.")
+    flags.DEFINE_float("threshold", None, "filter: keep pairs with CLIP score (cosine) ≥ this.")
+    flags.DEFINE_float("top_fraction", None, "filter: keep this best fraction of the pairs.")
+    flags.DEFINE_integer("batch_size", 256, "filter: records embedded per batch.", lower_bound=1)
+
+
+def _summary(index: dict) -> str:
+    dropped = ", ".join(f"{reason} {n}" for reason, n in index["dropped"].items()) or "none"
+    return f"{index['num_records']} records in {len(index['shards'])} shards; dropped: {dropped}"
+
+
+def _convert(argv: list[str]) -> None:
+    from mmjax.data.convert import convert  # noqa: PLC0415 (keep `mmjax data --help` fast)
+
+    if len(argv) != 1 or not flags.FLAGS.out:
+        raise ValueError("usage: mmjax data convert SOURCE --out DIR")
+    index = convert(argv[0], flags.FLAGS.out, records_per_shard=flags.FLAGS.records_per_shard,
+                    num_workers=flags.FLAGS.num_workers, split=flags.FLAGS.split, data_dir=flags.FLAGS.data_dir)
+    print(f"{flags.FLAGS.out}: {_summary(index)}")
+
+
+def _filter(argv: list[str]) -> None:
+    from mmjax.data.filter import score_directory, selection_threshold, write_filtered  # noqa: PLC0415
+    from mmjax.inference import Encoder  # noqa: PLC0415
+    from mmjax.train.workdir import load_trained  # noqa: PLC0415
+
+    if len(argv) != 1 or not flags.FLAGS.out or not flags.FLAGS.model:
+        raise ValueError("usage: mmjax data filter DIR --model WORKDIR --out DIR2 (--threshold T | --top_fraction F)")
+    if (flags.FLAGS.threshold is None) == (flags.FLAGS.top_fraction is None):
+        raise ValueError("give one of --threshold or --top_fraction")
+    if os.path.abspath(argv[0]) == os.path.abspath(flags.FLAGS.out):
+        raise ValueError(f"--out {flags.FLAGS.out} must differ from the source directory")
+    trained = load_trained(flags.FLAGS.model)
+    data = trained.config.data
+    encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
+                      batch_size=flags.FLAGS.batch_size)
+    scores = score_directory(argv[0], encoder.encode_images, encoder.encode_texts,
+                             trained.model.config.vision.image_size, flags.FLAGS.batch_size)
+    minimum = selection_threshold(scores, flags.FLAGS.threshold, flags.FLAGS.top_fraction)
+    index = write_filtered(argv[0], flags.FLAGS.out, scores, minimum, flags.FLAGS.records_per_shard)
+    pairs = sum(len(s) for s in scores.scores if s is not None)
+    kept = sum(int((s >= minimum).sum()) for s in scores.scores if s is not None)
+    skipped = ", ".join(f"{reason} {n}" for reason, n in index["skipped"].items()) or "none"
+    print(f"kept {kept} of {pairs} pairs (CLIP score ≥ {minimum:.4f}) in {index['num_records']} records "
+          f"-> {flags.FLAGS.out}; unreadable records: {skipped}")
+
+
+def _info(argv: list[str]) -> None:
+    from mmjax.data.shards import INDEX_FILE, read_index  # noqa: PLC0415
+
+    if len(argv) != 1:
+        raise ValueError("usage: mmjax data info DIR")
+    shards = read_index(argv[0])
+    with open(os.path.join(argv[0], INDEX_FILE)) as f:
+        index = json.load(f)
+    missing = [os.path.basename(s.path) for s in shards if not os.path.exists(s.path)]
+    print(f"{argv[0]}: {_summary(index)}" + (f"; missing shards: {', '.join(missing)}" if missing else ""))
+
+
+SUBCOMMANDS = {"convert": _convert, "filter": _filter, "info": _info}
+
+
+def run(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in SUBCOMMANDS:
+        raise ValueError(f"usage: mmjax data {{{'|'.join(SUBCOMMANDS)}}} ... (got {' '.join(argv[1:]) or 'nothing'})")
+    SUBCOMMANDS[argv[1]](argv[2:])

@@ -1,0 +1,58 @@
+"""A grain random-access source over an mmjax data directory (`shards`): index → `RawRecord` or `Skip`.
+
+Global index `i` runs over the shards listed in `index.json`, in order. A shard
+whose file is missing keeps its place: its indices yield `Skip(…, "missing_shard")`,
+so the data order and the skip counts do not depend on which files happen to be
+present. Shards are opened lazily with the counts from the index (no file is
+opened up front, which matters with thousands of shards).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+
+import grain
+
+from mmjax.data.records import RawRecord, Skip
+from mmjax.data.shards import read_index
+
+
+class RecordSource:
+    """`len()` records of `directory`; `[i]` → `RawRecord(record_id="shard-00003.array_record:17", data)` or
+    `Skip(record_id, "missing_shard")`."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        infos = read_index(directory)
+        if not sum(info.count for info in infos):
+            raise ValueError(f"{directory}/index.json lists no records")
+        self._names = [os.path.basename(info.path) for info in infos]
+        self._present = [os.path.exists(info.path) for info in infos]
+        self._starts = [0, *itertools.accumulate(info.count for info in infos)]
+        present = [f"{info.path}[0:{info.count}]" for info, ok in zip(infos, self._present) if ok and info.count]
+        # index in the source of present shards = global index - records of missing shards before it
+        self._missing_before = [0, *itertools.accumulate(info.count * (not ok) for info, ok in
+                                                         zip(infos, self._present))]
+        self._records = grain.sources.ArrayRecordDataSource(present) if present else None
+
+    @property
+    def missing_shards(self) -> list[str]:
+        return [name for name, ok in zip(self._names, self._present) if not ok]
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, index: int) -> RawRecord | Skip:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range for {len(self)} records of {self.directory}")
+        shard = bisect.bisect_right(self._starts, index) - 1
+        record_id = f"{self._names[shard]}:{index - self._starts[shard]}"
+        if not self._present[shard]:
+            return Skip(record_id, "missing_shard")
+        return RawRecord(record_id, self._records[index - self._missing_before[shard]])
+
+    def __repr__(self) -> str:  # grain prints sources in its errors and stats
+        return f"RecordSource({self.directory!r}, {len(self)} records, {len(self.missing_shards)} missing shards)"

@@ -1,0 +1,252 @@
+"""`mmjax data convert`: webdataset tars, an image folder with a captions file, or TFDS → an mmjax data directory.
+
+Sources (`SOURCE`):
+  - webdataset / img2dataset shards: a directory of `*.tar` (searched recursively) or one `.tar`. A sample is
+    the files sharing a key (the name up to its first dot): an image (`jpg`, `jpeg`, `png`, `webp`), a `txt`
+    (each non-empty line is one caption) and an optional `json` (kept as metadata). One tar → one output shard.
+  - an image folder: a `.csv` (columns `image` and `caption`; other columns become metadata) or `.jsonl`
+    (`{"image": ..., "caption": str}` or `"captions": [str, ...]`) whose image paths are relative to the
+    file's directory. Every `records_per_shard` rows → one output shard.
+  - `tfds:NAME` (e.g. `tfds:coco_captions`): a TFDS data set prepared as array_record; its images are
+    decoded by TFDS, so they are stored re-encoded as PNG (lossless). Every `records_per_shard` examples → one shard.
+
+Images are copied byte for byte (except TFDS) and not decoded, so conversion runs at disk speed; samples
+with no image or no caption are dropped and counted by reason. Shards are written by `num_workers` processes;
+`DIR/plan.json` fixes how the source is cut into shards, so a restarted conversion (same arguments) skips the
+shards already done (see `shards`) and neither loses nor duplicates a sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import json
+import multiprocessing
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import tqdm
+from PIL import Image
+
+from mmjax.data import shards
+from mmjax.data.records import Sample, Skip
+from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
+
+IMAGE_EXTENSIONS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+PLAN_FILE = "plan.json"
+
+
+def _captions(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _wds_sample(key: str, files: dict[str, bytes], where: str) -> Sample | Skip:
+    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in files), None)
+    if extension is None:
+        return Skip(f"{where}:{key}", "no_image")
+    captions = _captions(files.get("txt", b"").decode("utf-8", errors="replace"))
+    if not captions:
+        return Skip(f"{where}:{key}", "no_caption")
+    try:
+        meta = json.loads(files["json"]) if "json" in files else {}
+    except ValueError:
+        meta = {}
+    return Sample(key, captions, files[extension], IMAGE_EXTENSIONS[extension],
+                  meta if isinstance(meta, dict) else {"json": meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class TarUnit:
+    """One webdataset tar → the samples of its consecutive key groups."""
+
+    path: str
+
+    def samples(self) -> Iterator[Sample | Skip]:
+        key, files = None, {}
+        try:
+            with tarfile.open(self.path, "r") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    directory, base = os.path.split(member.name)
+                    stem, _, extension = base.partition(".")
+                    member_key = os.path.join(directory, stem)
+                    if member_key != key and files:
+                        yield _wds_sample(key, files, self.path)
+                        files = {}
+                    key = member_key
+                    files[extension.lower()] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError):
+            yield Skip(f"{self.path}:{key}", "truncated_tar")  # the samples read before the damage are kept
+            return
+        if files:
+            yield _wds_sample(key, files, self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileListUnit:
+    """Rows of a captions file: `(image path, captions, metadata)`."""
+
+    rows: tuple[tuple[str, tuple[str, ...], dict], ...]
+
+    def samples(self) -> Iterator[Sample | Skip]:
+        for path, captions, meta in self.rows:
+            extension = os.path.splitext(path)[1].lower().lstrip(".")
+            if not os.path.isfile(path):
+                yield Skip(path, "missing_file")
+            elif not captions:
+                yield Skip(path, "no_caption")
+            else:
+                with open(path, "rb") as f:
+                    yield Sample(os.path.basename(path), captions, f.read(),
+                                 IMAGE_EXTENSIONS.get(extension, extension), meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsUnit:
+    """Examples `[start, end)` of a TFDS data set, images re-encoded as PNG."""
+
+    name: str
+    split: str
+    data_dir: str | None
+    start: int
+    end: int
+
+    def samples(self) -> Iterator[Sample | Skip]:
+        source = TfdsSamples(self.name, self.split, self.data_dir)
+        for index in range(self.start, self.end):
+            sample = source[index]
+            captions = tuple(c.strip() for c in sample.captions if c.strip())
+            if not captions:
+                yield Skip(sample.key, "no_caption")
+                continue
+            pixels = sample.image[..., 0] if sample.image.shape[-1] == 1 else sample.image
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            yield Sample(sample.key, captions, buffer.getvalue(), "png", {"tfds_index": index})
+
+
+def _json_row(line: str, path: str, number: int) -> dict:
+    try:
+        return json.loads(line)
+    except ValueError as error:
+        raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
+
+
+def _read_rows(path: str) -> list[tuple[str, tuple[str, ...], dict]]:
+    """A captions file → `(absolute image path, captions, metadata)` rows."""
+    root = os.path.dirname(os.path.abspath(path))
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.endswith(".csv"):
+            entries = list(csv.DictReader(f))
+        else:
+            entries = [_json_row(line, path, number) for number, line in enumerate(f, start=1) if line.strip()]
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or "image" not in entry or not ({"caption", "captions"} & set(entry)):
+            raise ValueError(f"{path}: row {number} needs an 'image' and a 'caption' (or 'captions') field")
+        captions = entry.get("captions") or entry.get("caption") or ""
+        captions = [captions] if isinstance(captions, str) else captions  # one caption, not its characters
+        captions = tuple(str(c).strip() for c in captions if str(c).strip())
+        meta = {k: v for k, v in entry.items() if k not in ("image", "caption", "captions")}
+        rows.append((os.path.join(root, entry["image"]), captions, meta))
+    return rows
+
+
+def plan_units(source: str, records_per_shard: int, split: str = "train",
+               data_dir: str | None = None) -> list[TarUnit | FileListUnit | TfdsUnit]:
+    """How `source` is cut into output shards (deterministic, so a restart gives the same plan)."""
+    if source.startswith(TFDS_PREFIX):
+        name = source[len(TFDS_PREFIX):]
+        total = len(TfdsSamples(name, split, data_dir))
+        return [TfdsUnit(name, split, data_dir, start, min(start + records_per_shard, total))
+                for start in range(0, total, records_per_shard)]
+    if os.path.isdir(source):
+        tars = sorted(glob.glob(os.path.join(source, "**", "*.tar"), recursive=True))
+        if not tars:
+            raise FileNotFoundError(f"no *.tar shards under {source}")
+        return [TarUnit(path) for path in tars]
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"data source {source} does not exist (a directory of .tar shards, a .tar, "
+                                f"a .csv / .jsonl captions file, or tfds:NAME)")
+    if source.endswith(".tar"):
+        return [TarUnit(source)]
+    if source.endswith((".csv", ".jsonl")):
+        rows = _read_rows(source)
+        return [FileListUnit(tuple(rows[start:start + records_per_shard]))
+                for start in range(0, len(rows), records_per_shard)]
+    raise ValueError(f"data source {source}: expected a directory of .tar shards, a .tar, a .csv, a .jsonl "
+                     f"or tfds:NAME")
+
+
+def _describe(unit) -> str:
+    if isinstance(unit, TarUnit):
+        return unit.path
+    if isinstance(unit, TfdsUnit):
+        return f"tfds:{unit.name}[{unit.split}][{unit.start}:{unit.end}]"
+    return f"{unit.rows[0][0]} … ({len(unit.rows)} rows)"
+
+
+def _convert_unit(directory: str, name: str, unit) -> dict:
+    return shards.write_shard(directory, name, unit.samples(), _describe(unit))
+
+
+def _check_plan(out: str, plan: dict) -> None:
+    path = os.path.join(out, PLAN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before != plan:
+            raise ValueError(f"{out} holds a conversion with other arguments ({before}); use another --out "
+                             f"or the same arguments to resume")
+    else:
+        with open(path, "w") as f:
+            json.dump(plan, f, indent=1)
+
+
+def convert(source: str, out: str, *, records_per_shard: int = 10_000, num_workers: int = 1, split: str = "train",
+            data_dir: str | None = None, progress: bool = True, max_shards: int | None = None,
+            on_shard: Callable[[dict], None] | None = None) -> dict:
+    """Convert `source` into the data directory `out`; returns its index (`shards.write_index`).
+
+    `max_shards` stops after that many of the shards still to do (then the result is
+    `{"num_records": None, "shards_done", "num_shards"}` and no index is written: run again to finish);
+    `on_shard` is called with each finished shard's marker.
+    """
+    units = plan_units(source, records_per_shard, split, data_dir)
+    os.makedirs(out, exist_ok=True)
+    _check_plan(out, {"source": os.path.abspath(source) if not source.startswith(TFDS_PREFIX) else source,
+                      "records_per_shard": records_per_shard, "split": split, "num_shards": len(units)})
+    shards.remove_temporaries(out)
+    names = [shards.shard_name(i) for i in range(len(units))]
+    todo = [i for i, name in enumerate(names) if shards.read_done(out, name) is None]
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    bar = tqdm.tqdm(total=len(units), initial=len(units) - len(todo), unit="shard", disable=not progress,
+                    desc=f"convert → {out}")
+    try:
+        if num_workers <= 1:
+            for i in todo:
+                marker = _convert_unit(out, names[i], units[i])
+                bar.update(1)
+                if on_shard:
+                    on_shard(marker)
+        else:
+            with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(_convert_unit, out, names[i], units[i]) for i in todo]
+                for future in as_completed(futures):
+                    marker = future.result()
+                    bar.update(1)
+                    if on_shard:
+                        on_shard(marker)
+    finally:
+        bar.close()
+    markers = [shards.read_done(out, name) for name in names]
+    if any(marker is None for marker in markers):
+        return {"num_records": None, "shards_done": sum(m is not None for m in markers), "num_shards": len(units)}
+    return shards.write_index(out, markers)
+

@@ -1,0 +1,139 @@
+"""CLIP-score filtering (as DataComp does): keep the image–caption pairs a model finds similar.
+
+Every (record, caption) pair of a data directory gets the cosine similarity of the
+model's image and caption embeddings (the image resized + centre-cropped, as in
+evaluation). The kept pairs are those with score ≥ `threshold`, or the best
+`top_fraction` of all pairs (score ≥ the ⌈fraction·n⌉-th highest; ties at that score
+are all kept). A record keeps its image bytes, key and metadata, only its kept
+captions, and gains `meta["clip_score"]` (one score per kept caption); records with
+no kept caption are dropped. Records that cannot be read or decoded are counted
+by reason (`records.SKIP_REASONS`) and not written.
+
+The model enters as two functions, `encode_images(uint8 [N, S, S, 3]) → [N, E]` and
+`encode_texts(list[str]) → [N, E]` (e.g. `mmjax.inference.Encoder`'s), so this module
+does not depend on training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tqdm
+
+from mmjax.data import shards
+from mmjax.data.arrayrecord_source import RecordSource
+from mmjax.data.decode import DecodeOptions, decode_image
+from mmjax.data.records import RecordError, Sample, Skip, decode_record
+
+EncodeImages = Callable[[np.ndarray], np.ndarray]
+EncodeTexts = Callable[[list[str]], np.ndarray]
+
+
+@dataclasses.dataclass
+class Scores:
+    """`scores[i]`: float `[non-empty captions of record i]` (None when record i was skipped); `skipped`: count by
+    reason."""
+
+    scores: list[np.ndarray | None]
+    skipped: Counter
+
+
+def _read(source: RecordSource, index: int, options: DecodeOptions) -> tuple[Sample | None, np.ndarray | str]:
+    """`(sample, uint8 image [S, S, 3])` or `(sample | None, skip reason)`."""
+    item = source[index]
+    if isinstance(item, Skip):
+        return None, item.reason
+    try:
+        sample = decode_record(item.data)
+    except RecordError:
+        return None, "truncated_record"
+    if not _captions(sample):
+        return sample, "empty_caption"
+    return sample, decode_image(sample, options, np.random.default_rng(0))
+
+
+def _captions(sample: Sample) -> list[str]:
+    """The captions that are scored: stripped, non-empty (pair `j` of a record is its `j`-th)."""
+    return [caption.strip() for caption in sample.captions if caption.strip()]
+
+
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    embeddings = np.asarray(embeddings, np.float64)
+    return embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
+
+
+def score_directory(directory: str, encode_images: EncodeImages, encode_texts: EncodeTexts, image_size: int,
+                    batch_size: int = 256, progress: bool = True) -> Scores:
+    """Cosine score of every (record, caption) pair of `directory`, `batch_size` records at a time."""
+    source = RecordSource(directory)
+    options = DecodeOptions(image_size, augment=False)
+    scores: list[np.ndarray | None] = [None] * len(source)
+    skipped = Counter()
+    for start in tqdm.tqdm(range(0, len(source), batch_size), unit=f"batch of {batch_size} records",
+                           disable=not progress):
+        kept, images, texts, owners = [], [], [], []
+        for index in range(start, min(start + batch_size, len(source))):
+            sample, image = _read(source, index, options)
+            if isinstance(image, str):
+                skipped[image] += 1
+                continue
+            kept.append(index)
+            images.append(image)
+            owners += [len(kept) - 1] * len(_captions(sample))
+            texts += _captions(sample)
+        if not kept:
+            continue
+        image_emb = _unit_rows(encode_images(np.stack(images)))
+        text_emb = _unit_rows(encode_texts(texts))
+        pair_scores = np.einsum("pd,pd->p", image_emb[owners], text_emb)
+        owners = np.array(owners)
+        for position, index in enumerate(kept):
+            scores[index] = pair_scores[owners == position]
+    return Scores(scores, skipped)
+
+
+def selection_threshold(scores: Scores, threshold: float | None, top_fraction: float | None) -> float:
+    """The score a pair needs: `threshold`, or the ⌈top_fraction · n⌉-th highest pair score."""
+    if (threshold is None) == (top_fraction is None):
+        raise ValueError("give one of --threshold or --top_fraction")
+    if threshold is not None:
+        return threshold
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"--top_fraction={top_fraction} must be in (0, 1]")
+    every = np.sort(np.concatenate([s for s in scores.scores if s is not None] or [np.zeros(0)]))[::-1]
+    if not len(every):
+        raise ValueError("no pair could be scored")
+    return float(every[math.ceil(top_fraction * len(every)) - 1])
+
+
+def _kept_samples(source: RecordSource, scores: Scores, minimum: float, start: int, end: int) -> Iterator[Sample]:
+    for index in range(start, end):
+        pair_scores = scores.scores[index]
+        if pair_scores is None or not (pair_scores >= minimum).any():
+            continue
+        sample = decode_record(source[index].data)
+        keep = pair_scores >= minimum
+        captions = tuple(c for c, k in zip(_captions(sample), keep, strict=True) if k)
+        yield dataclasses.replace(sample, captions=captions,
+                                  meta={**sample.meta, "clip_score": [float(s) for s in pair_scores[keep]]})
+
+
+def write_filtered(directory: str, out: str, scores: Scores, minimum: float,
+                   records_per_shard: int = 10_000) -> dict:
+    """Write the records of `directory` with a pair scoring ≥ `minimum` to the data directory `out`; its index."""
+    source = RecordSource(directory)
+    os.makedirs(out, exist_ok=True)
+    markers = []
+    for number, start in enumerate(range(0, len(source), records_per_shard)):
+        end = min(start + records_per_shard, len(source))
+        markers.append(shards.write_shard(out, shards.shard_name(number),
+                                          _kept_samples(source, scores, minimum, start, end),
+                                          f"{directory}[{start}:{end}] clip score ≥ {minimum:.6g}"))
+    index = shards.write_index(out, markers)
+    index["skipped"] = dict(sorted(scores.skipped.items()))
+    return index

@@ -1,0 +1,110 @@
+"""An mmjax data directory: ArrayRecord shards of `records` plus one small index file.
+
+    DIR/index.json                       {"format", "num_records", "dropped": {reason: n},
+                                          "shards": [{"file", "count", "source", "dropped"}, ...]}
+    DIR/shard-00000.array_record         records (`records.encode_record`), group size 1 (random access)
+    DIR/shard-00000.array_record.done    JSON: the shard's count, dropped-by-reason and source
+
+Restartable writing: a shard is written to a temporary name, renamed into place,
+and only then gets its `.done` marker. A restarted conversion skips shards that
+have a marker and rewrites the others from the start, so a shard is never
+half-written under its final name and no sample is written twice. `index.json`
+is written last, from the markers, when every shard is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from mmjax.data.records import Sample, Skip, encode_record
+
+INDEX_FILE = "index.json"
+FORMAT = "mmjax-records-1"
+DONE_SUFFIX = ".done"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.array_record"
+
+
+def _write_json_atomically(path: str, value: dict) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(temporary, path)
+
+
+def read_done(directory: str, name: str) -> dict | None:
+    """The `.done` marker of shard `name`, or None while the shard is unfinished."""
+    path = os.path.join(directory, name + DONE_SUFFIX)
+    if not os.path.exists(path) or not os.path.exists(os.path.join(directory, name)):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_shard(directory: str, name: str, samples: Iterable[Sample | Skip], source: str) -> dict:
+    """Write the `Sample`s of `samples` to `DIR/name`, count the `Skip`s by reason, then mark it done.
+
+    Returns the marker: {"file", "count", "source", "dropped": {reason: n}}.
+    """
+    path = os.path.join(directory, name)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    writer = ArrayRecordWriter(temporary, "group_size:1")
+    count, dropped = 0, Counter()
+    try:
+        for sample in samples:
+            if isinstance(sample, Skip):
+                dropped[sample.reason] += 1
+                continue
+            writer.write(encode_record(sample))
+            count += 1
+    finally:
+        writer.close()
+    os.replace(temporary, path)
+    marker = {"file": name, "count": count, "source": source, "dropped": dict(sorted(dropped.items()))}
+    _write_json_atomically(path + DONE_SUFFIX, marker)
+    return marker
+
+
+def remove_temporaries(directory: str) -> None:
+    """Delete what an interrupted writer left (`*.tmp-PID`)."""
+    for name in os.listdir(directory):
+        if ".tmp-" in name:
+            os.remove(os.path.join(directory, name))
+
+
+def write_index(directory: str, markers: list[dict]) -> dict:
+    """`DIR/index.json` from the shards' markers (in shard order); returns it."""
+    dropped = Counter()
+    for marker in markers:
+        dropped.update(marker["dropped"])
+    index = {"format": FORMAT, "num_records": sum(m["count"] for m in markers),
+             "dropped": dict(sorted(dropped.items())), "shards": markers}
+    _write_json_atomically(os.path.join(directory, INDEX_FILE), index)
+    return index
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    path: str
+    count: int
+
+
+def read_index(directory: str) -> list[ShardInfo]:
+    """The shards of a data directory, in order (missing files included: the reader skips them)."""
+    path = os.path.join(directory, INDEX_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {directory} is not an mmjax data directory "
+                                f"(make one with `mmjax data convert SOURCE --out {directory}`)")
+    with open(path) as f:
+        index = json.load(f)
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+    return [ShardInfo(os.path.join(directory, shard["file"]), int(shard["count"])) for shard in index["shards"]]

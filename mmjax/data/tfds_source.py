@@ -1,0 +1,87 @@
+"""TFDS image–text data sets (e.g. `coco_captions`) as random-access sources of `records.Sample`s.
+
+Read without TensorFlow through `tfds.data_source` / `builder_from_directory(...).as_data_source`,
+which needs the data set prepared in the array_record file format. The data source
+decodes images, so a `Sample.image` here is uint8 `[H, W, C]` pixels, not bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+from mmjax.data.records import Sample
+
+TFDS_PREFIX = "tfds:"
+
+
+def default_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def open_tfds(name: str, split: str, data_dir: str | None = None) -> Any:
+    """The random-access data source of `name` (`coco_captions` or `coco_captions/2014`) and `split`.
+
+    Raises FileNotFoundError (one line, with how to prepare it) when it is not prepared as array_record.
+    """
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (import cost only when used)
+
+    data_dir = data_dir or default_data_dir()
+    infos = sorted(glob.glob(os.path.join(data_dir, name, "*", "dataset_info.json")) +
+                   glob.glob(os.path.join(data_dir, name, "*", "*", "dataset_info.json")))
+    try:
+        if infos:
+            return tfds.builder_from_directory(os.path.dirname(infos[-1])).as_data_source(split=split)
+        with contextlib.redirect_stdout(io.StringIO()):  # answers under tfds.testing.mock_data
+            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as error:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable"
+        raise FileNotFoundError(
+            f"TFDS data set {name} ({split}) is not prepared as array_record under {data_dir}; prepare it with: "
+            f"pip install tensorflow-cpu; tfds build {name} --data_dir {data_dir} --file_format array_record "
+            f"({type(error).__name__})") from None
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    if isinstance(value, dict):  # coco_captions: Sequence({"text": ..., "id": ...})
+        value = value["text"]
+    if isinstance(value, (bytes, str, np.bytes_, np.str_)):
+        value = [value]
+    return tuple(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(value).tolist())
+
+
+def tfds_sample(example: dict[str, Any], index: int, name: str) -> Sample:
+    """One TFDS feature dict → `Sample` (captions from `captions`, `caption` or `text`)."""
+    key = next((k for k in ("captions", "caption", "text") if k in example), None)
+    if key is None:
+        raise KeyError(f"TFDS data set {name} has no captions/caption/text feature ({sorted(example)})")
+    image_id = example.get("image/id", index)
+    return Sample(key=f"{name}:{int(image_id) if np.ndim(image_id) == 0 else index}", captions=_texts(example[key]),
+                  image=np.asarray(example["image"], np.uint8), image_format="array")
+
+
+class TfdsSamples:
+    """Random access `[i]` → `Sample` over a TFDS data source (opened lazily, so it pickles to workers)."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None = None):
+        self.name, self.split, self.data_dir = name, split, data_dir
+        self._source = open_tfds(name, split, data_dir)
+        self._length = len(self._source)
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "split": self.split, "data_dir": self.data_dir, "_length": self._length}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _source=None)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Sample:
+        if self._source is None:
+            self._source = open_tfds(self.name, self.split, self.data_dir)
+        return tfds_sample(self._source[int(index)], int(index), self.name)

@@ -1,0 +1,179 @@
+"""`mmjax data convert`: webdataset tars, captions files and TFDS → ArrayRecord data directories.
+
+The expected records come from the inputs the tests write, read back with the plain
+`ArrayRecordReader` and parsed by hand (the layout in `mmjax/data/records.py`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+import tarfile
+
+import numpy as np
+import pytest
+from array_record.python.array_record_module import ArrayRecordReader
+from PIL import Image
+
+from mmjax.data import shards
+from mmjax.data.convert import convert
+
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
+
+
+def image_bytes(index: int, fmt: str = "PNG", size: tuple[int, int] = (24, 20)) -> bytes:
+    """A solid image whose colour encodes `index`: (index % 256, index // 256, 77)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (index % 256, index // 256, 77)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_tar(path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, files in samples:
+            for extension, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def read_records(directory) -> list[dict]:
+    """Every record of a data directory, parsed by hand: key, captions, image bytes, meta."""
+    with open(os.path.join(directory, "index.json")) as f:
+        index = json.load(f)
+    records = []
+    for shard in index["shards"]:
+        reader = ArrayRecordReader(os.path.join(directory, shard["file"]))
+        data = reader.read_all()
+        reader.close()
+        assert len(data) == shard["count"]
+        for record in data:
+            assert record[:4] == b"MMJ1"
+            (length,) = struct.unpack("<I", record[4:8])
+            header = json.loads(record[8:8 + length])
+            assert header["image_bytes"] == len(record) - 8 - length
+            records.append({"key": header["key"], "captions": header["captions"], "image": record[8 + length:],
+                            "meta": header["meta"]})
+    return records
+
+
+def wds_inputs(root, num_shards: int = 4, per_shard: int = 5) -> list[dict]:
+    """Tar shards in img2dataset layout (jpg or png, txt, json); returns the samples they hold."""
+    expected = []
+    root.mkdir(parents=True, exist_ok=True)
+    for shard in range(num_shards):
+        samples = []
+        for i in range(per_shard):
+            n = shard * per_shard + i
+            key = f"{shard:05d}{i:04d}"
+            image = image_bytes(n, "JPEG" if n % 2 else "PNG")
+            captions = [f"caption {n}"] + ([f"second caption {n}"] if n % 3 == 0 else [])
+            meta = {"url": f"http://example.com/{n}.jpg", "width": 24}
+            samples.append((key, {"jpg" if n % 2 else "png": image, "txt": "\n".join(captions).encode(),
+                                  "json": json.dumps(meta).encode()}))
+            expected.append({"key": key, "captions": captions, "image": image, "meta": meta})
+        write_tar(root / f"{shard:05d}.tar", samples)
+    return expected
+
+
+def test_webdataset_round_trip_keeps_bytes_captions_and_metadata(tmp_path):
+    expected = wds_inputs(tmp_path / "wds")
+    index = convert(str(tmp_path / "wds"), str(tmp_path / "out"), progress=False)
+    assert index["num_records"] == 20 and len(index["shards"]) == 4 and index["dropped"] == {}
+    assert read_records(tmp_path / "out") == expected
+
+
+def test_dropped_samples_are_counted_by_reason(tmp_path):
+    (tmp_path / "wds").mkdir()
+    write_tar(tmp_path / "wds" / "a.tar", [
+        ("k0", {"jpg": image_bytes(0, "JPEG"), "txt": b"fine"}),
+        ("k1", {"txt": b"no image here"}),
+        ("k2", {"png": image_bytes(2), "txt": b"  \n \n"}),
+        ("k3", {"png": image_bytes(3)}),
+        ("k4", {"webp": image_bytes(4, "WEBP"), "txt": b"webp is fine"})])
+    index = convert(str(tmp_path / "wds"), str(tmp_path / "out"), progress=False)
+    assert index["dropped"] == {"no_caption": 2, "no_image": 1}
+    assert [r["key"] for r in read_records(tmp_path / "out")] == ["k0", "k4"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_image_folder_with_captions_file(tmp_path, kind):
+    (tmp_path / "images").mkdir()
+    rows = []
+    for n in range(7):
+        (tmp_path / "images" / f"{n}.png").write_bytes(image_bytes(n))
+        rows.append({"image": f"images/{n}.png", "caption": f"picture {n}", "source": f"s{n}"})
+    rows.append({"image": "images/absent.png", "caption": "gone", "source": "x"})
+    path = tmp_path / f"captions.{kind}"
+    if kind == "csv":
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["image", "caption", "source"])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    index = convert(str(path), str(tmp_path / "out"), records_per_shard=3, progress=False)
+    assert len(index["shards"]) == 3 and index["dropped"] == {"missing_file": 1}
+    records = read_records(tmp_path / "out")
+    assert [(r["key"], r["captions"], r["image"], r["meta"]) for r in records] == \
+        [(f"{n}.png", [f"picture {n}"], image_bytes(n), {"source": f"s{n}"}) for n in range(7)]
+
+
+def test_restart_after_interruption_neither_loses_nor_duplicates(tmp_path):
+    expected = wds_inputs(tmp_path / "wds", num_shards=5, per_shard=4)
+    source, out = str(tmp_path / "wds"), str(tmp_path / "out")
+    done = []
+    partial = convert(source, out, progress=False, max_shards=2, on_shard=done.append)
+    assert partial["num_records"] is None and partial["shards_done"] == 2 and len(done) == 2
+    assert not os.path.exists(os.path.join(out, "index.json"))
+    # What a killed worker leaves: a half-written temporary file, and a finished file with no marker.
+    (tmp_path / "out" / f"{shards.shard_name(2)}.tmp-12345").write_bytes(b"partial")
+    os.replace(os.path.join(out, shards.shard_name(1)), os.path.join(out, shards.shard_name(3)))
+    os.remove(os.path.join(out, shards.shard_name(1) + ".done"))
+    finished = []
+    index = convert(source, out, progress=False, num_workers=2, on_shard=finished.append)
+    assert sorted(m["file"] for m in finished) == [shards.shard_name(i) for i in (1, 2, 3, 4)]  # 0 was kept
+    assert index["num_records"] == 20
+    assert read_records(out) == expected
+    assert not [name for name in os.listdir(out) if ".tmp-" in name]
+    with pytest.raises(ValueError, match="other arguments"):
+        convert(source, out, records_per_shard=7, progress=False)
+
+
+def test_tfds_coco_captions_layout(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pairs = [(COLOURS[0], ["a red one", "red"]), (COLOURS[1], ["green"]), (COLOURS[2], ["blue", "", "a blue"]),
+             (COLOURS[3], [""])]
+
+    class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "coco_captions"
+        VERSION = tfds.core.Version("1.1.0")
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2014")]
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "image/id": np.int64,
+                "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64})}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, (colour, texts) in enumerate(pairs):
+                yield i, {"image": Image.new("RGB", (5, 3 + i), colour), "image/id": 100 + i,
+                          "captions": [{"text": t, "id": j} for j, t in enumerate(texts)]}
+
+    FakeCocoCaptions(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    index = convert("tfds:coco_captions", str(tmp_path / "out"), data_dir=str(tmp_path / "tfds"),
+                    records_per_shard=2, progress=False)
+    assert index["num_records"] == 3 and index["dropped"] == {"no_caption": 1}
+    records = sorted(read_records(tmp_path / "out"), key=lambda r: r["key"])
+    assert [(r["key"], r["captions"]) for r in records] == [
+        ("coco_captions:100", ["a red one", "red"]), ("coco_captions:101", ["green"]),
+        ("coco_captions:102", ["blue", "a blue"])]
+    for i, record in enumerate(records):
+        pixels = np.asarray(Image.open(io.BytesIO(record["image"])))
+        np.testing.assert_array_equal(pixels, np.full((3 + i, 5, 3), pairs[i][0], np.uint8))

@@ -1,0 +1,226 @@
+"""The real-data grain pipeline: bad samples skipped and counted exactly, exact resume, mixtures, crops.
+
+Data directories are written here record by record (the layout of `mmjax/data/records.py`
+built by hand), so corruption can be injected at any level and the expected counts
+are known independently of the pipeline.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import struct
+
+import numpy as np
+import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
+from PIL import Image
+
+from mmjax.data.arrayrecord_source import RecordSource
+from mmjax.data.decode import DecodeOptions, crop_box, decode_image
+from mmjax.data.pipeline import records_train_dataset
+from mmjax.data.records import SKIP_REASONS, Sample
+from mmjax.data.tokenizers import Tokenizer
+from mmjax.train.config import ConfigError, base_config, validate
+from test_data_convert import image_bytes
+
+TOKENIZER = Tokenizer.for_synthetic(16)
+KINDS = ("ok", "undecodable_image", "truncated_jpeg", "truncated_png", "empty_caption", "long_caption",
+         "truncated_record")
+
+
+def record(key: str, captions: list[str], image: bytes, fmt: str = "png") -> bytes:
+    header = json.dumps({"key": key, "captions": captions, "image_format": fmt, "image_bytes": len(image),
+                         "meta": {}}).encode()
+    return b"MMJ1" + struct.pack("<I", len(header)) + header + image
+
+
+def write_data_dir(directory, shards: list[list[bytes]]) -> None:
+    os.makedirs(directory, exist_ok=True)
+    entries = []
+    for number, records in enumerate(shards):
+        name = f"shard-{number:05d}.array_record"
+        writer = ArrayRecordWriter(os.path.join(directory, name), "group_size:1")
+        for data in records:
+            writer.write(data)
+        writer.close()
+        entries.append({"file": name, "count": len(records), "source": "test", "dropped": {}})
+    with open(os.path.join(directory, "index.json"), "w") as f:
+        json.dump({"format": "mmjax-records-1", "num_records": sum(len(r) for r in shards), "dropped": {},
+                   "shards": entries}, f)
+
+
+def clean_dir(directory, count: int, offset: int = 0, per_shard: int = 10) -> None:
+    """`count` good records; record n is a solid PNG of colour `image_bytes(offset + n)` captioned 'a red circle'."""
+    data = [record(f"k{offset + n}", ["a red circle", "a blue square"], image_bytes(offset + n))
+            for n in range(count)]
+    write_data_dir(directory, [data[i:i + per_shard] for i in range(0, count, per_shard)])
+
+
+def image_index(images: np.ndarray) -> np.ndarray:
+    """The `image_bytes` index of solid images `[b, S, S, 3]`."""
+    return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+
+
+def corrupted_dir(directory, rng: np.random.Generator, num_shards: int = 10, per_shard: int = 100, missing: int = 6):
+    """1 000 records, each kind of corruption at random places, shard `missing` deleted. Returns the expected counts
+    by reason and the expected skipped record ids."""
+    expected, skipped_ids, shards = dict.fromkeys(SKIP_REASONS, 0), set(), []
+    kinds = rng.choice(len(KINDS), size=num_shards * per_shard, p=[0.58] + [0.07] * 6)
+    for shard in range(num_shards):
+        records = []
+        for position in range(per_shard):
+            n = shard * per_shard + position
+            kind = KINDS[kinds[n]]
+            jpeg, png = image_bytes(n, "JPEG", (32, 32)), image_bytes(n, "PNG", (32, 32))
+            cut = lambda data: data[:int(len(data) * rng.uniform(0.3, 0.8))]
+            data = {"ok": lambda: record(f"k{n}", ["a red circle"], jpeg, "jpeg"),
+                    "undecodable_image": lambda: record(f"k{n}", ["a red circle"], rng.bytes(500)),
+                    "truncated_jpeg": lambda: record(f"k{n}", ["a red circle"], cut(jpeg), "jpeg"),
+                    "truncated_png": lambda: record(f"k{n}", ["a red circle"], cut(png)),
+                    "empty_caption": lambda: record(f"k{n}", ["   ", ""], png),
+                    "long_caption": lambda: record(f"k{n}", ["red " * 600], png),
+                    "truncated_record": lambda: cut(record(f"k{n}", ["a red circle"], png))}[kind]()
+            records.append(data)
+            reason = "missing_shard" if shard == missing else {"truncated_jpeg": "truncated_image",
+                                                         "truncated_png": "truncated_image"}.get(kind, kind)
+            if reason != "ok":
+                expected[reason] += 1
+                skipped_ids.add(f"shard-{shard:05d}.array_record:{position} {reason}")
+        shards.append(records)
+    write_data_dir(directory, shards)
+    os.remove(os.path.join(directory, f"shard-{missing:05d}.array_record"))
+    return expected, skipped_ids
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_kind_of_corruption_is_skipped_and_counted_exactly(tmp_path, num_workers):
+    expected, expected_ids = corrupted_dir(tmp_path, np.random.default_rng(1))
+    assert all(expected[reason] > 20 for reason in SKIP_REASONS), expected  # every kind injected, many times
+    iterator = iter(records_train_dataset([RecordSource(str(tmp_path))], None, 0, 64, DecodeOptions(16),
+                                          TOKENIZER, num_workers, process_index=0, process_count=1, num_epochs=1))
+    good = sum(len(batch["image"]) for batch in iterator if "image" in batch)
+    iterator.close()
+    assert dict(zip(SKIP_REASONS, iterator.skip_counts.tolist())) == expected
+    assert set(iterator.new_skipped) == expected_ids and len(iterator.new_skipped) == len(expected_ids)
+    assert good == 1000 - sum(expected.values()) == iterator.examples_per_source.sum()
+
+
+def batches(iterator, count: int) -> list[dict]:
+    return [next(iterator) for _ in range(count)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_from_state_gives_the_same_next_batches_and_counts(tmp_path, num_workers):
+    rng = np.random.default_rng(2)
+    corrupted_dir(tmp_path, rng, num_shards=4, per_shard=25, missing=2)
+    make = lambda: iter(records_train_dataset([RecordSource(str(tmp_path))], None, 5, 8, DecodeOptions(16),
+                                              TOKENIZER, num_workers, process_index=0, process_count=1))
+    original = make()
+    batches(original, 13)  # past the end of the first epoch (≈ 60 good records)
+    state = json.loads(json.dumps(original.get_state()))  # as the checkpoint stores it
+    counts = original.skip_counts.copy()
+    want = batches(original, 6)
+    resumed = make()
+    resumed.set_state(state)
+    got = batches(resumed, 6)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["text"], b["text"])
+    np.testing.assert_array_equal(resumed.skip_counts, original.skip_counts)
+    assert (counts > 0).sum() >= 5 and (original.skip_counts > counts).any()
+    original.close()
+    resumed.close()
+
+
+def test_two_epochs_see_every_good_record_twice_in_new_crops(tmp_path):
+    clean_dir(tmp_path, 40)
+    options = DecodeOptions(16, crop_scale=(0.3, 0.6))
+    iterator = iter(records_train_dataset([RecordSource(str(tmp_path))], None, 0, 10, options, TOKENIZER,
+                                          process_index=0, process_count=1, num_epochs=2))
+    images = np.concatenate([batch["image"] for batch in iterator])
+    indices = image_index(images)
+    assert sorted(indices.tolist()) == sorted(list(range(40)) * 2)
+    assert indices[:40].tolist() != indices[40:].tolist()  # reshuffled
+
+
+def test_mixture_proportions_hold_within_sampling_error(tmp_path):
+    clean_dir(tmp_path / "a", 30, offset=0)
+    clean_dir(tmp_path / "b", 20, offset=1000)
+    weights, n = (0.7, 0.3), 2000
+    iterator = iter(records_train_dataset([RecordSource(str(tmp_path / "a")), RecordSource(str(tmp_path / "b"))],
+                                          weights, 0, 50, DecodeOptions(8, augment=False), TOKENIZER,
+                                          process_index=0, process_count=1))
+    indices = np.concatenate([image_index(batch["image"]) for batch in batches(iterator, n // 50)])
+    from_a = int((indices < 1000).sum())
+    # Binomial 4-sigma bound: what independent draws with p = 0.7 would stay within (grain's mix does better).
+    assert abs(from_a - weights[0] * n) <= 4 * math.sqrt(n * weights[0] * weights[1])
+    assert iterator.examples_per_source.tolist() == [from_a, n - from_a]
+    assert set(indices[indices < 1000]) == set(range(30)) and set(indices[indices >= 1000]) == set(range(1000, 1020))
+
+
+def test_caption_sampling_picks_each_valid_caption(tmp_path):
+    vocabulary = TOKENIZER.backend.get_vocab()
+    write_data_dir(tmp_path, [[record(f"k{n}", ["red", "", "blue", "x" * 2000], image_bytes(n))
+                               for n in range(50)]])
+    iterator = iter(records_train_dataset([RecordSource(str(tmp_path))], None, 0, 50, DecodeOptions(8), TOKENIZER,
+                                          process_index=0, process_count=1, num_epochs=1))
+    words = next(iterator)["text"][:, 1]
+    assert set(words.tolist()) == {vocabulary["red"], vocabulary["blue"]}
+    assert 10 <= (words == vocabulary["red"]).sum() <= 40
+
+
+def test_crop_box_matches_torchvision_random_resized_crop():
+    torchvision = pytest.importorskip("torchvision")
+    torch = pytest.importorskip("torch")
+    get_params = torchvision.transforms.RandomResizedCrop.get_params
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    for width, height in [(64, 48), (30, 200)]:  # crop statistics over 4 000 draws each
+        ours = np.array([crop_box(width, height, rng, scale, ratio) for _ in range(4000)])
+        ours_w, ours_h = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
+        theirs = np.array([get_params(torch.zeros(3, height, width), scale, ratio) for _ in range(4000)])
+        theirs_h, theirs_w = theirs[:, 2], theirs[:, 3]
+        assert (ours[:, :2] >= 0).all() and (ours[:, 2] <= width).all() and (ours[:, 3] <= height).all()
+        for a, b in [(ours_w * ours_h, theirs_w * theirs_h), (ours_w / ours_h, theirs_w / theirs_h)]:
+            assert abs(a.mean() - b.mean()) < 0.03 * b.mean() and abs(np.median(a) - np.median(b)) < 0.05 * b.mean()
+    for width, height in [(500, 20), (20, 500)]:  # no random crop fits: the same centred fallback
+        top, left, h, w = get_params(torch.zeros(3, height, width), (0.99, 1.0), ratio)
+        assert crop_box(width, height, rng, (0.99, 1.0), ratio) == (left, top, left + w, top + h)
+
+
+def test_jpeg_draft_decoding_matches_full_decoding_closely():
+    buffer = io.BytesIO()
+    gradient = np.linspace(0, 255, 256, dtype=np.uint8)
+    Image.fromarray(np.stack([*np.meshgrid(gradient, gradient[::-1]), np.full((256, 256), 90, np.uint8)],
+                             -1)).save(buffer, format="JPEG", quality=95)
+    sample = Sample("k", ("c",), buffer.getvalue())
+    options = DecodeOptions(16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    drafted = decode_image(sample, options, np.random.default_rng(0)).astype(int)
+    full = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").resize(
+        (16, 16), Image.Resampling.BICUBIC), int)
+    assert np.abs(drafted - full).mean() < 3
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"name": "webdataset"}, "config.data.name='webdataset' must be one of"),
+    ({"name": "arrayrecord", "sources": ()}, "must name exactly 1 source(s)"),
+    ({"name": "mixture", "sources": ("a", "b"), "weights": (1.0,)}, "config.data.weights=(1.0,) must be 2 positive"),
+    ({"name": "tfds", "sources": ("coco",)}, "data.name='tfds' needs 'tfds:NAME'"),
+    ({"name": "arrayrecord", "sources": ("a",), "crop_scale": (0.5, 1.5)}, "config.data.crop_scale=(0.5, 1.5)"),
+    ({"name": "arrayrecord", "sources": ("a",), "max_skip_fraction": 2.0}, "max_skip_fraction=2.0 must be in"),
+])
+def test_bad_data_configs_are_one_line_errors(overrides, expected):
+    config = base_config("clip-test", "clip")
+    config.multi_positive = overrides.get("name") == "webdataset"
+    for key, value in overrides.items():
+        config.data[key] = value
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        validate(config)
+    config = base_config("clip-test", "clip")
+    config.data.name, config.data.sources = "arrayrecord", ("a",)
+    with pytest.raises(ConfigError, match="multi_positive=True needs the synthetic data's labels"):
+        validate(config)
