@@ -1,5 +1,8 @@
-"""Training losses: contrastive (CLIP / SigLIP) and their sharded forms."""
+"""Training losses: contrastive (CLIP / SigLIP) and their sharded forms, computed in tiles of the
+logit matrix (`blocked`: online log-sum-exp, custom VJPs that recompute tiles; `ring`: the SigLIP
+device ring)."""
 
+from mmjax.losses.blocked import DEFAULT_BLOCK_SIZE
 from mmjax.losses.contrastive import (
     clip_loss,
     pair_positives,
@@ -9,6 +12,7 @@ from mmjax.losses.contrastive import (
 )
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
     "clip_loss",
     "pair_positives",
     "sharded_clip_loss",

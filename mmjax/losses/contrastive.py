@@ -10,12 +10,19 @@ image; a negative text label is a wildcard ("the caption does not name this
 attribute"), see `pair_positives`. Without labels the global row index is used as
 the single label, so the diagonal case runs the same code.
 
+Memory. Every loss is computed in `[block_size, block_size]` tiles of the logit matrix
+by the kernels of `mmjax.losses.blocked`: an online log-sum-exp forward and a custom VJP
+that recomputes each tile in the backward pass (Inf-CL), so neither pass holds more than
+one tile of logits. `block_size=None` picks `DEFAULT_BLOCK_SIZE` (4096): the whole matrix
+in one tile up to B = 4096.
+
 Sharded forms run inside a jitted step whose batch is sharded over the mesh axes
 `batch_axes`; they never build the global `[B, B]` logit matrix on one device:
 - `sharded_clip_loss` all-gathers the other tower (and its labels) and computes the
-  local `[b, B]` rows of both directions;
+  local `[b, B]` rows of both directions, one tile at a time;
 - `sharded_sigmoid_loss` passes text blocks (with their labels) round a
-  `lax.ppermute` ring, one `[b, b]` block at a time. Because the labels travel with
+  `lax.ppermute` ring, one `[b, b]` block (in tiles) at a time, and runs the ring
+  again in the backward pass (`mmjax.losses.ring`). Because the labels travel with
   their block, positives (including the diagonal) are found by comparing labels,
   not by tracking which device's block is held.
 """
@@ -26,51 +33,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from mmjax.losses.blocked import DEFAULT_BLOCK_SIZE, IMAGE_TO_TEXT, TEXT_TO_IMAGE, clip_sums, sigmoid_sum, vary_like
+from mmjax.losses.positives import default_labels, pair_positives
+from mmjax.losses.ring import ring_sigmoid_sum
+
+__all__ = ["CLIP_MAX_SCALE", "clip_loss", "pair_positives", "sharded_clip_loss", "sharded_sigmoid_loss", "sigmoid_loss"]
+
 CLIP_MAX_SCALE = 100.0
-
-
-def pair_positives(image_labels: jax.Array, text_labels: jax.Array) -> jax.Array:
-    """Which captions describe which images.
-
-    Args:
-      image_labels: int `[B_img, K]`, the attributes of each image.
-      text_labels: int `[B_txt, K]`, the attributes each caption names; a negative
-        value is a wildcard (the caption does not name that attribute).
-
-    Returns:
-      bool `[B_img, B_txt]`: entry `[i, j]` is True when, for every `k`,
-      `text_labels[j, k] < 0` or `text_labels[j, k] == image_labels[i, k]`.
-    """
-    image_labels = image_labels[:, None, :]
-    text_labels = text_labels[None, :, :]
-    return jnp.all((text_labels < 0) | (text_labels == image_labels), axis=-1)
-
-
-def _similarities(queries: jax.Array, keys: jax.Array) -> jax.Array:
-    """`[n, D] x [m, D] -> [n, m]` dot products, accumulated in float32."""
-    return jnp.einsum("nd,md->nm", queries, keys, preferred_element_type=jnp.float32)
-
-
-def _soft_cross_entropy_sum(logits: jax.Array, positives: jax.Array) -> jax.Array:
-    """Sum over rows of the cross-entropy of `softmax(logits[r])` against the uniform
-    distribution over that row's positives.
-
-    Args:
-      logits: float `[R, C]`.
-      positives: bool `[R, C]`. A row with no positive contributes 0.
-
-    Returns:
-      float scalar.
-    """
-    positives = positives.astype(logits.dtype)
-    targets = positives / jnp.maximum(positives.sum(axis=-1, keepdims=True), 1.0)
-    return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1))
-
-
-def _sigmoid_loss_sum(logits: jax.Array, positives: jax.Array) -> jax.Array:
-    """`-sum log_sigmoid(z * logits)` with `z = +1` on positives and `-1` elsewhere."""
-    signs = jnp.where(positives, 1.0, -1.0).astype(logits.dtype)
-    return -jnp.sum(jax.nn.log_sigmoid(signs * logits))
 
 
 def _clip_scale(logit_scale: jax.Array) -> jax.Array:
@@ -78,24 +47,12 @@ def _clip_scale(logit_scale: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.exp(logit_scale), CLIP_MAX_SCALE)
 
 
-def _default_labels(
-    image_emb: jax.Array,
-    text_emb: jax.Array,
-    image_labels: jax.Array | None,
-    text_labels: jax.Array | None,
-) -> tuple[jax.Array, jax.Array]:
-    """The given labels, or the global row index `[B, 1]` for both towers (the diagonal)."""
-    if (image_labels is None) != (text_labels is None):
-        raise ValueError("give both image_labels and text_labels, or neither")
-    if image_labels is None:
-        if image_emb.shape[0] != text_emb.shape[0]:
-            raise ValueError(
-                f"without labels the batches must pair up: {image_emb.shape[0]} images, "
-                f"{text_emb.shape[0]} captions"
-            )
-        row_index = jnp.arange(image_emb.shape[0], dtype=jnp.int32)[:, None]
-        return row_index, row_index
-    return image_labels, text_labels
+def _block_size(block_size: int | None) -> int:
+    if block_size is None:
+        return DEFAULT_BLOCK_SIZE
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size={block_size!r} must be a positive int or None")
+    return block_size
 
 
 def _axis_tuple(batch_axes: str | Sequence[str]) -> tuple[str, ...]:
@@ -108,6 +65,8 @@ def clip_loss(
     logit_scale: jax.Array,
     image_labels: jax.Array | None = None,
     text_labels: jax.Array | None = None,
+    *,
+    block_size: int | None = None,
 ) -> jax.Array:
     """CLIP (InfoNCE) loss, mean of the image→text and text→image cross-entropies.
 
@@ -123,16 +82,15 @@ def clip_loss(
       image_labels: optional int `[B, K]` attributes of each image.
       text_labels: optional int `[B, K]` attributes named by each caption, `< 0` for
         "not named" (see `pair_positives`). Give both label arrays or neither.
+      block_size: rows and columns per tile of the logit matrix (None: `DEFAULT_BLOCK_SIZE`).
 
     Returns:
       float32 scalar.
     """
-    image_labels, text_labels = _default_labels(image_emb, text_emb, image_labels, text_labels)
-    logits = _clip_scale(logit_scale) * _similarities(image_emb, text_emb)
-    positives = pair_positives(image_labels, text_labels)
-    image_to_text = _soft_cross_entropy_sum(logits, positives) / image_emb.shape[0]
-    text_to_image = _soft_cross_entropy_sum(logits.T, positives.T) / text_emb.shape[0]
-    return (image_to_text + text_to_image) / 2
+    image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
+    image_to_text, text_to_image = clip_sums(image_emb, text_emb, _clip_scale(logit_scale), image_labels,
+                                             text_labels, (IMAGE_TO_TEXT, TEXT_TO_IMAGE), _block_size(block_size))
+    return (image_to_text / image_emb.shape[0] + text_to_image / text_emb.shape[0]) / 2
 
 
 def sigmoid_loss(
@@ -142,6 +100,8 @@ def sigmoid_loss(
     logit_bias: jax.Array,
     image_labels: jax.Array | None = None,
     text_labels: jax.Array | None = None,
+    *,
+    block_size: int | None = None,
 ) -> jax.Array:
     """SigLIP loss: an independent binary classification for every image–caption pair.
 
@@ -155,14 +115,15 @@ def sigmoid_loss(
       logit_scale: float scalar (SigLIP initialises it to `log 10`).
       logit_bias: float scalar (SigLIP initialises it to `-10`).
       image_labels, text_labels: optional int `[B, K]`, as in `clip_loss`.
+      block_size: rows and columns per tile of the logit matrix (None: `DEFAULT_BLOCK_SIZE`).
 
     Returns:
       float32 scalar.
     """
-    image_labels, text_labels = _default_labels(image_emb, text_emb, image_labels, text_labels)
-    logits = jnp.exp(logit_scale) * _similarities(image_emb, text_emb) + logit_bias
-    positives = pair_positives(image_labels, text_labels)
-    return _sigmoid_loss_sum(logits, positives) / image_emb.shape[0]
+    image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
+    total = sigmoid_sum(image_emb, text_emb, jnp.exp(logit_scale), logit_bias, image_labels, text_labels,
+                        _block_size(block_size))
+    return total / image_emb.shape[0]
 
 
 def sharded_clip_loss(
@@ -174,14 +135,17 @@ def sharded_clip_loss(
     *,
     mesh: Mesh,
     batch_axes: str | Sequence[str] = ("data", "fsdp"),
+    block_size: int | None = None,
 ) -> jax.Array:
     """`clip_loss` with the batch sharded over the mesh axes `batch_axes`.
 
     Each device all-gathers the other tower's embeddings and labels, computes its
-    `[b, B]` image→text rows and its `[b, B]` text→image rows (`b = B / n_devices`),
-    and the per-device sums are `psum`-ed. Memory per device: `[B, D]` gathered
-    embeddings and `[b, B]` logits, never `[B, B]`. Values and gradients equal
-    `clip_loss` on the same global arrays.
+    `[b, B]` image→text rows and its `[b, B]` text→image rows (`b = B / n_devices`)
+    tile by tile with `clip_sums`, and the per-device sums are `psum`-ed. Memory per
+    device: `[B, D]` gathered embeddings and one `[min(b, block), min(B, block)]` tile of
+    logits, never `[B, B]`. The gradient w.r.t. the gathered embeddings returns to their
+    devices through the transpose of `all_gather` (a reduce-scatter). Values and gradients
+    equal `clip_loss` on the same global arrays.
 
     Args:
       image_emb, text_emb: float `[B, D]`, batch dim sharded over `batch_axes`.
@@ -190,27 +154,24 @@ def sharded_clip_loss(
       mesh: the device mesh.
       batch_axes: mesh axis name(s) the batch dim is sharded over, major to minor, as
         in `PartitionSpec(batch_axes)`.
+      block_size: rows and columns per tile (None: `DEFAULT_BLOCK_SIZE`).
 
     Returns:
       float32 scalar, replicated.
     """
     batch_axes = _axis_tuple(batch_axes)
-    image_labels, text_labels = _default_labels(image_emb, text_emb, image_labels, text_labels)
+    block_size = _block_size(block_size)
+    image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
 
     def local_loss_sum(image_emb, text_emb, logit_scale, image_labels, text_labels):
-        all_image_emb = jax.lax.all_gather(image_emb, batch_axes, tiled=True)
-        all_text_emb = jax.lax.all_gather(text_emb, batch_axes, tiled=True)
-        all_image_labels = jax.lax.all_gather(image_labels, batch_axes, tiled=True)
-        all_text_labels = jax.lax.all_gather(text_labels, batch_axes, tiled=True)
-        scale = _clip_scale(logit_scale)
-        image_to_text = _soft_cross_entropy_sum(
-            scale * _similarities(image_emb, all_text_emb),
-            pair_positives(image_labels, all_text_labels),
-        )
-        text_to_image = _soft_cross_entropy_sum(
-            scale * _similarities(text_emb, all_image_emb),
-            pair_positives(all_image_labels, text_labels).T,
-        )
+        def gather(x):
+            return vary_like(jax.lax.all_gather(x, batch_axes, tiled=True), image_emb)
+
+        scale = vary_like(_clip_scale(logit_scale), image_emb)
+        image_to_text, _ = clip_sums(image_emb, gather(text_emb), scale, image_labels, gather(text_labels),
+                                     (IMAGE_TO_TEXT,), block_size)
+        _, text_to_image = clip_sums(gather(image_emb), text_emb, scale, gather(image_labels), text_labels,
+                                     (TEXT_TO_IMAGE,), block_size)
         return jax.lax.psum(image_to_text + text_to_image, batch_axes)
 
     batch = P(batch_axes)
@@ -233,17 +194,20 @@ def sharded_sigmoid_loss(
     *,
     mesh: Mesh,
     batch_axes: str | Sequence[str] = ("data", "fsdp"),
+    block_size: int | None = None,
 ) -> jax.Array:
     """`sigmoid_loss` with the batch sharded over the mesh axes `batch_axes`.
 
-    A ring over the `n` devices of `batch_axes`: each device scores its `[b, D]`
-    images against the `[b, D]` text block it holds (its own first), then
-    `lax.ppermute`s that block and its labels to the next device; after `n` blocks
-    (a `lax.scan` of `n - 1` shifts, so compile time does not grow with `n`) every
-    image has met every caption. Positives are found from the labels that travel with
-    each block, so the diagonal needs no bookkeeping. The backward pass is the
-    reverse ring (the transpose of `ppermute`). Values and gradients equal
-    `sigmoid_loss` on the same global arrays.
+    A ring over the `n` devices of `batch_axes` (`mmjax.losses.ring`): each device
+    scores its `[b, D]` images against the `[b, D]` text block it holds (its own
+    first, in tiles of `block_size`), then `lax.ppermute`s that block and its labels to
+    the next device; after `n` blocks (a `lax.scan` of `n - 1` shifts, so compile time
+    does not grow with `n`) every image has met every caption. Positives are found
+    from the labels that travel with each block, so the diagonal needs no
+    bookkeeping. The backward pass runs the ring again with a custom VJP: the
+    gradient w.r.t. each text block travels round the ring with the block and a last
+    shift brings it home, so no device keeps the `n` blocks of the forward pass.
+    Values and gradients equal `sigmoid_loss` on the same global arrays.
 
     Args:
       image_emb, text_emb: float `[B, D]`, batch dim sharded over `batch_axes`.
@@ -252,36 +216,21 @@ def sharded_sigmoid_loss(
       mesh: the device mesh.
       batch_axes: mesh axis name(s) the batch dim is sharded over, as in
         `sharded_clip_loss`.
+      block_size: rows and columns per tile (None: `DEFAULT_BLOCK_SIZE`).
 
     Returns:
       float32 scalar, replicated.
     """
     batch_axes = _axis_tuple(batch_axes)
+    block_size = _block_size(block_size)
     num_devices = 1
     for axis in batch_axes:
         num_devices *= mesh.shape[axis]
-    ring = [(i, (i + 1) % num_devices) for i in range(num_devices)]
-    image_labels, text_labels = _default_labels(image_emb, text_emb, image_labels, text_labels)
+    image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
 
     def local_loss_sum(image_emb, text_emb, logit_scale, logit_bias, image_labels, text_labels):
-        scale = jnp.exp(logit_scale)
-
-        def block_loss(text_block, text_block_labels):
-            logits = scale * _similarities(image_emb, text_block) + logit_bias
-            return _sigmoid_loss_sum(logits, pair_positives(image_labels, text_block_labels))
-
-        def shift_and_score(carry, _):
-            text_block, text_block_labels, total = carry
-            text_block, text_block_labels = jax.lax.ppermute(
-                (text_block, text_block_labels), batch_axes, ring
-            )
-            total = total + block_loss(text_block, text_block_labels)
-            return (text_block, text_block_labels, total), None
-
-        own = block_loss(text_emb, text_labels)
-        (_, _, total), _ = jax.lax.scan(
-            shift_and_score, (text_emb, text_labels, own), length=num_devices - 1
-        )
+        total = ring_sigmoid_sum(image_emb, text_emb, jnp.exp(logit_scale), logit_bias, image_labels, text_labels,
+                                 axes=batch_axes, num_devices=num_devices, block_size=block_size)
         return jax.lax.psum(total, batch_axes)
 
     batch = P(batch_axes)
