@@ -214,7 +214,7 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
 
 def load_named(name: str, weights: str, *, allow_pickle: bool = False) -> Pretrained:
     """OpenCLIP model `name` (a key of `MODEL_CONFIGS`) with the weights in file `weights`; the BPE vocabulary
-    is looked for next to the weights, then in an installed open_clip."""
+    is looked for next to the weights, else the copy shipped with mmjax is used."""
     if name not in MODEL_CONFIGS:
         raise KeyError(f"unknown OpenCLIP model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
     return _assemble(copy.deepcopy(MODEL_CONFIGS[name]), {}, weights, f"open_clip:{name}", allow_pickle, None,

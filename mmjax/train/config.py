@@ -13,8 +13,10 @@ import ml_collections
 
 from mmjax.data import synthetic
 from mmjax.models import layers, registry
+from mmjax.train import multihost
 
 LOSSES = ("clip", "sigmoid")
+DATA_NAMES = ("synthetic", "arrayrecord", "tfds", "mixture")
 REMAT_POLICIES = tuple(layers.REMAT_POLICIES)
 DTYPES = ("float32", "bfloat16")
 
@@ -34,9 +36,21 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     # (the synthetic data's labels); False is plain one-to-one contrastive training.
     c.multi_positive = True
     c.data = ml_collections.ConfigDict(dict(
-        name="synthetic", seed=0, num_workers=1, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)))
+        name="synthetic", seed=0, num_workers=1, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+        # Real data (name arrayrecord | tfds | mixture; see mmjax/data/mixture.py): `sources` are data directories
+        # from `mmjax data convert` or "tfds:NAME"; a mixture draws them in the proportions of `weights`.
+        sources=(), weights=(), tfds_split="train", tfds_data_dir="",
+        tokenizer="",  # a fixed-length tokenizer.json; "" = the synthetic world's word-level tokenizer
+        augment=True, crop_scale=(0.9, 1.0), crop_ratio=(3 / 4, 4 / 3), caption_sampling="random",
+        max_caption_chars=1000,
+        # Stop when more than this fraction of the samples read was skipped (checked at log steps once
+        # `skip_check_min_samples` samples were read).
+        max_skip_fraction=0.01, skip_check_min_samples=1000))
     c.seed = 0
     c.batch_size = 256
+    # Micro-batches per step: the towers run on batch_size / accum_steps examples at a time and the
+    # gradient still equals the full batch's (GradCache, mmjax/train/accumulation.py).
+    c.accum_steps = 1
     c.total_steps = 1000
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=2e-3, warmup_steps=100, final_lr_ratio=0.0,
@@ -45,6 +59,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         # biases, norm scales, logit scale/bias, positional embeddings, class token, MAP probe.
         no_decay=("bias$", "scale$", "pos_embed/", "cls/token$", "probe$")))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Multi-process runs (mmjax/train/multihost.py): "auto" starts jax.distributed from these keys, the
+    # MMJAX_* / JAX_* environment or a detected TPU / SLURM cluster; "" / 0 / -1 = not given here.
+    c.distributed = ml_collections.ConfigDict(dict(
+        initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
@@ -81,6 +99,30 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _validate_data(c: ml_collections.ConfigDict) -> None:
+    d = c.data
+    _require(d.name in DATA_NAMES, f"config.data.name={d.name!r} must be one of {DATA_NAMES}")
+    if d.name == "synthetic":
+        return
+    _require(not c.multi_positive, f"config.multi_positive=True needs the synthetic data's labels; "
+             f"set --config.multi_positive=False for data.name={d.name!r}")
+    count = {"arrayrecord": "exactly 1", "tfds": "exactly 1", "mixture": "at least 2"}[d.name]
+    _require((len(d.sources) == 1) if d.name != "mixture" else (len(d.sources) >= 2),
+             f"config.data.sources={tuple(d.sources)} must name {count} source(s) for data.name={d.name!r}")
+    tfds_ok = all(str(s).startswith("tfds:") for s in d.sources) if d.name == "tfds" else True
+    _require(tfds_ok, f"config.data.sources={tuple(d.sources)}: data.name='tfds' needs 'tfds:NAME'")
+    _require(d.name != "mixture" or (len(d.weights) == len(d.sources) and min(d.weights) > 0),
+             f"config.data.weights={tuple(d.weights)} must be {len(d.sources)} positive numbers, one per source")
+    _require(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+             f"config.data.crop_scale={tuple(d.crop_scale)} must be (low, high) with 0 < low ≤ high ≤ 1")
+    _require(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+             f"config.data.crop_ratio={tuple(d.crop_ratio)} must be (low, high) with 0 < low ≤ high")
+    _require(d.caption_sampling in ("random", "first"),
+             f"config.data.caption_sampling={d.caption_sampling!r} must be 'random' or 'first'")
+    _require(d.max_caption_chars > 0, f"config.data.max_caption_chars={d.max_caption_chars} must be positive")
+    _require(0 <= d.max_skip_fraction <= 1, f"config.data.max_skip_fraction={d.max_skip_fraction} must be in [0, 1]")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise `ConfigError` (one line) for a value that cannot work."""
     _require(c.model in registry.list_models(),
@@ -91,9 +133,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"config.loss='sigmoid' needs a model with a logit bias; {c.model!r} has none (use a SigLIP model)")
     _require(c.model_options.remat_policy in REMAT_POLICIES,
              f"config.model_options.remat_policy={c.model_options.remat_policy!r} must be one of {REMAT_POLICIES}")
+    _require(c.distributed.initialize in multihost.MODES,
+             f"config.distributed.initialize={c.distributed.initialize!r} must be one of {multihost.MODES}")
     _require(c.model_options.dtype in DTYPES, f"config.model_options.dtype={c.model_options.dtype!r} must be one of {DTYPES}")
-    _require(c.data.name == "synthetic", f"config.data.name={c.data.name!r}: only 'synthetic' is available")
+    _validate_data(c)
     _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be positive")
+    _require(c.accum_steps > 0 and c.batch_size % c.accum_steps == 0,
+             f"config.accum_steps={c.accum_steps} must divide config.batch_size={c.batch_size}")
     _require(c.total_steps > 0, f"config.total_steps={c.total_steps} must be positive")
     _require(0 <= c.optim.warmup_steps < c.total_steps,
              f"config.optim.warmup_steps={c.optim.warmup_steps} must be in [0, total_steps={c.total_steps})")

@@ -13,16 +13,20 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from mmjax.data.pipeline import train_dataset
+from mmjax.data.pipeline import config_train_dataset
+from mmjax.data.skips import SkipMonitor
+from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, make_mesh
+from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints
 from mmjax.train.config import ConfigError, validate
 from mmjax.train.metrics import MetricsWriter
+from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
+from mmjax.train.workdir import CONFIG_FILE, TOKENIZER_FILE, load_config, save_config, workdir_tokenizer
 
 
 RESUME_KEYS = ("model", "loss", "batch_size", "data.seed", "data.name")
@@ -52,6 +56,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     """Train (or resume) into `workdir` until `config.total_steps`, or until step
     `stop_after` (a checkpoint is written there; run again to continue)."""
     validate(config)
+    initialize_distributed(config.distributed)  # before anything touches a device
     mesh = make_mesh(**config.mesh)
     multiple = batch_size_multiple(mesh) * jax.process_count()
     if config.batch_size % multiple:
@@ -60,7 +65,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     model_config = get_config(config.model, **config.model_options)
     _check_resumable(workdir, config)
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length)
+    if config.data.tokenizer:  # a real data set's tokenizer, kept in the workdir for evaluation
+        tokenizer = Tokenizer.load(config.data.tokenizer)
+        if tokenizer.context_length != model_config.text.context_length:
+            raise ConfigError(f"config.data.tokenizer pads to {tokenizer.context_length} tokens but model "
+                              f"{config.model} reads {model_config.text.context_length}")
+        if jax.process_index() == 0:
+            tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+    else:
+        tokenizer = workdir_tokenizer(workdir, model_config.text.context_length)
     if tokenizer.vocab_size > model_config.text.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {config.model} only "
                           f"{model_config.text.vocab_size}")
@@ -70,8 +83,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     model = TwoTower(model_config)
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
-    data = iter(train_dataset(config.data.seed, config.batch_size, model_config.vision.image_size, tokenizer,
-                              config.data.num_workers))
+    data = iter(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size, tokenizer))
+    skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
@@ -80,7 +93,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     step_fn = jit_train_step(
         make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
                         loss=config.loss, multi_positive=config.multi_positive,
-                        image_mean=config.data.image_mean, image_std=config.data.image_std),
+                        image_mean=config.data.image_mean, image_std=config.data.image_std,
+                        accum_steps=config.accum_steps),
         shardings, mesh)
 
     start = int(state.step)
@@ -89,25 +103,34 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     config_json = config.to_dict()
     to_mesh = lambda batch: jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
-    last_time, last_step, first_log = time.perf_counter(), start, True
+    last_time, last_step, first_log, data_wait = time.perf_counter(), start, True, 0.0
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
             for step in range(start + 1, end + 1):
-                state, metrics = step_fn(state, to_mesh(next(data)))
+                wait_start = time.perf_counter()
+                batch = next(data)
+                data_wait += time.perf_counter() - wait_start
+                batch = to_mesh(batch)
+                if step == start + 1:  # compile ahead of time to read the program's bytes per device
+                    step_fn = step_fn.lower(state, batch).compile()
+                    memory = memory_per_device(step_fn)
+                state, metrics = step_fn(state, batch)
                 writer.advance(1)
                 if step == start + 1:  # the first step compiles: time the rest without it
                     jax.block_until_ready(metrics)
                     now = time.perf_counter()
-                    first_step_s, last_time, last_step = now - last_time, now, step
+                    first_step_s, last_time, last_step, data_wait = now - last_time, now, step, 0.0
                 if step % config.log_every == 0 or step == end:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
                     seconds_per_step = (now - last_time) / (step - last_step) if step > last_step else first_step_s
-                    metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step)
+                    metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step,
+                                   data_wait_s=data_wait / max(step - last_step, 1), **skips.update(step))
                     if first_log:
                         metrics["first_step_s"], first_log = first_step_s, False  # includes compilation
+                        metrics.update(memory)
                     writer.write(step, metrics)
-                    last_time, last_step = now, step
+                    last_time, last_step, data_wait = now, step, 0.0
                 if step % config.checkpoint_every == 0 or step == end:
                     checkpoints.save(step, state, data, config_json)
         checkpoints.wait()

@@ -17,32 +17,39 @@ from mmjax.data.transforms import normalize_images
 from mmjax.losses import sharded_clip_loss, sharded_sigmoid_loss
 from mmjax.models import TwoTower
 from mmjax.parallel import batch_sharding, replicated
+from mmjax.train.accumulation import make_value_and_grad
 from mmjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh, *,
-                    loss: str, multi_positive: bool, image_mean, image_std) -> Callable:
+                    loss: str, multi_positive: bool, image_mean, image_std, accum_steps: int = 1) -> Callable:
     """A step for `loss` ("clip" or "sigmoid").
 
     batch: `image` uint8 `[B, H, W, 3]`, `text` int32 `[B, L]` and, when
-    `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`.
+    `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`. With `accum_steps > 1`
+    the towers run on `accum_steps` micro-batches and the gradient still equals the
+    full-batch one (`mmjax.train.accumulation`).
     """
 
-    def loss_fn(params, batch: Batch):
+    def embed_fn(params, batch: Batch):
         images = normalize_images(batch["image"], image_mean, image_std)
-        image_emb, text_emb, aux = model.apply({"params": params}, image=images, text=batch["text"])
+        return model.apply({"params": params}, image=images, text=batch["text"])
+
+    def loss_fn(image_emb, text_emb, aux, batch: Batch):
         labels = (batch["image_labels"], batch["text_labels"]) if multi_positive else (None, None)
         if loss == "clip":
             value = sharded_clip_loss(image_emb, text_emb, aux["logit_scale"], *labels, mesh=mesh)
         else:
             value = sharded_sigmoid_loss(image_emb, text_emb, aux["logit_scale"], aux["logit_bias"], *labels,
                                          mesh=mesh)
-        return value, aux
+        return value
+
+    value_and_grad = make_value_and_grad(embed_fn, loss_fn, accum_steps, batch_sharding(mesh))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        (value, aux), grads = value_and_grad(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),

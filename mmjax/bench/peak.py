@@ -1,0 +1,48 @@
+"""The peak FLOP/s that MFU is measured against.
+
+Accelerators: the vendor's dense bf16 peak by device kind. CPU: measured in the same
+run as the benchmark, the median rate of a large float32 matmul (XLA's best case).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per device (vendor data sheets), matched by substring of `device_kind`.
+BF16_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v6": 918e12,
+    "TPU v5p": 459e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v4": 275e12,
+}
+
+
+def device_peak_flops(device: jax.Device) -> float | None:
+    """The table's bf16 peak of `device`, or None (CPU, or a device kind not in the table)."""
+    for kind, peak in BF16_PEAK_FLOPS.items():
+        if kind.lower() in device.device_kind.lower():
+            return peak
+    return None
+
+
+def measure_matmul_flops(size: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
+    """Median FLOP/s of `[size, size] @ [size, size]` on the default device."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(times)

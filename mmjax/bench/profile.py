@@ -1,0 +1,82 @@
+"""Where a compiled step's time goes: a `jax.profiler` trace, its XLA ops grouped by model part.
+
+On CPU, per-op events need `--xla_cpu_enable_xprof_traceme=true` in `XLA_FLAGS` before JAX
+starts (`mmjax bench train-step --profile DIR` sets it). Each op (a fusion, a matmul) is
+named in the compiled HLO; the JAX source path in its metadata (`…/attn/…`, `…/mlp/…`,
+`transpose(…)` for the backward pass) says which part of the model it computes. Op times
+overlap when XLA runs independent ops at once, so the parts are shares of the summed op time.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+from typing import Any, Callable
+
+import jax
+
+PARTS = (("attention", ("/attn/",)), ("mlp", ("/mlp/",)), ("layernorm", ("/ln",)),
+         ("embeddings", ("patch_embed", "token_embed", "pos_embed", "/cls/")), ("loss", ("loss",)),
+         ("optimizer", ("adam", "clip_by_global_norm", "apply_updates", "optax", "scale_by")))
+
+
+def _op_table(hlo: str) -> dict[str, tuple[str, str]]:
+    """`{op name: (JAX source path, "matmul" | "elementwise")}` for the ops of an optimised HLO module."""
+    computations, current = {}, None
+    for line in hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            current = computations.setdefault(header.group(1), [])
+        elif current is not None:
+            current.append(line)
+    table = {}
+    for body in computations.values():
+        for line in body:
+            named = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+            if not named:
+                continue
+            called = re.search(r"calls=%?([\w.\-]+)", line)
+            lines = [line] + computations.get(called.group(1), []) if called else [line]
+            paths = [m.group(1) for l in lines for m in [re.search(r'op_name="([^"]+)"', l)] if m]
+            kind = "matmul" if any(re.search(r"\b(dot|convolution)\(", l) for l in lines) else "elementwise"
+            table[named.group(1)] = (paths[0] if paths else "", kind)
+    return table
+
+
+def classify(path: str) -> tuple[str, str]:
+    """`(part, "forward" | "backward")` of a JAX source path from HLO metadata."""
+    direction = "backward" if "transpose(" in path else "forward"
+    for part, needles in PARTS:
+        if any(needle in path for needle in needles):
+            return part, direction
+    return "other", direction
+
+
+def profile_steps(compiled: Any, run: Callable[[], None], steps: int, directory: str) -> dict[str, Any]:
+    """Trace `steps` calls of `run` into `directory`; the summed op time per step by
+    `part/direction/kind`, largest first, in milliseconds, with each one's share."""
+    jax.profiler.start_trace(directory, create_perfetto_trace=True)
+    for _ in range(steps):
+        run()
+    jax.profiler.stop_trace()
+    traces = sorted(glob.glob(os.path.join(directory, "**", "*perfetto_trace.json.gz"), recursive=True),
+                    key=os.path.getmtime)
+    if not traces:
+        raise FileNotFoundError(f"the profiler wrote no perfetto trace under {directory}")
+    with gzip.open(traces[-1]) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    table = _op_table(compiled.as_text())
+    totals = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in table:
+            path, kind = table[event["name"]]
+            part, direction = classify(path)
+            totals[f"{part}/{direction}/{kind}"] += event["dur"] / 1e3 / steps
+    whole = sum(totals.values()) or 1.0
+    return {"trace": traces[-1], "op_ms_per_step": round(whole, 2),
+            "by_part": {name: {"ms": round(ms, 2), "share": round(ms / whole, 3)} for name, ms in totals.most_common()}}

@@ -1,0 +1,99 @@
+"""Timing one jitted training step (AdamW, clipping, CLIP loss) on synthetic data.
+
+The step is the one `mmjax train` runs (`mmjax.train.step`), compiled ahead of time
+for the given mesh, so its cost analysis (FLOPs) and memory analysis (bytes per
+device) come from the very program that is timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from mmjax.bench.flops import train_step_flops
+from mmjax.bench.profile import profile_steps
+from mmjax.models import TwoTower, TwoTowerConfig, get_config
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, make_mesh
+from mmjax.parallel.memory import memory_per_device
+from mmjax.train.config import base_config
+from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.state import create_train_state, state_shardings
+from mmjax.train.step import jit_train_step, make_train_step
+
+IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+def synthetic_batch(config: TwoTowerConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random uint8 images `[B, S, S, 3]` and token ids int32 `[B, L]` (end-of-text = the row's largest id)."""
+    rng = np.random.default_rng(seed)
+    size, length, vocab = config.vision.image_size, config.text.context_length, config.text.vocab_size
+    tokens = rng.integers(1, vocab - 1, (batch, length), dtype=np.int32)
+    tokens[np.arange(batch), rng.integers(1, length, batch)] = vocab - 1
+    return {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), "text": tokens}
+
+
+def _step_times(run, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = None, dtype: str = "float32",
+                     scan_layers: bool = False, remat_policy: str = "none", steps: int = 10,
+                     warmup: int = 2, profile_dir: str | None = None) -> dict[str, Any]:
+    """Compile and time the training step of `model` on `batch` synthetic pairs.
+
+    Returns `step_time_s` (median of `steps` timed steps after `warmup`), `step_times_s`,
+    `examples_per_s`, `compile_s`, `flops_per_step` (XLA's cost analysis of one device's
+    program × devices), `analytic_flops_per_step` (`mmjax.bench.flops`) and their ratio,
+    and the memory analysis (`memory_per_device_bytes`, …). With `profile_dir`, 3 more steps are
+    traced there and `profile` breaks their time down by model part (`mmjax.bench.profile`).
+    """
+    mesh = make_mesh(**(mesh or {"data": -1}))
+    if batch % batch_size_multiple(mesh):
+        raise ValueError(f"--batch={batch} must be a multiple of {batch_size_multiple(mesh)} "
+                         f"(the data×fsdp devices of mesh {dict(mesh.shape)})")
+    model_config = get_config(model, dtype=dtype, scan_layers=scan_layers, remat_policy=remat_policy)
+    flax_model = TwoTower(model_config)
+    optim = base_config(model, "clip").optim
+    total_steps = 10_000
+    tx = make_optimizer(optim, total_steps)
+    shardings = state_shardings(flax_model, tx, mesh)
+    step_fn = jit_train_step(make_train_step(flax_model, tx, learning_rate_schedule(optim, total_steps), mesh,
+                                             loss="clip", multi_positive=False, image_mean=IMAGE_MEAN,
+                                             image_std=IMAGE_STD), shardings, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        state = create_train_state(flax_model, tx, jax.random.key(0), shardings)
+        inputs = jax.device_put(synthetic_batch(model_config, batch), batch_sharding(mesh))
+        start = time.perf_counter()
+        compiled = step_fn.lower(state, inputs).compile()
+        compile_s = time.perf_counter() - start
+
+        def run():
+            nonlocal state
+            state, metrics = compiled(state, inputs)
+            jax.block_until_ready((state, metrics))
+
+        times = _step_times(run, warmup, steps)
+        profile = {} if profile_dir is None else {"profile": profile_steps(compiled, run, 3, profile_dir)}
+    step_time = statistics.median(times)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per program in older JAX versions
+    xla_flops = float(cost["flops"]) * mesh.devices.size
+    analytic = train_step_flops(model_config, batch)
+    return {"model": model, "batch": batch, "mesh": dict(mesh.shape), "dtype": dtype, "scan_layers": scan_layers,
+            "remat_policy": remat_policy, "devices": mesh.devices.size, "device_kind": mesh.devices.flat[0].device_kind,
+            "step_time_s": step_time, "step_times_s": times, "examples_per_s": batch / step_time,
+            "compile_s": compile_s, "flops_per_step": xla_flops, "analytic_flops_per_step": analytic["total"],
+            "flops_ratio_xla_to_analytic": xla_flops / analytic["total"], "analytic_flops_by_part": analytic,
+            **memory_per_device(compiled), **profile}

@@ -1,0 +1,133 @@
+"""`mmjax bench NAME`: benchmarks, one sub-benchmark per entry of `BENCHMARKS`.
+
+    mmjax bench train-step --model bench-tiny --batch 64 --threads 2 [--mesh data=2,fsdp=1,tensor=1]
+                           [--dtype bfloat16] [--steps 10] [--scan_layers] [--remat dots] [--noopen_clip]
+
+Progress goes to stderr and a summary to stdout; the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Callable
+
+from absl import flags
+
+from mmjax.models.layers import REMAT_POLICIES
+
+
+def _define_train_step_flags() -> None:
+    flags.DEFINE_string("model", "bench-tiny", "Registered model name (`mmjax models`).")
+    flags.DEFINE_integer("batch", 64, "Global batch size (pairs).", lower_bound=1)
+    flags.DEFINE_integer("threads", None, "CPU threads for XLA and torch (default: all the process may use).",
+                         lower_bound=1)
+    flags.DEFINE_string("mesh", "data=-1", "Mesh sizes, e.g. data=2,fsdp=2,tensor=2 (one may be -1).")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
+    flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).", lower_bound=1)
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.", lower_bound=0)
+    flags.DEFINE_bool("scan_layers", False, "Scan the transformer layers.")
+    flags.DEFINE_enum("remat", "none", list(REMAT_POLICIES), "Rematerialisation policy.")
+    flags.DEFINE_bool("open_clip", True, "On CPU, also time OpenCLIP's step on the same model when it is installed.")
+    flags.DEFINE_bool("hugepages", True, "On Linux, re-run the process with glibc's malloc on transparent huge "
+                      "pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; see mmjax/bench/hugepages.py).")
+    flags.DEFINE_string("profile", None, "Also trace 3 steps into this directory and print where their time goes.")
+    flags.DEFINE_integer("peak_size", 2048, "On CPU, the side of the float32 matmul whose rate is the MFU peak.",
+                         lower_bound=64)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """`"data=2,fsdp=1"` → `{"data": 2, "fsdp": 1}`; unknown axes or non-integers raise ValueError."""
+    from mmjax.parallel import MESH_AXES
+
+    sizes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in MESH_AXES or not value.lstrip("-").isdigit():
+            raise ValueError(f"--mesh={text!r}: use AXIS=SIZE items with AXIS in {MESH_AXES}, e.g. data=2,tensor=2")
+        sizes[name] = int(value)
+    return sizes
+
+
+def _train_step(argv: list[str]) -> None:
+    from mmjax.bench.hugepages import hugepages_enabled, reexec_with_hugepages
+    from mmjax.bench.threads import limit_threads
+
+    f = flags.FLAGS
+    mesh = parse_mesh(f.mesh)
+    if f.hugepages:
+        reexec_with_hugepages(["-m", "mmjax.cli", *sys.argv[1:]])
+    threads = limit_threads(f.threads)  # before JAX starts its CPU backend
+    if f.profile:  # XLA:CPU emits per-op trace events only with this flag
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+    import jax
+
+    from mmjax.bench.open_clip_reference import bench_open_clip_step, open_clip_available
+    from mmjax.bench.peak import device_peak_flops, measure_matmul_flops
+    from mmjax.bench.train_step import bench_train_step, synthetic_batch
+    from mmjax.models import get_config, param_count
+
+    device = jax.devices()[0]
+    result = bench_train_step(f.model, f.batch, mesh=mesh, dtype=f.dtype, scan_layers=f.scan_layers,
+                              remat_policy=f.remat, steps=f.steps, warmup=f.warmup, profile_dir=f.profile)
+    result.update(threads=threads, param_count=param_count(f.model), platform=device.platform,
+                  malloc_hugepages=hugepages_enabled())
+    if device.platform == "cpu":
+        peak, result["peak_source"] = measure_matmul_flops(f.peak_size), f"measured float32 matmul {f.peak_size}²"
+    else:
+        peak, result["peak_source"] = device_peak_flops(device), f"bf16 peak of {device.device_kind}"
+    result["peak_flops"] = peak
+    achieved = result["analytic_flops_per_step"] / result["step_time_s"]
+    result["achieved_flops_per_s"] = achieved
+    result["mfu"] = achieved / (peak * result["devices"]) if peak else None
+    if device.platform == "cpu" and f.open_clip and open_clip_available():
+        print("timing OpenCLIP's step on the same model …", file=sys.stderr, flush=True)
+        reference = bench_open_clip_step(get_config(f.model), synthetic_batch(get_config(f.model), f.batch),
+                                         steps=f.steps, warmup=f.warmup)
+        if reference["param_count"] != result["param_count"]:
+            raise ValueError(f"OpenCLIP's {f.model} has {reference['param_count']} parameters, "
+                             f"mmjax's {result['param_count']}")
+        result["open_clip"] = reference
+        result["ratio_to_open_clip"] = result["step_time_s"] / reference["step_time_s"]
+    _print_summary(result)
+    print(json.dumps(result))
+
+
+def _print_summary(result: dict) -> None:
+    print(f"{result['model']} batch {result['batch']} mesh {result['mesh']} {result['dtype']} "
+          f"on {result['devices']}× {result['device_kind']}, {result['threads']} thread(s)")
+    print(f"  step {result['step_time_s'] * 1e3:.1f} ms  {result['examples_per_s']:.1f} examples/s  "
+          f"compile {result['compile_s']:.1f} s")
+    print(f"  FLOPs/step: XLA {result['flops_per_step']:.4g}, analytic {result['analytic_flops_per_step']:.4g} "
+          f"(ratio {result['flops_ratio_xla_to_analytic']:.3f})")
+    mfu = "n/a (unknown peak)" if result["mfu"] is None else f"{result['mfu']:.1%}"
+    print(f"  {result['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s, peak {result['peak_flops'] or 0:.4g} "
+          f"({result['peak_source']}): MFU {mfu}")
+    if "memory_per_device_bytes" in result:
+        print(f"  memory per device {result['memory_per_device_bytes'] / 2**20:.1f} MiB")
+    if "profile" in result:
+        print(f"  profile ({result['profile']['op_ms_per_step']:.0f} ms of XLA ops per step; trace "
+              f"{result['profile']['trace']}):")
+        for name, part in list(result["profile"]["by_part"].items())[:12]:
+            print(f"    {part['ms']:8.1f} ms  {part['share']:6.1%}  {name}")
+    if "open_clip" in result:
+        print(f"  OpenCLIP step {result['open_clip']['step_time_s'] * 1e3:.1f} ms: "
+              f"mmjax/OpenCLIP = {result['ratio_to_open_clip']:.3f}")
+
+
+# Sub-benchmarks: name → (define its flags, run it). Flags of all of them are defined together.
+BENCHMARKS: dict[str, tuple[Callable[[], None], Callable[[list[str]], None]]] = {
+    "train-step": (_define_train_step_flags, _train_step),
+}
+
+
+def define_flags() -> None:
+    for define, _ in BENCHMARKS.values():
+        define()
+
+
+def run(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in BENCHMARKS:
+        raise ValueError(f"usage: mmjax bench {{{'|'.join(BENCHMARKS)}}} [flags]; got {' '.join(argv[1:]) or 'nothing'}")
+    BENCHMARKS[argv[1]][1](argv[1:])

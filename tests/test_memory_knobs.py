@@ -1,0 +1,68 @@
+"""Mixed precision and rematerialisation chosen by config: bf16 compute keeps float32 parameters,
+optimizer state and loss and tracks the float32 run; remat policies shrink the step's temporaries."""
+
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mmjax.models as models
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
+from mmjax.parallel.memory import memory_per_device
+from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.state import create_train_state, state_shardings
+from mmjax.train.step import jit_train_step, make_train_step
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train import _batches, _test_config  # noqa: E402
+
+
+def _run(config, batches, **options):
+    """Train on one device with model options; returns (state, losses, lowered step, compiled step)."""
+    mesh = make_mesh(devices=jax.devices()[:1])
+    model = models.TwoTower(models.get_config(config.model, **options))
+    tx = make_optimizer(config.optim, config.total_steps)
+    shardings = state_shardings(model, tx, mesh)
+    step = jit_train_step(make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
+                                          loss="clip", multi_positive=True, image_mean=(0.5,) * 3,
+                                          image_std=(0.5,) * 3), shardings, mesh)
+    losses = []
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        state = create_train_state(model, tx, jax.random.key(0), shardings)
+        lowered = step.lower(state, jax.device_put(batches[0], batch_sharding(mesh)))
+        compiled = lowered.compile()
+        for batch in batches:
+            state, metrics = compiled(state, jax.device_put(batch, batch_sharding(mesh)))
+            assert metrics["loss"].dtype == jnp.float32
+            losses.append(float(metrics["loss"]))
+    return state, np.array(losses), lowered, compiled
+
+
+@pytest.fixture(scope="module")
+def float32_run():
+    config = _test_config("clip")
+    config.optim.learning_rate = 1e-3
+    batches = _batches(config, 4)
+    return config, batches, _run(config, batches)
+
+
+def test_bfloat16_compute_keeps_float32_state_and_tracks_the_float32_loss(float32_run):
+    config, batches, (_, full_losses, _, _) = float32_run
+    half, half_losses, lowered, _ = _run(config, batches, dtype="bfloat16")
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(half.params))
+    assert all(leaf.dtype in (jnp.float32, jnp.int32) for leaf in jax.tree.leaves(half.opt_state))
+    # The program asks for bf16 matmuls (XLA:CPU then runs them in float32; GPUs and TPUs in bf16).
+    dots = [line for line in lowered.as_text().splitlines() if "stablehlo.dot_general" in line]
+    assert sum(line.rstrip().endswith("bf16>") for line in dots) > len(dots) // 2, dots[:3]
+    assert full_losses[-1] < full_losses[0]  # it learns
+    np.testing.assert_allclose(half_losses, full_losses, rtol=0.02)
+
+
+def test_remat_policies_chosen_by_config_shrink_the_step_temporaries(float32_run):
+    config, batches, (_, _, _, compiled) = float32_run
+    full_remat = _run(config, batches[:1], remat_policy="full")[3]
+    assert memory_per_device(full_remat)["temp_bytes"] < memory_per_device(compiled)["temp_bytes"]

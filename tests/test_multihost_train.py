@@ -1,0 +1,118 @@
+"""Two JAX processes (gloo on CPU, 4 devices each) train together to the parameters of one
+process with 8 devices and the same global batch; multi-process settings come from the
+config or the environment."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+import mmjax.models as models
+from mmjax.data import Tokenizer
+from mmjax.parallel import logical_shardings, make_mesh
+from mmjax.train.checkpoint import Checkpoints
+from mmjax.train.config import base_config
+from mmjax.train.loop import train
+from mmjax.train.multihost import explicit_settings, initialize_distributed
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "configs"))
+import clip_tiny  # noqa: E402
+
+# The worker is `mmjax train` in-process: the coordinator comes from the MMJAX_* environment.
+WORKER = """
+import sys
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+sys.path.insert(0, sys.argv[2])
+import clip_tiny
+from mmjax.train.loop import train
+state = train(clip_tiny.get_config("test"), sys.argv[1])
+assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
+print("trained", int(state.step))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_settings_come_from_the_config_before_the_environment():
+    distributed = base_config("clip-test", "clip").distributed
+    assert explicit_settings(distributed, {}) == {}
+    env = {"MMJAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "MMJAX_PROCESS_ID": "3"}
+    assert explicit_settings(distributed, env) == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4,
+                                                   "process_id": 3}
+    distributed.coordinator_address, distributed.process_id = "host0:8476", 0
+    assert explicit_settings(distributed, env) == {"coordinator_address": "host0:8476", "num_processes": 4,
+                                                   "process_id": 0}
+
+
+def test_incomplete_or_malformed_settings_are_one_line_errors():
+    distributed = base_config("clip-test", "clip").distributed
+    with pytest.raises(ValueError, match="needs config.distributed.num_processes or MMJAX_NUM_PROCESSES"):
+        explicit_settings(distributed, {"MMJAX_COORDINATOR_ADDRESS": "h:1", "MMJAX_PROCESS_ID": "0"})
+    with pytest.raises(ValueError, match="MMJAX_NUM_PROCESSES='two' is not an integer"):
+        explicit_settings(distributed, {"MMJAX_COORDINATOR_ADDRESS": "h:1", "MMJAX_PROCESS_ID": "0",
+                                        "MMJAX_NUM_PROCESSES": "two"})
+    with pytest.raises(ValueError, match=r"process_id in \[0, num_processes\)"):
+        explicit_settings(distributed, {"MMJAX_COORDINATOR_ADDRESS": "h:1", "MMJAX_PROCESS_ID": "2",
+                                        "MMJAX_NUM_PROCESSES": "2"})
+    distributed.initialize = "sometimes"
+    with pytest.raises(ValueError, match="config.distributed.initialize='sometimes'"):
+        initialize_distributed(distributed, {})
+
+
+def test_single_process_without_settings_does_not_start_the_distributed_runtime():
+    assert initialize_distributed(base_config("clip-test", "clip").distributed, {}) is False
+    assert not jax.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
+    config = clip_tiny.get_config("test")
+    shared = tmp_path / "two_processes"
+    shared.mkdir()
+    # Written once up front: both processes would otherwise race to create it.
+    Tokenizer.for_synthetic(models.get_config(config.model).text.context_length).save(str(shared / "tokenizer.json"))
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = free_port()
+    workers = []
+    for process_id in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
+        env.pop("XLA_FLAGS", None)
+        workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs")], cwd=REPO,
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        for worker in workers:
+            stdout, stderr = worker.communicate(timeout=300)
+            assert worker.returncode == 0, stderr[-3000:]
+            assert stdout.strip().splitlines()[-1] == f"trained {config.total_steps}"
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+    want = train(config, str(tmp_path / "one_process"))  # 8 devices, mesh data=8: the same global program
+    for workdir in (shared, tmp_path / "one_process"):  # the first log line has the step's bytes per device
+        first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["memory_per_device_bytes"] >= first["argument_bytes"] > 0
+    boxed = models.abstract_params(models.get_config(config.model))
+    shardings = logical_shardings(boxed, make_mesh(data=1, devices=jax.devices()[:1]))
+    targets = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
+    got, step = Checkpoints(str(shared), read_only=True).restore_params(targets)
+    assert step == config.total_steps
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), jax.device_get(got),
+                 jax.device_get(want.params))
