@@ -17,7 +17,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_analytic_count_of_bench_tiny_by_hand():
-    # Per block and token: q, k, v, out 4·D² and MLP 2·D·M multiply-adds, attention 2·T·D; ×2 FLOPs, ×3 for training.
+    # Per block and token: q, k, v, out 4·D² and MLP 2·D·M multiply-adds, attention 2·T·D;
+    # ×2 FLOPs per multiply-add, ×3 for training (×2 for the patch embedding: no gradient for the images).
     d, m, b = 192, 768, 64
     image_tokens, text_tokens = 65, 32
     per_token_layer = lambda t: 2 * (4 * d * d + 2 * d * m + 2 * t * d)

@@ -23,7 +23,8 @@ from mmjax.train.step import jit_train_step, make_train_step
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train import _batches, _reference_params, _test_config  # noqa: E402
 
-MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=4×tensor=2": (4, 1, 2), "data=2×fsdp=2×tensor=2": (2, 2, 2)}
+MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=4×tensor=2": (4, 1, 2),
+          "data=2×fsdp=2×tensor=2": (2, 2, 2)}
 
 
 def _train(config, batches, shape):
@@ -66,8 +67,10 @@ def test_every_mesh_trains_to_the_single_device_parameters_with_the_state_sharde
     layer = state.params["image_encoder"]["encoder"]["layers_0"]
     adam = state.opt_state[1][0]
     mu, nu = (m["image_encoder"]["encoder"]["layers_0"] for m in (adam.mu, adam.nu))
-    expected = {("mlp", "fc1", "kernel"): (32 // fsdp, 64 // tensor), ("mlp", "fc2", "kernel"): (64 // tensor, 32 // fsdp),
-                ("attn", "query", "kernel"): (32 // fsdp, 2 // tensor, 16), ("attn", "out", "kernel"): (2 // tensor, 16, 32 // fsdp),
+    expected = {("mlp", "fc1", "kernel"): (32 // fsdp, 64 // tensor),
+                ("mlp", "fc2", "kernel"): (64 // tensor, 32 // fsdp),
+                ("attn", "query", "kernel"): (32 // fsdp, 2 // tensor, 16),
+                ("attn", "out", "kernel"): (2 // tensor, 16, 32 // fsdp),
                 ("mlp", "fc1", "bias"): (64 // tensor,), ("ln_1", "scale"): (32,)}
     for path, shape in expected.items():
         for tree in (layer, mu, nu):

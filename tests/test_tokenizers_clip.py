@@ -80,3 +80,24 @@ def test_the_two_flavours_differ_where_the_references_do(merges, tmp_path):
     hf_ids = np.array(reference(text, padding="max_length", max_length=77, truncation=True)["input_ids"])
     assert not np.array_equal(open_clip_ids != 0, hf_ids != 49407)
     np.testing.assert_array_equal(open_clip_ids, open_clip.tokenizer.SimpleTokenizer()(text).numpy())
+
+
+def test_training_tokenizer_choices(tmp_path):
+    """`config.data.tokenizer`: "clip-bpe" is OpenCLIP's tokenizer; a file is copied into the workdir and must pad
+    to the model's context length; a missing file is one clear error."""
+    from mmjax.data.tokenizers import Tokenizer
+    from mmjax.train.workdir import workdir_tokenizer
+
+    texts = _strings()[:40]
+    clip = workdir_tokenizer(str(tmp_path / "a"), 32, "clip-bpe")
+    np.testing.assert_array_equal(clip(texts), open_clip.tokenizer.SimpleTokenizer(context_length=32)(texts).numpy())
+    spec = str(tmp_path / "words.json")
+    Tokenizer.from_corpus(["a red circle", "a blue square"], context_length=8).save(spec)
+    (tmp_path / "b").mkdir()
+    copied = workdir_tokenizer(str(tmp_path / "b"), 8, spec)
+    assert copied(["a red square"]).tolist() == [[2, 3, 6, 7, 8, 0, 0, 0]]  # pad 0, unk 1, sot 2, words, eot last
+    assert (tmp_path / "b" / "tokenizer.json").exists()
+    with pytest.raises(ValueError, match="pads to 8 tokens but the model reads 16"):
+        workdir_tokenizer(str(tmp_path / "c"), 16, spec)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        workdir_tokenizer(str(tmp_path / "d"), 8, str(tmp_path / "missing.json"))

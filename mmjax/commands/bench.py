@@ -129,5 +129,6 @@ def define_flags() -> None:
 
 def run(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in BENCHMARKS:
-        raise ValueError(f"usage: mmjax bench {{{'|'.join(BENCHMARKS)}}} [flags]; got {' '.join(argv[1:]) or 'nothing'}")
+        got = " ".join(argv[1:]) or "nothing"
+        raise ValueError(f"usage: mmjax bench {{{'|'.join(BENCHMARKS)}}} [flags]; got {got}")
     BENCHMARKS[argv[1]][1](argv[1:])

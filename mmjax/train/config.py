@@ -40,7 +40,8 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         # Real data (name arrayrecord | tfds | mixture; see mmjax/data/mixture.py): `sources` are data directories
         # from `mmjax data convert` or "tfds:NAME"; a mixture draws them in the proportions of `weights`.
         sources=(), weights=(), tfds_split="train", tfds_data_dir="",
-        tokenizer="",  # a fixed-length tokenizer.json; "" = the synthetic world's word-level tokenizer
+        # "" = the synthetic world's word-level tokenizer, "clip-bpe" = CLIP's BPE, or a fixed-length tokenizer.json
+        tokenizer="",
         augment=True, crop_scale=(0.9, 1.0), crop_ratio=(3 / 4, 4 / 3), caption_sampling="random",
         max_caption_chars=1000,
         # Stop when more than this fraction of the samples read was skipped (checked at log steps once

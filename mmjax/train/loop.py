@@ -15,7 +15,6 @@ import ml_collections
 
 from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
-from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, make_mesh
 from mmjax.parallel.memory import memory_per_device
@@ -26,7 +25,7 @@ from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.workdir import CONFIG_FILE, TOKENIZER_FILE, load_config, save_config, workdir_tokenizer
+from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
 
 
 RESUME_KEYS = ("model", "loss", "batch_size", "data.seed", "data.name")
@@ -65,15 +64,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     model_config = get_config(config.model, **config.model_options)
     _check_resumable(workdir, config)
     os.makedirs(workdir, exist_ok=True)
-    if config.data.tokenizer:  # a real data set's tokenizer, kept in the workdir for evaluation
-        tokenizer = Tokenizer.load(config.data.tokenizer)
-        if tokenizer.context_length != model_config.text.context_length:
-            raise ConfigError(f"config.data.tokenizer pads to {tokenizer.context_length} tokens but model "
-                              f"{config.model} reads {model_config.text.context_length}")
-        if jax.process_index() == 0:
-            tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
-    else:
-        tokenizer = workdir_tokenizer(workdir, model_config.text.context_length)
+    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer)
     if tokenizer.vocab_size > model_config.text.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {config.model} only "
                           f"{model_config.text.vocab_size}")

@@ -47,7 +47,8 @@ def explicit_settings(distributed: ml_collections.ConfigDict, environ: Mapping[s
         return {}
     missing = [" or ".join(("config.distributed." + key,) + ENV_NAMES[key]) for key, v in given.items() if v is None]
     if missing:
-        raise ValueError(f"multi-process training needs {', '.join(missing)} (got {', '.join(sorted(sources.values()))})")
+        got = ", ".join(sorted(sources.values()))
+        raise ValueError(f"multi-process training needs {', '.join(missing)} (got {got})")
     for key in ("num_processes", "process_id"):
         try:
             given[key] = int(given[key])

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from mmjax.data.clip_bpe import ClipBpeTokenizer
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, abstract_params, get_config
 from mmjax.parallel import logical_shardings, make_mesh
@@ -41,12 +42,29 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def workdir_tokenizer(workdir: str, context_length: int) -> Tokenizer:
-    """The run's tokenizer: loaded from the workdir, or built for the synthetic data and saved there."""
+CLIP_BPE = "clip-bpe"
+
+
+def workdir_tokenizer(workdir: str, context_length: int, spec: str = "") -> Tokenizer:
+    """The run's tokenizer, chosen by `config.data.tokenizer` (`spec`):
+
+    - `""`: the synthetic world's word-level tokenizer, built once and saved as `WORKDIR/tokenizer.json`;
+    - `"clip-bpe"`: OpenAI CLIP's BPE as OpenCLIP applies it (vocabulary shipped with mmjax), rebuilt on
+      every load because its ftfy/HTML clean-up runs in Python, outside tokenizer.json;
+    - a path: a fixed-length tokenizer.json (as `Tokenizer.save` writes), copied into the workdir.
+    """
+    if spec == CLIP_BPE:
+        return ClipBpeTokenizer.open_clip(context_length=context_length)
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path):
         return Tokenizer.load(path)
-    tokenizer = Tokenizer.for_synthetic(context_length)
+    if spec and not os.path.isfile(spec):
+        raise FileNotFoundError(f"config.data.tokenizer={spec!r}: no such file (use a tokenizer.json, "
+                                f"{CLIP_BPE!r} or '')")
+    tokenizer = Tokenizer.load(spec) if spec else Tokenizer.for_synthetic(context_length)
+    if tokenizer.context_length != context_length:
+        raise ValueError(f"config.data.tokenizer pads to {tokenizer.context_length} tokens but the model reads "
+                         f"{context_length}")
     if jax.process_index() == 0:
         tokenizer.save(path)
     return tokenizer
@@ -80,5 +98,5 @@ def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
     shardings = logical_shardings(boxed, make_mesh(data=-1))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
     params, step = checkpoints.restore_params(abstract)
-    tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
+    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
     return TrainedModel(TwoTower(model_config), params, tokenizer, config, step)
