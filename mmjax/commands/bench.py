@@ -2,6 +2,7 @@
 
     mmjax bench train-step --model bench-tiny --batch 64 --threads 2 [--mesh data=2,fsdp=1,tensor=1]
                            [--dtype bfloat16] [--steps 10] [--scan_layers] [--remat dots] [--noopen_clip]
+    mmjax bench data [--images 512] [--source_px 256] [--crop_px 224] [--batch 64]
 
 Progress goes to stderr and a summary to stdout; the last line of stdout is one JSON object.
 """
@@ -116,9 +117,29 @@ def _print_summary(result: dict) -> None:
               f"mmjax/OpenCLIP = {result['ratio_to_open_clip']:.3f}")
 
 
+def _define_data_flags() -> None:
+    flags.DEFINE_integer("images", 512, "data: JPEGs to decode.", lower_bound=1)
+    flags.DEFINE_integer("source_px", 256, "data: side of the source JPEGs (img2dataset's default 256).", lower_bound=8)
+    flags.DEFINE_integer("crop_px", 224, "data: side of the random-resized crops.", lower_bound=8)
+
+
+def _data(_argv: list[str]) -> None:
+    """Decode + random-resized crop + tokenise per core: mmjax (ArrayRecord + grain) against OpenCLIP's
+    transform and tokenizer in a torch DataLoader over webdataset tars (mmjax/bench/data.py)."""
+    from mmjax.bench.data import run as run_data
+
+    result = run_data(flags.FLAGS.images, flags.FLAGS.source_px, flags.FLAGS.crop_px, flags.FLAGS.batch)
+    theirs = result["open_clip_images_per_s_per_core"]
+    print(f"mmjax {result['mmjax_images_per_s_per_core']:.0f} images/s/core", end="")
+    print(f", OpenCLIP {theirs:.0f} images/s/core, ratio {result['ratio']:.2f}" if theirs else "", end="")
+    print(f" ({result['reference']})")
+    print(json.dumps(result))
+
+
 # Sub-benchmarks: name → (define its flags, run it). Flags of all of them are defined together.
 BENCHMARKS: dict[str, tuple[Callable[[], None], Callable[[list[str]], None]]] = {
     "train-step": (_define_train_step_flags, _train_step),
+    "data": (_define_data_flags, _data),
 }
 
 
