@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from typing import Any
 
 import numpy as np
 
+from mmjax.bench.timing import step_times
 from mmjax.models import TwoTowerConfig
 
 
@@ -76,12 +76,6 @@ def bench_open_clip_step(config: TwoTowerConfig, batch: dict[str, np.ndarray], *
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
 
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+    times = step_times(run, warmup, steps)
     return {"step_time_s": statistics.median(times), "step_times_s": times,
             "param_count": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}

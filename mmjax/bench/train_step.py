@@ -17,6 +17,7 @@ import numpy as np
 
 from mmjax.bench.flops import train_step_flops
 from mmjax.bench.profile import profile_steps
+from mmjax.bench.timing import step_times
 from mmjax.models import TwoTower, TwoTowerConfig, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, make_mesh
 from mmjax.parallel.memory import memory_per_device
@@ -35,17 +36,6 @@ def synthetic_batch(config: TwoTowerConfig, batch: int, seed: int = 0) -> dict[s
     tokens = rng.integers(1, vocab - 1, (batch, length), dtype=np.int32)
     tokens[np.arange(batch), rng.integers(1, length, batch)] = vocab - 1
     return {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), "text": tokens}
-
-
-def _step_times(run, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = None, dtype: str = "float32",
@@ -84,7 +74,7 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
             state, metrics = compiled(state, inputs)
             jax.block_until_ready((state, metrics))
 
-        times = _step_times(run, warmup, steps)
+        times = step_times(run, warmup, steps)
         profile = {} if profile_dir is None else {"profile": profile_steps(compiled, run, 3, profile_dir)}
     step_time = statistics.median(times)
     cost = compiled.cost_analysis()

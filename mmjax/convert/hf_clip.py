@@ -57,21 +57,10 @@ def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
 
 
 def _block(get, prefix: str, heads: int) -> dict:
-    attn = f"{prefix}.self_attn"
-    return {
-        "ln_1": layout.layer_norm(get(f"{prefix}.layer_norm1.weight"), get(f"{prefix}.layer_norm1.bias")),
-        "attn": {
-            "query": layout.heads_in(get(f"{attn}.q_proj.weight"), get(f"{attn}.q_proj.bias"), heads),
-            "key": layout.heads_in(get(f"{attn}.k_proj.weight"), get(f"{attn}.k_proj.bias"), heads),
-            "value": layout.heads_in(get(f"{attn}.v_proj.weight"), get(f"{attn}.v_proj.bias"), heads),
-            "out": layout.heads_out(get(f"{attn}.out_proj.weight"), get(f"{attn}.out_proj.bias"), heads),
-        },
-        "ln_2": layout.layer_norm(get(f"{prefix}.layer_norm2.weight"), get(f"{prefix}.layer_norm2.bias")),
-        "mlp": {
-            "fc1": layout.dense(get(f"{prefix}.mlp.fc1.weight"), get(f"{prefix}.mlp.fc1.bias")),
-            "fc2": layout.dense(get(f"{prefix}.mlp.fc2.weight"), get(f"{prefix}.mlp.fc2.bias")),
-        },
-    }
+    pair = lambda name: (get(f"{prefix}.{name}.weight"), get(f"{prefix}.{name}.bias"))
+    return layout.transformer_block(
+        pair("layer_norm1"), pair("self_attn.q_proj"), pair("self_attn.k_proj"), pair("self_attn.v_proj"),
+        pair("self_attn.out_proj"), pair("layer_norm2"), pair("mlp.fc1"), pair("mlp.fc2"), heads)
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where: str) -> dict:

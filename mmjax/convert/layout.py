@@ -45,6 +45,21 @@ def layer_norm(weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
     return {"scale": weight, "bias": bias}
 
 
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def transformer_block(ln_1: Pair, query: Pair, key: Pair, value: Pair, out: Pair, ln_2: Pair, fc1: Pair, fc2: Pair,
+                      num_heads: int) -> dict:
+    """mmjax `TransformerBlock` params from the torch `(weight, bias)` pair of each sub-layer."""
+    return {
+        "ln_1": layer_norm(*ln_1),
+        "attn": {"query": heads_in(*query, num_heads), "key": heads_in(*key, num_heads),
+                 "value": heads_in(*value, num_heads), "out": heads_out(*out, num_heads)},
+        "ln_2": layer_norm(*ln_2),
+        "mlp": {"fc1": dense(*fc1), "fc2": dense(*fc2)},
+    }
+
+
 def patch_conv(weight: np.ndarray) -> np.ndarray:
     """torch conv `[W, 3, p, p]` → Flax `[p, p, 3, W]`."""
     return weight.transpose(2, 3, 1, 0)

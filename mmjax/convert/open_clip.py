@@ -109,22 +109,11 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
 
 
 def _block(get, prefix: str, heads: int) -> dict:
-    qkv_weight, qkv_bias = get(f"{prefix}.attn.in_proj_weight"), get(f"{prefix}.attn.in_proj_bias")
-    weights, biases = np.split(qkv_weight, 3), np.split(qkv_bias, 3)  # [q; k; v] stacked on the output axis
-    return {
-        "ln_1": layout.layer_norm(get(f"{prefix}.ln_1.weight"), get(f"{prefix}.ln_1.bias")),
-        "attn": {
-            "query": layout.heads_in(weights[0], biases[0], heads),
-            "key": layout.heads_in(weights[1], biases[1], heads),
-            "value": layout.heads_in(weights[2], biases[2], heads),
-            "out": layout.heads_out(get(f"{prefix}.attn.out_proj.weight"), get(f"{prefix}.attn.out_proj.bias"), heads),
-        },
-        "ln_2": layout.layer_norm(get(f"{prefix}.ln_2.weight"), get(f"{prefix}.ln_2.bias")),
-        "mlp": {
-            "fc1": layout.dense(get(f"{prefix}.mlp.c_fc.weight"), get(f"{prefix}.mlp.c_fc.bias")),
-            "fc2": layout.dense(get(f"{prefix}.mlp.c_proj.weight"), get(f"{prefix}.mlp.c_proj.bias")),
-        },
-    }
+    pair = lambda name: (get(f"{prefix}.{name}.weight"), get(f"{prefix}.{name}.bias"))
+    weights, biases = np.split(get(f"{prefix}.attn.in_proj_weight"), 3), np.split(get(f"{prefix}.attn.in_proj_bias"), 3)
+    query, key, value = zip(weights, biases)  # [q; k; v] stacked on the output axis
+    return layout.transformer_block(pair("ln_1"), query, key, value, pair("attn.out_proj"), pair("ln_2"),
+                                    pair("mlp.c_fc"), pair("mlp.c_proj"), heads)
 
 
 def params_from_open_clip(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where: str) -> dict:
