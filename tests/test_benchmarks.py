@@ -8,12 +8,18 @@ import zlib
 
 import numpy as np
 import pytest
+from fake_coco import write_fake_coco_captions
 from PIL import Image
 
 from mmjax.data.transforms import resize_center_crop
 from mmjax.eval import benchmarks, sources
 from mmjax.eval.sources import wds_source
-from mmjax.eval.zeroshot import build_classifier, classify, l2_normalize, zero_shot_metrics
+from mmjax.eval.zeroshot import (
+    build_classifier,
+    classify,
+    l2_normalize,
+    zero_shot_metrics,
+)
 
 COLOURS = {
     "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
@@ -290,29 +296,12 @@ def test_acc5_nan_with_few_classes(tmp_path):
 def test_tfds_prepared_directory_retrieval(tmp_path):
     """A real array_record data set on disk (written here without TensorFlow: PIL images
     encode without it), read through ``builder_from_directory`` like a prepared coco_captions."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("tensorflow_datasets")
     pairs = [("red", ["a red one", "red"]), ("green", ["green"]),
              ("blue", ["blue square", "a blue", "blue!"]), ("yellow", ["yellow", "the yellow"])]
 
-    class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        name = "coco_captions"
-        VERSION = tfds.core.Version("1.1.0")
-        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2014")]
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64})}))
-
-        def _split_generators(self, dl_manager):
-            return {"test": self._generate_examples()}
-
-        def _generate_examples(self):
-            for i, (colour, texts) in enumerate(pairs):
-                yield i, {"image": Image.new("RGB", (5, 3), COLOURS[colour]),
-                          "captions": [{"text": t, "id": j} for j, t in enumerate(texts)]}
-
-    FakeCocoCaptions(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    write_fake_coco_captions(str(tmp_path), "test",
+                             [(Image.new("RGB", (5, 3), COLOURS[colour]), texts) for colour, texts in pairs])
     projection = np.random.default_rng(3).normal(size=(3, 8))
 
     def random_images(images):

@@ -15,6 +15,7 @@ import tarfile
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
+from fake_coco import write_fake_coco_captions
 from PIL import Image
 
 from mmjax.data import shards
@@ -143,30 +144,12 @@ def test_restart_after_interruption_neither_loses_nor_duplicates(tmp_path):
 
 
 def test_tfds_coco_captions_layout(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("tensorflow_datasets")
     pairs = [(COLOURS[0], ["a red one", "red"]), (COLOURS[1], ["green"]), (COLOURS[2], ["blue", "", "a blue"]),
              (COLOURS[3], [""])]
 
-    class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        name = "coco_captions"
-        VERSION = tfds.core.Version("1.1.0")
-        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2014")]
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "image/id": np.int64,
-                "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64})}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-            for i, (colour, texts) in enumerate(pairs):
-                yield i, {"image": Image.new("RGB", (5, 3 + i), colour), "image/id": 100 + i,
-                          "captions": [{"text": t, "id": j} for j, t in enumerate(texts)]}
-
-    FakeCocoCaptions(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    write_fake_coco_captions(str(tmp_path / "tfds"), "train",
+                             [(Image.new("RGB", (5, 3 + i), colour), texts) for i, (colour, texts) in enumerate(pairs)])
     index = convert("tfds:coco_captions", str(tmp_path / "out"), data_dir=str(tmp_path / "tfds"),
                     records_per_shard=2, progress=False)
     assert index["num_records"] == 3 and index["dropped"] == {"no_caption": 1}
