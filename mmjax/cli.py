@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
+    if argv[1] == "train":  # XLA:CPU's per-step buffers on 2 MiB pages: ~30 % faster CPU steps
+        from mmjax.hugepages import reexec_with_hugepages
+        reexec_with_hugepages(["-m", "mmjax.cli", *argv[1:]])
     define_flags, command = COMMANDS[argv[1]]
     args = [_underscored(arg) for arg in argv[2:]]
     define_flags()

@@ -32,7 +32,7 @@ def _define_train_step_flags() -> None:
     flags.DEFINE_enum("remat", "none", list(REMAT_POLICIES), "Rematerialisation policy.")
     flags.DEFINE_bool("open_clip", True, "On CPU, also time OpenCLIP's step on the same model when it is installed.")
     flags.DEFINE_bool("hugepages", True, "On Linux, re-run the process with glibc's malloc on transparent huge "
-                      "pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; see mmjax/bench/hugepages.py).")
+                      "pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; see mmjax/hugepages.py).")
     flags.DEFINE_string("profile", None, "Also trace 3 steps into this directory and print where their time goes.")
     flags.DEFINE_integer("peak_size", 2048, "On CPU, the side of the float32 matmul whose rate is the MFU peak.",
                          lower_bound=64)
@@ -52,7 +52,7 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def _train_step(argv: list[str]) -> None:
-    from mmjax.bench.hugepages import hugepages_enabled, reexec_with_hugepages
+    from mmjax.hugepages import hugepages_enabled, reexec_with_hugepages
     from mmjax.bench.threads import limit_threads
 
     f = flags.FLAGS

@@ -106,6 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                     step_fn = step_fn.lower(state, batch).compile()
                     memory = memory_per_device(step_fn)
                 state, metrics = step_fn(state, batch)
+                del batch  # grain hands batches over in shared memory: free it before the iterator closes
                 writer.advance(1)
                 if step == start + 1:  # the first step compiles: time the rest without it
                     jax.block_until_ready(metrics)
