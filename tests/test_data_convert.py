@@ -10,13 +10,13 @@ import io
 import json
 import os
 import struct
-import tarfile
 
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 from fake_coco import write_fake_coco_captions
 from PIL import Image
+from test_benchmarks import write_shard
 
 from mmjax.data import shards
 from mmjax.data.convert import convert
@@ -29,15 +29,6 @@ def image_bytes(index: int, fmt: str = "PNG", size: tuple[int, int] = (24, 20)) 
     buffer = io.BytesIO()
     Image.new("RGB", size, (index % 256, index // 256, 77)).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def write_tar(path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, files in samples:
-            for extension, data in files.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 def read_records(directory) -> list[dict]:
@@ -75,7 +66,7 @@ def wds_inputs(root, num_shards: int = 4, per_shard: int = 5) -> list[dict]:
             samples.append((key, {"jpg" if n % 2 else "png": image, "txt": "\n".join(captions).encode(),
                                   "json": json.dumps(meta).encode()}))
             expected.append({"key": key, "captions": captions, "image": image, "meta": meta})
-        write_tar(root / f"{shard:05d}.tar", samples)
+        write_shard(root / f"{shard:05d}.tar", samples)
     return expected
 
 
@@ -88,7 +79,7 @@ def test_webdataset_round_trip_keeps_bytes_captions_and_metadata(tmp_path):
 
 def test_dropped_samples_are_counted_by_reason(tmp_path):
     (tmp_path / "wds").mkdir()
-    write_tar(tmp_path / "wds" / "a.tar", [
+    write_shard(tmp_path / "wds" / "a.tar", [
         ("k0", {"jpg": image_bytes(0, "JPEG"), "txt": b"fine"}),
         ("k1", {"txt": b"no image here"}),
         ("k2", {"png": image_bytes(2), "txt": b"  \n \n"}),
