@@ -1,14 +1,10 @@
 """Two JAX processes (jax.distributed on CPU) read disjoint parts of a data directory whose union is all of it."""
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 from test_data_pipeline import clean_dir
-from test_multihost_eval import free_port
+from test_multihost_eval import run_two_workers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,22 +30,7 @@ def test_two_processes_read_disjoint_records_covering_the_data_set(tmp_path):
     clean_dir(tmp_path / "data", 70, per_shard=16)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    port = free_port()
-    workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(pathlib.Path(__file__).parent),
-                                 str(tmp_path / "data")], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for i in range(2)]
-    seen = []
-    try:
-        for worker in workers:
-            stdout, stderr = worker.communicate(timeout=180)
-            assert worker.returncode == 0, stderr[-3000:]
-            seen.append(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
+    seen = run_two_workers(script, str(tmp_path / "data"))
     assert len(seen[0]) == len(seen[1]) == 35
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(70))

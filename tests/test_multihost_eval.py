@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from test_benchmarks import write_shard
 
 from mmjax import models
 from mmjax.data import Tokenizer
@@ -22,7 +23,6 @@ from mmjax.eval.benchmarks import run_benchmark
 from mmjax.inference import Encoder
 from mmjax.parallel import make_mesh
 from mmjax.parallel.distributed import gather_batches
-from test_benchmarks import write_shard
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSNAMES = ["red", "green", "blue", "yellow", "cyan", "magenta"]
@@ -92,16 +92,14 @@ def test_gather_batches_single_process_is_identity():
 
 
 @pytest.mark.slow
-def test_two_processes_give_single_process_metrics(tmp_path):
-    names = write_benchmarks(tmp_path)
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+def run_two_workers(script, *args: str) -> list:
+    """Run `python SCRIPT PORT PROCESS_ID TESTS_DIR *args` as processes 0 and 1 of a CPU `jax.distributed`
+    job; each must print one JSON value on its last stdout line. Returns the two values."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     port = free_port()
-    workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i),
-                                 str(pathlib.Path(__file__).parent), *names],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(pathlib.Path(__file__).parent),
+                                 *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for i in range(2)]
     outputs = []
     try:
@@ -113,6 +111,14 @@ def test_two_processes_give_single_process_metrics(tmp_path):
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
+    return outputs
+
+
+def test_two_processes_give_single_process_metrics(tmp_path):
+    names = write_benchmarks(tmp_path)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    outputs = run_two_workers(script, *names)
 
     # one process on one device: the same compiled programs as each worker's
     want = evaluate(names, jax.devices()[:1])

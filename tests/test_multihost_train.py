@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from test_multihost_eval import free_port
 
 import mmjax.models as models
 from mmjax.data import Tokenizer
@@ -39,12 +39,6 @@ state = train(clip_tiny.get_config("test"), sys.argv[1])
 assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
 print("trained", int(state.step))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_settings_come_from_the_config_before_the_environment():
