@@ -20,6 +20,7 @@ from PIL import Image
 
 from mmjax.data.arrayrecord_source import RecordSource
 from mmjax.data.decode import DecodeOptions, crop_box, decode_image
+from mmjax.data.element_random import element_uniforms
 from mmjax.data.pipeline import records_train_dataset
 from mmjax.data.records import SKIP_REASONS, Sample
 from mmjax.data.tokenizers import Tokenizer
@@ -135,6 +136,45 @@ def test_resume_from_state_gives_the_same_next_batches_and_counts(tmp_path, num_
     resumed.close()
 
 
+def test_a_record_gets_the_same_crop_and_caption_with_any_number_of_workers(tmp_path):
+    """Random numbers belong to stream positions: 0 and 2 worker processes crop every record alike."""
+    ramp = np.linspace(0, 255, 48).astype(np.uint8)
+    data = []
+    for n in range(60):  # red/green ramps show the crop; blue = n names the record (resampling keeps a constant)
+        pixels = np.stack([*np.meshgrid(ramp, ramp[::-1]), np.full((48, 48), n, np.uint8)], -1)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        data.append(record(f"k{n}", ["a red circle", "a blue square", "a green star"], buffer.getvalue()))
+    write_data_dir(tmp_path, [data[:30], data[30:]])
+    seen = []
+    for num_workers in (0, 2):
+        iterator = iter(records_train_dataset([RecordSource(str(tmp_path))], None, 4, 8, DecodeOptions(
+            16, crop_scale=(0.2, 0.6)), TOKENIZER, num_workers, process_index=0, process_count=1, num_epochs=1))
+        by_record = {int(image[0, 0, 2]): (image, text) for batch in iterator
+                     for image, text in zip(batch["image"], batch["text"])}
+        iterator.close()
+        seen.append(by_record)
+    assert sorted(seen[0]) == sorted(seen[1]) == list(range(60))
+    for n in range(60):
+        np.testing.assert_array_equal(seen[0][n][0], seen[1][n][0])
+        np.testing.assert_array_equal(seen[0][n][1], seen[1][n][1])
+    crops = {seen[0][n][0][:, :, :2].tobytes() for n in range(60)}
+    captions = {seen[0][n][1].tobytes() for n in range(60)}
+    assert len(crops) > 50 and len(captions) == 3  # the crops and captions do vary
+
+
+def test_element_uniforms_are_uniform_independent_and_keyed_by_seed_and_position():
+    u = element_uniforms(7, np.arange(20_000), 23)
+    assert u.shape == (20_000, 23) and u.min() >= 0 and u.max() < 1
+    standard_error = math.sqrt(1 / 12 / u.shape[0])
+    assert np.abs(u.mean(0) - 0.5).max() < 5 * standard_error
+    assert np.abs(u.var(0) - 1 / 12).max() < 0.005
+    correlation = np.corrcoef(np.concatenate([u[:-1], u[1:, :1]], 1).T)  # across columns and neighbouring positions
+    assert np.abs(correlation - np.eye(24)).max() < 5 / math.sqrt(u.shape[0])
+    np.testing.assert_array_equal(element_uniforms(7, np.array([5, 3]), 23), u[[5, 3]])
+    assert np.isclose(element_uniforms(8, np.arange(100), 23), u[:100]).mean() < 0.01  # another seed, other numbers
+
+
 def test_two_epochs_see_every_good_record_twice_in_new_crops(tmp_path):
     clean_dir(tmp_path, 40)
     options = DecodeOptions(16, crop_scale=(0.3, 0.6))
@@ -180,7 +220,7 @@ def test_crop_box_matches_torchvision_random_resized_crop():
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     for width, height in [(64, 48), (30, 200)]:  # crop statistics over 4 000 draws each
-        ours = np.array([crop_box(width, height, rng, scale, ratio) for _ in range(4000)])
+        ours = np.array([crop_box(width, height, rng.random(22), scale, ratio) for _ in range(4000)])
         ours_w, ours_h = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
         theirs = np.array([get_params(torch.zeros(3, height, width), scale, ratio) for _ in range(4000)])
         theirs_h, theirs_w = theirs[:, 2], theirs[:, 3]
@@ -189,7 +229,7 @@ def test_crop_box_matches_torchvision_random_resized_crop():
             assert abs(a.mean() - b.mean()) < 0.03 * b.mean() and abs(np.median(a) - np.median(b)) < 0.05 * b.mean()
     for width, height in [(500, 20), (20, 500)]:  # no random crop fits: the same centred fallback
         top, left, h, w = get_params(torch.zeros(3, height, width), (0.99, 1.0), ratio)
-        assert crop_box(width, height, rng, (0.99, 1.0), ratio) == (left, top, left + w, top + h)
+        assert crop_box(width, height, rng.random(22), (0.99, 1.0), ratio) == (left, top, left + w, top + h)
 
 
 def test_jpeg_draft_decoding_matches_full_decoding_closely():
@@ -199,7 +239,7 @@ def test_jpeg_draft_decoding_matches_full_decoding_closely():
                              -1)).save(buffer, format="JPEG", quality=95)
     sample = Sample("k", ("c",), buffer.getvalue())
     options = DecodeOptions(16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
-    drafted = decode_image(sample, options, np.random.default_rng(0)).astype(int)
+    drafted = decode_image(sample, options, np.random.default_rng(0).random(22)).astype(int)
     full = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").resize(
         (16, 16), Image.Resampling.BICUBIC), int)
     assert np.abs(drafted - full).mean() < 3

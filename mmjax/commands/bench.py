@@ -3,6 +3,8 @@
     mmjax bench train-step --model bench-tiny --batch 64 --threads 2 [--mesh data=2,fsdp=1,tensor=1]
                            [--dtype bfloat16] [--steps 10] [--scan_layers] [--remat dots] [--noopen_clip]
     mmjax bench data [--images 512] [--source_px 256] [--crop_px 224] [--batch 64]
+    mmjax bench input [--model clip-tiny] [--batch 256] [--num_workers 1] [--images 4096] [--source_px 32]
+                      [--steps 20] [--rounds 5]
 
 Progress goes to stderr and a summary to stdout; the last line of stdout is one JSON object.
 """
@@ -136,10 +138,43 @@ def _data(_argv: list[str]) -> None:
     print(json.dumps(result))
 
 
+def _define_input_flags() -> None:
+    flags.DEFINE_integer("num_workers", 1, "input: grain worker processes (the demo's config.data.num_workers).",
+                         lower_bound=0)
+    flags.DEFINE_integer("rounds", 5, "input: alternating rounds of each side (the median is reported).",
+                         lower_bound=1)
+
+
+def _input(_argv: list[str]) -> None:
+    """The demo's training step fed by the real pipeline (ArrayRecord → grain workers) against the same step
+    fed from memory, alternating in one run (mmjax/bench/input.py)."""
+    from mmjax.hugepages import reexec_with_hugepages
+
+    f = flags.FLAGS
+    if f.hugepages:  # as `mmjax train` runs
+        reexec_with_hugepages(["-m", "mmjax.cli", *sys.argv[1:]])
+    from mmjax.bench.input import run as run_input
+    from mmjax.train.config import base_config
+
+    config = base_config(f.model if f["model"].present else "clip-tiny", "clip")
+    config.batch_size = f.batch if f["batch"].present else config.batch_size
+    config.data.num_workers = f.num_workers
+    images = f.images if f["images"].present else 4096
+    source_px = f.source_px if f["source_px"].present else None
+    result = run_input(config, images, source_px, f.steps, f.rounds)
+    print(f"{result['model']} batch {result['batch']}, {result['num_workers']} worker(s), "
+          f"{result['images']} images of {result['source_px']} px")
+    print(f"  step from memory {result['memory_step_s'] * 1e3:.1f} ms, from the pipeline "
+          f"{result['pipeline_step_s'] * 1e3:.1f} ms (waiting for data {result['pipeline_data_wait_s'] * 1e3:.1f} ms)"
+          f": ratio {result['ratio']:.3f}")
+    print(json.dumps(result))
+
+
 # Sub-benchmarks: name → (define its flags, run it). Flags of all of them are defined together.
 BENCHMARKS: dict[str, tuple[Callable[[], None], Callable[[list[str]], None]]] = {
     "train-step": (_define_train_step_flags, _train_step),
     "data": (_define_data_flags, _data),
+    "input": (_define_input_flags, _input),
 }
 
 

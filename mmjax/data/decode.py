@@ -1,11 +1,12 @@
-"""The decode stage of the real-data pipeline: record → checked captions → decoded, cropped image → tokens.
+"""The decode stage of the real-data pipeline: record → checked captions → decoded, cropped image.
 
-Runs in grain worker processes as a `RandomMap` (its random numbers are a function
-of the pipeline seed and the element's index, so a resumed run crops and samples
-captions exactly as the original would have). A bad sample is never an exception:
-the map returns `records.Skip(record_id, reason)`, and `batching.SkipAndBatch`
-leaves it out of the batch and counts it. Cheap checks come first (record, captions),
-so a sample with a bad caption is never decoded.
+Runs in grain worker processes, inside `batching.DecodeBatches`, which tokenises a batch's
+captions in one call. Its random numbers are `UNIFORMS_PER_EXAMPLE` uniforms per element
+(`element_random.element_uniforms`, a function of the element's position in the stream),
+so a resumed run crops and samples captions exactly as the original would have. A bad
+sample is never an exception: `decode_example` returns `records.Skip(record_id, reason)`,
+which `DecodeBatches` leaves out of the batch and counts. Cheap checks come first (record,
+captions), so a sample with a bad caption is never decoded.
 
 Images leave as uint8; normalisation (`(x/255 − mean) / std`) is fused into the jitted
 train step, which moves 4× fewer bytes to the device than float32 would.
@@ -16,16 +17,17 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from collections.abc import Sequence
 
-import grain
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmjax.data.records import RawRecord, RecordError, Sample, Skip, decode_record
-from mmjax.data.tokenizers import Tokenizer
 from mmjax.data.transforms import resize_center_crop
 
-Example = dict[str, np.ndarray]
+# Uniforms an example uses: 10 crop tries × (area scale, log aspect ratio), crop left, crop top, caption.
+CROP_TRIES = 10
+UNIFORMS_PER_EXAMPLE = 2 * CROP_TRIES + 3
 # Leading bytes of JPEG, PNG, GIF, WebP (RIFF), BMP and TIFF files: bytes that start like an image but do not
 # decode are a truncated (or damaged) image; anything else is not an image at all.
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00",
@@ -47,19 +49,21 @@ class DecodeOptions:
     max_caption_chars: int = 1000
 
 
-def crop_box(width: int, height: int, rng: np.random.Generator, scale: tuple[float, float],
+def crop_box(width: int, height: int, uniforms: Sequence[float], scale: tuple[float, float],
              ratio: tuple[float, float]) -> tuple[int, int, int, int]:
     """torchvision `RandomResizedCrop.get_params`: `(left, top, right, bottom)` of a random crop of a
     `width × height` image covering `scale` of its area with aspect ratio (w/h) in `ratio`; after
-    10 failed tries, the largest centred crop whose ratio is clamped to `ratio`."""
+    `CROP_TRIES` failed tries, the largest centred crop whose ratio is clamped to `ratio`.
+    `uniforms`: `2 * CROP_TRIES + 2` numbers in [0, 1) (tries, then left and top)."""
     area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(CROP_TRIES):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * uniforms[2 * attempt])
+        aspect = math.exp(log_low + (log_high - log_low) * uniforms[2 * attempt + 1])
         w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            left = int(uniforms[2 * CROP_TRIES] * (width - w + 1))
+            top = int(uniforms[2 * CROP_TRIES + 1] * (height - h + 1))
             return left, top, left + w, top + h
     in_ratio = width / height
     if in_ratio < ratio[0]:
@@ -77,8 +81,8 @@ def random_resized_crop(image: Image.Image, size: int, box: tuple[int, int, int,
     return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box=box), np.uint8)
 
 
-def decode_image(sample: Sample, options: DecodeOptions, rng: np.random.Generator) -> np.ndarray | str:
-    """uint8 `[S, S, 3]`, or the skip reason: "truncated_image" when the bytes start with an image signature
+def decode_image(sample: Sample, options: DecodeOptions, uniforms: Sequence[float]) -> np.ndarray | str:
+    """uint8 `[S, S, 3]` (`uniforms` as `crop_box` takes them), or the skip reason: "truncated_image" when the bytes start with an image signature
     (`IMAGE_SIGNATURES`) but do not decode, "undecodable_image" when they do not."""
     if isinstance(sample.image, np.ndarray):
         pixels = sample.image[..., 0] if sample.image.ndim == 3 and sample.image.shape[-1] == 1 else sample.image
@@ -94,7 +98,7 @@ def decode_image(sample: Sample, options: DecodeOptions, rng: np.random.Generato
         except (OSError, ValueError, SyntaxError, EOFError):
             return "truncated_image"
     width, height = image.size
-    box = crop_box(width, height, rng, options.crop_scale, options.crop_ratio)
+    box = crop_box(width, height, uniforms, options.crop_scale, options.crop_ratio)
     # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the crop stays at least `image_size` wide.
     scale = options.image_size / min(box[2] - box[0], box[3] - box[1])
     if scale < 0.5 and image.format == "JPEG":
@@ -109,43 +113,33 @@ def decode_image(sample: Sample, options: DecodeOptions, rng: np.random.Generato
 
 
 def choose_caption(captions: tuple[str, ...], options: DecodeOptions,
-                   rng: np.random.Generator) -> tuple[str | None, str | None]:
-    """`(caption, None)`: one valid caption (stripped, non-empty, ≤ `max_caption_chars`);
-    `(None, reason)` when there is none ("empty_caption" | "long_caption")."""
+                   uniform: float) -> tuple[str | None, str | None]:
+    """`(caption, None)`: one valid caption (stripped, non-empty, ≤ `max_caption_chars`; with "random"
+    sampling the one `uniform` ∈ [0, 1) picks); `(None, reason)` when there is none
+    ("empty_caption" | "long_caption")."""
     stripped = [caption.strip() for caption in captions]
     valid = [caption for caption in stripped if caption and len(caption) <= options.max_caption_chars]
     if not valid:
         return None, "long_caption" if any(stripped) else "empty_caption"
-    return (valid[int(rng.integers(len(valid)))] if options.caption_sampling == "random" else valid[0]), None
+    return (valid[int(uniform * len(valid))] if options.caption_sampling == "random" else valid[0]), None
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeExample(grain.transforms.RandomMap):
-    """`RawRecord` | `Sample` | `Skip` → `Skip`, or `{"image": uint8 [S, S, 3], "text": int32 [L],
-    "source": int32 []}`.
-
-    `source` is `source_index`, the mixture component the example came from.
-    """
-
-    options: DecodeOptions
-    tokenizer: Tokenizer
-    source_index: int = 0
-
-    def random_map(self, item: RawRecord | Sample | Skip, rng: np.random.Generator) -> Example | Skip:
-        if isinstance(item, Skip):
-            return item
-        if isinstance(item, RawRecord):
-            record_id = item.record_id
-            try:
-                sample = decode_record(item.data)
-            except RecordError:
-                return Skip(record_id, "truncated_record")
-        else:
-            sample, record_id = item, item.key
-        caption, reason = choose_caption(sample.captions, self.options, rng)
-        if reason is not None:
-            return Skip(record_id, reason)
-        image = decode_image(sample, self.options, rng)
-        if isinstance(image, str):
-            return Skip(record_id, image)
-        return {"image": image, "text": self.tokenizer([caption])[0], "source": np.int32(self.source_index)}
+def decode_example(item: RawRecord | Sample | Skip, options: DecodeOptions,
+                   uniforms: Sequence[float]) -> tuple[str, np.ndarray] | Skip:
+    """A stream element → `(caption, uint8 image [S, S, 3])`, or the `Skip` that says why not.
+    `uniforms`: `UNIFORMS_PER_EXAMPLE` numbers in [0, 1) (the crop's, then the caption's)."""
+    if isinstance(item, Skip):
+        return item
+    if isinstance(item, RawRecord):
+        record_id = item.record_id
+        try:
+            sample = decode_record(item.data)
+        except RecordError:
+            return Skip(record_id, "truncated_record")
+    else:
+        sample, record_id = item, item.key
+    caption, reason = choose_caption(sample.captions, options, uniforms[-1])
+    if reason is not None:
+        return Skip(record_id, reason)
+    image = decode_image(sample, options, uniforms)
+    return Skip(record_id, image) if isinstance(image, str) else (caption, image)

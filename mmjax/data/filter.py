@@ -54,7 +54,7 @@ def _read(source: RecordSource, index: int, options: DecodeOptions) -> tuple[Sam
         return None, "truncated_record"
     if not _captions(sample):
         return sample, "empty_caption"
-    return sample, decode_image(sample, options, np.random.default_rng(0))
+    return sample, decode_image(sample, options, ())
 
 
 def _captions(sample: Sample) -> list[str]:

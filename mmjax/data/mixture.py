@@ -16,9 +16,8 @@ from collections.abc import Sequence
 import grain
 
 from mmjax.data.arrayrecord_source import RecordSource
-from mmjax.data.decode import DecodeExample, DecodeOptions
+from mmjax.data.batching import TagSource
 from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
-from mmjax.data.tokenizers import Tokenizer
 
 
 def open_source(spec: str, tfds_split: str = "train", tfds_data_dir: str | None = None) -> RecordSource | TfdsSamples:
@@ -28,12 +27,12 @@ def open_source(spec: str, tfds_split: str = "train", tfds_data_dir: str | None 
     return RecordSource(spec)
 
 
-def decoded_component(source, index: int, seed: int, options: DecodeOptions, tokenizer: Tokenizer,
-                      num_epochs: int | None = None) -> grain.MapDataset:
-    """Source `index` of a mixture: shuffled (seed `seed + index`), repeated `num_epochs` times (None:
-    forever), decoded with per-element random numbers from `seed + index` (`DecodeExample`, `source=index`)."""
-    return (grain.MapDataset.source(source).shuffle(seed=seed + index).repeat(num_epochs)
-            .random_map(DecodeExample(options, tokenizer, index), seed=seed + index))
+def shuffled_component(source, index: int, seed: int, num_epochs: int | None = None,
+                       tagged: bool = False) -> grain.MapDataset:
+    """Source `index` of a mixture, shuffled (seed `seed + index`) and repeated `num_epochs` times (None:
+    forever); `tagged`: its elements are `Tagged(index, element)`, so batches can say where they came from."""
+    dataset = grain.MapDataset.source(source).shuffle(seed=seed + index).repeat(num_epochs)
+    return dataset.map(TagSource(index)) if tagged else dataset
 
 
 def mix(components: Sequence[grain.MapDataset], weights: Sequence[float] | None) -> grain.MapDataset:

@@ -20,9 +20,9 @@ import numpy as np
 from absl import flags
 
 from mmjax.data import synthetic
-from mmjax.data.batching import CountSkips, SkipAndBatch
+from mmjax.data.batching import CountSkips, DecodeBatches
 from mmjax.data.decode import DecodeOptions
-from mmjax.data.mixture import decoded_component, mix, open_source
+from mmjax.data.mixture import mix, open_source, shuffled_component
 from mmjax.data.tokenizers import Tokenizer
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +87,11 @@ def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, se
     """The shuffled training stream of this process over real data.
 
     Each of `sources` (`mixture.open_source`: `RecordSource`, `TfdsSamples`) is shuffled and
-    repeated (`num_epochs`; None: forever), decoded in the workers (`DecodeExample`:
-    random-resized-crop, one caption sampled, tokenised), mixed by `weights`, then this
-    process takes every `process_count`-th example (`grain.sharding.ShardByJaxProcess` by
-    default, so hosts see disjoint data) and batches `global_batch_size // process_count`
-    good examples (`SkipAndBatch`), in `num_workers` processes. The iterator
+    repeated (`num_epochs`; None: forever) and mixed by `weights`; this process takes every
+    `process_count`-th example (`grain.sharding.ShardByJaxProcess` by default, so hosts see
+    disjoint data), and `num_workers` processes decode them (random-resized-crop, one caption
+    sampled) into batches of `global_batch_size // process_count` good examples with tokenised
+    captions (`DecodeBatches`). The iterator
     (`CountSkips`) totals the skipped samples by reason; `get_state` / `set_state` give exact resume.
     A finite stream (`num_epochs`) ends with a partial batch.
     """
@@ -100,11 +100,10 @@ def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, se
         process_index, process_count = shard.shard_index, shard.shard_count
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
-    components = [decoded_component(source, i, seed, options, tokenizer, num_epochs)
+    components = [shuffled_component(source, i, seed, num_epochs, tagged=len(sources) > 1)
                   for i, source in enumerate(sources)]
-    dataset = mix(components, weights)[process_index::process_count]
-    batched = SkipAndBatch(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)),
-                           global_batch_size // process_count, drop_remainder=num_epochs is None)
+    batched = DecodeBatches(mix(components, weights), global_batch_size // process_count, options, tokenizer, seed,
+                            offset=process_index, stride=process_count, finite=num_epochs is not None)
     return CountSkips(_start_workers(batched, num_workers), len(components))
 
 

@@ -1,0 +1,112 @@
+"""Is training input-bound? The demo's train step fed by the real pipeline against the same step fed from memory.
+
+Both sides run the training loop's own mechanics (`next(data)` → `make_array_from_process_local_data` →
+asynchronously dispatched step, nothing blocks until the end of a round): "memory" repeats one batch that is
+already on the host, "pipeline" reads ArrayRecord shards through `config_train_dataset` (grain workers:
+decode, random-resized crop, caption sampling, tokenisation). Rounds alternate between the two, so slow
+drift of a noisy machine hits both; the result is the median over rounds of each side's seconds per step.
+
+The data: `images` samples of the demo's synthetic world, written as ArrayRecord shards of PNGs rendered at
+`source_px` (default: the model's image size, what the demo data would be as files) or as 256 px JPEGs
+(`source_px=256`, img2dataset's default size).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import statistics
+import tempfile
+import time
+from typing import Iterator
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from mmjax.data import shards, synthetic
+from mmjax.data.pipeline import config_train_dataset
+from mmjax.data.records import Sample
+from mmjax.data.tokenizers import Tokenizer
+from mmjax.models import TwoTower, get_config
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
+from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.state import create_train_state, state_shardings
+from mmjax.train.step import jit_train_step, make_train_step
+
+
+def write_synthetic_records(directory: str, count: int, source_px: int, shard_size: int = 1024) -> None:
+    """`count` samples of the synthetic world as ArrayRecord shards: PNG, or JPEG (quality 90) above 64 px."""
+    source, image_format = synthetic.SyntheticSource("train", 0, count), "PNG" if source_px <= 64 else "JPEG"
+
+    def samples(start: int, end: int) -> Iterator[Sample]:
+        for index in range(start, end):
+            record, buffer = source[index], io.BytesIO()
+            Image.fromarray(synthetic.render_image(record, source_px)).save(buffer, format=image_format)
+            yield Sample(str(index), (record["caption"],), buffer.getvalue(), image_format.lower())
+
+    markers = [shards.write_shard(directory, shards.shard_name(k), samples(start, min(start + shard_size, count)),
+                                  "synthetic")
+               for k, start in enumerate(range(0, count, shard_size))]
+    shards.write_index(directory, markers)
+
+
+def _seconds_per_step(step_fn, state, data: Iterator, sharding, steps: int) -> tuple[float, float, object]:
+    """(seconds per step, seconds per step spent in `next(data)`, state) over `steps` steps of the loop."""
+    wait, start = 0.0, time.perf_counter()
+    for _ in range(steps):
+        wait_start = time.perf_counter()
+        batch = next(data)
+        wait += time.perf_counter() - wait_start
+        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+        state, metrics = step_fn(state, batch)
+        del batch
+    jax.block_until_ready((state, metrics))
+    return (time.perf_counter() - start) / steps, wait / steps, state
+
+
+def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, steps: int, rounds: int) -> dict:
+    """Time `rounds` alternating rounds of `steps` steps of `config`'s model fed from memory and from
+    ArrayRecord shards (written to a temporary directory); returns the medians and their ratio."""
+    model_config = get_config(config.model, **config.model_options)
+    source_px = source_px or model_config.vision.image_size
+    mesh, model = make_mesh(**config.mesh), TwoTower(model_config)
+    tx = make_optimizer(config.optim, config.total_steps)
+    shardings = state_shardings(model, tx, mesh)
+    step_fn = jit_train_step(
+        make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
+                        loss=config.loss, multi_positive=False, image_mean=config.data.image_mean,
+                        image_std=config.data.image_std, accum_steps=config.accum_steps),
+        shardings, mesh)
+    sharding = batch_sharding(mesh)
+    tokenizer = Tokenizer.for_synthetic(model_config.text.context_length)
+    with tempfile.TemporaryDirectory() as directory:
+        write_synthetic_records(directory, images, source_px)
+        data_config = ml_collections.ConfigDict(config.data.to_dict())
+        data_config.name, data_config.sources = "arrayrecord", (directory,)
+        pipeline = iter(config_train_dataset(data_config, config.batch_size, model_config.vision.image_size,
+                                             tokenizer))
+        try:
+            with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+                state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
+                memory = itertools.repeat(jax.tree.map(np.copy, next(pipeline)))  # out of grain's shared memory
+                sides = {"memory": memory, "pipeline": pipeline}
+                for data in sides.values():  # compile, warm the workers' buffers
+                    _, _, state = _seconds_per_step(step_fn, state, data, sharding, 3)
+                times = {name: [] for name in sides}
+                waits = {name: [] for name in sides}
+                for _ in range(rounds):
+                    for name, data in sides.items():
+                        seconds, wait, state = _seconds_per_step(step_fn, state, data, sharding, steps)
+                        times[name].append(seconds)
+                        waits[name].append(wait)
+        finally:
+            pipeline.close()
+    memory_s, pipeline_s = statistics.median(times["memory"]), statistics.median(times["pipeline"])
+    return {"model": config.model, "batch": config.batch_size, "num_workers": config.data.num_workers,
+            "images": images, "source_px": source_px, "steps_per_round": steps, "rounds": rounds,
+            "memory_step_s": memory_s, "pipeline_step_s": pipeline_s, "ratio": pipeline_s / memory_s,
+            "pipeline_data_wait_s": statistics.median(waits["pipeline"]), "memory_rounds_s": times["memory"],
+            "pipeline_rounds_s": times["pipeline"]}
