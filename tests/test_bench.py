@@ -59,6 +59,17 @@ def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analyt
             result["step_time_s"] / result["open_clip"]["step_time_s"])
 
 
+def test_input_benchmark_reports_both_sides_round_by_round_and_their_ratio():
+    command = [sys.executable, "-m", "mmjax.cli", "bench", "input", "--model", "clip-test", "--batch", "8",
+               "--images", "40", "--steps", "2", "--rounds", "2", "--num_workers", "0", "--threads", "1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["memory_rounds_s"]) == len(result["pipeline_rounds_s"]) == 2
+    assert result["ratio"] == pytest.approx(result["pipeline_step_s"] / result["memory_step_s"])
+    assert result["source_px"] == get_config("clip-test").vision.image_size and result["xla_threads"] == 1
+
+
 def test_unknown_sub_benchmark_is_a_one_line_error():
     done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "nothing"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)

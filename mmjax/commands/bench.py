@@ -4,7 +4,7 @@
                            [--dtype bfloat16] [--steps 10] [--scan_layers] [--remat dots] [--noopen_clip]
     mmjax bench data [--images 512] [--source_px 256] [--crop_px 224] [--batch 64]
     mmjax bench input [--model clip-tiny] [--batch 256] [--num_workers 1] [--images 4096] [--source_px 32]
-                      [--steps 20] [--rounds 5]
+                      [--steps 10] [--rounds 5] [--threads N]
 
 Progress goes to stderr and a summary to stdout; the last line of stdout is one JSON object.
 """
@@ -153,6 +153,8 @@ def _input(_argv: list[str]) -> None:
     f = flags.FLAGS
     if f.hugepages:  # as `mmjax train` runs
         reexec_with_hugepages(["-m", "mmjax.cli", *sys.argv[1:]])
+    if f.threads is not None:  # XLA's threads only: the worker processes may still run on every core
+        os.environ["PJRT_NPROC"] = str(f.threads)
     from mmjax.bench.input import run as run_input
     from mmjax.train.config import base_config
 
@@ -162,7 +164,9 @@ def _input(_argv: list[str]) -> None:
     images = f.images if f["images"].present else 4096
     source_px = f.source_px if f["source_px"].present else None
     result = run_input(config, images, source_px, f.steps, f.rounds)
+    result["xla_threads"] = int(os.environ.get("PJRT_NPROC", len(os.sched_getaffinity(0))))
     print(f"{result['model']} batch {result['batch']}, {result['num_workers']} worker(s), "
+          f"XLA threads {os.environ.get('PJRT_NPROC', 'all')}, "
           f"{result['images']} images of {result['source_px']} px")
     print(f"  step from memory {result['memory_step_s'] * 1e3:.1f} ms, from the pipeline "
           f"{result['pipeline_step_s'] * 1e3:.1f} ms (waiting for data {result['pipeline_data_wait_s'] * 1e3:.1f} ms)"

@@ -131,6 +131,10 @@ class _DecodeBatchesIterator(grain.DatasetIterator):
         return {"position": self._position}
 
     def set_state(self, state: dict) -> None:
+        if "position" not in state:
+            raise ValueError(f"the checkpoint's data-iterator state {sorted(state)} was written by another version "
+                             f"of the mmjax pipeline (this one stores 'position'); resume with that version or "
+                             f"start a new workdir")
         self._position = state["position"]
 
 
