@@ -193,12 +193,28 @@ def test_wrong_shapes_name_the_parameter(hf_dir, tmp_path):
         load_pretrained(str(broken))
 
 
+def _zero_hf_tensors(config):
+    return hf_siglip.params_to_hf(jax.tree.map(np.zeros_like, checks.unflatten(
+        {k: np.zeros(s, np.float32) for k, s in checks.expected_shapes(config).items()})), config)
+
+
 def test_missing_tensor_is_named():
     config = get_config("siglip-test")
-    tensors = hf_siglip.params_to_hf(jax.tree.map(np.zeros_like, checks.unflatten(
-        {k: np.zeros(s, np.float32) for k, s in checks.expected_shapes(config).items()})), config)
+    tensors = _zero_hf_tensors(config)
     del tensors["vision_model.post_layernorm.weight"]
     with pytest.raises(ValueError, match="weights.safetensors: tensor vision_model.post_layernorm.weight is missing"):
+        hf_siglip.params_from_hf(tensors, config, "weights.safetensors")
+
+
+def test_tensor_the_model_does_not_use_is_named():
+    """A checkpoint with a third text layer loaded with a two-layer config.json is refused, not truncated."""
+    config = get_config("siglip-test")
+    tensors = _zero_hf_tensors(config)
+    tensors["text_model.embeddings.position_ids"] = np.arange(config.text.context_length)[None]  # a buffer: ignored
+    hf_siglip.params_from_hf(tensors, config, "weights.safetensors")
+    tensors["text_model.encoder.layers.2.mlp.fc1.bias"] = np.zeros(config.text.mlp_dim, np.float32)
+    with pytest.raises(ValueError, match=re.escape("weights.safetensors: tensor text_model.encoder.layers.2.mlp.fc1."
+                                                   "bias is not used by a SiglipModel with this config.json")):
         hf_siglip.params_from_hf(tensors, config, "weights.safetensors")
 
 

@@ -244,10 +244,15 @@ def fuse_in_proj(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def params_from_hf(tensors: Mapping[str, np.ndarray], config: TwoTowerConfig, where: str) -> dict:
     """mmjax params (nested dict of float32 NumPy arrays) from a transformers SigLIP state dict.
 
-    Raises a one-line ValueError naming the first missing tensor, or the first
+    Raises a one-line ValueError naming the first missing tensor, the first tensor
+    the model does not use (a `position_ids` buffer excepted), or the first
     parameter whose shape does not fit `config`.
     """
     tensors = split_in_proj(tensors, where)
+    used = {key for _, key, _ in table(config)}
+    unused = sorted(key for key in tensors if key not in used and not key.endswith("position_ids"))
+    if unused:
+        raise ValueError(f"{where}: tensor {unused[0]} is not used by a SiglipModel with this config.json")
     expected = checks.expected_shapes(config)
     flat = {}
     for path, key, kind in table(config):
