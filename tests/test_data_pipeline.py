@@ -13,6 +13,8 @@ import os
 import re
 import struct
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -25,6 +27,7 @@ from mmjax.data.pipeline import records_train_dataset
 from mmjax.data.records import SKIP_REASONS, Sample
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.train.config import ConfigError, base_config, validate
+from mmjax.train.prefetch import DevicePrefetch
 from test_data_convert import image_bytes
 
 TOKENIZER = Tokenizer.for_synthetic(16)
@@ -173,6 +176,28 @@ def test_element_uniforms_are_uniform_independent_and_keyed_by_seed_and_position
     assert np.abs(correlation - np.eye(24)).max() < 5 / math.sqrt(u.shape[0])
     np.testing.assert_array_equal(element_uniforms(7, np.array([5, 3]), 23), u[[5, 3]])
     assert np.isclose(element_uniforms(8, np.arange(100), 23), u[:100]).mean() < 0.01  # another seed, other numbers
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_device_prefetch_checkpoints_the_first_batch_not_yet_returned(tmp_path, ahead):
+    clean_dir(tmp_path, 40)
+    make = lambda: iter(records_train_dataset([RecordSource(str(tmp_path))], None, 3, 4, DecodeOptions(16),
+                                              TOKENIZER, process_index=0, process_count=1))
+    plain = make()
+    batches(plain, 3)
+    prefetched = DevicePrefetch(make(), lambda batch: jax.tree.map(jnp.asarray, batch), ahead)
+    batches(prefetched, 3)
+    state = json.loads(json.dumps(prefetched.get_state()))
+    assert state == json.loads(json.dumps(plain.get_state()))  # as if no batch had been read ahead
+    want = batches(plain, 5)
+    resumed = DevicePrefetch(make(), lambda batch: jax.tree.map(jnp.asarray, batch), ahead)
+    resumed.set_state(state)
+    for a, b, c in zip(want, batches(resumed, 5), batches(prefetched, 5), strict=True):
+        for key in ("image", "text"):
+            np.testing.assert_array_equal(a[key], b[key])
+            np.testing.assert_array_equal(a[key], c[key])
+    for iterator in (plain, prefetched, resumed):
+        iterator.close()
 
 
 def test_two_epochs_see_every_good_record_twice_in_new_crops(tmp_path):

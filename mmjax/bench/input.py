@@ -1,14 +1,15 @@
 """Is training input-bound? The demo's train step fed by the real pipeline against the same step fed from memory.
 
-Both sides run the training loop's own mechanics (`next(data)` → `make_array_from_process_local_data` →
-asynchronously dispatched step, nothing blocks until the end of a round): "memory" repeats one batch that is
-already on the host, "pipeline" reads ArrayRecord shards through `config_train_dataset` (grain workers:
-decode, random-resized crop, caption sampling, tokenisation). Rounds alternate between the two, so slow
-drift of a noisy machine hits both; the result is the median over rounds of each side's seconds per step.
+Both sides run the training loop's own mechanics (`next(data)` → asynchronously dispatched step, nothing
+blocks until the end of a round): "memory" repeats one batch that is already on the devices, "pipeline" reads
+ArrayRecord shards through `config_train_dataset` (grain workers: decode, random-resized crop, caption
+sampling, tokenisation) and `DevicePrefetch` (`config.data.prefetch_to_device` batches ahead), as
+`mmjax train` does. Rounds alternate between the two, so slow drift of a noisy machine hits both; the
+result is the median over rounds of each side's seconds per step.
 
 The data: `images` samples of the demo's synthetic world, written as ArrayRecord shards of PNGs rendered at
-`source_px` (default: the model's image size, what the demo data would be as files) or as 256 px JPEGs
-(`source_px=256`, img2dataset's default size).
+`source_px` (default: the model's image size, what the demo data would be as files) or as JPEGs above 64 px
+(`source_px=256`: img2dataset's default size).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Iterator
 import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
+import jax.numpy as jnp
 from PIL import Image
 
 from mmjax.data import shards, synthetic
@@ -33,6 +34,7 @@ from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.prefetch import DevicePrefetch
 from mmjax.train.state import create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 
@@ -53,14 +55,13 @@ def write_synthetic_records(directory: str, count: int, source_px: int, shard_si
     shards.write_index(directory, markers)
 
 
-def _seconds_per_step(step_fn, state, data: Iterator, sharding, steps: int) -> tuple[float, float, object]:
+def _seconds_per_step(step_fn, state, data: Iterator, steps: int) -> tuple[float, float, object]:
     """(seconds per step, seconds per step spent in `next(data)`, state) over `steps` steps of the loop."""
     wait, start = 0.0, time.perf_counter()
     for _ in range(steps):
         wait_start = time.perf_counter()
         batch = next(data)
         wait += time.perf_counter() - wait_start
-        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
         state, metrics = step_fn(state, batch)
         del batch
     jax.block_until_ready((state, metrics))
@@ -80,26 +81,28 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
                         loss=config.loss, multi_positive=False, image_mean=config.data.image_mean,
                         image_std=config.data.image_std, accum_steps=config.accum_steps),
         shardings, mesh)
-    sharding = batch_sharding(mesh)
+    to_mesh = lambda batch: jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
     tokenizer = Tokenizer.for_synthetic(model_config.text.context_length)
     with tempfile.TemporaryDirectory() as directory:
         write_synthetic_records(directory, images, source_px)
         data_config = ml_collections.ConfigDict(config.data.to_dict())
         data_config.name, data_config.sources = "arrayrecord", (directory,)
-        pipeline = iter(config_train_dataset(data_config, config.batch_size, model_config.vision.image_size,
-                                             tokenizer))
+        pipeline = DevicePrefetch(iter(config_train_dataset(data_config, config.batch_size,
+                                                             model_config.vision.image_size, tokenizer)),
+                                  to_mesh, config.data.prefetch_to_device)
         try:
             with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
                 state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
-                memory = itertools.repeat(jax.tree.map(np.copy, next(pipeline)))  # out of grain's shared memory
+                memory = itertools.repeat(jax.tree.map(jnp.copy, next(pipeline)))
                 sides = {"memory": memory, "pipeline": pipeline}
                 for data in sides.values():  # compile, warm the workers' buffers
-                    _, _, state = _seconds_per_step(step_fn, state, data, sharding, 3)
+                    _, _, state = _seconds_per_step(step_fn, state, data, 3)
                 times = {name: [] for name in sides}
                 waits = {name: [] for name in sides}
                 for _ in range(rounds):
                     for name, data in sides.items():
-                        seconds, wait, state = _seconds_per_step(step_fn, state, data, sharding, steps)
+                        seconds, wait, state = _seconds_per_step(step_fn, state, data, steps)
                         times[name].append(seconds)
                         waits[name].append(wait)
         finally:

@@ -46,7 +46,9 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         max_caption_chars=1000,
         # Stop when more than this fraction of the samples read was skipped (checked at log steps once
         # `skip_check_min_samples` samples were read).
-        max_skip_fraction=0.01, skip_check_min_samples=1000))
+        max_skip_fraction=0.01, skip_check_min_samples=1000,
+        # Batches placed on the devices ahead of the step (mmjax/train/prefetch.py); 0 = when the step asks.
+        prefetch_to_device=2))
     c.seed = 0
     c.batch_size = 256
     # Micro-batches per step: the towers run on batch_size / accum_steps examples at a time and the
@@ -149,6 +151,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.log_every > 0 and c.checkpoint_every > 0 and c.keep_checkpoints > 0,
              "config.log_every, checkpoint_every and keep_checkpoints must be positive")
     _require(c.data.num_workers >= 0, f"config.data.num_workers={c.data.num_workers} must be ≥ 0")
+    _require(c.data.prefetch_to_device >= 0,
+             f"config.data.prefetch_to_device={c.data.prefetch_to_device} must be ≥ 0")
     for key in ("image_mean", "image_std"):
         _require(len(c.data[key]) == 3, f"config.data.{key} must have 3 values (RGB), got {c.data[key]}")
     for pattern in c.optim.no_decay:

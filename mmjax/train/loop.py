@@ -23,6 +23,7 @@ from mmjax.train.config import ConfigError, validate
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.prefetch import DevicePrefetch
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
@@ -76,6 +77,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     shardings = state_shardings(model, tx, mesh)
     data = iter(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size, tokenizer))
     skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples)
+    to_mesh = lambda batch: jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
+    data = DevicePrefetch(data, to_mesh, config.data.prefetch_to_device)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
@@ -92,8 +96,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
     writer = MetricsWriter(workdir, config.total_steps, start)
     config_json = config.to_dict()
-    to_mesh = lambda batch: jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
     last_time, last_step, first_log, data_wait = time.perf_counter(), start, True, 0.0
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
@@ -101,7 +103,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                 wait_start = time.perf_counter()
                 batch = next(data)
                 data_wait += time.perf_counter() - wait_start
-                batch = to_mesh(batch)
                 if step == start + 1:  # compile ahead of time to read the program's bytes per device
                     step_fn = step_fn.lower(state, batch).compile()
                     memory = memory_per_device(step_fn)
@@ -129,6 +130,5 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     finally:
         checkpoints.close()
         writer.close()
-        if hasattr(data, "close"):
-            data.close()
+        data.close()
     return state
