@@ -32,9 +32,9 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.records import Sample
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
-from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
+from mmjax.parallel import DEFAULT_RULES, make_mesh
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
-from mmjax.train.prefetch import DevicePrefetch
+from mmjax.train.prefetch import DevicePrefetch, batch_to_mesh
 from mmjax.train.state import create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 
@@ -63,7 +63,6 @@ def _seconds_per_step(step_fn, state, data: Iterator, steps: int) -> tuple[float
         batch = next(data)
         wait += time.perf_counter() - wait_start
         state, metrics = step_fn(state, batch)
-        del batch
     jax.block_until_ready((state, metrics))
     return (time.perf_counter() - start) / steps, wait / steps, state
 
@@ -81,8 +80,6 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
                         loss=config.loss, multi_positive=False, image_mean=config.data.image_mean,
                         image_std=config.data.image_std, accum_steps=config.accum_steps),
         shardings, mesh)
-    to_mesh = lambda batch: jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
     tokenizer = Tokenizer.for_synthetic(model_config.text.context_length)
     with tempfile.TemporaryDirectory() as directory:
         write_synthetic_records(directory, images, source_px)
@@ -90,7 +87,7 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
         data_config.name, data_config.sources = "arrayrecord", (directory,)
         pipeline = DevicePrefetch(iter(config_train_dataset(data_config, config.batch_size,
                                                              model_config.vision.image_size, tokenizer)),
-                                  to_mesh, config.data.prefetch_to_device)
+                                  batch_to_mesh(mesh), config.data.prefetch_to_device)
         try:
             with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
                 state = create_train_state(model, tx, jax.random.key(config.seed), shardings)

@@ -16,14 +16,14 @@ import ml_collections
 from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
 from mmjax.models import TwoTower, get_config
-from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, make_mesh
+from mmjax.parallel import DEFAULT_RULES, batch_size_multiple, make_mesh
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints
 from mmjax.train.config import ConfigError, validate
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
-from mmjax.train.prefetch import DevicePrefetch
+from mmjax.train.prefetch import DevicePrefetch, batch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
@@ -77,9 +77,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     shardings = state_shardings(model, tx, mesh)
     data = iter(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size, tokenizer))
     skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples)
-    to_mesh = lambda batch: jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), batch)
-    data = DevicePrefetch(data, to_mesh, config.data.prefetch_to_device)
+    data = DevicePrefetch(data, batch_to_mesh(mesh), config.data.prefetch_to_device)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
@@ -107,7 +105,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                     step_fn = step_fn.lower(state, batch).compile()
                     memory = memory_per_device(step_fn)
                 state, metrics = step_fn(state, batch)
-                del batch  # grain hands batches over in shared memory: free it before the iterator closes
                 writer.advance(1)
                 if step == start + 1:  # the first step compiles: time the rest without it
                     jax.block_until_ready(metrics)

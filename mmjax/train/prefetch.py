@@ -7,6 +7,27 @@ import copy
 from typing import Any, Callable
 
 import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax.parallel import batch_sharding
+
+
+def batch_to_mesh(mesh: Mesh) -> Callable[[Any], Any]:
+    """A host batch (this process's rows) → global arrays sharded over the batch axes of `mesh`.
+
+    On CPU the arrays are copied first: a CPU device array may view the host memory, which grain hands
+    over in shared memory, and shared memory still viewed when the iterator closes leaks.
+    """
+    copy_first = mesh.devices.flat[0].platform == "cpu"
+    sharding = batch_sharding(mesh)
+
+    def to_mesh(batch: Any) -> Any:
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+            sharding, np.array(x) if copy_first else x), batch)
+
+    return to_mesh
 
 
 class DevicePrefetch(grain.DatasetIterator):
