@@ -4,8 +4,9 @@ Both sides run the training loop's own mechanics (`next(data)` → asynchronousl
 blocks until the end of a round): "memory" repeats one batch that is already on the devices, "pipeline" reads
 ArrayRecord shards through `config_train_dataset` (grain workers: decode, random-resized crop, caption
 sampling, tokenisation) and `DevicePrefetch` (`config.data.prefetch_to_device` batches ahead), as
-`mmjax train` does. Rounds alternate between the two, so slow drift of a noisy machine hits both; the
-result is the median over rounds of each side's seconds per step.
+`mmjax train` does. Rounds alternate between the two, so slow drift of a noisy machine hits both; each
+round first runs untimed steps that drain what the pipeline prepared while the other side ran; the result is
+the median over rounds of each side's seconds per step.
 
 The data: `images` samples of the demo's synthetic world, written as ArrayRecord shards of PNGs rendered at
 `source_px` (default: the model's image size, what the demo data would be as files) or as JPEGs above 64 px
@@ -93,12 +94,15 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
                 state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
                 memory = itertools.repeat(jax.tree.map(jnp.copy, next(pipeline)))
                 sides = {"memory": memory, "pipeline": pipeline}
-                for data in sides.values():  # compile, warm the workers' buffers
-                    _, _, state = _seconds_per_step(step_fn, state, data, 3)
+                # While the other side runs, the device prefetch and each worker's buffer (one batch ready,
+                # one more made) fill up: each round first drains them, untimed, so both sides are timed in
+                # their steady state.
+                drain = config.data.prefetch_to_device + 2 * max(config.data.num_workers, 1)
                 times = {name: [] for name in sides}
                 waits = {name: [] for name in sides}
                 for _ in range(rounds):
                     for name, data in sides.items():
+                        _, _, state = _seconds_per_step(step_fn, state, data, drain)
                         seconds, wait, state = _seconds_per_step(step_fn, state, data, steps)
                         times[name].append(seconds)
                         waits[name].append(wait)
