@@ -27,8 +27,6 @@ from mmjax.data.element_random import element_uniforms
 from mmjax.data.records import REASON_CODE, SKIP_REASONS, Skip
 from mmjax.data.tokenizers import Tokenizer
 
-SKIP_FIELDS = ("skip_counts", "skipped")
-
 
 class TooManySkipsError(ValueError):
     """The data stream is unreadable: every sample in a long run was skipped."""
