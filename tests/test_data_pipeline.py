@@ -14,7 +14,6 @@ import re
 import struct
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -27,7 +26,8 @@ from mmjax.data.pipeline import records_train_dataset
 from mmjax.data.records import SKIP_REASONS, Sample
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.train.config import ConfigError, base_config, validate
-from mmjax.train.prefetch import DevicePrefetch
+from mmjax.parallel import make_mesh
+from mmjax.train.prefetch import prefetch_to_mesh
 from test_data_convert import image_bytes
 
 TOKENIZER = Tokenizer.for_synthetic(16)
@@ -179,23 +179,31 @@ def test_element_uniforms_are_uniform_independent_and_keyed_by_seed_and_position
 
 
 @pytest.mark.parametrize("ahead", [0, 2])
-def test_device_prefetch_checkpoints_the_first_batch_not_yet_returned(tmp_path, ahead):
-    clean_dir(tmp_path, 40)
-    make = lambda: iter(records_train_dataset([RecordSource(str(tmp_path))], None, 3, 4, DecodeOptions(16),
-                                              TOKENIZER, process_index=0, process_count=1))
-    plain = make()
+def test_device_prefetch_checkpoints_and_counts_only_the_batches_returned(tmp_path, ahead):
+    """With batches read ahead onto the mesh, the state, the skip totals and the logged ids are those of a plain
+    iterator that has returned as many batches."""
+    corrupted_dir(tmp_path, np.random.default_rng(3), num_shards=4, per_shard=25, missing=2)
+    dataset = lambda: records_train_dataset([RecordSource(str(tmp_path))], None, 3, 4, DecodeOptions(16), TOKENIZER,
+                                            process_index=0, process_count=1)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    plain = iter(dataset())
     batches(plain, 3)
-    prefetched = DevicePrefetch(make(), lambda batch: jax.tree.map(jnp.asarray, batch), ahead)
-    batches(prefetched, 3)
+    prefetched = prefetch_to_mesh(dataset(), mesh, ahead)
+    first = batches(prefetched, 3)
+    assert all(isinstance(batch["image"], jax.Array) and set(batch) == {"image", "text"} for batch in first)
     state = json.loads(json.dumps(prefetched.get_state()))
     assert state == json.loads(json.dumps(plain.get_state()))  # as if no batch had been read ahead
+    assert prefetched.new_skipped == plain.new_skipped and len(plain.new_skipped) > 0
+    np.testing.assert_array_equal(prefetched.skip_counts, plain.skip_counts)
     want = batches(plain, 5)
-    resumed = DevicePrefetch(make(), lambda batch: jax.tree.map(jnp.asarray, batch), ahead)
+    resumed = prefetch_to_mesh(dataset(), mesh, ahead)
     resumed.set_state(state)
     for a, b, c in zip(want, batches(resumed, 5), batches(prefetched, 5), strict=True):
         for key in ("image", "text"):
             np.testing.assert_array_equal(a[key], b[key])
             np.testing.assert_array_equal(a[key], c[key])
+    np.testing.assert_array_equal(resumed.skip_counts, plain.skip_counts)
+    np.testing.assert_array_equal(prefetched.skip_counts, plain.skip_counts)
     for iterator in (plain, prefetched, resumed):
         iterator.close()
 

@@ -35,7 +35,7 @@ from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
 from mmjax.parallel import DEFAULT_RULES, make_mesh
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
-from mmjax.train.prefetch import DevicePrefetch, batch_to_mesh
+from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 
@@ -86,9 +86,9 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
         write_synthetic_records(directory, images, source_px)
         data_config = ml_collections.ConfigDict(config.data.to_dict())
         data_config.name, data_config.sources = "arrayrecord", (directory,)
-        pipeline = DevicePrefetch(iter(config_train_dataset(data_config, config.batch_size,
-                                                             model_config.vision.image_size, tokenizer)),
-                                  batch_to_mesh(mesh), config.data.prefetch_to_device)
+        pipeline = prefetch_to_mesh(config_train_dataset(data_config, config.batch_size,
+                                                         model_config.vision.image_size, tokenizer),
+                                    mesh, config.data.prefetch_to_device)
         try:
             with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
                 state = create_train_state(model, tx, jax.random.key(config.seed), shardings)

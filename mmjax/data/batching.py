@@ -11,8 +11,10 @@ on the demo model that halves the pipeline's CPU time per batch, which on a mach
 whose cores the train step keeps busy is what the step waits for.
 
 Main side, `CountSkips`: pops those fields (and `source`, the mixture component of
-each example) and keeps running totals. The totals are part of the iterator state,
-which the training checkpoint stores, so they survive a resume.
+each example; together `HOST_FIELDS`) and keeps running totals. The totals are part of
+the iterator state, which the training checkpoint stores, so they survive a resume.
+A device prefetch goes *below* the counting (`CountSkips.count`), so the totals,
+the logged ids and the stop rule describe the batches handed to the step.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from mmjax.data.decode import UNIFORMS_PER_EXAMPLE, DecodeOptions, decode_exampl
 from mmjax.data.element_random import element_uniforms
 from mmjax.data.records import REASON_CODE, SKIP_REASONS, Skip
 from mmjax.data.tokenizers import Tokenizer
+
+
+HOST_FIELDS = ("skip_counts", "skipped", "source")  # per-process bookkeeping, never placed on a device
 
 
 class TooManySkipsError(ValueError):
@@ -176,4 +181,9 @@ class CountSkips(grain.IterDataset):
         self._num_sources = num_sources
 
     def __iter__(self) -> _CountSkipsIterator:
-        return _CountSkipsIterator(self._parent.__iter__(), self._num_sources)
+        return self.count(self._parent.__iter__())
+
+    def count(self, iterator: grain.DatasetIterator) -> _CountSkipsIterator:
+        """Totals the skips of `iterator`: an iterator over this dataset's parent, or one that wraps such an
+        iterator batch for batch and passes the `HOST_FIELDS` through (`train.prefetch.DevicePrefetch`)."""
+        return _CountSkipsIterator(iterator, self._num_sources)

@@ -23,7 +23,7 @@ from mmjax.train.config import ConfigError, validate
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
-from mmjax.train.prefetch import DevicePrefetch, batch_to_mesh
+from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
@@ -75,9 +75,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     model = TwoTower(model_config)
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
-    data = iter(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size, tokenizer))
+    data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
+                                                 tokenizer), mesh, config.data.prefetch_to_device)
     skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples)
-    data = DevicePrefetch(data, batch_to_mesh(mesh), config.data.prefetch_to_device)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)

@@ -11,11 +11,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from mmjax.data.batching import HOST_FIELDS, CountSkips
 from mmjax.parallel import batch_sharding
 
 
-def batch_to_mesh(mesh: Mesh) -> Callable[[Any], Any]:
-    """A host batch (this process's rows) → global arrays sharded over the batch axes of `mesh`.
+def batch_to_mesh(mesh: Mesh) -> Callable[[dict], dict]:
+    """A host batch (this process's rows) → global arrays sharded over the batch axes of `mesh`; the
+    `HOST_FIELDS` (skip bookkeeping) stay numpy arrays on the host.
 
     On CPU the arrays are copied first: a CPU device array may view the host memory, which grain hands
     over in shared memory, and shared memory still viewed when the iterator closes leaks.
@@ -23,11 +25,22 @@ def batch_to_mesh(mesh: Mesh) -> Callable[[Any], Any]:
     copy_first = mesh.devices.flat[0].platform == "cpu"
     sharding = batch_sharding(mesh)
 
-    def to_mesh(batch: Any) -> Any:
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-            sharding, np.array(x) if copy_first else x), batch)
+    def to_mesh(batch: dict) -> dict:
+        return {key: value if key in HOST_FIELDS else jax.make_array_from_process_local_data(
+            sharding, np.array(value) if copy_first else value) for key, value in batch.items()}
 
     return to_mesh
+
+
+def prefetch_to_mesh(dataset: grain.IterDataset, mesh: Mesh, ahead: int) -> grain.DatasetIterator:
+    """`iter(dataset)` with each batch placed on `mesh` `ahead` batches before the step asks for it.
+
+    For a real-data stream (`CountSkips`) the prefetch goes below the skip counting, so the skip totals,
+    the logged record ids and the stop rule describe the batches handed to the step, not those read ahead.
+    """
+    if isinstance(dataset, CountSkips):
+        return dataset.count(DevicePrefetch(iter(dataset.parents[0]), batch_to_mesh(mesh), ahead))
+    return DevicePrefetch(iter(dataset), batch_to_mesh(mesh), ahead)
 
 
 class DevicePrefetch(grain.DatasetIterator):
