@@ -1,9 +1,25 @@
-"""Test set-up: 8 fake CPU devices so mesh code runs without accelerators.
+"""Test set-up: 8 fake CPU devices so mesh code runs without accelerators, and one persistent
+compilation cache for the session.
 
-The flag must be set before JAX creates its backend, so it lives here, at
-import time of the test session.
+The flags must be set before JAX creates its backend, so they live here, at
+import time of the test session. The cache is a fresh temporary directory, named in the
+environment so the `mmjax` processes that tests start share it: many tests compile
+the same tiny programs (the CLI's train step above all), and XLA:CPU compiles dominate the suite.
 """
+import atexit
+import os
+import shutil
+import tempfile
+
 import jax
+
+_CACHE = tempfile.mkdtemp(prefix="mmjax-test-jax-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
