@@ -129,7 +129,9 @@ def test_scan_and_remat_give_identical_outputs_and_gradients(name):
         got_out = jax.jit(variant.apply)({"params": p}, image=images, text=tokens)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6), got_out, want_out)
         got_grad = _stack_layers(jax.jit(jax.grad(lambda q: loss(variant, q)))(p))
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got_grad, want_grad)
+        # float32 sums in another order: the tolerance follows each gradient's scale (entries reach ~50 here).
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6 * float(np.abs(b).max()) + 1e-6,
+                                                             rtol=1e-5), got_grad, want_grad)
 
 
 def test_every_parameter_has_logical_axis_names():

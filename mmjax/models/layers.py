@@ -7,6 +7,7 @@ B = batch, T = query length, S = key length, D = width, H = heads.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -63,7 +64,12 @@ class DenseGeneral(nn.Module):
         init = nn.initializers.lecun_normal(in_axis=tuple(range(self.num_in)),
                                             out_axis=tuple(range(self.num_in, self.num_in + n_out)))
         kernel = self.param("kernel", _init(init, self.names), tuple(x.shape[-self.num_in:]) + self.features)
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.num_in)
+        # One 2-D matmul `[tokens, fan-in] @ [fan-in, fan-out]`, so the kernel's gradient is a 2-D matmul too.
+        # A `tensordot` over `[B, T, D]` makes it contract two dims, which XLA:CPU lays out with transposed copies
+        # and a slower kernel (bench-tiny train step, batch 64, 2 threads: 322 → 293 ms, medians of 4 A/B runs).
+        fan_in = math.prod(kernel.shape[:self.num_in])
+        y = jnp.dot(x.reshape(-1, fan_in).astype(self.dtype), kernel.reshape(fan_in, -1).astype(self.dtype))
+        y = y.reshape(x.shape[:-self.num_in] + self.features)
         if self.use_bias:
             bias = self.param("bias", _init(nn.initializers.zeros_init(), self.names[-n_out:]), self.features)
             y = y + bias.astype(self.dtype)
