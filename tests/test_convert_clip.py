@@ -288,6 +288,35 @@ def test_mmjax_model_export_import_is_bit_identical(target, tmp_path):
         _assert_close_normalised(pretrained.encode_text(texts), expected)
 
 
+def test_sharded_hf_checkpoint_loads_like_the_single_file(hf_dir, images, tmp_path):
+    """`save_pretrained` above `max_shard_size` writes `model.safetensors.index.json` + shards (as large Hub
+    checkpoints are); a missing shard, or a tensor its shard lacks, is named in one line."""
+    path = str(tmp_path / "sharded")
+    shutil.copytree(hf_dir, path)
+    os.remove(os.path.join(path, "model.safetensors"))
+    transformers.CLIPModel.from_pretrained(hf_dir).save_pretrained(path, max_shard_size="1MB")
+    index_path = os.path.join(path, "model.safetensors.index.json")
+    with open(index_path) as f:
+        weight_map = json.load(f)["weight_map"]
+    assert len(set(weight_map.values())) > 1 and not os.path.exists(os.path.join(path, "model.safetensors"))
+    image_ref, text_ref, _ = _hf_reference(hf_dir, images, TEXTS)
+    sharded = load_pretrained(path)
+    _assert_close_normalised(sharded.encode_image(images), image_ref)
+    _assert_close_normalised(sharded.encode_text(TEXTS), text_ref)
+    _assert_bit_identical(load_pretrained(hf_dir).params, sharded.params)
+
+    name, shard = next(iter(weight_map.items()))
+    with open(index_path, "w") as f:
+        json.dump({"weight_map": {**weight_map, name: "model-extra.safetensors"}}, f)
+    with pytest.raises(FileNotFoundError, match=r"shard .*model-extra.safetensors named by .*index.json"):
+        load_pretrained(path)
+    other = next(s for s in sorted(set(weight_map.values())) if s != shard)
+    with open(index_path, "w") as f:
+        json.dump({"weight_map": {**weight_map, name: other}}, f)
+    with pytest.raises(ValueError, match=f"puts tensor {name} in {other}, which does not hold it"):
+        load_pretrained(path)
+
+
 def test_pickle_weights_are_refused_unless_allowed(hf_dir, tmp_path):
     path = str(tmp_path / "pickled")
     shutil.copytree(hf_dir, path)

@@ -1,5 +1,5 @@
-"""Hugging Face `CLIPModel` directories: `config.json`, `model.safetensors`, tokenizer files,
-`preprocessor_config.json`.
+"""Hugging Face `CLIPModel` directories: `config.json`, `model.safetensors` (or sharded:
+`model.safetensors.index.json` + its shards), tokenizer files, `preprocessor_config.json`.
 
 Text pooling follows transformers: the first position holding `eos_token_id` (configs with
 the legacy `eos_token_id == 2` pool at the largest id). Images are preprocessed as
@@ -16,13 +16,12 @@ import numpy as np
 from mmjax.convert import layout
 from mmjax.convert.checks import check_shapes, expected_shapes
 from mmjax.convert.jsonfile import read_json, write_json
-from mmjax.convert.tensors import read_tensors, write_safetensors
+from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.clip_bpe import ClipBpeTokenizer
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
 from mmjax.pretrained import Pretrained
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # transformers' activation names ↔ mmjax's.
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 RESAMPLE = {2: "bilinear", 3: "bicubic"}
@@ -102,15 +101,6 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where
     return params
 
 
-def _weights_file(path: str) -> str:
-    for name in WEIGHT_FILES:
-        if os.path.isfile(os.path.join(path, name)):
-            return os.path.join(path, name)
-    if any(name.endswith(".safetensors.index.json") for name in os.listdir(path)):
-        raise ValueError(f"{path}: sharded checkpoints (model.safetensors.index.json) are not supported")
-    raise FileNotFoundError(f"{path} has no {' or '.join(WEIGHT_FILES)}")
-
-
 def _special_token(tokenizer_config: dict, name: str, default: str) -> str:
     value = tokenizer_config.get(name, default)
     return value.get("content", default) if isinstance(value, dict) else (value or default)
@@ -154,8 +144,8 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     """A local transformers CLIPModel directory → `Pretrained`."""
     config_path = os.path.join(path, "config.json")
     config = config_from_hf(read_json(config_path), config_path)
-    weights = _weights_file(path)
-    params = params_from_hf(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
+    tensors, weights_file = read_transformers_weights(path, allow_pickle=allow_pickle)
+    params = params_from_hf(tensors, config, weights_file)
     tokenizer = load_tokenizer(path, config.text.context_length)
     return Pretrained(config, params, tokenizer, load_preprocess(path, config.vision.image_size), path, "hf_clip")
 

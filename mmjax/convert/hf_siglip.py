@@ -1,7 +1,7 @@
 """transformers `SiglipModel` ↔ mmjax `TwoTower`: config, parameter names, load and export.
 
 A Hugging Face SigLIP directory holds `config.json` (`"model_type": "siglip"`),
-`model.safetensors`, `spiece.model` + `tokenizer_config.json` and
+`model.safetensors` (or `model.safetensors.index.json` + its shards), `spiece.model` + `tokenizer_config.json` and
 `preprocessor_config.json`. The towers map one to one onto mmjax's SigLIP layout
 (MAP-pooled ViT without class token or pre-norm, bidirectional text pooled at the
 last position with a biased head, no image projection); only tensor layouts
@@ -20,7 +20,7 @@ import numpy as np
 
 from mmjax.convert import checks, layout
 from mmjax.convert.jsonfile import read_json, write_json
-from mmjax.convert.tensors import read_tensors, write_safetensors
+from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer
@@ -354,30 +354,12 @@ def tokenizer_from_dir(directory: str, context_length: int) -> SentencePieceToke
     raise FileNotFoundError(f"{directory} has no spiece.model (the SigLIP SentencePiece tokenizer)")
 
 
-def _weights(directory: str, allow_pickle: bool) -> tuple[dict[str, np.ndarray], str]:
-    """`(state dict, file it came from)` of a transformers directory: model.safetensors, sharded
-    safetensors (the index file is named), or a pickle."""
-    single = os.path.join(directory, "model.safetensors")
-    if os.path.isfile(single):
-        return read_tensors(single), single
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        tensors = {}
-        for shard in sorted(set(read_json(index).get("weight_map", {}).values())):
-            tensors.update(read_tensors(os.path.join(directory, shard)))
-        return tensors, index
-    pickled = os.path.join(directory, "pytorch_model.bin")
-    if os.path.isfile(pickled):
-        return read_tensors(pickled, allow_pickle=allow_pickle), pickled
-    raise FileNotFoundError(f"{directory} has no model.safetensors")
-
-
 def load(path: str, *, image_size: int | None = None, allow_pickle: bool = False) -> Pretrained:
     """A transformers `SiglipModel` directory → `Pretrained` (model, params, tokenizer, preprocessing)."""
     path = os.fspath(path)
     config_path = os.path.join(path, "config.json")
     config = config_from_hf(read_json(config_path), config_path)
-    tensors, weights_file = _weights(path, allow_pickle)
+    tensors, weights_file = read_transformers_weights(path, allow_pickle=allow_pickle)
     params = params_from_hf(tensors, config, weights_file)
     processor_path = os.path.join(path, "preprocessor_config.json")
     processor = read_json(processor_path) if os.path.isfile(processor_path) else {}

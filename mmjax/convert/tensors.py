@@ -12,7 +12,13 @@ import zipfile
 
 import numpy as np
 
+from mmjax.convert.jsonfile import read_json
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# A transformers model directory's weights, in the order they are looked for; an `.index.json` file maps each
+# tensor name to the shard file that holds it (what `save_pretrained` writes above `max_shard_size`).
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json")
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
@@ -89,6 +95,36 @@ def read_tensors(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarr
         return _read_pickle(path)
     raise ValueError(f"{path}: unknown weights format (expected .safetensors, .npz, or with --allow-pickle "
                      f"{', '.join(PICKLE_SUFFIXES)})")
+
+
+def read_transformers_weights(directory: str, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """`(tensors, the file they were found through)` of a transformers model directory: the first of
+    `TRANSFORMERS_WEIGHTS` it holds, a sharded checkpoint read shard by shard through its index."""
+    for name in TRANSFORMERS_WEIGHTS:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return (_read_sharded(path, allow_pickle) if name.endswith(".index.json")
+                    else read_tensors(path, allow_pickle=allow_pickle)), path
+    raise FileNotFoundError(f"{directory} has no {' or '.join(TRANSFORMERS_WEIGHTS)}")
+
+
+def _read_sharded(index_path: str, allow_pickle: bool) -> dict[str, np.ndarray]:
+    """The tensors of every shard an index file's `weight_map` (tensor name → shard file) names, checked
+    against the map: a missing shard or a tensor its shard does not hold is named in one line."""
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index_path} has no weight_map (tensor name → shard file)")
+    directory, tensors = os.path.dirname(index_path), {}
+    for shard in sorted(set(weight_map.values())):
+        path = os.path.join(directory, shard)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"shard {path} named by {index_path} does not exist")
+        shard_tensors = read_tensors(path, allow_pickle=allow_pickle)
+        absent = next((name for name, file in weight_map.items() if file == shard and name not in shard_tensors), None)
+        if absent is not None:
+            raise ValueError(f"{index_path} puts tensor {absent} in {shard}, which does not hold it")
+        tensors.update(shard_tensors)
+    return tensors
 
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
