@@ -28,14 +28,23 @@ sys.path.insert(0, str(REPO / "configs"))
 import clip_tiny  # noqa: E402
 
 # The worker is `mmjax train` in-process: the coordinator comes from the MMJAX_* environment.
+# Process 1's data takes 35 s longer to open (slow storage): more than the 30 s gloo gives a
+# process to join the first collective, so the run needs the barrier before it.
 WORKER = """
 import sys
+import time
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
 sys.path.insert(0, sys.argv[2])
 import clip_tiny
-from mmjax.train.loop import train
-state = train(clip_tiny.get_config("test"), sys.argv[1])
+import mmjax.train.loop as loop
+open_dataset = loop.config_train_dataset
+def slow_to_open(*args, **kwargs):
+    if jax.process_index() == 1:
+        time.sleep(35)
+    return open_dataset(*args, **kwargs)
+loop.config_train_dataset = slow_to_open
+state = loop.train(clip_tiny.get_config("test"), sys.argv[1])
 assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
 print("trained", int(state.step))
 """

@@ -5,14 +5,36 @@ Work is split by batches: batch ``i`` of a stream goes to process ``i % process_
 the stream, so all processes compute the same metrics as one process would. With one process
 nothing is communicated. The collective is :func:`jax.experimental.multihost_utils.process_allgather`
 (gloo on CPU), on arrays padded to one size.
+
+Gloo gives a process 30 s to join a new communicator, so a process that reaches its first
+collective much later than the others (a slower compile, a busy machine) fails the run.
+:func:`wait_for_all_processes` is a coordination-service barrier with a long timeout and no
+collective; it runs right before the collectives whose arrival times can differ.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+
+BARRIER_TIMEOUT_S = 1800
+_barrier_numbers = itertools.count()
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+    """Block until every JAX process has called this with the same `name` (a no-op with one process).
+
+    Every process must make the same sequence of calls: each call is a fresh barrier.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    barrier = multihost.get_barrier_sync_fn()
+    barrier(key=f"mmjax/{name}/{next(_barrier_numbers)}", timeout_ms=timeout_s * 1000)
 
 
 def owns_batch(index: int, process_index: int, process_count: int) -> bool:
@@ -31,6 +53,7 @@ def allgather_rows(rows: np.ndarray, process_count: int) -> list[np.ndarray]:
         return [rows]
     from jax.experimental.multihost_utils import process_allgather
 
+    wait_for_all_processes("allgather_rows")
     shapes = np.asarray(process_allgather(np.asarray(rows.shape, np.int32)))  # [P, ndim]
     size = shapes.max(axis=0)
     padded = np.zeros(tuple(size), rows.dtype)

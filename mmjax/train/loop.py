@@ -17,6 +17,7 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
 from mmjax.models import TwoTower, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_size_multiple, make_mesh
+from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints
 from mmjax.train.config import ConfigError, validate
@@ -78,6 +79,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
                                                  tokenizer), mesh, config.data.prefetch_to_device)
     skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples)
+    wait_for_all_processes("train_setup")  # Orbax's first sync is a collective
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
@@ -104,6 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                 if step == start + 1:  # compile ahead of time to read the program's bytes per device
                     step_fn = step_fn.lower(state, batch).compile()
                     memory = memory_per_device(step_fn)
+                    wait_for_all_processes("train_compiled")
                 state, metrics = step_fn(state, batch)
                 writer.advance(1)
                 if step == start + 1:  # the first step compiles: time the rest without it
