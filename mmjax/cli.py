@@ -1,4 +1,4 @@
-"""`mmjax` command line: `mmjax train | eval | models | embed | search | classify`.
+"""`mmjax` command line: `mmjax COMMAND [flags]`; `mmjax COMMAND --help` lists a command's flags.
 
     mmjax train --config configs/clip_tiny.py --workdir runs/demo [--config.batch_size=128 …]
     mmjax eval  --model runs/demo [--output runs/demo/eval.json] [--figure runs/demo/demo.png]
@@ -7,6 +7,9 @@
     mmjax embed    --model runs/demo (--images DIR | --texts FILE) --out index.safetensors
     mmjax search   --index index.safetensors (--text "a red circle" | --image q.png) -k 10 [--sheet hits.png]
     mmjax classify --model runs/demo --labels "a red circle,a blue square" IMAGE...
+    mmjax data     convert SOURCE --out DIR | filter DIR --model WORKDIR --out DIR2 … | info DIR
+    mmjax convert  SOURCE --to hf|open_clip --out DIR
+    mmjax bench    train-step | data | input [flags]
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def _define_eval_flags() -> None:
 
 
 def _eval(_argv) -> None:
-    from mmjax.eval import evaluate_synthetic, format_table, results_json, write_results
+    from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
     from mmjax.eval.benchmarks import run_benchmark
 
     workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
@@ -69,15 +72,13 @@ def _eval(_argv) -> None:
                                      num_retrieval=config.eval.num_retrieval, batch_size=config.eval.batch_size)
         results = results_json("synthetic-shapes", config.model, metrics, extra={"step": trained.step},
                                pretrained=workdir)
-        default_output = os.path.join(workdir, "eval.json")
     else:
         task, metrics = run_benchmark(benchmark, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                       data_dir=flags.FLAGS.data_dir, batch_size=encoder.batch_size,
                                       max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers)
         results = results_json(benchmark, config.model, metrics, extra={"step": trained.step}, task=task,
                                pretrained=workdir)
-        default_output = os.path.join(workdir, f"eval_{os.path.basename(benchmark.rstrip('/'))}.json")
-    output = flags.FLAGS.output or default_output
+    output = flags.FLAGS.output or os.path.join(workdir, results_file_name(benchmark))
     write_results(output, results)
     print(f"{config.model} trained {trained.step} steps in {workdir}: {results['dataset']} ({results['task']})")
     print(format_table(metrics))
@@ -222,6 +223,7 @@ def _module_command(name: str):
     return define_flags, run
 
 
+MODULE_COMMANDS = ("convert", "data", "bench")
 COMMANDS = {
     "train": (_define_train_flags, _train),
     "eval": (_define_eval_flags, _eval),
@@ -229,9 +231,7 @@ COMMANDS = {
     "embed": (_define_embed_flags, _embed),
     "search": (_define_search_flags, _search),
     "classify": (_define_classify_flags, _classify),
-    "convert": _module_command("convert"),
-    "data": _module_command("data"),
-    "bench": _module_command("bench"),
+    **{name: _module_command(name) for name in MODULE_COMMANDS},
 }
 
 
@@ -240,6 +240,9 @@ def _fail(error: BaseException) -> None:
     if "Traceback (most recent call last)" in str(message):  # config_flags wraps get_config's error with its trace
         message = re.sub(r"^[\w.]+: ", "", str(message).strip().splitlines()[-1])
     text = " ".join(str(message).replace("\\n", " ").replace("\\'", "'").split())
+    required = re.fullmatch(r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", text)
+    if required:  # absl's wording for a missing required flag
+        text = f"--{required.group(1)} is required (see --help)"
     if isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
         text = "unknown config key " + text.strip("'").replace("' ", ": ", 1)
     print(f"mmjax: error: {text}", file=sys.stderr)
@@ -275,11 +278,43 @@ def _underscored(arg: str) -> str:
     return "--" + name.replace("-", "_") + sep + value
 
 
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort")
+
+
+def command_help(name: str) -> str:
+    """`mmjax NAME --help`: the command's usage and its own flags (absl's --help knows only the main module's)."""
+    import importlib
+
+    define_flags, _ = COMMANDS[name]
+    if name in MODULE_COMMANDS:
+        usage = importlib.import_module(f"mmjax.commands.{name}").__doc__.strip()
+    else:
+        usage = "\n".join(line for line in USAGE.splitlines() if line.strip().startswith(f"mmjax {name}"))
+    before = set(flags.FLAGS)
+    define_flags()
+    lines = [usage]
+    for flag_name in sorted(set(flags.FLAGS) - before):
+        flag = flags.FLAGS[flag_name]
+        if flag.name == flag_name:  # not a short alias
+            default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+            lines.append(f"  --{flag.name}: {flag.help}{default}")
+    if len(lines) > 1:
+        lines.insert(1, "\nflags:")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
+    if len(argv) < 2 or argv[1] in HELP_FLAGS:
+        print(USAGE, file=sys.stderr if len(argv) < 2 else sys.stdout)
+        sys.exit(0 if len(argv) >= 2 else 2)
+    if argv[1] not in COMMANDS:
+        print(f"mmjax: error: unknown command {argv[1]!r}; the commands are {', '.join(COMMANDS)} (mmjax --help)",
+              file=sys.stderr)
+        sys.exit(2)
+    if any(arg in HELP_FLAGS for arg in argv[2:]):
+        print(command_help(argv[1]))
+        sys.exit(0)
     if argv[1] == "train":  # XLA:CPU's per-step buffers on 2 MiB pages: ~30 % faster CPU steps
         from mmjax.hugepages import reexec_with_hugepages
         reexec_with_hugepages(["-m", "mmjax.cli", *argv[1:]])

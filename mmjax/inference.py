@@ -47,12 +47,13 @@ class Encoder:
 
     def _batched(self, fn, inputs: np.ndarray, unit: str) -> np.ndarray:
         outputs = []
-        starts = range(0, len(inputs), self.batch_size)
-        for start in tqdm.tqdm(starts, unit=f"batch of {self.batch_size} {unit}", disable=not self.progress):
-            chunk = inputs[start:start + self.batch_size]
-            padded = np.zeros((self.batch_size, *chunk.shape[1:]), chunk.dtype)
-            padded[:len(chunk)] = chunk
-            outputs.append(np.asarray(fn(self.params, jax.device_put(padded, self._input_sharding)))[:len(chunk)])
+        with tqdm.tqdm(total=len(inputs), unit=unit, disable=not self.progress) as bar:
+            for start in range(0, len(inputs), self.batch_size):
+                chunk = inputs[start:start + self.batch_size]
+                padded = np.zeros((self.batch_size, *chunk.shape[1:]), chunk.dtype)
+                padded[:len(chunk)] = chunk
+                outputs.append(np.asarray(fn(self.params, jax.device_put(padded, self._input_sharding)))[:len(chunk)])
+                bar.update(len(chunk))
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 from test_eval_reproduces import write_heldout_shards
 
+from mmjax.train.config import base_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(ROOT, "configs", "clip_tiny.py") + ":test"
 
@@ -102,14 +104,33 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
                            "is a file, not a directory")
 
 
+def test_help_lists_every_command_and_each_command_its_flags():
+    overview = mmjax("--help")
+    assert overview.returncode == 0
+    for command in ("train", "eval", "models", "embed", "search", "classify", "data", "convert", "bench"):
+        assert f"mmjax {command} " in overview.stdout or f"mmjax {command}\n" in overview.stdout, command
+    data_help = mmjax("data", "--help")
+    assert data_help.returncode == 0 and "mmjax data filter DIR" in data_help.stdout
+    assert "  --top_fraction: filter: keep this best fraction of the pairs." in data_help.stdout
+    bench_help = mmjax("bench", "-h")
+    assert bench_help.returncode == 0 and "  --threads: CPU threads" in bench_help.stdout
+    _assert_one_line_error(mmjax("fit"), "mmjax: error: unknown command 'fit'; the commands are train, eval")
+    _assert_one_line_error(mmjax("eval"), "mmjax: error: --model is required (see --help)")
+
+
 def test_missing_workdir_is_one_clear_line(tmp_path):
     missing = str(tmp_path / "nowhere")
     _assert_one_line_error(mmjax("eval", "--model", missing), f"mmjax: error: workdir {missing} does not exist")
 
 
-def test_workdir_without_checkpoint_is_one_clear_line(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path)), "no checkpoint in")
+def test_workdir_without_checkpoint_and_a_hugging_face_directory_are_one_line(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(base_config("clip-test", "clip").to_json())
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "run")), "no checkpoint in")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "hf")),
+                           f"{tmp_path / 'hf'} is not an mmjax training workdir (a Hugging Face or OpenCLIP directory")
 
 
 @pytest.mark.slow  # ~45 s: three processes. Kept in the default run: it is the only test of a real kill.

@@ -17,6 +17,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 from fake_coco import write_fake_coco_captions
 from PIL import Image
 from test_benchmarks import write_shard
+from test_cli import mmjax
 
 from mmjax.data import shards
 from mmjax.data.convert import convert
@@ -88,6 +89,21 @@ def test_dropped_samples_are_counted_by_reason(tmp_path):
     index = convert(str(tmp_path / "wds"), str(tmp_path / "out"), progress=False)
     assert index["dropped"] == {"no_caption": 2, "no_image": 1}
     assert [r["key"] for r in read_records(tmp_path / "out")] == ["k0", "k4"]
+
+
+def test_cli_errors_come_before_the_work_and_an_empty_conversion_fails(tmp_path):
+    (tmp_path / "wds").mkdir()
+    write_shard(tmp_path / "wds" / "a.tar", [("k0", {"txt": b"no image"}), ("k1", {"png": image_bytes(1)})])
+    empty = mmjax("data", "convert", str(tmp_path / "wds"), "--out", str(tmp_path / "out"))
+    assert empty.returncode == 2 and empty.stderr.strip().splitlines()[-1] == (
+        f"mmjax: error: {tmp_path / 'out'}: no sample of {tmp_path / 'wds'} was kept; "
+        "0 records in 1 shard; dropped: no_caption 1, no_image 1")
+    info = mmjax("data", "info", str(tmp_path / "wds"))
+    assert info.returncode == 2 and f"convert them with `mmjax data convert {tmp_path / 'wds'} --out DIR`" in info.stderr
+    # --top_fraction is checked before the model (here: no workdir at all) would be loaded and every pair embedded
+    bad = mmjax("data", "filter", str(tmp_path / "out"), "--model", str(tmp_path / "none"), "--out",
+                str(tmp_path / "kept"), "--top_fraction", "1.5")
+    assert bad.returncode == 2 and bad.stderr.strip() == "mmjax: error: --top_fraction=1.5 must be in (0, 1]"
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])

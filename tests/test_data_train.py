@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from mmjax.data import Tokenizer
 from mmjax.models import TwoTower
 from mmjax.train.loop import train
 from mmjax.train.workdir import load_trained
@@ -19,18 +20,25 @@ from test_data_convert import image_bytes, read_records
 from test_data_pipeline import record, write_data_dir
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import clip_captions  # noqa: E402
 import clip_tiny  # noqa: E402
 
 CAPTIONS = ["a red circle", "a blue square", "a small green star at the top", "a large yellow cross",
             "a purple diamond on the left", "a photo of a cyan triangle"]
 
 
-def write_pairs(directory, count: int, bad_every: int = 0) -> dict[str, list[str]]:
-    """`count` records (solid images, 1–3 captions each); every `bad_every`-th has undecodable image bytes."""
+# Cut to the test models' 6 words, each says 3 words the synthetic world does not have (dog catching frisbee …).
+REAL_CAPTIONS = ["a dog catching a frisbee in the park", "the man rides a horse on the beach",
+                 "a child in the snow with a sled"]
+
+
+def write_pairs(directory, count: int, bad_every: int = 0, pool=CAPTIONS) -> dict[str, list[str]]:
+    """`count` records (solid images, 1–3 captions from `pool` each); every `bad_every`-th has undecodable image
+    bytes."""
     rng = np.random.default_rng(0)
     records, pairs = [], {}
     for n in range(count):
-        captions = list(rng.choice(CAPTIONS, size=1 + n % 3, replace=False))
+        captions = list(rng.choice(pool, size=1 + n % 3, replace=False))
         bad = bad_every and n % bad_every == 0
         records.append(record(f"k{n}", captions, b"not an image" if bad else image_bytes(n * 37)))
         if not bad:
@@ -86,6 +94,37 @@ def test_training_stops_with_one_line_when_too_much_is_skipped(tmp_path):
     assert message.startswith("mmjax: error: stopped at step 2: ") and "Traceback" not in result.stderr
     assert re.search(r"\(\d+\.\d% > config.data.max_skip_fraction=0.2\): undecodable_image \d+;", message), message
     assert "skipped-process0.txt" in message
+
+
+def test_real_captions_warn_with_the_synthetic_words_and_train_with_the_captions_config(tmp_path, capsys):
+    write_pairs(tmp_path / "data", 64, pool=REAL_CAPTIONS)
+    train(records_config(tmp_path / "data"), str(tmp_path / "synthetic_words"))
+    assert ("mmjax: warning: 50% of the caption words in the first batch are unknown to the tokenizer, "
+            "config.data.tokenizer='' (the synthetic world's words)") in capsys.readouterr().err
+
+    config = clip_captions.get_config("test")
+    config.data.sources = (str(tmp_path / "data"),)
+    state = train(config, str(tmp_path / "bpe"))
+    assert "warning" not in capsys.readouterr().err
+    trained = load_trained(str(tmp_path / "bpe"))
+    assert trained.tokenizer.vocab_size == trained.model.config.text.vocab_size == 49408
+    assert trained.tokenizer.unknown_fraction(trained.tokenizer(REAL_CAPTIONS)) == 0
+    assert int(state.step) == config.total_steps
+
+    train(config, str(tmp_path / "bpe"))
+    assert capsys.readouterr().out.strip().endswith(
+        f"{tmp_path / 'bpe'} is already at step 6 (config.total_steps=6): nothing to train")
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_leaves_nothing_the_next_run_reuses(tmp_path):
+    failed = records_config(tmp_path / "no_such_data", tokenizer=str(tmp_path / "zoo.json"))
+    Tokenizer.from_corpus(["zebra giraffe"], 8).save(tmp_path / "zoo.json")
+    with pytest.raises(FileNotFoundError, match="no_such_data"):
+        train(failed, str(tmp_path / "run"))
+    state = train(clip_tiny.get_config("test"), str(tmp_path / "run"))  # synthetic data: another data.name
+    assert int(state.step) == 6
+    saved = Tokenizer.load(tmp_path / "run" / "tokenizer.json")
+    assert saved.backend.get_vocab() == Tokenizer.for_synthetic(8).backend.get_vocab()
 
 
 def test_filter_keeps_exactly_the_pairs_whose_independent_clip_score_passes(straight_run, tmp_path):

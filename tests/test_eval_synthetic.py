@@ -20,6 +20,7 @@ from mmjax.eval import (
     evaluate_synthetic,
     figure_size,
     format_table,
+    results_file_name,
     results_json,
     text_to_image_examples,
     write_demo_figure,
@@ -156,7 +157,7 @@ def test_results_json_and_table(tmp_path, true_labels):
     loaded = json.loads((tmp_path / "results.json").read_text())
     assert loaded["metrics"]["acc1"] == metrics["acc1"] and loaded["metrics"]["x"] is None
 
-    table = format_table(metrics)
+    table = format_table(metrics | {"images_per_s": 1234.5678})
     lines = table.splitlines()
     assert len({len(line) for line in lines if line.endswith("%")}) == 1  # aligned
     for name, value in metrics.items():
@@ -164,10 +165,18 @@ def test_results_json_and_table(tmp_path, true_labels):
             row = next(line for line in lines if line.split()[0] == name)
             shown = str(value) if isinstance(value, int) else f"{100 * value:.2f} %"
             assert shown in row, (name, row)
+    assert next(line for line in lines if line.startswith("images_per_s")).split()[1:] == ["1234.57"]
     acc1_row = next(line for line in lines if line.startswith("acc1 "))
     assert acc1_row.endswith(f"{100 / 42:.2f} %")
     recall_row = next(line for line in lines if line.startswith("text_retrieval_recall@5"))
     assert recall_row.endswith(f"{500 / NUM_RETRIEVAL:.2f} %")
+
+
+def test_results_file_is_named_after_the_benchmark_however_its_path_is_written():
+    assert results_file_name(None) == "eval.json"
+    assert results_file_name("cifar10") == "eval_cifar10.json"
+    for written in ("wds:bench_cls", "wds:bench_cls/", "wds:/data/bench_cls", "wds:./data/bench_cls/"):
+        assert results_file_name(written) == "eval_bench_cls.json", written
 
 
 def test_examples_and_figure(tmp_path, true_labels):

@@ -16,6 +16,7 @@ import os
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image
@@ -47,13 +48,18 @@ def write_bench_data(directory: str, count: int, side: int) -> tuple[str, str]:
     os.makedirs(records)
     shards.write_index(records, [shards.write_shard(records, shards.shard_name(0), samples, "bench")])
     tar_path = os.path.join(directory, "bench.tar")
-    with tarfile.open(tar_path, "w") as tar:
-        for sample in samples:
-            for extension, data in (("jpg", sample.image), ("txt", sample.captions[0].encode())):
-                info = tarfile.TarInfo(f"{sample.key}.{extension}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    write_tar(tar_path, [(f"{sample.key}.{extension}", data) for sample in samples
+                         for extension, data in (("jpg", sample.image), ("txt", sample.captions[0].encode()))])
     return records, tar_path
+
+
+def write_tar(path: str, members: Iterable[tuple[str, bytes]]) -> None:
+    """A webdataset shard: a tar of `(name, bytes)` members in the given order (`KEY.jpg`, `KEY.txt`, …)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def mmjax_images_per_s(records: str, image_size: int, batch_size: int) -> float:

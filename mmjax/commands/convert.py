@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 from absl import flags
 
-USAGE = __doc__
-
 
 def define_flags() -> None:
     flags.DEFINE_enum("to", None, ["hf", "open_clip"], "Output format.")

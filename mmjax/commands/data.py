@@ -13,8 +13,6 @@ import os
 
 from absl import flags
 
-USAGE = __doc__
-
 
 def define_flags() -> None:
     flags.DEFINE_string("out", None, "Output data directory.")
@@ -31,7 +29,8 @@ def define_flags() -> None:
 
 def _summary(index: dict) -> str:
     dropped = ", ".join(f"{reason} {n}" for reason, n in index["dropped"].items()) or "none"
-    return f"{index['num_records']} records in {len(index['shards'])} shards; dropped: {dropped}"
+    shards = len(index["shards"])
+    return f"{index['num_records']} records in {shards} shard{'s' if shards != 1 else ''}; dropped: {dropped}"
 
 
 def _convert(argv: list[str]) -> None:
@@ -41,20 +40,23 @@ def _convert(argv: list[str]) -> None:
         raise ValueError("usage: mmjax data convert SOURCE --out DIR")
     index = convert(argv[0], flags.FLAGS.out, records_per_shard=flags.FLAGS.records_per_shard,
                     num_workers=flags.FLAGS.num_workers, split=flags.FLAGS.split, data_dir=flags.FLAGS.data_dir)
+    if not index["num_records"]:
+        raise ValueError(f"{flags.FLAGS.out}: no sample of {argv[0]} was kept; {_summary(index)}")
     print(f"{flags.FLAGS.out}: {_summary(index)}")
 
 
 def _filter(argv: list[str]) -> None:
-    from mmjax.data.filter import score_directory, selection_threshold, write_filtered  # noqa: PLC0415
+    from mmjax.data.filter import check_selection, score_directory, selection_threshold, write_filtered  # noqa: PLC0415
+    from mmjax.data.shards import read_index  # noqa: PLC0415
     from mmjax.inference import Encoder  # noqa: PLC0415
     from mmjax.train.workdir import load_trained  # noqa: PLC0415
 
     if len(argv) != 1 or not flags.FLAGS.out or not flags.FLAGS.model:
         raise ValueError("usage: mmjax data filter DIR --model WORKDIR --out DIR2 (--threshold T | --top_fraction F)")
-    if (flags.FLAGS.threshold is None) == (flags.FLAGS.top_fraction is None):
-        raise ValueError("give one of --threshold or --top_fraction")
+    check_selection(flags.FLAGS.threshold, flags.FLAGS.top_fraction)
     if os.path.abspath(argv[0]) == os.path.abspath(flags.FLAGS.out):
         raise ValueError(f"--out {flags.FLAGS.out} must differ from the source directory")
+    read_index(argv[0])  # a missing or unconverted source is an error before the model loads
     trained = load_trained(flags.FLAGS.model)
     data = trained.config.data
     encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,

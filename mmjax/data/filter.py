@@ -67,6 +67,29 @@ def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
 
 
+def _score_records(source: RecordSource, indices: range, options: DecodeOptions, encode_images: EncodeImages,
+                   encode_texts: EncodeTexts, scores: list, skipped: Counter) -> None:
+    """Fill `scores[i]` (one cosine per caption) for the records `indices` that decode; count the others."""
+    kept, images, texts, owners = [], [], [], []
+    for index in indices:
+        sample, image = _read(source, index, options)
+        if isinstance(image, str):
+            skipped[image] += 1
+            continue
+        kept.append(index)
+        images.append(image)
+        owners += [len(kept) - 1] * len(_captions(sample))
+        texts += _captions(sample)
+    if not kept:
+        return
+    image_emb = _unit_rows(encode_images(np.stack(images)))
+    text_emb = _unit_rows(encode_texts(texts))
+    pair_scores = np.einsum("pd,pd->p", image_emb[owners], text_emb)
+    owners = np.array(owners)
+    for position, index in enumerate(kept):
+        scores[index] = pair_scores[owners == position]
+
+
 def score_directory(directory: str, encode_images: EncodeImages, encode_texts: EncodeTexts, image_size: int,
                     batch_size: int = 256, progress: bool = True) -> Scores:
     """Cosine score of every (record, caption) pair of `directory`, `batch_size` records at a time."""
@@ -74,37 +97,30 @@ def score_directory(directory: str, encode_images: EncodeImages, encode_texts: E
     options = DecodeOptions(image_size, augment=False)
     scores: list[np.ndarray | None] = [None] * len(source)
     skipped = Counter()
-    for start in tqdm.tqdm(range(0, len(source), batch_size), unit=f"batch of {batch_size} records",
-                           disable=not progress):
-        kept, images, texts, owners = [], [], [], []
-        for index in range(start, min(start + batch_size, len(source))):
-            sample, image = _read(source, index, options)
-            if isinstance(image, str):
-                skipped[image] += 1
-                continue
-            kept.append(index)
-            images.append(image)
-            owners += [len(kept) - 1] * len(_captions(sample))
-            texts += _captions(sample)
-        if not kept:
-            continue
-        image_emb = _unit_rows(encode_images(np.stack(images)))
-        text_emb = _unit_rows(encode_texts(texts))
-        pair_scores = np.einsum("pd,pd->p", image_emb[owners], text_emb)
-        owners = np.array(owners)
-        for position, index in enumerate(kept):
-            scores[index] = pair_scores[owners == position]
+    with tqdm.tqdm(total=len(source), unit="records", disable=not progress) as bar:
+        for start in range(0, len(source), batch_size):
+            end = min(start + batch_size, len(source))
+            _score_records(source, range(start, end), options, encode_images, encode_texts, scores, skipped)
+            bar.update(end - start)
     return Scores(scores, skipped)
+
+
+def check_selection(threshold: float | None, top_fraction: float | None) -> None:
+    """Raises ValueError unless exactly one of `threshold` (a cosine, in [-1, 1]) and `top_fraction` (in (0, 1])
+    is given: checked before any pair is embedded."""
+    if (threshold is None) == (top_fraction is None):
+        raise ValueError("give one of --threshold or --top_fraction")
+    if threshold is not None and not -1 <= threshold <= 1:
+        raise ValueError(f"--threshold={threshold} must be in [-1, 1] (a cosine similarity)")
+    if top_fraction is not None and not 0 < top_fraction <= 1:
+        raise ValueError(f"--top_fraction={top_fraction} must be in (0, 1]")
 
 
 def selection_threshold(scores: Scores, threshold: float | None, top_fraction: float | None) -> float:
     """The score a pair needs: `threshold`, or the ⌈top_fraction · n⌉-th highest pair score."""
-    if (threshold is None) == (top_fraction is None):
-        raise ValueError("give one of --threshold or --top_fraction")
+    check_selection(threshold, top_fraction)
     if threshold is not None:
         return threshold
-    if not 0 < top_fraction <= 1:
-        raise ValueError(f"--top_fraction={top_fraction} must be in (0, 1]")
     every = np.sort(np.concatenate([s for s in scores.scores if s is not None] or [np.zeros(0)]))[::-1]
     if not len(every):
         raise ValueError("no pair could be scored")

@@ -101,8 +101,10 @@ def read_index(directory: str) -> list[ShardInfo]:
     """The shards of a data directory, in order (missing files included: the reader skips them)."""
     path = os.path.join(directory, INDEX_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: {directory} is not an mmjax data directory "
-                                f"(make one with `mmjax data convert SOURCE --out {directory}`)")
+        tars = os.path.isdir(directory) and any(name.endswith(".tar") for name in os.listdir(directory))
+        hint = (f"it holds webdataset tars: convert them with `mmjax data convert {directory} --out DIR`" if tars
+                else f"make one with `mmjax data convert SOURCE --out {directory}`")
+        raise FileNotFoundError(f"{path} not found: {directory} is not an mmjax data directory ({hint})")
     with open(path) as f:
         index = json.load(f)
     if index.get("format") != FORMAT:

@@ -35,6 +35,8 @@ class Tokenizer:
         self.pad_id: int = backend.padding["pad_id"]
         self.eot_id: int = backend.token_to_id(eot_token)
         self.vocab_size: int = backend.get_vocab_size()
+        self.unk_id: int | None = backend.token_to_id(UNK)  # None: every text has a spelling (byte-level BPE)
+        self.sot_id: int | None = backend.token_to_id(SOT)
 
     @classmethod
     def from_corpus(cls, texts: Sequence[str], context_length: int) -> Tokenizer:
@@ -69,6 +71,14 @@ class Tokenizer:
         encodings = self.backend.encode_batch(list(texts))
         return np.array([encoding.ids for encoding in encodings], np.int32).reshape(
             len(encodings), self.context_length)
+
+    def unknown_fraction(self, ids: np.ndarray) -> float:
+        """The fraction of the word tokens in `ids` `[N, L]` (all but pad, start and end of text) that are `<unk>`."""
+        ids = np.asarray(ids)
+        words = ~np.isin(ids, [i for i in (self.pad_id, self.sot_id, self.eot_id) if i is not None])
+        if self.unk_id is None or not words.any():
+            return 0.0
+        return float((ids[words] == self.unk_id).mean())
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes tokenizer.json (padding and truncation, hence the context length, included)."""

@@ -46,6 +46,15 @@ def results_json(
     return results | dict(extra or {})
 
 
+def results_file_name(benchmark: str | None) -> str:
+    """``eval.json`` for the synthetic benchmark, ``eval_<name>.json`` for the others: the TFDS name, or the
+    directory name of ``wds:DIR`` however DIR is written (relative, absolute, with a trailing slash)."""
+    if benchmark is None:
+        return "eval.json"
+    name = os.path.basename(os.path.normpath(benchmark.removeprefix("wds:")))
+    return f"eval_{name}.json"
+
+
 def _finite_or_none(value: Any) -> Any:
     """NaN / inf floats -> None, recursively through dicts and lists."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -86,11 +95,16 @@ def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
     return None
 
 
+FRACTION_METRIC = re.compile(r"acc\d+|mean_per_class_recall|.*recall@\d+")
+
+
 def format_table(metrics: Mapping[str, float]) -> str:
     """An aligned text table: one row per metric, fractions in %, chance level where known.
 
-    Integer entries (counts) are printed as they are; ``chance_*`` entries fill the
-    chance column of the metrics they belong to instead of getting rows of their own.
+    Fractions are the accuracies and recalls (``acc<k>``, ``mean_per_class_recall``, ``*recall@<k>``).
+    Integer entries (counts) are printed as they are, other floats (``images_per_s``) with two
+    decimals; ``chance_*`` entries fill the chance column of the metrics they belong to instead of
+    getting rows of their own.
     """
     rows = [("metric", "value", "chance")]
     for name, value in metrics.items():
@@ -98,6 +112,9 @@ def format_table(metrics: Mapping[str, float]) -> str:
             continue
         if isinstance(value, int):
             rows.append((name, str(value), ""))
+            continue
+        if not FRACTION_METRIC.fullmatch(name):
+            rows.append((name, f"{value:.2f}", ""))
             continue
         chance = chance_level(name, metrics)
         rows.append((name, f"{100 * value:.2f} %",

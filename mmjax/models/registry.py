@@ -68,11 +68,14 @@ def _build_registry() -> dict[str, TwoTowerConfig]:
     registry["clip-tiny"] = _clip(32, 8, tiny_vision, tiny_text, 128, vocab_size=128, context_length=16,
                                   activation="quick_gelu")
     registry["siglip-tiny"] = _siglip(32, 8, tiny_vision, tiny_text, vocab_size=128, context_length=16)
+    # The demo's towers reading OpenAI CLIP's BPE (configs/clip_captions.py): a first run on real captions.
+    registry["clip-tiny-bpe"] = _clip(64, 8, tiny_vision, tiny_text, 128, context_length=32, activation="quick_gelu")
     # `mmjax bench train-step`'s CPU model: 3 881 473 parameters, like OpenCLIP's CLIP with the same numbers.
     bench_tower = _tower(192, 4, 3)
     registry["bench-tiny"] = _clip(64, 8, bench_tower, bench_tower, 192, vocab_size=1000, context_length=32)
     test_tower = _tower(32, 2, 2, mlp_ratio=2)
     registry["clip-test"] = _clip(16, 8, test_tower, test_tower, 16, vocab_size=64, context_length=8)
+    registry["clip-test-bpe"] = _clip(16, 8, test_tower, test_tower, 16, context_length=8)
     registry["siglip-test"] = _siglip(16, 8, test_tower, test_tower, vocab_size=64, context_length=8)
     return registry
 

@@ -6,6 +6,7 @@ data iterator state makes a resumed run see exactly the batches it would have se
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -13,18 +14,39 @@ import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 
 from mmjax.train.state import TrainState
+
+
+@contextlib.contextmanager
+def _absl_errors_only():
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `WORKDIR/checkpoints` holds a finished checkpoint (read without opening a manager)."""
+    return bool(ocp.utils.checkpoint_steps(os.path.join(os.path.abspath(workdir), "checkpoints")))
 
 
 class Checkpoints:
     """A `CheckpointManager` for one workdir. `keep` newest steps are kept."""
 
     def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
-                                               enable_async_checkpointing=True)
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        if read_only:  # the options Orbax would otherwise reset, warning about each
+            options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0, create=False,
+                                                   read_only=True)
+            with _absl_errors_only():  # Orbax also warns that a read-only directory "is read only"
+                self.manager = ocp.CheckpointManager(self.directory, options=options)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -7,6 +7,7 @@ the data iterator where it was, so the resumed run sees the same batches.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -19,7 +20,7 @@ from mmjax.models import TwoTower, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_size_multiple, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
-from mmjax.train.checkpoint import Checkpoints
+from mmjax.train.checkpoint import Checkpoints, has_checkpoint
 from mmjax.train.config import ConfigError, validate
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
@@ -27,24 +28,26 @@ from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, workdir_tokenizer
+from mmjax.train.workdir import load_config, save_config, unknown_words_warning, workdir_tokenizer
 
 
 RESUME_KEYS = ("model", "loss", "batch_size", "data.seed", "data.name")
 
 
-def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """A workdir resumes only the run it holds (model, loss, data order); say so before
-    restoring fails deep inside Orbax or silently changes the data stream."""
+def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether `workdir` holds a run to resume: a checkpoint. A workdir resumes only the run it holds (model,
+    loss, data order); say so before restoring fails deep inside Orbax or silently changes the data stream.
+    Without a checkpoint (a run that stopped at a config or data error) its files are written afresh."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory")
-    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-        return
+    if not has_checkpoint(workdir):
+        return False
     before = load_config(workdir)
     for key in RESUME_KEYS:
         old, new = _lookup(before, key), _lookup(config, key)
         if old != new:
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
+    return True
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
@@ -64,9 +67,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple} "
                           f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
     model_config = get_config(config.model, **config.model_options)
-    _check_resumable(workdir, config)
+    resuming = _check_resumable(workdir, config)
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer)
+    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
+                                  fresh=not resuming)
     if tokenizer.vocab_size > model_config.text.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {config.model} only "
                           f"{model_config.text.vocab_size}")
@@ -94,6 +98,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
     start = int(state.step)
     end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
+    if start >= end and jax.process_index() == 0:
+        print(f"{workdir} is already at step {start} (config.total_steps={config.total_steps}): nothing to train")
     writer = MetricsWriter(workdir, config.total_steps, start)
     config_json = config.to_dict()
     last_time, last_step, first_log, data_wait = time.perf_counter(), start, True, 0.0
@@ -104,6 +110,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                 batch = next(data)
                 data_wait += time.perf_counter() - wait_start
                 if step == start + 1:  # compile ahead of time to read the program's bytes per device
+                    warning = unknown_words_warning(tokenizer, batch["text"].addressable_shards[0].data,
+                                                    config.data.tokenizer)
+                    if warning and jax.process_index() == 0:
+                        print(warning, file=sys.stderr)
                     step_fn = step_fn.lower(state, batch).compile()
                     memory = memory_per_device(step_fn)
                     wait_for_all_processes("train_compiled")

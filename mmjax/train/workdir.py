@@ -39,24 +39,31 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir} is not an mmjax training workdir")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = json.load(f)
+    if not isinstance(config, dict) or not {"model", "data", "optim"} <= set(config):
+        raise FileNotFoundError(f"{path} is not an mmjax training config: {workdir} is not an mmjax training workdir "
+                                "(a Hugging Face or OpenCLIP directory loads with mmjax.load_pretrained)")
+    return ml_collections.ConfigDict(config)
 
 
 CLIP_BPE = "clip-bpe"
 
 
-def workdir_tokenizer(workdir: str, context_length: int, spec: str = "") -> Tokenizer:
+def workdir_tokenizer(workdir: str, context_length: int, spec: str = "", *, fresh: bool = False) -> Tokenizer:
     """The run's tokenizer, chosen by `config.data.tokenizer` (`spec`):
 
     - `""`: the synthetic world's word-level tokenizer, built once and saved as `WORKDIR/tokenizer.json`;
     - `"clip-bpe"`: OpenAI CLIP's BPE as OpenCLIP applies it (vocabulary shipped with mmjax), rebuilt on
       every load because its ftfy/HTML clean-up runs in Python, outside tokenizer.json;
     - a path: a fixed-length tokenizer.json (as `Tokenizer.save` writes), copied into the workdir.
+
+    The saved `WORKDIR/tokenizer.json` is read back unless `fresh` (a run starting without a checkpoint),
+    which builds it from `spec` and overwrites it.
     """
     if spec == CLIP_BPE:
         return ClipBpeTokenizer.open_clip(context_length=context_length)
     path = os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(path):
+    if os.path.exists(path) and not fresh:
         return Tokenizer.load(path)
     if spec and not os.path.isfile(spec):
         raise FileNotFoundError(f"config.data.tokenizer={spec!r}: no such file (use a tokenizer.json, "
@@ -68,6 +75,21 @@ def workdir_tokenizer(workdir: str, context_length: int, spec: str = "") -> Toke
     if jax.process_index() == 0:
         tokenizer.save(path)
     return tokenizer
+
+
+UNKNOWN_WORDS_LIMIT = 0.1
+
+
+def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str) -> str | None:
+    """A one-line warning when more than 10 % of the words in token ids `[N, L]` are `<unk>`, else None:
+    captions the tokenizer cannot spell (real captions with the synthetic world's words) teach the text tower
+    nothing."""
+    fraction = tokenizer.unknown_fraction(ids)
+    if fraction <= UNKNOWN_WORDS_LIMIT:
+        return None
+    which = f"config.data.tokenizer={spec!r}" + ("" if spec else " (the synthetic world's words)")
+    return (f"mmjax: warning: {fraction:.0%} of the caption words in the first batch are unknown to the tokenizer, "
+            f"{which}; for real captions use configs/clip_captions.py (OpenAI CLIP's BPE, data.tokenizer='clip-bpe')")
 
 
 @dataclasses.dataclass
