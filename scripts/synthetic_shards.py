@@ -4,7 +4,7 @@
 
 Writes
   OUT/train/00000.tar …    img2dataset's webdataset layout: KEY.jpg, KEY.txt (the caption), KEY.json
-  OUT/bench/test/0.tar     clip_benchmark's retrieval layout (KEY.png, KEY.txt): the 1 000 retrieval
+  OUT/bench/test/0.tar     clip_benchmark's retrieval layout (KEY.png, KEY.txt): 1 000 retrieval
                            images of the synthetic world with their full captions, for `--benchmark wds:OUT/bench`
 """
 
@@ -42,10 +42,10 @@ def write_train_shards(directory: str, count: int, num_shards: int, image_size: 
         write_tar(os.path.join(directory, f"{shard:05d}.tar"), members)
 
 
-def write_retrieval_benchmark(directory: str, image_size: int) -> None:
-    """The synthetic retrieval split (one full caption per image) as a clip_benchmark webdataset."""
+def write_retrieval_benchmark(directory: str, count: int, image_size: int) -> None:
+    """`count` pairs of the synthetic retrieval split (one full caption per image) as a clip_benchmark webdataset."""
     os.makedirs(os.path.join(directory, "test"), exist_ok=True)
-    source = synthetic.SyntheticSource("retrieval", seed=0)
+    source = synthetic.SyntheticSource("retrieval", seed=0, num_examples=count)
     members = []
     for index in range(len(source)):
         record = source[index]
@@ -59,10 +59,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="directory to write train/ and bench/ into")
     parser.add_argument("--count", type=int, default=8192, help="training pairs")
     parser.add_argument("--shards", type=int, default=4, help="training tars")
+    parser.add_argument("--bench-count", type=int, default=1000, help="retrieval benchmark pairs (at most 1134)")
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
     args = parser.parse_args()
     write_train_shards(os.path.join(args.out, "train"), args.count, args.shards, args.image_size)
-    write_retrieval_benchmark(os.path.join(args.out, "bench"), args.image_size)
+    write_retrieval_benchmark(os.path.join(args.out, "bench"), args.bench_count, args.image_size)
     print(f"{args.count} training pairs in {args.shards} tars -> {args.out}/train; "
           f"retrieval benchmark -> {args.out}/bench")
 

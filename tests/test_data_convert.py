@@ -10,6 +10,8 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,8 +21,10 @@ from PIL import Image
 from test_benchmarks import write_shard
 from test_cli import mmjax
 
-from mmjax.data import shards
+from mmjax.data import shards, synthetic
 from mmjax.data.convert import convert
+from mmjax.eval.sources.tasks import RETRIEVAL
+from mmjax.eval.sources.wds_source import wds_index, wds_task
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
 
@@ -104,6 +108,20 @@ def test_cli_errors_come_before_the_work_and_an_empty_conversion_fails(tmp_path)
     bad = mmjax("data", "filter", str(tmp_path / "out"), "--model", str(tmp_path / "none"), "--out",
                 str(tmp_path / "kept"), "--top_fraction", "1.5")
     assert bad.returncode == 2 and bad.stderr.strip() == "mmjax: error: --top_fraction=1.5 must be in (0, 1]"
+
+
+def test_synthetic_shards_script_writes_img2dataset_tars_and_a_retrieval_benchmark(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "synthetic_shards.py")
+    subprocess.run([sys.executable, script, "--out", str(tmp_path / "shards"), "--count", "10", "--shards", "2",
+                    "--bench-count", "6", "--image-size", "16"], check=True, capture_output=True)
+    index = convert(str(tmp_path / "shards" / "train"), str(tmp_path / "out"), progress=False)
+    assert index["num_records"] == 10 and len(index["shards"]) == 2 and index["dropped"] == {}
+    source = synthetic.SyntheticSource("train", seed=0, num_examples=10)
+    records = read_records(tmp_path / "out")
+    assert [r["captions"] for r in records] == [[source[i]["caption"]] for i in range(10)]
+    assert all(Image.open(io.BytesIO(r["image"])).format == "JPEG" and r["meta"]["width"] == 16 for r in records)
+    bench = wds_index(str(tmp_path / "shards" / "bench"))
+    assert wds_task(str(tmp_path / "shards" / "bench")) == RETRIEVAL and len(bench) == 6
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
