@@ -240,9 +240,10 @@ def _fail(error: BaseException) -> None:
     if "Traceback (most recent call last)" in str(message):  # config_flags wraps get_config's error with its trace
         message = re.sub(r"^[\w.]+: ", "", str(message).strip().splitlines()[-1])
     text = " ".join(str(message).replace("\\n", " ").replace("\\'", "'").split())
-    required = re.fullmatch(r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", text)
-    if required:  # absl's wording for a missing required flag
-        text = f"--{required.group(1)} is required (see --help)"
+    required = re.findall(r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", text)
+    if required:  # absl's wording for missing required flags
+        text = f"{', '.join('--' + name for name in required)} {'is' if len(required) == 1 else 'are'} required " \
+               "(see --help)"
     if isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
         text = "unknown config key " + text.strip("'").replace("' ", ": ", 1)
     print(f"mmjax: error: {text}", file=sys.stderr)
@@ -278,7 +279,7 @@ def _underscored(arg: str) -> str:
     return "--" + name.replace("-", "_") + sep + value
 
 
-HELP_FLAGS = ("-h", "--help", "-help", "--helpshort")
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
 def command_help(name: str) -> str:
@@ -296,7 +297,7 @@ def command_help(name: str) -> str:
     for flag_name in sorted(set(flags.FLAGS) - before):
         flag = flags.FLAGS[flag_name]
         if flag.name == flag_name:  # not a short alias
-            default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+            default = "" if flag.default is None else f" (default: {flag.default})"
             lines.append(f"  --{flag.name}: {flag.help}{default}")
     if len(lines) > 1:
         lines.insert(1, "\nflags:")

@@ -27,19 +27,23 @@ def _encoded(pixels, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_train_shards(directory: str, count: int, num_shards: int, image_size: int) -> None:
-    """`count` training pairs in `num_shards` tars of JPEGs (quality 90), as img2dataset writes them."""
+def write_train_shards(directory: str, count: int, num_shards: int, image_size: int) -> int:
+    """`count` training pairs in at most `num_shards` tars of JPEGs (quality 90), as img2dataset writes them;
+    returns the number of tars."""
+    if count < 1 or num_shards < 1:
+        raise SystemExit(f"--count {count} and --shards {num_shards} must be positive")
     os.makedirs(directory, exist_ok=True)
     source = synthetic.SyntheticSource("train", seed=0, num_examples=count)
     per_shard = -(-count // num_shards)
     for shard, start in enumerate(range(0, count, per_shard)):
         members = []
         for index in range(start, min(start + per_shard, count)):
-            record, key = source[index], f"{shard:05d}{index - start:04d}"
+            record, key = source[index], f"{shard:05d}_{index - start:06d}"
             members += [(f"{key}.jpg", _encoded(synthetic.render_image(record, image_size), "JPEG")),
                         (f"{key}.txt", record["caption"].encode()),
                         (f"{key}.json", json.dumps({"key": key, "width": image_size, "height": image_size}).encode())]
         write_tar(os.path.join(directory, f"{shard:05d}.tar"), members)
+    return shard + 1
 
 
 def write_retrieval_benchmark(directory: str, count: int, image_size: int) -> None:
@@ -62,9 +66,9 @@ def main() -> None:
     parser.add_argument("--bench-count", type=int, default=1000, help="retrieval benchmark pairs (at most 1134)")
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
     args = parser.parse_args()
-    write_train_shards(os.path.join(args.out, "train"), args.count, args.shards, args.image_size)
+    tars = write_train_shards(os.path.join(args.out, "train"), args.count, args.shards, args.image_size)
     write_retrieval_benchmark(os.path.join(args.out, "bench"), args.bench_count, args.image_size)
-    print(f"{args.count} training pairs in {args.shards} tars -> {args.out}/train; "
+    print(f"{args.count} training pairs in {tars} tars -> {args.out}/train; "
           f"retrieval benchmark -> {args.out}/bench")
 
 

@@ -116,6 +116,7 @@ def test_help_lists_every_command_and_each_command_its_flags():
     assert bench_help.returncode == 0 and "  --threads: CPU threads" in bench_help.stdout
     _assert_one_line_error(mmjax("fit"), "mmjax: error: unknown command 'fit'; the commands are train, eval")
     _assert_one_line_error(mmjax("eval"), "mmjax: error: --model is required (see --help)")
+    _assert_one_line_error(mmjax("train"), "mmjax: error: --config, --workdir are required (see --help)")
 
 
 def test_missing_workdir_is_one_clear_line(tmp_path):

@@ -9,6 +9,8 @@ import itertools
 import grain
 import numpy as np
 import pytest
+import tokenizers
+from tokenizers import models, pre_tokenizers, processors
 
 from mmjax.data import pipeline, synthetic
 from mmjax.data.tokenizers import Tokenizer
@@ -205,6 +207,24 @@ def test_tokenizer_save_load_round_trip(tokenizer, tmp_path):
     np.testing.assert_array_equal(loaded(texts), tokenizer(texts))
     assert (loaded.context_length, loaded.eot_id, loaded.pad_id, loaded.vocab_size) == (
         tokenizer.context_length, tokenizer.eot_id, tokenizer.pad_id, tokenizer.vocab_size)
+
+
+def test_unknown_fraction_counts_unknown_words_among_the_words_only():
+    words = Tokenizer.from_corpus(["red circle"], context_length=6)
+    # "red dog": red + 1 unknown; "blue cat circle bird": 3 unknown + circle; "": no word at all
+    assert words.unknown_fraction(words(["red dog", "blue cat circle bird", ""])) == pytest.approx(4 / 6)
+    assert words.unknown_fraction(words(["red circle", ""])) == 0
+
+    bert_like = tokenizers.Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "hello": 3, "[SEP]": 4},
+                                                      unk_token="[UNK]"))
+    bert_like.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    bert_like.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bert_like.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                             special_tokens=[("[CLS]", 2), ("[SEP]", 4)])
+    bert_like.enable_padding(pad_id=0, pad_token="[PAD]", length=6)
+    other = Tokenizer(bert_like, eot_token="[SEP]")
+    assert other(["hello world"]).tolist() == [[2, 3, 1, 4, 0, 0]]
+    assert other.unknown_fraction(other(["hello world", "hello hello"])) == pytest.approx(1 / 4)
 
 
 # --- pipelines -----------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def test_cli_errors_come_before_the_work_and_an_empty_conversion_fails(tmp_path)
     empty = mmjax("data", "convert", str(tmp_path / "wds"), "--out", str(tmp_path / "out"))
     assert empty.returncode == 2 and empty.stderr.strip().splitlines()[-1] == (
         f"mmjax: error: {tmp_path / 'out'}: no sample of {tmp_path / 'wds'} was kept; "
-        "0 records in 1 shard; dropped: no_caption 1, no_image 1")
+        f"0 records in 1 shard; dropped: no_caption 1, no_image 1 (delete {tmp_path / 'out'} before converting the "
+        "source again)")
     info = mmjax("data", "info", str(tmp_path / "wds"))
     assert info.returncode == 2 and f"convert them with `mmjax data convert {tmp_path / 'wds'} --out DIR`" in info.stderr
     # --top_fraction is checked before the model (here: no workdir at all) would be loaded and every pair embedded

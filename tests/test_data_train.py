@@ -108,12 +108,12 @@ def test_real_captions_warn_with_the_synthetic_words_and_train_with_the_captions
     assert "warning" not in capsys.readouterr().err
     trained = load_trained(str(tmp_path / "bpe"))
     assert trained.tokenizer.vocab_size == trained.model.config.text.vocab_size == 49408
-    assert trained.tokenizer.unknown_fraction(trained.tokenizer(REAL_CAPTIONS)) == 0
+    assert trained.tokenizer.unk_id is None  # byte-level BPE spells every caption
     assert int(state.step) == config.total_steps
 
     train(config, str(tmp_path / "bpe"))
     assert capsys.readouterr().out.strip().endswith(
-        f"{tmp_path / 'bpe'} is already at step 6 (config.total_steps=6): nothing to train")
+        f"{tmp_path / 'bpe'} is already at step 6, this run stops at step 6: nothing to train")
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_leaves_nothing_the_next_run_reuses(tmp_path):
@@ -121,10 +121,21 @@ def test_a_run_that_stopped_before_its_first_checkpoint_leaves_nothing_the_next_
     Tokenizer.from_corpus(["zebra giraffe"], 8).save(tmp_path / "zoo.json")
     with pytest.raises(FileNotFoundError, match="no_such_data"):
         train(failed, str(tmp_path / "run"))
+    (tmp_path / "run" / "skipped-process0.txt").write_text("3 k7 undecodable_image\n")
     state = train(clip_tiny.get_config("test"), str(tmp_path / "run"))  # synthetic data: another data.name
     assert int(state.step) == 6
     saved = Tokenizer.load(tmp_path / "run" / "tokenizer.json")
     assert saved.backend.get_vocab() == Tokenizer.for_synthetic(8).backend.get_vocab()
+    assert not (tmp_path / "run" / "skipped-process0.txt").exists()
+
+    # A directory with a foreign config.json (a Hugging Face export) is refused, and its files are kept.
+    hf_config = json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]})
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(hf_config)
+    with pytest.raises(ValueError, match="is not an mmjax training config"):
+        train(clip_tiny.get_config("test"), str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "config.json").read_text() == hf_config and sorted(os.listdir(tmp_path / "hf")) == [
+        "config.json"]
 
 
 def test_filter_keeps_exactly_the_pairs_whose_independent_clip_score_passes(straight_run, tmp_path):

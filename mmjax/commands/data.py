@@ -40,8 +40,9 @@ def _convert(argv: list[str]) -> None:
         raise ValueError("usage: mmjax data convert SOURCE --out DIR")
     index = convert(argv[0], flags.FLAGS.out, records_per_shard=flags.FLAGS.records_per_shard,
                     num_workers=flags.FLAGS.num_workers, split=flags.FLAGS.split, data_dir=flags.FLAGS.data_dir)
-    if not index["num_records"]:
-        raise ValueError(f"{flags.FLAGS.out}: no sample of {argv[0]} was kept; {_summary(index)}")
+    if index["num_records"] == 0:
+        raise ValueError(f"{flags.FLAGS.out}: no sample of {argv[0]} was kept; {_summary(index)} "
+                         f"(delete {flags.FLAGS.out} before converting the source again)")
     print(f"{flags.FLAGS.out}: {_summary(index)}")
 
 

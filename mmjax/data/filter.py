@@ -76,10 +76,11 @@ def _score_records(source: RecordSource, indices: range, options: DecodeOptions,
         if isinstance(image, str):
             skipped[image] += 1
             continue
+        captions = _captions(sample)
         kept.append(index)
         images.append(image)
-        owners += [len(kept) - 1] * len(_captions(sample))
-        texts += _captions(sample)
+        owners += [len(kept) - 1] * len(captions)
+        texts += captions
     if not kept:
         return
     image_emb = _unit_rows(encode_images(np.stack(images)))

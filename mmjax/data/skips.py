@@ -23,10 +23,13 @@ class TooManySkippedError(ValueError):
 class SkipMonitor:
     """Reads the totals of a `CountSkips` iterator; a no-op for iterators without them (synthetic data)."""
 
-    def __init__(self, iterator, workdir: str, max_fraction: float, min_samples: int):
+    def __init__(self, iterator, workdir: str, max_fraction: float, min_samples: int, fresh: bool = False):
+        """`fresh`: a run starting from step 0, whose log replaces any left by a run without a checkpoint."""
         self.iterator, self.max_fraction, self.min_samples = iterator, max_fraction, min_samples
         self.active = hasattr(iterator, "skip_counts")
         self.log_path = os.path.join(workdir, f"skipped-process{jax.process_index()}.txt")
+        if fresh and os.path.exists(self.log_path):
+            os.remove(self.log_path)
 
     def _totals(self) -> tuple[np.ndarray, np.ndarray]:
         """(skips by reason `[R]`, good examples by source `[K]`), summed over processes."""

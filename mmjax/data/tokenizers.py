@@ -35,8 +35,8 @@ class Tokenizer:
         self.pad_id: int = backend.padding["pad_id"]
         self.eot_id: int = backend.token_to_id(eot_token)
         self.vocab_size: int = backend.get_vocab_size()
-        self.unk_id: int | None = backend.token_to_id(UNK)  # None: every text has a spelling (byte-level BPE)
-        self.sot_id: int | None = backend.token_to_id(SOT)
+        unk_token = getattr(backend.model, "unk_token", None)  # None: every text has a spelling (byte-level BPE)
+        self.unk_id: int | None = backend.token_to_id(unk_token) if unk_token else None
 
     @classmethod
     def from_corpus(cls, texts: Sequence[str], context_length: int) -> Tokenizer:
@@ -73,12 +73,15 @@ class Tokenizer:
             len(encodings), self.context_length)
 
     def unknown_fraction(self, ids: np.ndarray) -> float:
-        """The fraction of the word tokens in `ids` `[N, L]` (all but pad, start and end of text) that are `<unk>`."""
+        """The fraction of the word tokens in `ids` `[N, L]` that are the unknown token (0 for a vocabulary
+        without one). Word tokens are all but the special ones (start and end of text, padding)."""
         ids = np.asarray(ids)
-        words = ~np.isin(ids, [i for i in (self.pad_id, self.sot_id, self.eot_id) if i is not None])
-        if self.unk_id is None or not words.any():
+        if self.unk_id is None:
             return 0.0
-        return float((ids[words] == self.unk_id).mean())
+        special = {i for i, token in self.backend.get_added_tokens_decoder().items() if token.special}
+        special |= {self.pad_id, self.eot_id, self.backend.token_to_id(SOT)}
+        words = ~np.isin(ids, [i for i in special if i is not None and i != self.unk_id])
+        return float((ids[words] == self.unk_id).mean()) if words.any() else 0.0
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes tokenizer.json (padding and truncation, hence the context length, included)."""

@@ -51,7 +51,9 @@ def results_file_name(benchmark: str | None) -> str:
     directory name of ``wds:DIR`` however DIR is written (relative, absolute, with a trailing slash)."""
     if benchmark is None:
         return "eval.json"
-    name = os.path.basename(os.path.normpath(benchmark.removeprefix("wds:")))
+    from mmjax.eval.benchmarks import WDS_PREFIX
+
+    name = os.path.basename(os.path.abspath(benchmark.removeprefix(WDS_PREFIX)))
     return f"eval_{name}.json"
 
 

@@ -13,6 +13,7 @@ import time
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
@@ -28,19 +29,23 @@ from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.workdir import load_config, save_config, unknown_words_warning, workdir_tokenizer
+from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, unknown_words_warning, workdir_tokenizer
 
 
 RESUME_KEYS = ("model", "loss", "batch_size", "data.seed", "data.name")
 
 
-def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> bool:
+def _holds_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
     """Whether `workdir` holds a run to resume: a checkpoint. A workdir resumes only the run it holds (model,
     loss, data order); say so before restoring fails deep inside Orbax or silently changes the data stream.
-    Without a checkpoint (a run that stopped at a config or data error) its files are written afresh."""
+    A run without a checkpoint yet (stopped by a config or data error, or killed before its first checkpoint)
+    is replaced; a directory whose config.json is not an mmjax config (a Hugging Face export) is refused."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory")
+    has_config = os.path.exists(os.path.join(workdir, CONFIG_FILE))
     if not has_checkpoint(workdir):
+        if has_config:
+            load_config(workdir)  # raises for a foreign config.json, before it is overwritten
         return False
     before = load_config(workdir)
     for key in RESUME_KEYS:
@@ -67,7 +72,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple} "
                           f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
     model_config = get_config(config.model, **config.model_options)
-    resuming = _check_resumable(workdir, config)
+    resuming = _holds_run(workdir, config)
     os.makedirs(workdir, exist_ok=True)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
                                   fresh=not resuming)
@@ -82,10 +87,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     shardings = state_shardings(model, tx, mesh)
     data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
                                                  tokenizer), mesh, config.data.prefetch_to_device)
-    skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples)
+    skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples,
+                        fresh=not resuming)
     wait_for_all_processes("train_setup")  # Orbax's first sync is a collective
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
+    if resuming:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
     else:
         state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
@@ -99,7 +105,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     start = int(state.step)
     end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
     if start >= end and jax.process_index() == 0:
-        print(f"{workdir} is already at step {start} (config.total_steps={config.total_steps}): nothing to train")
+        print(f"{workdir} is already at step {start}, this run stops at step {end}: nothing to train")
     writer = MetricsWriter(workdir, config.total_steps, start)
     config_json = config.to_dict()
     last_time, last_step, first_log, data_wait = time.perf_counter(), start, True, 0.0
@@ -110,8 +116,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                 batch = next(data)
                 data_wait += time.perf_counter() - wait_start
                 if step == start + 1:  # compile ahead of time to read the program's bytes per device
-                    warning = unknown_words_warning(tokenizer, batch["text"].addressable_shards[0].data,
-                                                    config.data.tokenizer)
+                    local_text = np.concatenate([shard.data for shard in batch["text"].addressable_shards])
+                    warning = unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
                     if warning and jax.process_index() == 0:
                         print(warning, file=sys.stderr)
                     step_fn = step_fn.lower(state, batch).compile()

@@ -41,8 +41,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
         config = json.load(f)
     if not isinstance(config, dict) or not {"model", "data", "optim"} <= set(config):
-        raise FileNotFoundError(f"{path} is not an mmjax training config: {workdir} is not an mmjax training workdir "
-                                "(a Hugging Face or OpenCLIP directory loads with mmjax.load_pretrained)")
+        raise ValueError(f"{path} is not an mmjax training config: {workdir} is not an mmjax training workdir "
+                         "(a Hugging Face or OpenCLIP directory loads with mmjax.load_pretrained)")
     return ml_collections.ConfigDict(config)
 
 
@@ -60,9 +60,11 @@ def workdir_tokenizer(workdir: str, context_length: int, spec: str = "", *, fres
     The saved `WORKDIR/tokenizer.json` is read back unless `fresh` (a run starting without a checkpoint),
     which builds it from `spec` and overwrites it.
     """
-    if spec == CLIP_BPE:
-        return ClipBpeTokenizer.open_clip(context_length=context_length)
     path = os.path.join(workdir, TOKENIZER_FILE)
+    if spec == CLIP_BPE:
+        if fresh and os.path.exists(path) and jax.process_index() == 0:
+            os.remove(path)  # left by a replaced run: it would describe another tokenizer
+        return ClipBpeTokenizer.open_clip(context_length=context_length)
     if os.path.exists(path) and not fresh:
         return Tokenizer.load(path)
     if spec and not os.path.isfile(spec):
