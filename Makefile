@@ -1,24 +1,30 @@
-# The two commands: `make demo` and `make test`. Both create .venv and install the project when needed.
+# The two commands: `make demo` and `make test`. Both create .venv and install the project when needed;
+# `make demo` installs what mmjax runs on, `make test` adds the reference libraries the tests compare against.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[viz]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test,viz]"
-	touch $(STAMP)
+	touch $@ $(VENV)/.installed-run
 
-install: $(STAMP)
+install: $(VENV)/.installed-run
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-run
 	$(BIN)/mmjax train --config configs/clip_tiny.py --workdir runs/demo
 	$(BIN)/mmjax eval --model runs/demo --output runs/demo/eval.json --figure runs/demo/demo.png
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 clean:
