@@ -61,6 +61,11 @@ def _eval(_argv) -> None:
     from mmjax.eval.benchmarks import run_benchmark
 
     workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
+    if benchmark is None and flags.FLAGS.max_examples is not None:
+        raise ValueError("--max_examples applies to --benchmark; the synthetic benchmark's size is the run's "
+                         "config.eval.num_heldout and num_retrieval")
+    if benchmark is not None and flags.FLAGS.figure:
+        raise ValueError("--figure draws the synthetic benchmark; drop it or --benchmark")
     output_dir = os.path.dirname(os.path.abspath(flags.FLAGS.output or workdir))
     if not os.path.isdir(output_dir):
         raise FileNotFoundError(f"--output directory {output_dir} does not exist")
@@ -267,6 +272,10 @@ def _run_reporting_errors(command):
             command(argv)
         except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
             _fail(error)
+        except KeyboardInterrupt:
+            resume = "; run the same command to resume from the last checkpoint" if sys.argv[1:2] == ["train"] else ""
+            print(f"mmjax: interrupted{resume}", file=sys.stderr)
+            sys.exit(130)
 
     return run
 

@@ -117,6 +117,8 @@ def test_help_lists_every_command_and_each_command_its_flags():
     _assert_one_line_error(mmjax("fit"), "mmjax: error: unknown command 'fit'; the commands are train, eval")
     _assert_one_line_error(mmjax("eval"), "mmjax: error: --model is required (see --help)")
     _assert_one_line_error(mmjax("train"), "mmjax: error: --config, --workdir are required (see --help)")
+    _assert_one_line_error(mmjax("eval", "--model", "runs/x", "--benchmark", "cifar10", "--figure", "f.png"),
+                           "mmjax: error: --figure draws the synthetic benchmark; drop it or --benchmark")
 
 
 def test_missing_workdir_is_one_clear_line(tmp_path):

@@ -24,7 +24,7 @@ from mmjax.convert import hf_clip  # noqa: E402
 from mmjax.convert import open_clip as oc_convert  # noqa: E402
 from mmjax.convert.checks import expected_shapes, flatten, unflatten  # noqa: E402
 from mmjax.convert.layout import unscan  # noqa: E402
-from mmjax.data.clip_bpe import bytes_to_unicode  # noqa: E402
+from mmjax.data.clip_bpe import ClipBpeTokenizer, bytes_to_unicode  # noqa: E402
 from mmjax.data.preprocess import ImagePreprocess  # noqa: E402
 from mmjax.data.tokenizers import Tokenizer  # noqa: E402
 from mmjax.models import TwoTower, get_config  # noqa: E402
@@ -280,6 +280,8 @@ def test_mmjax_model_export_import_is_bit_identical(target, tmp_path):
     texts = ["a red circle", "a small blue square"]
     np.testing.assert_array_equal(reloaded.tokenizer(texts), pretrained.tokenizer(texts))
     np.testing.assert_array_equal(reloaded.encode_text(texts), pretrained.encode_text(texts))
+    if target == "open_clip":  # the CLI warns that OpenCLIP's own tokenizer cannot read this model
+        assert not oc_convert.is_clip_bpe(pretrained.tokenizer) and oc_convert.is_clip_bpe(ClipBpeTokenizer.open_clip())
     if target == "hf":  # and transformers runs the exported word-level model like mmjax does
         model = transformers.CLIPModel.from_pretrained(out).eval()
         with torch.no_grad():

@@ -285,6 +285,7 @@ def test_jpeg_draft_decoding_matches_full_decoding_closely():
     ({"name": "tfds", "sources": ("coco",)}, "data.name='tfds' needs 'tfds:NAME'"),
     ({"name": "arrayrecord", "sources": ("a",), "crop_scale": (0.5, 1.5)}, "config.data.crop_scale=(0.5, 1.5)"),
     ({"name": "arrayrecord", "sources": ("a",), "max_skip_fraction": 2.0}, "max_skip_fraction=2.0 must be in"),
+    ({"sources": ("data/mine",)}, "config.data.sources=('data/mine',) is ignored by data.name='synthetic'"),
 ])
 def test_bad_data_configs_are_one_line_errors(overrides, expected):
     config = base_config("clip-test", "clip")

@@ -173,9 +173,14 @@ def test_batch_that_does_not_split_over_the_mesh_is_rejected_before_compiling(tm
         train(config, str(tmp_path))
 
 
-def test_resuming_a_workdir_with_another_model_is_rejected(tmp_path):
+def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are_named(tmp_path, capsys):
     config = clip_tiny.get_config("test")
     train(config, str(tmp_path), stop_after=1)
+    longer = clip_tiny.get_config("test")
+    longer.total_steps, longer.optim.learning_rate = 8, 0.5
+    train(longer, str(tmp_path), stop_after=2)
+    assert (f"resuming {tmp_path} at step 1 with a changed config: total_steps 6 → 8; optim.learning_rate 0.002 → 0.5"
+            in capsys.readouterr().out)
     config.model = "siglip-test"
     with pytest.raises(ConfigError, match="holds a run with model='clip-test', not 'siglip-test'"):
         train(config, str(tmp_path))

@@ -10,6 +10,8 @@ a big_vision .npz, or an mmjax training workdir. `--to hf` writes a transformers
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from absl import flags
 
@@ -54,3 +56,10 @@ def run(argv: list[str]) -> None:
     count = sum(int(np.prod(np.shape(leaf))) for leaf in flatten(pretrained.params).values())
     kind = "SigLIP" if pretrained.config.logit_bias_init is not None else "CLIP"
     print(f"{source} ({pretrained.format} {kind}, {count:,} parameters) -> {out} ({flags.FLAGS.to})")
+    if flags.FLAGS.to == "open_clip":
+        from mmjax.convert.open_clip import is_clip_bpe
+
+        if not is_clip_bpe(pretrained.tokenizer):
+            print(f"mmjax: warning: {source}'s tokenizer ({pretrained.tokenizer.vocab_size} tokens) is not CLIP's BPE: "
+                  f"open_clip.get_tokenizer('local-dir:{out}') gives OpenCLIP's own BPE, which this model cannot read; "
+                  f"mmjax.load_pretrained('{out}') reads the tokenizer.json written there", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`mmjax data convert | filter | info`: build, filter and inspect mmjax data directories (ArrayRecord shards).
 
-    mmjax data convert SOURCE --out DIR [--records_per_shard 10000] [--num_workers 4]
+    mmjax data convert SOURCE --out DIR [--records_per_shard 10000] [--num_workers N]
                        [--split train] [--data_dir TFDS_DIR]        SOURCE: tars dir | .tar | .csv | .jsonl | tfds:NAME
     mmjax data filter DIR --model WORKDIR --out DIR2 (--threshold 0.3 | --top_fraction 0.5) [--batch_size 256]
     mmjax data info DIR

@@ -283,13 +283,19 @@ def params_to_open_clip(params: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def is_clip_bpe(tokenizer) -> bool:
+    """Whether `tokenizer` is a CLIP-style BPE, which OpenCLIP's `SimpleTokenizer` can read."""
+    model = json.loads(tokenizer.backend.to_str())["model"]
+    return model.get("type") == "BPE" and model.get("end_of_word_suffix") == "</w>"
+
+
 def _write_tokenizer(tokenizer, out_dir: str) -> None:
     """A CLIP BPE → `bpe_simple_vocab_16e6.txt.gz` rebuilt from its merges (what SimpleTokenizer reads);
     any other tokenizer (an mmjax-trained word-level one) → `tokenizer.json`, which only mmjax reads back."""
-    model = json.loads(tokenizer.backend.to_str())["model"]
-    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+    if not is_clip_bpe(tokenizer):
         tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
         return
+    model = json.loads(tokenizer.backend.to_str())["model"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     with gzip.open(os.path.join(out_dir, BPE_FILE), "wt", encoding="utf-8") as f:
         f.write("\n".join(["#version: 0.2", *merges]) + "\n")

@@ -17,13 +17,13 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
 
 from mmjax.data import synthetic
 from mmjax.data.batching import CountSkips, DecodeBatches
 from mmjax.data.decode import DecodeOptions
 from mmjax.data.mixture import mix, open_source, shuffled_component
 from mmjax.data.tokenizers import Tokenizer
+from mmjax.data.workers import start_workers
 
 @dataclasses.dataclass(frozen=True)
 class RenderAndTokenize(grain.transforms.Map):
@@ -104,7 +104,7 @@ def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, se
                   for i, source in enumerate(sources)]
     batched = DecodeBatches(mix(components, weights), global_batch_size // process_count, options, tokenizer, seed,
                             offset=process_index, stride=process_count, finite=num_epochs is not None)
-    return CountSkips(_start_workers(batched, num_workers), len(components))
+    return CountSkips(start_workers(batched, num_workers), len(components))
 
 
 def config_train_dataset(data: ml_collections.ConfigDict, global_batch_size: int, image_size: int,
@@ -119,15 +119,7 @@ def config_train_dataset(data: ml_collections.ConfigDict, global_batch_size: int
                                  global_batch_size, options, tokenizer, data.num_workers)
 
 
-def _start_workers(dataset: grain.IterDataset, num_workers: int) -> grain.IterDataset:
-    if num_workers == 0:
-        return dataset
-    if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
-        flags.FLAGS.mark_as_parsed()
-    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-
-
 def _prefetch(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
     """One batch is prepared ahead in a thread, or in each of `num_workers` processes."""
-    return _start_workers(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)),
+    return start_workers(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)),
                           num_workers)

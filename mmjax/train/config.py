@@ -106,6 +106,8 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
     d = c.data
     _require(d.name in DATA_NAMES, f"config.data.name={d.name!r} must be one of {DATA_NAMES}")
     if d.name == "synthetic":
+        _require(not d.sources, f"config.data.sources={tuple(d.sources)} is ignored by data.name='synthetic': "
+                 "set --config.data.name=arrayrecord (or tfds, mixture), or use configs/clip_captions.py")
         return
     _require(not c.multi_positive, f"config.multi_positive=True needs the synthetic data's labels; "
              f"set --config.multi_positive=False for data.name={d.name!r}")

@@ -6,6 +6,7 @@ the data iterator where it was, so the resumed run sees the same batches.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -55,6 +56,18 @@ def _holds_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
     return True
 
 
+def _changes(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict) -> list[str]:
+    """`"key old → new"` for every leaf of `after` whose value differs from `before`'s (dotted keys)."""
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        flat = {}
+        for key, value in tree.items():
+            flat |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+        return flat
+
+    old, new = leaves(json.loads(before.to_json())), leaves(json.loads(after.to_json()))
+    return [f"{key} {old.get(key)!r} → {value!r}" for key, value in new.items() if old.get(key) != value]
+
+
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
     for part in dotted.split("."):
         config = config.get(part) if config is not None else None
@@ -73,6 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                           f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
     model_config = get_config(config.model, **config.model_options)
     resuming = _holds_run(workdir, config)
+    saved_config = load_config(workdir) if resuming else None
     os.makedirs(workdir, exist_ok=True)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
                                   fresh=not resuming)
@@ -104,6 +118,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
     start = int(state.step)
     end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
+    if resuming and jax.process_index() == 0:
+        changes = _changes(saved_config, config)
+        print(f"resuming {workdir} at step {start}" + (f" with a changed config: {'; '.join(changes)}" if changes
+                                                      else ""))
     if start >= end and jax.process_index() == 0:
         print(f"{workdir} is already at step {start}, this run stops at step {end}: nothing to train")
     writer = MetricsWriter(workdir, config.total_steps, start)

@@ -35,7 +35,9 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"workdir {workdir} does not exist")
+        hint = " (--model takes an mmjax training workdir; other checkpoints load with mmjax.load_pretrained)" \
+            if ":" in workdir else ""
+        raise FileNotFoundError(f"workdir {workdir} does not exist{hint}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir} is not an mmjax training workdir")
     with open(path) as f:

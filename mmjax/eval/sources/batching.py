@@ -43,15 +43,13 @@ def grain_batches(dataset: Any, batch_size: int, num_workers: int
     """Batches of the ``(uint8 image, target)`` grain ``MapDataset``, in order, prepared in
     ``num_workers`` processes; their bad-data errors re-raised here as one line."""
     import grain  # noqa: PLC0415
-    from absl import flags  # noqa: PLC0415
+
+    from mmjax.data.workers import start_workers  # noqa: PLC0415
 
     iter_dataset = dataset.batch(batch_size, drop_remainder=False, batch_fn=_collate)
     iter_dataset = iter_dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-    if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
-        flags.FLAGS.mark_as_parsed()
-    iterator = iter(iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers)))
+    iterator = iter(start_workers(iter_dataset, num_workers))
     try:
         while True:
             try:
