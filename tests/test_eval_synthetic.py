@@ -19,6 +19,7 @@ from mmjax.data import synthetic
 from mmjax.eval import (
     evaluate_synthetic,
     figure_size,
+    chance_level,
     format_table,
     results_file_name,
     results_json,
@@ -170,6 +171,17 @@ def test_results_json_and_table(tmp_path, true_labels):
     assert acc1_row.endswith(f"{100 / 42:.2f} %")
     recall_row = next(line for line in lines if line.startswith("text_retrieval_recall@5"))
     assert recall_row.endswith(f"{500 / NUM_RETRIEVAL:.2f} %")
+
+
+def test_benchmark_retrieval_chance_comes_from_the_image_and_text_counts():
+    one_caption = {"image_retrieval_recall@5": 0.5, "text_retrieval_recall@5": 0.4, "num_images": 200,
+                   "num_texts": 200}
+    assert chance_level("image_retrieval_recall@5", one_caption) == chance_level(
+        "text_retrieval_recall@5", one_caption) == 5 / 200
+    five_captions = one_caption | {"num_texts": 1000}  # image → any of 5 captions: not k / num_texts
+    assert chance_level("image_retrieval_recall@5", five_captions) == 5 / 200
+    assert chance_level("text_retrieval_recall@5", five_captions) is None
+    assert format_table(one_caption).splitlines()[1].split()[-2:] == ["2.50", "%"]
 
 
 def test_results_file_is_named_after_the_benchmark_however_its_path_is_written():

@@ -80,7 +80,10 @@ def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
 
     An explicit ``chance_<name>`` entry wins; otherwise ``acc<k>`` is ``k / num_classes``,
     ``mean_per_class_recall`` is ``1 / num_classes`` and ``*_recall@<k>`` is
-    ``k / num_retrieval_pairs`` (one match per query), each capped at 1.
+    ``k / num_retrieval_pairs`` (one match per query), each capped at 1. A benchmark's
+    retrieval counts ``num_images`` and ``num_texts`` give ``image_retrieval_recall@<k>``
+    (text → its one image) ``k / num_images``, and ``text_retrieval_recall@<k>`` the same
+    ``k / num_texts`` when every image has one caption (``num_texts == num_images``).
     """
     if f"chance_{name}" in metrics:
         return float(metrics[f"chance_{name}"])
@@ -94,6 +97,9 @@ def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
         return 1 / num_classes
     if num_pairs and recall:
         return min(int(recall.group(1)) / num_pairs, 1.0)
+    num_images, num_texts = metrics.get("num_images"), metrics.get("num_texts")
+    if recall and num_images and num_texts and (name.startswith("image_") or num_texts == num_images):
+        return min(int(recall.group(1)) / num_images, 1.0)
     return None
 
 
