@@ -36,10 +36,11 @@ from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, unknown_w
 RESUME_KEYS = ("model", "loss", "batch_size", "data.seed", "data.name")
 
 
-def _holds_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    """Whether `workdir` holds a run to resume: a checkpoint. A workdir resumes only the run it holds (model,
-    loss, data order); say so before restoring fails deep inside Orbax or silently changes the data stream.
-    A run without a checkpoint yet (stopped by a config or data error, or killed before its first checkpoint)
+def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """The config of the run `workdir` holds (one with a checkpoint), to resume; None when it holds none.
+
+    A workdir resumes only the run it holds (model, loss, data order); say so before restoring fails deep
+    inside Orbax or silently changes the data stream. A run without a checkpoint yet (stopped by a config or data error, or killed before its first checkpoint)
     is replaced; a directory whose config.json is not an mmjax config (a Hugging Face export) is refused."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory")
@@ -47,13 +48,13 @@ def _holds_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
     if not has_checkpoint(workdir):
         if has_config:
             load_config(workdir)  # raises for a foreign config.json, before it is overwritten
-        return False
+        return None
     before = load_config(workdir)
     for key in RESUME_KEYS:
         old, new = _lookup(before, key), _lookup(config, key)
         if old != new:
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
-    return True
+    return before
 
 
 def _changes(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict) -> list[str]:
@@ -85,8 +86,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple} "
                           f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
     model_config = get_config(config.model, **config.model_options)
-    resuming = _holds_run(workdir, config)
-    saved_config = load_config(workdir) if resuming else None
+    saved_config = _saved_run(workdir, config)
+    resuming = saved_config is not None
     os.makedirs(workdir, exist_ok=True)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
                                   fresh=not resuming)
