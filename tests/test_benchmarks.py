@@ -191,6 +191,9 @@ def test_wds_retrieval_several_captions(tmp_path):
     assert metrics["num_images"] == 5 and metrics["num_texts"] == 12
     assert metrics["image_retrieval_recall@1"] == 1.0
     assert metrics["text_retrieval_recall@1"] == 1.0
+    # random ranking: an image with m of the 12 captions finds one first with chance m / 12
+    assert metrics["chance_text_retrieval_recall@1"] == pytest.approx((3 + 2 + 3 + 2 + 2) / 12 / 5)
+    assert metrics["chance_image_retrieval_recall@1"] == pytest.approx(1 / 5)
 
     projection = np.random.default_rng(1).normal(size=(3, 8))
 

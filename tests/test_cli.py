@@ -48,7 +48,7 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
     write_heldout_shards(tmp_path / "wds", seed=0, image_size=16, count=40)
     benchmark = mmjax("eval", "--model", workdir, "--benchmark", f"wds:{tmp_path / 'wds'}", "--dtype", "bfloat16")
     assert benchmark.returncode == 0, benchmark.stderr
-    with open(os.path.join(workdir, "eval_wds.json")) as f:
+    with open(os.path.join(workdir, "eval_wds_wds.json")) as f:
         results = json.load(f)
     assert results["task"] == "zeroshot_classification"
     assert results["metrics"]["num_images"] == 40 and results["metrics"]["images_per_s"] > 0

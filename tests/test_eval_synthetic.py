@@ -19,10 +19,10 @@ from mmjax.data import synthetic
 from mmjax.eval import (
     evaluate_synthetic,
     figure_size,
-    chance_level,
     format_table,
     results_file_name,
     results_json,
+    retrieval_chance,
     text_to_image_examples,
     write_demo_figure,
     write_results,
@@ -173,22 +173,34 @@ def test_results_json_and_table(tmp_path, true_labels):
     assert recall_row.endswith(f"{500 / NUM_RETRIEVAL:.2f} %")
 
 
-def test_benchmark_retrieval_chance_comes_from_the_image_and_text_counts():
-    one_caption = {"image_retrieval_recall@5": 0.5, "text_retrieval_recall@5": 0.4, "num_images": 200,
-                   "num_texts": 200}
-    assert chance_level("image_retrieval_recall@5", one_caption) == chance_level(
-        "text_retrieval_recall@5", one_caption) == 5 / 200
-    five_captions = one_caption | {"num_texts": 1000}  # image → any of 5 captions: not k / num_texts
-    assert chance_level("image_retrieval_recall@5", five_captions) == 5 / 200
-    assert chance_level("text_retrieval_recall@5", five_captions) is None
-    assert format_table(one_caption).splitlines()[1].split()[-2:] == ["2.50", "%"]
+def test_retrieval_chance_matches_hand_counts_and_random_rankings():
+    # images with 2, 1 and 0 of the 3 captions; k=1: (2/3 + 1/3 + 0) / 3; k=2: (1 + 2/3 + 0) / 3
+    chance = retrieval_chance(np.array([2, 1, 0]), ks=(1, 2))
+    assert chance["chance_text_retrieval_recall@1"] == pytest.approx(1 / 3)
+    assert chance["chance_text_retrieval_recall@2"] == pytest.approx(5 / 9)
+    assert chance["chance_image_retrieval_recall@2"] == pytest.approx(2 / 3)
+    # against simulated uniformly random rankings of 8 captions for 6 images
+    counts = np.array([3, 2, 1, 0, 1, 1])
+    owner = np.repeat(np.arange(len(counts)), counts)
+    rng = np.random.default_rng(0)
+    trials = 20_000
+    rankings = np.argsort(rng.random((trials, len(counts), len(owner))), axis=2)
+    hits = owner[rankings] == np.arange(len(counts))[None, :, None]
+    chance = retrieval_chance(counts, ks=(1, 3, 10))
+    for k in (1, 3, 10):
+        simulated = hits[:, :, :k].any(axis=2).mean()
+        assert chance[f"chance_text_retrieval_recall@{k}"] == pytest.approx(simulated, abs=0.01)
+    assert chance["chance_image_retrieval_recall@10"] == 1.0
+    table = format_table({"text_retrieval_recall@3": 0.9} | chance)
+    assert table.splitlines()[1].split()[-2:] == [f"{100 * chance['chance_text_retrieval_recall@3']:.2f}", "%"]
 
 
 def test_results_file_is_named_after_the_benchmark_however_its_path_is_written():
     assert results_file_name(None) == "eval.json"
     assert results_file_name("cifar10") == "eval_cifar10.json"
+    assert results_file_name("wds:/data/cifar10") != results_file_name("cifar10")
     for written in ("wds:bench_cls", "wds:bench_cls/", "wds:/data/bench_cls", "wds:./data/bench_cls/"):
-        assert results_file_name(written) == "eval_bench_cls.json", written
+        assert results_file_name(written) == "eval_wds_bench_cls.json", written
 
 
 def test_examples_and_figure(tmp_path, true_labels):

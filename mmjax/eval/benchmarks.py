@@ -11,7 +11,8 @@ clip_benchmark's task name and metrics:
   ``mean_per_class_recall`` exactly as :func:`~mmjax.eval.zeroshot.zero_shot_metrics`
   (computed from per-batch ranks and predictions, so no ``[N, C]`` logits are kept);
 - retrieval: every caption of every image is a text query;
-  :func:`~mmjax.eval.retrieval.retrieval_metrics` (blocked) with recall@1/5/10.
+  :func:`~mmjax.eval.retrieval.retrieval_metrics` (blocked) with recall@1/5/10, and their chance
+  levels (:func:`~mmjax.eval.retrieval.retrieval_chance`) as ``chance_*`` entries.
 
 Besides the metrics: ``images_per_s`` (images over the wall time of the image phase:
 reading, decoding, resizing and ``encode_images``; with ``num_workers`` the first three run in
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mmjax.eval import sources
-from mmjax.eval.retrieval import retrieval_metrics
+from mmjax.eval.retrieval import retrieval_chance, retrieval_metrics
 from mmjax.eval.zeroshot import (
     build_classifier,
     classify,
@@ -211,7 +212,7 @@ def _retrieval(batches, encode_images, encode_texts, batch_size, process) -> dic
     metrics = retrieval_metrics(np.concatenate(image_embeddings), np.concatenate(text_embeddings),
                                 text_to_image)
     return metrics | {"images_per_s": num_images / seconds, "num_images": num_images,
-                      "num_texts": len(text_to_image)}
+                      "num_texts": len(text_to_image)} | retrieval_chance(captions_per_image)
 
 
 def _load_json_data(file_name: str) -> dict[str, Any]:

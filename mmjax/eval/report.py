@@ -47,14 +47,17 @@ def results_json(
 
 
 def results_file_name(benchmark: str | None) -> str:
-    """``eval.json`` for the synthetic benchmark, ``eval_<name>.json`` for the others: the TFDS name, or the
-    directory name of ``wds:DIR`` however DIR is written (relative, absolute, with a trailing slash)."""
+    """``eval.json`` for the synthetic benchmark, ``eval_<name>.json`` for a TFDS benchmark and
+    ``eval_wds_<name>.json`` for ``wds:DIR``, with DIR's directory name however DIR is written
+    (relative, absolute, with a trailing slash), so that ``wds:…/cifar10`` and ``cifar10`` differ."""
     if benchmark is None:
         return "eval.json"
     from mmjax.eval.benchmarks import WDS_PREFIX
 
+    if not benchmark.startswith(WDS_PREFIX):
+        return f"eval_{benchmark}.json"
     name = os.path.basename(os.path.abspath(benchmark.removeprefix(WDS_PREFIX)))
-    return f"eval_{name}.json"
+    return f"eval_wds_{name}.json"
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -80,10 +83,9 @@ def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
 
     An explicit ``chance_<name>`` entry wins; otherwise ``acc<k>`` is ``k / num_classes``,
     ``mean_per_class_recall`` is ``1 / num_classes`` and ``*_recall@<k>`` is
-    ``k / num_retrieval_pairs`` (one match per query), each capped at 1. A benchmark's
-    retrieval counts ``num_images`` and ``num_texts`` give ``image_retrieval_recall@<k>``
-    (text → its one image) ``k / num_images``, and ``text_retrieval_recall@<k>`` the same
-    ``k / num_texts`` when every image has one caption (``num_texts == num_images``).
+    ``k / num_retrieval_pairs`` (one match per query), each capped at 1. Benchmark retrieval
+    writes its ``chance_*`` entries (:func:`~mmjax.eval.retrieval.retrieval_chance`), since
+    images with several captions need the caption counts.
     """
     if f"chance_{name}" in metrics:
         return float(metrics[f"chance_{name}"])
@@ -97,9 +99,6 @@ def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
         return 1 / num_classes
     if num_pairs and recall:
         return min(int(recall.group(1)) / num_pairs, 1.0)
-    num_images, num_texts = metrics.get("num_images"), metrics.get("num_texts")
-    if recall and num_images and num_texts and (name.startswith("image_") or num_texts == num_images):
-        return min(int(recall.group(1)) / num_images, 1.0)
     return None
 
 

@@ -140,3 +140,31 @@ def retrieval_metrics(
         metrics[f"image_retrieval_recall@{k}"] = float(image_hits[:, :k].any(axis=1).mean())
         metrics[f"text_retrieval_recall@{k}"] = float(text_hits[:, :k].any(axis=1).mean())
     return metrics
+
+
+def retrieval_chance(captions_per_image: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """The recall@k of an encoder that ranks candidates in a uniformly random order.
+
+    Text -> image: one of ``N_img`` images is right, so ``min(k / N_img, 1)``. Image -> text:
+    image ``i`` has ``m_i`` of the ``N_txt`` captions; none of them is in a random top-k with
+    probability ``C(N_txt - m_i, k) / C(N_txt, k) = prod_{j < m_i} (N_txt - k - j) / (N_txt - j)``
+    (0 once ``k > N_txt - m_i``), and the chance is the mean over images of one minus that.
+
+    Args:
+      captions_per_image: ``[N_img]`` int, how many captions each image has.
+      ks: the k's to report.
+
+    Returns:
+      ``{"chance_image_retrieval_recall@k": ..., "chance_text_retrieval_recall@k": ...}``.
+    """
+    counts = np.asarray(captions_per_image, np.int64)
+    num_images, num_texts = len(counts), int(counts.sum())
+    j = np.arange(counts.max(initial=0))
+    chance = {}
+    for k in ks:
+        factors = np.clip((num_texts - min(k, num_texts) - j) / np.maximum(num_texts - j, 1), 0.0, 1.0)
+        miss = np.array([np.prod(factors[:m]) for m in counts])
+        chance[f"chance_image_retrieval_recall@{k}"] = min(k / num_images, 1.0)
+        chance[f"chance_text_retrieval_recall@{k}"] = float(np.mean(1.0 - miss))
+    return chance
+
