@@ -3,8 +3,9 @@ compilation cache for the session.
 
 The flags must be set before JAX creates its backend, so they live here, at
 import time of the test session. The cache is a fresh temporary directory, named in the
-environment so the `mmjax` processes that tests start share it: many tests compile
-the same tiny programs (the CLI's train step above all), and XLA:CPU compiles dominate the suite.
+environment so that pytest-xdist's workers (`make test` runs two) and the `mmjax` processes
+that tests start share it: many tests compile the same tiny programs (the CLI's train step
+above all), and XLA:CPU compiles dominate the suite.
 """
 import atexit
 import os
@@ -13,8 +14,11 @@ import tempfile
 
 import jax
 
-_CACHE = tempfile.mkdtemp(prefix="mmjax-test-jax-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+_CACHE = os.environ.get("MMJAX_TEST_JAX_CACHE")
+if _CACHE is None:  # the first process of the session (pytest-xdist's workers inherit it)
+    _CACHE = tempfile.mkdtemp(prefix="mmjax-test-jax-cache-")
+    os.environ["MMJAX_TEST_JAX_CACHE"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 jax.config.update("jax_compilation_cache_dir", _CACHE)
