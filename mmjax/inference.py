@@ -35,7 +35,8 @@ class Encoder:
         multiple = batch_size_multiple(mesh)
         self.batch_size = -(-batch_size // multiple) * multiple
         self.tokenizer, self.progress = tokenizer, progress
-        self.params = jax.device_put(params, replicated(mesh))
+        self._replicated = replicated(mesh)
+        self.params = jax.device_put(params, self._replicated)
         self._input_sharding = batch_sharding(mesh)
         size = model.config.vision.image_size
         self.image_shape = (size, size, 3)
@@ -44,6 +45,10 @@ class Encoder:
         self._images = jit(lambda p, x: model.apply(
             {"params": p}, normalize_images(x, image_mean, image_std), method=TwoTower.encode_image))
         self._texts = jit(lambda p, t: model.apply({"params": p}, t, method=TwoTower.encode_text))
+
+    def set_params(self, params) -> None:
+        """Embed with `params` from now on (same structure and shapes: nothing recompiles)."""
+        self.params = jax.device_put(params, self._replicated)
 
     def _batched(self, fn, inputs: np.ndarray, unit: str) -> np.ndarray:
         outputs = []

@@ -1,6 +1,6 @@
 """Two JAX processes (gloo on CPU, 4 devices each) train together to the parameters of one
-process with 8 devices and the same global batch; multi-process settings come from the
-config or the environment."""
+process with 8 devices and the same global batch, and evaluate them at the end as one process
+does; multi-process settings come from the config or the environment."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,9 @@ def slow_to_open(*args, **kwargs):
         time.sleep(35)
     return open_dataset(*args, **kwargs)
 loop.config_train_dataset = slow_to_open
-state = loop.train(clip_tiny.get_config("test"), sys.argv[1])
+config = clip_tiny.get_config("test")
+config.eval.benchmarks = ("synthetic",)
+state = loop.train(config, sys.argv[1])
 assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
 print("trained", int(state.step))
 """
@@ -108,7 +110,14 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
             if worker.poll() is None:
                 worker.kill()
 
+    config.eval.benchmarks = ("synthetic",)  # at the last step; the two processes gather the parameters first
     want = train(config, str(tmp_path / "one_process"))  # 8 devices, mesh data=8: the same global program
+    evaluations = [json.loads((workdir / "eval_metrics.jsonl").read_text())
+                   for workdir in (shared, tmp_path / "one_process")]
+    for name, one_example in [("acc1", 1 / config.eval.num_heldout),
+                              ("image_retrieval_recall@1", 1 / config.eval.num_retrieval)]:
+        got_value, want_value = (evaluation[f"synthetic/{name}"] for evaluation in evaluations)
+        assert got_value == pytest.approx(want_value, abs=one_example), name  # parameters equal to 1e-5
     for workdir in (shared, tmp_path / "one_process"):  # the first log line has the step's bytes per device
         first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
         assert first["memory_per_device_bytes"] >= first["argument_bytes"] > 0

@@ -109,6 +109,15 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, ima
     return benchmark.task, batches, classnames, templates
 
 
+def check_benchmark(name_or_path: str, data_dir: str | None = None) -> str:
+    """The task of a benchmark, after the checks :func:`run_benchmark` makes before it reads images:
+    a known name, a prepared TFDS data set, a readable webdataset directory, class names that fit.
+    Raises as :func:`run_benchmark` does."""
+    task, batches, _, _ = _open(name_or_path, data_dir, None, 1, 1, 0)
+    batches.close()
+    return task
+
+
 def run_benchmark(
     name_or_path: str,
     encode_images: ImageEncoder,

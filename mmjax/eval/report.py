@@ -46,18 +46,24 @@ def results_json(
     return results | dict(extra or {})
 
 
-def results_file_name(benchmark: str | None) -> str:
-    """``eval.json`` for the synthetic benchmark, ``eval_<name>.json`` for a TFDS benchmark and
-    ``eval_wds_<name>.json`` for ``wds:DIR``, with DIR's directory name however DIR is written
-    (relative, absolute, with a trailing slash), so that ``wds:…/cifar10`` and ``cifar10`` differ."""
+def benchmark_label(benchmark: str | None) -> str:
+    """A short name for a benchmark, for file names and metric tags: ``synthetic`` for the synthetic
+    benchmark (None), the TFDS name, or ``wds_<name>`` for ``wds:DIR`` with DIR's directory name
+    however DIR is written (relative, absolute, with a trailing slash), so that ``wds:…/cifar10`` and
+    ``cifar10`` differ."""
     if benchmark is None:
-        return "eval.json"
+        return "synthetic"
     from mmjax.eval.benchmarks import WDS_PREFIX
 
     if not benchmark.startswith(WDS_PREFIX):
-        return f"eval_{benchmark}.json"
-    name = os.path.basename(os.path.abspath(benchmark.removeprefix(WDS_PREFIX)))
-    return f"eval_wds_{name}.json"
+        return benchmark
+    return "wds_" + os.path.basename(os.path.abspath(benchmark.removeprefix(WDS_PREFIX)))
+
+
+def results_file_name(benchmark: str | None) -> str:
+    """``eval.json`` for the synthetic benchmark (None), ``eval_<label>.json`` for the others
+    (:func:`benchmark_label`)."""
+    return "eval.json" if benchmark is None else f"eval_{benchmark_label(benchmark)}.json"
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -69,7 +69,11 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
-    c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500))
+    # `mmjax eval`'s synthetic benchmark sizes, and the benchmarks training runs every `eval.every` steps and
+    # at its last step (mmjax/train/evaluation.py): "synthetic", a TFDS benchmark (read from
+    # data.tfds_data_dir) or "wds:DIR"; `max_examples` > 0 evaluates only the first images of each.
+    c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500, every=0,
+                                            benchmarks=(), max_examples=0))
     return c
 
 
@@ -167,3 +171,5 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(0 < c.eval.num_retrieval <= synthetic.NUM_COMBINATIONS,
              f"config.eval.num_retrieval={c.eval.num_retrieval} must be in [1, {synthetic.NUM_COMBINATIONS}] "
              f"(the distinct captions of the synthetic world)")
+    _require(c.eval.every >= 0, f"config.eval.every={c.eval.every} must be ≥ 0 (0: only at the last step)")
+    _require(c.eval.max_examples >= 0, f"config.eval.max_examples={c.eval.max_examples} must be ≥ 0 (0: all)")

@@ -24,6 +24,7 @@ from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint
 from mmjax.train.config import ConfigError, validate
+from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
@@ -98,6 +99,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         save_config(workdir, config)
 
     model = TwoTower(model_config)
+    evaluation = PeriodicEval(config, model, tokenizer, mesh)  # checks the benchmarks before anything compiles
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
@@ -161,6 +163,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                     last_time, last_step, data_wait = now, step, 0.0
                 if step % config.checkpoint_every == 0 or step == end:
                     checkpoints.save(step, state, data, config_json)
+                if evaluation.due(step):
+                    results = evaluation.run(state.params)
+                    writer.write_eval(step, results)
+                    last_time += results["eval_s"]  # step times leave the evaluation out
         checkpoints.wait()
     finally:
         checkpoints.close()

@@ -10,6 +10,9 @@ import jax
 import tqdm
 from tensorboardX import SummaryWriter
 
+# The evaluation metrics printed during training; every metric goes to eval_metrics.jsonl and TensorBoard.
+HEADLINE_METRICS = ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1")
+
 
 def _drop_records_after(path: str, step: int) -> None:
     if not os.path.exists(path):
@@ -21,7 +24,9 @@ def _drop_records_after(path: str, step: int) -> None:
 
 
 class MetricsWriter:
-    """Writes `WORKDIR/metrics.jsonl` and `WORKDIR/tensorboard/`; only process 0 writes.
+    """Writes `WORKDIR/metrics.jsonl` (training), `WORKDIR/eval_metrics.jsonl` (evaluations during
+    training) and `WORKDIR/tensorboard/` (`train/<name>`, `eval/<benchmark>/<metric>`); only process 0
+    writes.
 
     On resume from `initial_step`, records of later steps (logged after the last
     checkpoint by the interrupted run) are dropped, so every step appears once.
@@ -32,9 +37,8 @@ class MetricsWriter:
         self.progress = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                                   disable=not (self.active and sys.stderr.isatty()))
         if self.active:
-            path = os.path.join(workdir, "metrics.jsonl")
-            _drop_records_after(path, initial_step)
-            self.jsonl = open(path, "a")
+            self.jsonl, self.eval_jsonl = (_open_records(os.path.join(workdir, name), initial_step)
+                                           for name in ("metrics.jsonl", "eval_metrics.jsonl"))
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_step + 1)
 
     def advance(self, steps: int) -> None:
@@ -53,8 +57,27 @@ class MetricsWriter:
         else:
             self.progress.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
 
+    def write_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Records `metrics` (`"<benchmark>/<metric>"` names) of the evaluation after step `step`."""
+        if not self.active:
+            return
+        self.eval_jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.eval_jsonl.flush()
+        for name, value in metrics.items():
+            self.tensorboard.add_scalar(f"eval/{name}", value, step)
+        shown = [f"{name} {100 * value:.2f} %" for name, value in metrics.items()
+                 if name.rpartition("/")[2] in HEADLINE_METRICS]
+        self.progress.write(f"eval {step:6d}  " + "  ".join(shown + [f"eval_s {metrics['eval_s']:.3g}"]))
+
     def close(self) -> None:
         self.progress.close()
         if self.active:
             self.jsonl.close()
+            self.eval_jsonl.close()
             self.tensorboard.close()
+
+
+def _open_records(path: str, initial_step: int):
+    """`path` opened for appending, without the records of steps after `initial_step`."""
+    _drop_records_after(path, initial_step)
+    return open(path, "a")

@@ -1,0 +1,110 @@
+"""Zero-shot benchmarks during training: every `config.eval.every` steps and at the last step.
+
+`config.eval.benchmarks` names them as `mmjax eval --benchmark` does ("synthetic" is the built-in
+synthetic benchmark). They are checked when training starts, before anything compiles, so a
+misspelt name or an unprepared data set is one line then, not an error hours later. The
+current parameters are replicated over the training mesh (one program, so FSDP- and
+tensor-sharded states on any number of processes work), copied to the host and embedded by
+one :class:`~mmjax.inference.Encoder` on this process's devices, compiled once per run. Every
+process runs every benchmark and gets the same metrics
+(:func:`~mmjax.eval.benchmarks.run_benchmark` divides the embedding between processes).
+
+A benchmark that fails on bad data or a vanished file during training is reported in one
+line and skipped at that step; training goes on.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax.data.tokenizers import Tokenizer
+from mmjax.eval import evaluate_synthetic
+from mmjax.eval.benchmarks import check_benchmark, run_benchmark
+from mmjax.eval.report import benchmark_label
+from mmjax.inference import Encoder
+from mmjax.models import TwoTower
+from mmjax.parallel import make_mesh, replicated
+from mmjax.train.config import ConfigError
+
+SYNTHETIC = "synthetic"
+
+
+class PeriodicEval:
+    """Runs `config.eval.benchmarks` on the training state's parameters when :meth:`due`.
+
+    :meth:`run` returns flat metrics named `"<label>/<metric>"` (labels from
+    :func:`~mmjax.eval.report.benchmark_label`: `synthetic`, `cifar10`, `wds_<dir>`) plus
+    `eval_s`, the seconds the evaluation took.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, model: TwoTower, tokenizer: Tokenizer, mesh: Mesh):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        # one program that replicates every parameter on every device of the training mesh
+        self._replicate = jax.jit(lambda params: params, out_shardings=replicated(mesh))
+        self._local_mesh = make_mesh(data=-1, devices=jax.local_devices())  # the Encoder's
+        self.benchmarks = tuple(config.eval.benchmarks)
+        self.data_dir = config.data.tfds_data_dir or None
+        for name in self.benchmarks:
+            if name == SYNTHETIC:
+                continue
+            try:
+                check_benchmark(name, self.data_dir)
+            except (ValueError, KeyError, OSError) as error:
+                raise ConfigError(f"config.eval.benchmarks: {name!r}: {_message(error)}") from None
+        labels = [benchmark_label(None if name == SYNTHETIC else name) for name in self.benchmarks]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"config.eval.benchmarks={self.benchmarks} names a benchmark twice")
+        self._encoder: Encoder | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether step `step` (just trained) is an evaluation step."""
+        every = self.config.eval.every
+        return bool(self.benchmarks) and (step == self.config.total_steps or (every > 0 and step % every == 0))
+
+    def run(self, params) -> dict[str, float]:
+        """Every benchmark on `params` (the state's, sharded on the training mesh)."""
+        start = time.perf_counter()
+        host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), self._replicate(params))
+        metrics = {}
+        with jax.set_mesh(self._local_mesh):  # not the training mesh, which spans every process
+            if self._encoder is None:
+                data = self.config.data
+                self._encoder = Encoder(self.model, host_params, self.tokenizer, data.image_mean, data.image_std,
+                                        batch_size=self.config.eval.batch_size, mesh=self._local_mesh)
+            else:
+                self._encoder.set_params(host_params)
+            for name in self.benchmarks:
+                label = benchmark_label(None if name == SYNTHETIC else name)
+                try:
+                    results = self._evaluate(name)
+                except (ValueError, OSError) as error:  # what run_benchmark raises for bad data
+                    if jax.process_index() == 0:
+                        print(f"mmjax: warning: evaluation on {name} failed, training goes on: {_message(error)}",
+                              flush=True)
+                    continue
+                metrics |= {f"{label}/{key}": float(value) for key, value in results.items()}
+        metrics["eval_s"] = time.perf_counter() - start
+        return metrics
+
+    def _evaluate(self, name: str) -> dict[str, float]:
+        encoder, eval_config = self._encoder, self.config.eval
+        image_size = self.model.config.vision.image_size
+        if name == SYNTHETIC:
+            return evaluate_synthetic(encoder.encode_images, encoder.encode_texts, seed=self.config.data.seed,
+                                      image_size=image_size, num_heldout=eval_config.num_heldout,
+                                      num_retrieval=eval_config.num_retrieval, batch_size=encoder.batch_size)
+        _, metrics = run_benchmark(name, encoder.encode_images, encoder.encode_texts, image_size=image_size,
+                                   data_dir=self.data_dir, batch_size=encoder.batch_size,
+                                   max_examples=eval_config.max_examples or None)
+        return metrics
+
+
+def _message(error: BaseException) -> str:
+    """One line: KeyError's message without the quotes str() adds."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return str(text).splitlines()[0]
