@@ -9,6 +9,7 @@ one :class:`~mmjax.inference.Encoder` on this process's devices, compiled once p
 process runs every benchmark and gets the same metrics
 (:func:`~mmjax.eval.benchmarks.run_benchmark` divides the embedding between processes).
 
+Benchmark images are decoded in `config.data.num_workers` grain processes, as the training data.
 A benchmark that fails on bad data or a vanished file during training is reported in one
 line and skipped at that step; training goes on.
 """
@@ -100,7 +101,8 @@ class PeriodicEval:
                                       num_retrieval=eval_config.num_retrieval, batch_size=encoder.batch_size)
         _, metrics = run_benchmark(name, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                    data_dir=self.data_dir, batch_size=encoder.batch_size,
-                                   max_examples=eval_config.max_examples or None)
+                                   max_examples=eval_config.max_examples or None,
+                                   num_workers=self.config.data.num_workers)
         return metrics
 
 
