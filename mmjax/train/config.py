@@ -71,9 +71,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     # `mmjax eval`'s synthetic benchmark sizes, and the benchmarks training runs every `eval.every` steps and
     # at its last step (mmjax/train/evaluation.py): "synthetic", a TFDS benchmark (read from
-    # data.tfds_data_dir) or "wds:DIR"; `max_examples` > 0 evaluates only the first images of each.
+    # data.tfds_data_dir) or "wds:DIR"; `max_examples` > 0 evaluates only the first images of each, and
+    # `num_workers` grain processes decode them (0: in the training process).
     c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500, every=0,
-                                            benchmarks=(), max_examples=0))
+                                            benchmarks=(), max_examples=0, num_workers=0))
     return c
 
 
@@ -173,3 +174,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"(the distinct captions of the synthetic world)")
     _require(c.eval.every >= 0, f"config.eval.every={c.eval.every} must be ≥ 0 (0: only at the last step)")
     _require(c.eval.max_examples >= 0, f"config.eval.max_examples={c.eval.max_examples} must be ≥ 0 (0: all)")
+    _require(c.eval.num_workers >= 0, f"config.eval.num_workers={c.eval.num_workers} must be ≥ 0")

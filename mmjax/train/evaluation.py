@@ -9,7 +9,8 @@ one :class:`~mmjax.inference.Encoder` on this process's devices, compiled once p
 process runs every benchmark and gets the same metrics
 (:func:`~mmjax.eval.benchmarks.run_benchmark` divides the embedding between processes).
 
-Benchmark images are decoded in `config.data.num_workers` grain processes, as the training data.
+Benchmark images are decoded in `config.eval.num_workers` grain processes (0: in this process,
+as `mmjax eval --num-workers` by default).
 A benchmark that fails on bad data or a vanished file during training is reported in one
 line and skipped at that step; training goes on.
 """
@@ -102,7 +103,7 @@ class PeriodicEval:
         _, metrics = run_benchmark(name, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                    data_dir=self.data_dir, batch_size=encoder.batch_size,
                                    max_examples=eval_config.max_examples or None,
-                                   num_workers=self.config.data.num_workers)
+                                   num_workers=eval_config.num_workers)
         return metrics
 
 
