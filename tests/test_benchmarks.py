@@ -194,6 +194,8 @@ def test_wds_retrieval_several_captions(tmp_path):
     # random ranking: an image with m of the 12 captions finds one first with chance m / 12
     assert metrics["chance_text_retrieval_recall@1"] == pytest.approx((3 + 2 + 3 + 2 + 2) / 12 / 5)
     assert metrics["chance_image_retrieval_recall@1"] == pytest.approx(1 / 5)
+    # top 5 of 12: an image with m captions misses them all with chance C(12 - m, 5) / C(12, 5) = 126 or 252 / 792
+    assert metrics["chance_text_retrieval_recall@5"] == pytest.approx((2 * (1 - 126 / 792) + 3 * (1 - 252 / 792)) / 5)
 
     projection = np.random.default_rng(1).normal(size=(3, 8))
 

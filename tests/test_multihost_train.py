@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from test_eval_reproduces import write_heldout_shards
 from test_multihost_eval import free_port
 
 import mmjax.models as models
@@ -45,7 +46,8 @@ def slow_to_open(*args, **kwargs):
     return open_dataset(*args, **kwargs)
 loop.config_train_dataset = slow_to_open
 config = clip_tiny.get_config("test")
-config.eval.benchmarks = ("synthetic",)
+config.mesh = dict(data=4, fsdp=2, tensor=1)
+config.eval.benchmarks = ("synthetic", "wds:" + sys.argv[3])
 state = loop.train(config, sys.argv[1])
 assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
 print("trained", int(state.step))
@@ -92,13 +94,15 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
     Tokenizer.for_synthetic(models.get_config(config.model).text.context_length).save(str(shared / "tokenizer.json"))
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    write_heldout_shards(tmp_path / "heldout", seed=0, image_size=16, count=40)
     port = free_port()
     workers = []
     for process_id in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                    MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
         env.pop("XLA_FLAGS", None)
-        workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs")], cwd=REPO,
+        workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs"),
+                                         str(tmp_path / "heldout")], cwd=REPO,
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
         for worker in workers:
@@ -110,13 +114,17 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
             if worker.poll() is None:
                 worker.kill()
 
-    config.eval.benchmarks = ("synthetic",)  # at the last step; the two processes gather the parameters first
-    want = train(config, str(tmp_path / "one_process"))  # 8 devices, mesh data=8: the same global program
+    # the same global program on 8 devices; at the last step the two processes gather the FSDP-sharded
+    # parameters, evaluate, and divide the wds benchmark's embedding between them
+    config.mesh = dict(data=4, fsdp=2, tensor=1)
+    config.eval.benchmarks = ("synthetic", f"wds:{tmp_path / 'heldout'}")
+    want = train(config, str(tmp_path / "one_process"))
     evaluations = [json.loads((workdir / "eval_metrics.jsonl").read_text())
                    for workdir in (shared, tmp_path / "one_process")]
-    for name, one_example in [("acc1", 1 / config.eval.num_heldout),
-                              ("image_retrieval_recall@1", 1 / config.eval.num_retrieval)]:
-        got_value, want_value = (evaluation[f"synthetic/{name}"] for evaluation in evaluations)
+    for name, one_example in [("synthetic/acc1", 1 / config.eval.num_heldout),
+                              ("synthetic/image_retrieval_recall@1", 1 / config.eval.num_retrieval),
+                              ("wds_heldout/acc1", 1 / 40)]:
+        got_value, want_value = (evaluation[name] for evaluation in evaluations)
         assert got_value == pytest.approx(want_value, abs=one_example), name  # parameters equal to 1e-5
     for workdir in (shared, tmp_path / "one_process"):  # the first log line has the step's bytes per device
         first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])

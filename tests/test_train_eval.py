@@ -1,6 +1,7 @@
-"""Zero-shot benchmarks during training (config.eval.every / eval.benchmarks): the recorded metrics equal
-`mmjax eval`'s computation on the checkpoint of that step, a resumed run records each step once, bad
-benchmarks are config errors before compiling, and bad data during training is a warning."""
+"""Zero-shot benchmarks during training (config.eval.every / eval.benchmarks): the recorded metrics equal the
+same benchmarks run on the checkpoint of that step (so the evaluation sees the parameters of its step,
+gathered from an FSDP mesh), a resumed run records each step once, bad benchmarks are config errors before
+compiling, and bad data during training is a warning."""
 
 import json
 import os
@@ -23,7 +24,7 @@ import clip_tiny  # noqa: E402
 
 
 def checkpoint_metrics(workdir, benchmark_dir):
-    """What `mmjax eval` computes from the workdir's latest checkpoint, for both benchmarks."""
+    """Both benchmarks on the workdir's latest checkpoint, restored replicated on the local devices."""
     trained = load_trained(str(workdir))
     config, size = trained.config, trained.model.config.vision.image_size
     encoder = Encoder(trained.model, trained.params, trained.tokenizer, config.data.image_mean, config.data.image_std,
@@ -49,6 +50,8 @@ def test_evaluations_during_training_equal_evaluating_the_checkpoint_of_their_st
     train(config, str(workdir), stop_after=3)
     shutil.copytree(workdir, tmp_path / "at_step_3")
     train(config, str(workdir))
+    shutil.rmtree(workdir / "checkpoints" / "6")  # as if killed after evaluating step 6, before its checkpoint
+    train(config, str(workdir))
 
     with open(workdir / "eval_metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
@@ -62,20 +65,21 @@ def test_evaluations_during_training_equal_evaluating_the_checkpoint_of_their_st
                     assert record[f"{label}/{name}"] == pytest.approx(metrics[name], abs=1e-9), (step, label, name)
         assert not any(key.startswith("wds_broken/") for key in record)
         assert record["eval_s"] > 0
-    printed = capsys.readouterr().out
-    assert printed.count("mmjax: warning: evaluation on wds:") == 2 and "cannot decode image" in printed
-    assert "eval      6  synthetic/acc1" in printed
+    printed = capsys.readouterr()
+    assert printed.err.count("mmjax: warning: evaluation on wds:") == 3 and "cannot decode image" in printed.err
+    assert printed.out.count("eval      6  synthetic/acc1") == 2
 
 
 @pytest.mark.parametrize("benchmarks, message", [
-    (("cifar11",), "config.eval.benchmarks: 'cifar11': unknown benchmark"),
+    (("cifar11",), "config.eval.benchmarks: 'cifar11' ('synthetic', a TFDS benchmark or wds:DIR): unknown"),
     (("wds:/nonexistent/bench",), "config.eval.benchmarks: 'wds:/nonexistent/bench'"),
-    (("synthetic", "synthetic"), "names a benchmark twice"),
+    (("synthetic", "wds:/a/bench", "wds:/b/bench/"), r"\['wds:/a/bench', 'wds:/b/bench/'\] would all be recorded as "
+                                                     "'wds_bench'"),
 ])
 def test_unusable_benchmarks_are_config_errors_before_compiling(tmp_path, benchmarks, message):
     config = clip_tiny.get_config("test")
     config.eval.benchmarks = benchmarks
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as raised:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as raised:
         train(config, str(tmp_path))
     assert "\n" not in str(raised.value)
     assert not (tmp_path / "checkpoints").exists()

@@ -66,21 +66,21 @@ def results_file_name(benchmark: str | None) -> str:
     return "eval.json" if benchmark is None else f"eval_{benchmark_label(benchmark)}.json"
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """NaN / inf floats -> None, recursively through dicts and lists."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {key: _finite_or_none(item) for key, item in value.items()}
+        return {key: finite_or_none(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
+        return [finite_or_none(item) for item in value]
     return value
 
 
 def write_results(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     """Writes ``results`` as strict JSON (NaN, e.g. ``acc5`` with < 5 classes, becomes null)."""
     with open(path, "w") as f:
-        json.dump(_finite_or_none(results), f, indent=2, allow_nan=False)
+        json.dump(finite_or_none(results), f, indent=2, allow_nan=False)
         f.write("\n")
 
 

@@ -163,8 +163,7 @@ def retrieval_chance(captions_per_image: np.ndarray, ks: Sequence[int] = (1, 5, 
     chance = {}
     for k in ks:
         factors = np.clip((num_texts - min(k, num_texts) - j) / np.maximum(num_texts - j, 1), 0.0, 1.0)
-        miss = np.array([np.prod(factors[:m]) for m in counts])
+        miss = np.concatenate([[1.0], np.cumprod(factors)])[counts]  # the product of the first m_i factors
         chance[f"chance_image_retrieval_recall@{k}"] = min(k / num_images, 1.0)
         chance[f"chance_text_retrieval_recall@{k}"] = float(np.mean(1.0 - miss))
     return chance
-

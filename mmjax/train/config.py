@@ -71,8 +71,9 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     # `mmjax eval`'s synthetic benchmark sizes, and the benchmarks training runs every `eval.every` steps and
     # at its last step (mmjax/train/evaluation.py): "synthetic", a TFDS benchmark (read from
-    # data.tfds_data_dir) or "wds:DIR"; `max_examples` > 0 evaluates only the first images of each, and
-    # `num_workers` grain processes decode them (0: in the training process).
+    # data.tfds_data_dir) or "wds:DIR"; `max_examples` > 0 evaluates only the first images of each TFDS or
+    # wds benchmark (the synthetic one uses num_heldout / num_retrieval), and `num_workers` grain processes
+    # decode them (0: in the training process).
     c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500, every=0,
                                             benchmarks=(), max_examples=0, num_workers=0))
     return c

@@ -1,7 +1,7 @@
 """Zero-shot benchmarks during training: every `config.eval.every` steps and at the last step.
 
-`config.eval.benchmarks` names them as `mmjax eval --benchmark` does ("synthetic" is the built-in
-synthetic benchmark). They are checked when training starts, before anything compiles, so a
+`config.eval.benchmarks` names them: "synthetic" (the built-in synthetic benchmark, what
+`mmjax eval` runs without `--benchmark`) or what `mmjax eval --benchmark` takes. They are checked when training starts, before anything compiles, so a
 misspelt name or an unprepared data set is one line then, not an error hours later. The
 current parameters are replicated over the training mesh (one program, so FSDP- and
 tensor-sharded states on any number of processes work), copied to the host and embedded by
@@ -11,12 +11,15 @@ process runs every benchmark and gets the same metrics
 
 Benchmark images are decoded in `config.eval.num_workers` grain processes (0: in this process,
 as `mmjax eval --num-workers` by default).
-A benchmark that fails on bad data or a vanished file during training is reported in one
-line and skipped at that step; training goes on.
+In a single-process run, a benchmark that fails on bad data or a vanished file during training
+is reported in one line and skipped at that step; training goes on. With several processes the
+error stops the run instead: a failure on one host only (a file missing from its disk) would
+leave the other processes waiting in the benchmark's gathers.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
@@ -46,21 +49,26 @@ class PeriodicEval:
 
     def __init__(self, config: ml_collections.ConfigDict, model: TwoTower, tokenizer: Tokenizer, mesh: Mesh):
         self.config, self.model, self.tokenizer = config, model, tokenizer
-        # one program that replicates every parameter on every device of the training mesh
-        self._replicate = jax.jit(lambda params: params, out_shardings=replicated(mesh))
+        # replicates one parameter over the training mesh (one at a time: at most one extra parameter
+        # per device), whatever its sharding and however many processes the mesh spans
+        self._replicate = jax.jit(lambda x: x, out_shardings=replicated(mesh))
         self._local_mesh = make_mesh(data=-1, devices=jax.local_devices())  # the Encoder's
         self.benchmarks = tuple(config.eval.benchmarks)
         self.data_dir = config.data.tfds_data_dir or None
+        labels = [benchmark_label(None if name == SYNTHETIC else name) for name in self.benchmarks]
+        repeated = next((label for label in labels if labels.count(label) > 1), None)
+        if repeated is not None:
+            same = [name for name, label in zip(self.benchmarks, labels) if label == repeated]
+            raise ConfigError(f"config.eval.benchmarks: {same} would all be recorded as {repeated!r}: "
+                              "name each benchmark once, and wds directories with different names")
         for name in self.benchmarks:
             if name == SYNTHETIC:
                 continue
             try:
                 check_benchmark(name, self.data_dir)
             except (ValueError, KeyError, OSError) as error:
-                raise ConfigError(f"config.eval.benchmarks: {name!r}: {_message(error)}") from None
-        labels = [benchmark_label(None if name == SYNTHETIC else name) for name in self.benchmarks]
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"config.eval.benchmarks={self.benchmarks} names a benchmark twice")
+                raise ConfigError(f"config.eval.benchmarks: {name!r} ({SYNTHETIC!r}, a TFDS benchmark or "
+                                  f"wds:DIR): {_message(error)}") from None
         self._encoder: Encoder | None = None
 
     def due(self, step: int) -> bool:
@@ -70,8 +78,9 @@ class PeriodicEval:
 
     def run(self, params) -> dict[str, float]:
         """Every benchmark on `params` (the state's, sharded on the training mesh)."""
+        jax.block_until_ready(params)  # the training steps still running are not the evaluation's time
         start = time.perf_counter()
-        host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), self._replicate(params))
+        host_params = jax.tree.map(lambda x: np.asarray(self._replicate(x).addressable_data(0)), params)
         metrics = {}
         with jax.set_mesh(self._local_mesh):  # not the training mesh, which spans every process
             if self._encoder is None:
@@ -80,18 +89,25 @@ class PeriodicEval:
                                         batch_size=self.config.eval.batch_size, mesh=self._local_mesh)
             else:
                 self._encoder.set_params(host_params)
-            for name in self.benchmarks:
-                label = benchmark_label(None if name == SYNTHETIC else name)
-                try:
-                    results = self._evaluate(name)
-                except (ValueError, OSError) as error:  # what run_benchmark raises for bad data
-                    if jax.process_index() == 0:
-                        print(f"mmjax: warning: evaluation on {name} failed, training goes on: {_message(error)}",
-                              flush=True)
-                    continue
-                metrics |= {f"{label}/{key}": float(value) for key, value in results.items()}
+            try:
+                for name in self.benchmarks:
+                    metrics |= self._evaluate_or_warn(name)
+            finally:
+                self._encoder.params = None  # the devices' memory goes back to training
         metrics["eval_s"] = time.perf_counter() - start
         return metrics
+
+    def _evaluate_or_warn(self, name: str) -> dict[str, float]:
+        label = benchmark_label(None if name == SYNTHETIC else name)
+        try:
+            results = self._evaluate(name)
+        except (ValueError, OSError) as error:  # what run_benchmark raises for bad data
+            if jax.process_count() > 1:
+                raise
+            print(f"mmjax: warning: evaluation on {name} failed, training goes on: {_message(error)}",
+                  file=sys.stderr, flush=True)
+            return {}
+        return {f"{label}/{key}": float(value) for key, value in results.items()}
 
     def _evaluate(self, name: str) -> dict[str, float]:
         encoder, eval_config = self._encoder, self.config.eval

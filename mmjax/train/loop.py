@@ -161,12 +161,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                         metrics.update(memory)
                     writer.write(step, metrics)
                     last_time, last_step, data_wait = now, step, 0.0
-                if step % config.checkpoint_every == 0 or step == end:
-                    checkpoints.save(step, state, data, config_json)
-                if evaluation.due(step):
+                if evaluation.due(step):  # before the checkpoint: a run killed here evaluates this step again
                     results = evaluation.run(state.params)
                     writer.write_eval(step, results)
                     last_time += results["eval_s"]  # step times leave the evaluation out
+                if step % config.checkpoint_every == 0 or step == end:
+                    checkpoints.save(step, state, data, config_json)
         checkpoints.wait()
     finally:
         checkpoints.close()

@@ -10,6 +10,8 @@ import jax
 import tqdm
 from tensorboardX import SummaryWriter
 
+from mmjax.eval.report import finite_or_none
+
 # The evaluation metrics printed during training; every metric goes to eval_metrics.jsonl and TensorBoard.
 HEADLINE_METRICS = ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1")
 
@@ -25,8 +27,8 @@ def _drop_records_after(path: str, step: int) -> None:
 
 class MetricsWriter:
     """Writes `WORKDIR/metrics.jsonl` (training), `WORKDIR/eval_metrics.jsonl` (evaluations during
-    training) and `WORKDIR/tensorboard/` (`train/<name>`, `eval/<benchmark>/<metric>`); only process 0
-    writes.
+    training; NaN, e.g. `acc5` with fewer than 5 classes, as null) and `WORKDIR/tensorboard/`
+    (`train/<name>`, `eval/<benchmark>/<metric>`, `eval/eval_s`); only process 0 writes.
 
     On resume from `initial_step`, records of later steps (logged after the last
     checkpoint by the interrupted run) are dropped, so every step appears once.
@@ -61,13 +63,14 @@ class MetricsWriter:
         """Records `metrics` (`"<benchmark>/<metric>"` names) of the evaluation after step `step`."""
         if not self.active:
             return
-        self.eval_jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.eval_jsonl.write(json.dumps(finite_or_none({"step": step, **metrics}), allow_nan=False) + "\n")
         self.eval_jsonl.flush()
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"eval/{name}", value, step)
         shown = [f"{name} {100 * value:.2f} %" for name, value in metrics.items()
                  if name.rpartition("/")[2] in HEADLINE_METRICS]
         self.progress.write(f"eval {step:6d}  " + "  ".join(shown + [f"eval_s {metrics['eval_s']:.3g}"]))
+        sys.stdout.flush()
 
     def close(self) -> None:
         self.progress.close()
