@@ -43,8 +43,8 @@ def _train(_argv) -> None:
 
 def _define_eval_flags() -> None:
     flags.DEFINE_string("model", None, "A training workdir.")
-    flags.DEFINE_string("benchmark", None, "A TFDS benchmark (cifar10, imagenet2012, coco_captions, …) or wds:DIR; "
-                        "default: the synthetic benchmark of the run's data.")
+    flags.DEFINE_string("benchmark", None, "A TFDS benchmark (cifar10, imagenet2012, coco_captions, …), wds:DIR, "
+                        "or synthetic (the default): the synthetic benchmark of the run's data.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.")
     flags.DEFINE_integer("num_workers", 0, "grain worker processes decoding benchmark images (0: in this process).",
@@ -62,6 +62,8 @@ def _eval(_argv) -> None:
     from mmjax.eval.benchmarks import run_benchmark
 
     workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
+    if benchmark == "synthetic":  # the name config.eval.benchmarks uses for it
+        benchmark = None
     if benchmark is None and flags.FLAGS.max_examples is not None:
         raise ValueError("--max_examples applies to --benchmark; the synthetic benchmark's size is the run's "
                          "config.eval.num_heldout and num_retrieval")

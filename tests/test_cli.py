@@ -34,7 +34,7 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
     evaluated = mmjax("eval", "--model", workdir, "--figure", figure)
     assert evaluated.returncode == 0, evaluated.stderr
     with open(os.path.join(workdir, "eval.json")) as f:
-        results = json.load(f)
+        results = results_default = json.load(f)
     assert {"dataset", "model", "task", "metrics"} <= set(results)
     for key in ["acc1", "acc5", "mean_per_class_recall", "image_retrieval_recall@1", "text_retrieval_recall@1",
                 "image_retrieval_recall@5", "text_retrieval_recall@5"]:
@@ -54,6 +54,10 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
     assert results["metrics"]["num_images"] == 40 and results["metrics"]["images_per_s"] > 0
     for key in ["loss", "learning_rate", "grad_norm", "temperature", "examples_per_s", "step_time_s"]:
         assert key in records[-1], key
+    named = mmjax("eval", "--model", workdir, "--benchmark", "synthetic", "--output", str(tmp_path / "named.json"))
+    assert named.returncode == 0, named.stderr
+    with open(tmp_path / "named.json") as f:
+        assert json.load(f)["metrics"] == results_default["metrics"]  # --benchmark synthetic is the default
     _assert_exported_workdir_matches_transformers(workdir, str(tmp_path / "hf"))
 
 

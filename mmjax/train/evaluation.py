@@ -1,7 +1,7 @@
 """Zero-shot benchmarks during training: every `config.eval.every` steps and at the last step.
 
-`config.eval.benchmarks` names them: "synthetic" (the built-in synthetic benchmark, what
-`mmjax eval` runs without `--benchmark`) or what `mmjax eval --benchmark` takes. They are checked when training starts, before anything compiles, so a
+`config.eval.benchmarks` names them as `mmjax eval --benchmark` does: "synthetic" (the built-in
+synthetic benchmark), a TFDS benchmark or "wds:DIR". They are checked when training starts, before anything compiles, so a
 misspelt name or an unprepared data set is one line then, not an error hours later. The
 current parameters are replicated over the training mesh (one program, so FSDP- and
 tensor-sharded states on any number of processes work), copied to the host and embedded by
