@@ -28,7 +28,8 @@ def _drop_records_after(path: str, step: int) -> None:
 class MetricsWriter:
     """Writes `WORKDIR/metrics.jsonl` (training), `WORKDIR/eval_metrics.jsonl` (evaluations during
     training; NaN, e.g. `acc5` with fewer than 5 classes, as null) and `WORKDIR/tensorboard/`
-    (`train/<name>`, `eval/<benchmark>/<metric>`, `eval/eval_s`); only process 0 writes.
+    (`train/<name>`, `eval/<benchmark>/<metric>` but for the constant `chance_*` and `num_*`, `eval/eval_s`);
+    only process 0 writes.
 
     On resume from `initial_step`, records of later steps (logged after the last
     checkpoint by the interrupted run) are dropped, so every step appears once.
@@ -66,7 +67,8 @@ class MetricsWriter:
         self.eval_jsonl.write(json.dumps(finite_or_none({"step": step, **metrics}), allow_nan=False) + "\n")
         self.eval_jsonl.flush()
         for name, value in metrics.items():
-            self.tensorboard.add_scalar(f"eval/{name}", value, step)
+            if not name.rpartition("/")[2].startswith(("chance_", "num_")):  # constants stay in the JSON lines
+                self.tensorboard.add_scalar(f"eval/{name}", value, step)
         shown = [f"{name} {100 * value:.2f} %" for name, value in metrics.items()
                  if name.rpartition("/")[2] in HEADLINE_METRICS]
         self.progress.write(f"eval {step:6d}  " + "  ".join(shown + [f"eval_s {metrics['eval_s']:.3g}"]))
