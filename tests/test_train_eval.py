@@ -71,15 +71,15 @@ def test_evaluations_during_training_equal_evaluating_the_checkpoint_of_their_st
 
 
 @pytest.mark.parametrize("benchmarks, message", [
-    (("cifar11",), "config.eval.benchmarks: 'cifar11' ('synthetic', a TFDS benchmark or wds:DIR): unknown"),
-    (("wds:/nonexistent/bench",), "config.eval.benchmarks: 'wds:/nonexistent/bench'"),
+    (("synthtic",), "config.eval.benchmarks: unknown benchmark 'synthtic': did you mean 'synthetic'?"),
+    (("wds:/nonexistent/bench",), "config.eval.benchmarks: no webdataset shards /nonexistent/bench/test"),
     (("synthetic", "wds:/a/bench", "wds:/b/bench/"), r"\['wds:/a/bench', 'wds:/b/bench/'\] would all be recorded as "
                                                      "'wds_bench'"),
 ])
 def test_unusable_benchmarks_are_config_errors_before_compiling(tmp_path, benchmarks, message):
     config = clip_tiny.get_config("test")
     config.eval.benchmarks = benchmarks
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as raised:
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?")) as raised:
         train(config, str(tmp_path))
     assert "\n" not in str(raised.value)
     assert not (tmp_path / "checkpoints").exists()

@@ -29,6 +29,7 @@ per-process split yet); only the embedding is divided.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import time
@@ -92,7 +93,10 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, ima
                                       num_workers)
         return task, batches, classnames, templates
     if name_or_path not in sources.TFDS_BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name_or_path!r}: use one of {benchmark_names()} "
+        # "synthetic" is a name for the CLI and config.eval.benchmarks, which run it themselves
+        close = difflib.get_close_matches(name_or_path, [*benchmark_names(), "synthetic"], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown benchmark {name_or_path!r}: {hint}use one of {benchmark_names()} "
                          f"or {WDS_PREFIX}DIR for a webdataset directory")
     benchmark = sources.TFDS_BENCHMARKS[name_or_path]
     source = sources.open_tfds(name_or_path, data_dir)

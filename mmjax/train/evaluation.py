@@ -67,8 +67,7 @@ class PeriodicEval:
             try:
                 check_benchmark(name, self.data_dir)
             except (ValueError, KeyError, OSError) as error:
-                raise ConfigError(f"config.eval.benchmarks: {name!r} ({SYNTHETIC!r}, a TFDS benchmark or "
-                                  f"wds:DIR): {_message(error)}") from None
+                raise ConfigError(f"config.eval.benchmarks: {_message(error)}") from None
         self._encoder: Encoder | None = None
 
     def due(self, step: int) -> bool:

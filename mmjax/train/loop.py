@@ -41,8 +41,9 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
     """The config of the run `workdir` holds (one with a checkpoint), to resume; None when it holds none.
 
     A workdir resumes only the run it holds (model, loss, data order); say so before restoring fails deep
-    inside Orbax or silently changes the data stream. A run without a checkpoint yet (stopped by a config or data error, or killed before its first checkpoint)
-    is replaced; a directory whose config.json is not an mmjax config (a Hugging Face export) is refused."""
+    inside Orbax or silently changes the data stream. A run without a checkpoint yet (stopped by a config or
+    data error, or killed before its first checkpoint) is replaced; a directory whose config.json is not an
+    mmjax config (a Hugging Face export) is refused."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory")
     has_config = os.path.exists(os.path.join(workdir, CONFIG_FILE))
@@ -126,7 +127,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         print(f"resuming {workdir} at step {start}" + (f" with a changed config: {'; '.join(changes)}" if changes
                                                       else ""))
     if start >= end and jax.process_index() == 0:
-        print(f"{workdir} is already at step {start}, this run stops at step {end}: nothing to train")
+        evaluate = (f" (evaluate it with mmjax eval --model {workdir} --benchmark NAME)"
+                    if config.eval.benchmarks else "")
+        print(f"{workdir} is already at step {start}, this run stops at step {end}: nothing to train{evaluate}")
     writer = MetricsWriter(workdir, config.total_steps, start)
     config_json = config.to_dict()
     last_time, last_step, first_log, data_wait = time.perf_counter(), start, True, 0.0
