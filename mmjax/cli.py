@@ -276,11 +276,21 @@ def _run_reporting_errors(command):
         except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
             _fail(error)
         except KeyboardInterrupt:
-            resume = "; run the same command to resume from the last checkpoint" if sys.argv[1:2] == ["train"] else ""
-            print(f"mmjax: interrupted{resume}", file=sys.stderr)
+            print(f"mmjax: interrupted{_what_an_interrupt_leaves()}", file=sys.stderr)
             sys.exit(130)
 
     return run
+
+
+def _what_an_interrupt_leaves() -> str:
+    """For `mmjax train`: whether the same command resumes the run or starts it again."""
+    if sys.argv[1:2] != ["train"]:
+        return ""
+    from mmjax.train.checkpoint import has_checkpoint
+
+    if has_checkpoint(flags.FLAGS.workdir):
+        return "; run the same command to resume from the last checkpoint"
+    return " before the first checkpoint; the same command starts the run again"
 
 
 def _underscored(arg: str) -> str:

@@ -184,3 +184,27 @@ def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are
     config.model = "siglip-test"
     with pytest.raises(ConfigError, match="holds a run with model='clip-test', not 'siglip-test'"):
         train(config, str(tmp_path))
+
+
+def test_ctrl_c_during_a_checkpoint_save_takes_effect_after_it():
+    import signal
+    import threading
+
+    from mmjax.train.checkpoint import interrupts_deferred
+
+    assert threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in `mmjax train`
+    finished = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                signal.raise_signal(signal.SIGINT)
+                finished.append("the block")
+        assert finished == ["the block"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):  # outside the block Ctrl-C interrupts at once
+            signal.raise_signal(signal.SIGINT)
+            finished.append("after")
+        assert finished == ["the block"]
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from typing import Any
 
 import grain
@@ -17,6 +19,28 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mmjax.train.state import TrainState
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) during the block raises `KeyboardInterrupt` after it, not inside it.
+
+    Orbax starts an async save in several steps; interrupted between them, the save's threads fail at
+    exit with tracebacks. Only where Python's own handler is installed (the main thread, SIGINT not
+    ignored) is anything changed.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -52,10 +76,12 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: TrainState, data_iterator: Any, config: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config)), force=True)
+        """Starts an async save of step `step`; Ctrl-C takes effect once it has started."""
+        with interrupts_deferred():
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                config=ocp.args.JsonSave(config)), force=True)
 
     def restore(self, abstract_state: TrainState, data_iterator: Any | None = None,
                 step: int | None = None) -> TrainState:
@@ -84,4 +110,6 @@ class Checkpoints:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the saves in flight (also after Ctrl-C: no save is left half-written), then closes."""
+        self.manager.wait_until_finished()
         self.manager.close()
