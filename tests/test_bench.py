@@ -41,9 +41,10 @@ def test_mesh_flag_is_checked():
         parse_mesh("pipeline=2")
 
 
-def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analytic_count():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analytic_count(dtype):
     command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "bench-tiny", "--batch", "8",
-               "--threads", "1", "--steps", "2", "--warmup", "0", "--peak-size", "256"]
+               "--threads", "1", "--steps", "2", "--warmup", "0", "--peak-size", "256", "--dtype", dtype]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -51,10 +52,12 @@ def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analyt
                 "memory_per_device_bytes", "compile_s", "peak_flops"):
         assert result[key] > 0, key
     assert len(result["step_times_s"]) == 2 and result["threads"] == 1
+    assert result["dtype"] == dtype and result["peak_source"] == f"measured {dtype} matmul 256²"
     assert result["analytic_flops_per_step"] == train_step_flops(get_config("bench-tiny"), 8)["total"]
     assert result["flops_per_step"] == pytest.approx(result["analytic_flops_per_step"], rel=0.05)
     if open_clip_available():
         assert result["open_clip"]["param_count"] == result["param_count"] == 3_881_473
+        assert result["open_clip"]["dtype"] == dtype
         assert result["ratio_to_open_clip"] == pytest.approx(
             result["step_time_s"] / result["open_clip"]["step_time_s"])
 

@@ -201,3 +201,29 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
     for a, b in zip(got[:2], want[:2]):
         assert a.dtype == jnp.float32
         np.testing.assert_allclose(a, b, atol=0.05)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_bfloat16_dense_multiplies_bf16_operands_and_sums_in_float32(use_bias):
+    """`accumulating_dense` against float64 NumPy on the bf16-rounded operands: the output is the exact product
+    rounded once to bf16, and the kernel's and bias's gradients keep float32 precision (a bf16 rounding of them,
+    as JAX's own backward pass makes, would be off by up to 2^-9 relative)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(300, 24)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(24, 16)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=16), jnp.float32) if use_bias else None
+    cotangent = jnp.asarray(rng.normal(size=(300, 16)), jnp.bfloat16)
+    y, pullback = jax.vjp(lambda *args: layers.accumulating_dense(*args, jnp.bfloat16), x, kernel, bias)
+    grad_x, grad_kernel, grad_bias = pullback(cotangent)
+    x64, g64 = np.asarray(x, np.float64), np.asarray(cotangent, np.float64)
+    k64 = np.asarray(kernel.astype(jnp.bfloat16), np.float64)
+    want = x64 @ k64 + (np.asarray(bias, np.float64) if use_bias else 0.0)
+    assert y.dtype == jnp.bfloat16 and grad_x.dtype == jnp.bfloat16 and grad_kernel.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=2 ** -8, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad_x, np.float64), g64 @ k64.T, rtol=2 ** -8, atol=1e-6)
+    np.testing.assert_allclose(grad_kernel, x64.T @ g64, rtol=1e-5, atol=1e-4)
+    if use_bias:
+        assert grad_bias.dtype == jnp.float32
+        np.testing.assert_allclose(grad_bias, g64.sum(0), rtol=1e-5, atol=1e-4)
+    else:
+        assert grad_bias is None

@@ -2,9 +2,10 @@
 
 The model is an `open_clip.model.CLIP` built with the numbers of an mmjax registry
 entry (OpenAI layout: class token, pre-norm, causal text pooled at end-of-text);
-the step is OpenCLIP's `train_one_epoch` without data loading or AMP: forward,
-`ClipLoss`, backward, `clip_grad_norm_(1.0)`, AdamW (no decay on gains, biases and
-the temperature, as OpenCLIP's `main.py` groups them), then the temperature clamp.
+the step is OpenCLIP's `train_one_epoch` without data loading: forward, `ClipLoss`,
+backward, `clip_grad_norm_(1.0)`, AdamW (no decay on gains, biases and the temperature,
+as OpenCLIP's `main.py` groups them), then the temperature clamp. With `dtype="bfloat16"`
+the forward pass and loss run under `torch.autocast`, as OpenCLIP's `--precision amp_bf16`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def build_open_clip(config: TwoTowerConfig):
 
 
 def bench_open_clip_step(config: TwoTowerConfig, batch: dict[str, np.ndarray], *, steps: int = 10,
-                         warmup: int = 2, learning_rate: float = 1e-4, weight_decay: float = 0.1) -> dict[str, Any]:
-    """Time OpenCLIP's training step on `batch` (`image` uint8 `[B, S, S, 3]`, `text` int `[B, L]`).
+                         warmup: int = 2, learning_rate: float = 1e-4, weight_decay: float = 0.1,
+                         dtype: str = "float32") -> dict[str, Any]:
+    """Time OpenCLIP's training step on `batch` (`image` uint8 `[B, S, S, 3]`, `text` int `[B, L]`),
+    with float32 or bfloat16-autocast (`dtype`) compute.
 
-    Returns `step_time_s` (median after `warmup`), `step_times_s`, `param_count`, `threads`.
+    Returns `step_time_s` (median after `warmup`), `step_times_s`, `param_count`, `threads`, `dtype`.
     """
+    import contextlib
+
     import torch
     from open_clip.loss import ClipLoss
 
@@ -66,10 +71,16 @@ def bench_open_clip_step(config: TwoTowerConfig, batch: dict[str, np.ndarray], *
     images = torch.from_numpy((batch["image"].astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy())
     texts = torch.from_numpy(batch["text"].astype(np.int64))
 
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"the OpenCLIP reference runs float32 or bfloat16, not {dtype!r}")
+    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16"
+                else contextlib.nullcontext)
+
     def run():
         optimizer.zero_grad(set_to_none=True)
-        image_features, text_features, logit_scale = model(images, texts)
-        loss = loss_fn(image_features, text_features, logit_scale)
+        with autocast():
+            image_features, text_features, logit_scale = model(images, texts)
+            loss = loss_fn(image_features, text_features, logit_scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -78,4 +89,5 @@ def bench_open_clip_step(config: TwoTowerConfig, batch: dict[str, np.ndarray], *
 
     times = step_times(run, warmup, steps)
     return {"step_time_s": statistics.median(times), "step_times_s": times,
-            "param_count": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}
+            "param_count": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
+            "dtype": dtype}

@@ -1,7 +1,7 @@
 """The peak FLOP/s that MFU is measured against.
 
 Accelerators: the vendor's dense bf16 peak by device kind. CPU: measured in the same
-run as the benchmark, the median rate of a large float32 matmul (XLA's best case).
+run as the benchmark, the median rate of a large matmul in the compute dtype (XLA's best case).
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def device_peak_flops(device: jax.Device) -> float | None:
 
 
 def measure_matmul_flops(size: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
-    """Median FLOP/s of `[size, size] @ [size, size]` on the default device."""
-    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-    matmul = jax.jit(jnp.matmul)
+    """Median FLOP/s of `[size, size] @ [size, size]` in `dtype` on the default device, summed in float32
+    (`preferred_element_type`) as the models' matmuls are: XLA:CPU multiplies bf16 on its bf16 kernels only then."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.dtype(dtype))
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     matmul(a, b).block_until_ready()
     times = []
     for _ in range(repeats):

@@ -36,7 +36,7 @@ def _define_train_step_flags() -> None:
     flags.DEFINE_bool("hugepages", True, "On Linux, re-run the process with glibc's malloc on transparent huge "
                       "pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; see mmjax/hugepages.py).")
     flags.DEFINE_string("profile", None, "Also trace 3 steps into this directory and print where their time goes.")
-    flags.DEFINE_integer("peak_size", 2048, "On CPU, the side of the float32 matmul whose rate is the MFU peak.",
+    flags.DEFINE_integer("peak_size", 2048, "On CPU, the side of the --dtype matmul whose rate is the MFU peak.",
                          lower_bound=64)
 
 
@@ -77,7 +77,8 @@ def _train_step(argv: list[str]) -> None:
     result.update(threads=threads, param_count=param_count(f.model), platform=device.platform,
                   malloc_hugepages=hugepages_enabled())
     if device.platform == "cpu":
-        peak, result["peak_source"] = measure_matmul_flops(f.peak_size), f"measured float32 matmul {f.peak_size}²"
+        peak = measure_matmul_flops(f.peak_size, dtype=f.dtype)
+        result["peak_source"] = f"measured {f.dtype} matmul {f.peak_size}²"
     else:
         peak, result["peak_source"] = device_peak_flops(device), f"bf16 peak of {device.device_kind}"
     result["peak_flops"] = peak
@@ -87,7 +88,7 @@ def _train_step(argv: list[str]) -> None:
     if device.platform == "cpu" and f.open_clip and open_clip_available():
         print("timing OpenCLIP's step on the same model …", file=sys.stderr, flush=True)
         reference = bench_open_clip_step(get_config(f.model), synthetic_batch(get_config(f.model), f.batch),
-                                         steps=f.steps, warmup=f.warmup)
+                                         steps=f.steps, warmup=f.warmup, dtype=f.dtype)
         if reference["param_count"] != result["param_count"]:
             raise ValueError(f"OpenCLIP's {f.model} has {reference['param_count']} parameters, "
                              f"mmjax's {result['param_count']}")
@@ -115,7 +116,7 @@ def _print_summary(result: dict) -> None:
         for name, part in list(result["profile"]["by_part"].items())[:12]:
             print(f"    {part['ms']:8.1f} ms  {part['share']:6.1%}  {name}")
     if "open_clip" in result:
-        print(f"  OpenCLIP step {result['open_clip']['step_time_s'] * 1e3:.1f} ms: "
+        print(f"  OpenCLIP step ({result['open_clip']['dtype']}) {result['open_clip']['step_time_s'] * 1e3:.1f} ms: "
               f"mmjax/OpenCLIP = {result['ratio_to_open_clip']:.3f}")
 
 
