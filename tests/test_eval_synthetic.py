@@ -179,6 +179,10 @@ def test_retrieval_chance_matches_hand_counts_and_random_rankings():
     assert chance["chance_text_retrieval_recall@1"] == pytest.approx(1 / 3)
     assert chance["chance_text_retrieval_recall@2"] == pytest.approx(5 / 9)
     assert chance["chance_image_retrieval_recall@2"] == pytest.approx(2 / 3)
+    # exact: one caption per image among 1000 gives 1/1000 itself, not 1 − 0.999 (0.0010000000000000009)
+    assert retrieval_chance(np.ones(1000, int), ks=(1,))["chance_text_retrieval_recall@1"] == 0.001
+    with pytest.raises(ValueError, match="at least one image"):
+        retrieval_chance(np.array([], int))
     # against simulated uniformly random rankings of 8 captions for 6 images
     counts = np.array([3, 2, 1, 0, 1, 1])
     owner = np.repeat(np.arange(len(counts)), counts)

@@ -26,7 +26,9 @@ a single block — the dense computation — follows the same rule).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -159,11 +161,15 @@ def retrieval_chance(captions_per_image: np.ndarray, ks: Sequence[int] = (1, 5, 
     """
     counts = np.asarray(captions_per_image, np.int64)
     num_images, num_texts = len(counts), int(counts.sum())
-    j = np.arange(counts.max(initial=0))
+    if not num_images:
+        raise ValueError("retrieval chance needs at least one image")
+    caption_counts, images_with = np.unique(counts, return_counts=True)
     chance = {}
     for k in ks:
-        factors = np.clip((num_texts - min(k, num_texts) - j) / np.maximum(num_texts - j, 1), 0.0, 1.0)
-        miss = np.concatenate([[1.0], np.cumprod(factors)])[counts]  # the product of the first m_i factors
+        top = min(k, num_texts)
+        # Exact fractions, so that a chance of 1/1000 prints as 0.001 and not 0.0010000000000000009.
+        hits = sum(int(images) * (1 - math.prod(Fraction(max(num_texts - top - j, 0), num_texts - j) for j in range(m)))
+                   for m, images in zip(caption_counts.tolist(), images_with))
         chance[f"chance_image_retrieval_recall@{k}"] = min(k / num_images, 1.0)
-        chance[f"chance_text_retrieval_recall@{k}"] = float(np.mean(1.0 - miss))
+        chance[f"chance_text_retrieval_recall@{k}"] = float(Fraction(hits) / num_images)
     return chance
