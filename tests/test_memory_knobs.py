@@ -56,8 +56,8 @@ def test_bfloat16_compute_keeps_float32_state_and_tracks_the_float32_loss(float3
     half, half_losses, lowered, _ = _run(config, batches, dtype="bfloat16")
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(half.params))
     assert all(leaf.dtype in (jnp.float32, jnp.int32) for leaf in jax.tree.leaves(half.opt_state))
-    # The dense layers' matmuls, forward and backward, take bf16 operands and sum in float32; the rest are
-    # attention's and the loss's. Without `accumulating_dense`, JAX's backward pass multiplies in float32.
+    # On CPU the dense layers' matmuls, forward and backward, take bf16 operands and sum in float32; the rest are
+    # attention's and the loss's. JAX's own dots would be bf16 × bf16 → bf16, which XLA:CPU multiplies in float32.
     dots = [line for line in lowered.as_text().splitlines() if "stablehlo.dot_general" in line]
     bf16_into_f32 = [line for line in dots if re.search(r"xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>", line)]
     assert len(bf16_into_f32) > 2 * len(dots) // 3, dots[:3]
@@ -65,12 +65,15 @@ def test_bfloat16_compute_keeps_float32_state_and_tracks_the_float32_loss(float3
     np.testing.assert_allclose(half_losses, full_losses, rtol=0.02)
 
 
-def test_remat_policies_chosen_by_config_shrink_the_step_temporaries():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_remat_policies_chosen_by_config_shrink_the_step_temporaries(dtype):
     """Measured on scanned layers, whose saved residuals are explicit per layer: with unrolled layers XLA:CPU
-    schedules the recomputation next to the forward pass, so its memory analysis shows no saving there."""
+    schedules the recomputation next to the forward pass, so its memory analysis shows no saving there.
+    In bf16 the dense layers multiply inside a custom VJP, and the dots policies keep their outputs by name."""
     config = _test_config("clip")
     batches = _batches(config, 1)
-    temp = {policy: memory_per_device(_run(config, batches, scan_layers=True, remat_policy=policy)[3])["temp_bytes"]
+    temp = {policy: memory_per_device(_run(config, batches, scan_layers=True, remat_policy=policy,
+                                           dtype=dtype)[3])["temp_bytes"]
             for policy in ("none", "dots", "dots_no_batch", "full")}
     # Saving nothing keeps the least; saving the matmul outputs sits between; saving everything keeps the most.
     assert temp["full"] < temp["dots_no_batch"] <= temp["dots"] < temp["none"], temp

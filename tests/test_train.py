@@ -4,6 +4,7 @@ the optimizer's schedule and weight-decay mask, and one-line config errors."""
 import json
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -176,11 +177,18 @@ def test_batch_that_does_not_split_over_the_mesh_is_rejected_before_compiling(tm
 def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are_named(tmp_path, capsys):
     config = clip_tiny.get_config("test")
     train(config, str(tmp_path), stop_after=1)
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    workdir = re.escape(str(tmp_path))
+    assert re.fullmatch(rf"trained {workdir} from step 0 to 1 \(of 6\) in (\d+ min )?[\d.]+ s; checkpoint "
+                        rf"{workdir}/checkpoints/1; next: train with the same config and workdir to go on to step 6",
+                        last_line), last_line
     longer = clip_tiny.get_config("test")
     longer.total_steps, longer.optim.learning_rate = 8, 0.5
     train(longer, str(tmp_path), stop_after=2)
+    out = capsys.readouterr().out
     assert (f"resuming {tmp_path} at step 1 with a changed config: total_steps 6 → 8; optim.learning_rate 0.002 → 0.5"
-            in capsys.readouterr().out)
+            in out)
+    assert out.splitlines()[-1].startswith(f"trained {tmp_path} from step 1 to 2 (of 8) in ")
     config.model = "siglip-test"
     with pytest.raises(ConfigError, match="holds a run with model='clip-test', not 'siglip-test'"):
         train(config, str(tmp_path))

@@ -34,7 +34,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
 }
 
-# Dense layers name their outputs so that the "dots" policies keep them: a low-precision dense multiplies
+# Dense layers name their outputs so that the "dots" policies keep them: on CPU a low-precision dense multiplies
 # inside a custom VJP (`accumulating_dense`), where the policies' test for `dot_general` cannot see it.
 DENSE_OUTPUT = "dense_output"
 _save_dense_outputs = jax.checkpoint_policies.save_only_these_names(DENSE_OUTPUT)
@@ -50,19 +50,21 @@ REMAT_POLICIES = {
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def accumulating_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype: Dtype) -> jax.Array:
-    """`x [N, K] @ kernel [K, M] + bias [M]` computed in `dtype` with float32 accumulation: `[N, M]` in `dtype`.
+    """`x [N, K] @ kernel [*in, *out] + bias [*out]` computed in `dtype` with float32 sums: `[N, M]` in `dtype`,
+    where `K = prod(in)` and `M = prod(out)`.
 
     Every matmul, the forward one and both of the backward pass, takes `dtype` operands and sums in
     float32 (`preferred_element_type`); the bias is added, and its gradient summed, in float32; the
     parameters' gradients leave in their own dtype from the float32 sums, never rounded to `dtype`.
-    JAX's own backward pass of `jnp.dot(x, kernel).astype(dtype)` would round the gradients to bf16, and
-    on XLA:CPU it is slow: a bf16 result makes XLA convert both operands and multiply in float32
-    (`[4160, 192] @ [192, 768]`: 3.1 ms, vs 1.6 ms with a float32 result and 2.7 ms all in float32), and a
-    bias gradient summed in bf16 becomes float32 `reduce-window`s (150 ms of a 400 ms bench-tiny step).
-    XLA:CPU still multiplies the kernel's gradient (a contraction over N) in float32.
+    Written for XLA:CPU, where JAX's own `jnp.dot(x, kernel)` in bf16 is slow: a bf16 result makes XLA
+    convert both operands and multiply in float32 (`[4160, 192] @ [192, 768]`: 3.1 ms, vs 1.6 ms with a
+    float32 result and 2.7 ms all in float32), and a bias gradient summed in bf16 becomes float32
+    `reduce-window`s (150 ms of a 400 ms bench-tiny step). XLA:CPU still multiplies the kernel's gradient
+    (a contraction over N) in float32. The kernel and bias are reshaped inside, so that under `nn.scan`
+    the saved residuals are the layer's own parameters and not stacked copies of them.
     """
-    y = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
-    return (y if bias is None else y + bias.astype(jnp.float32)).astype(dtype)
+    y = jnp.dot(x.astype(dtype), kernel.reshape(x.shape[-1], -1).astype(dtype), preferred_element_type=jnp.float32)
+    return (y if bias is None else y + bias.reshape(-1).astype(jnp.float32)).astype(dtype)
 
 
 def _accumulating_dense_forward(x, kernel, bias, dtype):
@@ -71,13 +73,15 @@ def _accumulating_dense_forward(x, kernel, bias, dtype):
 
 def _accumulating_dense_backward(dtype, residuals, grad):
     x, kernel, bias = residuals
+    kernel2d = kernel.reshape(x.shape[-1], -1).astype(dtype)
     # `grad [N, M]` against `kernel [K, M]` on their last dims: XLA:CPU runs this form on its bf16 kernels, while
     # `grad @ kernel.T` gets a transposed copy that it converts to float32 (1.3 vs 3.1 ms at bench-tiny's sizes).
-    grad_x = jax.lax.dot_general(grad.astype(dtype), kernel.astype(dtype), (((1,), (1,)), ((), ())),
+    grad_x = jax.lax.dot_general(grad.astype(dtype), kernel2d, (((1,), (1,)), ((), ())),
                                  preferred_element_type=jnp.float32)
     grad_kernel = jnp.dot(x.astype(dtype).T, grad.astype(dtype), preferred_element_type=jnp.float32)
-    grad_bias = None if bias is None else jnp.sum(grad.astype(jnp.float32), axis=0).astype(bias.dtype)
-    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype), grad_bias
+    grad_bias = (None if bias is None
+                 else jnp.sum(grad.astype(jnp.float32), axis=0).reshape(bias.shape).astype(bias.dtype))
+    return grad_x.astype(x.dtype), grad_kernel.reshape(kernel.shape).astype(kernel.dtype), grad_bias
 
 
 accumulating_dense.defvjp(_accumulating_dense_forward, _accumulating_dense_backward)
@@ -113,13 +117,12 @@ class DenseGeneral(nn.Module):
         # A `tensordot` over `[B, T, D]` makes it contract two dims, which XLA:CPU lays out with transposed copies
         # and a slower kernel (bench-tiny train step, batch 64, 2 threads: 322 → 293 ms, medians of 4 A/B runs).
         fan_in = math.prod(kernel.shape[:self.num_in])
-        x2d, kernel2d = x.reshape(-1, fan_in), kernel.reshape(fan_in, -1)
-        bias1d = None if bias is None else bias.reshape(-1)
-        if jnp.dtype(self.dtype) == jnp.float32:
-            y = jnp.dot(x2d.astype(jnp.float32), kernel2d)
-            y = y if bias1d is None else y + bias1d
-        else:
-            y = accumulating_dense(x2d, kernel2d, bias1d, jnp.dtype(self.dtype))
+        x2d, dtype = x.reshape(-1, fan_in), jnp.dtype(self.dtype)
+        if dtype != jnp.float32 and jax.default_backend() == "cpu":
+            y = accumulating_dense(x2d, kernel, bias, dtype)
+        else:  # GPUs and TPUs multiply bf16 natively and keep the bf16 partial sums that cross devices half the size
+            y = jnp.dot(x2d.astype(dtype), kernel.reshape(fan_in, -1).astype(dtype))
+            y = y if bias is None else y + bias.reshape(-1).astype(dtype)
         return checkpoint_name(y, DENSE_OUTPUT).reshape(x.shape[:-self.num_in] + self.features)
 
 

@@ -132,7 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         print(f"{workdir} is already at step {start}, this run stops at step {end}: nothing to train{evaluate}")
     writer = MetricsWriter(workdir, config.total_steps, start)
     config_json = config.to_dict()
-    last_time, last_step, first_log, data_wait = time.perf_counter(), start, True, 0.0
+    run_start = last_time = time.perf_counter()
+    last_step, first_log, data_wait = start, True, 0.0
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
             for step in range(start + 1, end + 1):
@@ -171,8 +172,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                 if step % config.checkpoint_every == 0 or step == end:
                     checkpoints.save(step, state, data, config_json)
         checkpoints.wait()
+        if end > start and jax.process_index() == 0:
+            print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
     finally:
         checkpoints.close()
         writer.close()
         data.close()
     return state
+
+
+def _closing_line(workdir: str, start: int, end: int, total_steps: int, seconds: float) -> str:
+    """What the run did and what to run next, e.g. `trained runs/demo from step 0 to 1000 (of 1000) in 2 min 45 s;
+    checkpoint runs/demo/checkpoints/1000; next: mmjax eval --model runs/demo`."""
+    minutes, secs = divmod(round(seconds), 60)
+    took = f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
+    following = (f"mmjax eval --model {workdir}" if end == total_steps
+                 else f"train with the same config and workdir to go on to step {total_steps}")
+    return (f"trained {workdir} from step {start} to {end} (of {total_steps}) in {took}; "
+            f"checkpoint {os.path.join(workdir, 'checkpoints', str(end))}; next: {following}")

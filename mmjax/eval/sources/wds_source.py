@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mmjax.data.transforms import resize_center_crop
 
@@ -95,7 +95,9 @@ def _decode_image(sample: dict[str, bytes], shard: str, key: str) -> Image.Image
         image = Image.open(io.BytesIO(sample[extension]))
         image.load()
     except Exception as error:  # noqa: BLE001 - PIL raises several types for bad data
-        raise ValueError(f"{shard}: cannot decode image {key}.{extension} ({error})") from error
+        # PIL names an unknown format by its stream object (`<_io.BytesIO object at 0x…>`), which says nothing here.
+        reason = "not an image format PIL reads" if isinstance(error, UnidentifiedImageError) else str(error)
+        raise ValueError(f"{shard}: cannot decode image {key}.{extension} ({reason})") from error
     return image.convert("RGB")
 
 
