@@ -32,9 +32,11 @@ import clip_tiny  # noqa: E402
 # Process 1's data takes 35 s longer to open (slow storage): more than the 30 s gloo gives a
 # process to join the first collective, so the run needs the barrier before it.
 WORKER = """
+import faulthandler
 import sys
 import time
 import jax
+faulthandler.dump_traceback_later(240)  # a hang prints every thread's stack before the test's timeout
 jax.config.update("jax_num_cpu_devices", 4)
 sys.path.insert(0, sys.argv[2])
 import clip_tiny
@@ -52,6 +54,22 @@ state = loop.train(config, sys.argv[1])
 assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
 print("trained", int(state.step))
 """
+
+
+def _outputs(workers: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """Each worker's `(stdout, stderr)`; when one is still running after `timeout` seconds, all are killed and
+    the test fails with the end of every worker's stderr (a hang says where each process was)."""
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=timeout))
+    except subprocess.TimeoutExpired:
+        for worker in workers:
+            worker.kill()
+        tails = [f"process {index}:\n{worker.communicate()[1][-2000:]}"
+                 for index, worker in enumerate(workers) if index >= len(outputs)]
+        pytest.fail(f"still running after {timeout} s:\n" + "\n".join(tails))
+    return outputs
 
 
 def test_settings_come_from_the_config_before_the_environment():
@@ -104,15 +122,9 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
         workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs"),
                                          str(tmp_path / "heldout")], cwd=REPO,
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        for worker in workers:
-            stdout, stderr = worker.communicate(timeout=300)
-            assert worker.returncode == 0, stderr[-3000:]
-            assert stdout.strip().splitlines()[-1] == f"trained {config.total_steps}"
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
+    for worker, (stdout, stderr) in zip(workers, _outputs(workers, timeout=300)):
+        assert worker.returncode == 0, stderr[-3000:]
+        assert stdout.strip().splitlines()[-1] == f"trained {config.total_steps}"
 
     # the same global program on 8 devices; at the last step the two processes gather the FSDP-sharded
     # parameters, evaluate, and divide the wds benchmark's embedding between them
