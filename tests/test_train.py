@@ -11,6 +11,7 @@ import sys
 import flax
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -216,3 +217,25 @@ def test_ctrl_c_during_a_checkpoint_save_takes_effect_after_it():
         assert finished == ["the block"]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_the_saved_config_is_never_seen_half_written(tmp_path, monkeypatch):
+    """Process 0 writes config.json while the other processes of a multi-host run read it (a two-process
+    run once failed with JSONDecodeError there): a reader in the middle of a save sees the previous config."""
+    from mmjax.train.workdir import load_config, save_config
+
+    first, second = clip_tiny.get_config("test"), clip_tiny.get_config("test")
+    second.total_steps = 99
+    save_config(str(tmp_path), first)
+    seen_during_save = []
+    to_json = ml_collections.ConfigDict.to_json
+
+    def reading_while_writing(self, *args, **kwargs):
+        seen_during_save.append(load_config(str(tmp_path)).total_steps)
+        return to_json(self, *args, **kwargs)
+
+    monkeypatch.setattr(ml_collections.ConfigDict, "to_json", reading_while_writing)
+    save_config(str(tmp_path), second)
+    monkeypatch.undo()
+    assert seen_during_save == [first.total_steps] and load_config(str(tmp_path)).total_steps == 99
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]

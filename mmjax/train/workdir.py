@@ -28,8 +28,14 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    """Writes `WORKDIR/config.json` through a temporary file and a rename: the other processes of a multi-host
+    run read it while process 0 writes it (`train` checks an existing workdir), and must never see it half
+    written."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
         f.write(config.to_json(indent=2))
+    os.replace(temporary, path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
