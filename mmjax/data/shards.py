@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from mmjax.data.records import Sample, Skip, encode_record
+from mmjax.files import write_text_atomically
 
 INDEX_FILE = "index.json"
 FORMAT = "mmjax-records-1"
@@ -31,13 +32,6 @@ DONE_SUFFIX = ".done"
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.array_record"
-
-
-def _write_json_atomically(path: str, value: dict) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(temporary, path)
 
 
 def read_done(directory: str, name: str) -> dict | None:
@@ -69,7 +63,7 @@ def write_shard(directory: str, name: str, samples: Iterable[Sample | Skip], sou
         writer.close()
     os.replace(temporary, path)
     marker = {"file": name, "count": count, "source": source, "dropped": dict(sorted(dropped.items()))}
-    _write_json_atomically(path + DONE_SUFFIX, marker)
+    write_text_atomically(path + DONE_SUFFIX, json.dumps(marker, indent=1))
     return marker
 
 
@@ -87,7 +81,7 @@ def write_index(directory: str, markers: list[dict]) -> dict:
         dropped.update(marker["dropped"])
     index = {"format": FORMAT, "num_records": sum(m["count"] for m in markers),
              "dropped": dict(sorted(dropped.items())), "shards": markers}
-    _write_json_atomically(os.path.join(directory, INDEX_FILE), index)
+    write_text_atomically(os.path.join(directory, INDEX_FILE), json.dumps(index, indent=1))
     return index
 
 

@@ -19,6 +19,7 @@ import ml_collections
 
 from mmjax.data.clip_bpe import ClipBpeTokenizer
 from mmjax.data.tokenizers import Tokenizer
+from mmjax.files import write_text_atomically
 from mmjax.models import TwoTower, abstract_params, get_config
 from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.train.checkpoint import Checkpoints
@@ -31,11 +32,7 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `WORKDIR/config.json` through a temporary file and a rename: the other processes of a multi-host
     run read it while process 0 writes it (`train` checks an existing workdir), and must never see it half
     written."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        f.write(config.to_json(indent=2))
-    os.replace(temporary, path)
+    write_text_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
