@@ -147,6 +147,36 @@ def test_hf_clip_matches_transformers(hf_dir, images):
     np.testing.assert_allclose(pretrained.preprocess.batch(images), pixels, atol=1e-6)
 
 
+@pytest.mark.parametrize("processor_kwargs", [
+    dict(size={"height": 32, "width": 32}, do_center_crop=False),
+    dict(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32}),
+    dict(size={"shortest_edge": 35}, crop_size={"height": 32, "width": 32}, resample=2),
+])
+def test_hf_clip_preprocessing_equals_the_processor_for_each_size_form(processor_kwargs, images, tmp_path):
+    """`size: {height, width}` resizes straight to that size (no aspect-preserving step), as transformers does;
+    the non-square test images tell it apart from a shortest-edge resize and crop."""
+    CLIPImageProcessorPil(**processor_kwargs).save_pretrained(str(tmp_path))
+    preprocess = hf_clip.load_preprocess(str(tmp_path), 32)
+    assert preprocess.mode == ("shortest" if "shortest_edge" in processor_kwargs["size"] else "squash")
+    expected = CLIPImageProcessorPil.from_pretrained(str(tmp_path))(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(preprocess.batch(images), expected.transpose(0, 2, 3, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("preprocess", [ImagePreprocess(32, mode="squash", interpolation="bilinear"),
+                                        ImagePreprocess(32, resize_size=36)])
+def test_hf_clip_export_writes_a_processor_that_gives_the_same_pixels(preprocess, images, tmp_path):
+    config = get_config("clip-test")
+    pretrained = Pretrained(config, _random_params(config), Tokenizer.for_synthetic(config.text.context_length),
+                            preprocess, "test", "mmjax")
+    hf_clip.export(pretrained, str(tmp_path))
+    expected = CLIPImageProcessorPil.from_pretrained(str(tmp_path))(images, return_tensors="np")["pixel_values"]
+    # transformers floors the crop offset where torchvision rounds: the reloaded spec says which one it uses
+    reloaded = load_pretrained(str(tmp_path)).preprocess
+    assert reloaded == dataclasses.replace(preprocess, crop_rounding="floor" if preprocess.mode == "shortest" else
+                                           "round", alpha_on_white=True)
+    np.testing.assert_allclose(reloaded.batch(images), expected.transpose(0, 2, 3, 1), atol=1e-6)
+
+
 def test_hf_clip_pools_at_the_first_eos_token(hf_dir):
     """transformers pools at the first `eos_token_id`; an id above it later in the row must not move the pool."""
     pretrained = load_pretrained(hf_dir)
@@ -196,6 +226,29 @@ def test_open_clip_named_model_with_weights_file(open_clip_dirs, images, monkeyp
     _assert_close_normalised(pretrained.encode_image(images), expected)
     with pytest.raises(ValueError, match="needs a weights file"):
         load_pretrained("open_clip:tiny-quickgelu")
+
+
+def test_open_clip_config_keys_left_out_take_open_clips_defaults():
+    """OpenCLIP fills a `model_cfg` from its `CLIPVisionCfg` / `CLIPTextCfg` defaults (text heads 8, …): mmjax
+    builds the same model from the same dict, counted parameter by parameter."""
+    model_cfg = dict(embed_dim=16, vision_cfg=dict(width=64, layers=1, patch_size=8, image_size=[32, 32]),
+                     text_cfg=dict(width=64, layers=1, vocab_size=100))
+    model = open_clip.model.CLIP(**model_cfg)
+    config = oc_convert.config_from_open_clip(model_cfg, "open_clip_config.json")
+    assert config.text.num_heads == 8 and config.vision.num_heads == 1 and config.vision.image_size == 32
+    assert sum(int(np.prod(s)) for s in expected_shapes(config).values()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("model_cfg, message", [
+    (dict(embed_dim=16, text_cfg=dict(width=30, heads=4)), "TextConfig: width 30 does not split into 4 heads"),
+    (dict(embed_dim=16, vision_cfg=dict(width=100)), "vision_cfg.width 100 is not a multiple of head_width 64"),
+    (dict(text_cfg=dict(width=32)), "embed_dim is missing"),
+    (dict(embed_dim=16, vision_cfg=dict(image_size=[32, 48])), r"vision_cfg.image_size \[32, 48\] is not square"),
+])
+def test_open_clip_config_errors_name_the_file(model_cfg, message):
+    with pytest.raises(ValueError, match=f"^cfg.json: .*{message}") as error:
+        oc_convert.config_from_open_clip(model_cfg, "cfg.json")
+    assert "\n" not in str(error.value)
 
 
 def test_open_clip_name_table_matches_open_clip():
@@ -267,16 +320,21 @@ def test_unscan_splits_stacked_layers():
     np.testing.assert_array_equal(layers["text_encoder"]["encoder"]["layers_1"]["attn"]["query"]["kernel"], stacked[1])
 
 
+@pytest.mark.parametrize("scanned", [False, True])
 @pytest.mark.parametrize("target", ["hf", "open_clip"])
-def test_mmjax_model_export_import_is_bit_identical(target, tmp_path):
-    params = _random_params(get_config("clip-test"))
-    config = get_config("clip-test")
+def test_mmjax_model_export_import_is_bit_identical(target, scanned, tmp_path):
+    """Scanned layers (one stacked `encoder/layers`) are written as the reference libraries' numbered layers."""
+    config = get_config("clip-test", scan_layers=scanned)
+    params = _random_params(config)
     pretrained = Pretrained(config, params, Tokenizer.for_synthetic(config.text.context_length),
                             ImagePreprocess(config.vision.image_size), "test", "mmjax")
     out = str(tmp_path / target)
     (hf_clip if target == "hf" else oc_convert).export(pretrained, out)
     reloaded = load_pretrained(out)
-    _assert_bit_identical(params, reloaded.params)
+    _assert_bit_identical(unscan(params) if scanned else params, reloaded.params)
+    if scanned:  # layer 1 of the stack is the reloaded layers_1, not a copy of another layer
+        np.testing.assert_array_equal(reloaded.params["image_encoder"]["encoder"]["layers_1"]["mlp"]["fc1"]["kernel"],
+                                      params["image_encoder"]["encoder"]["layers"]["mlp"]["fc1"]["kernel"][1])
     texts = ["a red circle", "a small blue square"]
     np.testing.assert_array_equal(reloaded.tokenizer(texts), pretrained.tokenizer(texts))
     np.testing.assert_array_equal(reloaded.encode_text(texts), pretrained.encode_text(texts))

@@ -1,12 +1,23 @@
-"""Shape checks that name the first parameter that does not fit."""
+"""Shape checks that name the first parameter that does not fit, and config errors that name their file."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import flax.linen as nn
 
 from mmjax.models import TwoTowerConfig, abstract_params
+
+
+@contextlib.contextmanager
+def naming(where: str) -> Iterator[None]:
+    """A ValueError raised inside (e.g. a `TransformerSpec` whose heads do not split its width) starts with
+    `where`, the file whose config asked for it."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:

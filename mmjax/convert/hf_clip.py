@@ -3,7 +3,7 @@
 
 Text pooling follows transformers: the first position holding `eos_token_id` (configs with
 the legacy `eos_token_id == 2` pool at the largest id). Images are preprocessed as
-`CLIPImageProcessor` does with the PIL backend (shortest edge, bicubic, crop offset floored).
+`CLIPImageProcessor` does with the PIL backend (`mmjax.convert.image_processor`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import os
 import numpy as np
 
 from mmjax.convert import layout
-from mmjax.convert.checks import check_shapes, expected_shapes
+from mmjax.convert.checks import check_shapes, expected_shapes, naming
+from mmjax.convert.image_processor import CLIP as CLIP_PROCESSOR
+from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
 from mmjax.convert.jsonfile import read_json, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.clip_bpe import ClipBpeTokenizer
@@ -24,7 +26,6 @@ from mmjax.pretrained import Pretrained
 
 # transformers' activation names ↔ mmjax's.
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
@@ -39,18 +40,20 @@ def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
         raise ValueError(f"{where}: hidden_act {act!r} is not one of {sorted(ACTIVATIONS)}")
     eos = text.get("eos_token_id", 49407)
     try:
-        return TwoTowerConfig(
-            vision=VisionConfig(width=vision["hidden_size"], depth=vision["num_hidden_layers"],
-                                num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-                                image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 32)),
-            text=TextConfig(width=text["hidden_size"], depth=text["num_hidden_layers"],
-                            num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
-                            vocab_size=text.get("vocab_size", 49408),
-                            context_length=text.get("max_position_embeddings", 77),
-                            pool="eot" if eos == 2 else "first_eot", eot_id=None if eos == 2 else eos),
-            embed_dim=hf.get("projection_dim", 512),
-            options=BlockOptions(activation=ACTIVATIONS[act], norm_eps=eps.pop()),
-        )
+        with naming(where):
+            return TwoTowerConfig(
+                vision=VisionConfig(width=vision["hidden_size"], depth=vision["num_hidden_layers"],
+                                    num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
+                                    image_size=vision.get("image_size", 224),
+                                    patch_size=vision.get("patch_size", 32)),
+                text=TextConfig(width=text["hidden_size"], depth=text["num_hidden_layers"],
+                                num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
+                                vocab_size=text.get("vocab_size", 49408),
+                                context_length=text.get("max_position_embeddings", 77),
+                                pool="eot" if eos == 2 else "first_eot", eot_id=None if eos == 2 else eos),
+                embed_dim=hf.get("projection_dim", 512),
+                options=BlockOptions(activation=ACTIVATIONS[act], norm_eps=eps.pop()),
+            )
     except KeyError as error:
         raise ValueError(f"{where}: {error.args[0]} is missing from the text or vision config") from None
 
@@ -125,19 +128,7 @@ def load_tokenizer(path: str, context_length: int, eot_token: str = "<|endoftext
 def load_preprocess(path: str, image_size: int) -> ImagePreprocess:
     """`preprocessor_config.json` (CLIPImageProcessor) → `ImagePreprocess`; OpenAI's defaults when absent."""
     file = os.path.join(path, "preprocessor_config.json")
-    spec = read_json(file) if os.path.isfile(file) else {}
-    size, crop = spec.get("size", {"shortest_edge": image_size}), spec.get("crop_size", image_size)
-    size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
-    crop = crop.get("height") if isinstance(crop, dict) else crop
-    resample = spec.get("resample", 3)
-    if resample not in RESAMPLE:
-        raise ValueError(f"{file}: resample {resample} is not bicubic (3) or bilinear (2)")
-    if not spec.get("do_center_crop", True) or not spec.get("do_resize", True):
-        raise ValueError(f"{file}: only do_resize and do_center_crop = true are supported")
-    defaults = ImagePreprocess(image_size)
-    return ImagePreprocess(crop, tuple(spec.get("image_mean", defaults.mean)), tuple(spec.get("image_std", defaults.std)),
-                           resize_size=size, interpolation=RESAMPLE[resample], crop_rounding="floor",
-                           alpha_on_white=True)
+    return preprocess_from_hf(read_json(file) if os.path.isfile(file) else {}, image_size, file, CLIP_PROCESSOR)
 
 
 def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
@@ -192,8 +183,8 @@ def _block_to_hf(block: dict, prefix: str) -> dict[str, np.ndarray]:
 
 
 def params_to_hf(params: dict) -> dict[str, np.ndarray]:
-    """mmjax params → transformers CLIPModel state dict."""
-    params = layout.to_numpy(params)
+    """mmjax params (scanned layers or not) → transformers CLIPModel state dict."""
+    params = layout.unscan(layout.to_numpy(params))
     image, text = params["image_encoder"], params["text_encoder"]
     v, t = "vision_model", "text_model"
     out = {
@@ -251,17 +242,10 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     tokenizer = pretrained.tokenizer
     bos_id = int(tokenizer([""])[0, 0])
     hf_config = config_to_hf(pretrained.config, tokenizer.eot_id, tokenizer.pad_id, bos_id)
-    pp = pretrained.preprocess
-    if pp.mode != "shortest":
-        raise ValueError("a CLIPImageProcessor resizes the shortest edge; this model's preprocessing squashes")
     os.makedirs(out_dir, exist_ok=True)
     write_safetensors(os.path.join(out_dir, "model.safetensors"), params_to_hf(pretrained.params),
                       metadata={"format": "pt"})
     write_json(os.path.join(out_dir, "config.json"), hf_config)
     export_tokenizer(tokenizer, out_dir)
-    write_json(os.path.join(out_dir, "preprocessor_config.json"), {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
-        "size": {"shortest_edge": pp.resize_size or pp.size}, "resample": {"bicubic": 3, "bilinear": 2}[pp.interpolation],
-        "do_center_crop": True, "crop_size": {"height": pp.size, "width": pp.size}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pp.mean), "image_std": list(pp.std),
-        "do_convert_rgb": True})
+    write_json(os.path.join(out_dir, "preprocessor_config.json"), preprocess_to_hf(pretrained.preprocess,
+                                                                                   CLIP_PROCESSOR))

@@ -19,9 +19,10 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from mmjax.convert import checks, layout
+from mmjax.convert.image_processor import SIGLIP as SIGLIP_PROCESSOR
+from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
 from mmjax.convert.jsonfile import read_json, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
-from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models.layers import BlockOptions, sincos_2d
@@ -83,22 +84,23 @@ def config_from_hf(config: Mapping, where: str = "config.json") -> TwoTowerConfi
     if embed_dim != vision["hidden_size"]:
         raise ValueError(f"{where}: text projection_size {embed_dim} differs from the vision width "
                          f"{vision['hidden_size']} (SigLIP has no image projection)")
-    return TwoTowerConfig(
-        vision=VisionConfig(
-            image_size=_single_int(vision["image_size"], "image_size", where),
-            patch_size=_single_int(vision["patch_size"], "patch_size", where),
-            width=vision["hidden_size"], depth=vision["num_hidden_layers"],
-            num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-            pool="map", pre_norm=False, patch_bias=True, posemb="learned"),
-        text=TextConfig(
-            vocab_size=text["vocab_size"], context_length=text["max_position_embeddings"],
-            width=text["hidden_size"], depth=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
-            mlp_dim=text["intermediate_size"], causal=False, pool="last"),
-        embed_dim=embed_dim,
-        options=BlockOptions(activation=activations.pop(), norm_eps=float(text["layer_norm_eps"])),
-        image_projection=False, text_projection_bias=True,
-        logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
-    )
+    with checks.naming(where):
+        return TwoTowerConfig(
+            vision=VisionConfig(
+                image_size=_single_int(vision["image_size"], "image_size", where),
+                patch_size=_single_int(vision["patch_size"], "patch_size", where),
+                width=vision["hidden_size"], depth=vision["num_hidden_layers"],
+                num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
+                pool="map", pre_norm=False, patch_bias=True, posemb="learned"),
+            text=TextConfig(
+                vocab_size=text["vocab_size"], context_length=text["max_position_embeddings"],
+                width=text["hidden_size"], depth=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
+                mlp_dim=text["intermediate_size"], causal=False, pool="last"),
+            embed_dim=embed_dim,
+            options=BlockOptions(activation=activations.pop(), norm_eps=float(text["layer_norm_eps"])),
+            image_projection=False, text_projection_bias=True,
+            logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
+        )
 
 
 def check_exportable(config: TwoTowerConfig) -> None:
@@ -281,51 +283,6 @@ def params_to_hf(params: Mapping, config: TwoTowerConfig) -> dict[str, np.ndarra
     return fuse_in_proj(tensors)
 
 
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}
-
-
-def preprocess_from_hf(processor: Mapping, image_size: int, where: str) -> ImagePreprocess:
-    """The `ImagePreprocess` of a `SiglipImageProcessor` config (preprocessor_config.json).
-
-    SigLIP's own (`size: {height, width}`) resizes straight to S×S; a `shortest_edge`
-    size with `do_center_crop` (what `export` writes for centre-cropping models) crops.
-    """
-    for flag in ("do_resize", "do_rescale", "do_normalize"):
-        if not processor.get(flag, True):
-            raise ValueError(f"{where}: {flag}=false is not supported")
-    if abs(float(processor.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
-        raise ValueError(f"{where}: rescale_factor {processor['rescale_factor']} is not 1/255")
-    resample = processor.get("resample", 3)
-    if resample not in _RESAMPLE:
-        raise ValueError(f"{where}: resample {resample} is not 2 (bilinear) or 3 (bicubic)")
-    common = dict(mean=tuple(processor.get("image_mean", (0.5,) * 3)),
-                  std=tuple(processor.get("image_std", (0.5,) * 3)), interpolation=_RESAMPLE[resample],
-                  alpha_on_white=True)
-    size = processor.get("size", {"height": image_size, "width": image_size})
-    if processor.get("do_center_crop"):
-        crop = processor.get("crop_size", {})
-        if not isinstance(size, Mapping) or "shortest_edge" not in size or crop.get("height") != crop.get("width"):
-            raise ValueError(f"{where}: centre cropping needs size {{shortest_edge}} and a square crop_size")
-        return ImagePreprocess(crop["height"], resize_size=size["shortest_edge"], mode="shortest",
-                               crop_rounding="floor", **common)
-    side = size if isinstance(size, int) else size.get("height")
-    if not isinstance(size, int) and size.get("width") != side:
-        raise ValueError(f"{where}: non-square size {dict(size)} is not supported")
-    return ImagePreprocess(side, mode="squash", **common)
-
-
-def preprocess_to_hf(preprocess: ImagePreprocess) -> dict:
-    """preprocessor_config.json for `preprocess` (inverse of `preprocess_from_hf`)."""
-    resample = {name: code for code, name in _RESAMPLE.items()}[preprocess.interpolation]
-    config = dict(image_processor_type="SiglipImageProcessor", processor_class="SiglipProcessor",
-                  do_resize=True, resample=resample, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                  image_mean=list(preprocess.mean), image_std=list(preprocess.std), do_convert_rgb=True)
-    if preprocess.mode == "squash":
-        return {**config, "size": {"height": preprocess.size, "width": preprocess.size}}
-    return {**config, "size": {"shortest_edge": preprocess.resize_size or preprocess.size}, "do_center_crop": True,
-            "crop_size": {"height": preprocess.size, "width": preprocess.size}}
-
-
 def _token(value, default: str) -> str:
     """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
     if value is None:
@@ -365,7 +322,8 @@ def load(path: str, *, image_size: int | None = None, allow_pickle: bool = False
     processor = read_json(processor_path) if os.path.isfile(processor_path) else {}
     pretrained = Pretrained(config=config, params=params,
                             tokenizer=tokenizer_from_dir(path, config.text.context_length),
-                            preprocess=preprocess_from_hf(processor, config.vision.image_size, processor_path),
+                            preprocess=preprocess_from_hf(processor, config.vision.image_size, processor_path,
+                                                          SIGLIP_PROCESSOR),
                             source=path, format="hf_siglip")
     return pretrained.with_image_size(image_size) if image_size else pretrained
 
@@ -402,4 +360,5 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     pad_id, eot_id = _export_tokenizer(pretrained.tokenizer, out_dir)
     write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
     write_json(os.path.join(out_dir, "config.json"), config_to_hf(config, pad_id, eot_id))
-    write_json(os.path.join(out_dir, "preprocessor_config.json"), preprocess_to_hf(pretrained.preprocess))
+    write_json(os.path.join(out_dir, "preprocessor_config.json"),
+               preprocess_to_hf(pretrained.preprocess, SIGLIP_PROCESSOR))

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from mmjax.convert import layout
-from mmjax.convert.checks import check_shapes, expected_shapes
+from mmjax.convert.checks import check_shapes, expected_shapes, naming
 from mmjax.convert.jsonfile import read_json, write_json
 from mmjax.convert.tensors import read_tensors, write_safetensors
 from mmjax.data.clip_bpe import BPE_FILE, ClipBpeTokenizer, find_open_clip_bpe
@@ -64,12 +64,15 @@ MODEL_CONFIGS = {
 for _name in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14"):
     MODEL_CONFIGS[f"{_name}-quickgelu"] = dict(MODEL_CONFIGS[_name], quick_gelu=True)
 
-_VISION_DEFAULTS = dict(head_width=64, mlp_ratio=4.0, ls_init_value=None, attentional_pool=False, no_ln_pre=False,
+# OpenCLIP's CLIPVisionCfg / CLIPTextCfg defaults, for the keys a config leaves out.
+_VISION_DEFAULTS = dict(layers=12, width=768, patch_size=16, image_size=224,
+                        head_width=64, mlp_ratio=4.0, ls_init_value=None, attentional_pool=False, no_ln_pre=False,
                         pos_embed_type="learnable", final_ln_after_pool=False, pool_type="tok",
                         timm_model_name=None, act_kwargs=None, norm_kwargs=None, qk_norm=False,
                         scaled_cosine_attn=False, scale_heads=False, scale_attn_inner=False, scale_attn=False,
                         scale_fc=False)
-_TEXT_DEFAULTS = dict(context_length=77, vocab_size=49408, mlp_ratio=4.0, ls_init_value=None, embed_cls=False,
+_TEXT_DEFAULTS = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12,
+                      mlp_ratio=4.0, ls_init_value=None, embed_cls=False,
                       no_causal_mask=False, final_ln_after_pool=False, pool_type="argmax", proj_bias=False,
                       proj_type="linear", hf_model_name=None, hf_tokenizer_name=None, act_kwargs=None,
                       norm_kwargs=None, qk_norm=False, scaled_cosine_attn=False, scale_heads=False,
@@ -95,17 +98,27 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
         raise ValueError(f"{where}: ResNet image towers (vision_cfg.layers={vision.get('layers')!r}) are not supported")
     if model_cfg.get("init_logit_bias") is not None:
         raise ValueError(f"{where}: init_logit_bias (SigLIP-style OpenCLIP models) is not supported")
+    if "embed_dim" not in model_cfg:
+        raise ValueError(f"{where}: embed_dim is missing")
+    image_size = vision["image_size"]
+    if isinstance(image_size, (list, tuple)):
+        if len(set(image_size)) != 1:
+            raise ValueError(f"{where}: vision_cfg.image_size {image_size} is not square")
+        image_size = image_size[0]
     width = vision["width"]
-    return TwoTowerConfig(
-        vision=VisionConfig(width=width, depth=vision["layers"], num_heads=width // vision["head_width"],
-                            mlp_dim=int(width * vision["mlp_ratio"]), image_size=vision["image_size"],
-                            patch_size=vision["patch_size"]),
-        text=TextConfig(width=text["width"], depth=text["layers"], num_heads=text["heads"],
-                        mlp_dim=int(text["width"] * text["mlp_ratio"]), vocab_size=text["vocab_size"],
-                        context_length=text["context_length"]),
-        embed_dim=model_cfg["embed_dim"],
-        options=BlockOptions(activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu", norm_eps=1e-5),
-    )
+    if width % vision["head_width"]:
+        raise ValueError(f"{where}: vision_cfg.width {width} is not a multiple of head_width {vision['head_width']}")
+    with naming(where):
+        return TwoTowerConfig(
+            vision=VisionConfig(width=width, depth=vision["layers"], num_heads=width // vision["head_width"],
+                                mlp_dim=int(width * vision["mlp_ratio"]), image_size=image_size,
+                                patch_size=vision["patch_size"]),
+            text=TextConfig(width=text["width"], depth=text["layers"], num_heads=text["heads"],
+                            mlp_dim=int(text["width"] * text["mlp_ratio"]), vocab_size=text["vocab_size"],
+                            context_length=text["context_length"]),
+            embed_dim=model_cfg["embed_dim"],
+            options=BlockOptions(activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu", norm_eps=1e-5),
+        )
 
 
 def _block(get, prefix: str, heads: int) -> dict:
@@ -261,8 +274,8 @@ def _block_to_open_clip(block: dict, prefix: str) -> dict[str, np.ndarray]:
 
 
 def params_to_open_clip(params: dict) -> dict[str, np.ndarray]:
-    """mmjax params → OpenCLIP CLIP state dict."""
-    params = layout.to_numpy(params)
+    """mmjax params (scanned layers or not) → OpenCLIP CLIP state dict."""
+    params = layout.unscan(layout.to_numpy(params))
     image, text = params["image_encoder"], params["text_encoder"]
     out = {
         "visual.conv1.weight": layout.to_torch_conv(image["patch_embed"]["conv"]["kernel"]),

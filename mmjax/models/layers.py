@@ -210,12 +210,16 @@ class BlockOptions:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TransformerSpec:
-    """Shape of a transformer stack."""
+    """Shape of a transformer stack; a ValueError at construction when the heads do not split the width."""
 
     width: int
     depth: int
     num_heads: int
     mlp_dim: int
+
+    def __post_init__(self):
+        if min(self.width, self.num_heads) < 1 or self.width % self.num_heads:
+            raise ValueError(f"{type(self).__name__}: width {self.width} does not split into {self.num_heads} heads")
 
 
 class TransformerBlock(nn.Module):

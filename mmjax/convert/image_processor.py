@@ -1,0 +1,96 @@
+"""transformers image processors (preprocessor_config.json) ↔ `ImagePreprocess`, for CLIP and SigLIP.
+
+transformers' `CLIPImageProcessor` and `SiglipImageProcessor` run one pipeline, resize → centre crop →
+rescale → normalise, with different class defaults (`ProcessorDefaults`). The `size` decides the resize:
+`{shortest_edge: s}` resizes the shorter side to s keeping the aspect ratio, `{height: h, width: w}` resizes
+straight to h×w, and an int means `{shortest_edge: int}`. `do_center_crop` then crops `crop_size`.
+Of these, the square outputs are supported: a shorter side resized and centre-cropped to a square
+(`mode="shortest"`, crop offset floored as transformers does), or a square resize with no crop, or with a
+crop of the same size (`mode="squash"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from mmjax.data.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
+
+RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorDefaults:
+    """What a processor class assumes for the keys a config leaves out (its class attributes)."""
+
+    image_processor_type: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    center_crop: bool
+    squash: bool  # the default `size` is {height, width} (else {shortest_edge}), at the model's image size
+    extra: tuple[tuple[str, str], ...] = ()  # keys `preprocess_to_hf` writes as they are
+
+
+CLIP = ProcessorDefaults("CLIPImageProcessor", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, center_crop=True, squash=False)
+SIGLIP = ProcessorDefaults("SiglipImageProcessor", (0.5,) * 3, (0.5,) * 3, center_crop=False, squash=True,
+                           extra=(("processor_class", "SiglipProcessor"),))
+
+
+def _size_dict(size, where: str) -> dict:
+    if isinstance(size, int):
+        return {"shortest_edge": size}
+    if isinstance(size, Mapping) and ("shortest_edge" in size or {"height", "width"} <= set(size)):
+        return dict(size)
+    raise ValueError(f"{where}: size {size!r} is not an int, {{shortest_edge}} or {{height, width}}")
+
+
+def _square_side(crop_size, where: str) -> int:
+    if isinstance(crop_size, int):
+        return crop_size
+    if isinstance(crop_size, Mapping) and crop_size.get("height") is not None:
+        if crop_size["height"] == crop_size.get("width"):
+            return crop_size["height"]
+    raise ValueError(f"{where}: crop_size {crop_size!r} is not square")
+
+
+def preprocess_from_hf(processor: Mapping, image_size: int, where: str, defaults: ProcessorDefaults) -> ImagePreprocess:
+    """The `ImagePreprocess` that gives the pixels transformers' processor (PIL backend) gives; a one-line
+    ValueError naming `where` for a processor whose output is not square or that skips a step."""
+    for flag in ("do_resize", "do_rescale", "do_normalize"):
+        if not processor.get(flag, True):
+            raise ValueError(f"{where}: {flag}=false is not supported")
+    if abs(float(processor.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise ValueError(f"{where}: rescale_factor {processor['rescale_factor']} is not 1/255")
+    resample = processor.get("resample", 3)
+    if resample not in RESAMPLE:
+        raise ValueError(f"{where}: resample {resample} is not 2 (bilinear) or 3 (bicubic)")
+    common = dict(mean=tuple(processor.get("image_mean", defaults.mean)),
+                  std=tuple(processor.get("image_std", defaults.std)), interpolation=RESAMPLE[resample],
+                  alpha_on_white=True)
+    default_size = {"height": image_size, "width": image_size} if defaults.squash else {"shortest_edge": image_size}
+    size = _size_dict(processor.get("size", default_size), where)
+    crop_side = (_square_side(processor.get("crop_size", image_size), where)
+                 if processor.get("do_center_crop", defaults.center_crop) else None)
+    if "shortest_edge" in size:
+        if crop_side is None:
+            raise ValueError(f"{where}: size {size} without do_center_crop gives images that are not square")
+        return ImagePreprocess(crop_side, resize_size=size["shortest_edge"], mode="shortest", crop_rounding="floor",
+                               **common)
+    if size["height"] != size["width"]:
+        raise ValueError(f"{where}: non-square size {size} is not supported")
+    if crop_side not in (None, size["height"]):
+        raise ValueError(f"{where}: a resize to {size} followed by a {crop_side}-pixel crop is not supported")
+    return ImagePreprocess(size["height"], mode="squash", **common)
+
+
+def preprocess_to_hf(preprocess: ImagePreprocess, defaults: ProcessorDefaults) -> dict:
+    """preprocessor_config.json for `preprocess` (inverse of `preprocess_from_hf`)."""
+    resample = {name: code for code, name in RESAMPLE.items()}[preprocess.interpolation]
+    square = {"height": preprocess.size, "width": preprocess.size}
+    config = dict(image_processor_type=defaults.image_processor_type, **dict(defaults.extra), do_resize=True,
+                  resample=resample, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                  image_mean=list(preprocess.mean), image_std=list(preprocess.std), do_convert_rgb=True)
+    if preprocess.mode == "squash":
+        return {**config, "size": square, "do_center_crop": False}
+    return {**config, "size": {"shortest_edge": preprocess.resize_size or preprocess.size}, "do_center_crop": True,
+            "crop_size": square}
