@@ -6,12 +6,14 @@ The expected records come from the inputs the tests write, read back with the pl
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import io
 import json
 import os
 import struct
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from test_cli import mmjax
 
 from mmjax.data import shards, synthetic
 from mmjax.data.convert import convert
+from mmjax.data.filter import Scores, write_filtered
 from mmjax.eval.sources.tasks import RETRIEVAL
 from mmjax.eval.sources.wds_source import wds_index, wds_task
 
@@ -186,3 +189,92 @@ def test_tfds_coco_captions_layout(tmp_path):
     for i, record in enumerate(records):
         pixels = np.asarray(Image.open(io.BytesIO(record["image"])))
         np.testing.assert_array_equal(pixels, np.full((3 + i, 5, 3), pairs[i][0], np.uint8))
+
+
+def _tar_of(tmp_path, samples, name="a.tar"):
+    (tmp_path / "wds").mkdir(exist_ok=True)
+    write_shard(tmp_path / "wds" / name, samples)
+    return tmp_path / "wds" / name
+
+
+def _samples(count):
+    return [(f"k{n}", {"png": image_bytes(n), "txt": f"caption {n}".encode()}) for n in range(count)]
+
+
+@pytest.mark.parametrize("cut", ["at_a_header", "inside_a_header", "inside_padding", "end_of_archive_missing"])
+def test_a_tar_cut_short_keeps_what_it_read_and_counts_the_damage(tmp_path, cut):
+    """`tarfile` reads a tar cut at a member boundary as a complete one; the cut must still be counted, and every
+    sample whose files were read in full kept. Offsets come from the intact tar's own member table."""
+    path = _tar_of(tmp_path, _samples(5))
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    first_of_k3, last_of_k2, last = members[6], members[5], members[-1]
+    end_of = lambda member: member.offset_data + member.size  # noqa: E731
+    size = {"at_a_header": first_of_k3.offset, "inside_a_header": first_of_k3.offset + 100,
+            "inside_padding": end_of(last_of_k2) + 10, "end_of_archive_missing": end_of(last) + 100}[cut]
+    path.write_bytes(path.read_bytes()[:size])
+    index = convert(str(path), str(tmp_path / "out"), progress=False)
+    kept = 5 if cut == "end_of_archive_missing" else 3
+    assert [r["key"] for r in read_records(tmp_path / "out")] == [f"k{n}" for n in range(kept)]
+    assert index["dropped"] == {"truncated_tar": 1}
+
+
+def test_hidden_members_and_files_without_an_extension_are_not_samples(tmp_path):
+    """macOS tar writes `._NAME` resource members beside each file; webdataset passes them over, and so must we."""
+    members = []
+    for key, files in _samples(3):
+        for extension, data in files.items():
+            members.append((f"._{key}", {extension: b"\x00\x05\x16\x07 AppleDouble"}))
+            members.append((key, {extension: data}))
+    path = _tar_of(tmp_path, members)
+    with tarfile.open(path, "a") as tar:
+        info = tarfile.TarInfo("README")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"notes"))
+    index = convert(str(path), str(tmp_path / "out"), progress=False)
+    assert index["dropped"] == {} and [r["captions"] for r in read_records(tmp_path / "out")] == [
+        [f"caption {n}"] for n in range(3)]
+
+
+def test_captions_are_split_at_line_ends_only(tmp_path):
+    text = "A red car\u2028parked by the sea\r\nPrice\x0c 20 EUR\rthird\n\n  \nfourth"
+    path = _tar_of(tmp_path, [("k0", {"jpg": image_bytes(0, "JPEG"), "txt": text.encode()})])
+    convert(str(path), str(tmp_path / "out"), progress=False)
+    assert read_records(tmp_path / "out")[0]["captions"] == [
+        "A red car\u2028parked by the sea", "Price\x0c 20 EUR", "third", "fourth"]
+
+
+def test_convert_refuses_a_directory_holding_data_it_did_not_plan(tmp_path):
+    """A `data filter` output (shards and index, no plan.json): its finished shards must not pass for the new
+    conversion's."""
+    convert(str(_tar_of(tmp_path, _samples(2), "first.tar")), str(tmp_path / "out"), progress=False)
+    os.remove(tmp_path / "out" / "plan.json")
+    with pytest.raises(ValueError, match=r"out already holds data \(index.json, shard-00000.array_record, "
+                                         r"shard-00000.array_record.done\) that was not written by "
+                                         r"`mmjax data convert`; use another --out$"):
+        convert(str(_tar_of(tmp_path, _samples(3), "second.tar")), str(tmp_path / "out"), progress=False)
+
+
+def test_captions_file_with_a_byte_order_mark_and_a_caption_that_is_not_text(tmp_path):
+    (tmp_path / "0.png").write_bytes(image_bytes(0))
+    path = tmp_path / "captions.csv"
+    path.write_text("image,caption\n0.png,a picture\n", encoding="utf-8-sig")  # as Excel's "CSV UTF-8" saves
+    convert(str(path), str(tmp_path / "out"), progress=False)
+    assert [r["captions"] for r in read_records(tmp_path / "out")] == [["a picture"]]
+    path = tmp_path / "captions.jsonl"
+    path.write_text('{"image": "0.png", "caption": "fine"}\n{"image": "0.png", "caption": 2024}\n')
+    with pytest.raises(ValueError, match=r"captions.jsonl: row 2: a caption must be a string and captions a list of "
+                                         r"strings, got 2024$"):
+        convert(str(path), str(tmp_path / "out2"), progress=False)
+
+
+def test_a_filter_that_keeps_nothing_writes_nothing(tmp_path):
+    """`write_filtered` below every score: one line, and no data directory with no record (training rejects it)."""
+    convert(str(_tar_of(tmp_path, _samples(3))), str(tmp_path / "data"), progress=False)
+    scores = Scores([np.array([0.1]), None, np.array([0.3])], Counter(undecodable_image=1))  # one caption each
+    with pytest.raises(ValueError, match=r"data scores ≥ 0.3500 \(the best scores 0.3000\); nothing was written to "
+                                         r".*kept$"):
+        write_filtered(str(tmp_path / "data"), str(tmp_path / "kept"), scores, 0.35)
+    assert not (tmp_path / "kept").exists()
+    index = write_filtered(str(tmp_path / "data"), str(tmp_path / "kept"), scores, 0.3)
+    assert index["num_records"] == 1 and [r["key"] for r in read_records(tmp_path / "kept")] == ["k2"]

@@ -23,6 +23,7 @@ from mmjax.data.arrayrecord_source import RecordSource
 from mmjax.data.decode import DecodeOptions, crop_box, decode_image
 from mmjax.data.element_random import element_uniforms
 from mmjax.data.pipeline import records_train_dataset
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.records import SKIP_REASONS, Sample
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.train.config import ConfigError, base_config, validate
@@ -276,6 +277,17 @@ def test_jpeg_draft_decoding_matches_full_decoding_closely():
     full = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").resize(
         (16, 16), Image.Resampling.BICUBIC), int)
     assert np.abs(drafted - full).mean() < 3
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
+    """PIL's `convert("RGB")` clips 16-bit values at 255: a mid-grey 16-bit PNG would come out white."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((20, 24), 40_000, np.uint16)).save(buffer, format="PNG")  # 40 000 / 257 = 155.6
+    sample = Sample("k", ("c",), buffer.getvalue())
+    pixels = decode_image(sample, DecodeOptions(16, augment=augment), np.random.default_rng(0).random(22))
+    assert pixels.shape == (16, 16, 3) and (pixels == 156).all()
+    np.testing.assert_array_equal(ImagePreprocess(16).resized(Image.open(buffer)), pixels)
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -35,13 +35,17 @@ from PIL import Image
 from mmjax.data import shards
 from mmjax.data.records import Sample, Skip
 from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
+from mmjax.files import write_text_atomically
 
 IMAGE_EXTENSIONS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
 PLAN_FILE = "plan.json"
 
 
 def _captions(text: str) -> tuple[str, ...]:
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    """The non-empty lines of a `.txt`, split at line ends only (`str.splitlines` also splits at U+2028,
+    form feeds and other separators that can sit inside one caption)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return tuple(line.strip() for line in lines if line.strip())
 
 
 def _wds_sample(key: str, files: dict[str, bytes], where: str) -> Sample | Skip:
@@ -59,32 +63,47 @@ def _wds_sample(key: str, files: dict[str, bytes], where: str) -> Sample | Skip:
                   meta if isinstance(meta, dict) else {"json": meta})
 
 
+def _ends_with_end_of_archive(path: str, offset: int) -> bool:
+    """Whether the tar `path` holds a zero block at `offset`, where `tarfile` stopped reading headers. A tar cut
+    at (or inside) a member's header ends there without one, and `tarfile` takes that for a normal end."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
+
+
 @dataclasses.dataclass(frozen=True)
 class TarUnit:
-    """One webdataset tar → the samples of its consecutive key groups."""
+    """One webdataset tar → the samples of its consecutive key groups.
+
+    Hidden members (a name starting with a dot, such as macOS's `._KEY.jpg`) and members without an extension are
+    not sample files and are passed over, as webdataset does. A tar that ends before its end-of-archive blocks
+    keeps the samples read before the damage and adds one `truncated_tar` skip."""
 
     path: str
 
     def samples(self) -> Iterator[Sample | Skip]:
-        key, files = None, {}
+        key, files, damaged = None, {}, False
         try:
             with tarfile.open(self.path, "r") as tar:
                 for member in tar:
-                    if not member.isfile():
-                        continue
                     directory, base = os.path.split(member.name)
                     stem, _, extension = base.partition(".")
+                    if not member.isfile() or not stem or not extension:
+                        continue
                     member_key = os.path.join(directory, stem)
                     if member_key != key and files:
                         yield _wds_sample(key, files, self.path)
                         files = {}
                     key = member_key
                     files[extension.lower()] = tar.extractfile(member).read()
+                damaged = not _ends_with_end_of_archive(self.path, tar.offset)
         except (tarfile.TarError, OSError, EOFError):
-            yield Skip(f"{self.path}:{key}", "truncated_tar")  # the samples read before the damage are kept
-            return
-        if files:
+            damaged = True
+        if files:  # members are added only once read in full
             yield _wds_sample(key, files, self.path)
+        if damaged:
+            yield Skip(f"{self.path}:{key}", "truncated_tar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +160,8 @@ def _read_rows(path: str) -> list[tuple[str, tuple[str, ...], dict]]:
     """A captions file → `(absolute image path, captions, metadata)` rows."""
     root = os.path.dirname(os.path.abspath(path))
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8" writes one) is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as f:
         if path.endswith(".csv"):
             entries = list(csv.DictReader(f))
         else:
@@ -151,7 +171,10 @@ def _read_rows(path: str) -> list[tuple[str, tuple[str, ...], dict]]:
             raise ValueError(f"{path}: row {number} needs an 'image' and a 'caption' (or 'captions') field")
         captions = entry.get("captions") or entry.get("caption") or ""
         captions = [captions] if isinstance(captions, str) else captions  # one caption, not its characters
-        captions = tuple(str(c).strip() for c in captions if str(c).strip())
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"{path}: row {number}: a caption must be a string and captions a list of strings, "
+                             f"got {captions!r}")
+        captions = tuple(c.strip() for c in captions if c.strip())
         meta = {k: v for k, v in entry.items() if k not in ("image", "caption", "captions")}
         rows.append((os.path.join(root, entry["image"]), captions, meta))
     return rows
@@ -196,6 +219,9 @@ def _convert_unit(directory: str, name: str, unit) -> dict:
 
 
 def _check_plan(out: str, plan: dict) -> None:
+    """Start a conversion into `out`, or resume the one with the same `plan`; refuse a directory that holds
+    another conversion, or data that no conversion plan describes (a `data filter` output, say), whose finished
+    shards would otherwise be taken for this conversion's."""
     path = os.path.join(out, PLAN_FILE)
     if os.path.exists(path):
         with open(path) as f:
@@ -204,8 +230,11 @@ def _check_plan(out: str, plan: dict) -> None:
             raise ValueError(f"{out} holds a conversion with other arguments ({before}); use another --out "
                              f"or the same arguments to resume")
     else:
-        with open(path, "w") as f:
-            json.dump(plan, f, indent=1)
+        data = sorted(name for name in os.listdir(out) if name.startswith("shard-") or name == shards.INDEX_FILE)
+        if data:
+            raise ValueError(f"{out} already holds data ({', '.join(data[:3])}{', …' if len(data) > 3 else ''}) "
+                             f"that was not written by `mmjax data convert`; use another --out")
+        write_text_atomically(path, json.dumps(plan, indent=1))
 
 
 def convert(source: str, out: str, *, records_per_shard: int = 10_000, num_workers: int = 1, split: str = "train",

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmjax.data.records import RawRecord, RecordError, Sample, Skip, decode_record
-from mmjax.data.transforms import resize_center_crop
+from mmjax.data.transforms import resize_center_crop, to_rgb
 
 # Uniforms an example uses: 10 crop tries × (area scale, log aspect ratio), crop left, crop top, caption.
 CROP_TRIES = 10
@@ -78,8 +78,7 @@ def crop_box(width: int, height: int, uniforms: Sequence[float], scale: tuple[fl
 
 def random_resized_crop(image: Image.Image, size: int, box: tuple[int, int, int, int]) -> np.ndarray:
     """uint8 `[size, size, 3]`: `box` of `image` resized (bicubic) to `size × size`."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert() copies even an RGB image
-    return np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=box), np.uint8)
+    return np.asarray(to_rgb(image).resize((size, size), Image.Resampling.BICUBIC, box=box), np.uint8)
 
 
 def decode_image(sample: Sample, options: DecodeOptions, uniforms: Sequence[float]) -> np.ndarray | str:

@@ -142,7 +142,13 @@ def _kept_samples(source: RecordSource, scores: Scores, minimum: float, start: i
 
 def write_filtered(directory: str, out: str, scores: Scores, minimum: float,
                    records_per_shard: int = 10_000) -> dict:
-    """Write the records of `directory` with a pair scoring ≥ `minimum` to the data directory `out`; its index."""
+    """Write the records of `directory` with a pair scoring ≥ `minimum` to the data directory `out`; its index.
+    When no pair scores that much, a ValueError says so and nothing is written (as `convert` refuses to leave a
+    data directory with no record, which training could not read)."""
+    best = max((float(s.max()) for s in scores.scores if s is not None and len(s)), default=None)
+    if best is None or best < minimum:
+        raise ValueError(f"no pair of {directory} scores ≥ {minimum:.4f} (the best scores "
+                         f"{'nothing' if best is None else f'{best:.4f}'}); nothing was written to {out}")
     source = RecordSource(directory)
     os.makedirs(out, exist_ok=True)
     markers = []

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from mmjax.data.transforms import to_rgb
+
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 MODES = ("shortest", "squash")
 CROP_ROUNDINGS = ("round", "floor")
@@ -74,7 +76,7 @@ class ImagePreprocess:
         if self.alpha_on_white and has_alpha:
             rgba = image.convert("RGBA")
             return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-        return image.convert("RGB")
+        return to_rgb(image)
 
     def resized(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """uint8 `[S, S, 3]`: the image after resize and crop, before normalisation."""

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmjax.data.transforms import resize_center_crop
+from mmjax.data.transforms import resize_center_crop, to_rgb
 
 from mmjax.eval.sources.batching import batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
@@ -98,7 +98,7 @@ def _decode_image(sample: dict[str, bytes], shard: str, key: str) -> Image.Image
         # PIL names an unknown format by its stream object (`<_io.BytesIO object at 0x…>`), which says nothing here.
         reason = "not an image format PIL reads" if isinstance(error, UnidentifiedImageError) else str(error)
         raise ValueError(f"{shard}: cannot decode image {key}.{extension} ({reason})") from error
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
