@@ -52,7 +52,7 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
         results = json.load(f)
     assert results["task"] == "zeroshot_classification"
     assert results["metrics"]["num_images"] == 40 and results["metrics"]["images_per_s"] > 0
-    for key in ["loss", "learning_rate", "grad_norm", "temperature", "examples_per_s", "step_time_s"]:
+    for key in ["loss", "learning_rate", "grad_norm", "scale", "examples_per_s", "step_time_s"]:
         assert key in records[-1], key
     named = mmjax("eval", "--model", workdir, "--benchmark", "synthetic", "--output", str(tmp_path / "named.json"))
     assert named.returncode == 0, named.stderr

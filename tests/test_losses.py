@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax.losses import (
+    clip_scale,
     clip_loss,
     pair_positives,
     sharded_clip_loss,
@@ -171,6 +172,21 @@ def test_clip_loss_matches_reference(name):
         assert_close(grad, grad_expected)
     if name == "above_clamp":
         assert grads[2] == 0.0
+
+
+@pytest.mark.parametrize("logit_scale", [89.0, 700.0])
+def test_clip_loss_past_float32_exp_range_is_clamped_with_a_zero_gradient(logit_scale):
+    """exp(89) overflows float32: a clamp applied after the exp would give d/d logit_scale = 0 × inf = NaN,
+    which clipping and AdamW would spread to every parameter."""
+    image_emb, text_emb, _, _, _, _ = make_case("diagonal")
+    expected = reference_clip(image_emb, text_emb, logit_scale, np.eye(len(image_emb), dtype=bool))
+    loss, grads = jax.value_and_grad(clip_loss, argnums=(0, 1, 2))(*as_jax(image_emb, text_emb,
+                                                                          np.float32(logit_scale)))
+    assert_close(loss, expected[0])
+    for grad, grad_expected in zip(grads, expected[1:]):
+        assert_close(grad, grad_expected)
+    assert grads[2] == 0.0
+    assert clip_scale(jnp.float32(logit_scale)) == 100.0 and clip_scale(jnp.float32(np.log(50.0))) == pytest.approx(50)
 
 
 @pytest.mark.parametrize("name", CASES)

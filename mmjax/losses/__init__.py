@@ -5,6 +5,7 @@ device ring)."""
 from mmjax.losses.blocked import DEFAULT_BLOCK_SIZE
 from mmjax.losses.contrastive import (
     clip_loss,
+    clip_scale,
     pair_positives,
     sharded_clip_loss,
     sharded_sigmoid_loss,
@@ -14,6 +15,7 @@ from mmjax.losses.contrastive import (
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "clip_loss",
+    "clip_scale",
     "pair_positives",
     "sharded_clip_loss",
     "sharded_sigmoid_loss",

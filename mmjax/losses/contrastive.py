@@ -27,6 +27,7 @@ Sharded forms run inside a jitted step whose batch is sharded over the mesh axes
   not by tracking which device's block is held.
 """
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -37,14 +38,17 @@ from mmjax.losses.blocked import DEFAULT_BLOCK_SIZE, IMAGE_TO_TEXT, TEXT_TO_IMAG
 from mmjax.losses.positives import default_labels, pair_positives
 from mmjax.losses.ring import ring_sigmoid_sum
 
-__all__ = ["CLIP_MAX_SCALE", "clip_loss", "pair_positives", "sharded_clip_loss", "sharded_sigmoid_loss", "sigmoid_loss"]
+__all__ = ["CLIP_MAX_SCALE", "clip_loss", "clip_scale", "pair_positives", "sharded_clip_loss", "sharded_sigmoid_loss",
+           "sigmoid_loss"]
 
 CLIP_MAX_SCALE = 100.0
 
 
-def _clip_scale(logit_scale: jax.Array) -> jax.Array:
-    """`min(exp(logit_scale), 100)`; the gradient is 0 above the clamp."""
-    return jnp.minimum(jnp.exp(logit_scale), CLIP_MAX_SCALE)
+def clip_scale(logit_scale: jax.Array) -> jax.Array:
+    """The CLIP loss's similarity multiplier (inverse temperature): `min(exp(logit_scale), 100)`. The gradient is
+    0 above the clamp; the exponent is clamped first, so that a `logit_scale` past float32's `exp` range (≈ 88.7)
+    gives that 0 too and not `0 × inf = NaN`."""
+    return jnp.minimum(jnp.exp(jnp.minimum(logit_scale, math.log(CLIP_MAX_SCALE))), CLIP_MAX_SCALE)
 
 
 def _block_size(block_size: int | None) -> int:
@@ -88,7 +92,7 @@ def clip_loss(
       float32 scalar.
     """
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
-    image_to_text, text_to_image = clip_sums(image_emb, text_emb, _clip_scale(logit_scale), image_labels,
+    image_to_text, text_to_image = clip_sums(image_emb, text_emb, clip_scale(logit_scale), image_labels,
                                              text_labels, (IMAGE_TO_TEXT, TEXT_TO_IMAGE), _block_size(block_size))
     return (image_to_text / image_emb.shape[0] + text_to_image / text_emb.shape[0]) / 2
 
@@ -167,7 +171,7 @@ def sharded_clip_loss(
         def gather(x):
             return vary_like(jax.lax.all_gather(x, batch_axes, tiled=True), image_emb)
 
-        scale = vary_like(_clip_scale(logit_scale), image_emb)
+        scale = vary_like(clip_scale(logit_scale), image_emb)
         image_to_text, _ = clip_sums(image_emb, gather(text_emb), scale, image_labels, gather(text_labels),
                                      (IMAGE_TO_TEXT,), block_size)
         _, text_to_image = clip_sums(gather(image_emb), text_emb, scale, gather(image_labels), text_labels,

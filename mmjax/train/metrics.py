@@ -54,7 +54,7 @@ class MetricsWriter:
         self.jsonl.flush()
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"train/{name}", value, step)
-        shown = {k: metrics[k] for k in ("loss", "learning_rate", "temperature") if k in metrics}
+        shown = {k: metrics[k] for k in ("loss", "learning_rate", "scale") if k in metrics}
         if self.progress.disable:
             print(f"step {step:6d}  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
         else:

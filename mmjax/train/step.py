@@ -14,7 +14,7 @@ import optax
 from jax.sharding import Mesh
 
 from mmjax.data.transforms import normalize_images
-from mmjax.losses import sharded_clip_loss, sharded_sigmoid_loss
+from mmjax.losses import clip_scale, sharded_clip_loss, sharded_sigmoid_loss
 from mmjax.models import TwoTower
 from mmjax.parallel import batch_sharding, replicated
 from mmjax.train.accumulation import make_value_and_grad
@@ -52,8 +52,10 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule:
         (value, aux), grads = value_and_grad(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
+        scale = clip_scale(aux["logit_scale"]) if loss == "clip" else jnp.exp(aux["logit_scale"])
         metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
-                   "temperature": jnp.exp(aux["logit_scale"])}
+                   "scale": scale}
         if "logit_bias" in aux:
             metrics["logit_bias"] = aux["logit_bias"]
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
