@@ -77,6 +77,28 @@ def _sharded_params(config, batches, mesh):
     return state.params
 
 
+@pytest.mark.parametrize("loss", ["clip", "sigmoid"])
+def test_clip_logit_scale_parameter_is_clamped_after_the_update_as_open_clip_does(loss):
+    """Above log 100 the CLIP loss's gradient in `logit_scale` is 0: without OpenCLIP's clamp of the parameter a
+    scale that overshoots could never come back. SigLIP has no clamp."""
+    config = _test_config(loss)
+    model = models.TwoTower(models.get_config(config.model))
+    tx, mesh = make_optimizer(config.optim, config.total_steps), make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    shardings = state_shardings(model, tx, mesh)
+    step = jit_train_step(make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
+                                          loss=loss, multi_positive=True, image_mean=(0.5,) * 3,
+                                          image_std=(0.5,) * 3), shardings, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        state = create_train_state(model, tx, jax.random.key(0), shardings)
+        state = state.replace(params={**state.params, "logit_scale": jax.numpy.float32(6.0)})
+        state, metrics = step(state, _batches(config, 1)[0])
+    if loss == "clip":
+        assert float(state.params["logit_scale"]) == pytest.approx(math.log(100)) and float(metrics["scale"]) == 100
+    else:
+        assert abs(float(state.params["logit_scale"]) - 6.0) < 0.01 and float(metrics["scale"]) == pytest.approx(
+            math.exp(6.0), rel=1e-5)
+
+
 def _test_config(loss):
     config = small_for_tests(base_config("clip-tiny", loss), "clip-test" if loss == "clip" else "siglip-test")
     config.optim.weight_decay = 0.5  # make the decay mask matter within 3 steps

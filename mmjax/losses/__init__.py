@@ -4,6 +4,7 @@ device ring)."""
 
 from mmjax.losses.blocked import DEFAULT_BLOCK_SIZE
 from mmjax.losses.contrastive import (
+    CLIP_MAX_SCALE,
     clip_loss,
     clip_scale,
     pair_positives,
@@ -13,6 +14,7 @@ from mmjax.losses.contrastive import (
 )
 
 __all__ = [
+    "CLIP_MAX_SCALE",
     "DEFAULT_BLOCK_SIZE",
     "clip_loss",
     "clip_scale",

@@ -6,6 +6,7 @@ the contrastive loss runs under `shard_map` over the batch axes of the mesh.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -14,7 +15,7 @@ import optax
 from jax.sharding import Mesh
 
 from mmjax.data.transforms import normalize_images
-from mmjax.losses import clip_scale, sharded_clip_loss, sharded_sigmoid_loss
+from mmjax.losses import CLIP_MAX_SCALE, clip_scale, sharded_clip_loss, sharded_sigmoid_loss
 from mmjax.models import TwoTower
 from mmjax.parallel import batch_sharding, replicated
 from mmjax.train.accumulation import make_value_and_grad
@@ -30,7 +31,8 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule:
     batch: `image` uint8 `[B, H, W, 3]`, `text` int32 `[B, L]` and, when
     `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`. With `accum_steps > 1`
     the towers run on `accum_steps` micro-batches and the gradient still equals the
-    full-batch one (`mmjax.train.accumulation`).
+    full-batch one (`mmjax.train.accumulation`). With the CLIP loss the `logit_scale` parameter is clamped
+    to [0, log 100] after each update, as OpenCLIP does.
     """
 
     def embed_fn(params, batch: Batch):
@@ -52,6 +54,8 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule:
         (value, aux), grads = value_and_grad(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if loss == "clip":  # as OpenCLIP: the parameter stays in [0, log 100], so it can come back below the clamp
+            params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, math.log(CLIP_MAX_SCALE))}
         # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
         scale = clip_scale(aux["logit_scale"]) if loss == "clip" else jnp.exp(aux["logit_scale"])
         metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
