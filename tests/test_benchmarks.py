@@ -413,3 +413,24 @@ def test_empty_shard_with_workers(tmp_path):
     with pytest.raises(ValueError, match=r"0001\.tar: empty shard") as excinfo:
         benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=2)
     one_line(excinfo)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_benchmark_shard_cut_short_is_an_error_and_hidden_members_are_passed_over(tmp_path, num_workers):
+    """A shard cut at a member header looks complete to `tarfile`: scoring the samples before the cut would give
+    other numbers without a word. macOS `._KEY.png` members are not samples (webdataset passes over them)."""
+    name = write_classification(tmp_path, [[0, 1, 2, 3]])
+    shard = tmp_path / "test" / "0000.tar"
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo("._s0_000.png")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"\x00\x05\x16\x07"))
+    _, metrics = benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)
+    assert metrics["num_images"] == 4 and metrics["acc1"] == 1.0
+    shard.write_bytes(shard.read_bytes()[:members[4].offset])  # the last two samples are gone
+    with pytest.raises(ValueError, match=r"0000\.tar: truncated or damaged tar after sample s0_001 "
+                                         r"\(no end-of-archive block\)") as excinfo:
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)
+    one_line(excinfo)

@@ -25,7 +25,6 @@ import io
 import json
 import multiprocessing
 import os
-import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -34,6 +33,7 @@ from PIL import Image
 
 from mmjax.data import shards
 from mmjax.data.records import Sample, Skip
+from mmjax.data.tar_samples import TruncatedTarError, caption_lines, read_tar_samples
 from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
 from mmjax.files import write_text_atomically
 
@@ -41,18 +41,11 @@ IMAGE_EXTENSIONS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
 PLAN_FILE = "plan.json"
 
 
-def _captions(text: str) -> tuple[str, ...]:
-    """The non-empty lines of a `.txt`, split at line ends only (`str.splitlines` also splits at U+2028,
-    form feeds and other separators that can sit inside one caption)."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return tuple(line.strip() for line in lines if line.strip())
-
-
 def _wds_sample(key: str, files: dict[str, bytes], where: str) -> Sample | Skip:
     extension = next((ext for ext in IMAGE_EXTENSIONS if ext in files), None)
     if extension is None:
         return Skip(f"{where}:{key}", "no_image")
-    captions = _captions(files.get("txt", b"").decode("utf-8", errors="replace"))
+    captions = caption_lines(files.get("txt", b"").decode("utf-8", errors="replace"))
     if not captions:
         return Skip(f"{where}:{key}", "no_caption")
     try:
@@ -63,47 +56,19 @@ def _wds_sample(key: str, files: dict[str, bytes], where: str) -> Sample | Skip:
                   meta if isinstance(meta, dict) else {"json": meta})
 
 
-def _ends_with_end_of_archive(path: str, offset: int) -> bool:
-    """Whether the tar `path` holds a zero block at `offset`, where `tarfile` stopped reading headers. A tar cut
-    at (or inside) a member's header ends there without one, and `tarfile` takes that for a normal end."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        block = f.read(tarfile.BLOCKSIZE)
-    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
-
-
 @dataclasses.dataclass(frozen=True)
 class TarUnit:
-    """One webdataset tar → the samples of its consecutive key groups.
-
-    Hidden members (a name starting with a dot, such as macOS's `._KEY.jpg`) and members without an extension are
-    not sample files and are passed over, as webdataset does. A tar that ends before its end-of-archive blocks
-    keeps the samples read before the damage and adds one `truncated_tar` skip."""
+    """One webdataset tar → its samples (`tar_samples`). A damaged tar keeps the samples read before the damage
+    and adds one `truncated_tar` skip."""
 
     path: str
 
     def samples(self) -> Iterator[Sample | Skip]:
-        key, files, damaged = None, {}, False
         try:
-            with tarfile.open(self.path, "r") as tar:
-                for member in tar:
-                    directory, base = os.path.split(member.name)
-                    stem, _, extension = base.partition(".")
-                    if not member.isfile() or not stem or not extension:
-                        continue
-                    member_key = os.path.join(directory, stem)
-                    if member_key != key and files:
-                        yield _wds_sample(key, files, self.path)
-                        files = {}
-                    key = member_key
-                    files[extension.lower()] = tar.extractfile(member).read()
-                damaged = not _ends_with_end_of_archive(self.path, tar.offset)
-        except (tarfile.TarError, OSError, EOFError):
-            damaged = True
-        if files:  # members are added only once read in full
-            yield _wds_sample(key, files, self.path)
-        if damaged:
-            yield Skip(f"{self.path}:{key}", "truncated_tar")
+            for key, files in read_tar_samples(self.path):
+                yield _wds_sample(key, files, self.path)
+        except TruncatedTarError as error:
+            yield Skip(f"{self.path}:{error.key}", "truncated_tar")
 
 
 @dataclasses.dataclass(frozen=True)

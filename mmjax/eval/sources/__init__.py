@@ -13,7 +13,7 @@ which for ``coco_captions`` imports TensorFlow), falling back to ``tfds.data_sou
 
 webdataset benchmarks use clip_benchmark's layout: ``DIR/test/*.tar`` shards, read with
 ``tarfile`` in sorted order; members are grouped into samples by key (the file name up to its
-first dot, as webdataset does). Classification samples hold ``KEY.{webp,jpg,jpeg,png}`` and
+first dot, as webdataset does; ``mmjax.data.tar_samples``), and a shard cut short is an error. Classification samples hold ``KEY.{webp,jpg,jpeg,png}`` and
 ``KEY.cls`` (the integer label); retrieval samples ``KEY.{jpg,...}`` and ``KEY.txt`` (captions,
 one per line). ``DIR/classnames.txt`` and ``DIR/zeroshot_classification_templates.txt`` hold
 one entry per line.

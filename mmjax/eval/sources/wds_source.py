@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mmjax.data.tar_samples import (TruncatedTarError, caption_lines, ends_with_end_of_archive, read_tar_samples,
+                                    split_key)
 from mmjax.data.transforms import resize_center_crop, to_rgb
 
 from mmjax.eval.sources.batching import batches, grain_batches
@@ -47,32 +49,13 @@ def wds_templates(directory: str) -> list[str]:
     return _read_lines(path)
 
 
-def _split_key(member_name: str) -> tuple[str, str]:
-    """``("dir/key", "ext")``: the key ends at the first dot of the file name (webdataset)."""
-    directory, base = os.path.split(member_name)
-    key, _, extension = base.partition(".")
-    return os.path.join(directory, key), extension.lower()
-
-
 def _shard_samples(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for the consecutive samples of one tar shard."""
+    """``(key, {extension: bytes})`` for the consecutive samples of one tar shard; a damaged shard is a
+    one-line ValueError (a benchmark missing samples would give other numbers)."""
     try:
-        tar = tarfile.open(shard, "r")
-    except tarfile.TarError as error:
-        raise ValueError(f"{shard}: not a readable tar file ({error})") from error
-    with tar:
-        key, sample = None, {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            member_key, extension = _split_key(member.name)
-            if member_key != key and sample:
-                yield key, sample
-                sample = {}
-            key = member_key
-            sample[extension] = tar.extractfile(member).read()
-        if sample:
-            yield key, sample
+        yield from read_tar_samples(shard)
+    except TruncatedTarError as error:
+        raise ValueError(str(error)) from None
 
 
 def wds_task(directory: str) -> str:
@@ -116,8 +99,7 @@ def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
         return image, label
     if "txt" not in sample:
         raise ValueError(f"{shard}: sample {key} has no .txt captions")
-    captions = [line.strip() for line in sample["txt"].decode("utf-8").splitlines()
-                if line.strip()]
+    captions = list(caption_lines(sample["txt"].decode("utf-8")))
     if not captions:
         raise ValueError(f"{shard}: sample {key} has an empty .txt")
     return image, captions
@@ -183,9 +165,10 @@ def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample
         with tar:
             key, members, found = None, [], False
             for member in tar:
-                if not member.isfile():
+                parts = split_key(member.name) if member.isfile() else None
+                if parts is None:
                     continue
-                member_key, extension = _split_key(member.name)
+                member_key, extension = parts
                 if member_key != key and members:
                     index.append(WdsSample(shard, key, tuple(members)))
                     members = []
@@ -195,6 +178,8 @@ def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample
                 members = [m for m in members if m[0] != extension]  # last one wins, as in
                 members.append((extension, member.offset_data, member.size))  # a dict
             else:
+                if not ends_with_end_of_archive(shard, tar.offset):
+                    raise TruncatedTarError(shard, key, "no end-of-archive block")
                 if members:
                     index.append(WdsSample(shard, key, tuple(members)))
             if not found:

@@ -1,0 +1,72 @@
+"""webdataset tar shards as samples: runs of consecutive members that share a key, the member's path up to the
+first dot of its file name (`00000/000000123.jpg` and `00000/000000123.txt` are sample `00000/000000123`).
+
+Members that are not sample files are passed over, as webdataset does: hidden ones (a file name starting with
+a dot, such as the `._KEY.jpg` resource files macOS's tar adds) and ones without an extension. A tar cut short
+is detected also where `tarfile` cannot see it: cut at (or inside) a member's header, `tarfile` stops as at a
+normal end, so the end-of-archive block is checked for.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Iterator
+
+
+class TruncatedTarError(ValueError):
+    """The tar ends before its end-of-archive block, or its bytes do not parse; `key` is the last sample read."""
+
+    def __init__(self, path: str, key: str | None, reason: str):
+        super().__init__(f"{path}: truncated or damaged tar after sample {key} ({reason})")
+        self.path, self.key, self.reason = path, key, reason
+
+
+def caption_lines(text: str) -> tuple[str, ...]:
+    """The captions of a sample's `.txt`: its non-empty lines, stripped. Split at line ends only; `str.splitlines`
+    also splits at U+2028, form feeds and other separators that can sit inside one caption."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def split_key(member_name: str) -> tuple[str, str] | None:
+    """`("dir/key", "ext")` (extension lower-cased), or None for a member that is not a sample file."""
+    directory, base = os.path.split(member_name)
+    key, _, extension = base.partition(".")
+    if not key or not extension:
+        return None
+    return os.path.join(directory, key), extension.lower()
+
+
+def ends_with_end_of_archive(path: str, offset: int) -> bool:
+    """Whether the tar `path` holds a zero block at `offset`, where `tarfile` stopped reading headers."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
+
+
+def read_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """`(key, {extension: bytes})` for each sample of the tar `path`, in order; a file is in a sample only once
+    read in full. A damaged tar yields the samples read before the damage (the last one possibly missing files),
+    then raises `TruncatedTarError`."""
+    key, files, reason = None, {}, None
+    try:
+        with tarfile.open(path, "r") as tar:
+            for member in tar:
+                parts = split_key(member.name) if member.isfile() else None
+                if parts is None:
+                    continue
+                if parts[0] != key and files:
+                    yield key, files
+                    files = {}
+                key = parts[0]
+                files[parts[1]] = tar.extractfile(member).read()
+            if not ends_with_end_of_archive(path, tar.offset):
+                reason = "no end-of-archive block"
+    except (tarfile.TarError, OSError, EOFError) as error:
+        reason = str(error) or type(error).__name__
+    if files:
+        yield key, files
+    if reason is not None:
+        raise TruncatedTarError(path, key, reason)
