@@ -190,6 +190,30 @@ def test_sincos_position_table_matches_the_formula():
             np.testing.assert_allclose(table[row * grid + col], want, atol=1e-6)
 
 
+def test_sincos_position_table_with_a_class_token_covers_the_patches_only():
+    """As big_vision: the fixed table is added to the patch grid, then the class token (which gets no position)
+    is prepended. With no blocks, the class-token readout is then LN(LN(token)), whatever the image."""
+    config = models.VisionConfig(width=8, depth=0, num_heads=1, mlp_dim=8, image_size=8, patch_size=4, pool="cls",
+                                 posemb="sincos2d")
+    vit = models.ViT(config, layers.BlockOptions())
+    images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    params = vit.init(jax.random.key(0), images)["params"]
+    assert "pos_embed" not in params
+    token = np.asarray(nn.unbox(params)["cls"]["token"], np.float64)
+    layer_norm = lambda v: (v - v.mean()) / np.sqrt(v.var() + 1e-5)  # noqa: E731 (scale 1, bias 0 at init)
+    np.testing.assert_allclose(vit.apply({"params": params}, images), np.stack([layer_norm(layer_norm(token))] * 2),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="sincos_2d needs a width divisible by 4 and at least 8, got 4"):
+        layers.sincos_2d(2, 4)  # the frequency exponent would be 0 / 0
+
+
+def test_unknown_activation_or_remat_policy_is_one_line_naming_the_choices():
+    with pytest.raises(ValueError, match=r"activation 'relu' is not one of \['gelu', 'gelu_tanh', 'quick_gelu'\]"):
+        models.get_config("clip-test", activation="relu")
+    with pytest.raises(ValueError, match=r"remat_policy 'some' is not one of \['dots', 'dots_no_batch', 'full', 'none'\]"):
+        models.get_config("clip-test", remat_policy="some")
+
+
 def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
     config = models.get_config("clip-test")
     images, tokens = _inputs(config)

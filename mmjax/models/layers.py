@@ -207,6 +207,12 @@ class BlockOptions:
     remat_policy: str = "none"
     dtype: str = "float32"
 
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TransformerSpec:
@@ -259,8 +265,6 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):
         spec, opts = self.spec, self.options
-        if opts.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy {opts.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
         block = _ScanStep if opts.scan_layers else TransformerBlock
         if opts.remat_policy != "none":
             block = nn.remat(block, policy=REMAT_POLICIES[opts.remat_policy], prevent_cse=not opts.scan_layers)
@@ -298,8 +302,8 @@ class PatchEmbed(nn.Module):
 
 def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
     """Fixed 2-D sine-cosine position table `[grid*grid, width]` (MoCo v3 / big_vision layout)."""
-    if width % 4:
-        raise ValueError(f"sincos_2d needs a width divisible by 4, got {width}")
+    if width % 4 or width < 8:  # at width 4 the frequency exponent is 0 / 0 (NaN), in big_vision's formula too
+        raise ValueError(f"sincos_2d needs a width divisible by 4 and at least 8, got {width}")
     y, x = np.mgrid[:grid, :grid]
     omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
     y = y.reshape(-1, 1) * omega[None]

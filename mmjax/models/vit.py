@@ -46,9 +46,13 @@ class ViT(nn.Module):
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"ViT expects images [B, {cfg.image_size}, {cfg.image_size}, 3], got {list(images.shape)}")
         x = layers.PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias, dtype, name="patch_embed")(images.astype(dtype))
+        position = layers.AddPositionEmbedding(cfg.posemb, cfg.width ** -0.5, name="pos_embed")
+        if cfg.posemb == "sincos2d":  # the fixed 2-D table covers the patch grid; a class token gets none (big_vision)
+            x = position(x)
         if cfg.pool == "cls":
             x = layers.ClassToken(name="cls")(x)
-        x = layers.AddPositionEmbedding(cfg.posemb, cfg.width ** -0.5, name="pos_embed")(x)
+        if cfg.posemb != "sincos2d":  # a learned table has a row for the class token too (OpenAI CLIP)
+            x = position(x)
         if cfg.pre_norm:
             x = layers.layer_norm(opts.norm_eps, dtype, "ln_pre")(x)
         x = layers.Transformer(cfg, opts, name="encoder")(x)
