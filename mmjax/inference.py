@@ -39,7 +39,7 @@ class Encoder:
         self.params = jax.device_put(params, self._replicated)
         self._input_sharding = batch_sharding(mesh)
         size = model.config.vision.image_size
-        self.image_shape = (size, size, 3)
+        self.image_shape, self.embed_dim = (size, size, 3), model.config.embed_dim
         jit = lambda fn: jax.jit(fn, in_shardings=(replicated(mesh), self._input_sharding),
                                  out_shardings=self._input_sharding)
         self._images = jit(lambda p, x: model.apply(
@@ -59,7 +59,7 @@ class Encoder:
                 padded[:len(chunk)] = chunk
                 outputs.append(np.asarray(fn(self.params, jax.device_put(padded, self._input_sharding)))[:len(chunk)])
                 bar.update(len(chunk))
-        return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.embed_dim), np.float32)
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)

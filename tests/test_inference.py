@@ -30,3 +30,4 @@ def test_sharded_padded_batches_equal_one_unsharded_forward():
     want_texts = model.apply({"params": params}, tokenizer(texts), method=models.TwoTower.encode_text)
     np.testing.assert_allclose(got_images, want_images, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(got_texts, want_texts, atol=1e-5, rtol=1e-5)
+    assert encoder.encode_texts([]).shape == (0, config.embed_dim)  # as `Pretrained` gives: stacks with others
