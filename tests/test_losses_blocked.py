@@ -112,10 +112,12 @@ def test_blocked_sigmoid_loss_matches_reference(name, block_size):
         assert_close(grad, grad_expected, rtol=tolerance)
 
 
-def test_block_size_must_be_positive():
+def test_block_size_must_be_a_positive_integer_of_any_integer_type():
     emb = jnp.eye(2, dtype=jnp.float32)
-    with pytest.raises(ValueError, match="block_size=0"):
-        clip_loss(emb, emb, jnp.float32(1.0), block_size=0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"block_size={bad}"):
+            clip_loss(emb, emb, jnp.float32(1.0), block_size=bad)
+    assert clip_loss(emb, emb, jnp.float32(1.0), block_size=np.int64(1)) == clip_loss(emb, emb, jnp.float32(1.0))
 
 
 # ---------------------------------------------------------------------------------------

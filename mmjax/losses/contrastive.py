@@ -28,6 +28,7 @@ Sharded forms run inside a jitted step whose batch is sharded over the mesh axes
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -54,9 +55,9 @@ def clip_scale(logit_scale: jax.Array) -> jax.Array:
 def _block_size(block_size: int | None) -> int:
     if block_size is None:
         return DEFAULT_BLOCK_SIZE
-    if not isinstance(block_size, int) or block_size < 1:
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
         raise ValueError(f"block_size={block_size!r} must be a positive int or None")
-    return block_size
+    return int(block_size)
 
 
 def _axis_tuple(batch_axes: str | Sequence[str]) -> tuple[str, ...]:
