@@ -21,6 +21,8 @@ import sys
 
 from absl import app, flags, logging
 
+from mmjax import interrupts
+
 USAGE = __doc__
 
 
@@ -254,7 +256,10 @@ def _fail(error: BaseException) -> None:
                "(see --help)"
     if isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
         text = "unknown config key " + text.strip("'").replace("' ", ": ", 1)
-    print(f"mmjax: error: {text}", file=sys.stderr)
+    print(f"mmjax: error: {text}", file=sys.stderr, flush=True)
+    # The error has been said. Background threads of a failed read (TensorStore's, after a damaged checkpoint)
+    # still report into asyncio loops that are closing, printing tracebacks from C++ at exit that would bury it.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     sys.exit(2)
 
 
@@ -327,7 +332,15 @@ def command_help(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv if argv is None else argv
+    interrupts.install()  # before the imports and flag parsing, which take seconds
+    try:
+        _main(sys.argv if argv is None else argv)
+    except KeyboardInterrupt:  # during start-up; the command's own interrupts are reported where it runs
+        print("mmjax: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] in HELP_FLAGS:
         print(USAGE, file=sys.stderr if len(argv) < 2 else sys.stdout)
         sys.exit(0 if len(argv) >= 2 else 2)

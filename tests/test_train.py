@@ -212,33 +212,103 @@ def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are
     assert (f"resuming {tmp_path} at step 1 with a changed config: total_steps 6 → 8; optim.learning_rate 0.002 → 0.5"
             in out)
     assert out.splitlines()[-1].startswith(f"trained {tmp_path} from step 1 to 2 (of 8) in ")
-    config.model = "siglip-test"
-    with pytest.raises(ConfigError, match="holds a run with model='clip-test', not 'siglip-test'"):
-        train(config, str(tmp_path))
+    saved = (tmp_path / "config.json").read_text()
+    assert '"total_steps": 8' in saved
+    changed = {"model": "siglip-test", "model_options.scan_layers": True, "data.num_workers": 1,
+               "data.tokenizer": "/nowhere/tokenizer.json"}
+    for key, value in changed.items():  # each would fail later, deep inside Orbax or grain, or be ignored
+        refused = clip_tiny.get_config("test")
+        section, _, name = key.rpartition(".")
+        (refused[section] if section else refused)[name] = value
+        old = {"model": "clip-test", "model_options.scan_layers": False, "data.num_workers": 0, "data.tokenizer": ""}
+        with pytest.raises(ConfigError, match=re.escape(f"holds a run with {key}={old[key]!r}, not {value!r}")):
+            train(refused, str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == saved  # a refused resume leaves the run's config as it was
 
 
-def test_ctrl_c_during_a_checkpoint_save_takes_effect_after_it():
+def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it_and_the_one_to_go_back_to(tmp_path):
+    from mmjax.train.checkpoint import CheckpointError
+    from mmjax.train.workdir import load_config, load_trained, save_config
+
+    config = clip_tiny.get_config("test")
+    train(config, str(tmp_path), stop_after=1)
+    train(config, str(tmp_path), stop_after=2)
+    assert load_trained(str(tmp_path)).step == 2
+    scanned = load_config(str(tmp_path))
+    scanned.model_options.scan_layers = True  # the files hold layers_0, layers_1: nothing for a stacked layout
+    save_config(str(tmp_path), scanned)
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 has no parameter \['image_encoder'\]\['encoder'\]"
+                                              r"\['layers'\]\['attn'\]\['key'\]\['bias'\] of this model"):
+        load_trained(str(tmp_path))
+    save_config(str(tmp_path), config)
+    for path in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the array data files
+            path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 cannot be restored \(.*\); if it is damaged, delete "
+                                              r"it to resume from checkpoint 1$") as error:
+        load_trained(str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["python_handler", "mmjax_handler"])
+def test_ctrl_c_during_a_checkpoint_save_takes_effect_after_it(installed):
     import signal
     import threading
 
-    from mmjax.train.checkpoint import interrupts_deferred
+    from mmjax import interrupts
 
     assert threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in `mmjax train`
+    previous = signal.getsignal(signal.SIGINT)
+    if installed:
+        interrupts.install()  # as `mmjax` does
+    else:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    handler = signal.getsignal(signal.SIGINT)
     finished = []
     try:
         with pytest.raises(KeyboardInterrupt):
-            with interrupts_deferred():
+            with interrupts.deferred():
                 signal.raise_signal(signal.SIGINT)
                 finished.append("the block")
         assert finished == ["the block"]
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is handler
+        interrupts.check()  # raised once, not again
         with pytest.raises(KeyboardInterrupt):  # outside the block Ctrl-C interrupts at once
             signal.raise_signal(signal.SIGINT)
             finished.append("after")
         assert finished == ["the block"]
     finally:
         signal.signal(signal.SIGINT, previous)
+        interrupts._received.clear()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop, reported by pytest
+def test_a_ctrl_c_whose_exception_python_dropped_is_raised_at_the_next_check():
+    """Python drops an exception raised in a garbage-collector callback (JAX's `_xla_gc_callback`), printing
+    "Exception ignored": a run went on to its last step after Ctrl-C. The handler's mark survives the drop."""
+    import gc
+    import signal
+
+    from mmjax import interrupts
+
+    previous = signal.getsignal(signal.SIGINT)
+    interrupts.install()
+    try:
+        def raise_signal_in_gc(phase, info):
+            if phase == "start":
+                signal.raise_signal(signal.SIGINT)
+
+        gc.callbacks.append(raise_signal_in_gc)
+        try:
+            gc.collect()  # the KeyboardInterrupt is raised inside the callback, and dropped
+        finally:
+            gc.callbacks.remove(raise_signal_in_gc)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        interrupts.check()  # once only
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupts._received.clear()
 
 
 def test_the_saved_config_is_never_seen_half_written(tmp_path, monkeypatch):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 from typing import Any
 
 import grain
@@ -18,29 +16,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mmjax import interrupts
 from mmjax.train.state import TrainState
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ctrl-C (SIGINT) during the block raises `KeyboardInterrupt` after it, not inside it.
-
-    Orbax starts an async save in several steps; interrupted between them, the save's threads fail at
-    exit with tracebacks. Only where Python's own handler is installed (the main thread, SIGINT not
-    ignored) is anything changed.
-    """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    received = []
-    signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -56,6 +33,10 @@ def _absl_errors_only():
 def has_checkpoint(workdir: str) -> bool:
     """Whether `WORKDIR/checkpoints` holds a finished checkpoint (read without opening a manager)."""
     return bool(ocp.utils.checkpoint_steps(os.path.join(os.path.abspath(workdir), "checkpoints")))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored: damaged, or written for another model layout."""
 
 
 class Checkpoints:
@@ -77,7 +58,7 @@ class Checkpoints:
 
     def save(self, step: int, state: TrainState, data_iterator: Any, config: dict) -> None:
         """Starts an async save of step `step`; Ctrl-C takes effect once it has started."""
-        with interrupts_deferred():
+        with interrupts.deferred():
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -92,7 +73,7 @@ class Checkpoints:
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        return self._restore(step, ocp.args.Composite(**items))["state"]
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
         """Only the parameters (onto the shardings in `abstract_params`) and the step:
@@ -102,9 +83,25 @@ class Checkpoints:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         item = {"params": abstract_params, "step": jax.ShapeDtypeStruct((), jnp.int32)}
         restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
+        restored = self._restore(step, ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))["state"]
+        unread = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(restored["params"])
+                  if isinstance(leaf, jax.ShapeDtypeStruct)]  # partial_restore leaves what the files lack as it was
+        if unread:
+            raise CheckpointError(f"{self.directory}/{step} has no parameter {unread[0]} of this model "
+                                  f"({len(unread)} missing): it was written for another layout (scan_layers?)")
         return restored["params"], int(restored["step"])
+
+    def _restore(self, step: int, args: ocp.args.Composite) -> dict:
+        """`manager.restore`, with any failure as one line naming the step and the one to go back to."""
+        try:
+            return self.manager.restore(step, args=args)
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for damaged files
+            earlier = [s for s in self.manager.all_steps() if s < step]
+            remedy = (f"if it is damaged, delete it to resume from checkpoint {max(earlier)}" if earlier
+                      else "it is the run's only checkpoint")
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].split(" See full")[0][:300]
+            raise CheckpointError(f"{self.directory}/{step} cannot be restored ({first_line}); {remedy}") from error
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmjax import interrupts
 from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
 from mmjax.models import TwoTower, get_config
@@ -34,7 +35,10 @@ from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, unknown_words_warning, workdir_tokenizer
 
 
-RESUME_KEYS = ("model", "loss", "batch_size", "data.seed", "data.name")
+# What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
+# the data stream and the iterator state's layout (one per worker process), the tokenizer saved in the workdir.
+RESUME_KEYS = ("model", "model_options.scan_layers", "loss", "batch_size", "data.seed", "data.name",
+               "data.num_workers", "data.tokenizer")
 
 
 def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
@@ -96,7 +100,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     if tokenizer.vocab_size > model_config.text.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {config.model} only "
                           f"{model_config.text.vocab_size}")
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not resuming:
         save_config(workdir, config)
 
     model = TwoTower(model_config)
@@ -126,6 +130,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         changes = _changes(saved_config, config)
         print(f"resuming {workdir} at step {start}" + (f" with a changed config: {'; '.join(changes)}" if changes
                                                       else ""))
+        if start < end:  # the config of the run that goes on, written once its checkpoint has been restored
+            save_config(workdir, config)
     if start >= end and jax.process_index() == 0:
         evaluate = (f" (evaluate it with mmjax eval --model {workdir} --benchmark NAME)"
                     if config.eval.benchmarks else "")
@@ -137,6 +143,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
             for step in range(start + 1, end + 1):
+                interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python dropped (in a gc callback)
                 wait_start = time.perf_counter()
                 batch = next(data)
                 data_wait += time.perf_counter() - wait_start
