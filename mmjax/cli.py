@@ -71,9 +71,12 @@ def _eval(_argv) -> None:
                          "config.eval.num_heldout and num_retrieval")
     if benchmark is not None and flags.FLAGS.figure:
         raise ValueError("--figure draws the synthetic benchmark; drop it or --benchmark")
-    output_dir = os.path.dirname(os.path.abspath(flags.FLAGS.output or workdir))
-    if not os.path.isdir(output_dir):
-        raise FileNotFoundError(f"--output directory {output_dir} does not exist")
+    if flags.FLAGS.output:  # checked before the evaluation runs, not when its results are written
+        output_dir = os.path.dirname(os.path.abspath(flags.FLAGS.output))
+        if os.path.isdir(flags.FLAGS.output):
+            raise ValueError(f"--output {flags.FLAGS.output} is a directory; name the results file (.json)")
+        if not os.path.isdir(output_dir):
+            raise FileNotFoundError(f"--output directory {output_dir} does not exist")
     encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None)
     config, image_size = trained.config, trained.model.config.vision.image_size
     if benchmark is None:
@@ -254,8 +257,14 @@ def _fail(error: BaseException) -> None:
     if required:  # absl's wording for missing required flags
         text = f"{', '.join('--' + name for name in required)} {'is' if len(required) == 1 else 'are'} required " \
                "(see --help)"
-    if isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
-        text = "unknown config key " + text.strip("'").replace("' ", ": ", 1)
+    if isinstance(error, AttributeError) and "has no attribute 'get_config'" in text:
+        text = "the --config file defines no get_config()"
+    elif isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
+        text = "unknown config key " + text.strip("'\"").replace("' ", ": ", 1)
+    if isinstance(error, SyntaxError):  # in the --config file
+        text = f"{error.filename}, line {error.lineno}: {error.msg}"
+    if isinstance(error, ImportError):
+        text = f"the --config file does not import: {text}"
     print(f"mmjax: error: {text}", file=sys.stderr, flush=True)
     # The error has been said. Background threads of a failed read (TensorStore's, after a damaged checkpoint)
     # still report into asyncio loops that are closing, printing tracebacks from C++ at exit that would bury it.
@@ -267,8 +276,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with a bad flag or config override reported in one line."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as error:
-        _fail(error)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError, SyntaxError, ImportError) as error:
+        _fail(error)  # SyntaxError, ImportError: the --config file's own
 
 
 def _run_reporting_errors(command):
@@ -278,7 +287,7 @@ def _run_reporting_errors(command):
     def run(argv):
         try:
             command(argv)
-        except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
+        except (ConfigError, OSError, KeyError, ValueError) as error:  # OSError: a workdir that cannot be made
             _fail(error)
         except KeyboardInterrupt:
             print(f"mmjax: interrupted{_what_an_interrupt_leaves()}", file=sys.stderr)

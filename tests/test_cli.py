@@ -106,6 +106,16 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
     (tmp_path / "file").write_text("")
     _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path / "file")),
                            "is a file, not a directory")
+    _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path / "file" / "run")),
+                           f"mmjax: error: [Errno 20] Not a directory: '{tmp_path / 'file' / 'run'}'")
+    _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path), "--config.nonexistent=1"),
+                           "mmjax: error: unknown config key nonexistent")
+    (tmp_path / "broken.py").write_text("def get_config()\n    return None\n")
+    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path)),
+                           f"mmjax: error: {tmp_path / 'broken.py'}, line 1: expected ':'")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "empty.py"), "--workdir", str(tmp_path)),
+                           "mmjax: error: the --config file defines no get_config()")
 
 
 def test_help_lists_every_command_and_each_command_its_flags():
@@ -128,6 +138,8 @@ def test_help_lists_every_command_and_each_command_its_flags():
 def test_missing_workdir_is_one_clear_line(tmp_path):
     missing = str(tmp_path / "nowhere")
     _assert_one_line_error(mmjax("eval", "--model", missing), f"mmjax: error: workdir {missing} does not exist")
+    _assert_one_line_error(mmjax("eval", "--model", missing, "--output", str(tmp_path)),  # before any evaluation
+                           f"mmjax: error: --output {tmp_path} is a directory; name the results file (.json)")
 
 
 def test_workdir_without_checkpoint_and_a_hugging_face_directory_are_one_line(tmp_path):
