@@ -151,6 +151,8 @@ def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(tmp_path):
     train(config, str(tmp_path))
     assert _logged_steps(tmp_path) == [2, 4, 6]
     shutil.rmtree(tmp_path / "checkpoints" / "6")  # as if killed after logging step 6, before its checkpoint
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "loss": 1.')  # and while writing a line: the last line is cut short
     train(config, str(tmp_path))
     assert _logged_steps(tmp_path) == [2, 4, 6]
 

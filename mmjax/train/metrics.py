@@ -11,18 +11,30 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from mmjax.eval.report import finite_or_none
+from mmjax.files import write_text_atomically
 
 # The evaluation metrics printed during training; every metric goes to eval_metrics.jsonl and TensorBoard.
 HEADLINE_METRICS = ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1")
 
 
 def _drop_records_after(path: str, step: int) -> None:
+    """Keep the records of steps ≤ `step`. A last line cut short (the run was killed while writing it) is dropped;
+    a bad line before it is a one-line error naming it."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(kept)
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from None
+        if record["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    write_text_atomically(path, "".join(kept))
 
 
 class MetricsWriter:
