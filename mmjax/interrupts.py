@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 _received = threading.Event()
@@ -22,10 +23,18 @@ def _on_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _ignore_dropped_interrupts(unraisable) -> None:
+    """`sys.unraisablehook`: a dropped `KeyboardInterrupt` is not reported ("Exception ignored in …", with its
+    traceback); `check()` raises it again. Anything else is reported as Python would."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 def install() -> None:
     """Handle Ctrl-C (SIGINT) in this process as above; from the main thread, before anything long starts."""
     _received.clear()
     signal.signal(signal.SIGINT, _on_interrupt)
+    sys.unraisablehook = _ignore_dropped_interrupts
 
 
 def check() -> None:

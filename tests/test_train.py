@@ -260,7 +260,7 @@ def test_ctrl_c_during_a_checkpoint_save_takes_effect_after_it(installed):
     from mmjax import interrupts
 
     assert threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT)
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     if installed:
         interrupts.install()  # as `mmjax` does
     else:
@@ -281,10 +281,10 @@ def test_ctrl_c_during_a_checkpoint_save_takes_effect_after_it(installed):
         assert finished == ["the block"]
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
         interrupts._received.clear()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop, reported by pytest
 def test_a_ctrl_c_whose_exception_python_dropped_is_raised_at_the_next_check():
     """Python drops an exception raised in a garbage-collector callback (JAX's `_xla_gc_callback`), printing
     "Exception ignored": a run went on to its last step after Ctrl-C. The handler's mark survives the drop."""
@@ -293,8 +293,8 @@ def test_a_ctrl_c_whose_exception_python_dropped_is_raised_at_the_next_check():
 
     from mmjax import interrupts
 
-    previous = signal.getsignal(signal.SIGINT)
-    interrupts.install()
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    interrupts.install()  # also keeps the drop from being reported
     try:
         def raise_signal_in_gc(phase, info):
             if phase == "start":
@@ -310,6 +310,7 @@ def test_a_ctrl_c_whose_exception_python_dropped_is_raised_at_the_next_check():
         interrupts.check()  # once only
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
         interrupts._received.clear()
 
 
