@@ -265,10 +265,12 @@ def _fail(error: BaseException) -> None:
         text = f"{error.filename}, line {error.lineno}: {error.msg}"
     if isinstance(error, ImportError):
         text = f"the --config file does not import: {text}"
-    print(f"mmjax: error: {text}", file=sys.stderr, flush=True)
-    # The error has been said. Background threads of a failed read (TensorStore's, after a damaged checkpoint)
-    # still report into asyncio loops that are closing, printing tracebacks from C++ at exit that would bury it.
+    # Background threads of a failed read (TensorStore's, after a damaged checkpoint) go on reporting into asyncio
+    # loops that are closing, with tracebacks that would bury the line: stderr is closed to them before it is said.
+    sys.stderr.flush()
+    stderr = os.dup(sys.stderr.fileno())
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    os.write(stderr, f"mmjax: error: {text}\n".encode())
     sys.exit(2)
 
 
