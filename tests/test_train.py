@@ -226,6 +226,13 @@ def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are
         with pytest.raises(ConfigError, match=re.escape(f"holds a run with {key}={old[key]!r}, not {value!r}")):
             train(refused, str(tmp_path))
     assert (tmp_path / "config.json").read_text() == saved  # a refused resume leaves the run's config as it was
+    older = json.loads(saved)  # a run written before mmjax stored these keys still resumes
+    del older["data"]["num_workers"], older["data"]["tokenizer"], older["model_options"]["scan_layers"]
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    resumed = clip_tiny.get_config("test")
+    resumed.total_steps = 8
+    train(resumed, str(tmp_path), stop_after=3)
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"trained {tmp_path} from step 2 to 3 (of 8) in ")
 
 
 def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it_and_the_one_to_go_back_to(tmp_path):

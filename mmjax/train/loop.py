@@ -58,7 +58,7 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
     before = load_config(workdir)
     for key in RESUME_KEYS:
         old, new = _lookup(before, key), _lookup(config, key)
-        if old != new:
+        if old is not _ABSENT and old != new:  # a key the run's mmjax version did not write cannot be compared
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
     return before
 
@@ -75,9 +75,15 @@ def _changes(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict
     return [f"{key} {old.get(key)!r} → {value!r}" for key, value in new.items() if old.get(key) != value]
 
 
+_ABSENT = object()
+
+
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
+    """`config.a.b` for `"a.b"`, or `_ABSENT` when the config has no such key."""
     for part in dotted.split("."):
-        config = config.get(part) if config is not None else None
+        if config is _ABSENT or part not in config:
+            return _ABSENT
+        config = config[part]
     return config
 
 
