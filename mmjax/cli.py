@@ -266,10 +266,16 @@ def _fail(error: BaseException) -> None:
     if isinstance(error, ImportError):
         text = f"the --config file does not import: {text}"
     # Background threads of a failed read (TensorStore's, after a damaged checkpoint) go on reporting into asyncio
-    # loops that are closing, with tracebacks that would bury the line: stderr is closed to them before it is said.
+    # loops that are closing, with tracebacks that would bury the line: the process's stderr is closed to them
+    # before it is said, since the process ends here. (A stderr without a file descriptor is only written to.)
+    try:
+        descriptor = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        print(f"mmjax: error: {text}", file=sys.stderr)
+        sys.exit(2)
     sys.stderr.flush()
-    stderr = os.dup(sys.stderr.fileno())
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    stderr = os.dup(descriptor)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
     os.write(stderr, f"mmjax: error: {text}\n".encode())
     sys.exit(2)
 
@@ -289,7 +295,8 @@ def _run_reporting_errors(command):
     def run(argv):
         try:
             command(argv)
-        except (ConfigError, OSError, KeyError, ValueError) as error:  # OSError: a workdir that cannot be made
+        except (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError,
+                ValueError) as error:  # the path errors: a missing file, a workdir that cannot be made
             _fail(error)
         except KeyboardInterrupt:
             print(f"mmjax: interrupted{_what_an_interrupt_leaves()}", file=sys.stderr)
@@ -343,7 +350,7 @@ def command_help(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    interrupts.install()  # before the imports and flag parsing, which take seconds
+    interrupts.install()  # before the imports and flag parsing, which take seconds and collect garbage
     try:
         _main(sys.argv if argv is None else argv)
     except KeyboardInterrupt:  # during start-up; the command's own interrupts are reported where it runs

@@ -1,10 +1,11 @@
 """Ctrl-C that is never lost, and never lands in the middle of a checkpoint save.
 
 Python raises `KeyboardInterrupt` wherever the main thread happens to be. Inside a garbage-collector callback
-or a finalizer (JAX runs `_xla_gc_callback` on every collection) the exception is printed as "Exception
-ignored" and dropped, and a training run went on to its last step. `install()` (what `mmjax` does first)
-makes Ctrl-C also leave a mark that `check()`, called by the training loop at every step, turns back into
-the `KeyboardInterrupt` that was dropped.
+or a finalizer (JAX runs `_xla_gc_callback` on every collection) the exception is passed to
+`sys.unraisablehook`, reported as "Exception ignored", and dropped: a training run went on to its last step.
+`install()` (what `mmjax` does first) marks such a dropped interrupt, and `check()`, which the training loop
+calls at every step, raises it again. While the loop runs (`watching()`), the drop is not reported, since it
+is about to be raised.
 """
 
 from __future__ import annotations
@@ -13,48 +14,56 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 
-_received = threading.Event()
-
-
-def _on_interrupt(signum, frame) -> None:
-    del signum, frame
-    _received.set()
-    raise KeyboardInterrupt
+_dropped = threading.Event()
+_watching = threading.Event()
+_reporting = sys.unraisablehook  # the hook `install()` found, which reports everything else
 
 
-def _ignore_dropped_interrupts(unraisable) -> None:
-    """`sys.unraisablehook`: a dropped `KeyboardInterrupt` is not reported ("Exception ignored in …", with its
-    traceback); `check()` raises it again. Anything else is reported as Python would."""
-    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-        sys.__unraisablehook__(unraisable)
+def _on_unraisable(unraisable) -> None:
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _dropped.set()
+        if _watching.is_set():
+            return
+    _reporting(unraisable)
 
 
 def install() -> None:
-    """Handle Ctrl-C (SIGINT) in this process as above; from the main thread, before anything long starts."""
-    _received.clear()
-    signal.signal(signal.SIGINT, _on_interrupt)
-    sys.unraisablehook = _ignore_dropped_interrupts
+    """Mark the `KeyboardInterrupt`s Python drops (chained to the current `sys.unraisablehook`)."""
+    global _reporting
+    if sys.unraisablehook is not _on_unraisable:
+        _reporting = sys.unraisablehook
+        sys.unraisablehook = _on_unraisable
 
 
 def check() -> None:
-    """Raise the `KeyboardInterrupt` of a Ctrl-C whose exception was dropped (only after `install()`)."""
-    if _received.is_set():
-        _received.clear()
+    """Raise the `KeyboardInterrupt` that Python dropped since the last check, if any (after `install()`)."""
+    if _dropped.is_set():
+        _dropped.clear()
         raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def deferred():
+def watching() -> Iterator[None]:
+    """A loop that calls `check()` often: a dropped interrupt is raised by it, not reported."""
+    _watching.set()
+    try:
+        yield
+    finally:
+        _watching.clear()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
     """Ctrl-C during the block raises `KeyboardInterrupt` after it, not inside it.
 
     Orbax starts an async save in several steps; interrupted between them, the save's threads fail at exit with
-    tracebacks. Only where Python's own handler or `install()`'s is in place (the main thread, SIGINT not
-    ignored) is anything changed.
+    tracebacks. Only where Python's own handler is in place (the main thread, SIGINT not ignored) is anything
+    changed.
     """
-    handler = signal.getsignal(signal.SIGINT)
     if (threading.current_thread() is not threading.main_thread()
-            or handler not in (signal.default_int_handler, _on_interrupt)):
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     received = []
@@ -62,7 +71,6 @@ def deferred():
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if received:
-        _received.clear()  # raised here, now: nothing is left for `check()`
         raise KeyboardInterrupt

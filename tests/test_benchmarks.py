@@ -429,8 +429,11 @@ def test_a_benchmark_shard_cut_short_is_an_error_and_hidden_members_are_passed_o
         tar.addfile(info, io.BytesIO(b"\x00\x05\x16\x07"))
     _, metrics = benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)
     assert metrics["num_images"] == 4 and metrics["acc1"] == 1.0
-    shard.write_bytes(shard.read_bytes()[:members[4].offset])  # the last two samples are gone
-    with pytest.raises(ValueError, match=r"0000\.tar: truncated or damaged tar after sample s0_001 "
-                                         r"\(no end-of-archive block\)") as excinfo:
-        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)
-    one_line(excinfo)
+    whole = shard.read_bytes()
+    for cut, where in [(members[4].offset, r"s0_001 \(no end-of-archive block\)"),  # the last two samples gone
+                       (members[4].offset_data + 3, r"s0_002 \(.+\)")]:  # cut inside a member's data
+        shard.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=r"0000\.tar: truncated or damaged tar at or after sample " + where
+                           ) as excinfo:
+            benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)
+        one_line(excinfo)

@@ -288,6 +288,9 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
     pixels = decode_image(sample, DecodeOptions(16, augment=augment), np.random.default_rng(0).random(22))
     assert pixels.shape == (16, 16, 3) and (pixels == 156).all()
     np.testing.assert_array_equal(ImagePreprocess(16).resized(Image.open(buffer)), pixels)
+    transparent = io.BytesIO()
+    Image.fromarray(np.full((20, 24), 40_000, np.uint16)).save(transparent, format="PNG", transparency=0)
+    np.testing.assert_array_equal(ImagePreprocess(16, alpha_on_white=True).resized(Image.open(transparent)), pixels)
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -33,11 +33,15 @@ def reference_positives(image_labels, text_labels):
 
 
 def reference_clip(image_emb, text_emb, logit_scale, positives):
-    """Returns (loss, d/d image_emb, d/d text_emb, d/d logit_scale), all float64."""
+    """Returns (loss, d/d image_emb, d/d text_emb, d/d logit_scale), all float64.
+
+    The scale is `exp(logit_scale)` with the exponent clamped at log 100 as float32 holds it (where training
+    clamps the parameter): at the clamp d scale / d logit_scale is the scale, above it 0, as in OpenCLIP."""
     image_emb, text_emb = np.float64(image_emb), np.float64(text_emb)
     num_images, num_texts = positives.shape
-    exp_scale = np.exp(np.float64(logit_scale))
-    scale = min(exp_scale, 100.0)
+    limit = np.float64(np.float32(np.log(100.0)))
+    clamped = np.float64(logit_scale) > limit
+    scale = np.exp(limit if clamped else np.float64(logit_scale))
     similarities = image_emb @ text_emb.T
     logits = scale * similarities
 
@@ -55,7 +59,7 @@ def reference_clip(image_emb, text_emb, logit_scale, positives):
     d_logits += (col_softmax * col_targets.sum(0, keepdims=True) - col_targets) / (2 * num_texts)
     d_image = scale * d_logits @ text_emb
     d_text = scale * d_logits.T @ image_emb
-    d_scale = np.sum(d_logits * similarities) * (exp_scale if exp_scale < 100.0 else 0.0)
+    d_scale = np.sum(d_logits * similarities) * (0.0 if clamped else scale)
     return loss, d_image, d_text, d_scale
 
 
@@ -186,7 +190,16 @@ def test_clip_loss_past_float32_exp_range_is_clamped_with_a_zero_gradient(logit_
     for grad, grad_expected in zip(grads, expected[1:]):
         assert_close(grad, grad_expected)
     assert grads[2] == 0.0
-    assert clip_scale(jnp.float32(logit_scale)) == 100.0 and clip_scale(jnp.float32(np.log(50.0))) == pytest.approx(50)
+    assert clip_scale(jnp.float32(logit_scale)) == pytest.approx(100, rel=1e-6)
+    assert clip_scale(jnp.float32(np.log(50.0))) == pytest.approx(50, rel=1e-6)
+
+
+def test_clip_scale_gradient_at_the_clamp_lets_the_scale_come_down():
+    """Training clamps the parameter to log 100 (as OpenCLIP does); there d scale / d logit_scale must be the
+    scale itself (~100), not 0, or a scale that reached the clamp could never decrease."""
+    at_clamp = jnp.float32(np.log(100.0))
+    assert jax.grad(clip_scale)(at_clamp) == pytest.approx(100, rel=1e-5)
+    assert jax.grad(clip_scale)(jnp.nextafter(at_clamp, jnp.float32(10))) == 0.0
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -39,7 +39,7 @@ def make_case(name, rng=None):
         _, text_labels = attribute_labels(rng, NUM_TEXTS)
         return (unit_rows(rng, NUM_IMAGES, DIM), unit_rows(rng, NUM_TEXTS, DIM), np.log(1 / 0.07), -10.0,
                 image_labels, text_labels)
-    if name == "clamp_duplicates":  # logit_scale at the clamp (exp > 100 in float32: clamped, grad 0), bias +10
+    if name == "clamp_duplicates":  # logit_scale at the clamp (scale 100, its gradient still flows), bias +10
         text_emb = near_duplicates(rng, square, DIM, 1e-3)
         image_emb = text_emb + 1e-3 * rng.normal(size=text_emb.shape)
         image_emb = np.float32(image_emb / np.linalg.norm(image_emb, axis=-1, keepdims=True))
@@ -85,9 +85,12 @@ def test_blocked_clip_loss_matches_reference(name, block_size):
 
     value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(image_emb, text_emb, logit_scale)
     assert_close(value, expected[0])
-    for grad, grad_expected in zip(grads, expected[1:]):
+    for grad, grad_expected in zip(grads[:2], expected[1:3]):
         assert_close(grad, grad_expected)
-    if name in ("clamp_duplicates", "huge_scale"):
+    # d/d logit_scale at the clamp with near-duplicates: 100 × a sum that cancels to ~1e-5 of its terms, whose
+    # float32 logits (~100) each carry ~1e-5 of rounding
+    assert_close(grads[2], expected[3], atol=1e-4 if name == "clamp_duplicates" else 2e-5)
+    if name == "huge_scale":
         assert grads[2] == 0.0
 
 

@@ -68,7 +68,7 @@ class TarUnit:
             for key, files in read_tar_samples(self.path):
                 yield _wds_sample(key, files, self.path)
         except TruncatedTarError as error:
-            yield Skip(f"{self.path}:{error.key}", "truncated_tar")
+            yield Skip(self.path if error.key is None else f"{self.path}:{error.key}", "truncated_tar")
 
 
 @dataclasses.dataclass(frozen=True)

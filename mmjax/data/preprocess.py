@@ -72,6 +72,8 @@ class ImagePreprocess:
                 raise ValueError(f"images must be PIL images or uint8 [H, W(, C)] arrays, "
                                  f"got {image.dtype} {list(image.shape)}")
             image = Image.fromarray(image)
+        if image.mode.startswith("I"):  # 16-bit: scaled to 8 bits (its transparency, a 16-bit value, is dropped)
+            return to_rgb(image)
         has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
         if self.alpha_on_white and has_alpha:
             rgba = image.convert("RGBA")

@@ -18,7 +18,7 @@ class TruncatedTarError(ValueError):
     """The tar ends before its end-of-archive block, or its bytes do not parse; `key` is the last sample read."""
 
     def __init__(self, path: str, key: str | None, reason: str):
-        super().__init__(f"{path}: truncated or damaged tar after sample {key} ({reason})")
+        super().__init__(f"{path}: truncated or damaged tar at or after sample {key} ({reason})")
         self.path, self.key, self.reason = path, key, reason
 
 

@@ -46,10 +46,12 @@ CLIP_MAX_SCALE = 100.0
 
 
 def clip_scale(logit_scale: jax.Array) -> jax.Array:
-    """The CLIP loss's similarity multiplier (inverse temperature): `min(exp(logit_scale), 100)`. The gradient is
-    0 above the clamp; the exponent is clamped first, so that a `logit_scale` past float32's `exp` range (≈ 88.7)
-    gives that 0 too and not `0 × inf = NaN`."""
-    return jnp.minimum(jnp.exp(jnp.minimum(logit_scale, math.log(CLIP_MAX_SCALE))), CLIP_MAX_SCALE)
+    """The CLIP loss's similarity multiplier (inverse temperature): `exp(logit_scale)`, with the exponent clamped
+    at `log 100`. Above the clamp the gradient is 0; at it (where training clamps the parameter, as OpenCLIP
+    does) it is `exp(log 100)`, so the scale can still come down. The exponent is clamped before `exp`, so that
+    a `logit_scale` past float32's `exp` range (≈ 88.7) gives that 0 too and not `0 × inf = NaN`."""
+    limit = math.log(CLIP_MAX_SCALE)
+    return jnp.exp(jnp.where(logit_scale <= limit, logit_scale, limit))
 
 
 def _block_size(block_size: int | None) -> int:

@@ -32,7 +32,7 @@ from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.workdir import CONFIG_FILE, load_config, save_config, unknown_words_warning, workdir_tokenizer
+from mmjax.train.workdir import CLIP_BPE, CONFIG_FILE, load_config, save_config, unknown_words_warning, workdir_tokenizer
 
 
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
@@ -58,6 +58,8 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
     before = load_config(workdir)
     for key in RESUME_KEYS:
         old, new = _lookup(before, key), _lookup(config, key)
+        if key == "data.tokenizer":  # a resumed run reads WORKDIR/tokenizer.json, except OpenCLIP's BPE (rebuilt)
+            old, new = (value if value in (_ABSENT, CLIP_BPE) else "its saved tokenizer.json" for value in (old, new))
         if old is not _ABSENT and old != new:  # a key the run's mmjax version did not write cannot be compared
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
     return before
@@ -147,7 +149,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     run_start = last_time = time.perf_counter()
     last_step, first_log, data_wait = start, True, 0.0
     try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES), interrupts.watching():
             for step in range(start + 1, end + 1):
                 interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python dropped (in a gc callback)
                 wait_start = time.perf_counter()

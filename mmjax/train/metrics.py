@@ -23,13 +23,16 @@ def _drop_records_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [line for line in f if line.strip()]
+        lines = list(f)
+    last = max((number for number, line in enumerate(lines, start=1) if line.strip()), default=0)
     kept = []
     for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError as error:
-            if number == len(lines):
+            if number == last:
                 break
             raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from None
         if record["step"] <= step:

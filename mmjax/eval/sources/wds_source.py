@@ -138,6 +138,14 @@ def wds_examples(
             raise ValueError(f"{shard}: empty shard (no samples)")
 
 
+def _members(tar: tarfile.TarFile, shard: str, last_key) -> Iterator[tarfile.TarInfo]:
+    """The members of `tar`; a shard cut inside a member is a `TruncatedTarError` naming the last sample."""
+    try:
+        yield from tar
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise TruncatedTarError(shard, last_key(), str(error)) from None
+
+
 class WdsSample(NamedTuple):
     """Where one webdataset sample's files lie: ``members`` is ``((extension, offset, size),
     ...)``, byte ranges of the member data in the (uncompressed) tar ``shard``."""
@@ -164,7 +172,7 @@ def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample
             raise ValueError(f"{shard}: not a readable uncompressed tar file ({error})") from error
         with tar:
             key, members, found = None, [], False
-            for member in tar:
+            for member in _members(tar, shard, lambda: key):
                 parts = split_key(member.name) if member.isfile() else None
                 if parts is None:
                     continue
