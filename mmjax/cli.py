@@ -88,7 +88,8 @@ def _eval(_argv) -> None:
     else:
         task, metrics = run_benchmark(benchmark, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                       data_dir=flags.FLAGS.data_dir, batch_size=encoder.batch_size,
-                                      max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers)
+                                      max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers,
+                                      progress=True)
         results = results_json(benchmark, config.model, metrics, extra={"step": trained.step}, task=task,
                                pretrained=workdir)
     output = flags.FLAGS.output or os.path.join(workdir, results_file_name(benchmark))

@@ -52,7 +52,9 @@ class Encoder:
 
     def _batched(self, fn, inputs: np.ndarray, unit: str) -> np.ndarray:
         outputs = []
-        with tqdm.tqdm(total=len(inputs), unit=unit, disable=not self.progress) as bar:
+        # a bar for a call of several batches; one batch per call (a benchmark's loop) shows none
+        quiet = not self.progress or len(inputs) <= self.batch_size
+        with tqdm.tqdm(total=len(inputs), unit=unit, disable=quiet) as bar:
             for start in range(0, len(inputs), self.batch_size):
                 chunk = inputs[start:start + self.batch_size]
                 padded = np.zeros((self.batch_size, *chunk.shape[1:]), chunk.dtype)

@@ -38,6 +38,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from mmjax.eval import sources
 from mmjax.eval.retrieval import retrieval_chance, retrieval_metrics
@@ -134,6 +135,7 @@ def run_benchmark(
     num_workers: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    progress: bool = False,
 ) -> tuple[str, dict[str, float]]:
     """Zero-shot evaluation of one benchmark.
 
@@ -150,6 +152,7 @@ def run_benchmark(
       process_index, process_count: this process and the number of processes sharing the
         work (default ``jax.process_index()``, ``jax.process_count()``); every process must
         call this function with the same arguments, and gets the same metrics.
+      progress: a progress bar over this process's image batches.
 
     Returns:
       ``(task, metrics)``: task is ``"zeroshot_classification"`` or ``"zeroshot_retrieval"``.
@@ -163,7 +166,8 @@ def run_benchmark(
     process = default_process(process_index, process_count)
     task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
                                                  image_size, batch_size, num_workers)
-    mine = (batch for i, batch in enumerate(batches) if owns_batch(i, *process))
+    mine = tqdm.tqdm((batch for i, batch in enumerate(batches) if owns_batch(i, *process)), unit="batch",
+                     desc=name_or_path, disable=not progress)
     if task == sources.CLASSIFICATION:
         return task, _classification(mine, classnames, templates, encode_images,
                                      encode_texts, batch_size, process)
