@@ -28,6 +28,49 @@ def test_analytic_count_of_bench_tiny_by_hand():
     assert train_step_flops(get_config("bench-tiny"), b)["total"] == 3 * forward + 2 * patch
 
 
+def _jaxpr_matmul_flops(jaxpr) -> int:
+    """2 × output size × contracted size of every dot_general and conv in `jaxpr` and its sub-jaxprs."""
+    import math
+
+    import jax.extend
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+                eqn.invars[0].aval.shape[i] for i in contracting)
+        elif eqn.primitive.name == "conv_general_dilated":
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(eqn.invars[1].aval.shape[:-1])
+        for value in eqn.params.values():
+            if isinstance(value, jax.extend.core.ClosedJaxpr):
+                total += _jaxpr_matmul_flops(value.jaxpr)
+            elif isinstance(value, jax.extend.core.Jaxpr):
+                total += _jaxpr_matmul_flops(value)
+    return total
+
+
+@pytest.mark.parametrize("name", ["siglip-test", "clip-test"])
+def test_analytic_image_tower_count_equals_the_matmuls_jax_traces(name):
+    """Including SigLIP's MAP head (the bench used to stop there, after timing, with an error)."""
+    import flax.linen as nn
+    import jax
+
+    from mmjax.bench.flops import forward_flops
+    from mmjax.models import TwoTower, example_inputs
+
+    config, batch = get_config(name), 8
+    model = TwoTower(config)
+    images, tokens = example_inputs(config, batch_size=batch)
+    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    traced = jax.make_jaxpr(lambda p: model.apply({"params": p}, images, method=TwoTower.encode_image))(params)
+    parts = forward_flops(config, batch)
+    projection = 2 * batch * config.vision.width * config.embed_dim * config.image_projection
+    analytic = sum(v for k, v in parts.items() if k.startswith("image") or k == "patch_embed") + projection
+    assert ("image_map_head" in parts) == (config.vision.pool == "map")
+    assert _jaxpr_matmul_flops(traced.jaxpr) == analytic
+
+
 def test_bench_tiny_has_open_clips_parameter_count():
     assert param_count("bench-tiny") == 3_881_473
     if not open_clip_available():
@@ -37,8 +80,30 @@ def test_bench_tiny_has_open_clips_parameter_count():
 
 def test_mesh_flag_is_checked():
     assert parse_mesh("data=2,tensor=-1") == {"data": 2, "tensor": -1}
-    with pytest.raises(ValueError, match="--mesh='pipeline=2'"):
-        parse_mesh("pipeline=2")
+    for bad in ("pipeline=2", "data=2,data=4", "data=--2", "data=\u00b2"):
+        with pytest.raises(ValueError, match=f"--mesh={bad!r}: use AXIS=SIZE items, each AXIS once"):
+            parse_mesh(bad)
+
+
+@pytest.mark.parametrize("kind, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12),
+                                        ("TPU v5", 459e12), ("TPU v5 lite", 197e12), ("TPU v4", 275e12),
+                                        ("cpu", None)])
+def test_device_peak_is_the_longest_matching_kind(kind, peak):
+    """By data sheet: an L40S is not an L40 or an L4; a TPU v5p VM calls itself "TPU v5"."""
+    from types import SimpleNamespace
+
+    from mmjax.bench.peak import device_peak_flops
+
+    assert device_peak_flops(SimpleNamespace(device_kind=kind)) == peak
+
+
+def test_mfu_counts_the_cpu_peak_once_and_each_accelerator():
+    from mmjax.bench.peak import model_flops_utilization
+
+    assert model_flops_utilization(1.6e9, 12e9, "cpu", devices=2) == pytest.approx(1.6 / 12)  # shared cores
+    assert model_flops_utilization(400e12, 989e12, "gpu", devices=8) == pytest.approx(400 / (8 * 989))
+    assert model_flops_utilization(1e9, None, "tpu", devices=4) is None
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -28,6 +28,16 @@ def transformer_forward_flops(spec: TransformerSpec, batch: int, length: int) ->
     return {name: value * spec.depth for name, value in per_layer.items()}
 
 
+def map_head_forward_flops(spec: TransformerSpec, batch: int, length: int) -> int:
+    """Forward FLOPs of a MAP head (`layers.MapHead`) on `[batch, length, width]`: one probe token's query,
+    the tokens' keys and values, its attention over `length` tokens, the output projection and an MLP."""
+    width = spec.width
+    return (2 * batch * width * width * 2  # the probe's query and the output projection
+            + 2 * batch * length * width * width * 2  # keys and values of every token
+            + 2 * 2 * batch * length * width  # scores and the weighted sum, for one query
+            + 2 * 2 * batch * width * spec.mlp_dim)
+
+
 def forward_flops(config: TwoTowerConfig, batch: int) -> dict[str, int]:
     """Forward FLOPs of the model and the loss's `[B, B]` logits on `batch` pairs, by part."""
     vision, text = config.vision, config.text
@@ -36,8 +46,9 @@ def forward_flops(config: TwoTowerConfig, batch: int) -> dict[str, int]:
     for tower, spec, length in (("image", vision, image_tokens), ("text", text, text.context_length)):
         for name, value in transformer_forward_flops(spec, batch, length).items():
             parts[f"{tower}_{name}"] = value
-    if vision.pool == "map" or text.pool == "map":
-        raise ValueError("the analytic count covers cls/eot/last/mean pooling, not MAP heads")
+    for tower, spec, length in (("image", vision, image_tokens), ("text", text, text.context_length)):
+        if spec.pool == "map":
+            parts[f"{tower}_map_head"] = map_head_forward_flops(spec, batch, length)
     parts["projections"] = 2 * batch * (vision.width * config.embed_dim * config.image_projection
                                         + text.width * config.embed_dim)
     parts["logits"] = 2 * batch * batch * config.embed_dim

@@ -12,13 +12,18 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Dense bf16 peak FLOP/s per device (vendor data sheets), matched by substring of `device_kind`.
+# Dense bf16 peak FLOP/s per device (vendor data sheets), matched by the longest key found in `device_kind`
+# ("NVIDIA L40S" is an L40S, not an L40 or an L4; a TPU v5p VM reports "TPU v5", a v5e one "TPU v5 lite").
 BF16_PEAK_FLOPS = {
     "H200": 989e12,
     "H100": 989e12,
+    "H100 PCIe": 756e12,
     "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
     "TPU v6": 918e12,
+    "TPU v5": 459e12,
     "TPU v5p": 459e12,
     "TPU v5 lite": 197e12,
     "TPU v5e": 197e12,
@@ -28,10 +33,17 @@ BF16_PEAK_FLOPS = {
 
 def device_peak_flops(device: jax.Device) -> float | None:
     """The table's bf16 peak of `device`, or None (CPU, or a device kind not in the table)."""
-    for kind, peak in BF16_PEAK_FLOPS.items():
-        if kind.lower() in device.device_kind.lower():
-            return peak
-    return None
+    kind = device.device_kind.lower()
+    matches = [key for key in BF16_PEAK_FLOPS if key.lower() in kind]
+    return BF16_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def model_flops_utilization(achieved: float, peak: float | None, platform: str, devices: int) -> float | None:
+    """`achieved` FLOP/s over the peak of all `devices`. On CPU `peak` is measured on one device that already
+    uses every core of the process, which all CPU devices share: it is the peak of them all."""
+    if not peak:
+        return None
+    return achieved / (peak if platform == "cpu" else peak * devices)
 
 
 def measure_matmul_flops(size: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:

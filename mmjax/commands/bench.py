@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Callable
 
@@ -47,8 +48,9 @@ def parse_mesh(text: str) -> dict[str, int]:
     sizes = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition("=")
-        if name not in MESH_AXES or not value.lstrip("-").isdigit():
-            raise ValueError(f"--mesh={text!r}: use AXIS=SIZE items with AXIS in {MESH_AXES}, e.g. data=2,tensor=2")
+        if name not in MESH_AXES or name in sizes or not re.fullmatch(r"-?[0-9]+", value):
+            raise ValueError(f"--mesh={text!r}: use AXIS=SIZE items, each AXIS once from {MESH_AXES}, "
+                             f"e.g. data=2,tensor=2")
         sizes[name] = int(value)
     return sizes
 
@@ -67,7 +69,7 @@ def _train_step(argv: list[str]) -> None:
     import jax
 
     from mmjax.bench.open_clip_reference import bench_open_clip_step, open_clip_available
-    from mmjax.bench.peak import device_peak_flops, measure_matmul_flops
+    from mmjax.bench.peak import device_peak_flops, measure_matmul_flops, model_flops_utilization
     from mmjax.bench.train_step import bench_train_step, synthetic_batch
     from mmjax.models import get_config, param_count
 
@@ -84,7 +86,7 @@ def _train_step(argv: list[str]) -> None:
     result["peak_flops"] = peak
     achieved = result["analytic_flops_per_step"] / result["step_time_s"]
     result["achieved_flops_per_s"] = achieved
-    result["mfu"] = achieved / (peak * result["devices"]) if peak else None
+    result["mfu"] = model_flops_utilization(achieved, peak, device.platform, result["devices"])
     if device.platform == "cpu" and f.open_clip and open_clip_available():
         print("timing OpenCLIP's step on the same model …", file=sys.stderr, flush=True)
         reference = bench_open_clip_step(get_config(f.model), synthetic_batch(get_config(f.model), f.batch),
