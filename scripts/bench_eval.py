@@ -4,7 +4,7 @@
 
 Two measurements, each as images/s and, when the references are installed, a ratio:
 
-- `model`: image embedding alone. Both sides embed the same random uint8 images
+- `embedding`: image embedding alone. Both sides embed the same random uint8 images
   with random weights (throughput does not depend on the weights). mmjax's time
   includes uint8 → float normalisation on device; OpenCLIP gets ready float
   tensors (`torch.no_grad`, `eval()`), which favours OpenCLIP slightly.
@@ -132,6 +132,17 @@ def _open_clip_images_per_s(name: str, images: np.ndarray, batch: int, threads: 
     return len(images) / (time.perf_counter() - start)
 
 
+def _reference_unavailable(name: str) -> str | None:
+    """Why OpenCLIP cannot be the reference for model `name`, or None when it can."""
+    try:
+        import open_clip
+    except ImportError:
+        return "not installed (pip install open_clip_torch clip-benchmark)"
+    if name not in open_clip.list_models():
+        return f"n/a (OpenCLIP has no model named {name!r})"
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="ViT-B-32")
@@ -144,19 +155,21 @@ def main() -> None:
     images = np.random.default_rng(0).integers(0, 256, (args.images, size, size, 3), dtype=np.uint8)
     encoder = _mmjax_encoder(args.model, args.batch, args.dtype)
     result = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "images": args.images}
+    unavailable = _reference_unavailable(args.model)
     with tempfile.TemporaryDirectory() as directory:
         _write_wds(directory, args.images)
         for kind, ours, theirs in [
-            ("model", _mmjax_images_per_s(encoder, images),
-             _open_clip_images_per_s(args.model, images, args.batch, args.threads)),
+            ("embedding", _mmjax_images_per_s(encoder, images),
+             None if unavailable else _open_clip_images_per_s(args.model, images, args.batch, args.threads)),
             ("end_to_end", _mmjax_end_to_end_images_per_s(encoder, directory, args.images, args.batch),
-             _clip_benchmark_images_per_s(args.model, directory, args.images, args.batch, args.threads)),
+             None if unavailable else _clip_benchmark_images_per_s(args.model, directory, args.images, args.batch,
+                                                                  args.threads)),
         ]:
             ratio = None if theirs is None else ours / theirs
             result[kind] = {"mmjax_images_per_s": ours, "reference_images_per_s": theirs, "ratio": ratio}
-            reference = "not installed (pip install open_clip_torch clip-benchmark)" if theirs is None else \
-                f"{theirs:7.1f} images/s  → ratio {ratio:.2f}×"
-            print(f"{kind:10s}  mmjax {ours:7.1f} images/s   reference {reference}")
+            reference = (unavailable or "not installed (pip install open_clip_torch clip-benchmark)") \
+                if theirs is None else f"{theirs:7.1f} images/s (float32) → ratio {ratio:.2f}×"
+            print(f"{kind:10s}  mmjax {ours:7.1f} images/s ({args.dtype})   reference {reference}")
     print(json.dumps(result))
 
 

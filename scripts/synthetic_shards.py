@@ -11,6 +11,7 @@ Writes
 from __future__ import annotations
 
 import argparse
+import glob
 import io
 import json
 import os
@@ -33,6 +34,8 @@ def write_train_shards(directory: str, count: int, num_shards: int, image_size: 
     if count < 1 or num_shards < 1:
         raise SystemExit(f"--count {count} and --shards {num_shards} must be positive")
     os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(os.path.join(directory, "*.tar")):  # a run with other counts: its tars would stay
+        os.remove(stale)
     source = synthetic.SyntheticSource("train", seed=0, num_examples=count)
     per_shard = -(-count // num_shards)
     for shard, start in enumerate(range(0, count, per_shard)):
@@ -59,13 +62,18 @@ def write_retrieval_benchmark(directory: str, count: int, image_size: int) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="directory to write train/ and bench/ into")
     parser.add_argument("--count", type=int, default=8192, help="training pairs")
     parser.add_argument("--shards", type=int, default=4, help="training tars")
     parser.add_argument("--bench-count", type=int, default=1000, help="retrieval benchmark pairs (at most 1134)")
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
     args = parser.parse_args()
+    try:  # a bad count, before any work
+        synthetic.SyntheticSource("retrieval", seed=0, num_examples=args.bench_count)
+    except ValueError as error:
+        raise SystemExit(f"--bench-count {args.bench_count}: {error}") from None
     tars = write_train_shards(os.path.join(args.out, "train"), args.count, args.shards, args.image_size)
     write_retrieval_benchmark(os.path.join(args.out, "bench"), args.bench_count, args.image_size)
     print(f"{args.count} training pairs in {tars} tars -> {args.out}/train; "

@@ -116,8 +116,11 @@ def test_cli_errors_come_before_the_work_and_an_empty_conversion_fails(tmp_path)
 
 def test_synthetic_shards_script_writes_img2dataset_tars_and_a_retrieval_benchmark(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "synthetic_shards.py")
+    (tmp_path / "shards" / "train").mkdir(parents=True)
+    (tmp_path / "shards" / "train" / "00007.tar").write_bytes(b"")  # an earlier run's: replaced, not mixed in
     subprocess.run([sys.executable, script, "--out", str(tmp_path / "shards"), "--count", "10", "--shards", "2",
                     "--bench-count", "6", "--image-size", "16"], check=True, capture_output=True)
+    assert sorted(os.listdir(tmp_path / "shards" / "train")) == ["00000.tar", "00001.tar"]
     index = convert(str(tmp_path / "shards" / "train"), str(tmp_path / "out"), progress=False)
     assert index["num_records"] == 10 and len(index["shards"]) == 2 and index["dropped"] == {}
     source = synthetic.SyntheticSource("train", seed=0, num_examples=10)
