@@ -143,3 +143,8 @@ def test_unknown_sub_benchmark_is_a_one_line_error():
                           text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("mmjax: error: usage: mmjax bench {train-step")
+    ignored = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "input", "--dtype", "bfloat16", "--mesh",
+                              "data=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ignored.returncode == 2 and ignored.stderr.strip() == (
+        "mmjax: error: mmjax bench input does not read --dtype, --mesh (it reads --batch, --hugepages, --images, "
+        "--model, --num_workers, --rounds, --source_px, --steps, --threads)")

@@ -185,13 +185,30 @@ BENCHMARKS: dict[str, tuple[Callable[[], None], Callable[[list[str]], None]]] = 
 }
 
 
+# The flags each sub-benchmark reads; any other bench flag given to it is an error, not silently ignored.
+_TRAIN_STEP_FLAGS = {"model", "batch", "threads", "mesh", "dtype", "steps", "warmup", "scan_layers", "remat",
+                     "open_clip", "hugepages", "profile", "peak_size"}
+FLAGS_USED = {
+    "train-step": _TRAIN_STEP_FLAGS,
+    "data": {"images", "source_px", "crop_px", "batch"},
+    "input": {"model", "batch", "threads", "steps", "hugepages", "images", "source_px", "num_workers", "rounds"},
+}
+_BENCH_FLAGS: set[str] = set()
+
+
 def define_flags() -> None:
+    before = set(flags.FLAGS)
     for define, _ in BENCHMARKS.values():
         define()
+    _BENCH_FLAGS.update(set(flags.FLAGS) - before)
 
 
 def run(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in BENCHMARKS:
         got = " ".join(argv[1:]) or "nothing"
         raise ValueError(f"usage: mmjax bench {{{'|'.join(BENCHMARKS)}}} [flags]; got {got}")
+    ignored = sorted(name for name in _BENCH_FLAGS - FLAGS_USED[argv[1]] if flags.FLAGS[name].present)
+    if ignored:
+        raise ValueError(f"mmjax bench {argv[1]} does not read {', '.join('--' + name for name in ignored)} "
+                         f"(it reads {', '.join('--' + name for name in sorted(FLAGS_USED[argv[1]]))})")
     BENCHMARKS[argv[1]][1](argv[1:])
