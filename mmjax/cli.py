@@ -296,9 +296,12 @@ def _run_reporting_errors(command):
     def run(argv):
         try:
             command(argv)
-        except (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError,
-                ValueError) as error:  # the path errors: a missing file, a workdir that cannot be made
+        except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
             _fail(error)
+        except OSError as error:
+            if error.filename is None:  # not about a path: a bug or an outage, reported in full
+                raise
+            _fail(error)  # a workdir that cannot be made (read-only, a file in the way, too long a name, …)
         except KeyboardInterrupt:
             print(f"mmjax: interrupted{_what_an_interrupt_leaves()}", file=sys.stderr)
             sys.exit(130)

@@ -34,8 +34,8 @@ def write_train_shards(directory: str, count: int, num_shards: int, image_size: 
     if count < 1 or num_shards < 1:
         raise SystemExit(f"--count {count} and --shards {num_shards} must be positive")
     os.makedirs(directory, exist_ok=True)
-    for stale in glob.glob(os.path.join(directory, "*.tar")):  # a run with other counts: its tars would stay
-        os.remove(stale)
+    for stale in glob.glob(os.path.join(directory, "[0-9][0-9][0-9][0-9][0-9].tar")):  # this script's own tars
+        os.remove(stale)  # from a run with other counts, which would otherwise stay beside the new ones
     source = synthetic.SyntheticSource("train", seed=0, num_examples=count)
     per_shard = -(-count // num_shards)
     for shard, start in enumerate(range(0, count, per_shard)):

@@ -223,8 +223,7 @@ def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are
         refused = clip_tiny.get_config("test")
         section, _, name = key.rpartition(".")
         (refused[section] if section else refused)[name] = value
-        old = {"model": "clip-test", "model_options.scan_layers": False, "data.num_workers": 0,
-               "data.tokenizer": "its saved tokenizer.json"}  # what a resumed run reads, whatever path made it
+        old = {"model": "clip-test", "model_options.scan_layers": False, "data.num_workers": 0, "data.tokenizer": ""}
         with pytest.raises(ConfigError, match=re.escape(f"holds a run with {key}={old[key]!r}, not {value!r}")):
             train(refused, str(tmp_path))
     assert (tmp_path / "config.json").read_text() == saved  # a refused resume leaves the run's config as it was
@@ -341,3 +340,18 @@ def test_the_saved_config_is_never_seen_half_written(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert seen_during_save == [first.total_steps] and load_config(str(tmp_path)).total_steps == 99
     assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def test_a_resume_may_name_the_runs_tokenizer_file_by_another_path_but_not_another_tokenizer(tmp_path):
+    from mmjax.train.loop import _same_tokenizer_file
+
+    (tmp_path / "run").mkdir()
+    Tokenizer.for_synthetic(8).save(str(tmp_path / "run" / "tokenizer.json"))  # the run's copy, re-serialised
+    Tokenizer.for_synthetic(8).save(str(tmp_path / "same.json"))
+    Tokenizer.for_synthetic(16).save(str(tmp_path / "other.json"))
+    run = str(tmp_path / "run")
+    assert _same_tokenizer_file(run, "tok.json", str(tmp_path / "same.json"))
+    assert not _same_tokenizer_file(run, "tok.json", str(tmp_path / "other.json"))
+    assert not _same_tokenizer_file(run, "tok.json", str(tmp_path / "missing.json"))
+    assert not _same_tokenizer_file(run, "", str(tmp_path / "same.json"))  # the synthetic words → a file
+    assert not _same_tokenizer_file(run, "tok.json", "clip-bpe")

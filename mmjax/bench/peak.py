@@ -18,6 +18,8 @@ BF16_PEAK_FLOPS = {
     "H200": 989e12,
     "H100": 989e12,
     "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,  # data sheets give 1 671 TFLOP/s with 2:4 sparsity
+    "H200 NVL": 835e12,
     "A100": 312e12,
     "L40S": 362e12,
     "L40": 181e12,

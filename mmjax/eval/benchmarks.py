@@ -166,17 +166,18 @@ def run_benchmark(
     process = default_process(process_index, process_count)
     task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
                                                  image_size, batch_size, num_workers)
+    progress = progress and process[0] == 0  # one process's bars speak for all
     mine = tqdm.tqdm((batch for i, batch in enumerate(batches) if owns_batch(i, *process)), unit="batch",
                      desc=name_or_path, disable=not progress)
     if task == sources.CLASSIFICATION:
         return task, _classification(mine, classnames, templates, encode_images,
-                                     encode_texts, batch_size, process)
-    return task, _retrieval(mine, encode_images, encode_texts, batch_size, process)
+                                     encode_texts, batch_size, process, progress)
+    return task, _retrieval(mine, encode_images, encode_texts, batch_size, process, progress)
 
 
 def _classification(batches, classnames, templates, encode_images, encode_texts,
-                    batch_size, process) -> dict[str, float]:
-    classifier = build_classifier(encode_texts, classnames, templates, batch_size)
+                    batch_size, process, progress) -> dict[str, float]:
+    classifier = build_classifier(encode_texts, classnames, templates, batch_size, progress)
     ranks, predictions, labels = [], [], []
     start = time.perf_counter()
     for images, batch_labels in batches:
@@ -202,7 +203,7 @@ def _classification(batches, classnames, templates, encode_images, encode_texts,
     }
 
 
-def _retrieval(batches, encode_images, encode_texts, batch_size, process) -> dict[str, float]:
+def _retrieval(batches, encode_images, encode_texts, batch_size, process, progress) -> dict[str, float]:
     image_embeddings, captions, captions_per_image = [], [], []
     start = time.perf_counter()
     for images, batch_captions in batches:
@@ -213,7 +214,8 @@ def _retrieval(batches, encode_images, encode_texts, batch_size, process) -> dic
     no_embeddings = np.zeros((0, 0), np.float32)
     text_embeddings = np.concatenate([
         np.asarray(encode_texts(captions[i:i + batch_size]), np.float32)
-        for i in range(0, len(captions), batch_size)]) if captions else no_embeddings
+        for i in tqdm.tqdm(range(0, len(captions), batch_size), desc="captions", unit="batch",
+                           disable=not progress)]) if captions else no_embeddings
     # this process's caption embeddings per batch, to gather them in batch order
     text_embeddings = np.split(text_embeddings,
                                np.cumsum([c.sum() for c in captions_per_image])[:-1])

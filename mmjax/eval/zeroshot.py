@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import tqdm
 
 # torch.nn.functional.normalize's default eps, which clip_benchmark relies on.
 NORM_EPS = 1e-12
@@ -54,6 +55,7 @@ def build_classifier(
     classnames: Sequence[str],
     templates: Templates,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> np.ndarray:
     """Zero-shot class prototypes: the normalised mean of normalised prompt embeddings.
 
@@ -63,6 +65,7 @@ def build_classifier(
       templates: see :func:`class_prompts`.
       batch_size: most strings given to ``encode_text`` at once (prompts of several
         classes share a call).
+      progress: a progress bar over the prompts.
 
     Returns:
       ``[C, D]`` float32, unit rows (clip_benchmark returns the transpose ``[D, C]``).
@@ -75,7 +78,8 @@ def build_classifier(
     embeddings = np.concatenate(
         [
             np.asarray(encode_text(prompts[start : start + batch_size]), np.float32)
-            for start in range(0, len(prompts), batch_size)
+            for start in tqdm.tqdm(range(0, len(prompts), batch_size), desc="class prompts", unit="batch",
+                                   disable=not progress)
         ]
     )
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

@@ -19,6 +19,7 @@ import numpy as np
 from mmjax import interrupts
 from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
+from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_size_multiple, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
@@ -32,7 +33,8 @@ from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.workdir import CLIP_BPE, CONFIG_FILE, load_config, save_config, unknown_words_warning, workdir_tokenizer
+from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_config, save_config,
+                                  unknown_words_warning, workdir_tokenizer)
 
 
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
@@ -58,11 +60,23 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
     before = load_config(workdir)
     for key in RESUME_KEYS:
         old, new = _lookup(before, key), _lookup(config, key)
-        if key == "data.tokenizer":  # a resumed run reads WORKDIR/tokenizer.json, except OpenCLIP's BPE (rebuilt)
-            old, new = (value if value in (_ABSENT, CLIP_BPE) else "its saved tokenizer.json" for value in (old, new))
+        if key == "data.tokenizer" and _same_tokenizer_file(workdir, old, new):
+            continue
         if old is not _ABSENT and old != new:  # a key the run's mmjax version did not write cannot be compared
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
     return before
+
+
+def _same_tokenizer_file(workdir: str, old, new) -> bool:
+    """Whether `new`, a tokenizer.json path, names the file the run copied into `WORKDIR/tokenizer.json` from
+    `old` (another spelling of the same path, or a copy): the run goes on with the same tokenizer."""
+    if not isinstance(old, str) or not isinstance(new, str) or "" in (old, new) or CLIP_BPE in (old, new):
+        return False
+    saved = os.path.join(workdir, TOKENIZER_FILE)
+    if not (os.path.isfile(new) and os.path.isfile(saved)):
+        return False
+    given, kept = Tokenizer.load(new), Tokenizer.load(saved)  # the copy is re-serialised: compare the tokenizers
+    return (given.context_length, given.backend.to_str()) == (kept.context_length, kept.backend.to_str())
 
 
 def _changes(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict) -> list[str]:
@@ -187,6 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                 if step % config.checkpoint_every == 0 or step == end:
                     checkpoints.save(step, state, data, config_json)
         checkpoints.wait()
+        interrupts.check()  # one dropped during the last step's evaluation or checkpoint
         if end > start and jax.process_index() == 0:
             print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
     finally:
