@@ -353,8 +353,23 @@ def command_help(name: str) -> str:
     return "\n".join(lines)
 
 
+def _quiet_closed_event_loops() -> None:
+    """After a checkpoint read fails (a damaged file), TensorStore's threads that finish later call into asyncio
+    loops Orbax has closed; each raises "Event loop is closed", which Python reports as unraisable, with a
+    traceback, around the one-line error. Those reports alone are dropped; every other one is reported."""
+    reporting = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            reporting(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv: list[str] | None = None) -> None:
     interrupts.install()  # before the imports and flag parsing, which take seconds and collect garbage
+    _quiet_closed_event_loops()
     try:
         _main(sys.argv if argv is None else argv)
     except KeyboardInterrupt:  # during start-up; the command's own interrupts are reported where it runs

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -59,6 +60,16 @@ def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):
     with open(tmp_path / "named.json") as f:
         assert json.load(f)["metrics"] == results_default["metrics"]  # --benchmark synthetic is the default
     _assert_exported_workdir_matches_transformers(workdir, str(tmp_path / "hf"))
+
+    # The last checkpoint's array files cut short: one line, nothing after it (TensorStore threads that finish
+    # later used to print "Event loop is closed" tracebacks around it).
+    for path in pathlib.Path(workdir, "checkpoints", "6", "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:100])
+    damaged = mmjax("eval", "--model", workdir)
+    assert damaged.returncode == 2 and len(damaged.stderr.strip().splitlines()) == 1, damaged.stderr
+    assert damaged.stderr.startswith(f"mmjax: error: {os.path.abspath(workdir)}/checkpoints/6 cannot be restored (")
+    assert damaged.stderr.strip().endswith("; if it is damaged, delete it to resume from checkpoint 3")
 
 
 def _assert_exported_workdir_matches_transformers(workdir: str, out: str):
