@@ -69,6 +69,8 @@ def straight_run(tmp_path_factory):
 def test_resumed_run_on_records_ends_with_the_uninterrupted_parameters(straight_run):
     root, config, straight, _ = straight_run
     train(config, str(root / "resumed"), stop_after=3)
+    with open(root / "resumed" / "skipped-process0.txt", "a") as f:  # as if killed after logging step 4
+        f.write("4 shard-00000.array_record:99 undecodable_image\n")
     resumed = train(config, str(root / "resumed"))
     jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
     with open(root / "straight" / "metrics.jsonl") as f:
@@ -81,6 +83,11 @@ def test_resumed_run_on_records_ends_with_the_uninterrupted_parameters(straight_
     skipped_lines = (root / "straight" / "skipped-process0.txt").read_text().split("\n")[:-1]
     assert len(skipped_lines) == logged[-1]["skipped/undecodable_image"] >= 6
     assert all(line.endswith(" undecodable_image") for line in skipped_lines)
+    # The resumed run's log names the same skips once each: those of checkpointed batches were flushed with the
+    # checkpoint (step 3 is no log step), and lines logged after it were dropped on resume.
+    resumed_lines = (root / "resumed" / "skipped-process0.txt").read_text().split("\n")[:-1]
+    assert sorted(line.split(" ", 1)[1] for line in resumed_lines) == sorted(
+        line.split(" ", 1)[1] for line in skipped_lines)
 
 
 def test_training_stops_with_one_line_when_too_much_is_skipped(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmjax.data.records import SKIP_REASONS
+from mmjax.files import write_text_atomically
 
 
 class TooManySkippedError(ValueError):
@@ -31,6 +32,23 @@ class SkipMonitor:
         if fresh and os.path.exists(self.log_path):
             os.remove(self.log_path)
 
+    def flush(self, step: int) -> None:
+        """Append the ids skipped since the last flush, labelled `step`. The loop flushes at every log step and
+        before every checkpoint, so the log holds exactly the skips of the checkpointed batches."""
+        if self.active and self.iterator.new_skipped:
+            with open(self.log_path, "a") as f:
+                f.writelines(f"{step} {line}\n" for line in self.iterator.new_skipped)
+            self.iterator.new_skipped.clear()
+
+    def resume_at(self, step: int) -> None:
+        """Drop the log lines of steps after `step`, the checkpoint a run resumes from: the resumed run skips
+        those samples again and logs them once more."""
+        if not os.path.exists(self.log_path):
+            return
+        with open(self.log_path) as f:
+            kept = [line for line in f if line.split(" ", 1)[0].isdigit() and int(line.split(" ", 1)[0]) <= step]
+        write_text_atomically(self.log_path, "".join(kept))
+
     def _totals(self) -> tuple[np.ndarray, np.ndarray]:
         """(skips by reason `[R]`, good examples by source `[K]`), summed over processes."""
         local = np.concatenate([self.iterator.skip_counts, self.iterator.examples_per_source])
@@ -43,10 +61,7 @@ class SkipMonitor:
         since the run began) and, for a mixture, `source_fraction/<k>`. Raises `TooManySkippedError`."""
         if not self.active:
             return {}
-        if self.iterator.new_skipped:
-            with open(self.log_path, "a") as f:
-                f.writelines(f"{step} {line}\n" for line in self.iterator.new_skipped)
-            self.iterator.new_skipped.clear()
+        self.flush(step)
         skipped, examples = self._totals()
         read = int(skipped.sum() + examples.sum())
         fraction = float(skipped.sum()) / max(read, 1)

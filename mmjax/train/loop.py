@@ -137,6 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     if resuming:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
+        skips.resume_at(int(state.step))
     else:
         state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
     step_fn = jit_train_step(
@@ -199,6 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                     writer.write_eval(step, results)
                     last_time += results["eval_s"]  # step times leave the evaluation out
                 if step % config.checkpoint_every == 0 or step == end:
+                    skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
                     checkpoints.save(step, state, data, config_json)
         checkpoints.wait()
         interrupts.check()  # one dropped during the last step's evaluation or checkpoint
