@@ -226,6 +226,18 @@ def test_unknown_fraction_counts_unknown_words_among_the_words_only():
     assert other(["hello world"]).tolist() == [[2, 3, 1, 4, 0, 0]]
     assert other.unknown_fraction(other(["hello world", "hello hello"])) == pytest.approx(1 / 4)
 
+    # transformers' CLIP files make end-of-text the unknown token as well: its positions are no unknown words
+    clip_like = tokenizers.Tokenizer(models.WordLevel({"[PAD]": 0, "[CLS]": 1, "hello": 2, "[SEP]": 3},
+                                                      unk_token="[SEP]"))
+    clip_like.add_special_tokens(["[PAD]", "[CLS]", "[SEP]"])
+    clip_like.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    clip_like.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                             special_tokens=[("[CLS]", 1), ("[SEP]", 3)])
+    clip_like.enable_padding(pad_id=3, pad_token="[SEP]", length=6)
+    shared = Tokenizer(clip_like, eot_token="[SEP]")
+    assert shared.unk_id == shared.eot_id == shared.pad_id == 3
+    assert shared.unknown_fraction(shared(["hello hello", "hello"])) == 0  # was 7/10: every end and pad
+
 
 # --- pipelines -----------------------------------------------------------------------------
 

@@ -233,6 +233,12 @@ def test_mixture_proportions_hold_within_sampling_error(tmp_path):
     assert abs(from_a - weights[0] * n) <= 4 * math.sqrt(n * weights[0] * weights[1])
     assert iterator.examples_per_source.tolist() == [from_a, n - from_a]
     assert set(indices[indices < 1000]) == set(range(30)) and set(indices[indices >= 1000]) == set(range(1000, 1020))
+    clean_dir(tmp_path / "c", 10, offset=2000)  # a resume that adds a source: one line, not a numpy broadcast error
+    three = iter(records_train_dataset([RecordSource(str(tmp_path / d)) for d in "abc"], (0.5, 0.3, 0.2), 0, 50,
+                                       DecodeOptions(8, augment=False), TOKENIZER, process_index=0, process_count=1))
+    with pytest.raises(ValueError, match=r"^the checkpoint's data stream mixes 2 source\(s\), this config's "
+                                         r"data.sources 3: resume with the same sources"):
+        three.set_state(iterator.get_state())
 
 
 def test_caption_sampling_picks_each_valid_caption(tmp_path):

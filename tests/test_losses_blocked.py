@@ -220,3 +220,13 @@ def test_ring_backward_does_not_keep_the_forward_text_blocks():
     program = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(emb, emb, scalar).compile().as_text()
     assert "f32[5,16]" in program
     assert "f32[7,5,16]" not in program
+
+
+@pytest.mark.parametrize("loss", [sharded_clip_loss, sharded_sigmoid_loss])
+def test_a_batch_axis_the_mesh_lacks_is_one_line_naming_it(loss):
+    mesh = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8])
+    emb = jnp.eye(8, dtype=jnp.float32)
+    scalars = (jnp.float32(1.0),) if loss is sharded_clip_loss else (jnp.float32(1.0), jnp.float32(0.0))
+    with pytest.raises(ValueError, match=r"^batch_axes \('data', 'fsdp'\) name 'fsdp', which is not an axis of the "
+                                         r"mesh \{'data': 8\}$"):
+        loss(emb, emb, *scalars, mesh=mesh)

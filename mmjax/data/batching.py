@@ -161,6 +161,10 @@ class _CountSkipsIterator(grain.DatasetIterator):
                 "examples_per_source": self.examples_per_source.tolist()}
 
     def set_state(self, state: dict) -> None:
+        if len(state["examples_per_source"]) != len(self.examples_per_source):
+            raise ValueError(f"the checkpoint's data stream mixes {len(state['examples_per_source'])} source(s), "
+                             f"this config's data.sources {len(self.examples_per_source)}: resume with the same "
+                             f"sources, or start a new workdir")
         self._parent.set_state(state["parent"])
         self.skip_counts = np.array(state["skip_counts"], np.int64)
         self.examples_per_source = np.array(state["examples_per_source"], np.int64)

@@ -76,10 +76,12 @@ class Tokenizer:
         """The fraction of the word tokens in `ids` `[N, L]` that are the unknown token (0 for a vocabulary
         without one). Word tokens are all but the special ones (start and end of text, padding)."""
         ids = np.asarray(ids)
-        if self.unk_id is None:
-            return 0.0
         special = {i for i, token in self.backend.get_added_tokens_decoder().items() if token.special}
         special |= {self.pad_id, self.eot_id, self.backend.token_to_id(SOT)}
+        # transformers' CLIP files name <|endoftext|> as the unknown token too: a byte-level BPE spells every word,
+        # and its end-of-text and padding positions are not unknown words
+        if self.unk_id is None or self.unk_id in (self.pad_id, self.eot_id):
+            return 0.0
         words = ~np.isin(ids, [i for i in special if i is not None and i != self.unk_id])
         return float((ids[words] == self.unk_id).mean()) if words.any() else 0.0
 

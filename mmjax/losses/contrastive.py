@@ -62,8 +62,14 @@ def _block_size(block_size: int | None) -> int:
     return int(block_size)
 
 
-def _axis_tuple(batch_axes: str | Sequence[str]) -> tuple[str, ...]:
-    return (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+def _axis_tuple(batch_axes: str | Sequence[str], mesh: Mesh) -> tuple[str, ...]:
+    """`batch_axes` as a tuple; a one-line ValueError when the mesh lacks one of them."""
+    axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+    missing = [axis for axis in axes if axis not in mesh.shape]
+    if missing:
+        raise ValueError(f"batch_axes {axes} name {missing[0]!r}, which is not an axis of the mesh "
+                         f"{dict(mesh.shape)}")
+    return axes
 
 
 def clip_loss(
@@ -166,7 +172,7 @@ def sharded_clip_loss(
     Returns:
       float32 scalar, replicated.
     """
-    batch_axes = _axis_tuple(batch_axes)
+    batch_axes = _axis_tuple(batch_axes, mesh)
     block_size = _block_size(block_size)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
 
@@ -228,7 +234,7 @@ def sharded_sigmoid_loss(
     Returns:
       float32 scalar, replicated.
     """
-    batch_axes = _axis_tuple(batch_axes)
+    batch_axes = _axis_tuple(batch_axes, mesh)
     block_size = _block_size(block_size)
     num_devices = 1
     for axis in batch_axes:

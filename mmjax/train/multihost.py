@@ -10,7 +10,8 @@ through a coordinator. Settings come from, in order:
    Kubernetes): `jax.distributed.initialize()` with no arguments.
 
 With none of these, training runs in one process. `config.distributed.initialize` is `"auto"`
-(the rules above), `"off"` (never) or `"on"` (always call it; JAX fills in what is missing).
+(the rules above), `"off"` (never) or `"on"` (always call it: with the settings when some are given, which
+must then be all three, or with none, for JAX to detect the cluster).
 On GPU and CPU (gloo collectives) give the coordinator explicitly; on a TPU slice nothing is needed.
 """
 
