@@ -144,6 +144,7 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, resumed.opt_state, straight.opt_state)
     for name in ["config.json", "tokenizer.json", "metrics.jsonl", "tensorboard"]:
         assert os.path.exists(tmp_path / "resumed" / name), name
+    assert not os.path.exists(tmp_path / "resumed" / "eval_metrics.jsonl")  # no benchmark, no (empty) file
     assert _logged_steps(tmp_path / "resumed") == [2, 3, 4, 6]
 
 

@@ -42,7 +42,7 @@ def _drop_records_after(path: str, step: int) -> None:
 
 class MetricsWriter:
     """Writes `WORKDIR/metrics.jsonl` (training), `WORKDIR/eval_metrics.jsonl` (evaluations during
-    training; NaN, e.g. `acc5` with fewer than 5 classes, as null) and `WORKDIR/tensorboard/`
+    training, made at the first one; NaN, e.g. `acc5` with fewer than 5 classes, as null) and `WORKDIR/tensorboard/`
     (`train/<name>`, `eval/<benchmark>/<metric>` but for the constant `chance_*` and `num_*`, `eval/eval_s`);
     only process 0 writes.
 
@@ -54,9 +54,10 @@ class MetricsWriter:
         self.active = jax.process_index() == 0
         self.progress = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                                   disable=not (self.active and sys.stderr.isatty()))
+        self.eval_path, self.eval_jsonl = os.path.join(workdir, "eval_metrics.jsonl"), None  # opened at the first eval
         if self.active:
-            self.jsonl, self.eval_jsonl = (_open_records(os.path.join(workdir, name), initial_step)
-                                           for name in ("metrics.jsonl", "eval_metrics.jsonl"))
+            self.jsonl = _open_records(os.path.join(workdir, "metrics.jsonl"), initial_step)
+            _drop_records_after(self.eval_path, initial_step)
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_step + 1)
 
     def advance(self, steps: int) -> None:
@@ -79,6 +80,8 @@ class MetricsWriter:
         """Records `metrics` (`"<benchmark>/<metric>"` names) of the evaluation after step `step`."""
         if not self.active:
             return
+        if self.eval_jsonl is None:
+            self.eval_jsonl = open(self.eval_path, "a")
         self.eval_jsonl.write(json.dumps(finite_or_none({"step": step, **metrics}), allow_nan=False) + "\n")
         self.eval_jsonl.flush()
         for name, value in metrics.items():
@@ -93,7 +96,8 @@ class MetricsWriter:
         self.progress.close()
         if self.active:
             self.jsonl.close()
-            self.eval_jsonl.close()
+            if self.eval_jsonl is not None:
+                self.eval_jsonl.close()
             self.tensorboard.close()
 
 
