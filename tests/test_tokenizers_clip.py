@@ -18,7 +18,7 @@ BASE = ["a photo of a cat", "A Photo Of A CAT", "  leading and trailing  ", "tab
         "&amp; &lt;b&gt; &quot;quoted&quot; &#39;single&#39;", "&amp;amp; double", "<b>html</b> <br/>",
         "punctuation!!! ??? ... --- ;;; :: (brackets) [square] {curly}", "ﬁ ligature and ½ fraction",
         "mojibake: cafÃ©", "non\u00a0breaking\u2003spaces\u200bzero width", "a" * 300, "word " * 100,
-        "", " ", "<|endoftext|> in text", "UPPER lower MiXeD", "don't stop", "C++ & C# & F#",
+        "", " ", "<|endoftext|> in text", "x <|ENDOFTEXT|> y", "UPPER lower MiXeD", "don't stop", "C++ & C# & F#",
         "$100 €50 £20 ¥1000", "100% of 50° at 3×4", "a—b–c", "“smart quotes” ‘single’", "x\u0301 combining"]
 
 

@@ -43,12 +43,15 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def _backend(vocab: dict[str, int], merges: list[tuple[str, str]], sot: str, eot: str,
-             unk: str | None) -> tokenizers.Tokenizer:
+             unk: str | None, gpt2_split: bool = False) -> tokenizers.Tokenizer:
+    """`gpt2_split`: also split each piece with GPT-2's pattern, as transformers' CLIP tokenizer does; it
+    differs from OpenCLIP's only on a special token typed in capitals (`<|ENDOFTEXT|>`, lower-cased into the
+    token's text: transformers then splits `<|`, `endoftext`, `|>`)."""
     backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                                               end_of_word_suffix="</w>", fuse_unk=False, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(f"{_escape(sot)}|{_escape(eot)}|{_WORDS}"), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=gpt2_split),
     ])
     backend.add_special_tokens([sot, eot])
     backend.post_processor = processors.TemplateProcessing(
@@ -89,7 +92,7 @@ class ClipBpeTokenizer(Tokenizer):
         with open(merges_path, encoding="utf-8") as f:
             lines = f.read().split("\n")
         merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
-        backend = _backend(vocab, merges, HF_SOT, HF_EOT, HF_EOT)
+        backend = _backend(vocab, merges, HF_SOT, HF_EOT, HF_EOT, gpt2_split=True)
         backend.normalizer = normalizers.Sequence(
             [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
         if pad_token not in vocab:
