@@ -11,9 +11,9 @@ import pytest
 from fake_coco import write_fake_coco_captions
 from PIL import Image
 
+from mmjax.data.tar_samples import read_tar_samples
 from mmjax.data.transforms import resize_center_crop
 from mmjax.eval import benchmarks, sources
-from mmjax.eval.sources import wds_source
 from mmjax.eval.zeroshot import (
     build_classifier,
     classify,
@@ -339,7 +339,7 @@ def test_wds_index_matches_streamed_samples(tmp_path):
     write_classification(tmp_path, LABELS)
     index = sources.wds_index(str(tmp_path))
     streamed = [(shard, key, sample) for shard in sources.wds_shards(str(tmp_path))
-                for key, sample in wds_source._shard_samples(shard)]
+                for key, sample in read_tar_samples(shard)]
     assert [(e.shard, e.key) for e in index] == [(s, k) for s, k, _ in streamed]
     for entry, (_, _, sample) in zip(index, streamed):
         with open(entry.shard, "rb") as f:

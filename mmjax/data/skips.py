@@ -46,7 +46,7 @@ class SkipMonitor:
         if not os.path.exists(self.log_path):
             return
         with open(self.log_path) as f:
-            kept = [line for line in f if line.split(" ", 1)[0].isdigit() and int(line.split(" ", 1)[0]) <= step]
+            kept = [line for line in f if (logged := line.split(" ", 1)[0]).isdigit() and int(logged) <= step]
         write_text_atomically(self.log_path, "".join(kept))
 
     def _totals(self) -> tuple[np.ndarray, np.ndarray]:

@@ -49,19 +49,10 @@ def wds_templates(directory: str) -> list[str]:
     return _read_lines(path)
 
 
-def _shard_samples(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for the consecutive samples of one tar shard; a damaged shard is a
-    one-line ValueError (a benchmark missing samples would give other numbers)."""
-    try:
-        yield from read_tar_samples(shard)
-    except TruncatedTarError as error:
-        raise ValueError(str(error)) from None
-
-
 def wds_task(directory: str) -> str:
     """:data:`CLASSIFICATION` (samples hold ``.cls``) or :data:`RETRIEVAL` (``.txt``)."""
     shard = wds_shards(directory)[0]
-    for _, sample in _shard_samples(shard):
+    for _, sample in read_tar_samples(shard):
         if "cls" in sample:
             return CLASSIFICATION
         if "txt" in sample:
@@ -128,7 +119,7 @@ def wds_examples(
     count = 0
     for shard in wds_shards(directory):
         empty = True
-        for key, sample in _shard_samples(shard):
+        for key, sample in read_tar_samples(shard):
             empty = False
             if max_examples is not None and count >= max_examples:
                 return
