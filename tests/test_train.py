@@ -312,13 +312,16 @@ def test_a_ctrl_c_whose_exception_python_dropped_is_raised_at_the_next_check(wat
                 gc.collect()  # the KeyboardInterrupt is raised inside the callback, and dropped
         finally:
             gc.callbacks.remove(raise_signal_in_gc)
-        assert len(reported) == (0 if watching else 1)
+        # (other reports may arrive meanwhile: Orbax threads of an earlier test in this process finishing late)
+        interrupt_reports = [r for r in reported if isinstance(r.exc_value, KeyboardInterrupt)]
+        assert len(interrupt_reports) == (0 if watching else 1)
         with pytest.raises(KeyboardInterrupt):
             interrupts.check()
         interrupts.check()  # once only
     finally:
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = previous_hook
+        interrupts._dropped.clear()  # even when an assertion failed: no later test in this process may see it
 
 
 def test_the_saved_config_is_never_seen_half_written(tmp_path, monkeypatch):
