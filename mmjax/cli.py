@@ -2,7 +2,7 @@
 
     mmjax train --config configs/clip_tiny.py --workdir runs/demo [--config.batch_size=128 …]
     mmjax eval  --model runs/demo [--output runs/demo/eval.json] [--figure runs/demo/demo.png]
-    mmjax eval  --model runs/demo --benchmark cifar10 [--data-dir DIR] | --benchmark wds:DIR
+    mmjax eval  --model runs/demo --benchmark cifar10 [--data_dir DIR] | --benchmark wds:DIR
     mmjax models
     mmjax embed    --model runs/demo (--images DIR | --texts FILE) --out index.safetensors
     mmjax search   --index index.safetensors (--text "a red circle" | --image q.png) -k 10 [--sheet hits.png]
@@ -349,7 +349,7 @@ def command_help(name: str) -> str:
             default = "" if flag.default is None else f" (default: {flag.default})"
             lines.append(f"  --{flag.name}: {flag.help}{default}")
     if len(lines) > 1:
-        lines.insert(1, "\nflags:")
+        lines.insert(1, "\nflags (each may also be spelt with dashes: --data-dir = --data_dir):")
     return "\n".join(lines)
 
 

@@ -137,6 +137,9 @@ def test_help_lists_every_command_and_each_command_its_flags():
     data_help = mmjax("data", "--help")
     assert data_help.returncode == 0 and "mmjax data filter DIR" in data_help.stdout
     assert "  --top_fraction: filter: keep this best fraction of the pairs." in data_help.stdout
+    assert "spelt with dashes" in data_help.stdout
+    # A dashed spelling is the same flag: parsing gets past it to the missing --model.
+    _assert_one_line_error(mmjax("eval", "--max-examples", "5"), "mmjax: error: --model is required (see --help)")
     bench_help = mmjax("bench", "-h")
     assert bench_help.returncode == 0 and "  --threads: CPU threads" in bench_help.stdout
     _assert_one_line_error(mmjax("fit"), "mmjax: error: unknown command 'fit'; the commands are train, eval")

@@ -383,7 +383,7 @@ def test_pickle_weights_are_refused_unless_allowed(hf_dir, tmp_path):
     state = transformers.CLIPModel.from_pretrained(hf_dir).state_dict()
     os.remove(os.path.join(path, "model.safetensors"))
     torch.save(state, os.path.join(path, "pytorch_model.bin"))
-    with pytest.raises(ValueError, match="--allow-pickle") as error:
+    with pytest.raises(ValueError, match="--allow_pickle") as error:
         load_pretrained(path)
     assert "\n" not in str(error.value) and "weights_only=True" in str(error.value)
     allowed = load_pretrained(path, allow_pickle=True)
@@ -437,5 +437,5 @@ def test_cli_convert_open_clip_to_hf_and_refuses_pickles(open_clip_dirs, tmp_pat
     os.rename(os.path.join(pickled, "open_clip_model.safetensors"), os.path.join(pickled, "open_clip_pytorch_model.bin"))
     refused = _mmjax("convert", pickled, "--to", "open_clip", "--out", str(tmp_path / "x"))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert refused.stderr.startswith("mmjax: error: ") and "--allow-pickle" in refused.stderr
+    assert refused.stderr.startswith("mmjax: error: ") and "--allow_pickle" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1

@@ -1,7 +1,7 @@
 """`mmjax convert`: load any supported checkpoint and write it as a Hugging Face or OpenCLIP directory.
 
-    mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] [--allow-pickle]
-                  [--image-size N]
+    mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] [--allow_pickle]
+                  [--image_size N]
 
 SOURCE: hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL (with --weights FILE),
 a big_vision .npz, or an mmjax training workdir. `--to hf` writes a transformers `CLIPModel`
@@ -45,7 +45,7 @@ def exporter(pretrained, target: str):
 def run(argv: list[str]) -> None:
     if len(argv) != 2 or not flags.FLAGS.to or not flags.FLAGS.out:
         raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] "
-                         "[--allow-pickle]")
+                         "[--allow_pickle]")
     from mmjax.convert.checks import flatten
     from mmjax.pretrained import load_pretrained
 

@@ -1,7 +1,7 @@
 """Safe reading and writing of weight files: safetensors and `.npz`; pickles only when asked for.
 
 A pickle can run arbitrary code when it is loaded, so `.bin` / `.pt` / `.pth` / `.ckpt`
-files are refused unless the caller passes `allow_pickle=True` (`--allow-pickle`), and
+files are refused unless the caller passes `allow_pickle=True` (`--allow_pickle`), and
 even then they are read with `torch.load(weights_only=True)`.
 """
 
@@ -90,10 +90,10 @@ def read_tensors(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarr
     if path.endswith(PICKLE_SUFFIXES):
         if not allow_pickle:
             raise ValueError(f"{path} is a pickle-based checkpoint, which can run code when loaded; pass "
-                             "--allow-pickle (allow_pickle=True) to read it with torch.load(weights_only=True), "
+                             "--allow_pickle (allow_pickle=True) to read it with torch.load(weights_only=True), "
                              "or convert it to safetensors")
         return _read_pickle(path)
-    raise ValueError(f"{path}: unknown weights format (expected .safetensors, .npz, or with --allow-pickle "
+    raise ValueError(f"{path}: unknown weights format (expected .safetensors, .npz, or with --allow_pickle "
                      f"{', '.join(PICKLE_SUFFIXES)})")
 
 

@@ -10,7 +10,7 @@ process runs every benchmark and gets the same metrics
 (:func:`~mmjax.eval.benchmarks.run_benchmark` divides the embedding between processes).
 
 Benchmark images are decoded in `config.eval.num_workers` grain processes (0: in this process,
-as `mmjax eval --num-workers` by default).
+as `mmjax eval --num_workers` by default).
 In a single-process run, a benchmark that fails on bad data or a vanished file during training
 is reported in one line and skipped at that step; training goes on. With several processes the
 error stops the run instead: a failure on one host only (a file missing from its disk) would
