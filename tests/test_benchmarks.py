@@ -407,6 +407,38 @@ def test_tfds_mock_data_workers_same_metrics(tmp_path):
         assert metrics2[key] == metrics0[key], key
 
 
+class RecordingSource(list):
+    """A TFDS-like random-access source that records which examples were read."""
+
+    def __init__(self, examples):
+        super().__init__(examples)
+        self.read = set()
+
+    def __getitem__(self, index):
+        self.read.add(index)
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_each_process_reads_only_its_batches(num_workers):
+    rng = np.random.default_rng(0)
+    examples = [{"image": rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), "label": i % 3} for i in range(11)]
+    benchmark = sources.TFDS_BENCHMARKS["cifar10"]
+    want = [(np.stack([resize_center_crop(Image.fromarray(e["image"]), 4) for e in examples[i:i + 3]]),
+             [e["label"] for e in examples[i:i + 3]]) for i in range(0, 11, 3)]  # batches 0-3, the last of 2
+    for process_index in (0, 1):
+        source = RecordingSource(examples)
+        got = list(sources.tfds_batches(source, benchmark, 4, 3, num_workers=num_workers,
+                                        process=(process_index, 2)))
+        mine = want[process_index::2]
+        assert len(got) == len(mine) == 2
+        for (images, labels), (want_images, want_labels) in zip(got, mine):
+            np.testing.assert_array_equal(images, want_images)
+            assert labels.tolist() == want_labels
+        if num_workers == 0:  # a worker process reads its own copy of the source
+            assert source.read == {i for b in range(process_index, 4, 2) for i in range(3 * b, min(3 * b + 3, 11))}
+
+
 def test_empty_shard_with_workers(tmp_path):
     """Found by the index pass, in this process, before any worker starts."""
     name = write_classification(tmp_path, [[0, 1], []])

@@ -13,7 +13,6 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
-import pytest
 from PIL import Image
 from test_benchmarks import write_shard
 
@@ -63,20 +62,33 @@ def write_benchmarks(root) -> list[str]:
     write_shard(retrieval / "test" / "0.tar",
                 [(f"k{i}", {"png": png(rng), "txt": "\n".join(c).encode()})
                  for i, c in enumerate(captions)])
-    return [f"wds:{classification}", f"wds:{retrieval}"]
+    # Bad data in batch 1 alone (process 1's): process 0 never reads it, and must fail with process 1.
+    broken = root / "broken"
+    (broken / "test").mkdir(parents=True)
+    write_shard(broken / "test" / "0.tar", [(f"b{i}", {"png": b"not an image" if i == 4 else png(rng),
+                                                      "cls": b"0"}) for i in range(7)])
+    (broken / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
+    (broken / "zeroshot_classification_templates.txt").write_text("a {c} thing\n")
+    return [f"wds:{classification}", f"wds:{retrieval}", f"wds:{broken}"]
 
 
 def evaluate(benchmarks: list[str], devices) -> dict[str, dict[str, float]]:
-    """Metrics of a random-init clip-test model on each benchmark, embedding on ``devices``."""
+    """Metrics of a random-init clip-test model on each benchmark, embedding on ``devices``; for a benchmark
+    that fails, ``{"error": its message}``."""
     config = models.get_config("clip-test")
     model = models.TwoTower(config)
     images, tokens = models.example_inputs(config)
     params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
     encoder = Encoder(model, params, Tokenizer.for_synthetic(config.text.context_length),
                       (0.5,) * 3, (0.5,) * 3, batch_size=4, mesh=make_mesh(data=-1, devices=devices))
-    return {name: run_benchmark(name, encoder.encode_images, encoder.encode_texts,
-                                image_size=config.vision.image_size, batch_size=BATCH_SIZE)[1]
-            for name in benchmarks}
+    results = {}
+    for name in benchmarks:
+        try:
+            results[name] = run_benchmark(name, encoder.encode_images, encoder.encode_texts,
+                                          image_size=config.vision.image_size, batch_size=BATCH_SIZE)[1]
+        except ValueError as error:
+            results[name] = {"error": str(error)}
+    return results
 
 
 def free_port() -> int:
@@ -91,7 +103,6 @@ def test_gather_batches_single_process_is_identity():
     assert all(a is b for a, b in zip(gather_batches(batches, 0, 1, np.zeros(0)), batches))
 
 
-@pytest.mark.slow
 def run_two_workers(script, *args: str) -> list:
     """Run `python SCRIPT PORT PROCESS_ID TESTS_DIR *args` as processes 0 and 1 of a CPU `jax.distributed`
     job; each must print one JSON value on its last stdout line. Returns the two values."""
@@ -124,9 +135,13 @@ def test_two_processes_give_single_process_metrics(tmp_path):
     want = evaluate(names, jax.devices()[:1])
     assert want[names[0]]["num_images"] == 11 and want[names[1]]["num_texts"] == 13
     assert 0 < want[names[0]]["acc1"] < 1
+    error = want[names[2]]["error"]
+    assert "cannot decode image b4.png" in error
+    # process 1 read the bad sample and says so; process 0, which did not, names process 1
+    assert [got[names[2]] for got in outputs] == [{"error": f"process 1: {error}"}, {"error": error}]
     for got in outputs:
         assert got.keys() == want.keys()
-        for name in names:
+        for name in names[:2]:
             assert got[name].keys() == want[name].keys()
             for key, value in want[name].items():
                 if key != "images_per_s":

@@ -24,8 +24,9 @@ the caller's encoders, which should use that process's devices only, as
 :class:`~mmjax.inference.Encoder` does by default), the per-example results (true-class ranks,
 predictions and labels; image and caption embeddings) are gathered to every process in batch
 order (:mod:`mmjax.parallel.distributed`), and every process returns the metrics one process
-would. Every process still reads the whole stream and decodes it (the sources have no
-per-process split yet); only the embedding is divided.
+would. Each process reads and decodes only its own batches. Bad data fails every process together: a
+process that meets it raises its own error, the others a ``ValueError`` naming that process and error
+(``raise_if_any_failed``), instead of waiting for it in the next collective.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ from mmjax.eval.zeroshot import (
 from mmjax.parallel.distributed import (
     default_process,
     gather_batches,
-    owns_batch,
     process_max,
+    raise_if_any_failed,
 )
 
 ImageEncoder = Callable[[np.ndarray], np.ndarray]  # uint8 [N, S, S, 3] -> [N, D]
@@ -79,9 +80,10 @@ def benchmark_names() -> list[str]:
 
 
 def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, image_size: int,
-          batch_size: int, num_workers: int
+          batch_size: int, num_workers: int, process: tuple[int, int] = (0, 1)
           ) -> tuple[str, Iterator[tuple[np.ndarray, Any]], list[str] | None, list[str] | None]:
-    """``(task, batches, classnames, templates)`` of a benchmark (names None for retrieval)."""
+    """``(task, batches, classnames, templates)`` of a benchmark (names None for retrieval); the batches
+    are process ``process[0]``'s of ``process[1]``."""
     if name_or_path.startswith(WDS_PREFIX):
         directory = name_or_path[len(WDS_PREFIX):]
         task = sources.wds_task(directory)
@@ -91,7 +93,7 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, ima
             templates = sources.wds_templates(directory)
         batches = sources.wds_batches(directory, task, image_size, batch_size,
                                       len(classnames) if classnames else None, max_examples,
-                                      num_workers)
+                                      num_workers, process)
         return task, batches, classnames, templates
     if name_or_path not in sources.TFDS_BENCHMARKS:
         # "synthetic" is a name for the CLI and config.eval.benchmarks, which run it themselves
@@ -110,7 +112,7 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, ima
             raise ValueError(f"{benchmark.tfds_name} has {declared} classes but the shipped "
                              f"class names for {benchmark.classnames} are {len(classnames)}")
     batches = sources.tfds_batches(source, benchmark, image_size, batch_size, max_examples,
-                                   num_workers)
+                                   num_workers, process)
     return benchmark.task, batches, classnames, templates
 
 
@@ -165,14 +167,26 @@ def run_benchmark(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     process = default_process(process_index, process_count)
     task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
-                                                 image_size, batch_size, num_workers)
+                                                 image_size, batch_size, num_workers, process)
     progress = progress and process[0] == 0  # one process's bars speak for all
-    mine = tqdm.tqdm((batch for i, batch in enumerate(batches) if owns_batch(i, *process)), unit="batch",
-                     desc=name_or_path, disable=not progress)
+    mine = tqdm.tqdm(batches, unit="batch", desc=name_or_path, disable=not progress)
     if task == sources.CLASSIFICATION:
         return task, _classification(mine, classnames, templates, encode_images,
                                      encode_texts, batch_size, process, progress)
     return task, _retrieval(mine, encode_images, encode_texts, batch_size, process, progress)
+
+
+def _for_each_batch(batches: Iterator[tuple[np.ndarray, Any]], add: Callable[[np.ndarray, Any], None],
+                    process_count: int) -> None:
+    """``add(images, targets)`` for each of this process's batches; bad data (``ValueError``, ``OSError``)
+    fails every process together (:func:`~mmjax.parallel.distributed.raise_if_any_failed`)."""
+    error = None
+    try:
+        for images, targets in batches:
+            add(images, targets)
+    except (ValueError, OSError) as bad_data:
+        error = bad_data
+    raise_if_any_failed(error, process_count)
 
 
 def _classification(batches, classnames, templates, encode_images, encode_texts,
@@ -180,11 +194,14 @@ def _classification(batches, classnames, templates, encode_images, encode_texts,
     classifier = build_classifier(encode_texts, classnames, templates, batch_size, progress)
     ranks, predictions, labels = [], [], []
     start = time.perf_counter()
-    for images, batch_labels in batches:
+
+    def add(images: np.ndarray, batch_labels: np.ndarray) -> None:
         logits = classify(np.asarray(encode_images(images), np.float32), classifier)
         ranks.append(label_rank(logits, batch_labels))
         predictions.append(logits.argmax(axis=1))
         labels.append(np.asarray(batch_labels))
+
+    _for_each_batch(batches, add, process[1])
     seconds = process_max(time.perf_counter() - start, process[1])
     empty = np.zeros(0, np.int32)
     ranks, predictions, labels = (gather_batches(x, *process, empty)
@@ -206,10 +223,13 @@ def _classification(batches, classnames, templates, encode_images, encode_texts,
 def _retrieval(batches, encode_images, encode_texts, batch_size, process, progress) -> dict[str, float]:
     image_embeddings, captions, captions_per_image = [], [], []
     start = time.perf_counter()
-    for images, batch_captions in batches:
+
+    def add(images: np.ndarray, batch_captions: list[list[str]]) -> None:
         image_embeddings.append(np.asarray(encode_images(images), np.float32))
         captions_per_image.append(np.asarray([len(c) for c in batch_captions], np.int32))
         captions.extend(caption for image_captions in batch_captions for caption in image_captions)
+
+    _for_each_batch(batches, add, process[1])
     seconds = process_max(time.perf_counter() - start, process[1])
     no_embeddings = np.zeros((0, 0), np.float32)
     text_embeddings = np.concatenate([

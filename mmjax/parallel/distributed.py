@@ -37,11 +37,6 @@ def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> Non
     barrier(key=f"mmjax/{name}/{next(_barrier_numbers)}", timeout_ms=timeout_s * 1000)
 
 
-def owns_batch(index: int, process_index: int, process_count: int) -> bool:
-    """Whether batch ``index`` of a stream is this process's (round robin)."""
-    return index % process_count == process_index
-
-
 def allgather_rows(rows: np.ndarray, process_count: int) -> list[np.ndarray]:
     """Every process's ``[n_p, ...]`` array (``n_p`` may differ), in process order.
 
@@ -77,6 +72,23 @@ def gather_batches(batches: Sequence[np.ndarray], process_index: int, process_co
     per_process = [np.split(r, np.cumsum(s)[:-1]) if len(s) else [] for r, s in zip(rows, sizes)]
     total = sum(len(s) for s in sizes)
     return [per_process[i % process_count][i // process_count] for i in range(total)]
+
+
+def raise_if_any_failed(error: Exception | None, process_count: int) -> None:
+    """Every process raises when any did: processes that read disjoint data fail together, rather than the
+    others waiting in the next collective for the one that stopped.
+
+    A failed process re-raises its own ``error``; the others raise ``ValueError`` with the message of the
+    first process that failed, prefixed by its index. Every process must call this at the same point.
+    """
+    report = b"ok" if error is None else b"!" + (str(error) or type(error).__name__).encode()
+    reports = allgather_rows(np.frombuffer(report, np.uint8), process_count)
+    failures = [(p, bytes(rows[1:]).decode()) for p, rows in enumerate(reports) if rows[0] == ord("!")]
+    if error is not None:
+        raise error
+    if failures:
+        process, message = failures[0]
+        raise ValueError(f"process {process}: {message}")
 
 
 def process_max(value: float, process_count: int) -> float:

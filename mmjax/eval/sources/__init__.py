@@ -23,9 +23,11 @@ Images are decoded with PIL to RGB and prepared as OpenCLIP / clip_benchmark do
 is the encoder's business.
 
 Batches come from :func:`batches` (decoding in the calling process) or, with
-``num_workers > 0``, from :func:`tfds_batches` / :func:`wds_batches`: grain pipelines whose
-reading, decoding, resizing and batching run in ``num_workers`` spawned worker processes
-(``MapDataset -> map -> batch -> to_iter_dataset -> mp_prefetch``). Both are random access
+``num_workers > 0`` or several JAX processes, from :func:`tfds_batches` / :func:`wds_batches`:
+grain pipelines whose reading, decoding, resizing and batching run in ``num_workers`` spawned
+worker processes (``MapDataset -> map -> batch -> slice -> to_iter_dataset -> mp_prefetch``;
+in the calling process when ``num_workers`` is 0). Process ``i`` of ``n`` takes batches
+``i, i + n, ...`` and reads only their examples. Both are random access
 over the examples (a TFDS data source; for webdataset an index of every sample's member
 ``(offset, size)`` in its shard, built by one pass over the tar headers, see
 :func:`wds_index`), and ``mp_prefetch`` hands worker ``w`` the batches ``w, w + n, ...`` and

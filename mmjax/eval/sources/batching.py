@@ -38,15 +38,17 @@ def _collate(elements: Sequence[tuple[np.ndarray, Any]]) -> tuple[np.ndarray, An
     return _finish([image for image, _ in elements], [target for _, target in elements])
 
 
-def grain_batches(dataset: Any, batch_size: int, num_workers: int
+def grain_batches(dataset: Any, batch_size: int, num_workers: int, process: tuple[int, int] = (0, 1)
                    ) -> Iterator[tuple[np.ndarray, Any]]:
-    """Batches of the ``(uint8 image, target)`` grain ``MapDataset``, in order, prepared in
-    ``num_workers`` processes; their bad-data errors re-raised here as one line."""
+    """Batches ``i, i + n, …`` (``process = (i, n)``) of the ``(uint8 image, target)`` grain ``MapDataset``,
+    in order, prepared in ``num_workers`` processes (0: this one); only those batches' examples are read.
+    Their bad-data errors are re-raised here as one line."""
     import grain  # noqa: PLC0415
 
     from mmjax.data.workers import start_workers  # noqa: PLC0415
 
-    iter_dataset = dataset.batch(batch_size, drop_remainder=False, batch_fn=_collate)
+    process_index, process_count = process
+    iter_dataset = dataset.batch(batch_size, drop_remainder=False, batch_fn=_collate)[process_index::process_count]
     iter_dataset = iter_dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
     iterator = iter(start_workers(iter_dataset, num_workers))

@@ -153,10 +153,11 @@ def tfds_batches(
     batch_size: int,
     max_examples: int | None = None,
     num_workers: int = 0,
+    process: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[np.ndarray, Any]]:
     """:func:`batches` of :func:`tfds_examples`, read and prepared in grain worker processes
-    (in this process when ``num_workers`` is 0)."""
-    if num_workers == 0:
+    (in this process when ``num_workers`` is 0); with ``process = (i, n)``, only batches ``i, i + n, …``."""
+    if num_workers == 0 and process[1] == 1:
         yield from batches(tfds_examples(source, benchmark, max_examples), image_size,
                            batch_size)
         return
@@ -166,5 +167,5 @@ def tfds_batches(
     if max_examples is not None:
         dataset = dataset[:max_examples]
     yield from grain_batches(dataset.map(_TfdsPrepare(benchmark, image_size)), batch_size,
-                              num_workers)
+                              num_workers, process)
 

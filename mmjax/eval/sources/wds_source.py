@@ -215,11 +215,13 @@ def wds_batches(
     num_classes: int | None = None,
     max_examples: int | None = None,
     num_workers: int = 0,
+    process: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[np.ndarray, Any]]:
     """:func:`batches` of :func:`wds_examples`, read and prepared in grain worker processes
-    over :func:`wds_index` (in this process, streaming the shards, when ``num_workers`` is 0).
-    Same batches, same errors."""
-    if num_workers == 0:
+    over :func:`wds_index` (in this process, streaming the shards, when ``num_workers`` is 0 and
+    there is one process). Same batches, same errors. With ``process = (i, n)``, only batches
+    ``i, i + n, …``: the index locates every sample, and only those batches' samples are read."""
+    if num_workers == 0 and process[1] == 1:
         yield from batches(wds_examples(directory, task, num_classes, max_examples),
                            image_size, batch_size)
         return
@@ -228,5 +230,5 @@ def wds_batches(
     prepare = _WdsPrepare(task, image_size, num_classes,
                           os.path.join(directory, "classnames.txt"))
     dataset = grain.MapDataset.source(wds_index(directory, max_examples)).map(prepare)
-    yield from grain_batches(dataset, batch_size, num_workers)
+    yield from grain_batches(dataset, batch_size, num_workers, process)
 
