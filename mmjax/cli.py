@@ -48,7 +48,7 @@ def _define_eval_flags() -> None:
     flags.DEFINE_string("benchmark", None, "A TFDS benchmark (cifar10, imagenet2012, coco_captions, …), wds:DIR, "
                         "or synthetic (the default): the synthetic benchmark of the run's data.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-    flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.")
+    flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.", lower_bound=0)
     flags.DEFINE_integer("num_workers", 0, "grain worker processes decoding benchmark images (0: in this process).",
                          lower_bound=0)
     flags.DEFINE_string("output", None, "Results JSON (default: MODEL/eval.json, MODEL/eval_BENCHMARK.json "
@@ -143,8 +143,8 @@ def _define_embed_flags() -> None:
 
 
 def _embed(argv) -> None:
-    from mmjax.eval.images import list_images
-    from mmjax.eval.search import Index, embed_image_files, index_format, read_text_lines, save_index
+    from mmjax.eval.images import image_ids, list_images
+    from mmjax.eval.search import Index, check_ids_fit, embed_image_files, index_format, read_text_lines, save_index
 
     images, texts, out = flags.FLAGS.images, flags.FLAGS.texts, flags.FLAGS.out
     if len(argv) == 2 and not (images or texts):  # `mmjax embed --model M IMAGE_DIR|TEXT_FILE --out F`
@@ -152,14 +152,16 @@ def _embed(argv) -> None:
     elif len(argv) > 1 or bool(images) == bool(texts):
         raise ValueError("give one of --images DIR or --texts FILE (or one IMAGE_DIR | TEXT_FILE argument)")
     index_format(out)
+    paths = list_images(images) if images else None
+    ids = image_ids(paths, images) if images else read_text_lines(texts)
+    check_ids_fit(out, ids)  # before the model loads and embeds
     encoder, trained = _load_encoder(flags.FLAGS.model)
     model = os.path.abspath(flags.FLAGS.model)
     if images:
         size = trained.model.config.vision.image_size
-        embeddings, ids = embed_image_files(encoder.encode_images, list_images(images), size, root=images)
+        embeddings, ids = embed_image_files(encoder.encode_images, paths, size, root=images)
         index = Index(embeddings, ids, "image", model, os.path.abspath(images))
     else:
-        ids = read_text_lines(texts)
         index = Index(encoder.encode_texts(ids), ids, "text", model)
     save_index(out, index)
     print(f"{len(index)} {index.modality} embeddings ({index.dim}-d) -> {out}")

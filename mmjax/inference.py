@@ -65,10 +65,10 @@ class Encoder:
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
-        if images.ndim != 4 or images.shape[1:] != self.image_shape:
+        if images.ndim != 4 or images.shape[1:] != self.image_shape or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, {', '.join(map(str, self.image_shape))}], "
-                             f"got {list(images.shape)}")
-        return self._batched(self._images, images.astype(np.uint8), "images")
+                             f"got {images.dtype} {list(images.shape)}")
+        return self._batched(self._images, images, "images")
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._batched(self._texts, self.tokenizer(list(texts)), "texts")

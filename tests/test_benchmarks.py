@@ -280,6 +280,35 @@ def test_corrupt_image(tmp_path, num_workers):
     assert not getattr(excinfo.value, "__notes__", None)  # grain's note about its worker traceback dropped
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_label_that_is_not_an_integer_is_one_line_naming_the_sample(tmp_path, num_workers):
+    name = write_classification(tmp_path, [[0, 1]])
+    write_shard(tmp_path / "test" / "0001.tar", [("odd", {"png": png((255, 0, 0)), "cls": b"dog"})])
+    with pytest.raises(ValueError, match=r"0001\.tar: sample odd has a \.cls that is not an integer label: b'dog'$") \
+            as info:
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)
+    one_line(info)
+
+
+def test_a_template_with_another_placeholder_or_no_class_names_is_one_line(tmp_path):
+    name = write_classification(tmp_path / "a", [[0, 1]], templates=["a {c} thing", "a {size} {c}"])
+    with pytest.raises(ValueError, match=r"prompt template 'a \{size\} \{c\}' needs one \{c\} or \{\} placeholder") \
+            as info:
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    one_line(info)
+    name = write_classification(tmp_path / "b", [[0, 1]], classnames=[])
+    with pytest.raises(ValueError, match=r"classnames\.txt is empty \(one class name per line\)"):
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+
+
+def test_negative_max_examples_is_refused(tmp_path):
+    name = write_classification(tmp_path, [[0, 1, 2]])
+    for num_workers in (0, 1):  # the two paths read "first -1" differently: none, or all but the last
+        with pytest.raises(ValueError, match="max_examples must be >= 0, got -1"):
+            benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, max_examples=-1,
+                                     num_workers=num_workers)
+
+
 def test_classnames_count_mismatch(tmp_path):
     name = write_classification(tmp_path, [[0, 1, 5]], classnames=["red", "green"])
     with pytest.raises(ValueError, match=r"classnames\.txt has 2 class names .* label 5") as info:

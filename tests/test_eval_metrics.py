@@ -243,6 +243,11 @@ def test_blocked_top_k_order_equals_naive(lattice):
     assert blocked_top_k(queries, candidates, 50, block_size=4).shape == (len(queries), 19)
 
 
+def test_top_k_of_no_queries_is_empty():
+    candidates = np.eye(3, dtype=np.float32)
+    assert blocked_top_k(np.zeros((0, 3), np.float32), candidates, 2).shape == (0, 2)
+
+
 def test_signed_zero_scores_tie():
     # Scores -0.0 (candidate 0) and +0.0 (candidate 1) are equal: lower index first.
     candidates = np.array([[-1.0, -0.0], [1.0, 0.0]], np.float32)

@@ -217,6 +217,10 @@ def test_examples_and_figure(tmp_path, true_labels):
         assert np.array_equal(images[0], synthetic.render_image(source[index], IMAGE_SIZE))
         assert all(image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) for image in images)
 
+    # fewer retrieval images than queries: one example an image
+    assert len(text_to_image_examples(*oracle(true_labels), seed=SEED, image_size=IMAGE_SIZE, queries=5, k=2,
+                                      num_images=3)) == 3
+
     records = [{"step": step, "loss": 5 / (1 + step)} for step in range(0, 100, 10)]
     path = tmp_path / "demo.png"
     write_demo_figure(path, records + [{"step": 100, "acc1": 0.5}], examples)

@@ -63,6 +63,21 @@ def test_index_round_trip(tmp_path, extension):
     np.testing.assert_allclose(np.linalg.norm(loaded.embeddings, axis=1), 1, atol=1e-6)
 
 
+def test_ids_too_large_for_a_safetensors_header_are_one_line_before_writing(tmp_path):
+    embeddings = np.ones((1, 2), np.float32)
+    # 990 000 ids of 98 bytes in JSON: 97 MB, which safetensors (100 MB at most) writes
+    fits = Index(np.broadcast_to(embeddings, (990_000, 2)), ["x" * 94] * 990_000, "text", "m")
+    save_index(str(tmp_path / "fits.safetensors"), fits)
+    assert len(load_index(str(tmp_path / "fits.safetensors")).ids) == 990_000
+    # 1 030 000 of them: 101 MB, which safetensors refuses after the embedding ("header too large")
+    too_many = Index(np.broadcast_to(embeddings, (1_030_000, 2)), ["x" * 94] * 1_030_000, "text", "m")
+    with pytest.raises(ValueError, match=r"too\.safetensors: its 1030000 ids take 101 MB, more than a \.safetensors "
+                                         r"header holds \(100 MB\); write a \.npz index"):
+        save_index(str(tmp_path / "too.safetensors"), too_many)
+    assert sorted(os.listdir(tmp_path)) == ["fits.safetensors"]
+    save_index(str(tmp_path / "too.npz"), too_many)
+
+
 @pytest.mark.parametrize("extension", [".safetensors", ".npz"])
 def test_truncated_or_missing_index_is_one_line(tmp_path, extension):
     path = str(tmp_path / f"index{extension}")

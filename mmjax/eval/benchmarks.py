@@ -165,6 +165,8 @@ def run_benchmark(
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if max_examples is not None and max_examples < 0:
+        raise ValueError(f"max_examples must be >= 0, got {max_examples}")
     process = default_process(process_index, process_count)
     task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
                                                  image_size, batch_size, num_workers, process)

@@ -63,8 +63,11 @@ def load_images(
     images = np.zeros((len(paths), size, size, 3), np.uint8)
     for i, path in enumerate(paths):
         images[i] = load_image(path, size)
+    return images, image_ids(paths, root)
+
+
+def image_ids(paths: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
+    """The ids :func:`load_images` gives ``paths``."""
     if root is None:
-        ids = [os.fspath(p) for p in paths]
-    else:
-        ids = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
-    return images, ids
+        return [os.fspath(p) for p in paths]
+    return [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]

@@ -106,7 +106,7 @@ def blocked_top_k(
         )
         for start in range(0, len(queries), block_size)
     ]
-    return np.concatenate(top)[: len(queries)]
+    return np.concatenate(top)[: len(queries)] if top else np.zeros((0, k), np.int32)
 
 
 def retrieval_metrics(

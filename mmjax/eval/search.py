@@ -33,6 +33,7 @@ VERSION = "1"
 MODALITIES = ("image", "text")
 EXTENSIONS = (".safetensors", ".npz")
 _FIELDS = ("modality", "model", "root")
+SAFETENSORS_HEADER_LIMIT = 100_000_000  # bytes; safetensors refuses a larger header
 
 
 @dataclasses.dataclass
@@ -71,10 +72,21 @@ def index_format(path: str) -> str:
     raise ValueError(f"index file {path} must end in {' or '.join(EXTENSIONS)}")
 
 
+def check_ids_fit(path: str, ids: Sequence[str]) -> None:
+    """A one-line ValueError when ``ids`` are too large for the header of a ``.safetensors`` index ``path``."""
+    if index_format(path) != ".safetensors":
+        return
+    size = len(json.dumps(list(ids)).encode())
+    if size > SAFETENSORS_HEADER_LIMIT - 10_000:  # room for the tensor's entry and the other fields
+        raise ValueError(f"index file {path}: its {len(ids)} ids take {size / 1e6:.0f} MB, more than a .safetensors "
+                         f"header holds ({SAFETENSORS_HEADER_LIMIT / 1e6:.0f} MB); write a .npz index")
+
+
 def save_index(path: str | os.PathLike, index: Index) -> None:
     """Writes ``index`` as safetensors or npz (by ``path``'s extension), atomically."""
     path = os.fspath(path)
     extension = index_format(path)
+    check_ids_fit(path, index.ids)
     fields = {name: getattr(index, name) for name in _FIELDS}
     embeddings = np.ascontiguousarray(index.embeddings, np.float32)
     directory = os.path.dirname(os.path.abspath(path))

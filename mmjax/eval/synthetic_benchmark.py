@@ -136,12 +136,12 @@ def text_to_image_examples(
     the lower image index (`blocked_top_k`).
 
     Returns:
-      `queries` examples; each holds the caption, `k` uint8 `[image_size, image_size, 3]`
+      `min(queries, num_images)` examples; each holds the caption, `k` uint8 `[image_size, image_size, 3]`
       images (best first) and `k` bools.
     """
     source = synthetic.SyntheticSource("retrieval", seed, num_images)
     image_embeddings, _, _ = _encode_split(source, encode_images, None, image_size, batch_size)
-    captions = [source[index]["caption"] for index in range(queries)]
+    captions = [source[index]["caption"] for index in range(min(queries, len(source)))]
     text_embeddings = np.asarray(encode_texts(captions), np.float32)
     top = blocked_top_k(l2_normalize(text_embeddings), l2_normalize(image_embeddings), k)
     return [

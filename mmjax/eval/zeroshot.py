@@ -47,7 +47,14 @@ def class_prompts(classname: str, templates: Templates) -> list[str]:
     """
     if isinstance(templates, Mapping):
         return list(templates[classname])
-    return [template.format(classname, c=classname) for template in templates]
+    prompts = []
+    for template in templates:
+        try:
+            prompts.append(template.format(classname, c=classname))
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"prompt template {template!r} needs one {{c}} or {{}} placeholder and no other "
+                             f"({type(error).__name__}: {error})") from None
+    return prompts
 
 
 def build_classifier(

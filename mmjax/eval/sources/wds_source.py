@@ -20,9 +20,13 @@ from mmjax.eval.sources.batching import batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_lines(path: str, what: str) -> list[str]:
+    """The non-empty lines of ``path``; a one-line ValueError when it has none."""
     with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} is empty (one {what} per line)")
+    return lines
 
 
 def wds_shards(directory: str, split: str = "test") -> list[str]:
@@ -38,7 +42,7 @@ def wds_classnames(directory: str) -> list[str]:
     path = os.path.join(directory, "classnames.txt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (one class name per line)")
-    return _read_lines(path)
+    return _read_lines(path, "class name")
 
 
 def wds_templates(directory: str) -> list[str]:
@@ -46,7 +50,7 @@ def wds_templates(directory: str) -> list[str]:
     path = os.path.join(directory, "zeroshot_classification_templates.txt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (one prompt template per line, with {{c}})")
-    return _read_lines(path)
+    return _read_lines(path, "prompt template, with {c},")
 
 
 def wds_task(directory: str) -> str:
@@ -82,7 +86,11 @@ def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
     if task == CLASSIFICATION:
         if "cls" not in sample:
             raise ValueError(f"{shard}: sample {key} has no .cls label")
-        label = int(sample["cls"].decode("utf-8").strip())
+        try:
+            label = int(sample["cls"].decode("utf-8").strip())
+        except ValueError:
+            raise ValueError(f"{shard}: sample {key} has a .cls that is not an integer label: "
+                             f"{sample['cls'][:40]!r}") from None
         if num_classes is not None and not 0 <= label < num_classes:
             raise ValueError(
                 f"{classnames_path} has {num_classes} class "
