@@ -421,6 +421,42 @@ def test_missing_or_truncated_weights_give_one_line(hf_dir, tmp_path):
         load_pretrained(str(tmp_path / "nowhere"))
 
 
+def test_open_clip_dir_with_a_transformers_tokenizer_json_reads_open_clips_tokenizer(open_clip_dirs, bpe_merges,
+                                                                                     tmp_path):
+    """Repositories that hold both formats put transformers' tokenizer.json beside open_clip_config.json;
+    OpenCLIP passes it over (ftfy and HTML unescaping, padding with 0), so mmjax must too."""
+    path = str(tmp_path / "both")
+    shutil.copytree(open_clip_dirs[False], path)
+    _hf_tokenizer(bpe_merges).save_pretrained(path)
+    assert os.path.isfile(os.path.join(path, "tokenizer.json"))
+    texts = ["Tom &amp; Jerry", "a photo of a cat"]
+    ids_ref = open_clip.get_tokenizer("local-dir:" + path)(texts).numpy()
+    assert ids_ref[0, :5].tolist() == [49406, 2435, 261, 9164, 49407]  # "&amp;" unescaped to "&"
+    np.testing.assert_array_equal(load_pretrained(path).tokenizer(texts), ids_ref)
+
+
+def test_truncated_tokenizer_files_are_one_line_naming_them(hf_dir, open_clip_dirs, tmp_path):
+    def truncate(file):
+        with open(file, "rb") as f:
+            data = f.read()
+        with open(file, "wb") as f:
+            f.write(data[: len(data) // 2])
+
+    hf = str(tmp_path / "hf")
+    shutil.copytree(hf_dir, hf)
+    truncate(os.path.join(hf, "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"hf/tokenizer\.json is not a readable tokenizer file \(") as error:
+        load_pretrained(hf)
+    assert "\n" not in str(error.value)
+    open_clip_copy = str(tmp_path / "open_clip")
+    shutil.copytree(open_clip_dirs[False], open_clip_copy)
+    shutil.copy(open_clip.tokenizer.default_bpe(), open_clip_copy)
+    truncate(os.path.join(open_clip_copy, "bpe_simple_vocab_16e6.txt.gz"))
+    with pytest.raises(ValueError, match=r"bpe_simple_vocab_16e6\.txt\.gz is not a readable tokenizer file") as error:
+        load_pretrained(open_clip_copy)
+    assert "\n" not in str(error.value)
+
+
 def _mmjax(*args):
     return subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

@@ -27,14 +27,27 @@ def _images():
     return images
 
 
+def _images_in_other_modes():
+    """Palette, bilevel and transparent images: PIL resizes the first two nearest-neighbour and the others with
+    premultiplied alpha, so converting to RGB before or after the resize gives other pixels."""
+    rng = np.random.default_rng(2)
+    x, y = np.meshgrid(np.linspace(0, 255, 301), np.linspace(0, 255, 257))
+    gradient = Image.fromarray(np.stack([x, y, 255 - x], -1).astype(np.uint8))
+    alpha = Image.fromarray(rng.integers(0, 256, (257, 301), dtype=np.uint8))
+    rgba, la = gradient.copy(), gradient.convert("L")
+    rgba.putalpha(alpha)
+    la.putalpha(alpha)
+    return [gradient.convert("P"), gradient.convert("1"), rgba, la]
+
+
 @pytest.mark.parametrize("interpolation,mode", [("bicubic", "shortest"), ("bilinear", "shortest"),
                                                 ("bicubic", "squash")])
 def test_matches_open_clip_transform(interpolation, mode):
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
     reference = open_clip.image_transform(224, is_train=False, mean=mean, std=std, resize_mode=mode,
                                           interpolation=interpolation)
-    ours = ImagePreprocess(224, mean, std, mode=mode, interpolation=interpolation)
-    for image in _images():
+    ours = ImagePreprocess(224, mean, std, mode=mode, interpolation=interpolation, rgb_after_resize=True)
+    for image in _images() + _images_in_other_modes():
         expected = reference(image).numpy().transpose(1, 2, 0)
         np.testing.assert_allclose(ours(image), expected, atol=2e-6, err_msg=str(image.size))
 
@@ -43,7 +56,7 @@ def test_matches_transformers_pil_processor_and_uint8_arrays():
     reference = CLIPImageProcessorPil(size={"shortest_edge": 240}, crop_size={"height": 224, "width": 224})
     ours = ImagePreprocess(224, tuple(reference.image_mean), tuple(reference.image_std), resize_size=240,
                            crop_rounding="floor", alpha_on_white=True)
-    images = _images()
+    images = _images() + _images_in_other_modes()
     rgba = np.random.default_rng(1).integers(0, 256, (90, 70, 4), dtype=np.uint8)
     images.append(Image.fromarray(rgba, "RGBA"))
     for image in images:
@@ -68,3 +81,5 @@ def test_bad_inputs_name_the_problem():
         ImagePreprocess(32)(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="interpolation 'lanczos'"):
         ImagePreprocess(32, interpolation="lanczos")
+    with pytest.raises(ValueError, match="excludes rgb_after_resize"):
+        ImagePreprocess(32, alpha_on_white=True, rgb_after_resize=True)

@@ -181,7 +181,8 @@ def preprocess_from_open_clip(preprocess_cfg: dict, image_size: int, where: str)
         size = size[0]
     defaults = ImagePreprocess(size)
     return ImagePreprocess(size, tuple(preprocess_cfg.get("mean", defaults.mean)),
-                           tuple(preprocess_cfg.get("std", defaults.std)), mode=mode, interpolation=interpolation)
+                           tuple(preprocess_cfg.get("std", defaults.std)), mode=mode, interpolation=interpolation,
+                           rgb_after_resize=True)
 
 
 def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, allow_pickle: bool,
@@ -199,8 +200,10 @@ def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, a
 def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     """An OpenCLIP directory (`open_clip_config.json` + weights) → `Pretrained`.
 
-    The tokenizer: `tokenizer.json` when present (written by `export` for non-BPE tokenizers), else
-    `bpe_simple_vocab_16e6.txt.gz` in the directory or in an installed open_clip."""
+    The tokenizer: `tokenizer.json` when it is not a CLIP BPE (`export` writes one for non-BPE tokenizers;
+    a transformers CLIP tokenizer.json beside an OpenCLIP config, as in repositories that hold both formats,
+    is passed over, as OpenCLIP passes it over), else `bpe_simple_vocab_16e6.txt.gz` in the directory or the
+    copy mmjax ships."""
     config_path = os.path.join(path, CONFIG_FILE)
     spec = read_json(config_path)
     if "model_cfg" not in spec:
@@ -210,8 +213,9 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     if weights is None:
         raise FileNotFoundError(f"{path} has no OpenCLIP weights ({', '.join(WEIGHT_FILES[:3])}, …)")
     tokenizer_file = os.path.join(path, TOKENIZER_FILE)
+    own_tokenizer = os.path.isfile(tokenizer_file) and not _is_clip_bpe_json(read_json(tokenizer_file))
     return _assemble(spec["model_cfg"], spec.get("preprocess_cfg", {}), weights, config_path, allow_pickle,
-                     tokenizer_file if os.path.isfile(tokenizer_file) else None, path)
+                     tokenizer_file if own_tokenizer else None, path)
 
 
 def load_named(name: str, weights: str, *, allow_pickle: bool = False) -> Pretrained:
@@ -298,7 +302,11 @@ def params_to_open_clip(params: dict) -> dict[str, np.ndarray]:
 
 def is_clip_bpe(tokenizer) -> bool:
     """Whether `tokenizer` is a CLIP-style BPE, which OpenCLIP's `SimpleTokenizer` can read."""
-    model = json.loads(tokenizer.backend.to_str())["model"]
+    return _is_clip_bpe_json(json.loads(tokenizer.backend.to_str()))
+
+
+def _is_clip_bpe_json(tokenizer_json: dict) -> bool:
+    model = tokenizer_json.get("model") or {}
     return model.get("type") == "BPE" and model.get("end_of_word_suffix") == "</w>"
 
 

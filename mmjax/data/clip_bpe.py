@@ -22,7 +22,7 @@ import numpy as np
 import tokenizers
 from tokenizers import Regex, models, normalizers, pre_tokenizers, processors
 
-from mmjax.data.tokenizers import Tokenizer
+from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
 
 HF_SOT, HF_EOT = "<|startoftext|>", "<|endoftext|>"
 OPEN_CLIP_SOT, OPEN_CLIP_EOT = "<start_of_text>", "<end_of_text>"
@@ -77,7 +77,8 @@ class ClipBpeTokenizer(Tokenizer):
     def from_tokenizer_json(cls, path: str, context_length: int = 77, pad_token: str = HF_EOT,
                             eot_token: str = HF_EOT) -> ClipBpeTokenizer:
         """transformers flavour from a `tokenizer.json` (its own normaliser, pre-tokeniser and post-processor)."""
-        backend = tokenizers.Tokenizer.from_file(os.fspath(path))
+        with reading_tokenizer_file(path):
+            backend = tokenizers.Tokenizer.from_file(os.fspath(path))
         pad_id = backend.token_to_id(pad_token)
         if pad_id is None:
             raise ValueError(f"{path}: pad token {pad_token!r} is not in the vocabulary")
@@ -87,9 +88,9 @@ class ClipBpeTokenizer(Tokenizer):
     def from_vocab_merges(cls, vocab_path: str, merges_path: str, context_length: int = 77,
                           pad_token: str = HF_EOT) -> ClipBpeTokenizer:
         """transformers flavour from `vocab.json` + `merges.txt`, built as `CLIPTokenizer` builds it."""
-        with open(vocab_path, encoding="utf-8") as f:
+        with reading_tokenizer_file(vocab_path), open(vocab_path, encoding="utf-8") as f:
             vocab = json.load(f)
-        with open(merges_path, encoding="utf-8") as f:
+        with reading_tokenizer_file(merges_path), open(merges_path, encoding="utf-8") as f:
             lines = f.read().split("\n")
         merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
         backend = _backend(vocab, merges, HF_SOT, HF_EOT, HF_EOT, gpt2_split=True)
@@ -103,7 +104,7 @@ class ClipBpeTokenizer(Tokenizer):
     def open_clip(cls, bpe_path: str | None = None, context_length: int = 77) -> ClipBpeTokenizer:
         """OpenCLIP flavour from `bpe_simple_vocab_16e6.txt.gz` (default: the one an installed open_clip ships)."""
         bpe_path = bpe_path or find_open_clip_bpe()
-        with gzip.open(bpe_path) as f:
+        with reading_tokenizer_file(bpe_path), gzip.open(bpe_path) as f:
             lines = f.read().decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
         symbols = list(bytes_to_unicode().values())

@@ -3,8 +3,10 @@
 `ImagePreprocess(size=224, mean=…, std=…)(image)` gives the float32 `[S, S, 3]` pixels the
 reference processor gives:
 
-- OpenCLIP / OpenAI CLIP: torchvision `Resize(S, bicubic)` on a PIL image (PIL's resize),
-  `CenterCrop(S)` (offset `int(round((side − S) / 2))`), `ToTensor`, `Normalize(mean, std)`.
+- OpenCLIP / OpenAI CLIP (`rgb_after_resize=True`): torchvision `Resize(S, bicubic)` on a PIL image
+  (PIL's resize, in the image's own mode), `CenterCrop(S)` (offset `int(round((side − S) / 2))`), then
+  `convert("RGB")`, `ToTensor`, `Normalize(mean, std)`. The order matters for palette and bilevel images
+  (PIL resizes them nearest-neighbour) and transparent ones (resized with premultiplied alpha).
 - transformers CLIP (`crop_rounding="floor"`, `alpha_on_white=True`): the same PIL resize of
   the shortest edge, crop offset `(side − S) // 2`, transparency composited onto white.
 - SigLIP (`mode="squash"`, `interpolation="bilinear"`): resize straight to `S×S`, no crop.
@@ -40,6 +42,8 @@ class ImagePreprocess:
     interpolation: `"bicubic"` or `"bilinear"` (PIL filters). crop_rounding: `"round"`
     (torchvision) or `"floor"` (transformers). alpha_on_white: composite transparent images
     onto white (transformers) instead of dropping the alpha channel (PIL `convert("RGB")`).
+    rgb_after_resize: resize and crop in the image's own mode and convert to RGB last (OpenCLIP), instead of
+    converting first (transformers, big_vision, mmjax's training). 16-bit images are scaled to 8 bits first.
     """
 
     size: int
@@ -50,6 +54,7 @@ class ImagePreprocess:
     interpolation: str = "bicubic"
     crop_rounding: str = "round"
     alpha_on_white: bool = False
+    rgb_after_resize: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -58,6 +63,8 @@ class ImagePreprocess:
             raise ValueError(f"interpolation {self.interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
         if self.crop_rounding not in CROP_ROUNDINGS:
             raise ValueError(f"crop_rounding {self.crop_rounding!r} is not one of {CROP_ROUNDINGS}")
+        if self.alpha_on_white and self.rgb_after_resize:
+            raise ValueError("alpha_on_white composites onto white before resizing: it excludes rgb_after_resize")
         if self.resize_size is not None and self.resize_size < self.size:
             raise ValueError(f"resize_size {self.resize_size} is smaller than the crop size {self.size}")
 
@@ -66,7 +73,8 @@ class ImagePreprocess:
         resize = None if self.resize_size is None else round(self.resize_size * size / self.size)
         return dataclasses.replace(self, size=size, resize_size=resize)
 
-    def _rgb(self, image: Image.Image | np.ndarray) -> Image.Image:
+    def _before_resize(self, image: Image.Image | np.ndarray) -> Image.Image:
+        """The PIL image to resize: converted to RGB unless `rgb_after_resize` (16-bit images always are)."""
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim not in (2, 3):
                 raise ValueError(f"images must be PIL images or uint8 [H, W(, C)] arrays, "
@@ -74,6 +82,8 @@ class ImagePreprocess:
             image = Image.fromarray(image)
         if image.mode.startswith("I"):  # 16-bit: scaled to 8 bits (its transparency, a 16-bit value, is dropped)
             return to_rgb(image)
+        if self.rgb_after_resize:
+            return image
         has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
         if self.alpha_on_white and has_alpha:
             rgba = image.convert("RGBA")
@@ -82,10 +92,10 @@ class ImagePreprocess:
 
     def resized(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """uint8 `[S, S, 3]`: the image after resize and crop, before normalisation."""
-        image = self._rgb(image)
+        image = self._before_resize(image)
         filter_ = INTERPOLATIONS[self.interpolation]
         if self.mode == "squash":
-            return np.asarray(image.resize((self.size, self.size), filter_), np.uint8)
+            return np.asarray(to_rgb(image.resize((self.size, self.size), filter_)), np.uint8)
         short = self.resize_size or self.size
         width, height = image.size
         if width <= height:
@@ -96,7 +106,7 @@ class ImagePreprocess:
             image = image.resize(new_size, filter_)
         offset = (lambda extra: int(round(extra / 2.0))) if self.crop_rounding == "round" else (lambda e: e // 2)
         left, top = offset(new_size[0] - self.size), offset(new_size[1] - self.size)
-        return np.asarray(image.crop((left, top, left + self.size, top + self.size)), np.uint8)
+        return np.asarray(to_rgb(image.crop((left, top, left + self.size, top + self.size))), np.uint8)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 `[..., 3]` → float32 `(x / 255 − mean) / std`."""

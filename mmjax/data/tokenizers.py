@@ -7,8 +7,9 @@ have the highest id; the word-level vocabulary built here guarantees that.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tokenizers
@@ -17,6 +18,17 @@ from tokenizers import models, normalizers, pre_tokenizers, processors
 from mmjax.data import synthetic
 
 PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
+
+
+@contextlib.contextmanager
+def reading_tokenizer_file(path: str | os.PathLike) -> Iterator[None]:
+    """A missing, truncated or corrupt tokenizer file → one line naming it. (`tokenizers` raises a bare
+    `Exception`, gzip `EOFError` / `OSError`, json `ValueError`.)"""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - re-raised as one line
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"{os.fspath(path)} is not a readable tokenizer file ({reason})") from None
 
 
 class Tokenizer:
@@ -92,4 +104,9 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike, eot_token: str = EOT) -> Tokenizer:
         """Reads a tokenizer.json written by `save` (or any fixed-length one)."""
-        return cls(tokenizers.Tokenizer.from_file(os.fspath(path)), eot_token)
+        with reading_tokenizer_file(path):
+            backend = tokenizers.Tokenizer.from_file(os.fspath(path))
+        try:
+            return cls(backend, eot_token)
+        except ValueError as error:
+            raise ValueError(f"{os.fspath(path)}: {error}") from None
