@@ -49,6 +49,7 @@ def slow_to_open(*args, **kwargs):
 loop.config_train_dataset = slow_to_open
 config = clip_tiny.get_config("test")
 config.mesh = dict(data=4, fsdp=2, tensor=1)
+config.batch_size = 8  # one example a device: 4 a process
 config.eval.benchmarks = ("synthetic", "wds:" + sys.argv[3])
 state = loop.train(config, sys.argv[1])
 assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
@@ -129,6 +130,7 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
     # the same global program on 8 devices; at the last step the two processes gather the FSDP-sharded
     # parameters, evaluate, and divide the wds benchmark's embedding between them
     config.mesh = dict(data=4, fsdp=2, tensor=1)
+    config.batch_size = 8
     config.eval.benchmarks = ("synthetic", f"wds:{tmp_path / 'heldout'}")
     want = train(config, str(tmp_path / "one_process"))
     evaluations = [json.loads((workdir / "eval_metrics.jsonl").read_text())

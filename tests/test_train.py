@@ -22,7 +22,7 @@ from mmjax.data.transforms import normalize_images
 from mmjax.losses import clip_loss, sigmoid_loss
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
 from mmjax.train.config import ConfigError, base_config, small_for_tests, validate
-from mmjax.train.loop import train
+from mmjax.train.loop import check_batch_size, train
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.patterns import decay_mask
 from mmjax.train.state import create_train_state, state_shardings
@@ -192,6 +192,14 @@ def test_invalid_values_are_one_line_config_errors():
         validate(config)
     with pytest.raises(AttributeError):
         clip_tiny.get_config("test").batch_sze = 3  # locked: a misspelt key is an error
+    # optimizer values that train to NaN (b1 or b2 = 1) or ascend the gradient (a negative learning rate)
+    for key, value, message in [("b1", 1.0, r"b1=1.0 must be in \[0, 1\)"), ("b2", 1.5, r"b2=1.5 must be in \[0, 1\)"),
+                                ("eps", -1.0, "eps=-1.0 must be ≥ 0"), ("weight_decay", -0.5, "weight_decay=-0.5"),
+                                ("final_lr_ratio", -1.0, r"final_lr_ratio=-1.0 must be in \[0, 1\]")]:
+        config = clip_tiny.get_config("test")
+        config.optim[key] = value
+        with pytest.raises(ConfigError, match=f"config.optim.{message}"):
+            validate(config)
 
 
 def test_batch_that_does_not_split_over_the_mesh_is_rejected_before_compiling(tmp_path):
@@ -199,6 +207,19 @@ def test_batch_that_does_not_split_over_the_mesh_is_rejected_before_compiling(tm
     config.batch_size = 12
     with pytest.raises(ConfigError, match="multiple of 8"):
         train(config, str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
+def test_batch_size_multiple_counts_accumulation_and_processes_once():
+    mesh = make_mesh(data=4, fsdp=2)  # 8 batch devices
+    config = clip_tiny.get_config("test")
+    for batch_size, accum_steps, processes in [(8, 1, 2), (8, 1, 8), (16, 2, 2), (24, 3, 1), (8, 1, 4)]:
+        config.batch_size, config.accum_steps = batch_size, accum_steps
+        check_batch_size(config, mesh, processes)  # one row a device in each micro-batch: enough
+    for batch_size, accum_steps, processes, multiple in [(16, 4, 1, 32), (8, 1, 16, 16), (12, 1, 2, 8), (8, 2, 1, 16)]:
+        config.batch_size, config.accum_steps = batch_size, accum_steps
+        with pytest.raises(ConfigError, match=f"config.batch_size={batch_size} must be a multiple of {multiple}: "):
+            check_batch_size(config, mesh, processes)
 
 
 def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are_named(tmp_path, capsys):

@@ -156,6 +156,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"config.optim.warmup_steps={c.optim.warmup_steps} must be in [0, total_steps={c.total_steps})")
     _require(c.optim.learning_rate > 0, f"config.optim.learning_rate={c.optim.learning_rate} must be positive")
     _require(c.optim.clip_norm > 0, f"config.optim.clip_norm={c.optim.clip_norm} must be positive")
+    for key in ("b1", "b2"):
+        _require(0 <= c.optim[key] < 1, f"config.optim.{key}={c.optim[key]} must be in [0, 1)")
+    _require(c.optim.eps >= 0, f"config.optim.eps={c.optim.eps} must be ≥ 0")
+    _require(c.optim.weight_decay >= 0, f"config.optim.weight_decay={c.optim.weight_decay} must be ≥ 0")
+    _require(0 <= c.optim.final_lr_ratio <= 1,
+             f"config.optim.final_lr_ratio={c.optim.final_lr_ratio} must be in [0, 1] (a share of learning_rate)")
     _require(c.log_every > 0 and c.checkpoint_every > 0 and c.keep_checkpoints > 0,
              "config.log_every, checkpoint_every and keep_checkpoints must be positive")
     _require(c.data.num_workers >= 0, f"config.data.num_workers={c.data.num_workers} must be ≥ 0")

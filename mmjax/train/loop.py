@@ -7,6 +7,7 @@ the data iterator where it was, so the resumed run sees the same batches.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -103,16 +104,25 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str):
     return config
 
 
+def check_batch_size(config: ml_collections.ConfigDict, mesh, process_count: int) -> None:
+    """A one-line `ConfigError` unless each of the `accum_steps` micro-batches splits over the mesh's batch
+    (data × fsdp) devices and the batch over the processes, which load equal shares of it."""
+    devices = batch_size_multiple(mesh)
+    multiple = math.lcm(devices * config.accum_steps, process_count)
+    if config.batch_size % multiple:
+        raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple}: each of its "
+                          f"config.accum_steps={config.accum_steps} micro-batch(es) is split over the {devices} "
+                          f"data×fsdp devices of mesh {dict(mesh.shape)}, and the batch over {process_count} "
+                          f"process(es)")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> TrainState:
     """Train (or resume) into `workdir` until `config.total_steps`, or until step
     `stop_after` (a checkpoint is written there; run again to continue)."""
     validate(config)
     initialize_distributed(config.distributed)  # before anything touches a device
     mesh = make_mesh(**config.mesh)
-    multiple = batch_size_multiple(mesh) * jax.process_count()
-    if config.batch_size % multiple:
-        raise ConfigError(f"config.batch_size={config.batch_size} must be a multiple of {multiple} "
-                          f"(the data×fsdp devices of mesh {dict(mesh.shape)} and {jax.process_count()} process(es))")
+    check_batch_size(config, mesh, jax.process_count())
     model_config = get_config(config.model, **config.model_options)
     saved_config = _saved_run(workdir, config)
     resuming = saved_config is not None
