@@ -25,7 +25,8 @@ from test_cli import mmjax
 
 from mmjax.data import shards, synthetic
 from mmjax.data.convert import convert
-from mmjax.data.filter import Scores, write_filtered
+from mmjax.data.filter import Scores, selection_threshold, write_filtered
+from mmjax.data.tfds_source import prepared_dir
 from mmjax.eval.sources.tasks import RETRIEVAL
 from mmjax.eval.sources.wds_source import wds_index, wds_task
 
@@ -204,6 +205,28 @@ def _samples(count):
     return [(f"k{n}", {"png": image_bytes(n), "txt": f"caption {n}".encode()}) for n in range(count)]
 
 
+def test_a_source_directory_whose_name_holds_glob_characters(tmp_path):
+    source = tmp_path / "photos [2024]*"
+    source.mkdir()
+    write_shard(source / "00000.tar", _samples(3))
+    index = convert(str(source), str(tmp_path / "out"), progress=False)
+    assert index["num_records"] == 3
+
+
+def test_tfds_source_picks_the_newest_version_and_asks_for_a_config_when_several_are_prepared(tmp_path):
+    root = tmp_path / "tfds [x]"
+    for version in ("coco_captions/2014/1.9.0", "coco_captions/2014/1.10.0", "coco_captions/2017/1.10.0",
+                    "cifar10/3.0.2", "cifar10/10.0.0"):
+        (root / version).mkdir(parents=True)
+        (root / version / "dataset_info.json").write_text("{}")
+    assert prepared_dir("coco_captions/2014", str(root)) == str(root / "coco_captions/2014/1.10.0")
+    assert prepared_dir("cifar10", str(root)) == str(root / "cifar10/10.0.0")
+    assert prepared_dir("mnist", str(root)) is None
+    with pytest.raises(ValueError, match=r"^TFDS data set coco_captions has several prepared configs under .* "
+                                         r"\(2014, 2017\): name one, e.g. coco_captions/2017$"):
+        prepared_dir("coco_captions", str(root))
+
+
 @pytest.mark.parametrize("cut", ["at_a_header", "inside_a_header", "inside_padding", "end_of_archive_missing"])
 def test_a_tar_cut_short_keeps_what_it_read_and_counts_the_damage(tmp_path, cut):
     """`tarfile` reads a tar cut at a member boundary as a complete one; the cut must still be counted, and every
@@ -253,8 +276,8 @@ def test_convert_refuses_a_directory_holding_data_it_did_not_plan(tmp_path):
     convert(str(_tar_of(tmp_path, _samples(2), "first.tar")), str(tmp_path / "out"), progress=False)
     os.remove(tmp_path / "out" / "plan.json")
     with pytest.raises(ValueError, match=r"out already holds data \(index.json, shard-00000.array_record, "
-                                         r"shard-00000.array_record.done\) that was not written by "
-                                         r"`mmjax data convert`; use another --out$"):
+                                         r"shard-00000.array_record.done\) that this `mmjax data convert` "
+                                         r"did not write; use another --out$"):
         convert(str(_tar_of(tmp_path, _samples(3), "second.tar")), str(tmp_path / "out"), progress=False)
 
 
@@ -281,3 +304,19 @@ def test_a_filter_that_keeps_nothing_writes_nothing(tmp_path):
     assert not (tmp_path / "kept").exists()
     index = write_filtered(str(tmp_path / "data"), str(tmp_path / "kept"), scores, 0.3)
     assert index["num_records"] == 1 and [r["key"] for r in read_records(tmp_path / "kept")] == ["k2"]
+    # into a data directory (its own earlier output, or a conversion): refused, nothing overwritten
+    for out in ("kept", "data"):
+        with pytest.raises(ValueError, match=rf"{out} already holds data \(index.json, .*\) that this "
+                                             r"`mmjax data filter` did not write; use another --out$"):
+            write_filtered(str(tmp_path / "data"), str(tmp_path / out), scores, 0.1)
+    assert [r["key"] for r in read_records(tmp_path / "kept")] == ["k2"]
+
+
+@pytest.mark.parametrize("n", [7, 25, 50, 100])
+def test_top_fraction_keeps_the_ceiling_of_the_exact_share(n):
+    scores = Scores([np.array([float(i)]) for i in range(n)], Counter())
+    for percent in range(1, 101):
+        fraction = percent / 100
+        want = -(-percent * n // 100)  # ⌈percent · n / 100⌉ in integers
+        kept = sum(s[0] >= selection_threshold(scores, None, fraction) for s in scores.scores)
+        assert kept == want, (n, fraction)

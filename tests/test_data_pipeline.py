@@ -209,6 +209,21 @@ def test_device_prefetch_checkpoints_and_counts_only_the_batches_returned(tmp_pa
         iterator.close()
 
 
+def test_a_shard_array_record_cannot_open_is_skipped_and_counted(tmp_path):
+    """ArrayRecord refuses files under 64 KB (an empty shard, one cut short) with a RuntimeError, which
+    stopped the run; their records are now skipped as truncated, and the other shards still read."""
+    clean_dir(tmp_path, 40)
+    open(tmp_path / "shard-00001.array_record", "wb").close()
+    with open(tmp_path / "shard-00002.array_record", "r+b") as f:
+        f.truncate(1000)
+    iterator = iter(records_train_dataset([RecordSource(str(tmp_path))], None, 0, 10, DecodeOptions(8),
+                                          TOKENIZER, process_index=0, process_count=1, num_epochs=1))
+    images = np.concatenate([batch["image"] for batch in iterator])
+    assert sorted(image_index(images).tolist()) == [*range(10), *range(30, 40)]
+    assert dict(zip(SKIP_REASONS, iterator.skip_counts.tolist()))["truncated_record"] == 20
+    assert sum(iterator.skip_counts) == 20
+
+
 def test_two_epochs_see_every_good_record_twice_in_new_crops(tmp_path):
     clean_dir(tmp_path, 40)
     options = DecodeOptions(16, crop_scale=(0.3, 0.6))
@@ -233,6 +248,15 @@ def test_mixture_proportions_hold_within_sampling_error(tmp_path):
     assert abs(from_a - weights[0] * n) <= 4 * math.sqrt(n * weights[0] * weights[1])
     assert iterator.examples_per_source.tolist() == [from_a, n - from_a]
     assert set(indices[indices < 1000]) == set(range(30)) and set(indices[indices >= 1000]) == set(range(1000, 1020))
+    # Every n-th position (another process, or grain worker) still mixes: grain's interleave alone is periodic
+    # (a, b, a, b, … for equal weights), so process 0 of 2 saw only a and process 1 only b.
+    for process_index in (0, 1):
+        half = iter(records_train_dataset([RecordSource(str(tmp_path / "a")), RecordSource(str(tmp_path / "b"))],
+                                          (0.5, 0.5), 0, 50, DecodeOptions(8, augment=False), TOKENIZER,
+                                          process_index=process_index, process_count=2))
+        from_a = [int((image_index(batch["image"]) < 1000).sum()) for batch in batches(half, 40)]
+        assert all(0 < count < 25 for count in from_a), from_a
+        assert abs(sum(from_a) - 500) <= 4 * math.sqrt(1000 * 0.25)
     clean_dir(tmp_path / "c", 10, offset=2000)  # a resume that adds a source: one line, not a numpy broadcast error
     three = iter(records_train_dataset([RecordSource(str(tmp_path / d)) for d in "abc"], (0.5, 0.3, 0.2), 0, 50,
                                        DecodeOptions(8, augment=False), TOKENIZER, process_index=0, process_count=1))

@@ -63,7 +63,7 @@ def profile_steps(compiled: Any, run: Callable[[], None], steps: int, directory:
     for _ in range(steps):
         run()
     jax.profiler.stop_trace()
-    traces = sorted(glob.glob(os.path.join(directory, "**", "*perfetto_trace.json.gz"), recursive=True),
+    traces = sorted(glob.glob(os.path.join(glob.escape(directory), "**", "*perfetto_trace.json.gz"), recursive=True),
                     key=os.path.getmtime)
     if not traces:
         raise FileNotFoundError(f"the profiler wrote no perfetto trace under {directory}")

@@ -174,7 +174,7 @@ def find_tokenizer(npz_path: str) -> str:
     stem = os.path.splitext(npz_path)[0] + ".model"
     if os.path.isfile(stem):
         return stem
-    candidates = glob.glob(os.path.join(os.path.dirname(os.path.abspath(npz_path)), "*.model"))
+    candidates = glob.glob(os.path.join(glob.escape(os.path.dirname(os.path.abspath(npz_path))), "*.model"))
     if len(candidates) == 1:
         return candidates[0]
     raise FileNotFoundError(f"{npz_path}: {TOKENIZER_HELP}")

@@ -3,7 +3,8 @@
 Global index `i` runs over the shards listed in `index.json`, in order. A shard
 whose file is missing keeps its place: its indices yield `Skip(…, "missing_shard")`,
 so the data order and the skip counts do not depend on which files happen to be
-present. Shards are opened lazily with the counts from the index (no file is
+present. A shard file ArrayRecord cannot open (empty, or cut below its 64 KB minimum)
+yields `Skip(…, "truncated_record")` for each of its indices. Shards are opened lazily with the counts from the index (no file is
 opened up front, which matters with thousands of shards).
 """
 
@@ -52,7 +53,11 @@ class RecordSource:
         record_id = f"{self._names[shard]}:{index - self._starts[shard]}"
         if not self._present[shard]:
             return Skip(record_id, "missing_shard")
-        return RawRecord(record_id, self._records[index - self._missing_before[shard]])
+        try:
+            data = self._records[index - self._missing_before[shard]]
+        except RuntimeError:  # what ArrayRecord raises for a file it cannot read
+            return Skip(record_id, "truncated_record")
+        return RawRecord(record_id, data)
 
     def __repr__(self) -> str:  # grain prints sources in its errors and stats
         return f"RecordSource({self.directory!r}, {len(self)} records, {len(self.missing_shards)} missing shards)"

@@ -38,7 +38,6 @@ from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
 from mmjax.files import write_text_atomically
 
 IMAGE_EXTENSIONS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
-PLAN_FILE = "plan.json"
 
 
 def _wds_sample(key: str, files: dict[str, bytes], where: str) -> Sample | Skip:
@@ -154,7 +153,7 @@ def plan_units(source: str, records_per_shard: int, split: str = "train",
         return [TfdsUnit(name, split, data_dir, start, min(start + records_per_shard, total))
                 for start in range(0, total, records_per_shard)]
     if os.path.isdir(source):
-        tars = sorted(glob.glob(os.path.join(source, "**", "*.tar"), recursive=True))
+        tars = sorted(glob.glob(os.path.join(glob.escape(source), "**", "*.tar"), recursive=True))
         if not tars:
             raise FileNotFoundError(f"no *.tar shards under {source}")
         return [TarUnit(path) for path in tars]
@@ -187,7 +186,7 @@ def _check_plan(out: str, plan: dict) -> None:
     """Start a conversion into `out`, or resume the one with the same `plan`; refuse a directory that holds
     another conversion, or data that no conversion plan describes (a `data filter` output, say), whose finished
     shards would otherwise be taken for this conversion's."""
-    path = os.path.join(out, PLAN_FILE)
+    path = os.path.join(out, shards.PLAN_FILE)
     if os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
@@ -195,10 +194,7 @@ def _check_plan(out: str, plan: dict) -> None:
             raise ValueError(f"{out} holds a conversion with other arguments ({before}); use another --out "
                              f"or the same arguments to resume")
     else:
-        data = sorted(name for name in os.listdir(out) if name.startswith("shard-") or name == shards.INDEX_FILE)
-        if data:
-            raise ValueError(f"{out} already holds data ({', '.join(data[:3])}{', …' if len(data) > 3 else ''}) "
-                             f"that was not written by `mmjax data convert`; use another --out")
+        shards.refuse_data_in(out, "mmjax data convert")
         write_text_atomically(path, json.dumps(plan, indent=1))
 
 

@@ -21,6 +21,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 
 import numpy as np
 import tqdm
@@ -125,7 +126,8 @@ def selection_threshold(scores: Scores, threshold: float | None, top_fraction: f
     every = np.sort(np.concatenate([s for s in scores.scores if s is not None] or [np.zeros(0)]))[::-1]
     if not len(every):
         raise ValueError("no pair could be scored")
-    return float(every[math.ceil(top_fraction * len(every)) - 1])
+    # exact decimal arithmetic: in floats, 0.28 × 25 = 7.000000000000001, whose ceiling would keep 8 pairs
+    return float(every[math.ceil(Fraction(repr(top_fraction)) * len(every)) - 1])
 
 
 def _kept_samples(source: RecordSource, scores: Scores, minimum: float, start: int, end: int) -> Iterator[Sample]:
@@ -149,6 +151,7 @@ def write_filtered(directory: str, out: str, scores: Scores, minimum: float,
     if best is None or best < minimum:
         raise ValueError(f"no pair of {directory} scores ≥ {minimum:.4f} (the best scores "
                          f"{'nothing' if best is None else f'{best:.4f}'}); nothing was written to {out}")
+    shards.refuse_data_in(out, "mmjax data filter")
     source = RecordSource(directory)
     os.makedirs(out, exist_ok=True)
     markers = []

@@ -7,6 +7,13 @@ then interleaves them deterministically in the integer proportions nearest to th
 weights (`grain`'s `_float_to_int_proportions`), so every window of the stream holds
 each source in proportion — closer than independent sampling, whose count of source
 `k` in `n` examples would have standard deviation `sqrt(n p_k (1 − p_k))`.
+
+That interleaving is periodic (a, b, a, b, … for equal weights), and worker processes
+and JAX processes each take every n-th position of the stream: alone, it would give a
+worker or a host only some of the sources (with two workers, batches all of a, then all
+of b). So the mixed stream is also shuffled within windows of `MIX_WINDOW` positions
+(`ShuffleWithinWindows`): each window still holds every source in proportion, and every
+n-th position of it is a random draw from the window.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grain
+import numpy as np
 
 from mmjax.data.arrayrecord_source import RecordSource
 from mmjax.data.batching import TagSource
@@ -35,10 +43,45 @@ def shuffled_component(source, index: int, seed: int, num_epochs: int | None = N
     return dataset.map(TagSource(index)) if tagged else dataset
 
 
-def mix(components: Sequence[grain.MapDataset], weights: Sequence[float] | None) -> grain.MapDataset:
-    """One component as is; several interleaved in the proportions of `weights` (default uniform)."""
+MIX_WINDOW = 4096  # positions; a window's permutation takes ~50 µs to draw, once per window and process
+
+
+class ShuffleWithinWindows(grain.MapDataset):
+    """`parent` with the positions of each window `[k·window, (k+1)·window)` permuted (seeded by `seed` and
+    `k`): element `i` is `parent[k·window + permutation_k[i − k·window]]`. A bijection on positions, so every
+    element of `parent` still appears once; the last window of a finite `parent` may be shorter."""
+
+    def __init__(self, parent: grain.MapDataset, window: int, seed: int):
+        super().__init__(parent)
+        self.window, self.seed = window, seed
+        self._permutations: dict[int, np.ndarray] = {}  # the windows in use (readers move through them in order)
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def _permutation(self, window_index: int) -> np.ndarray:
+        permutation = self._permutations.get(window_index)
+        if permutation is None:
+            size = min(self.window, len(self._parent) - window_index * self.window)
+            permutation = np.random.default_rng([self.seed, window_index]).permutation(size)
+            if len(self._permutations) >= 4:
+                self._permutations.clear()
+            self._permutations[window_index] = permutation
+        return permutation
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        window_index, offset = divmod(index, self.window)
+        return self._parent[window_index * self.window + int(self._permutation(window_index)[offset])]
+
+
+def mix(components: Sequence[grain.MapDataset], weights: Sequence[float] | None, seed: int) -> grain.MapDataset:
+    """One component as is; several interleaved in the proportions of `weights` (default uniform) and shuffled
+    within windows of `MIX_WINDOW` positions (seed `seed`; see the module docstring)."""
     if len(components) == 1:
         return components[0]
     if weights is not None and (len(weights) != len(components) or min(weights) <= 0):
         raise ValueError(f"mixture weights {tuple(weights)} must be {len(components)} positive numbers")
-    return grain.MapDataset.mix(list(components), None if weights is None else list(weights))
+    mixed = grain.MapDataset.mix(list(components), None if weights is None else list(weights))
+    return ShuffleWithinWindows(mixed, MIX_WINDOW, seed)

@@ -102,7 +102,7 @@ def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, se
         raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
     components = [shuffled_component(source, i, seed, num_epochs, tagged=len(sources) > 1)
                   for i, source in enumerate(sources)]
-    batched = DecodeBatches(mix(components, weights), global_batch_size // process_count, options, tokenizer, seed,
+    batched = DecodeBatches(mix(components, weights, seed), global_batch_size // process_count, options, tokenizer, seed,
                             offset=process_index, stride=process_count, finite=num_epochs is not None)
     return CountSkips(start_workers(batched, num_workers), len(components))
 

@@ -26,8 +26,26 @@ from mmjax.data.records import Sample, Skip, encode_record
 from mmjax.files import write_text_atomically
 
 INDEX_FILE = "index.json"
+PLAN_FILE = "plan.json"  # what `mmjax data convert` is writing into a directory (`convert._check_plan`)
 FORMAT = "mmjax-records-1"
 DONE_SUFFIX = ".done"
+
+
+def data_files(directory: str) -> list[str]:
+    """The names in `directory` that belong to a data directory, finished or not: shards, the index, a plan."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory)
+                  if name.startswith("shard-") or name in (INDEX_FILE, PLAN_FILE))
+
+
+def refuse_data_in(directory: str, command: str) -> None:
+    """A one-line ValueError when `directory` already holds a data directory (`command` would mix its shards
+    with the ones there, or take them for its own)."""
+    found = data_files(directory)
+    if found:
+        raise ValueError(f"{directory} already holds data ({', '.join(found[:3])}{', …' if len(found) > 3 else ''})"
+                         f" that this `{command}` did not write; use another --out")
 
 
 def shard_name(index: int) -> str:

@@ -21,7 +21,29 @@ TFDS_PREFIX = "tfds:"
 
 
 def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` (TFDS's own default)."""
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def _version_key(version_dir: str) -> tuple[int, ...]:
+    """`…/1.10.0` → (1, 10, 0): versions compare as numbers, not strings ("1.9.0" < "1.10.0")."""
+    return tuple(int(part) if part.isdigit() else -1 for part in os.path.basename(version_dir).split("."))
+
+
+def prepared_dir(name: str, data_dir: str) -> str | None:
+    """The newest prepared version directory (`DATA_DIR/NAME[/CONFIG]/VERSION`, holding dataset_info.json) of
+    TFDS data set `name` (`NAME` or `NAME/CONFIG`), or None. A bare NAME whose data set has several prepared
+    configs is a one-line ValueError: which one TFDS would pick (the builder's default) is in the builder's
+    code, which this path does not import."""
+    root = os.path.join(glob.escape(data_dir), glob.escape(name))
+    versions = [os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "dataset_info.json"))]
+    if not versions and "/" not in name:
+        versions = [os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "*", "dataset_info.json"))]
+        configs = sorted({os.path.basename(os.path.dirname(version)) for version in versions})
+        if len(configs) > 1:
+            raise ValueError(f"TFDS data set {name} has several prepared configs under {data_dir} "
+                             f"({', '.join(configs)}): name one, e.g. {name}/{configs[-1]}")
+    return max(versions, key=_version_key) if versions else None
 
 
 def open_tfds(name: str, split: str, data_dir: str | None = None) -> Any:
@@ -32,11 +54,10 @@ def open_tfds(name: str, split: str, data_dir: str | None = None) -> Any:
     import tensorflow_datasets as tfds  # noqa: PLC0415 (import cost only when used)
 
     data_dir = data_dir or default_data_dir()
-    infos = sorted(glob.glob(os.path.join(data_dir, name, "*", "dataset_info.json")) +
-                   glob.glob(os.path.join(data_dir, name, "*", "*", "dataset_info.json")))
+    prepared = prepared_dir(name, data_dir)
     try:
-        if infos:
-            return tfds.builder_from_directory(os.path.dirname(infos[-1])).as_data_source(split=split)
+        if prepared is not None:
+            return tfds.builder_from_directory(prepared).as_data_source(split=split)
         with contextlib.redirect_stdout(io.StringIO()):  # answers under tfds.testing.mock_data
             return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as error:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable"

@@ -38,12 +38,12 @@ workers. A bad-data ``ValueError`` raised in a worker reaches the caller as the 
 
 from mmjax.eval.sources.batching import batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
-from mmjax.eval.sources.tfds_source import (TFDS_BENCHMARKS, TfdsBenchmark, default_tfds_data_dir, open_tfds,
+from mmjax.eval.sources.tfds_source import (TFDS_BENCHMARKS, TfdsBenchmark, open_tfds,
                                             tfds_batches, tfds_classnames_count, tfds_examples)
 from mmjax.eval.sources.wds_source import (WdsSample, wds_batches, wds_classnames, wds_examples, wds_index,
                                            wds_shards, wds_task, wds_templates)
 
 __all__ = ["CLASSIFICATION", "IMAGE_EXTENSIONS", "RETRIEVAL", "TFDS_BENCHMARKS", "TfdsBenchmark", "WdsSample",
-           "batches", "default_tfds_data_dir", "grain_batches", "open_tfds", "tfds_batches", "tfds_classnames_count",
+           "batches", "grain_batches", "open_tfds", "tfds_batches", "tfds_classnames_count",
            "tfds_examples", "wds_batches", "wds_classnames", "wds_examples", "wds_index", "wds_shards", "wds_task",
            "wds_templates"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmjax.data.tfds_source import default_data_dir, prepared_dir
 from mmjax.data.transforms import resize_center_crop
 
 from mmjax.eval.sources.batching import batches, grain_batches
@@ -59,22 +59,6 @@ TFDS_BENCHMARKS: dict[str, TfdsBenchmark] = {
 }
 
 
-def default_tfds_data_dir() -> str:
-    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` (TFDS's own default)."""
-    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-
-
-def _version_key(path: str) -> tuple[int, ...]:
-    parts = os.path.basename(os.path.dirname(path)).split(".")
-    return tuple(int(part) if part.isdigit() else -1 for part in parts)
-
-
-def _prepared_dir(benchmark: TfdsBenchmark, data_dir: str) -> str | None:
-    """The newest prepared version directory of ``benchmark`` under ``data_dir``, if any."""
-    infos = glob.glob(os.path.join(data_dir, benchmark.tfds_name, "*", "dataset_info.json"))
-    return os.path.dirname(max(infos, key=_version_key)) if infos else None
-
-
 def open_tfds(name: str, data_dir: str | None = None) -> Sequence[dict[str, Any]]:
     """The random-access source (``len`` / ``[i]`` -> feature dict) of TFDS benchmark ``name``.
 
@@ -88,11 +72,11 @@ def open_tfds(name: str, data_dir: str | None = None) -> Sequence[dict[str, Any]
     if name not in TFDS_BENCHMARKS:
         raise KeyError(f"unknown TFDS benchmark {name!r}; known: {sorted(TFDS_BENCHMARKS)}")
     benchmark = TFDS_BENCHMARKS[name]
-    data_dir = data_dir or default_tfds_data_dir()
+    data_dir = data_dir or default_data_dir()
     builder_name = benchmark.tfds_name.split("/")[0]
     how = _BUILD.format(name=benchmark.tfds_name, data_dir=data_dir) + benchmark.prepare_hint.format(
         data_dir=data_dir)
-    prepared = _prepared_dir(benchmark, data_dir)
+    prepared = prepared_dir(benchmark.tfds_name, data_dir)
     try:
         if prepared is not None:
             return tfds.builder_from_directory(prepared).as_data_source(split=benchmark.split)

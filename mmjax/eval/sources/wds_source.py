@@ -31,7 +31,7 @@ def _read_lines(path: str, what: str) -> list[str]:
 
 def wds_shards(directory: str, split: str = "test") -> list[str]:
     """The sorted ``DIR/split/*.tar`` shards; ``FileNotFoundError`` when there are none."""
-    shards = sorted(glob.glob(os.path.join(directory, split, "*.tar")))
+    shards = sorted(glob.glob(os.path.join(glob.escape(os.path.join(directory, split)), "*.tar")))
     if not shards:
         raise FileNotFoundError(f"no webdataset shards {os.path.join(directory, split, '*.tar')}")
     return shards
