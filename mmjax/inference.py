@@ -71,4 +71,5 @@ class Encoder:
         return self._batched(self._images, images, "images")
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._batched(self._texts, self.tokenizer(list(texts)), "texts")
+        """`N` texts → `[N, embed_dim]`; one string is one text."""
+        return self._batched(self._texts, self.tokenizer([texts] if isinstance(texts, str) else list(texts)), "texts")

@@ -32,6 +32,7 @@ def test_sharded_padded_batches_equal_one_unsharded_forward():
     np.testing.assert_allclose(got_images, want_images, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(got_texts, want_texts, atol=1e-5, rtol=1e-5)
     assert encoder.encode_texts([]).shape == (0, config.embed_dim)  # as `Pretrained` gives: stacks with others
+    np.testing.assert_array_equal(encoder.encode_texts(texts[0]), got_texts[:1])  # one string: one text
     # float pixels in [0, 1] would be cast to 0 and 1: refused, as are other integer types
     for wrong in (pictures / 255.0, pictures.astype(np.int16)):
         with pytest.raises(ValueError, match=f"images must be uint8 \\[N, 16, 16, 3\\], got {wrong.dtype} "):

@@ -13,7 +13,7 @@ import pytest
 
 import mmjax.models as models
 from mmjax.data import Tokenizer, train_dataset
-from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, check_tensor_split, make_mesh
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
@@ -88,6 +88,28 @@ def test_every_mesh_trains_to_the_single_device_parameters_with_the_state_sharde
         assert memory["argument_bytes"] >= state_bytes
     else:
         assert memory["argument_bytes"] < state_bytes * 1.5 / (fsdp * tensor) + 32_768
+
+
+def test_state_shardings_are_the_same_inside_the_training_context():
+    """Inside `jax.set_mesh` + `nn.logical_axis_rules` (where the training loop runs), unboxing the abstract
+    state applied each leaf's sharding constraint and failed; the shardings only need the shapes."""
+    config = models.get_config("clip-test")
+    model, mesh = models.TwoTower(config), make_mesh(data=2, fsdp=2, tensor=2)
+    tx = make_optimizer(_test_config("clip").optim, 10)
+    outside = state_shardings(model, tx, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        inside = state_shardings(model, tx, mesh)
+    assert jax.tree.leaves(inside) == jax.tree.leaves(outside)
+    fc1 = outside.params["image_encoder"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]
+    assert fc1.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_a_tensor_axis_that_does_not_divide_the_heads_is_refused():
+    bench_tiny = models.get_config("bench-tiny")  # 3 heads, MLP 768 in both towers
+    check_tensor_split(bench_tiny, make_mesh(data=8))  # no tensor axis: nothing to divide
+    with pytest.raises(ValueError, match=r"^mesh tensor=2 does not divide the vision tower's 3 heads"):
+        check_tensor_split(bench_tiny, make_mesh(data=4, tensor=2))
+    check_tensor_split(models.get_config("clip-test"), make_mesh(data=4, tensor=2))  # 2 heads, MLP 64
 
 
 def test_checkpoint_written_on_one_mesh_restores_onto_another(tmp_path):

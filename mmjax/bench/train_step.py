@@ -19,7 +19,7 @@ from mmjax.bench.flops import train_step_flops
 from mmjax.bench.profile import profile_steps
 from mmjax.bench.timing import step_times
 from mmjax.models import TwoTower, TwoTowerConfig, get_config
-from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, make_mesh
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, check_tensor_split, make_mesh
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.config import base_config
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
@@ -54,6 +54,7 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
         raise ValueError(f"--batch={batch} must be a multiple of {batch_size_multiple(mesh)} "
                          f"(the data×fsdp devices of mesh {dict(mesh.shape)})")
     model_config = get_config(model, dtype=dtype, scan_layers=scan_layers, remat_policy=remat_policy)
+    check_tensor_split(model_config, mesh)
     flax_model = TwoTower(model_config)
     optim = base_config(model, "clip").optim
     total_steps = 10_000

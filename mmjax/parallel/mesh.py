@@ -73,6 +73,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def check_tensor_split(model_config, mesh: Mesh) -> None:
+    """A one-line ValueError when the mesh's `tensor` axis does not divide each tower's heads and MLP width:
+    those weights would stay whole on every device (correct, but neither split nor smaller)."""
+    ways = mesh.shape.get("tensor", 1)
+    for tower in ("vision", "text"):
+        spec = getattr(model_config, tower)
+        for what, size in (("heads", spec.num_heads), ("MLP width", spec.mlp_dim)):
+            if size % ways:
+                raise ValueError(f"mesh tensor={ways} does not divide the {tower} tower's {size} {what}: tensor "
+                                 f"parallelism would split nothing there; use a tensor size that divides "
+                                 f"{spec.num_heads} and {spec.mlp_dim}")
+
+
 def _mesh_spec(shape: Sequence[int], logical: P, mesh: Mesh, rules: Rules) -> P:
     """Physical spec for one array; a dimension its mesh axes do not divide stays replicated."""
     physical = nn.logical_to_mesh_axes(tuple(logical), rules)
@@ -90,7 +103,10 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES)
     Leaves without names (e.g. scalars, optimizer counters) are replicated.
     """
     specs = nn.get_partition_spec(boxed_tree)
-    shapes = nn.unbox(boxed_tree)
+    # the shapes only: `nn.unbox` would also apply each leaf's sharding constraint under a mesh and logical rules,
+    # which fails on the abstract leaves of `jax.eval_shape`
+    shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+                          boxed_tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
     return jax.tree.map(
         lambda spec, leaf: NamedSharding(mesh, _mesh_spec(np.shape(leaf), spec, mesh, rules)),
         specs, shapes, is_leaf=lambda x: isinstance(x, P),

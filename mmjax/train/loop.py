@@ -22,7 +22,7 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
-from mmjax.parallel import DEFAULT_RULES, batch_size_multiple, make_mesh
+from mmjax.parallel import DEFAULT_RULES, batch_size_multiple, check_tensor_split, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint
@@ -124,6 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
     model_config = get_config(config.model, **config.model_options)
+    check_tensor_split(model_config, mesh)
     saved_config = _saved_run(workdir, config)
     resuming = saved_config is not None
     os.makedirs(workdir, exist_ok=True)
