@@ -306,9 +306,19 @@ def _run_reporting_errors(command):
             _fail(error)  # a workdir that cannot be made (read-only, a file in the way, too long a name, …)
         except KeyboardInterrupt:
             print(f"mmjax: interrupted{_what_an_interrupt_leaves()}", file=sys.stderr)
-            sys.exit(130)
+            _exit_now(130)
 
     return run
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process without Python's finalisation. The command's own cleanup has run (the training loop
+    closes its checkpoints, writers and data workers on the way out); an interrupt that lands during start-up
+    or the first compile leaves XLA threads that crash the interpreter's teardown (a segmentation fault after
+    the message, and exit status -11 instead of `code`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _what_an_interrupt_leaves() -> str:
@@ -376,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         _main(sys.argv if argv is None else argv)
     except KeyboardInterrupt:  # during start-up; the command's own interrupts are reported where it runs
         print("mmjax: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit_now(130)
 
 
 def _main(argv: list[str]) -> None:

@@ -51,6 +51,11 @@ def grain_batches(dataset: Any, batch_size: int, num_workers: int, process: tupl
     iter_dataset = dataset.batch(batch_size, drop_remainder=False, batch_fn=_collate)[process_index::process_count]
     iter_dataset = iter_dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    # Batches come back pickled, not in shared memory: grain frees a shared-memory batch on a background thread,
+    # and a finite stream's last batches were still waiting for it when the process exited, which Python reported
+    # as "leaked shared_memory objects". A pickled batch costs a copy, far less than decoding its images.
+    iter_dataset = grain.experimental.WithOptionsIterDataset(
+        iter_dataset, grain.experimental.DatasetOptions(min_shm_size=2**62))
     iterator = iter(start_workers(iter_dataset, num_workers))
     try:
         while True:
