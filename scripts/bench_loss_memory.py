@@ -110,6 +110,10 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in ("batch", "dim", "block_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if args.child:
         print(json.dumps(run_case(args.child, args.batch, args.dim, args.block_size, not args.compile_only)))
         return

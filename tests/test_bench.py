@@ -127,6 +127,27 @@ def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analyt
             result["step_time_s"] / result["open_clip"]["step_time_s"])
 
 
+def test_train_step_benchmark_of_a_sigmoid_model_trains_its_loss_and_says_why_there_is_no_reference():
+    command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "siglip-test", "--batch", "4",
+               "--threads", "1", "--steps", "1", "--warmup", "0", "--peak-size", "128"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loss"] == "sigmoid" and result["step_time_s"] > 0
+    if open_clip_available():  # timed, then stopped without a result line before
+        assert "open_clip" not in result and "CLIP-layout" in result["open_clip_skipped"]
+        assert f"no OpenCLIP reference: {result['open_clip_skipped']}" in done.stdout
+
+
+@pytest.mark.parametrize("flag", ["--batch=0", "--dim=-4", "--block-size=0"])
+def test_loss_memory_script_refuses_sizes_below_one_in_one_line(flag):
+    done = subprocess.run([sys.executable, "scripts/bench_loss_memory.py", flag], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    name, value = flag[2:].split("=")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        f"bench_loss_memory.py: error: --{name} must be a positive integer, got {value}")
+
+
 def test_input_benchmark_reports_both_sides_round_by_round_and_their_ratio():
     command = [sys.executable, "-m", "mmjax.cli", "bench", "input", "--model", "clip-test", "--batch", "8",
                "--images", "40", "--steps", "2", "--rounds", "2", "--num_workers", "0", "--threads", "1"]

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mmjax.convert import big_vision, checks, hf_siglip  # noqa: E402
-from mmjax.data.preprocess import ImagePreprocess  # noqa: E402
+from mmjax.data.preprocess import ImagePreprocess, resize_bilinear_tf  # noqa: E402
 from mmjax.data.tokenizers import Tokenizer  # noqa: E402
 from mmjax.models import TwoTower, get_config  # noqa: E402
 from mmjax.pretrained import Pretrained, load_pretrained  # noqa: E402
@@ -279,14 +279,15 @@ def _big_vision_npz(torch_model, scanned: bool) -> dict[str, np.ndarray]:
 
 
 def _torch_big_vision_reference(torch_model, spiece_path, images, texts):
-    """transformers' forward on big_vision's inputs: value_range(-1, 1) pixels (resized by mmjax, which is
-    compared to the HF processor separately), ids of lower-cased text, `</s>`-appended and padded."""
+    """transformers' forward on big_vision's inputs: value_range(-1, 1) pixels (resized as big_vision resizes,
+    `resize_bilinear_tf`, which test_preprocess checks by hand and against JAX), ids of lower-cased text,
+    `</s>`-appended and padded."""
     sp = spm.SentencePieceProcessor(model_file=spiece_path)
     ids = np.full((len(texts), CONTEXT), 1, np.int64)
     for row, text in enumerate(texts):
         pieces = sp.encode(text.lower())[:CONTEXT - 1] + [1]
         ids[row, :len(pieces)] = pieces
-    pixels = np.stack([np.asarray(image.convert("RGB").resize((IMAGE, IMAGE), Image.Resampling.BILINEAR))
+    pixels = np.stack([resize_bilinear_tf(np.asarray(image.convert("RGB")), (IMAGE, IMAGE))
                        for image in images]).astype(np.float32) / 127.5 - 1
     with torch.no_grad():
         image_emb = torch_model.get_image_features(pixel_values=torch.tensor(pixels).permute(0, 3, 1, 2))
@@ -301,6 +302,7 @@ def test_big_vision_npz_embeds_like_transformers(torch_model, spiece_path, tmp_p
     shutil.copy(spiece_path, tmp_path / "webli_test.model")
     pretrained = load_pretrained(str(path))
     assert pretrained.format == "big_vision"
+    assert (pretrained.preprocess.mode, pretrained.preprocess.interpolation) == ("squash", "bilinear_tf")
     texts = ["A Photo of a CAT", "zebra " * 20, "über café"]
     image_ref, text_ref = _torch_big_vision_reference(torch_model, spiece_path, _images(), texts)
     _assert_same_direction(pretrained.encode_image(_images()), image_ref)

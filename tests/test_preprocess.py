@@ -1,11 +1,13 @@
 """`ImagePreprocess` equals the reference processors pixel for pixel: OpenCLIP's torchvision transform and
 transformers' CLIPImageProcessor (PIL backend), on odd sizes, both orientations, grey and RGBA inputs."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data.preprocess import ImagePreprocess
+from mmjax.data.preprocess import ImagePreprocess, resize_bilinear_tf
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
@@ -74,6 +76,38 @@ def test_transformers_torchvision_backend_is_within_two_grey_levels():
     for image in _images()[:4]:
         expected = reference(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
         assert np.abs((ours(image) - expected) * np.asarray(reference.image_std)).max() <= 2.0 / 255 + 1e-6
+
+
+def test_big_vision_resize_is_tensorflows_bilinear_without_antialiasing_truncated():
+    """big_vision's `resize`: tf.image.resize(bilinear, antialias=False), then a truncating cast to uint8."""
+    # By hand: 2 × 4 → 1 × 2 samples between rows and columns, the mean of each 2 × 2 block, truncated.
+    block = np.array([[0, 1, 10, 20], [1, 1, 30, 41]], np.uint8)[..., None]
+    np.testing.assert_array_equal(resize_bilinear_tf(block, (2, 1))[..., 0], [[0, 25]])  # 0.75 → 0, 25.25 → 25
+    # Shrinking 9 → 3 columns samples columns 1, 4 and 7 exactly: no antialiasing (PIL averages them away).
+    stripes = np.tile(np.array([0, 255, 0], np.uint8), 3)[None, :, None].repeat(3, axis=0).repeat(3, axis=2)
+    np.testing.assert_array_equal(resize_bilinear_tf(stripes, (3, 3))[0, :, 0], [255, 255, 255])
+    # TensorFlow 2.21's own output (tf.image.resize + clip + cast, run once outside the suite, which does not
+    # depend on TensorFlow) for an 11 × 13 ramp, shrunk to 5 × 6 and stretched to 9 × 17.
+    ramp = (np.arange(11 * 13) * 37 % 256).astype(np.uint8).reshape(11, 13, 1)
+    np.testing.assert_array_equal(resize_bilinear_tf(ramp, (6, 5))[..., 0], [
+        [66, 83, 163, 128, 67, 147], [190, 66, 95, 175, 153, 79], [122, 202, 48, 107, 187, 160],
+        [54, 134, 214, 38, 119, 199], [152, 66, 146, 213, 50, 131]])
+    stretched = resize_bilinear_tf(ramp, (17, 9))[..., 0]
+    np.testing.assert_array_equal(stretched[0], [24, 30, 48, 77, 105, 133, 161, 190, 218, 72, 32, 47, 75, 104, 132,
+                                                 160, 184])
+    np.testing.assert_array_equal(stretched[-1], [205, 210, 135, 29, 58, 86, 114, 143, 171, 199, 212, 160, 28, 56,
+                                                  85, 113, 137])
+    # Against JAX's half-pixel linear resize without antialiasing, the same sampling: equal but for rounding
+    # (a float a hair either side of an integer truncates to two values).
+    rng = np.random.default_rng(0)
+    for (h, w), (out_h, out_w) in [((256, 256), (224, 224)), ((512, 300), (224, 224)), ((37, 50), (224, 224))]:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        jax_resized = jax.image.resize(jnp.asarray(image, jnp.float32), (out_h, out_w, 3), "linear", antialias=False)
+        want = np.clip(np.asarray(jax_resized), 0, 255).astype(np.uint8)
+        difference = np.abs(resize_bilinear_tf(image, (out_w, out_h)).astype(int) - want)
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+    preprocess = ImagePreprocess(3, (0.5,) * 3, (0.5,) * 3, mode="squash", interpolation="bilinear_tf")
+    np.testing.assert_array_equal(preprocess.resized(Image.fromarray(stripes)), resize_bilinear_tf(stripes, (3, 3)))
 
 
 def test_bad_inputs_name_the_problem():

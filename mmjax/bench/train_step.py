@@ -1,4 +1,5 @@
-"""Timing one jitted training step (AdamW, clipping, CLIP loss) on synthetic data.
+"""Timing one jitted training step (AdamW, clipping, the model's loss: CLIP, or sigmoid for a model with a logit
+bias) on synthetic data.
 
 The step is the one `mmjax train` runs (`mmjax.train.step`), compiled ahead of time
 for the given mesh, so its cost analysis (FLOPs) and memory analysis (bytes per
@@ -60,8 +61,9 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
     total_steps = 10_000
     tx = make_optimizer(optim, total_steps)
     shardings = state_shardings(flax_model, tx, mesh)
+    loss = "sigmoid" if model_config.logit_bias_init is not None else "clip"  # the loss the model trains with
     step_fn = jit_train_step(make_train_step(flax_model, tx, learning_rate_schedule(optim, total_steps), mesh,
-                                             loss="clip", multi_positive=False, image_mean=IMAGE_MEAN,
+                                             loss=loss, multi_positive=False, image_mean=IMAGE_MEAN,
                                              image_std=IMAGE_STD), shardings, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         state = create_train_state(flax_model, tx, jax.random.key(0), shardings)
@@ -82,7 +84,7 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per program in older JAX versions
     xla_flops = float(cost["flops"]) * mesh.devices.size
     analytic = train_step_flops(model_config, batch)
-    return {"model": model, "batch": batch, "mesh": dict(mesh.shape), "dtype": dtype, "scan_layers": scan_layers,
+    return {"model": model, "loss": loss, "batch": batch, "mesh": dict(mesh.shape), "dtype": dtype, "scan_layers": scan_layers,
             "remat_policy": remat_policy, "devices": mesh.devices.size, "device_kind": mesh.devices.flat[0].device_kind,
             "step_time_s": step_time, "step_times_s": times, "examples_per_s": batch / step_time,
             "compile_s": compile_s, "flops_per_step": xla_flops, "analytic_flops_per_step": analytic["total"],

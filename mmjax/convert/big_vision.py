@@ -198,7 +198,7 @@ def load(path: str, *, tokenizer: str | None = None, image_size: int | None = No
     text_tokenizer = SentencePieceTokenizer.from_file(spm_path, context_length=config.text.context_length,
                                                       normalization="big_vision")
     preprocess = ImagePreprocess(config.vision.image_size, (0.5,) * 3, (0.5,) * 3, mode="squash",
-                                 interpolation="bilinear")
+                                 interpolation="bilinear_tf")
     pretrained = Pretrained(config=config, params=params, tokenizer=text_tokenizer, preprocess=preprocess,
                             source=path, format="big_vision")
     return pretrained.with_image_size(image_size) if image_size else pretrained

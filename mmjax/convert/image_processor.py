@@ -85,7 +85,8 @@ def preprocess_from_hf(processor: Mapping, image_size: int, where: str, defaults
 
 def preprocess_to_hf(preprocess: ImagePreprocess, defaults: ProcessorDefaults) -> dict:
     """preprocessor_config.json for `preprocess` (inverse of `preprocess_from_hf`)."""
-    resample = {name: code for code, name in RESAMPLE.items()}[preprocess.interpolation]
+    # transformers has no non-antialiased resize: big_vision's `bilinear_tf` is written as PIL bilinear, its nearest
+    resample = {name: code for code, name in RESAMPLE.items()}[preprocess.interpolation.removesuffix("_tf")]
     square = {"height": preprocess.size, "width": preprocess.size}
     config = dict(image_processor_type=defaults.image_processor_type, **dict(defaults.extra), do_resize=True,
                   resample=resample, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,

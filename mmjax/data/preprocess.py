@@ -10,9 +10,13 @@ reference processor gives:
 - transformers CLIP (`crop_rounding="floor"`, `alpha_on_white=True`): the same PIL resize of
   the shortest edge, crop offset `(side − S) // 2`, transparency composited onto white.
 - SigLIP (`mode="squash"`, `interpolation="bilinear"`): resize straight to `S×S`, no crop.
+- big_vision (`mode="squash"`, `interpolation="bilinear_tf"`): `tf.image.resize(bilinear,
+  antialias=False)` (half-pixel centres, no antialiasing when shrinking), then clipped and
+  truncated to uint8, as big_vision's `resize` op.
 
-Resizing is always PIL's (uint8), which transformers' PIL backend also uses; its default
-torchvision-tensor backend differs from PIL by 1–2 grey levels.
+Resizing is otherwise PIL's (uint8), which transformers' PIL backend also uses; its default
+torchvision-tensor backend differs from PIL by 1–2 grey levels for CLIP's bicubic resize and
+up to ~10 for SigLIP's bilinear squash of a noisy image.
 """
 
 from __future__ import annotations
@@ -25,12 +29,35 @@ from PIL import Image
 
 from mmjax.data.transforms import to_rgb
 
-INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "bilinear_tf": None}
 MODES = ("shortest", "squash")
 CROP_ROUNDINGS = ("round", "floor")
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resize_bilinear_tf(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 `[H, W, C]` → uint8 `[h, w, C]` (`size = (w, h)`) as TensorFlow 2's `tf.image.resize(method="bilinear",
+    antialias=False)` computes it (half-pixel centres: source `(i + 0.5) · in / out − 0.5`, clamped to the image;
+    float32 arithmetic; no antialiasing when shrinking), then clipped and truncated to uint8 as big_vision's
+    `resize` op casts back."""
+
+    def taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * np.float32(in_size / out_size) \
+            - np.float32(0.5)
+        floor = np.floor(source)
+        lower = np.maximum(floor, 0).astype(np.intp)
+        upper = np.minimum(np.ceil(source), in_size - 1).astype(np.intp)
+        return lower, upper, (source - floor).astype(np.float32)
+
+    (top, bottom, y_lerp), (left, right, x_lerp) = taps(size[1], pixels.shape[0]), taps(size[0], pixels.shape[1])
+    image = pixels.astype(np.float32)
+    x_lerp = x_lerp[None, :, None]
+    upper_row = image[top][:, left] + (image[top][:, right] - image[top][:, left]) * x_lerp
+    lower_row = image[bottom][:, left] + (image[bottom][:, right] - image[bottom][:, left]) * x_lerp
+    resized = upper_row + (lower_row - upper_row) * y_lerp[:, None, None]
+    return np.clip(resized, 0, 255).astype(np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +66,7 @@ class ImagePreprocess:
 
     size: output side S. resize_size: the shorter side before the crop (`None`: S).
     mode: `"shortest"` (resize the shorter side, centre crop S×S) or `"squash"` (resize to S×S).
-    interpolation: `"bicubic"` or `"bilinear"` (PIL filters). crop_rounding: `"round"`
+    interpolation: `"bicubic"` or `"bilinear"` (PIL filters), or `"bilinear_tf"` (`resize_bilinear_tf`). crop_rounding: `"round"`
     (torchvision) or `"floor"` (transformers). alpha_on_white: composite transparent images
     onto white (transformers) instead of dropping the alpha channel (PIL `convert("RGB")`).
     rgb_after_resize: resize and crop in the image's own mode and convert to RGB last (OpenCLIP), instead of
@@ -93,9 +120,8 @@ class ImagePreprocess:
     def resized(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """uint8 `[S, S, 3]`: the image after resize and crop, before normalisation."""
         image = self._before_resize(image)
-        filter_ = INTERPOLATIONS[self.interpolation]
         if self.mode == "squash":
-            return np.asarray(to_rgb(image.resize((self.size, self.size), filter_)), np.uint8)
+            return np.asarray(to_rgb(self._resize(image, (self.size, self.size))), np.uint8)
         short = self.resize_size or self.size
         width, height = image.size
         if width <= height:
@@ -103,10 +129,16 @@ class ImagePreprocess:
         else:
             new_size = (int(short * width / height), short)
         if new_size != image.size:
-            image = image.resize(new_size, filter_)
+            image = self._resize(image, new_size)
         offset = (lambda extra: int(round(extra / 2.0))) if self.crop_rounding == "round" else (lambda e: e // 2)
         left, top = offset(new_size[0] - self.size), offset(new_size[1] - self.size)
         return np.asarray(to_rgb(image.crop((left, top, left + self.size, top + self.size))), np.uint8)
+
+    def _resize(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """`image` resized to `size` (width, height) with this spec's interpolation."""
+        if self.interpolation == "bilinear_tf":
+            return Image.fromarray(resize_bilinear_tf(np.asarray(to_rgb(image)), size))
+        return image.resize(size, INTERPOLATIONS[self.interpolation])
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 `[..., 3]` → float32 `(x / 255 − mean) / std`."""
