@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 
@@ -34,12 +35,16 @@ def _define_train_flags() -> None:
 
 
 def _train(_argv) -> None:
+    import ml_collections
     from ml_collections import config_flags
 
     from mmjax.train.loop import train
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     if not os.path.isfile(path):  # config_flags would defer this to a traceback at first use
         raise FileNotFoundError(f"config file {path} does not exist")
+    if not isinstance(flags.FLAGS.config, ml_collections.ConfigDict):
+        raise ValueError(f"{path}: get_config() returned a {type(flags.FLAGS.config).__name__}, not an "
+                         f"ml_collections.ConfigDict")
     train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -240,6 +245,7 @@ def _module_command(name: str):
 
 
 MODULE_COMMANDS = ("convert", "data", "bench")
+FLAGS_ONLY = ("train", "eval", "models", "search")  # commands without positional arguments
 COMMANDS = {
     "train": (_define_train_flags, _train),
     "eval": (_define_eval_flags, _eval),
@@ -289,6 +295,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError, SyntaxError, ImportError) as error:
         _fail(error)  # SyntaxError, ImportError: the --config file's own
+    except Exception as error:  # noqa: BLE001 - raised by the --config file's get_config(): said where, in one line
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        _fail(ValueError(f"the --config file's get_config() raised {type(error).__name__}: {error} "
+                         f"({frame.filename}, line {frame.lineno})"))
 
 
 def _run_reporting_errors(command):
@@ -297,6 +307,10 @@ def _run_reporting_errors(command):
 
     def run(argv):
         try:
+            name = argv[0].split()[-1]  # "mmjax NAME"
+            if name in FLAGS_ONLY and len(argv) > 1:
+                raise ValueError(f"unexpected argument {' '.join(argv[1:])!r}: mmjax {name} takes flags only "
+                                 f"(see --help)")
             command(argv)
         except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
             _fail(error)
@@ -387,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # during start-up; the command's own interrupts are reported where it runs
         print("mmjax: interrupted", file=sys.stderr)
         _exit_now(130)
+    except BrokenPipeError:  # the reader of stdout stopped (`mmjax models | head`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def _main(argv: list[str]) -> None:

@@ -24,12 +24,15 @@ def hugepages_enabled() -> bool:
 
 
 def reexec_with_hugepages(argv: list[str]) -> None:
-    """Replace this process by `python argv…` with the tunable set, unless it is set already
-    (or the platform is not Linux). Returns only when nothing was done."""
-    if hugepages_enabled() or not sys.platform.startswith("linux") or os.environ.get("MMJAX_HUGEPAGES") == "0":
+    """Replace this process by `python -P argv…` with the tunable set, unless the environment already sets
+    `glibc.malloc.hugetlb` (to any value: a user's 0 or 2 is kept) or the platform is not Linux. Returns only
+    when nothing was done. `-P`: the current directory does not go first on `sys.path` (`-m` would put it there,
+    and a local `optax.py` would then replace the package)."""
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
+    if (any(t.startswith("glibc.malloc.hugetlb=") for t in tunables) or not sys.platform.startswith("linux")
+            or os.environ.get("MMJAX_HUGEPAGES") == "0"):
         return
-    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t] + [TUNABLE]
-    env = dict(os.environ, GLIBC_TUNABLES=":".join(tunables))
+    env = dict(os.environ, GLIBC_TUNABLES=":".join([*tunables, TUNABLE]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv], env)
+    os.execve(sys.executable, [sys.executable, "-P", *argv], env)

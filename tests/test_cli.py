@@ -129,6 +129,19 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
     (tmp_path / "empty.py").write_text("x = 1\n")
     _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "empty.py"), "--workdir", str(tmp_path)),
                            "mmjax: error: the --config file defines no get_config()")
+    (tmp_path / "raising.py").write_text("def get_config(arg=None):\n    raise RuntimeError('no GPU here')\n")
+    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "raising.py"), "--workdir", str(tmp_path)),
+                           f"mmjax: error: the --config file's get_config() raised RuntimeError: no GPU here "
+                           f"({tmp_path / 'raising.py'}, line 2)")
+    (tmp_path / "plain.py").write_text("def get_config(arg=None):\n    return {'model': 'clip-test'}\n")
+    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "plain.py"), "--workdir", str(tmp_path)),
+                           f"mmjax: error: {tmp_path / 'plain.py'}: get_config() returned a dict, not an "
+                           f"ml_collections.ConfigDict")
+    # a stray argument is not silently dropped: `eval --model M cifar10` evaluated the synthetic benchmark
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path), "cifar10"),
+                           "mmjax: error: unexpected argument 'cifar10': mmjax eval takes flags only (see --help)")
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "file")),
+                           f"mmjax: error: workdir {tmp_path / 'file'} is a file, not a directory")
 
 
 def test_help_lists_every_command_and_each_command_its_flags():
@@ -198,3 +211,22 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_pat
     want, got = load_trained(str(tmp_path / "straight")), load_trained(str(killed_dir))
     assert got.step == want.step == 150
     jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+
+
+def test_the_huge_pages_re_exec_keeps_a_users_setting_and_the_current_directory_off_the_path(monkeypatch):
+    """`-m` would put the current directory first on sys.path (a local optax.py replaced the package), and a
+    user's own glibc.malloc.hugetlb=0 or =2 was overridden by the =1 appended after it."""
+    from mmjax import hugepages
+
+    calls = []
+    monkeypatch.setattr(hugepages.os, "execve", lambda *args: calls.append(args))
+    monkeypatch.delenv("MMJAX_HUGEPAGES", raising=False)
+    for user_setting in ("glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2"):
+        monkeypatch.setenv("GLIBC_TUNABLES", user_setting)
+        hugepages.reexec_with_hugepages(["-m", "mmjax.cli", "train"])
+    assert calls == []
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    hugepages.reexec_with_hugepages(["-m", "mmjax.cli", "train"])
+    (executable, argv, env), = calls
+    assert argv == [sys.executable, "-P", "-m", "mmjax.cli", "train"]
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"

@@ -159,6 +159,46 @@ def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(tmp_path):
     assert _logged_steps(tmp_path) == [2, 4, 6]
 
 
+def _tensorboard_steps(workdir, tag="train/loss") -> list[int]:
+    """The steps of `tag` in the TensorBoard event files on disk (TFRecord framing: length, crc, data, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    steps = []
+    for name in sorted(os.listdir(os.path.join(workdir, "tensorboard"))):
+        with open(os.path.join(workdir, "tensorboard", name), "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset + 12 <= len(data):
+            length = int.from_bytes(data[offset:offset + 8], "little")
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+            offset += 12 + length + 4
+    return steps
+
+
+def test_every_checkpoint_finds_tensorboard_on_disk_up_to_its_step_and_the_first_logged_wait_is_measured(
+        tmp_path, monkeypatch):
+    """A run killed after a checkpoint resumes after it: TensorBoard, which flushes every 2 minutes by itself,
+    lost the steps before it. And a logged first step reported data_wait_s 0.0 whatever it waited."""
+    from mmjax.train.checkpoint import Checkpoints
+
+    on_disk = {}
+    save = Checkpoints.save
+
+    def save_and_look(self, step, *args, **kwargs):
+        on_disk[step] = _tensorboard_steps(tmp_path)
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoints, "save", save_and_look)
+    config = clip_tiny.get_config("test")
+    config.log_every, config.checkpoint_every = 1, 3
+    train(config, str(tmp_path))
+    assert on_disk == {3: [1, 2, 3], 6: [1, 2, 3, 4, 5, 6]}
+    with open(tmp_path / "metrics.jsonl") as f:
+        first = json.loads(f.readline())
+    assert first["step"] == 1 and first["data_wait_s"] > 0
+
+
 def test_schedule_is_linear_warmup_then_cosine_to_the_floor():
     optim = base_config("clip-tiny", "clip").optim
     optim.learning_rate, optim.warmup_steps, optim.final_lr_ratio = 1e-3, 10, 0.1

@@ -194,13 +194,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                 if step == start + 1:  # the first step compiles: time the rest without it
                     jax.block_until_ready(metrics)
                     now = time.perf_counter()
-                    first_step_s, last_time, last_step, data_wait = now - last_time, now, step, 0.0
+                    first_step_s, last_time, last_step = now - last_time, now, step
+                    first_step_wait, data_wait = data_wait, 0.0
                 if step % config.log_every == 0 or step == end:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
                     seconds_per_step = (now - last_time) / (step - last_step) if step > last_step else first_step_s
                     metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step,
-                                   data_wait_s=data_wait / max(step - last_step, 1), **skips.update(step))
+                                   data_wait_s=(data_wait / (step - last_step) if step > last_step
+                                                else first_step_wait),
+                                   **skips.update(step))
                     if first_log:
                         metrics["first_step_s"], first_log = first_step_s, False  # includes compilation
                         metrics.update(memory)
@@ -212,8 +215,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                     last_time += results["eval_s"]  # step times leave the evaluation out
                 if step % config.checkpoint_every == 0 or step == end:
                     skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
+                    writer.flush(step)  # and TensorBoard every step it has logged: a resumed run starts after them
                     checkpoints.save(step, state, data, config_json)
-        checkpoints.wait()
+        with interrupts.deferred():  # the save finishes either way (closing waits for it): no Orbax traceback
+            checkpoints.wait()
         interrupts.check()  # one dropped during the last step's evaluation or checkpoint
         if end > start and jax.process_index() == 0:
             print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))

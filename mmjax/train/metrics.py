@@ -58,7 +58,8 @@ class MetricsWriter:
         if self.active:
             self.jsonl = _open_records(os.path.join(workdir, "metrics.jsonl"), initial_step)
             _drop_records_after(self.eval_path, initial_step)
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_step + 1)
+            self.tensorboard_dir = os.path.join(workdir, "tensorboard")
+            self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=initial_step + 1)
 
     def advance(self, steps: int) -> None:
         self.progress.update(steps)
@@ -91,6 +92,15 @@ class MetricsWriter:
                  if name.rpartition("/")[2] in HEADLINE_METRICS]
         self.progress.write(f"eval {step:6d}  " + "  ".join(shown + [f"eval_s {metrics['eval_s']:.3g}"]))
         sys.stdout.flush()
+
+    def flush(self, step: int) -> None:
+        """Puts every record written up to `step` on disk, before a checkpoint of `step` exists. tensorboardX writes
+        events from a queue on a background thread, which only closing waits for (its `flush` leaves the queue,
+        and it flushes the file every 2 minutes): its event file is closed, and later records go to a new one
+        (suffix `.<step>`; TensorBoard reads every file in the directory)."""
+        if self.active:
+            self.tensorboard.close()
+            self.tensorboard = SummaryWriter(self.tensorboard_dir, filename_suffix=f".{step}")
 
     def close(self) -> None:
         self.progress.close()

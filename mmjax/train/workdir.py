@@ -39,8 +39,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isdir(workdir):
         hint = " (--model takes an mmjax training workdir; other checkpoints load with mmjax.load_pretrained)" \
-            if ":" in workdir else ""
-        raise FileNotFoundError(f"workdir {workdir} does not exist{hint}")
+            if ":" in workdir or os.path.isfile(workdir) else ""
+        what = "is a file, not a directory" if os.path.isfile(workdir) else "does not exist"
+        raise FileNotFoundError(f"workdir {workdir} {what}{hint}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir} is not an mmjax training workdir")
     with open(path) as f:
