@@ -275,9 +275,9 @@ def test_convert_refuses_a_directory_holding_data_it_did_not_plan(tmp_path):
     conversion's."""
     convert(str(_tar_of(tmp_path, _samples(2), "first.tar")), str(tmp_path / "out"), progress=False)
     os.remove(tmp_path / "out" / "plan.json")
-    with pytest.raises(ValueError, match=r"out already holds data \(index.json, shard-00000.array_record, "
-                                         r"shard-00000.array_record.done\) that this `mmjax data convert` "
-                                         r"did not write; use another --out$"):
+    with pytest.raises(ValueError, match=r"out already holds a data directory \(index.json, "
+                                         r"shard-00000.array_record, shard-00000.array_record.done\); "
+                                         r"`mmjax data convert` needs another --out, or an empty one$"):
         convert(str(_tar_of(tmp_path, _samples(3), "second.tar")), str(tmp_path / "out"), progress=False)
 
 
@@ -306,8 +306,8 @@ def test_a_filter_that_keeps_nothing_writes_nothing(tmp_path):
     assert index["num_records"] == 1 and [r["key"] for r in read_records(tmp_path / "kept")] == ["k2"]
     # into a data directory (its own earlier output, or a conversion): refused, nothing overwritten
     for out in ("kept", "data"):
-        with pytest.raises(ValueError, match=rf"{out} already holds data \(index.json, .*\) that this "
-                                             r"`mmjax data filter` did not write; use another --out$"):
+        with pytest.raises(ValueError, match=rf"{out} already holds a data directory \(index.json, .*\); "
+                                             r"`mmjax data filter` needs another --out, or an empty one$"):
             write_filtered(str(tmp_path / "data"), str(tmp_path / out), scores, 0.1)
     assert [r["key"] for r in read_records(tmp_path / "kept")] == ["k2"]
 
@@ -320,3 +320,4 @@ def test_top_fraction_keeps_the_ceiling_of_the_exact_share(n):
         want = -(-percent * n // 100)  # ⌈percent · n / 100⌉ in integers
         kept = sum(s[0] >= selection_threshold(scores, None, fraction) for s in scores.scores)
         assert kept == want, (n, fraction)
+        assert selection_threshold(scores, None, np.float64(fraction)) == selection_threshold(scores, None, fraction)

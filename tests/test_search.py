@@ -65,13 +65,14 @@ def test_index_round_trip(tmp_path, extension):
 
 def test_ids_too_large_for_a_safetensors_header_are_one_line_before_writing(tmp_path):
     embeddings = np.ones((1, 2), np.float32)
-    # 990 000 ids of 98 bytes in JSON: 97 MB, which safetensors (100 MB at most) writes
+    # 990 000 ids of 94 characters: 99 MB in the header, which safetensors (100 MB at most) writes
     fits = Index(np.broadcast_to(embeddings, (990_000, 2)), ["x" * 94] * 990_000, "text", "m")
     save_index(str(tmp_path / "fits.safetensors"), fits)
     assert len(load_index(str(tmp_path / "fits.safetensors")).ids) == 990_000
-    # 1 030 000 of them: 101 MB, which safetensors refuses after the embedding ("header too large")
-    too_many = Index(np.broadcast_to(embeddings, (1_030_000, 2)), ["x" * 94] * 1_030_000, "text", "m")
-    with pytest.raises(ValueError, match=r"too\.safetensors: its 1030000 ids take 101 MB, more than a \.safetensors "
+    # 1 000 000 of 95: 99 MB as JSON, but 101 MB in the header, which holds the JSON as an escaped string;
+    # safetensors refuses it after the embedding ("header too large")
+    too_many = Index(np.broadcast_to(embeddings, (1_000_000, 2)), ["x" * 95] * 1_000_000, "text", "m")
+    with pytest.raises(ValueError, match=r"too\.safetensors: its 1000000 ids take 101 MB, more than a \.safetensors "
                                          r"header holds \(100 MB\); write a \.npz index"):
         save_index(str(tmp_path / "too.safetensors"), too_many)
     assert sorted(os.listdir(tmp_path)) == ["fits.safetensors"]

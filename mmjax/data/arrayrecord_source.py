@@ -3,8 +3,10 @@
 Global index `i` runs over the shards listed in `index.json`, in order. A shard
 whose file is missing keeps its place: its indices yield `Skip(…, "missing_shard")`,
 so the data order and the skip counts do not depend on which files happen to be
-present. A shard file ArrayRecord cannot open (empty, or cut below its 64 KB minimum)
-yields `Skip(…, "truncated_record")` for each of its indices. Shards are opened lazily with the counts from the index (no file is
+present. A damaged shard file that ArrayRecord cannot read (empty, cut below its 64 KB
+minimum, or corrupted) yields `Skip(…, "truncated_record")` for each of its indices; a shard
+the system will not open (too many open files, no permission) stops the run with one line
+naming it, since its records are not bad data. Shards are opened lazily with the counts from the index (no file is
 opened up front, which matters with thousands of shards).
 """
 
@@ -30,6 +32,7 @@ class RecordSource:
         if not sum(info.count for info in infos):
             raise ValueError(f"{directory}/index.json lists no records")
         self._names = [os.path.basename(info.path) for info in infos]
+        self._paths = [info.path for info in infos]
         self._present = [os.path.exists(info.path) for info in infos]
         self._starts = [0, *itertools.accumulate(info.count for info in infos)]
         present = [f"{info.path}[0:{info.count}]" for info, ok in zip(infos, self._present) if ok and info.count]
@@ -55,7 +58,9 @@ class RecordSource:
             return Skip(record_id, "missing_shard")
         try:
             data = self._records[index - self._missing_before[shard]]
-        except RuntimeError:  # what ArrayRecord raises for a file it cannot read
+        except RuntimeError as error:  # what ArrayRecord raises for a file it cannot read
+            if "open() failed" in str(error):  # the system refused the file (EMFILE, EACCES): not damage
+                raise ValueError(f"cannot open shard {self._paths[shard]}: {error}") from None
             return Skip(record_id, "truncated_record")
         return RawRecord(record_id, data)
 

@@ -127,7 +127,7 @@ def selection_threshold(scores: Scores, threshold: float | None, top_fraction: f
     if not len(every):
         raise ValueError("no pair could be scored")
     # exact decimal arithmetic: in floats, 0.28 × 25 = 7.000000000000001, whose ceiling would keep 8 pairs
-    return float(every[math.ceil(Fraction(repr(top_fraction)) * len(every)) - 1])
+    return float(every[math.ceil(Fraction(str(top_fraction)) * len(every)) - 1])
 
 
 def _kept_samples(source: RecordSource, scores: Scores, minimum: float, start: int, end: int) -> Iterator[Sample]:

@@ -44,8 +44,8 @@ def refuse_data_in(directory: str, command: str) -> None:
     with the ones there, or take them for its own)."""
     found = data_files(directory)
     if found:
-        raise ValueError(f"{directory} already holds data ({', '.join(found[:3])}{', …' if len(found) > 3 else ''})"
-                         f" that this `{command}` did not write; use another --out")
+        raise ValueError(f"{directory} already holds a data directory ({', '.join(found[:3])}"
+                         f"{', …' if len(found) > 3 else ''}); `{command}` needs another --out, or an empty one")
 
 
 def shard_name(index: int) -> str:

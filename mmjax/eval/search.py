@@ -76,7 +76,7 @@ def check_ids_fit(path: str, ids: Sequence[str]) -> None:
     """A one-line ValueError when ``ids`` are too large for the header of a ``.safetensors`` index ``path``."""
     if index_format(path) != ".safetensors":
         return
-    size = len(json.dumps(list(ids)).encode())
+    size = len(json.dumps(json.dumps(list(ids))).encode())  # the JSON list, itself a string in the JSON header
     if size > SAFETENSORS_HEADER_LIMIT - 10_000:  # room for the tensor's entry and the other fields
         raise ValueError(f"index file {path}: its {len(ids)} ids take {size / 1e6:.0f} MB, more than a .safetensors "
                          f"header holds ({SAFETENSORS_HEADER_LIMIT / 1e6:.0f} MB); write a .npz index")
