@@ -296,9 +296,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError, SyntaxError, ImportError) as error:
         _fail(error)  # SyntaxError, ImportError: the --config file's own
     except Exception as error:  # noqa: BLE001 - raised by the --config file's get_config(): said where, in one line
-        frame = traceback.extract_tb(error.__traceback__)[-1]
+        frame = _users_frame(error)
         _fail(ValueError(f"the --config file's get_config() raised {type(error).__name__}: {error} "
                          f"({frame.filename}, line {frame.lineno})"))
+
+
+def _users_frame(error: BaseException) -> traceback.FrameSummary:
+    """The innermost frame of `error`'s traceback in the user's own code: not Python's or an installed library's
+    (under the interpreter's prefixes), nor mmjax's; the innermost frame when there is none."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = (sys.prefix, sys.base_prefix, os.path.dirname(os.path.abspath(__file__)))
+    theirs = [frame for frame in frames if not os.path.abspath(frame.filename).startswith(ours)]
+    return (theirs or frames)[-1]
 
 
 def _run_reporting_errors(command):
@@ -329,7 +338,11 @@ def _exit_now(code: int) -> None:
     """Ends the process without Python's finalisation. The command's own cleanup has run (the training loop
     closes its checkpoints, writers and data workers on the way out); an interrupt that lands during start-up
     or the first compile leaves XLA threads that crash the interpreter's teardown (a segmentation fault after
-    the message, and exit status -11 instead of `code`)."""
+    the message, and exit status -11 instead of `code`). multiprocessing's own exit hook still runs: it ends
+    any worker processes and releases their queues' semaphores (else its resource tracker warns of leaks)."""
+    import multiprocessing.util
+
+    multiprocessing.util._exit_function()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -419,7 +432,7 @@ def _main(argv: list[str]) -> None:
         sys.exit(0)
     if argv[1] == "train":  # XLA:CPU's per-step buffers on 2 MiB pages: ~30 % faster CPU steps
         from mmjax.hugepages import reexec_with_hugepages
-        reexec_with_hugepages(["-m", "mmjax.cli", *argv[1:]])
+        reexec_with_hugepages()
     define_flags, command = COMMANDS[argv[1]]
     args = [_underscored(arg) for arg in argv[2:]]
     define_flags()

@@ -23,11 +23,11 @@ def hugepages_enabled() -> bool:
     return TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
 
 
-def reexec_with_hugepages(argv: list[str]) -> None:
-    """Replace this process by `python -P argv…` with the tunable set, unless the environment already sets
+def reexec_with_hugepages() -> None:
+    """Run this process's own command line again (`sys.orig_argv`: the `mmjax` script, or `python -m mmjax.cli`,
+    so `sys.path` starts as it did) with the tunable set, unless the environment already sets
     `glibc.malloc.hugetlb` (to any value: a user's 0 or 2 is kept) or the platform is not Linux. Returns only
-    when nothing was done. `-P`: the current directory does not go first on `sys.path` (`-m` would put it there,
-    and a local `optax.py` would then replace the package)."""
+    when nothing was done."""
     tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
     if (any(t.startswith("glibc.malloc.hugetlb=") for t in tunables) or not sys.platform.startswith("linux")
             or os.environ.get("MMJAX_HUGEPAGES") == "0"):
@@ -35,4 +35,4 @@ def reexec_with_hugepages(argv: list[str]) -> None:
     env = dict(os.environ, GLIBC_TUNABLES=":".join([*tunables, TUNABLE]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-P", *argv], env)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

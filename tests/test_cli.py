@@ -133,6 +133,11 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
     _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "raising.py"), "--workdir", str(tmp_path)),
                            f"mmjax: error: the --config file's get_config() raised RuntimeError: no GPU here "
                            f"({tmp_path / 'raising.py'}, line 2)")
+    # raised inside a library the config calls: the line named is still the config's
+    (tmp_path / "dividing.py").write_text("import fractions\n\ndef get_config(arg=None):\n"
+                                          "    return fractions.Fraction(1, 0)\n")
+    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "dividing.py"), "--workdir", str(tmp_path)),
+                           f"raised ZeroDivisionError: Fraction(1, 0) ({tmp_path / 'dividing.py'}, line 4)")
     (tmp_path / "plain.py").write_text("def get_config(arg=None):\n    return {'model': 'clip-test'}\n")
     _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "plain.py"), "--workdir", str(tmp_path)),
                            f"mmjax: error: {tmp_path / 'plain.py'}: get_config() returned a dict, not an "
@@ -213,20 +218,22 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_pat
     jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
 
 
-def test_the_huge_pages_re_exec_keeps_a_users_setting_and_the_current_directory_off_the_path(monkeypatch):
-    """`-m` would put the current directory first on sys.path (a local optax.py replaced the package), and a
-    user's own glibc.malloc.hugetlb=0 or =2 was overridden by the =1 appended after it."""
+def test_the_huge_pages_re_exec_runs_the_same_command_line_and_keeps_a_users_setting(monkeypatch):
+    """The re-exec runs `sys.orig_argv` again, so `sys.path` starts as the user's command made it (`-m` would put
+    the current directory first for the `mmjax` script: a local optax.py replaced the package; `-P` would drop
+    it for `python -m mmjax.cli` from a checkout). A user's own glibc.malloc.hugetlb=0 or =2 is kept."""
     from mmjax import hugepages
 
     calls = []
     monkeypatch.setattr(hugepages.os, "execve", lambda *args: calls.append(args))
+    monkeypatch.setattr(hugepages.sys, "orig_argv", ["python3", "/venv/bin/mmjax", "train", "--workdir", "w"])
     monkeypatch.delenv("MMJAX_HUGEPAGES", raising=False)
     for user_setting in ("glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2"):
         monkeypatch.setenv("GLIBC_TUNABLES", user_setting)
-        hugepages.reexec_with_hugepages(["-m", "mmjax.cli", "train"])
+        hugepages.reexec_with_hugepages()
     assert calls == []
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    hugepages.reexec_with_hugepages(["-m", "mmjax.cli", "train"])
+    hugepages.reexec_with_hugepages()
     (executable, argv, env), = calls
-    assert argv == [sys.executable, "-P", "-m", "mmjax.cli", "train"]
+    assert argv == [sys.executable, "/venv/bin/mmjax", "train", "--workdir", "w"]
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"

@@ -234,7 +234,7 @@ def test_invalid_values_are_one_line_config_errors():
         clip_tiny.get_config("test").batch_sze = 3  # locked: a misspelt key is an error
     # optimizer values that train to NaN (b1 or b2 = 1) or ascend the gradient (a negative learning rate)
     for key, value, message in [("b1", 1.0, r"b1=1.0 must be in \[0, 1\)"), ("b2", 1.5, r"b2=1.5 must be in \[0, 1\)"),
-                                ("eps", -1.0, "eps=-1.0 must be ≥ 0"), ("weight_decay", -0.5, "weight_decay=-0.5"),
+                                ("eps", 0.0, "eps=0.0 must be positive"), ("weight_decay", -0.5, "weight_decay=-0.5"),
                                 ("final_lr_ratio", -1.0, r"final_lr_ratio=-1.0 must be in \[0, 1\]")]:
         config = clip_tiny.get_config("test")
         config.optim[key] = value

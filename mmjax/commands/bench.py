@@ -62,7 +62,7 @@ def _train_step(argv: list[str]) -> None:
     f = flags.FLAGS
     mesh = parse_mesh(f.mesh)
     if f.hugepages:
-        reexec_with_hugepages(["-m", "mmjax.cli", *sys.argv[1:]])
+        reexec_with_hugepages()
     threads = limit_threads(f.threads)  # before JAX starts its CPU backend
     if f.profile:  # XLA:CPU emits per-op trace events only with this flag
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
@@ -160,7 +160,7 @@ def _input(_argv: list[str]) -> None:
 
     f = flags.FLAGS
     if f.hugepages:  # as `mmjax train` runs
-        reexec_with_hugepages(["-m", "mmjax.cli", *sys.argv[1:]])
+        reexec_with_hugepages()
     if f.threads is not None:  # XLA's threads only: the worker processes may still run on every core
         os.environ["PJRT_NPROC"] = str(f.threads)
     from mmjax.bench.input import run as run_input

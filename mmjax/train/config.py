@@ -158,7 +158,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.optim.clip_norm > 0, f"config.optim.clip_norm={c.optim.clip_norm} must be positive")
     for key in ("b1", "b2"):
         _require(0 <= c.optim[key] < 1, f"config.optim.{key}={c.optim[key]} must be in [0, 1)")
-    _require(c.optim.eps >= 0, f"config.optim.eps={c.optim.eps} must be ≥ 0")
+    _require(c.optim.eps > 0, f"config.optim.eps={c.optim.eps} must be positive (Adam divides by √v + eps)")
     _require(c.optim.weight_decay >= 0, f"config.optim.weight_decay={c.optim.weight_decay} must be ≥ 0")
     _require(0 <= c.optim.final_lr_ratio <= 1,
              f"config.optim.final_lr_ratio={c.optim.final_lr_ratio} must be in [0, 1] (a share of learning_rate)")

@@ -97,10 +97,10 @@ class MetricsWriter:
         """Puts every record written up to `step` on disk, before a checkpoint of `step` exists. tensorboardX writes
         events from a queue on a background thread, which only closing waits for (its `flush` leaves the queue,
         and it flushes the file every 2 minutes): its event file is closed, and later records go to a new one
-        (suffix `.<step>`; TensorBoard reads every file in the directory)."""
+        (suffix `.<step>`, zero-padded; TensorBoard reads every file in the directory, in name order)."""
         if self.active:
             self.tensorboard.close()
-            self.tensorboard = SummaryWriter(self.tensorboard_dir, filename_suffix=f".{step}")
+            self.tensorboard = SummaryWriter(self.tensorboard_dir, filename_suffix=f".{step:012d}")  # names sort by step
 
     def close(self) -> None:
         self.progress.close()
