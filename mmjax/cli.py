@@ -294,20 +294,37 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError, SyntaxError, ImportError) as error:
+        from mmjax.train.config import ConfigError
+
+        original = _first_error(error)  # config_flags re-raises get_config()'s errors, sometimes garbling them
+        if isinstance(original, ConfigError):  # mmjax's own one-line message (`configs/x.py:bogus`)
+            _fail(original)
+        if _users_frames(original):
+            _fail_in_get_config(original)
         _fail(error)  # SyntaxError, ImportError: the --config file's own
     except Exception as error:  # noqa: BLE001 - raised by the --config file's get_config(): said where, in one line
-        frame = _users_frame(error)
-        _fail(ValueError(f"the --config file's get_config() raised {type(error).__name__}: {error} "
-                         f"({frame.filename}, line {frame.lineno})"))
+        _fail_in_get_config(error)
 
 
-def _users_frame(error: BaseException) -> traceback.FrameSummary:
-    """The innermost frame of `error`'s traceback in the user's own code: not Python's or an installed library's
-    (under the interpreter's prefixes), nor mmjax's; the innermost frame when there is none."""
-    frames = traceback.extract_tb(error.__traceback__)
+def _first_error(error: BaseException) -> BaseException:
+    """The exception at the start of `error`'s chain of "during handling of …" contexts."""
+    while error.__context__ is not None:
+        error = error.__context__
+    return error
+
+
+def _users_frames(error: BaseException) -> list[traceback.FrameSummary]:
+    """The frames of `error`'s traceback in the user's own code: not Python's (frozen modules included) or an
+    installed library's (under the interpreter's prefixes), nor mmjax's."""
     ours = (sys.prefix, sys.base_prefix, os.path.dirname(os.path.abspath(__file__)))
-    theirs = [frame for frame in frames if not os.path.abspath(frame.filename).startswith(ours)]
-    return (theirs or frames)[-1]
+    return [frame for frame in traceback.extract_tb(error.__traceback__)
+            if not frame.filename.startswith("<") and not os.path.abspath(frame.filename).startswith(ours)]
+
+
+def _fail_in_get_config(error: BaseException) -> None:
+    frame = (_users_frames(error) or traceback.extract_tb(error.__traceback__))[-1]
+    _fail(ValueError(f"the --config file's get_config() raised {type(error).__name__}: {error} "
+                     f"({frame.filename}, line {frame.lineno})"))
 
 
 def _run_reporting_errors(command):

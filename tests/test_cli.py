@@ -138,6 +138,10 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
                                           "    return fractions.Fraction(1, 0)\n")
     _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "dividing.py"), "--workdir", str(tmp_path)),
                            f"raised ZeroDivisionError: Fraction(1, 0) ({tmp_path / 'dividing.py'}, line 4)")
+    # a ValueError subclass whose constructor needs more arguments: config_flags' re-raise garbled it
+    (tmp_path / "parsing.py").write_text("import json\n\ndef get_config(arg=None):\n    return json.loads('{bad')\n")
+    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "parsing.py"), "--workdir", str(tmp_path)),
+                           "get_config() raised JSONDecodeError: Expecting property name enclosed in double quotes")
     (tmp_path / "plain.py").write_text("def get_config(arg=None):\n    return {'model': 'clip-test'}\n")
     _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "plain.py"), "--workdir", str(tmp_path)),
                            f"mmjax: error: {tmp_path / 'plain.py'}: get_config() returned a dict, not an "
