@@ -123,29 +123,24 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
                            f"mmjax: error: [Errno 20] Not a directory: '{tmp_path / 'file' / 'run'}'")
     _assert_one_line_error(mmjax("train", "--config", TEST_CONFIG, "--workdir", str(tmp_path), "--config.nonexistent=1"),
                            "mmjax: error: unknown config key nonexistent")
-    (tmp_path / "broken.py").write_text("def get_config()\n    return None\n")
-    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path)),
-                           f"mmjax: error: {tmp_path / 'broken.py'}, line 1: expected ':'")
-    (tmp_path / "empty.py").write_text("x = 1\n")
-    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "empty.py"), "--workdir", str(tmp_path)),
-                           "mmjax: error: the --config file defines no get_config()")
-    (tmp_path / "raising.py").write_text("def get_config(arg=None):\n    raise RuntimeError('no GPU here')\n")
-    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "raising.py"), "--workdir", str(tmp_path)),
-                           f"mmjax: error: the --config file's get_config() raised RuntimeError: no GPU here "
-                           f"({tmp_path / 'raising.py'}, line 2)")
-    # raised inside a library the config calls: the line named is still the config's
-    (tmp_path / "dividing.py").write_text("import fractions\n\ndef get_config(arg=None):\n"
-                                          "    return fractions.Fraction(1, 0)\n")
-    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "dividing.py"), "--workdir", str(tmp_path)),
-                           f"raised ZeroDivisionError: Fraction(1, 0) ({tmp_path / 'dividing.py'}, line 4)")
-    # a ValueError subclass whose constructor needs more arguments: config_flags' re-raise garbled it
-    (tmp_path / "parsing.py").write_text("import json\n\ndef get_config(arg=None):\n    return json.loads('{bad')\n")
-    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "parsing.py"), "--workdir", str(tmp_path)),
-                           "get_config() raised JSONDecodeError: Expecting property name enclosed in double quotes")
-    (tmp_path / "plain.py").write_text("def get_config(arg=None):\n    return {'model': 'clip-test'}\n")
-    _assert_one_line_error(mmjax("train", "--config", str(tmp_path / "plain.py"), "--workdir", str(tmp_path)),
-                           f"mmjax: error: {tmp_path / 'plain.py'}: get_config() returned a dict, not an "
-                           f"ml_collections.ConfigDict")
+    # --config files that fail, and the line each gives ({path}: the file's path)
+    for name, text, expected in [
+        ("broken.py", "def get_config()\n    return None\n", "mmjax: error: {path}, line 1: expected ':'"),
+        ("empty.py", "x = 1\n", "mmjax: error: the --config file defines no get_config()"),
+        ("raising.py", "def get_config(arg=None):\n    raise RuntimeError('no GPU here')\n",
+         "mmjax: error: the --config file's get_config() raised RuntimeError: no GPU here ({path}, line 2)"),
+        # raised inside a library the config calls: the line named is still the config's
+        ("dividing.py", "import fractions\n\ndef get_config(arg=None):\n    return fractions.Fraction(1, 0)\n",
+         "raised ZeroDivisionError: Fraction(1, 0) ({path}, line 4)"),
+        # a ValueError subclass whose constructor needs more arguments: config_flags' re-raise garbled it
+        ("parsing.py", "import json\n\ndef get_config(arg=None):\n    return json.loads('{bad')\n",
+         "get_config() raised JSONDecodeError: Expecting property name enclosed in double quotes"),
+        ("plain.py", "def get_config(arg=None):\n    return {'model': 'clip-test'}\n",
+         "mmjax: error: {path}: get_config() returned a dict, not an ml_collections.ConfigDict"),
+    ]:
+        (tmp_path / name).write_text(text)
+        _assert_one_line_error(mmjax("train", "--config", str(tmp_path / name), "--workdir", str(tmp_path)),
+                               expected.replace("{path}", str(tmp_path / name)))
     # a stray argument is not silently dropped: `eval --model M cifar10` evaluated the synthetic benchmark
     _assert_one_line_error(mmjax("eval", "--model", str(tmp_path), "cifar10"),
                            "mmjax: error: unexpected argument 'cifar10': mmjax eval takes flags only (see --help)")
