@@ -52,10 +52,14 @@ def resize_bilinear_tf(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return lower, upper, (source - floor).astype(np.float32)
 
     (top, bottom, y_lerp), (left, right, x_lerp) = taps(size[1], pixels.shape[0]), taps(size[0], pixels.shape[1])
-    image = pixels.astype(np.float32)
     x_lerp = x_lerp[None, :, None]
-    upper_row = image[top][:, left] + (image[top][:, right] - image[top][:, left]) * x_lerp
-    lower_row = image[bottom][:, left] + (image[bottom][:, right] - image[bottom][:, left]) * x_lerp
+
+    def row_of(rows: np.ndarray) -> np.ndarray:  # gathered in uint8: only the taps become float32
+        gathered = pixels[rows]
+        left_taps, right_taps = gathered[:, left].astype(np.float32), gathered[:, right].astype(np.float32)
+        return left_taps + (right_taps - left_taps) * x_lerp
+
+    upper_row, lower_row = row_of(top), row_of(bottom)
     resized = upper_row + (lower_row - upper_row) * y_lerp[:, None, None]
     return np.clip(resized, 0, 255).astype(np.uint8)
 
