@@ -268,6 +268,9 @@ def _fail(error: BaseException) -> None:
                "(see --help)"
     if isinstance(error, AttributeError) and "has no attribute 'get_config'" in text:
         text = "the --config file defines no get_config()"
+    elif isinstance(error, AttributeError) and "FrozenConfigDict is immutable" in text:  # config_flags' lock()
+        text = ("the --config file's get_config() returned a FrozenConfigDict: return an ml_collections.ConfigDict "
+                "(mmjax locks it, and --config.KEY overrides need it mutable)")
     elif isinstance(error, AttributeError):  # ml_collections: an override names a key the config lacks
         text = "unknown config key " + text.strip("'\"").replace("' ", ": ", 1)
     if isinstance(error, SyntaxError):  # in the --config file

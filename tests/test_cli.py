@@ -137,6 +137,10 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
          "get_config() raised JSONDecodeError: Expecting property name enclosed in double quotes"),
         ("plain.py", "def get_config(arg=None):\n    return {'model': 'clip-test'}\n",
          "mmjax: error: {path}: get_config() returned a dict, not an ml_collections.ConfigDict"),
+        ("frozen.py", "import ml_collections\n\ndef get_config(arg=None):\n"
+                      "    return ml_collections.FrozenConfigDict({'model': 'clip-test'})\n",
+         "mmjax: error: the --config file's get_config() returned a FrozenConfigDict: return an "
+         "ml_collections.ConfigDict"),
     ]:
         (tmp_path / name).write_text(text)
         _assert_one_line_error(mmjax("train", "--config", str(tmp_path / name), "--workdir", str(tmp_path)),

@@ -146,3 +146,34 @@ def test_two_processes_give_single_process_metrics(tmp_path):
             for key, value in want[name].items():
                 if key != "images_per_s":
                     assert got[name][key] == value or (math.isnan(value) and math.isnan(got[name][key])), (name, key)
+
+
+def test_any_error_in_one_process_fails_the_other_with_its_type_and_message(monkeypatch):
+    """Not only bad data: an error of any type while embedding reaches the other process, which would otherwise
+    wait in the next collective. The gather is simulated: process 1's report is what it sent."""
+    from mmjax.eval import benchmarks
+    from mmjax.parallel import distributed
+
+    sent = []
+
+    def gather_own(rows, count):  # both processes sent this report
+        sent.append(rows.copy())
+        return [rows, rows]
+
+    monkeypatch.setattr(distributed, "allgather_rows", gather_own)
+
+    def embed_fails(images, targets):
+        raise RuntimeError("device lost")
+
+    with np.testing.assert_raises_regex(RuntimeError, "^device lost$"):  # process 1: its own error, unchanged
+        benchmarks._for_each_batch(iter([(np.zeros(1), None)]), embed_fails, process_count=2)
+    process_1_report = sent[-1]
+    monkeypatch.setattr(distributed, "allgather_rows",
+                        lambda rows, count: [rows, process_1_report])
+    with np.testing.assert_raises_regex(ValueError, "^process 1: RuntimeError: device lost$"):
+        benchmarks._for_each_batch(iter([(np.zeros(1), None)]), lambda images, targets: None, process_count=2)
+    # bad data (ValueError, OSError) is reported with its plain message, as the two-process test sees it
+    monkeypatch.setattr(distributed, "allgather_rows", gather_own)
+    with np.testing.assert_raises_regex(OSError, "disk gone"):
+        distributed.raise_if_any_failed(OSError("disk gone"), process_count=2)
+    assert bytes(sent[-1]) == b"!disk gone"

@@ -24,8 +24,9 @@ the caller's encoders, which should use that process's devices only, as
 :class:`~mmjax.inference.Encoder` does by default), the per-example results (true-class ranks,
 predictions and labels; image and caption embeddings) are gathered to every process in batch
 order (:mod:`mmjax.parallel.distributed`), and every process returns the metrics one process
-would. Each process reads and decodes only its own batches. Bad data fails every process together: a
-process that meets it raises its own error, the others a ``ValueError`` naming that process and error
+would. Each process reads and decodes only its own batches. An error while reading or embedding (bad data,
+or any other ``Exception``) fails every process together: the process that meets it raises its own error,
+the others a ``ValueError`` naming that process and error
 (``raise_if_any_failed``), instead of waiting for it in the next collective.
 """
 from __future__ import annotations
@@ -180,14 +181,15 @@ def run_benchmark(
 
 def _for_each_batch(batches: Iterator[tuple[np.ndarray, Any]], add: Callable[[np.ndarray, Any], None],
                     process_count: int) -> None:
-    """``add(images, targets)`` for each of this process's batches; bad data (``ValueError``, ``OSError``)
-    fails every process together (:func:`~mmjax.parallel.distributed.raise_if_any_failed`)."""
+    """``add(images, targets)`` for each of this process's batches; an error in one process (bad data, or any
+    other ``Exception``) fails every process together (:func:`~mmjax.parallel.distributed.raise_if_any_failed`)
+    rather than leaving the others in the next collective."""
     error = None
     try:
         for images, targets in batches:
             add(images, targets)
-    except (ValueError, OSError) as bad_data:
-        error = bad_data
+    except Exception as failure:  # noqa: BLE001 - re-raised by raise_if_any_failed, after the others are told
+        error = failure
     raise_if_any_failed(error, process_count)
 
 

@@ -79,9 +79,10 @@ def raise_if_any_failed(error: Exception | None, process_count: int) -> None:
     others waiting in the next collective for the one that stopped.
 
     A failed process re-raises its own ``error``; the others raise ``ValueError`` with the message of the
-    first process that failed, prefixed by its index. Every process must call this at the same point.
+    first process that failed, prefixed by its index (and by the error's type, unless it is a ``ValueError`` or
+    ``OSError``: bad data). Every process must call this at the same point.
     """
-    report = b"ok" if error is None else b"!" + (str(error) or type(error).__name__).encode()
+    report = b"ok" if error is None else b"!" + _describe(error).encode()
     reports = allgather_rows(np.frombuffer(report, np.uint8), process_count)
     failures = [(p, bytes(rows[1:]).decode()) for p, rows in enumerate(reports) if rows[0] == ord("!")]
     if error is not None:
@@ -89,6 +90,12 @@ def raise_if_any_failed(error: Exception | None, process_count: int) -> None:
     if failures:
         process, message = failures[0]
         raise ValueError(f"process {process}: {message}")
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, (ValueError, OSError)):
+        return str(error) or type(error).__name__
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def process_max(value: float, process_count: int) -> float:
