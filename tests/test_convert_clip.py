@@ -435,6 +435,34 @@ def test_open_clip_dir_with_a_transformers_tokenizer_json_reads_open_clips_token
     np.testing.assert_array_equal(load_pretrained(path).tokenizer(texts), ids_ref)
 
 
+def test_open_clip_tokenizer_kwargs_are_read_and_written(open_clip_dirs, tmp_path):
+    """`text_cfg.tokenizer_kwargs.clean` picks SimpleTokenizer's cleaning; an export writes it back for OpenCLIP;
+    a transformers export, whose tokenizer always lower-cases, and other options are refused in one line."""
+    path = str(tmp_path / "cased")
+    shutil.copytree(open_clip_dirs[False], path)
+    config_file = os.path.join(path, "open_clip_config.json")
+    with open(config_file) as f:
+        config = json.load(f)
+    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = {"clean": "whitespace"}
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    texts = ["A Red CAR, parked.", "a red car, parked."]
+    ids_ref = open_clip.get_tokenizer("local-dir:" + path)(texts).numpy()
+    assert (ids_ref[0] != ids_ref[1]).any()  # cased: the two texts differ
+    pretrained = load_pretrained(path)
+    np.testing.assert_array_equal(pretrained.tokenizer(texts), ids_ref)
+    oc_convert.export(pretrained, str(tmp_path / "again"))
+    np.testing.assert_array_equal(open_clip.get_tokenizer("local-dir:" + str(tmp_path / "again"))(texts).numpy(),
+                                  ids_ref)
+    with pytest.raises(ValueError, match="clean='whitespace' cannot be written as transformers' CLIPTokenizer"):
+        hf_clip.export(pretrained, str(tmp_path / "hf"))
+    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = {"reduction_mask": "random"}
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match=r"text_cfg.tokenizer_kwargs \{'reduction_mask': 'random'\} is not supported"):
+        load_pretrained(path)
+
+
 def test_truncated_tokenizer_files_are_one_line_naming_them(hf_dir, open_clip_dirs, tmp_path):
     def truncate(file):
         with open(file, "rb") as f:

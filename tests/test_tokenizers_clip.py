@@ -45,6 +45,32 @@ def test_open_clip_flavour_matches_simple_tokenizer():
     assert (ours.vocab_size, ours.eot_id, ours.pad_id, ours.context_length) == (49408, 49407, 0, 77)
 
 
+# Where OpenCLIP's case-insensitive Python split differs from a Rust one: the long s folds to s ('ſ is one
+# piece), U+0345 is dropped, and a special token's text after punctuation or an emoji is spelt out as text.
+OPEN_CLIP_SPLIT = ["it'ſ a cat", "a\u0345b", "<ſtart_of_text> x", "cat 😀<end_of_text>", "fish &amp;<end_of_text> chips",
+                   "x <end_of_text> y", "a.<start_of_text>b", "IT'S, WE'LL: <END_OF_TEXT>", "Ünïcödé 'S and 'T"]
+
+
+@pytest.mark.parametrize("clean", ["lower", "whitespace", "canonicalize"])
+def test_open_clip_flavour_splits_and_cleans_as_simple_tokenizer(clean):
+    texts = OPEN_CLIP_SPLIT + _strings()[:80]
+    reference = open_clip.tokenizer.SimpleTokenizer(clean=clean)
+    ours = ClipBpeTokenizer.open_clip(clean=clean)
+    np.testing.assert_array_equal(ours(texts), reference(texts).numpy())
+    # one spelt-out <end_of_text>: 49407 only at the end, where an argmax-pooled model pools
+    ids = ours(["fish &amp;<end_of_text> chips"])[0]
+    assert (ids == 49407).sum() == 1 and ids[ids.nonzero()[0][-1]] == 49407
+
+
+def test_a_single_string_and_no_room_for_the_special_tokens_are_refused():
+    with pytest.raises(TypeError, match="pass a list of strings, not one string"):
+        ClipBpeTokenizer.open_clip()("a photo of a cat")  # 16 one-character texts before
+    with pytest.raises(ValueError, match="context_length 1 leaves no room for start- and end-of-text"):
+        ClipBpeTokenizer.open_clip(context_length=1)
+    with pytest.raises(ValueError, match="clean='upper' is not one of"):
+        ClipBpeTokenizer.open_clip(clean="upper")
+
+
 def test_open_clip_flavour_other_context_length():
     texts = _strings()[:40]
     np.testing.assert_array_equal(ClipBpeTokenizer.open_clip(context_length=16)(texts),

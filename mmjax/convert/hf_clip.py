@@ -210,7 +210,12 @@ def export_tokenizer(tokenizer, out_dir: str) -> None:
     """tokenizer.json (+ tokenizer_config.json naming the special tokens) for `AutoTokenizer`.
 
     A CLIP BPE (either flavour) is written as transformers' `CLIPTokenizer` (vocab.json + merges.txt, special
-    tokens named `<|startoftext|>` / `<|endoftext|>`); any other backend as its own tokenizer.json."""
+    tokens named `<|startoftext|>` / `<|endoftext|>`); any other backend as its own tokenizer.json. An OpenCLIP
+    tokenizer with another cleaning than "lower" is refused: `CLIPTokenizer` lower-cases and keeps punctuation."""
+    open_clip_clean = getattr(tokenizer, "open_clip_clean", None)
+    if open_clip_clean not in (None, "lower"):
+        raise ValueError(f"an OpenCLIP tokenizer with clean={open_clip_clean!r} cannot be written as transformers' "
+                         f"CLIPTokenizer, which lower-cases and keeps punctuation")
     backend = json.loads(tokenizer.backend.to_str())
     model = backend["model"]
     pad_token = tokenizer.backend.id_to_token(tokenizer.pad_id)
@@ -223,7 +228,7 @@ def export_tokenizer(tokenizer, out_dir: str) -> None:
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-        if getattr(tokenizer, "open_clip_cleaning", False):  # OpenCLIP pads with id 0; transformers with a token
+        if open_clip_clean is not None:  # OpenCLIP pads with id 0; transformers with a token
             pad_token = "<|endoftext|>"
         special = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
                        pad_token=pad_token)

@@ -20,7 +20,7 @@ from mmjax.convert import layout
 from mmjax.convert.checks import check_shapes, expected_shapes, naming
 from mmjax.convert.jsonfile import read_json, write_json
 from mmjax.convert.tensors import read_tensors, write_safetensors
-from mmjax.data.clip_bpe import BPE_FILE, ClipBpeTokenizer, find_open_clip_bpe
+from mmjax.data.clip_bpe import BPE_FILE, OPEN_CLIP_CLEANS, ClipBpeTokenizer, find_open_clip_bpe
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
@@ -185,14 +185,27 @@ def preprocess_from_open_clip(preprocess_cfg: dict, image_size: int, where: str)
                            rgb_after_resize=True)
 
 
+def tokenizer_clean(model_cfg: dict, where: str) -> str:
+    """`text_cfg.tokenizer_kwargs` → the `SimpleTokenizer` cleaning it asks for; one line for other options."""
+    options = dict(model_cfg.get("text_cfg", {}).get("tokenizer_kwargs") or {})
+    clean = options.pop("clean", "lower")
+    if not options.get("reduction_mask", True):  # "" (the default): plain truncation
+        options.pop("reduction_mask")
+    if options or clean not in OPEN_CLIP_CLEANS:
+        raise ValueError(f"{where}: text_cfg.tokenizer_kwargs {model_cfg['text_cfg']['tokenizer_kwargs']} is not "
+                         f"supported (only clean, one of {', '.join(OPEN_CLIP_CLEANS)})")
+    return clean
+
+
 def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, allow_pickle: bool,
               tokenizer_file: str | None, bpe_dir: str) -> Pretrained:
     config = config_from_open_clip(model_cfg, where)
+    clean = tokenizer_clean(model_cfg, where)
     params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
     if tokenizer_file is not None:
         tokenizer = Tokenizer.load(tokenizer_file)
     else:
-        tokenizer = ClipBpeTokenizer.open_clip(find_open_clip_bpe(bpe_dir), config.text.context_length)
+        tokenizer = ClipBpeTokenizer.open_clip(find_open_clip_bpe(bpe_dir), config.text.context_length, clean)
     preprocess = preprocess_from_open_clip(preprocess_cfg, config.vision.image_size, where)
     return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
 
@@ -329,6 +342,9 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     a resize side larger than the crop (OpenCLIP resizes to the crop size) and a floored crop offset
     (OpenCLIP rounds). Published OpenAI/LAION checkpoints use neither."""
     model_cfg = config_to_open_clip(pretrained.config)
+    clean = getattr(pretrained.tokenizer, "open_clip_clean", None)
+    if clean not in (None, "lower"):  # SimpleTokenizer's default: not written
+        model_cfg["text_cfg"]["tokenizer_kwargs"] = {"clean": clean}
     pp = pretrained.preprocess
     os.makedirs(out_dir, exist_ok=True)
     write_safetensors(os.path.join(out_dir, WEIGHTS_FILE), params_to_open_clip(pretrained.params))

@@ -4,7 +4,12 @@
   NFC, whitespace runs → one space, lower case, no ftfy; padded with the pad token
   (`<|endoftext|>` = 49407 for OpenAI's checkpoints).
 - OpenCLIP (`open_clip`): `SimpleTokenizer` — `ftfy.fix_text`, HTML unescaped twice,
-  whitespace collapsed, lower case; padded with 0.
+  whitespace collapsed, lower case (its `clean="lower"`; also "whitespace", "canonicalize");
+  padded with 0. Words are split with OpenCLIP's own pattern and semantics (`regex`,
+  case-insensitive): in Rust for lower-case ASCII text, where the two agree, and in Python
+  (`OPEN_CLIP_WORDS`) for any other text — case folding (`'ſ` is `'s`), Unicode classes and
+  a special token's text after punctuation (`&<end_of_text>` is spelt out, not the token)
+  differ from the Rust split there.
 
 Both wrap the text as `<start> … <end>` and truncate to the context length keeping the
 end-of-text token last; `"a photo of a cat"` → `[49406, 320, 1125, 539, 320, 2368, 49407]`.
@@ -16,9 +21,11 @@ import gzip
 import html
 import json
 import os
+import string
 from collections.abc import Sequence
 
 import numpy as np
+import regex
 import tokenizers
 from tokenizers import Regex, models, normalizers, pre_tokenizers, processors
 
@@ -27,6 +34,8 @@ from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
 HF_SOT, HF_EOT = "<|startoftext|>", "<|endoftext|>"
 OPEN_CLIP_SOT, OPEN_CLIP_EOT = "<start_of_text>", "<end_of_text>"
 _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+OPEN_CLIP_WORDS = regex.compile(f"{OPEN_CLIP_SOT}|{OPEN_CLIP_EOT}|{_WORDS}", regex.IGNORECASE)  # SimpleTokenizer.pat
+OPEN_CLIP_CLEANS = ("lower", "whitespace", "canonicalize")  # SimpleTokenizer(clean=…)
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
@@ -64,14 +73,21 @@ def _escape(token: str) -> str:
 
 
 class ClipBpeTokenizer(Tokenizer):
-    """`__call__(texts) -> int32 [N, context_length]`; `clean` (OpenCLIP) runs before the backend."""
+    """`__call__(texts) -> int32 [N, context_length]`. `open_clip_clean`: OpenCLIP's cleaning ("lower",
+    "whitespace" or "canonicalize") runs before the backend, and words are split as OpenCLIP splits them;
+    None: the transformers flavour."""
 
     def __init__(self, backend: tokenizers.Tokenizer, context_length: int, pad_id: int, eot_token: str,
-                 open_clip_cleaning: bool = False):
+                 open_clip_clean: str | None = None):
+        if open_clip_clean not in (None, *OPEN_CLIP_CLEANS):
+            raise ValueError(f"OpenCLIP clean={open_clip_clean!r} is not one of {OPEN_CLIP_CLEANS}")
         backend.enable_truncation(context_length)
         backend.enable_padding(pad_id=pad_id, pad_token=backend.id_to_token(pad_id) or "", length=context_length)
         super().__init__(backend, eot_token)
-        self.open_clip_cleaning = open_clip_cleaning
+        self.open_clip_clean = open_clip_clean
+        if open_clip_clean is not None:  # the same tokenizer for words OPEN_CLIP_WORDS has already split
+            self._split_words = tokenizers.Tokenizer.from_str(backend.to_str())
+            self._split_words.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
 
     @classmethod
     def from_tokenizer_json(cls, path: str, context_length: int = 77, pad_token: str = HF_EOT,
@@ -101,8 +117,9 @@ class ClipBpeTokenizer(Tokenizer):
         return cls(backend, context_length, vocab[pad_token], HF_EOT)
 
     @classmethod
-    def open_clip(cls, bpe_path: str | None = None, context_length: int = 77) -> ClipBpeTokenizer:
-        """OpenCLIP flavour from `bpe_simple_vocab_16e6.txt.gz` (default: the one an installed open_clip ships)."""
+    def open_clip(cls, bpe_path: str | None = None, context_length: int = 77, clean: str = "lower") -> ClipBpeTokenizer:
+        """OpenCLIP flavour from `bpe_simple_vocab_16e6.txt.gz` (default: the copy mmjax ships); `clean` as
+        `SimpleTokenizer`'s."""
         bpe_path = bpe_path or find_open_clip_bpe()
         with reading_tokenizer_file(bpe_path), gzip.open(bpe_path) as f:
             lines = f.read().decode("utf-8").split("\n")
@@ -111,22 +128,41 @@ class ClipBpeTokenizer(Tokenizer):
         words = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), OPEN_CLIP_SOT, OPEN_CLIP_EOT]
         vocab = {token: i for i, token in enumerate(words)}
         backend = _backend(vocab, merges, OPEN_CLIP_SOT, OPEN_CLIP_EOT, None)
-        return cls(backend, context_length, 0, OPEN_CLIP_EOT, open_clip_cleaning=True)
+        return cls(backend, context_length, 0, OPEN_CLIP_EOT, open_clip_clean=clean)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Token ids of `texts`: int32 `[N, context_length]`."""
-        texts = list(texts)
-        if self.open_clip_cleaning:
-            texts = [open_clip_clean(text) for text in texts]
-        return super().__call__(texts)
+        if self.open_clip_clean is None:
+            return super().__call__(texts)
+        texts = [open_clip_clean(text, self.open_clip_clean) for text in self._texts(texts)]
+        # Lower-case ASCII without a special token's text splits the same in Rust; the rest as OpenCLIP does.
+        in_python = [i for i, text in enumerate(texts)
+                     if not text.isascii() or text != text.lower() or "_of_text>" in text]
+        if not in_python:
+            return super().__call__(texts)
+        ids = np.empty((len(texts), self.context_length), np.int32)
+        in_rust = np.setdiff1d(np.arange(len(texts)), in_python)
+        if len(in_rust):
+            ids[in_rust] = super().__call__([texts[i] for i in in_rust])
+        words = [OPEN_CLIP_WORDS.findall(texts[i]) for i in in_python]
+        ids[in_python] = [e.ids for e in self._split_words.encode_batch(words, is_pretokenized=True)]
+        return ids
 
 
-def open_clip_clean(text: str) -> str:
-    """OpenCLIP's default text cleaning: ftfy, HTML unescape ×2, whitespace collapse, lower case."""
+def open_clip_clean(text: str, clean: str = "lower") -> str:
+    """OpenCLIP's text cleaning: ftfy and HTML unescape ×2, then "lower": whitespace collapsed, lower case;
+    "whitespace": whitespace collapsed; "canonicalize": big_vision's (`_` → space, ASCII punctuation removed,
+    lower case, whitespace collapsed)."""
     import ftfy
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).strip().lower()
+    if clean == "canonicalize":
+        text = text.replace("_", " ").translate(_NO_PUNCTUATION).lower()
+    text = " ".join(text.split()).strip()
+    return text.lower() if clean == "lower" else text
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def find_open_clip_bpe(*directories: str) -> str:

@@ -44,6 +44,8 @@ class Tokenizer:
             raise ValueError("the backend must pad to a fixed length")
         self.backend = backend
         self.context_length: int = backend.padding["length"]
+        if self.context_length < 2:
+            raise ValueError(f"context_length {self.context_length} leaves no room for start- and end-of-text")
         self.pad_id: int = backend.padding["pad_id"]
         self.eot_id: int = backend.token_to_id(eot_token)
         self.vocab_size: int = backend.get_vocab_size()
@@ -78,9 +80,15 @@ class Tokenizer:
         """The word-level tokenizer of the synthetic world (`synthetic.corpus()`)."""
         return cls.from_corpus(synthetic.corpus(), context_length)
 
+    @staticmethod
+    def _texts(texts: Sequence[str]) -> list[str]:
+        if isinstance(texts, str):  # a string is a sequence of one-character texts
+            raise TypeError("pass a list of strings, not one string")
+        return list(texts)
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Token ids of `texts`: int32 `[N, context_length]`."""
-        encodings = self.backend.encode_batch(list(texts))
+        encodings = self.backend.encode_batch(self._texts(texts))
         return np.array([encoding.ids for encoding in encodings], np.int32).reshape(
             len(encodings), self.context_length)
 
