@@ -321,3 +321,83 @@ def test_top_fraction_keeps_the_ceiling_of_the_exact_share(n):
         kept = sum(s[0] >= selection_threshold(scores, None, fraction) for s in scores.scores)
         assert kept == want, (n, fraction)
         assert selection_threshold(scores, None, np.float64(fraction)) == selection_threshold(scores, None, fraction)
+
+
+def test_captions_file_rows_that_do_not_fit_the_header_are_one_line(tmp_path):
+    """An unquoted comma cut the caption at it (the rest went to metadata under "null"); a short row or an image
+    that is not a path was a raw TypeError."""
+    (tmp_path / "a.png").write_bytes(image_bytes(0))
+    for name, text, message in [
+        ("comma.csv", "image,caption\na.png,a red, square on a table\n",
+         r"comma.csv: row 1 has more fields than the header \(\[' square on a table'\] left over\): quote a caption "
+         r"that holds a comma$"),
+        ("short.csv", "caption,image\nonly a caption\n", r"short.csv: row 1: 'image' must be a file path, got None$"),
+        ("null.jsonl", '{"image": null, "caption": "x"}\n', r"null.jsonl: row 1: 'image' must be a file path, got None$"),
+        ("spaced.csv", "image, caption\na.png, a cat\n",
+         r"spaced.csv: row 1 needs an 'image' and a 'caption' \(or 'captions'\) field \(it has \[' caption', 'image'\]\)$"),
+    ]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            convert(str(tmp_path / name), str(tmp_path / f"out-{name}"), progress=False)
+    (tmp_path / "quoted.csv").write_text('image,caption\na.png,"a red, square on a table"\n')
+    convert(str(tmp_path / "quoted.csv"), str(tmp_path / "out"), progress=False)
+    assert [r["captions"] for r in read_records(tmp_path / "out")] == [["a red, square on a table"]]
+
+
+def test_a_tar_whose_sample_files_are_not_grouped_is_one_line_for_convert_and_eval(tmp_path):
+    """`tar cf` of a folder writes files in the folder's order: k0.png … k2.png, then k0.txt …. Read run by run,
+    every sample lost its image or caption, and the conversion reported them as dropped."""
+    path = tmp_path / "wds" / "test" / "0.tar"
+    path.parent.mkdir(parents=True)
+    files = [(key, extension, data) for key, sample in _samples(3) for extension, data in sample.items()]
+    write_shard(path, [(key, {extension: data}) for key, extension, data in sorted(files, key=lambda f: f[1])])
+    message = r"0.tar: the files of sample k0 are not next to each other in the tar; write tars with their files " \
+              r"sorted by name \(tar --sort=name\), as webdataset reads them$"
+    with pytest.raises(ValueError, match=message):
+        convert(str(path), str(tmp_path / "out"), progress=False)
+    with pytest.raises(ValueError, match=message):
+        wds_index(str(tmp_path / "wds"))
+
+
+def test_a_tar_that_cannot_be_opened_stops_the_conversion_and_is_not_marked_done(tmp_path):
+    """It was counted as one `truncated_tar` and its shard marked done with no record, so a run after the fix
+    (the file restored, its permissions corrected) never read it."""
+    source = tmp_path / "wds"
+    source.mkdir()
+    write_shard(source / "00000.tar", _samples(2))
+    os.symlink(tmp_path / "elsewhere.tar", source / "00001.tar")  # dangling, as a tar on an unmounted disk
+    with pytest.raises(FileNotFoundError, match="elsewhere.tar|00001.tar"):
+        convert(str(source), str(tmp_path / "out"), progress=False)
+    assert not os.path.exists(tmp_path / "out" / (shards.shard_name(1) + ".done"))
+    write_shard(tmp_path / "elsewhere.tar", _samples(3))
+    assert convert(str(source), str(tmp_path / "out"), progress=False)["num_records"] == 5
+
+
+def test_a_source_that_changed_is_not_resumed_or_taken_as_converted(tmp_path):
+    """A corrected captions file used to be answered with the old conversion's summary; a row added before a
+    resume duplicated one sample and lost another."""
+    for n in range(3):
+        (tmp_path / f"{n}.png").write_bytes(image_bytes(n))
+    path = tmp_path / "captions.csv"
+    path.write_text("image,caption\n0.png,zero\n1.png,one\n")
+    convert(str(path), str(tmp_path / "out"), records_per_shard=1, progress=False, max_shards=1)
+    path.write_text("image,caption\n2.png,two\n0.png,zero\n")  # same size of plan: 2 shards
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(ValueError, match=r"out holds a conversion of .*captions.csv as it was before its files "
+                                         r"changed \(sizes or modification times\); convert it into a new --out$"):
+        convert(str(path), str(tmp_path / "out"), records_per_shard=1, progress=False)
+
+
+def test_utf16_and_byte_order_marked_captions_are_read_as_text(tmp_path):
+    """A .txt saved by Windows PowerShell 5 (UTF-16 with its byte-order mark) became mojibake and NUL captions."""
+    path = _tar_of(tmp_path, [("k0", {"png": image_bytes(0), "txt": "a dog\r\nein Hund".encode("utf-16")}),
+                              ("k1", {"png": image_bytes(1), "txt": "\ufeffa cat".encode("utf-8")})])
+    convert(str(path), str(tmp_path / "out"), progress=False)
+    assert [r["captions"] for r in read_records(tmp_path / "out")] == [["a dog", "ein Hund"], ["a cat"]]
+
+
+def test_data_info_on_an_unfinished_conversion_says_to_finish_it(tmp_path):
+    convert(str(_tar_of(tmp_path, _samples(2))), str(tmp_path / "out"), progress=False, max_shards=0)
+    info = mmjax("data", "info", str(tmp_path / "out"))
+    assert info.returncode == 2 and "its conversion has not finished: run the same `mmjax data convert` again" \
+        in info.stderr

@@ -13,7 +13,8 @@ Sources (`SOURCE`):
 Images are copied byte for byte (except TFDS) and not decoded, so conversion runs at disk speed; samples
 with no image or no caption are dropped and counted by reason. Shards are written by `num_workers` processes;
 `DIR/plan.json` fixes how the source is cut into shards, so a restarted conversion (same arguments) skips the
-shards already done (see `shards`) and neither loses nor duplicates a sample.
+shards already done (see `shards`) and neither loses nor duplicates a sample; a source whose files changed in
+between (a corrected captions file) is refused rather than mixed with the shards of its earlier version.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import hashlib
 import io
 import json
 import multiprocessing
@@ -33,7 +35,7 @@ from PIL import Image
 
 from mmjax.data import shards
 from mmjax.data.records import Sample, Skip
-from mmjax.data.tar_samples import TruncatedTarError, caption_lines, read_tar_samples
+from mmjax.data.tar_samples import TruncatedTarError, caption_lines, decode_text, read_tar_samples
 from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
 from mmjax.files import write_text_atomically
 
@@ -44,7 +46,7 @@ def _wds_sample(key: str, files: dict[str, bytes], where: str) -> Sample | Skip:
     extension = next((ext for ext in IMAGE_EXTENSIONS if ext in files), None)
     if extension is None:
         return Skip(f"{where}:{key}", "no_image")
-    captions = caption_lines(files.get("txt", b"").decode("utf-8", errors="replace"))
+    captions = caption_lines(decode_text(files.get("txt", b"")))
     if not captions:
         return Skip(f"{where}:{key}", "no_caption")
     try:
@@ -132,7 +134,13 @@ def _read_rows(path: str) -> list[tuple[str, tuple[str, ...], dict]]:
             entries = [_json_row(line, path, number) for number, line in enumerate(f, start=1) if line.strip()]
     for number, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict) or "image" not in entry or not ({"caption", "captions"} & set(entry)):
-            raise ValueError(f"{path}: row {number} needs an 'image' and a 'caption' (or 'captions') field")
+            fields = f" (it has {sorted(entry)})" if isinstance(entry, dict) else ""
+            raise ValueError(f"{path}: row {number} needs an 'image' and a 'caption' (or 'captions') field{fields}")
+        if None in entry:  # csv.DictReader's key for the fields past the header's
+            raise ValueError(f"{path}: row {number} has more fields than the header ({entry[None]!r} left over): "
+                             f"quote a caption that holds a comma")
+        if not isinstance(entry["image"], str) or not entry["image"]:
+            raise ValueError(f"{path}: row {number}: 'image' must be a file path, got {entry['image']!r}")
         captions = entry.get("captions") or entry.get("caption") or ""
         captions = [captions] if isinstance(captions, str) else captions  # one caption, not its characters
         if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
@@ -182,17 +190,36 @@ def _convert_unit(directory: str, name: str, unit) -> dict:
     return shards.write_shard(directory, name, unit.samples(), _describe(unit))
 
 
+def source_fingerprint(source: str, units: list) -> str:
+    """A digest of the source files' paths, sizes and modification times (TFDS: its name), so that a conversion
+    is not resumed, or taken as done, after its source changed."""
+    if source.startswith(TFDS_PREFIX):
+        files = []
+    elif os.path.isdir(source):
+        files = [unit.path for unit in units]
+    else:
+        files = [source]
+    stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
 def _check_plan(out: str, plan: dict) -> None:
     """Start a conversion into `out`, or resume the one with the same `plan`; refuse a directory that holds
-    another conversion, or data that no conversion plan describes (a `data filter` output, say), whose finished
-    shards would otherwise be taken for this conversion's."""
+    another conversion, one whose source files have changed since (`source_fingerprint`), or data that no
+    conversion plan describes (a `data filter` output, say), whose finished shards would otherwise be taken for
+    this conversion's."""
     path = os.path.join(out, shards.PLAN_FILE)
     if os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
-        if before != plan:
-            raise ValueError(f"{out} holds a conversion with other arguments ({before}); use another --out "
+        arguments = {key: value for key, value in plan.items() if key != "fingerprint"}
+        if {key: before.get(key) for key in arguments} != arguments:
+            shown = {key: value for key, value in before.items() if key != "fingerprint"}
+            raise ValueError(f"{out} holds a conversion with other arguments ({shown}); use another --out "
                              f"or the same arguments to resume")
+        if before.get("fingerprint") != plan["fingerprint"]:
+            raise ValueError(f"{out} holds a conversion of {plan['source']} as it was before its files changed "
+                             f"(sizes or modification times); convert it into a new --out")
     else:
         shards.refuse_data_in(out, "mmjax data convert")
         write_text_atomically(path, json.dumps(plan, indent=1))
@@ -210,7 +237,8 @@ def convert(source: str, out: str, *, records_per_shard: int = 10_000, num_worke
     units = plan_units(source, records_per_shard, split, data_dir)
     os.makedirs(out, exist_ok=True)
     _check_plan(out, {"source": os.path.abspath(source) if not source.startswith(TFDS_PREFIX) else source,
-                      "records_per_shard": records_per_shard, "split": split, "num_shards": len(units)})
+                      "records_per_shard": records_per_shard, "split": split, "num_shards": len(units),
+                      "fingerprint": source_fingerprint(source, units)})
     shards.remove_temporaries(out)
     names = [shards.shard_name(i) for i in range(len(units))]
     todo = [i for i, name in enumerate(names) if shards.read_done(out, name) is None]

@@ -114,8 +114,12 @@ def read_index(directory: str) -> list[ShardInfo]:
     path = os.path.join(directory, INDEX_FILE)
     if not os.path.isfile(path):
         tars = os.path.isdir(directory) and any(name.endswith(".tar") for name in os.listdir(directory))
-        hint = (f"it holds webdataset tars: convert them with `mmjax data convert {directory} --out DIR`" if tars
-                else f"make one with `mmjax data convert SOURCE --out {directory}`")
+        if os.path.isfile(os.path.join(directory, PLAN_FILE)):
+            hint = "its conversion has not finished: run the same `mmjax data convert` again to finish it"
+        elif tars:
+            hint = f"it holds webdataset tars: convert them with `mmjax data convert {directory} --out DIR`"
+        else:
+            hint = f"make one with `mmjax data convert SOURCE --out {directory}`"
         raise FileNotFoundError(f"{path} not found: {directory} is not an mmjax data directory ({hint})")
     with open(path) as f:
         index = json.load(f)

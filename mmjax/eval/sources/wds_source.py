@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmjax.data.tar_samples import (TruncatedTarError, caption_lines, ends_with_end_of_archive, read_tar_samples,
-                                    split_key)
+from mmjax.data.tar_samples import (KeyOrder, TruncatedTarError, caption_lines, decode_text, ends_with_end_of_archive,
+                                    read_tar_samples, split_key)
 from mmjax.data.transforms import resize_center_crop, to_rgb
 
 from mmjax.eval.sources.batching import batches, grain_batches
@@ -98,7 +98,7 @@ def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
         return image, label
     if "txt" not in sample:
         raise ValueError(f"{shard}: sample {key} has no .txt captions")
-    captions = list(caption_lines(sample["txt"].decode("utf-8")))
+    captions = list(caption_lines(decode_text(sample["txt"])))
     if not captions:
         raise ValueError(f"{shard}: sample {key} has an empty .txt")
     return image, captions
@@ -170,7 +170,7 @@ def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample
         except tarfile.TarError as error:
             raise ValueError(f"{shard}: not a readable uncompressed tar file ({error})") from error
         with tar:
-            key, members, found = None, [], False
+            key, members, found, order = None, [], False, KeyOrder(shard)
             for member in _members(tar, shard, lambda: key):
                 parts = split_key(member.name) if member.isfile() else None
                 if parts is None:
@@ -181,6 +181,8 @@ def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample
                     members = []
                     if max_examples is not None and len(index) >= max_examples:
                         break
+                if member_key != key:
+                    order.start(member_key)
                 key, found = member_key, True
                 members = [m for m in members if m[0] != extension]  # last one wins, as in
                 members.append((extension, member.offset_data, member.size))  # a dict
