@@ -84,9 +84,10 @@ class Pretrained:
             outputs.append(np.asarray(fn(self._device_params, padded))[:len(chunk)])
         return np.concatenate(outputs) if outputs else np.zeros((0, self.config.embed_dim), np.float32)
 
-    def encode_image(self, images: Sequence[Image.Image | np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """PIL images or uint8 `[H, W, 3]` arrays (any sizes) → projected, unnormalised float32 `[N, E]`,
-        after the checkpoint's own preprocessing."""
+    def encode_image(self, images: Sequence[Image.Image | np.ndarray] | Image.Image | np.ndarray,
+                     batch_size: int = 32) -> np.ndarray:
+        """PIL images or uint8 `[H, W, 3]` arrays (any sizes; or one PIL image, or an array `[N, H, W, C]`) →
+        projected, unnormalised float32 `[N, E]`, after the checkpoint's own preprocessing."""
         return self._batched(self._encoders[0], self.preprocess.batch(images), batch_size)
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

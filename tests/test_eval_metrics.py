@@ -254,3 +254,17 @@ def test_signed_zero_scores_tie():
     query = np.array([[0.0, 1.0]], np.float32)
     for block_size in (1, 2):
         np.testing.assert_array_equal(blocked_top_k(query, candidates, 2, block_size), [[0, 1]])
+
+
+def test_non_finite_logits_and_embeddings_are_refused():
+    """Every comparison with NaN is false: a NaN true-class logit ranked first, so a model with NaN weights scored
+    acc1 100 %."""
+    logits = np.full((4, 3), np.nan, np.float32)
+    with pytest.raises(ValueError, match=r"^the logits hold NaN or inf \(4 of 4 rows\): the model computes "
+                                         r"non-finite values"):
+        zero_shot_metrics(logits, np.array([0, 1, 2, 0]))
+    images = np.eye(3, dtype=np.float32)
+    texts = images.copy()
+    texts[1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"^the text embeddings hold NaN or inf \(1 of 3 rows\)"):
+        retrieval_metrics(images, texts, np.arange(3))

@@ -166,6 +166,9 @@ def test_embeddings_are_unit_norm_and_towers_are_optional():
     np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
     raw = model.apply({"params": params}, images, method=models.TwoTower.encode_image)
     np.testing.assert_allclose(img, raw / np.linalg.norm(raw, axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
+    # an empty batch of images, as of texts (the patch reshape divided by the batch size)
+    none, _, _ = model.apply({"params": params}, image=images[:0], text=tokens[:0])
+    assert none.shape == (0, config.embed_dim)
 
 
 def test_wrong_image_size_is_one_clear_error():
@@ -176,6 +179,10 @@ def test_wrong_image_size_is_one_clear_error():
         model.apply({"params": params}, image=np.zeros((3, 32, 32, 3), np.float32))
     with pytest.raises(ValueError, match=r"token ids \[B, 8\]"):
         model.apply({"params": params}, text=np.zeros((3, 9), np.int32))
+    # an id past the vocabulary read NaN embeddings, a negative one wrapped around
+    for bad in (config.text.vocab_size, -1):
+        with pytest.raises(ValueError, match=rf"token ids must lie in \[0, {config.text.vocab_size}\), got"):
+            model.apply({"params": params}, text=np.full((3, 8), bad, np.int32))
 
 
 def test_sincos_position_table_matches_the_formula():

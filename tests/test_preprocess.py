@@ -117,3 +117,17 @@ def test_bad_inputs_name_the_problem():
         ImagePreprocess(32, interpolation="lanczos")
     with pytest.raises(ValueError, match="excludes rgb_after_resize"):
         ImagePreprocess(32, alpha_on_white=True, rgb_after_resize=True)
+
+
+def test_one_image_is_one_image_in_a_batch():
+    """An `[H, W, 3]` array was taken as H images of `[W, 3]` (24 embeddings for one picture); one PIL image
+    raised a TypeError."""
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 20, 3), np.uint8)
+    preprocess = ImagePreprocess(16)
+    want = preprocess(pixels)[None]
+    np.testing.assert_array_equal(preprocess.batch(Image.fromarray(pixels)), want)
+    np.testing.assert_array_equal(preprocess.batch([pixels]), want)
+    np.testing.assert_array_equal(preprocess.batch(pixels[None]), want)
+    with pytest.raises(ValueError, match=r"an array of images must be \[N, H, W, C\], got shape \[24, 20, 3\]; "
+                                         r"pass one image as \[image\]"):
+        preprocess.batch(pixels)

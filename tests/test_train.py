@@ -420,3 +420,20 @@ def test_a_resume_may_name_the_runs_tokenizer_file_by_another_path_but_not_anoth
     assert not _same_tokenizer_file(run, "tok.json", str(tmp_path / "missing.json"))
     assert not _same_tokenizer_file(run, "", str(tmp_path / "same.json"))  # the synthetic words → a file
     assert not _same_tokenizer_file(run, "tok.json", "clip-bpe")
+
+
+def test_a_diverged_run_stops_in_one_line_before_it_saves_nan_parameters(tmp_path):
+    """With NaN parameters the run used to go on to its end, checkpoint them, and evaluate to 100 % accuracy."""
+    config = clip_tiny.get_config("test")
+    config.optim.learning_rate, config.log_every, config.checkpoint_every = 1e30, 1, 2
+    with pytest.raises(ValueError, match=r"^training diverged at step (\d+) \((loss|grad_norm) nan.*\); (the last "
+                                         r"checkpoint, step \d+, is kept|no checkpoint was saved)\. Lower "
+                                         r"config.optim.learning_rate") as error:
+        train(config, str(tmp_path))
+    diverged = int(re.search(r"step (\d+)", str(error.value)).group(1))
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert logged[-1]["step"] == diverged and not math.isfinite(logged[-1]["loss"] + logged[-1]["grad_norm"])
+    assert all(math.isfinite(line["loss"]) for line in logged[:-1])
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) if os.path.isdir(tmp_path / "checkpoints") \
+        else []
+    assert all(step < diverged for step in saved)

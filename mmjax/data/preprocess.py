@@ -153,9 +153,15 @@ class ImagePreprocess:
         """One PIL image or uint8 `[H, W(, C)]` array → float32 `[S, S, 3]`."""
         return self.normalize(self.resized(image))
 
-    def batch(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
-        """A list of images (any sizes) → float32 `[N, S, S, 3]`."""
-        if isinstance(images, np.ndarray) and images.ndim == 4:
+    def batch(self, images: Sequence[Image.Image | np.ndarray] | Image.Image | np.ndarray) -> np.ndarray:
+        """A list of images (any sizes), an array `[N, H, W, C]` or one PIL image → float32 `[N, S, S, 3]`.
+        Another array is refused: its rows would be taken for images (`[H, W, 3]` as H images `[W, 3]`)."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4:
+                raise ValueError(f"an array of images must be [N, H, W, C], got shape {list(images.shape)}; pass "
+                                 f"one image as [image]")
             images = list(images)
         return np.stack([self(image) for image in images]) if len(images) else np.zeros(
             (0, self.size, self.size, 3), np.float32)

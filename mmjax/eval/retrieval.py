@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.eval.zeroshot import l2_normalize
+from mmjax.eval.zeroshot import l2_normalize, require_finite
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -129,6 +129,8 @@ def retrieval_metrics(
       ``{"image_retrieval_recall@k": ..., "text_retrieval_recall@k": ...}`` for each k,
       in clip_benchmark's key order.
     """
+    require_finite(image_emb, "the image embeddings")
+    require_finite(text_emb, "the text embeddings")
     images = l2_normalize(image_emb)
     texts = l2_normalize(text_emb)
     text_to_image = np.asarray(text_to_image)

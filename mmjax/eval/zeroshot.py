@@ -38,6 +38,15 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x / np.maximum(norm, NORM_EPS)
 
 
+def require_finite(values: np.ndarray, what: str) -> None:
+    """A one-line `ValueError` when `values` hold NaN or infinities: every comparison with a NaN is false, so a
+    NaN logit would rank first and a model with NaN weights would score 100 %."""
+    bad = ~np.isfinite(np.asarray(values)).reshape(len(values), -1)
+    if bad.any():
+        raise ValueError(f"{what} hold NaN or inf ({int(bad.any(axis=1).sum())} of {len(bad)} rows): the model "
+                         f"computes non-finite values (a diverged checkpoint?)")
+
+
 def class_prompts(classname: str, templates: Templates) -> list[str]:
     """The prompts for one class.
 
@@ -119,6 +128,7 @@ def label_rank(logits: np.ndarray, labels: np.ndarray, block_size: int = 4096) -
     """
     logits = np.asarray(logits)
     labels = np.asarray(labels)
+    require_finite(logits, "the logits")
     class_index = np.arange(logits.shape[1])
     ranks = np.empty(len(labels), np.int64)
     for start in range(0, len(labels), block_size):

@@ -61,7 +61,9 @@ def accumulating_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, 
     float32 result and 2.7 ms all in float32), and a bias gradient summed in bf16 becomes float32
     `reduce-window`s (150 ms of a 400 ms bench-tiny step). XLA:CPU still multiplies the kernel's gradient
     (a contraction over N) in float32. The kernel and bias are reshaped inside, so that under `nn.scan`
-    the saved residuals are the layer's own parameters and not stacked copies of them.
+    the saved residuals are the layer's own parameters and not stacked copies of them. Being a `custom_vjp`,
+    it has no forward-mode derivative: `jax.jvp` / `jacfwd` of a bf16 model on CPU raise (reverse mode, and
+    float32 or other backends, are not affected).
     """
     y = jnp.dot(x.astype(dtype), kernel.reshape(x.shape[-1], -1).astype(dtype), preferred_element_type=jnp.float32)
     return (y if bias is None else y + bias.reshape(-1).astype(jnp.float32)).astype(dtype)
@@ -297,7 +299,7 @@ class PatchEmbed(nn.Module):
             kernel_init=_init(nn.initializers.lecun_normal(), (None, None, None, axes.EMBED)),
             bias_init=_init(nn.initializers.zeros_init(), (axes.EMBED,)), name="conv",
         )(images)
-        return x.reshape(x.shape[0], -1, self.width)
+        return x.reshape(x.shape[0], x.shape[1] * x.shape[2], self.width)  # not -1: a batch of 0 images is fine
 
 
 def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:

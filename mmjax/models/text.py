@@ -6,6 +6,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.models import axes, layers
 
@@ -28,7 +29,11 @@ class TextConfig(layers.TransformerSpec):
 
 
 class TextTransformer(nn.Module):
-    """`token_ids [B, L] int -> pooled features [B, width]`."""
+    """`token_ids [B, L] int -> pooled features [B, width]`.
+
+    Ids must lie in `[0, vocab_size)`; one that is not is refused when `token_ids` is a NumPy array, but inside
+    `jit` it cannot be seen: `nn.Embed` then reads NaN (ids past the table) or wraps (negative ids). mmjax's
+    tokenizers, and training, which checks the tokenizer against the model, only give valid ids."""
 
     config: TextConfig
     options: layers.BlockOptions
@@ -39,6 +44,9 @@ class TextTransformer(nn.Module):
         dtype = jnp.dtype(opts.dtype)
         if token_ids.ndim != 2 or token_ids.shape[1] != cfg.context_length:
             raise ValueError(f"text encoder expects token ids [B, {cfg.context_length}], got {list(token_ids.shape)}")
+        if isinstance(token_ids, np.ndarray) and token_ids.size and not (
+                0 <= token_ids.min() and token_ids.max() < cfg.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got {token_ids.min()}..{token_ids.max()}")
         embed = nn.Embed(
             cfg.vocab_size, cfg.width, dtype=dtype, name="token_embed",
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),

@@ -17,7 +17,8 @@ class VisionConfig(layers.TransformerSpec):
     pool: `"cls"` (a class token is prepended and read out), `"map"` (attention
     pooling, no class token) or `"mean"`. pre_norm: a LayerNorm before the blocks
     (OpenAI CLIP). patch_bias: bias on the patch projection (SigLIP).
-    posemb: `"learned"` or `"sincos2d"`.
+    posemb: `"learned"` or `"sincos2d"`. `image_size` need not be a multiple of `patch_size`: as in the
+    references (SigLIP So400m/14 at 384 px, 27 × 27 patches), pixels past the last whole patch are not read.
     """
 
     image_size: int

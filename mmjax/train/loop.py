@@ -209,11 +209,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                         metrics.update(memory)
                     writer.write(step, metrics)
                     last_time, last_step, data_wait = now, step, 0.0
+                    stop_if_diverged(step, metrics, checkpoints)
                 if evaluation.due(step):  # before the checkpoint: a run killed here evaluates this step again
                     results = evaluation.run(state.params)
                     writer.write_eval(step, results)
                     last_time += results["eval_s"]  # step times leave the evaluation out
                 if step % config.checkpoint_every == 0 or step == end:
+                    stop_if_diverged(step, metrics, checkpoints)  # never a checkpoint of NaN parameters
                     skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
                     writer.flush(step)  # and TensorBoard every step it has logged: a resumed run starts after them
                     checkpoints.save(step, state, data, config_json)
@@ -227,6 +229,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         writer.close()
         data.close()
     return state
+
+
+def stop_if_diverged(step: int, metrics: dict, checkpoints: Checkpoints) -> None:
+    """A one-line `ValueError` when step `step`'s loss or gradient norm is not finite: the update made (or will
+    make) the parameters NaN, and every later step, checkpoint and evaluation would carry them."""
+    values = {name: float(value) for name, value in jax.device_get(
+        {name: metrics[name] for name in ("loss", "grad_norm")}).items()}
+    bad = [f"{name} {value}" for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        last = checkpoints.latest_step()
+        kept = "no checkpoint was saved" if last is None else f"the last checkpoint, step {last}, is kept"
+        raise ValueError(f"training diverged at step {step} ({', '.join(bad)}); {kept}. Lower "
+                         f"config.optim.learning_rate or lengthen its warmup, then train again")
 
 
 def _closing_line(workdir: str, start: int, end: int, total_steps: int, seconds: float) -> str:
