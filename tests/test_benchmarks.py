@@ -290,6 +290,21 @@ def test_a_label_that_is_not_an_integer_is_one_line_naming_the_sample(tmp_path, 
     one_line(info)
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_caption_that_is_not_utf8_is_one_line_and_utf16_is_read(tmp_path, num_workers):
+    """A benchmark's captions are read strictly (never silently changed to U+FFFD); UTF-16 with its byte-order
+    mark is text."""
+    (tmp_path / "test").mkdir()
+    write_shard(tmp_path / "test" / "0000.tar", [
+        ("k0", {"png": png((255, 0, 0)), "txt": "a red square".encode("utf-16")}),
+        ("k1", {"png": png((0, 255, 0)), "txt": "un caf\u00e9 vert".encode("latin-1")})])
+    with pytest.raises(ValueError, match=r"0000\.tar: sample k1 has a \.txt that is neither UTF-8 nor UTF-16 "
+                                         r"\(invalid continuation byte at byte 6\)$") as info:
+        benchmarks.run_benchmark(f"wds:{tmp_path}", oracle_images, oracle_texts, image_size=2,
+                                 num_workers=num_workers)
+    one_line(info)
+
+
 def test_a_template_with_another_placeholder_or_no_class_names_is_one_line(tmp_path):
     name = write_classification(tmp_path / "a", [[0, 1]], templates=["a {c} thing", "a {size} {c}"])
     with pytest.raises(ValueError, match=r"prompt template 'a \{size\} \{c\}' needs one \{c\} or \{\} placeholder") \

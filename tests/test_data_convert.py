@@ -339,7 +339,8 @@ def test_captions_file_rows_that_do_not_fit_the_header_are_one_line(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=message):
             convert(str(tmp_path / name), str(tmp_path / f"out-{name}"), progress=False)
-    (tmp_path / "quoted.csv").write_text('image,caption\na.png,"a red, square on a table"\n')
+    # quoted, the comma is the caption's; empty cells past the header (a spreadsheet's export) are no fields
+    (tmp_path / "quoted.csv").write_text('image,caption\na.png,"a red, square on a table",,\n')
     convert(str(tmp_path / "quoted.csv"), str(tmp_path / "out"), progress=False)
     assert [r["captions"] for r in read_records(tmp_path / "out")] == [["a red, square on a table"]]
 
@@ -386,6 +387,17 @@ def test_a_source_that_changed_is_not_resumed_or_taken_as_converted(tmp_path):
     with pytest.raises(ValueError, match=r"out holds a conversion of .*captions.csv as it was before its files "
                                          r"changed \(sizes or modification times\); convert it into a new --out$"):
         convert(str(path), str(tmp_path / "out"), records_per_shard=1, progress=False)
+
+
+def test_a_conversion_resumes_under_another_spelling_of_its_source_and_from_an_earlier_plan(tmp_path, monkeypatch):
+    wds_inputs(tmp_path / "wds", num_shards=3, per_shard=2)
+    monkeypatch.chdir(tmp_path)
+    convert("wds", "out", progress=False, max_shards=1)
+    convert(str(tmp_path / "wds"), "out", progress=False, max_shards=1)  # the same source, spelt absolute
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    del plan["fingerprint"]  # as an earlier mmjax wrote it
+    (tmp_path / "out" / "plan.json").write_text(json.dumps(plan))
+    assert convert("./wds", "out", progress=False)["num_records"] == 6
 
 
 def test_utf16_and_byte_order_marked_captions_are_read_as_text(tmp_path):

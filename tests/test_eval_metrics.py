@@ -268,3 +268,4 @@ def test_non_finite_logits_and_embeddings_are_refused():
     texts[1, 0] = np.inf
     with pytest.raises(ValueError, match=r"^the text embeddings hold NaN or inf \(1 of 3 rows\)"):
         retrieval_metrics(images, texts, np.arange(3))
+    assert label_rank(np.zeros((0, 3), np.float32), np.zeros(0, np.int64)).shape == (0,)  # no rows: nothing to refuse

@@ -128,6 +128,12 @@ def test_one_image_is_one_image_in_a_batch():
     np.testing.assert_array_equal(preprocess.batch(Image.fromarray(pixels)), want)
     np.testing.assert_array_equal(preprocess.batch([pixels]), want)
     np.testing.assert_array_equal(preprocess.batch(pixels[None]), want)
-    with pytest.raises(ValueError, match=r"an array of images must be \[N, H, W, C\], got shape \[24, 20, 3\]; "
-                                         r"pass one image as \[image\]"):
+    with pytest.raises(ValueError, match=r"an array of images must be \[N, H, W, C\], got shape \[24, 20, 3\]: "
+                                         r"pass one image as \[image\], greyscale images with a channel axis"):
         preprocess.batch(pixels)
+    grey = pixels[..., 0]
+    np.testing.assert_array_equal(preprocess.batch(np.stack([grey, grey])[..., None]),
+                                  np.concatenate([preprocess(grey)[None]] * 2))
+    mixed = np.empty(2, object)  # images of different sizes in an object array, as a list
+    mixed[0], mixed[1] = pixels, pixels[:10]
+    np.testing.assert_array_equal(preprocess.batch(mixed), np.stack([preprocess(pixels), preprocess(pixels[:10])]))

@@ -136,8 +136,9 @@ def _read_rows(path: str) -> list[tuple[str, tuple[str, ...], dict]]:
         if not isinstance(entry, dict) or "image" not in entry or not ({"caption", "captions"} & set(entry)):
             fields = f" (it has {sorted(entry)})" if isinstance(entry, dict) else ""
             raise ValueError(f"{path}: row {number} needs an 'image' and a 'caption' (or 'captions') field{fields}")
-        if None in entry:  # csv.DictReader's key for the fields past the header's
-            raise ValueError(f"{path}: row {number} has more fields than the header ({entry[None]!r} left over): "
+        extra = entry.pop(None, None) or []  # csv.DictReader's key for the fields past the header's
+        if any(extra):  # empty trailing cells (`a.png,a cat,,` from a spreadsheet) are no fields
+            raise ValueError(f"{path}: row {number} has more fields than the header ({extra!r} left over): "
                              f"quote a caption that holds a comma")
         if not isinstance(entry["image"], str) or not entry["image"]:
             raise ValueError(f"{path}: row {number}: 'image' must be a file path, got {entry['image']!r}")
@@ -195,11 +196,11 @@ def source_fingerprint(source: str, units: list) -> str:
     is not resumed, or taken as done, after its source changed."""
     if source.startswith(TFDS_PREFIX):
         files = []
-    elif os.path.isdir(source):
-        files = [unit.path for unit in units]
+    elif os.path.isdir(source):  # paths relative to the source: `wds`, `./wds` and `/abs/wds` are one source
+        files = [(os.path.relpath(unit.path, source), unit.path) for unit in units]
     else:
-        files = [source]
-    stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files]
+        files = [("", source)]
+    stats = [(name, os.stat(path).st_size, os.stat(path).st_mtime_ns) for name, path in files]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
@@ -217,7 +218,9 @@ def _check_plan(out: str, plan: dict) -> None:
             shown = {key: value for key, value in before.items() if key != "fingerprint"}
             raise ValueError(f"{out} holds a conversion with other arguments ({shown}); use another --out "
                              f"or the same arguments to resume")
-        if before.get("fingerprint") != plan["fingerprint"]:
+        if "fingerprint" not in before:  # a plan of an earlier mmjax: the source is taken as it is now
+            write_text_atomically(path, json.dumps(before | {"fingerprint": plan["fingerprint"]}, indent=1))
+        elif before["fingerprint"] != plan["fingerprint"]:
             raise ValueError(f"{out} holds a conversion of {plan['source']} as it was before its files changed "
                              f"(sizes or modification times); convert it into a new --out")
     else:

@@ -110,7 +110,7 @@ class ImagePreprocess:
             if image.dtype != np.uint8 or image.ndim not in (2, 3):
                 raise ValueError(f"images must be PIL images or uint8 [H, W(, C)] arrays, "
                                  f"got {image.dtype} {list(image.shape)}")
-            image = Image.fromarray(image)
+            image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
         if image.mode.startswith("I"):  # 16-bit: scaled to 8 bits (its transparency, a 16-bit value, is dropped)
             return to_rgb(image)
         if self.rgb_after_resize:
@@ -155,13 +155,14 @@ class ImagePreprocess:
 
     def batch(self, images: Sequence[Image.Image | np.ndarray] | Image.Image | np.ndarray) -> np.ndarray:
         """A list of images (any sizes), an array `[N, H, W, C]` or one PIL image → float32 `[N, S, S, 3]`.
-        Another array is refused: its rows would be taken for images (`[H, W, 3]` as H images `[W, 3]`)."""
+        A 1-D object array is a list; other arrays are refused: `[H, W, 3]` (one colour image) and `[N, H, W]` (N
+        greyscale images) cannot be told apart."""
         if isinstance(images, Image.Image):
             images = [images]
         if isinstance(images, np.ndarray):
-            if images.ndim != 4:
-                raise ValueError(f"an array of images must be [N, H, W, C], got shape {list(images.shape)}; pass "
-                                 f"one image as [image]")
+            if images.ndim not in (1, 4):  # 1: an object array of images
+                raise ValueError(f"an array of images must be [N, H, W, C], got shape {list(images.shape)}: pass "
+                                 f"one image as [image], greyscale images with a channel axis (x[..., None])")
             images = list(images)
         return np.stack([self(image) for image in images]) if len(images) else np.zeros(
             (0, self.size, self.size, 3), np.float32)

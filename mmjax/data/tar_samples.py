@@ -38,12 +38,13 @@ class KeyOrder:
         self.seen.add(key)
 
 
-def decode_text(data: bytes) -> str:
+def decode_text(data: bytes, errors: str = "replace") -> str:
     """A `.txt` member's text: UTF-8 (a byte-order mark dropped), or UTF-16 when it starts with a UTF-16 byte-order
-    mark (as Windows PowerShell writes); bytes that do not decode become U+FFFD."""
+    mark (as Windows PowerShell writes). `errors` as `bytes.decode`'s: "replace" turns bytes that do not decode
+    into U+FFFD, "strict" raises `UnicodeDecodeError`."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16", errors="replace")
-    return data.decode("utf-8-sig", errors="replace")
+        return data.decode("utf-16", errors=errors)
+    return data.decode("utf-8-sig", errors=errors)
 
 
 def caption_lines(text: str) -> tuple[str, ...]:

@@ -41,8 +41,9 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def require_finite(values: np.ndarray, what: str) -> None:
     """A one-line `ValueError` when `values` hold NaN or infinities: every comparison with a NaN is false, so a
     NaN logit would rank first and a model with NaN weights would score 100 %."""
-    bad = ~np.isfinite(np.asarray(values)).reshape(len(values), -1)
+    bad = ~np.isfinite(np.asarray(values))
     if bad.any():
+        bad = bad.reshape(len(bad), -1)
         raise ValueError(f"{what} hold NaN or inf ({int(bad.any(axis=1).sum())} of {len(bad)} rows): the model "
                          f"computes non-finite values (a diverged checkpoint?)")
 

@@ -98,7 +98,11 @@ def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
         return image, label
     if "txt" not in sample:
         raise ValueError(f"{shard}: sample {key} has no .txt captions")
-    captions = list(caption_lines(decode_text(sample["txt"])))
+    try:  # strictly: a benchmark's captions are not silently changed
+        captions = list(caption_lines(decode_text(sample["txt"], errors="strict")))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{shard}: sample {key} has a .txt that is neither UTF-8 nor UTF-16 ({error.reason} at "
+                         f"byte {error.start})") from None
     if not captions:
         raise ValueError(f"{shard}: sample {key} has an empty .txt")
     return image, captions
