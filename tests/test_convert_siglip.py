@@ -179,6 +179,22 @@ def test_preprocessing_equals_transformers_processor(hf_dir):
         np.testing.assert_allclose(preprocess.batch(images), expected, rtol=0, atol=tolerance, err_msg=backend)
 
 
+def test_one_number_for_the_processors_mean_and_std_is_every_channels(hf_dir, tmp_path):
+    """transformers accepts `"image_mean": 0.5`; mmjax raised a TypeError traceback. Other values are one line."""
+    path = tmp_path / "scalar"
+    shutil.copytree(hf_dir, path)
+    config = json.loads((path / "preprocessor_config.json").read_text())
+    (path / "preprocessor_config.json").write_text(json.dumps(config | {"image_mean": 0.25, "image_std": 0.5}))
+    image = _images(1)
+    expected = transformers.AutoImageProcessor.from_pretrained(path, backend="pil")(
+        images=image, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(load_pretrained(str(path)).preprocess.batch(image), expected, rtol=0, atol=1e-6)
+    (path / "preprocessor_config.json").write_text(json.dumps(config | {"image_mean": [0.5, 0.5]}))
+    with pytest.raises(ValueError, match=r"preprocessor_config.json: image_mean \[0.5, 0.5\] is not a number or a "
+                                         r"list of 3 numbers$"):
+        load_pretrained(str(path))
+
+
 def test_wrong_shapes_name_the_parameter(hf_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

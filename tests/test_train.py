@@ -230,6 +230,10 @@ def test_invalid_values_are_one_line_config_errors():
     config.loss = "sigmoid"
     with pytest.raises(ConfigError, match="needs a model with a logit bias"):
         validate(config)
+    config.model = "siglip-test"  # the other way: a bias the CLIP loss never trains, read as SigLIP's
+    config.loss = "clip"
+    with pytest.raises(ConfigError, match="config.loss='clip' leaves 'siglip-test''s logit bias untrained"):
+        validate(config)
     with pytest.raises(AttributeError):
         clip_tiny.get_config("test").batch_sze = 3  # locked: a misspelt key is an error
     # optimizer values that train to NaN (b1 or b2 = 1) or ascend the gradient (a negative learning rate)

@@ -56,6 +56,10 @@ def run(argv: list[str]) -> None:
     count = sum(int(np.prod(np.shape(leaf))) for leaf in flatten(pretrained.params).values())
     kind = "SigLIP" if pretrained.config.logit_bias_init is not None else "CLIP"
     print(f"{source} ({pretrained.format} {kind}, {count:,} parameters) -> {out} ({flags.FLAGS.to})")
+    if flags.FLAGS.to == "hf" and getattr(pretrained.tokenizer, "normalization", None) == "big_vision":
+        print(f"mmjax: warning: {source} tokenizes as big_vision does (punctuation kept); the SiglipTokenizer written "
+              f"to {out} removes punctuation, as transformers' own SigLIP conversion does, so texts with punctuation "
+              f"get other ids there", file=sys.stderr)
     if flags.FLAGS.to == "open_clip":
         from mmjax.convert.open_clip import is_clip_bpe
 

@@ -36,6 +36,16 @@ SIGLIP = ProcessorDefaults("SiglipImageProcessor", (0.5,) * 3, (0.5,) * 3, cente
                            extra=(("processor_class", "SiglipProcessor"),))
 
 
+def _per_channel(value, name: str, where: str) -> tuple[float, float, float]:
+    """`image_mean` / `image_std`: three numbers, or one for every channel (transformers accepts both)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),) * 3
+    if (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        return tuple(float(v) for v in value)
+    raise ValueError(f"{where}: {name} {value!r} is not a number or a list of 3 numbers")
+
+
 def _size_dict(size, where: str) -> dict:
     if isinstance(size, int):
         return {"shortest_edge": size}
@@ -64,9 +74,9 @@ def preprocess_from_hf(processor: Mapping, image_size: int, where: str, defaults
     resample = processor.get("resample", 3)
     if resample not in RESAMPLE:
         raise ValueError(f"{where}: resample {resample} is not 2 (bilinear) or 3 (bicubic)")
-    common = dict(mean=tuple(processor.get("image_mean", defaults.mean)),
-                  std=tuple(processor.get("image_std", defaults.std)), interpolation=RESAMPLE[resample],
-                  alpha_on_white=True)
+    common = dict(mean=_per_channel(processor.get("image_mean", defaults.mean), "image_mean", where),
+                  std=_per_channel(processor.get("image_std", defaults.std), "image_std", where),
+                  interpolation=RESAMPLE[resample], alpha_on_white=True)
     default_size = {"height": image_size, "width": image_size} if defaults.squash else {"shortest_edge": image_size}
     size = _size_dict(processor.get("size", default_size), where)
     crop_side = (_square_side(processor.get("crop_size", image_size), where)

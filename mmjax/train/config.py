@@ -142,6 +142,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.loss in LOSSES, f"config.loss={c.loss!r} must be one of {LOSSES}")
     _require(c.loss != "sigmoid" or model.logit_bias_init is not None,
              f"config.loss='sigmoid' needs a model with a logit bias; {c.model!r} has none (use a SigLIP model)")
+    _require(c.loss != "clip" or model.logit_bias_init is None,
+             f"config.loss='clip' leaves {c.model!r}'s logit bias untrained, and a model with one is read as SigLIP "
+             f"(sigmoid scores, SiglipModel export); use loss='sigmoid', or a CLIP model")
     _require(c.model_options.remat_policy in REMAT_POLICIES,
              f"config.model_options.remat_policy={c.model_options.remat_policy!r} must be one of {REMAT_POLICIES}")
     _require(c.distributed.initialize in multihost.MODES,
