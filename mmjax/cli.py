@@ -76,12 +76,13 @@ def _eval(_argv) -> None:
                          "config.eval.num_heldout and num_retrieval")
     if benchmark is not None and flags.FLAGS.figure:
         raise ValueError("--figure draws the synthetic benchmark; drop it or --benchmark")
-    if flags.FLAGS.output:  # checked before the evaluation runs, not when its results are written
-        output_dir = os.path.dirname(os.path.abspath(flags.FLAGS.output))
-        if os.path.isdir(flags.FLAGS.output):
-            raise ValueError(f"--output {flags.FLAGS.output} is a directory; name the results file (.json)")
-        if not os.path.isdir(output_dir):
-            raise FileNotFoundError(f"--output directory {output_dir} does not exist")
+    for flag, path, kind in (("output", flags.FLAGS.output, "results file (.json)"),
+                             ("figure", flags.FLAGS.figure, "figure (.png)")):
+        if path:  # checked before the evaluation runs, not when its results are written
+            if os.path.isdir(path):
+                raise ValueError(f"--{flag} {path} is a directory; name the {kind}")
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise FileNotFoundError(f"--{flag} directory {os.path.dirname(os.path.abspath(path))} does not exist")
     encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None)
     config, image_size = trained.config, trained.model.config.vision.image_size
     if benchmark is None:
@@ -157,6 +158,8 @@ def _embed(argv) -> None:
     elif len(argv) > 1 or bool(images) == bool(texts):
         raise ValueError("give one of --images DIR or --texts FILE (or one IMAGE_DIR | TEXT_FILE argument)")
     index_format(out)
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory; name the index file (.safetensors or .npz)")
     paths = list_images(images) if images else None
     ids = image_ids(paths, images) if images else read_text_lines(texts)
     check_ids_fit(out, ids)  # before the model loads and embeds
@@ -165,9 +168,9 @@ def _embed(argv) -> None:
     if images:
         size = trained.model.config.vision.image_size
         embeddings, ids = embed_image_files(encoder.encode_images, paths, size, root=images)
-        index = Index(embeddings, ids, "image", model, os.path.abspath(images))
+        index = Index(embeddings, ids, "image", model, os.path.abspath(images), str(trained.step))
     else:
-        index = Index(encoder.encode_texts(ids), ids, "text", model)
+        index = Index(encoder.encode_texts(ids), ids, "text", model, model_step=str(trained.step))
     save_index(out, index)
     print(f"{len(index)} {index.modality} embeddings ({index.dim}-d) -> {out}")
 
@@ -197,6 +200,10 @@ def _search(_argv) -> None:
     if index.model and os.path.abspath(model) != index.model:
         print(f"mmjax: warning: the index was embedded by {index.model}, not {model}", file=sys.stderr)
     encoder, trained = _load_encoder(model)
+    if index.model == os.path.abspath(model) and index.model_step not in ("", str(trained.step)):
+        print(f"mmjax: warning: the index was embedded by {index.model} at step {index.model_step}, which has trained "
+              f"on to step {trained.step}: the query and the index are embedded by different weights; embed the "
+              f"index again", file=sys.stderr)
     if text is not None:
         query = encoder.encode_texts([text])
     else:
@@ -261,7 +268,8 @@ def _fail(error: BaseException) -> None:
     message = error.args[0] if isinstance(error, KeyError) and error.args else error
     if "Traceback (most recent call last)" in str(message):  # config_flags wraps get_config's error with its trace
         message = re.sub(r"^[\w.]+: ", "", str(message).strip().splitlines()[-1])
-    text = " ".join(str(message).replace("\\n", " ").replace("\\'", "'").split())
+    # one line: line breaks become spaces, but other spacing is kept (a path may hold two spaces)
+    text = re.sub(r"\s*(\\n|[\r\n])\s*", " ", str(message).replace("\\'", "'")).strip()
     required = re.findall(r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", text)
     if required:  # absl's wording for missing required flags
         text = f"{', '.join('--' + name for name in required)} {'is' if len(required) == 1 else 'are'} required " \
@@ -340,7 +348,9 @@ def _run_reporting_errors(command):
             if name in FLAGS_ONLY and len(argv) > 1:
                 raise ValueError(f"unexpected argument {' '.join(argv[1:])!r}: mmjax {name} takes flags only "
                                  f"(see --help)")
-            command(argv)
+            with interrupts.watching():  # the commands' loops check for a Ctrl-C Python dropped
+                command(argv)
+            interrupts.check()  # one dropped after the last check: exit 130, not 0
         except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
             _fail(error)
         except OSError as error:

@@ -9,6 +9,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
+from mmjax import interrupts
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.data.transforms import normalize_images
 from mmjax.models import TwoTower
@@ -56,6 +57,7 @@ class Encoder:
         quiet = not self.progress or len(inputs) <= self.batch_size
         with tqdm.tqdm(total=len(inputs), unit=unit, disable=quiet) as bar:
             for start in range(0, len(inputs), self.batch_size):
+                interrupts.check()  # a Ctrl-C Python dropped in a gc callback (see mmjax.interrupts)
                 chunk = inputs[start:start + self.batch_size]
                 padded = np.zeros((self.batch_size, *chunk.shape[1:]), chunk.dtype)
                 padded[:len(chunk)] = chunk

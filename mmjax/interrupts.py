@@ -17,14 +17,14 @@ import threading
 from collections.abc import Iterator
 
 _dropped = threading.Event()
-_watching = threading.Event()
+_watchers = []  # one entry per `watching()` block open (they nest: a command, the training loop inside it)
 _reporting = sys.unraisablehook  # the hook `install()` found, which reports everything else
 
 
 def _on_unraisable(unraisable) -> None:
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         _dropped.set()
-        if _watching.is_set():
+        if _watchers:
             return
     _reporting(unraisable)
 
@@ -47,11 +47,11 @@ def check() -> None:
 @contextlib.contextmanager
 def watching() -> Iterator[None]:
     """A loop that calls `check()` often: a dropped interrupt is raised by it, not reported."""
-    _watching.set()
+    _watchers.append(None)
     try:
         yield
     finally:
-        _watching.clear()
+        _watchers.pop()
 
 
 @contextlib.contextmanager

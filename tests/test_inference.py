@@ -37,3 +37,11 @@ def test_sharded_padded_batches_equal_one_unsharded_forward():
     for wrong in (pictures / 255.0, pictures.astype(np.int16)):
         with pytest.raises(ValueError, match=f"images must be uint8 \\[N, 16, 16, 3\\], got {wrong.dtype} "):
             encoder.encode_images(wrong)
+    # a Ctrl-C that Python dropped (raised inside a gc callback) stops the embedding at the next batch; `embed`
+    # went on and wrote its file
+    from mmjax import interrupts
+
+    interrupts._dropped.set()
+    with pytest.raises(KeyboardInterrupt):
+        encoder.encode_texts(texts)
+    assert not interrupts._dropped.is_set()

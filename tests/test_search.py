@@ -1,6 +1,7 @@
 """Embedding search, index files, image loading, free-label classification, and the CLI end to end."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from PIL import Image
 from mmjax.eval.classify import label_probabilities, model_label_probabilities
 from mmjax.eval.contact_sheet import write_contact_sheet, write_search_sheet
 from mmjax.eval.images import list_images, load_images
-from mmjax.eval.search import Index, load_index, save_index, search
+from mmjax.eval.search import Index, format_hits, load_index, read_text_lines, save_index, search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(ROOT, "configs", "clip_tiny.py") + ":test"
@@ -164,6 +165,33 @@ def test_list_images_is_recursive_sorted_and_by_extension(tmp_path):
         list_images(_empty_dir(tmp_path))
 
 
+def test_list_images_follows_linked_directories_once_and_passes_over_hidden_files(tmp_path):
+    """A linked sub-directory was skipped without a word; macOS's `._NAME.jpg` resource files stopped `embed`."""
+    (tmp_path / "photos" / "trip").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ["photos/a.png", "photos/trip/b.png", "elsewhere/c.png"]:
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "photos" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "photos" / "linked")
+    os.symlink(tmp_path / "photos", tmp_path / "photos" / "trip" / "back")  # a cycle
+    assert [os.path.relpath(p, tmp_path / "photos") for p in list_images(tmp_path / "photos")] == [
+        "a.png", "linked/c.png", "trip/b.png"]
+
+
+def test_text_files_with_a_byte_order_mark_or_not_utf8_and_ids_with_line_breaks(tmp_path):
+    """Notepad's byte-order mark became part of the first text (an exact match ranked fourth); a Latin-1 file
+    was an error naming neither file nor line; an id with a line break split a hit over two lines."""
+    path = tmp_path / "texts.txt"
+    path.write_bytes("a red circle\r\n\r\na blue square\u2028with a line separator\n".encode("utf-8-sig"))
+    assert read_text_lines(str(path)) == ["a red circle", "a blue square\u2028with a line separator"]
+    path.write_bytes("caf\u00e9\nau lait\n".encode("utf-8") + "cr\u00e8me\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"texts.txt is not UTF-8 \(line 3: invalid continuation byte\)$"):
+        read_text_lines(str(path))
+    quoted = "'two\\nlines'"  # as Python writes the string: one line
+    assert format_hits([1, 0], [0.9, 0.5], ["plain id", "two\nlines"]) == [
+        f"   1   0.9000  {quoted}", "   2   0.5000  plain id"]
+
+
 def _empty_dir(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -246,6 +274,12 @@ def test_cli_embed_search_sheet_and_classify(trained_workdir, tmp_path):
     assert sorted(line.split(None, 2)[2] for line in image_to_text.stdout.splitlines()) == [
         "a blue square", "a green triangle", "a red circle"]
 
+    # a directory as --out is refused before anything is embedded
+    (tmp_path / "folder.npz").mkdir()
+    refused = mmjax("embed", "--model", trained_workdir, str(texts), "--out", str(tmp_path / "folder.npz"))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        f"mmjax: error: --out {tmp_path / 'folder.npz'} is a directory; name the index file (.safetensors or .npz)")
+
     images = [str(tmp_path / "images" / "00.png"), str(tmp_path / "images" / "sub" / "01.png")]
     classified = mmjax("classify", "--model", trained_workdir, "--labels", "a red circle,a blue square, a cat",
                        *images)
@@ -255,3 +289,22 @@ def test_cli_embed_search_sheet_and_classify(trained_workdir, tmp_path):
     for block in (blocks[0].splitlines()[1:], blocks[1].splitlines()):
         probabilities = [float(line.split()[0]) for line in block]
         assert len(probabilities) == 3 and abs(sum(probabilities) - 1) < 1e-3
+
+
+def test_search_warns_when_the_index_model_has_trained_on(trained_workdir, tmp_path):
+    """An index embedded at step 6 and queried after the workdir trained on: the weights differ, and the results
+    were silently wrong."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\na blue square\n")
+    index = str(tmp_path / "texts.npz")
+    assert mmjax("embed", "--model", str(workdir), str(texts), "--out", index).returncode == 0
+    assert load_index(index).model_step == "6"
+    fresh = mmjax("search", "--index", index, "--text", "a red circle")
+    assert fresh.returncode == 0 and "warning" not in fresh.stderr
+    trained_on = mmjax("train", "--config", TEST_CONFIG, "--workdir", str(workdir), "--config.total_steps=8")
+    assert trained_on.returncode == 0, trained_on.stderr
+    stale = mmjax("search", "--index", index, "--text", "a red circle")
+    assert stale.returncode == 0 and (f"mmjax: warning: the index was embedded by {workdir} at step 6, which has "
+                                      f"trained on to step 8") in stale.stderr

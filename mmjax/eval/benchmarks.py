@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from mmjax import interrupts
 from mmjax.eval import sources
 from mmjax.eval.retrieval import retrieval_chance, retrieval_metrics
 from mmjax.eval.zeroshot import (
@@ -187,6 +188,7 @@ def _for_each_batch(batches: Iterator[tuple[np.ndarray, Any]], add: Callable[[np
     error = None
     try:
         for images, targets in batches:
+            interrupts.check()  # a Ctrl-C Python dropped in a gc callback
             add(images, targets)
     except Exception as failure:  # noqa: BLE001 - re-raised by raise_if_any_failed, after the others are told
         error = failure

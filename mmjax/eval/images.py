@@ -19,18 +19,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def list_images(directory: str | os.PathLike) -> list[str]:
-    """Paths of the image files under ``directory`` (recursive), sorted by relative path.
+    """Paths of the image files under ``directory`` (recursive, into linked directories too, each directory
+    once), sorted by relative path.
 
-    Files are recognised by extension (case-insensitive): jpg, jpeg, png, webp, bmp.
+    Files are recognised by extension (case-insensitive): jpg, jpeg, png, webp, bmp. Hidden files (a name starting
+    with a dot, such as the ``._NAME.jpg`` resource files macOS writes beside images) are not images.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"image directory {directory} does not exist")
-    relative = []
-    for root, dirs, files in os.walk(directory):
+    relative, visited = [], set()
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a link back to a directory already listed: a cycle or a second name
+            dirs.clear()
+            continue
+        visited.add(real)
         dirs.sort()
         for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
                 relative.append(os.path.relpath(os.path.join(root, name), directory))
     if not relative:
         raise ValueError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) under {directory}")

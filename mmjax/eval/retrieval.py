@@ -88,7 +88,7 @@ def blocked_top_k(
     Args:
       queries: ``[N_q, D]``; candidates: ``[N_c, D]`` (finite values).
       k: how many candidates to keep per query.
-      block_size: queries per block and candidates per block.
+      block_size: queries per block (fewer when there are fewer queries) and candidates per block.
     """
     queries = np.asarray(queries, np.float32)
     candidates = np.asarray(candidates, np.float32)
@@ -96,15 +96,16 @@ def blocked_top_k(
     candidate_blocks = _pad_rows(candidates, block_size).reshape(
         -1, block_size, candidates.shape[1]
     )
-    padded_queries = _pad_rows(queries, block_size)
+    query_block = max(1, min(block_size, len(queries)))  # one query (a search) is not padded to a block
+    padded_queries = _pad_rows(queries, query_block)
     num_candidates = jnp.int32(len(candidates))
     top = [
         np.asarray(
             _query_block_top_k(
-                padded_queries[start : start + block_size], candidate_blocks, num_candidates, k
+                padded_queries[start : start + query_block], candidate_blocks, num_candidates, k
             )
         )
-        for start in range(0, len(queries), block_size)
+        for start in range(0, len(queries), query_block)
     ]
     return np.concatenate(top)[: len(queries)] if top else np.zeros((0, k), np.int32)
 

@@ -2,8 +2,8 @@
 
 An index is L2-normalised float32 embeddings ``[N, D]`` with one string id per
 row, the modality they were embedded from (``"image"`` or ``"text"``), the model
-source (the workdir that embedded them) and, for image indexes, the directory the
-ids are relative to. Two file formats, chosen by extension:
+source (the workdir that embedded them) and its checkpoint step, and, for image indexes, the
+directory the ids are relative to. Two file formats, chosen by extension:
 
 - ``.safetensors``: one tensor ``embeddings``; ids (a JSON list) and the other
   fields in the safetensors metadata (string → string). safetensors caps the
@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mmjax import interrupts
+from mmjax.data.tar_samples import caption_lines
 from mmjax.eval.images import load_images
 from mmjax.eval.retrieval import blocked_top_k
 from mmjax.eval.zeroshot import l2_normalize
@@ -32,19 +34,21 @@ FORMAT = "mmjax-index"
 VERSION = "1"
 MODALITIES = ("image", "text")
 EXTENSIONS = (".safetensors", ".npz")
-_FIELDS = ("modality", "model", "root")
+_FIELDS = ("modality", "model", "root", "model_step")
 SAFETENSORS_HEADER_LIMIT = 100_000_000  # bytes; safetensors refuses a larger header
 
 
 @dataclasses.dataclass
 class Index:
-    """Normalised embeddings ``[N, D]`` float32 and their ids, modality, model source and image root."""
+    """Normalised embeddings ``[N, D]`` float32 and their ids, modality, model source, image root and the model's
+    checkpoint step (as text; "" when not known, as in indexes of earlier versions)."""
 
     embeddings: np.ndarray
     ids: list[str]
     modality: str
     model: str = ""
     root: str = ""
+    model_step: str = ""
 
     def __post_init__(self):
         self.embeddings = l2_normalize(self.embeddings)
@@ -142,7 +146,7 @@ def load_index(path: str | os.PathLike) -> Index:
     if metadata.get("format") != FORMAT or "ids" not in metadata:
         raise ValueError(f"{path} is not an mmjax index (written by `mmjax embed`)")
     return Index(embeddings, metadata["ids"], metadata.get("modality", ""), metadata.get("model", ""),
-                 metadata.get("root", ""))
+                 metadata.get("root", ""), metadata.get("model_step", ""))
 
 
 def search(index: Index, query_emb: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +173,7 @@ def embed_image_files(encode_images: Callable[[np.ndarray], np.ndarray], paths: 
     """Embeds image files ``chunk`` at a time (memory ``O(chunk)`` images): ``(emb [N, E], ids)``."""
     embeddings, ids = [], []
     for start in range(0, len(paths), chunk):
+        interrupts.check()
         images, chunk_ids = load_images(paths[start:start + chunk], size, root)
         embeddings.append(encode_images(images))
         ids.extend(chunk_ids)
@@ -176,17 +181,25 @@ def embed_image_files(encode_images: Callable[[np.ndarray], np.ndarray], paths: 
 
 
 def read_text_lines(path: str) -> list[str]:
-    """The non-empty lines of a UTF-8 text file, without their line ends (surrounding spaces stripped)."""
+    """The non-empty lines of a UTF-8 text file (a byte-order mark dropped), without their line ends (surrounding
+    spaces stripped)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"text file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        texts = [line.strip() for line in f]
-    texts = [t for t in texts if t]
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ValueError(f"text file {path} is not UTF-8 (line {line}: {error.reason})") from None
+    texts = list(caption_lines(text))  # split at line ends only, stripped, the empty ones left out
     if not texts:
         raise ValueError(f"text file {path} has no non-empty lines")
     return texts
 
 
 def format_hits(indices: np.ndarray, scores: np.ndarray, ids: Sequence[str]) -> list[str]:
-    """``rank  score  id`` lines (rank from 1) for one query's hits."""
-    return [f"{rank:4d}  {score:7.4f}  {ids[i]}" for rank, (i, score) in enumerate(zip(indices, scores), 1)]
+    """``rank  score  id`` lines (rank from 1) for one query's hits; an id with a line break or another control
+    character is shown quoted (as Python writes it), so that each hit stays one line."""
+    shown = [ids[i] if ids[i].isprintable() else repr(ids[i]) for i in indices]
+    return [f"{rank:4d}  {score:7.4f}  {name}" for rank, (score, name) in enumerate(zip(scores, shown), 1)]

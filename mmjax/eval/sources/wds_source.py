@@ -22,7 +22,7 @@ from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
 
 def _read_lines(path: str, what: str) -> list[str]:
     """The non-empty lines of ``path``; a one-line ValueError when it has none."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Notepad, Excel) is not part of line 1
         lines = [line.strip() for line in f if line.strip()]
     if not lines:
         raise ValueError(f"{path} is empty (one {what} per line)")
