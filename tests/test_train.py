@@ -283,7 +283,7 @@ def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are
     assert out.splitlines()[-1].startswith(f"trained {tmp_path} from step 1 to 2 (of 8) in ")
     saved = (tmp_path / "config.json").read_text()
     assert '"total_steps": 8' in saved
-    changed = {"model": "siglip-test", "model_options.scan_layers": True, "data.num_workers": 1,
+    changed = {"model": "clip-tiny", "model_options.scan_layers": True, "data.num_workers": 1,
                "data.tokenizer": "clip-bpe"}
     for key, value in changed.items():  # each would fail later, deep inside Orbax or grain, or be ignored
         refused = clip_tiny.get_config("test")
