@@ -151,6 +151,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for OpenCLIP")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
+    for name in ("batch", "images", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.model not in models.list_models():
+        parser.error(f"--model {args.model!r} is not a registered model; known: {', '.join(models.list_models())}")
     size = models.get_config(args.model).vision.image_size
     images = np.random.default_rng(0).integers(0, 256, (args.images, size, size, 3), dtype=np.uint8)
     encoder = _mmjax_encoder(args.model, args.batch, args.dtype)

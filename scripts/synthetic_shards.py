@@ -31,8 +31,6 @@ def _encoded(pixels, image_format: str) -> bytes:
 def write_train_shards(directory: str, count: int, num_shards: int, image_size: int) -> int:
     """`count` training pairs in at most `num_shards` tars of JPEGs (quality 90), as img2dataset writes them;
     returns the number of tars."""
-    if count < 1 or num_shards < 1:
-        raise SystemExit(f"--count {count} and --shards {num_shards} must be positive")
     os.makedirs(directory, exist_ok=True)
     for stale in glob.glob(os.path.join(directory, "[0-9][0-9][0-9][0-9][0-9].tar")):  # this script's own tars
         os.remove(stale)  # from a run with other counts, which would otherwise stay beside the new ones
@@ -70,10 +68,13 @@ def main() -> None:
     parser.add_argument("--bench-count", type=int, default=1000, help="retrieval benchmark pairs (at most 1134)")
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
     args = parser.parse_args()
-    try:  # a bad count, before any work
+    for name in ("count", "shards", "bench_count", "image_size"):  # before any work, and before old tars go
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    try:
         synthetic.SyntheticSource("retrieval", seed=0, num_examples=args.bench_count)
     except ValueError as error:
-        raise SystemExit(f"--bench-count {args.bench_count}: {error}") from None
+        parser.error(f"--bench-count {args.bench_count}: {error}")
     tars = write_train_shards(os.path.join(args.out, "train"), args.count, args.shards, args.image_size)
     write_retrieval_benchmark(os.path.join(args.out, "bench"), args.bench_count, args.image_size)
     print(f"{args.count} training pairs in {tars} tars -> {args.out}/train; "

@@ -2,6 +2,7 @@
 and the OpenCLIP model built with the same numbers (no timing assertions)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -106,10 +107,12 @@ def test_mfu_counts_the_cpu_peak_once_and_each_accelerator():
     assert model_flops_utilization(1e9, None, "tpu", devices=4) is None
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analytic_count(dtype):
+@pytest.mark.parametrize("dtype, scan", [("float32", True), ("bfloat16", False)])
+def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analytic_count(dtype, scan):
+    """Scanned layers too: XLA's cost analysis counts a scan's body once (the XLA count was 0.30 × analytic)."""
     command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "bench-tiny", "--batch", "8",
-               "--threads", "1", "--steps", "2", "--warmup", "0", "--peak-size", "256", "--dtype", dtype]
+               "--threads", "1", "--steps", "2", "--warmup", "0", "--peak-size", "1024", "--dtype", dtype,
+               "--scan_layers" if scan else "--noscan_layers"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -117,7 +120,8 @@ def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analyt
                 "memory_per_device_bytes", "compile_s", "peak_flops"):
         assert result[key] > 0, key
     assert len(result["step_times_s"]) == 2 and result["threads"] == 1
-    assert result["dtype"] == dtype and result["peak_source"] == f"measured {dtype} matmul 256²"
+    assert result["dtype"] == dtype and result["peak_source"] == f"measured {dtype} matmul 1024²"
+    assert result["scan_layers"] == scan
     assert result["analytic_flops_per_step"] == train_step_flops(get_config("bench-tiny"), 8)["total"]
     assert result["flops_per_step"] == pytest.approx(result["analytic_flops_per_step"], rel=0.05)
     if open_clip_available():
@@ -129,7 +133,7 @@ def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analyt
 
 def test_train_step_benchmark_of_a_sigmoid_model_trains_its_loss_and_says_why_there_is_no_reference():
     command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "siglip-test", "--batch", "4",
-               "--threads", "1", "--steps", "1", "--warmup", "0", "--peak-size", "128"]
+               "--threads", "1", "--steps", "1", "--warmup", "0", "--peak-size", "1024"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -137,6 +141,14 @@ def test_train_step_benchmark_of_a_sigmoid_model_trains_its_loss_and_says_why_th
     if open_clip_available():  # timed, then stopped without a result line before
         assert "open_clip" not in result and "CLIP-layout" in result["open_clip_skipped"]
         assert f"no OpenCLIP reference: {result['open_clip_skipped']}" in done.stdout
+
+
+@pytest.mark.parametrize("flag, message", [("--batch=0", "--batch must be a positive integer, got 0"),
+                                           ("--model=nope", "--model 'nope' is not a registered model")])
+def test_eval_benchmark_script_refuses_bad_arguments_in_one_line(flag, message):
+    done = subprocess.run([sys.executable, "scripts/bench_eval.py", flag], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(f"bench_eval.py: error: {message}")
 
 
 @pytest.mark.parametrize("flag", ["--batch=0", "--dim=-4", "--block-size=0"])
@@ -169,3 +181,24 @@ def test_unknown_sub_benchmark_is_a_one_line_error():
     assert ignored.returncode == 2 and ignored.stderr.strip() == (
         "mmjax: error: mmjax bench input does not read --dtype, --mesh (it reads --batch, --hugepages, --images, "
         "--model, --num_workers, --rounds, --source_px, --steps, --threads)")
+
+
+def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):
+    """`bench input` wrote its shards, then failed in a sharding error for a batch the devices do not divide, and
+    took more threads than the machine has; `--profile` at a file failed after all the timing."""
+    (tmp_path / "file").write_text("")
+    too_many = str(len(os.sched_getaffinity(0)) + 1)
+    for args, message in [
+        (["input", "--threads", too_many], f"--threads={too_many}: this process may use 1 to"),
+        (["train-step", "--profile", str(tmp_path / "file")], f"--profile {tmp_path / 'file'} is a file"),
+        (["train-step", "--peak_size", "128"], "flag --peak_size=128: 128 is not integer >= 1024"),
+    ]:
+        done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", *args, "--nohugepages"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], (args, done.stderr[-2000:])
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "input", "--batch", "255", "--nohugepages"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "mmjax: error: --batch=255 must be a multiple of 2 (the data×fsdp devices of mesh "
+        "{'data': 2, 'fsdp': 1, 'tensor': 1})"), done.stderr[-2000:]

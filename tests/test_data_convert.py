@@ -130,6 +130,13 @@ def test_synthetic_shards_script_writes_img2dataset_tars_and_a_retrieval_benchma
     assert all(Image.open(io.BytesIO(r["image"])).format == "JPEG" and r["meta"]["width"] == 16 for r in records)
     bench = wds_index(str(tmp_path / "shards" / "bench"))
     assert wds_task(str(tmp_path / "shards" / "bench")) == RETRIEVAL and len(bench) == 6
+    # a bad size is refused before anything is touched: it used to delete the tars above, then fail
+    for flag in ("--image-size", "--bench-count"):
+        refused = subprocess.run([sys.executable, script, "--out", str(tmp_path / "shards"), flag, "0"],
+                                 capture_output=True, text=True)
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+            f"synthetic_shards.py: error: {flag} must be a positive integer, got 0")
+    assert sorted(os.listdir(tmp_path / "shards" / "train")) == ["00000.tar", "00001.tar"]
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])

@@ -28,6 +28,8 @@ import ml_collections
 import jax.numpy as jnp
 from PIL import Image
 
+from mmjax import interrupts
+from mmjax.bench.train_step import check_batch
 from mmjax.data import shards, synthetic
 from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.records import Sample
@@ -60,6 +62,7 @@ def _seconds_per_step(step_fn, state, data: Iterator, steps: int) -> tuple[float
     """(seconds per step, seconds per step spent in `next(data)`, state) over `steps` steps of the loop."""
     wait, start = 0.0, time.perf_counter()
     for _ in range(steps):
+        interrupts.check()  # a Ctrl-C Python dropped in a gc callback stops the benchmark here
         wait_start = time.perf_counter()
         batch = next(data)
         wait += time.perf_counter() - wait_start
@@ -74,6 +77,7 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
     model_config = get_config(config.model, **config.model_options)
     source_px = source_px or model_config.vision.image_size
     mesh, model = make_mesh(**config.mesh), TwoTower(model_config)
+    check_batch(config.batch_size, mesh)  # before the shards are written
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     step_fn = jit_train_step(

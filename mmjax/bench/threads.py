@@ -12,16 +12,22 @@ from __future__ import annotations
 import os
 
 
+def checked_cpus(threads: int | None) -> list[int]:
+    """The CPUs this process may use; a one-line ValueError when `threads` (None: all) is more than that."""
+    available = sorted(os.sched_getaffinity(0))
+    if threads is not None and not 1 <= threads <= len(available):
+        raise ValueError(f"--threads={threads}: this process may use 1 to {len(available)} CPUs")
+    return available
+
+
 def limit_threads(threads: int | None) -> int:
     """Run this process (XLA's and torch's thread pools) on `threads` CPUs; None: all.
 
     Returns the number of CPUs in use. Raises ValueError for more CPUs than the process may use.
     """
-    available = sorted(os.sched_getaffinity(0))
+    available = checked_cpus(threads)
     if threads is None:
         return len(available)
-    if not 1 <= threads <= len(available):
-        raise ValueError(f"--threads={threads}: this process may use 1 to {len(available)} CPUs")
     os.sched_setaffinity(0, available[:threads])
     os.environ["PJRT_NPROC"] = str(threads)
     try:

@@ -3,7 +3,9 @@ bias) on synthetic data.
 
 The step is the one `mmjax train` runs (`mmjax.train.step`), compiled ahead of time
 for the given mesh, so its cost analysis (FLOPs) and memory analysis (bytes per
-device) come from the very program that is timed.
+device) come from the very program that is timed. One exception: XLA's cost analysis
+counts the body of a scan once, so with scanned layers the FLOPs are those of the same
+step with unrolled layers (lowered, not compiled or run).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, c
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.config import base_config
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
-from mmjax.train.state import create_train_state, state_shardings
+from mmjax.train.state import abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
@@ -39,6 +41,26 @@ def synthetic_batch(config: TwoTowerConfig, batch: int, seed: int = 0) -> dict[s
     return {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), "text": tokens}
 
 
+def check_batch(batch: int, mesh) -> None:
+    """A one-line ValueError unless `--batch` splits over the mesh's batch (data × fsdp) devices."""
+    if batch % batch_size_multiple(mesh):
+        raise ValueError(f"--batch={batch} must be a multiple of {batch_size_multiple(mesh)} "
+                         f"(the data×fsdp devices of mesh {dict(mesh.shape)})")
+
+
+def _train_step(model: str, model_config: TwoTowerConfig, mesh, loss: str):
+    """`(module, optimizer, state shardings, jitted step)` of `mmjax train`'s step for `model_config`."""
+    flax_model = TwoTower(model_config)
+    optim = base_config(model, "clip").optim
+    total_steps = 10_000
+    tx = make_optimizer(optim, total_steps)
+    shardings = state_shardings(flax_model, tx, mesh)
+    step_fn = jit_train_step(make_train_step(flax_model, tx, learning_rate_schedule(optim, total_steps), mesh,
+                                             loss=loss, multi_positive=False, image_mean=IMAGE_MEAN,
+                                             image_std=IMAGE_STD), shardings, mesh)
+    return flax_model, tx, shardings, step_fn
+
+
 def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = None, dtype: str = "float32",
                      scan_layers: bool = False, remat_policy: str = "none", steps: int = 10,
                      warmup: int = 2, profile_dir: str | None = None) -> dict[str, Any]:
@@ -51,20 +73,11 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
     traced there and `profile` breaks their time down by model part (`mmjax.bench.profile`).
     """
     mesh = make_mesh(**(mesh or {"data": -1}))
-    if batch % batch_size_multiple(mesh):
-        raise ValueError(f"--batch={batch} must be a multiple of {batch_size_multiple(mesh)} "
-                         f"(the data×fsdp devices of mesh {dict(mesh.shape)})")
+    check_batch(batch, mesh)
     model_config = get_config(model, dtype=dtype, scan_layers=scan_layers, remat_policy=remat_policy)
     check_tensor_split(model_config, mesh)
-    flax_model = TwoTower(model_config)
-    optim = base_config(model, "clip").optim
-    total_steps = 10_000
-    tx = make_optimizer(optim, total_steps)
-    shardings = state_shardings(flax_model, tx, mesh)
     loss = "sigmoid" if model_config.logit_bias_init is not None else "clip"  # the loss the model trains with
-    step_fn = jit_train_step(make_train_step(flax_model, tx, learning_rate_schedule(optim, total_steps), mesh,
-                                             loss=loss, multi_positive=False, image_mean=IMAGE_MEAN,
-                                             image_std=IMAGE_STD), shardings, mesh)
+    flax_model, tx, shardings, step_fn = _train_step(model, model_config, mesh, loss)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         state = create_train_state(flax_model, tx, jax.random.key(0), shardings)
         inputs = jax.device_put(synthetic_batch(model_config, batch), batch_sharding(mesh))
@@ -80,7 +93,14 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
         times = step_times(run, warmup, steps)
         profile = {} if profile_dir is None else {"profile": profile_steps(compiled, run, 3, profile_dir)}
     step_time = statistics.median(times)
-    cost = compiled.cost_analysis()
+    program = compiled
+    if scan_layers:  # the same step unrolled: XLA counts a scanned body once
+        unrolled = get_config(model, dtype=dtype, scan_layers=False, remat_policy=remat_policy)
+        unrolled_model, unrolled_tx, unrolled_shardings, unrolled_step = _train_step(model, unrolled, mesh, loss)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+            program = unrolled_step.lower(abstract_train_state(unrolled_shardings, unrolled_model, unrolled_tx),
+                                          inputs)
+    cost = program.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per program in older JAX versions
     xla_flops = float(cost["flops"]) * mesh.devices.size
     analytic = train_step_flops(model_config, batch)

@@ -37,8 +37,8 @@ def _define_train_step_flags() -> None:
     flags.DEFINE_bool("hugepages", True, "On Linux, re-run the process with glibc's malloc on transparent huge "
                       "pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; see mmjax/hugepages.py).")
     flags.DEFINE_string("profile", None, "Also trace 3 steps into this directory and print where their time goes.")
-    flags.DEFINE_integer("peak_size", 2048, "On CPU, the side of the --dtype matmul whose rate is the MFU peak.",
-                         lower_bound=64)
+    flags.DEFINE_integer("peak_size", 2048, "On CPU, the side of the --dtype matmul whose rate is the MFU peak "
+                         "(smaller ones time the call more than the matmul).", lower_bound=1024)
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -61,6 +61,10 @@ def _train_step(argv: list[str]) -> None:
 
     f = flags.FLAGS
     mesh = parse_mesh(f.mesh)
+    if f.profile:  # made (or refused) now, not after the whole benchmark
+        if os.path.exists(f.profile) and not os.path.isdir(f.profile):
+            raise ValueError(f"--profile {f.profile} is a file; name a directory for the trace")
+        os.makedirs(f.profile, exist_ok=True)
     if f.hugepages:
         reexec_with_hugepages()
     threads = limit_threads(f.threads)  # before JAX starts its CPU backend
@@ -108,9 +112,12 @@ def _print_summary(result: dict) -> None:
           f"on {result['devices']}× {result['device_kind']}, {result['threads']} thread(s)")
     print(f"  step {result['step_time_s'] * 1e3:.1f} ms  {result['examples_per_s']:.1f} examples/s  "
           f"compile {result['compile_s']:.1f} s")
-    print(f"  FLOPs/step: XLA {result['flops_per_step']:.4g}, analytic {result['analytic_flops_per_step']:.4g} "
-          f"(ratio {result['flops_ratio_xla_to_analytic']:.3f})")
+    unrolled = " of the unrolled step (XLA counts a scanned layer once)" if result["scan_layers"] else ""
+    print(f"  FLOPs/step: XLA {result['flops_per_step']:.4g}{unrolled}, analytic "
+          f"{result['analytic_flops_per_step']:.4g} (ratio {result['flops_ratio_xla_to_analytic']:.3f})")
     mfu = "n/a (unknown peak)" if result["mfu"] is None else f"{result['mfu']:.1%}"
+    if result["mfu"] is not None and result["mfu"] > 1:
+        mfu += " (above the peak: the peak measured too low, e.g. on a busy machine)"
     print(f"  {result['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s, peak {result['peak_flops'] or 0:.4g} "
           f"({result['peak_source']}): MFU {mfu}")
     if "memory_per_device_bytes" in result:
@@ -161,6 +168,9 @@ def _input(_argv: list[str]) -> None:
     f = flags.FLAGS
     if f.hugepages:  # as `mmjax train` runs
         reexec_with_hugepages()
+    from mmjax.bench.threads import checked_cpus
+
+    checked_cpus(f.threads)
     if f.threads is not None:  # XLA's threads only: the worker processes may still run on every core
         os.environ["PJRT_NPROC"] = str(f.threads)
     from mmjax.bench.input import run as run_input
