@@ -179,3 +179,18 @@ def test_filter_keeps_exactly_the_pairs_whose_independent_clip_score_passes(stra
                                    atol=1e-4)
         assert r["image"] == image_bytes(int(r["key"][1:]) * 37)
     assert "unreadable records: undecodable_image 10" in result.stdout
+
+
+def test_a_resume_with_another_number_of_mixture_sources_is_one_line_and_keeps_the_checkpoints(tmp_path):
+    """It failed inside the restore, which advised deleting the (sound) checkpoint, then the one before it."""
+    for name in ("a", "b", "c"):
+        write_pairs(tmp_path / name, 25)
+    config = records_config(tmp_path / "a")
+    config.data.name, config.data.sources, config.data.weights = "mixture", (str(tmp_path / "a"),
+                                                                            str(tmp_path / "b")), (0.5, 0.5)
+    train(config, str(tmp_path / "run"), stop_after=1)
+    config.data.sources, config.data.weights = tuple(str(tmp_path / n) for n in "abc"), (0.4, 0.3, 0.3)
+    with pytest.raises(ValueError, match=r"run holds a run that reads 2 data source\(s\), not 3: a source may move, "
+                                         r"but their number stays; use another --workdir$"):
+        train(config, str(tmp_path / "run"))
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1"]

@@ -431,8 +431,9 @@ def test_a_diverged_run_stops_in_one_line_before_it_saves_nan_parameters(tmp_pat
     config = clip_tiny.get_config("test")
     config.optim.learning_rate, config.log_every, config.checkpoint_every = 1e30, 1, 2
     with pytest.raises(ValueError, match=r"^training diverged at step (\d+) \((loss|grad_norm) nan.*\); (the last "
-                                         r"checkpoint, step \d+, is kept|no checkpoint was saved)\. Lower "
-                                         r"config.optim.learning_rate") as error:
+                                         r"checkpoint, step \d+, is kept, but its parameters may already be far "
+                                         r"off|no checkpoint was saved)\. Lower config.optim.learning_rate.*in a new "
+                                         r"--workdir$") as error:
         train(config, str(tmp_path))
     diverged = int(re.search(r"step (\d+)", str(error.value)).group(1))
     logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -441,3 +442,24 @@ def test_a_diverged_run_stops_in_one_line_before_it_saves_nan_parameters(tmp_pat
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) if os.path.isdir(tmp_path / "checkpoints") \
         else []
     assert all(step < diverged for step in saved)
+
+
+def test_a_workdir_in_use_is_refused_and_config_json_follows_the_checkpoints(tmp_path):
+    """Two runs on one workdir wrote over each other's checkpoints (Orbax tracebacks, lost steps); a resumed run
+    that stopped before its first checkpoint left its own config.json, which the next resume compared against."""
+    from mmjax.train.workdir import workdir_lock
+
+    config = clip_tiny.get_config("test")
+    train(config, str(tmp_path), stop_after=3)
+    with workdir_lock(str(tmp_path)):  # as another `mmjax train` holds it
+        with pytest.raises(ConfigError, match=rf"is being trained by another process \(pid {os.getpid()}\); wait "
+                                              r"for it, or use another --workdir$"):
+            train(config, str(tmp_path))
+    saved = (tmp_path / "config.json").read_text()
+    diverging = clip_tiny.get_config("test")
+    diverging.optim.learning_rate, diverging.log_every = 1e30, 1
+    with pytest.raises(ValueError, match="training diverged"):
+        train(diverging, str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == saved  # no checkpoint of that run: not its config
+    train(config, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == config.total_steps

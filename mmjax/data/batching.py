@@ -37,6 +37,11 @@ class TooManySkipsError(ValueError):
     """The data stream is unreadable: every sample in a long run was skipped."""
 
 
+class StateMismatchError(ValueError):
+    """A checkpoint's data-iterator state was written for another pipeline (another version, another number
+    of mixture sources): the checkpoint is sound, the config or version is not the run's."""
+
+
 class Tagged(NamedTuple):
     """A mixture's element: `item` from component `source`."""
 
@@ -135,7 +140,7 @@ class _DecodeBatchesIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict) -> None:
         if "position" not in state:
-            raise ValueError(f"the checkpoint's data-iterator state {sorted(state)} was written by another version "
+            raise StateMismatchError(f"the checkpoint's data-iterator state {sorted(state)} was written by another version "
                              f"of the mmjax pipeline (this one stores 'position'); resume with that version or "
                              f"start a new workdir")
         self._position = state["position"]
@@ -162,7 +167,7 @@ class _CountSkipsIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict) -> None:
         if len(state["examples_per_source"]) != len(self.examples_per_source):
-            raise ValueError(f"the checkpoint's data stream mixes {len(state['examples_per_source'])} source(s), "
+            raise StateMismatchError(f"the checkpoint's data stream mixes {len(state['examples_per_source'])} source(s), "
                              f"this config's data.sources {len(self.examples_per_source)}: resume with the same "
                              f"sources, or start a new workdir")
         self._parent.set_state(state["parent"])

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mmjax import interrupts
+from mmjax.data.batching import StateMismatchError
 from mmjax.train.state import TrainState
 
 
@@ -28,6 +29,17 @@ def _absl_errors_only():
         yield
     finally:
         logging.set_verbosity(verbosity)
+
+
+def _in_chain(error: BaseException, kind: type) -> BaseException | None:
+    """The first exception of type `kind` among `error` and the exceptions it was raised from or during."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -97,6 +109,9 @@ class Checkpoints:
         try:
             return self.manager.restore(step, args=args)
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for damaged files
+            mismatch = _in_chain(error, StateMismatchError)
+            if mismatch is not None:  # a sound checkpoint of another pipeline: nothing to delete
+                raise CheckpointError(f"{self.directory}/{step} cannot be restored: {mismatch}") from error
             earlier = [s for s in self.manager.all_steps() if s < step]
             remedy = (f"if it is damaged, delete it to resume from checkpoint {max(earlier)}" if earlier
                       else "it is the run's only checkpoint")

@@ -35,7 +35,7 @@ from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_config, save_config,
-                                  unknown_words_warning, workdir_tokenizer)
+                                  unknown_words_warning, workdir_lock, workdir_tokenizer)
 
 
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
@@ -65,6 +65,10 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
             continue
         if old is not _ABSENT and old != new:  # a key the run's mmjax version did not write cannot be compared
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
+    old_sources, new_sources = _lookup(before, "data.sources"), _lookup(config, "data.sources")
+    if old_sources is not _ABSENT and len(old_sources) != len(new_sources):  # the iterator state counts each one
+        raise ConfigError(f"{workdir} holds a run that reads {len(old_sources)} data source(s), not "
+                          f"{len(new_sources)}: a source may move, but their number stays; use another --workdir")
     return before
 
 
@@ -126,8 +130,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     model_config = get_config(config.model, **config.model_options)
     check_tensor_split(model_config, mesh)
     saved_config = _saved_run(workdir, config)
-    resuming = saved_config is not None
     os.makedirs(workdir, exist_ok=True)
+    with workdir_lock(workdir, jax.process_index() == 0):
+        return _train(config, workdir, stop_after, mesh, model_config, saved_config)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, mesh,
+           model_config, saved_config: ml_collections.ConfigDict | None) -> TrainState:
+    """`train` once the workdir is this process's (`workdir_lock`)."""
+    resuming = saved_config is not None
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
                                   fresh=not resuming)
     if tokenizer.vocab_size > model_config.text.vocab_size:
@@ -164,8 +175,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         changes = _changes(saved_config, config)
         print(f"resuming {workdir} at step {start}" + (f" with a changed config: {'; '.join(changes)}" if changes
                                                       else ""))
-        if start < end:  # the config of the run that goes on, written once its checkpoint has been restored
-            save_config(workdir, config)
     if start >= end and jax.process_index() == 0:
         evaluate = (f" (evaluate it with mmjax eval --model {workdir} --benchmark NAME)"
                     if config.eval.benchmarks else "")
@@ -216,6 +225,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                     last_time += results["eval_s"]  # step times leave the evaluation out
                 if step % config.checkpoint_every == 0 or step == end:
                     stop_if_diverged(step, metrics, checkpoints)  # never a checkpoint of NaN parameters
+                    if resuming and jax.process_index() == 0:  # config.json: the config of the newest checkpoint
+                        save_config(workdir, config)
                     skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
                     writer.flush(step)  # and TensorBoard every step it has logged: a resumed run starts after them
                     checkpoints.save(step, state, data, config_json)
@@ -239,9 +250,10 @@ def stop_if_diverged(step: int, metrics: dict, checkpoints: Checkpoints) -> None
     bad = [f"{name} {value}" for name, value in values.items() if not math.isfinite(value)]
     if bad:
         last = checkpoints.latest_step()
-        kept = "no checkpoint was saved" if last is None else f"the last checkpoint, step {last}, is kept"
+        kept = ("no checkpoint was saved" if last is None else
+                f"the last checkpoint, step {last}, is kept, but its parameters may already be far off")
         raise ValueError(f"training diverged at step {step} ({', '.join(bad)}); {kept}. Lower "
-                         f"config.optim.learning_rate or lengthen its warmup, then train again")
+                         f"config.optim.learning_rate or lengthen its warmup, and train again in a new --workdir")
 
 
 def _closing_line(workdir: str, start: int, end: int, total_steps: int, seconds: float) -> str:

@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -23,6 +26,7 @@ from mmjax.files import write_text_atomically
 from mmjax.models import TwoTower, abstract_params, get_config
 from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.train.checkpoint import Checkpoints
+from mmjax.train.config import ConfigError
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -130,3 +134,34 @@ def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
     params, step = checkpoints.restore_params(abstract)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
     return TrainedModel(TwoTower(model_config), params, tokenizer, config, step)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
+    """Holds an exclusive lock on `WORKDIR/.lock` (an `fcntl.flock`, released when the process ends, also by a
+    kill) while a run trains there; a second `mmjax train` on the workdir is a one-line `ConfigError` naming the
+    process that holds it. `take=False` (processes other than 0 of a multi-host run, whose workdir is shared):
+    nothing is locked."""
+    if not take:
+        yield
+        return
+    path = os.path.join(workdir, LOCK_FILE)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise ConfigError(f"{workdir} is being trained by another process (pid {holder}); wait for it, or "
+                              f"use another --workdir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
