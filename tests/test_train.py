@@ -463,3 +463,31 @@ def test_a_workdir_in_use_is_refused_and_config_json_follows_the_checkpoints(tmp
     assert (tmp_path / "config.json").read_text() == saved  # no checkpoint of that run: not its config
     train(config, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == config.total_steps
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_naming_its_step(tmp_path, monkeypatch):
+    """A full disk: Orbax's save threads each logged a traceback (350 lines), then the raw TensorStore error."""
+    import logging
+
+    from mmjax.train.checkpoint import CheckpointError, Checkpoints
+
+    checkpoints = Checkpoints(str(tmp_path))
+    checkpoints._saving = 12
+
+    def fail():
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "12.orbax-checkpoint-tmp/_sharding"\nmore')
+
+    monkeypatch.setattr(checkpoints.manager, "wait_until_finished", fail)
+    with pytest.raises(CheckpointError, match=rf"^checkpoint 12 could not be written to {tmp_path}/checkpoints "
+                                              r"\(RESOURCE_EXHAUSTED: Error writing local file .*_sharding\"\); none "
+                                              r"was written$"):
+        checkpoints.wait()
+    quiet = checkpoints._quiet
+    orbax_report = logging.LogRecord("absl", logging.ERROR, "/x/orbax/checkpoint/_src/futures/future.py", 387,
+                                     "_SignalingThread.run() raised an exception", None, None)
+    other = logging.LogRecord("absl", logging.ERROR, "/x/grain/_src/python/data_loader.py", 1, "worker failed",
+                              None, None)
+    assert quiet in logging.getLogger("absl").filters and not quiet.filter(orbax_report) and quiet.filter(other)
+    monkeypatch.undo()
+    checkpoints.close()
+    assert quiet not in logging.getLogger("absl").filters

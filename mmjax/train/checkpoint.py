@@ -7,6 +7,7 @@ data iterator state makes a resumed run see exactly the batches it would have se
 from __future__ import annotations
 
 import contextlib
+import logging as python_logging
 import os
 from typing import Any
 
@@ -48,7 +49,15 @@ def has_checkpoint(workdir: str) -> bool:
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be restored: damaged, or written for another model layout."""
+    """A checkpoint that cannot be restored (damaged, or written for another model layout), or not written."""
+
+
+class _OrbaxErrorReports(python_logging.Filter):
+    """Drops the error reports Orbax's save threads log (a traceback per thread: 350 lines for a full disk); the
+    failure itself reaches the main thread, where `Checkpoints` says it in one line."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return record.levelno < python_logging.ERROR or "/orbax/checkpoint/" not in record.pathname.replace(os.sep, "/")
 
 
 class Checkpoints:
@@ -64,17 +73,35 @@ class Checkpoints:
         else:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
             self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._saving: int | None = None  # the step of the save in flight
+        self._quiet = None if read_only else _OrbaxErrorReports()
+        if self._quiet is not None:
+            python_logging.getLogger("absl").addFilter(self._quiet)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: TrainState, data_iterator: Any, config: dict) -> None:
-        """Starts an async save of step `step`; Ctrl-C takes effect once it has started."""
-        with interrupts.deferred():
+        """Starts an async save of step `step`; Ctrl-C takes effect once it has started. A save that failed (the
+        one before, which Orbax finishes first) is a `CheckpointError` naming its step."""
+        with interrupts.deferred(), self._saves_reported():
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=grain.checkpoint.CheckpointSave(data_iterator),
                 config=ocp.args.JsonSave(config)), force=True)
+        self._saving = step
+
+    @contextlib.contextmanager
+    def _saves_reported(self):
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for a failed write
+            failed, self._saving = self._saving, None
+            written = [s for s in self.manager.all_steps() if s != failed]
+            last = f"the last one written is {max(written)}" if written else "none was written"
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
+            raise CheckpointError(f"checkpoint {failed} could not be written to {self.directory} ({first_line}); "
+                                  f"{last}") from error
 
     def restore(self, abstract_state: TrainState, data_iterator: Any | None = None,
                 step: int | None = None) -> TrainState:
@@ -119,9 +146,15 @@ class Checkpoints:
             raise CheckpointError(f"{self.directory}/{step} cannot be restored ({first_line}); {remedy}") from error
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._saves_reported():
+            self.manager.wait_until_finished()
+        self._saving = None
 
     def close(self) -> None:
         """Waits for the saves in flight (also after Ctrl-C: no save is left half-written), then closes."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+            self.manager.close()
+        finally:
+            if self._quiet is not None:
+                python_logging.getLogger("absl").removeFilter(self._quiet)
