@@ -269,7 +269,8 @@ def _fail(error: BaseException) -> None:
     if "Traceback (most recent call last)" in str(message):  # config_flags wraps get_config's error with its trace
         message = re.sub(r"^[\w.]+: ", "", str(message).strip().splitlines()[-1])
     # one line: line breaks become spaces, but other spacing is kept (a path may hold two spaces)
-    text = re.sub(r"\s*(\\n|[\r\n])\s*", " ", str(message).replace("\\'", "'")).strip()
+    lines = str(message).replace("\\'", "'").replace("\\n", "\n").splitlines()
+    text = " ".join(line.strip() for line in lines if line.strip())
     required = re.findall(r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", text)
     if required:  # absl's wording for missing required flags
         text = f"{', '.join('--' + name for name in required)} {'is' if len(required) == 1 else 'are'} required " \

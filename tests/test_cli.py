@@ -173,7 +173,7 @@ def test_help_lists_every_command_and_each_command_its_flags():
 
 
 def test_missing_workdir_is_one_clear_line(tmp_path):
-    missing = str(tmp_path / "nowhere")
+    missing = str(tmp_path / "no  where")  # two spaces, kept in the message: it names a real path
     _assert_one_line_error(mmjax("eval", "--model", missing), f"mmjax: error: workdir {missing} does not exist")
     _assert_one_line_error(mmjax("eval", "--model", missing, "--output", str(tmp_path)),  # before any evaluation
                            f"mmjax: error: --output {tmp_path} is a directory; name the results file (.json)")

@@ -173,7 +173,9 @@ def test_list_images_follows_linked_directories_once_and_passes_over_hidden_file
         Image.new("RGB", (4, 4)).save(tmp_path / name)
     (tmp_path / "photos" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     os.symlink(tmp_path / "elsewhere", tmp_path / "photos" / "linked")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "photos" / "trip" / "again")  # the same target: listed once
     os.symlink(tmp_path / "photos", tmp_path / "photos" / "trip" / "back")  # a cycle
+    os.symlink(tmp_path / "photos" / "trip", tmp_path / "photos" / "+latest")  # inside, sorting before its target
     assert [os.path.relpath(p, tmp_path / "photos") for p in list_images(tmp_path / "photos")] == [
         "a.png", "linked/c.png", "trip/b.png"]
 
@@ -188,8 +190,10 @@ def test_text_files_with_a_byte_order_mark_or_not_utf8_and_ids_with_line_breaks(
     with pytest.raises(ValueError, match=r"texts.txt is not UTF-8 \(line 3: invalid continuation byte\)$"):
         read_text_lines(str(path))
     quoted = "'two\\nlines'"  # as Python writes the string: one line
-    assert format_hits([1, 0], [0.9, 0.5], ["plain id", "two\nlines"]) == [
-        f"   1   0.9000  {quoted}", "   2   0.5000  plain id"]
+    ordinary = ["plain id", "Screenshot at 10.15.42\u202fAM.png", "\u5199\u771f\u3000\u65c5\u884c.jpg", "tab\tseparated"]
+    assert format_hits([1, 0, 2, 3, 4], [0.9, 0.5, 0.4, 0.3, 0.2], [ordinary[0], "two\nlines", *ordinary[1:]]) == [
+        f"   1   0.9000  {quoted}", "   2   0.5000  plain id",
+        *(f"   {rank}   {score:.4f}  {name}" for rank, score, name in zip((3, 4, 5), (0.4, 0.3, 0.2), ordinary[1:]))]
 
 
 def _empty_dir(tmp_path):

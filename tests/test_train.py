@@ -2,6 +2,7 @@
 the optimizer's schedule and weight-decay mask, and one-line config errors."""
 
 import json
+import logging
 import math
 import os
 import re
@@ -324,6 +325,11 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it_and_the_one_to_go
                                               r"it to resume from checkpoint 1$") as error:
         load_trained(str(tmp_path))
     assert "\n" not in str(error.value)
+    # training stops at the restore too, and leaves no filter on Orbax's error reports behind (it hid them for
+    # the rest of the process)
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 cannot be restored"):
+        train(config, str(tmp_path))
+    assert not [f for f in logging.getLogger("absl").filters if type(f).__name__ == "_OrbaxErrorReports"]
 
 
 def test_ctrl_c_during_a_checkpoint_save_takes_effect_after_it():
@@ -463,6 +469,21 @@ def test_a_workdir_in_use_is_refused_and_config_json_follows_the_checkpoints(tmp
     assert (tmp_path / "config.json").read_text() == saved  # no checkpoint of that run: not its config
     train(config, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == config.total_steps
+
+
+def test_a_workdir_that_cannot_be_locked_trains_with_a_warning(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mmjax.train import workdir
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(workdir.fcntl, "flock", no_locks)
+    with workdir.workdir_lock(str(tmp_path)):
+        pass
+    assert capsys.readouterr().err == (f"mmjax: warning: cannot lock {tmp_path}/.lock (No locks available): a second "
+                                       f"run on this workdir would not be noticed\n")
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_naming_its_step(tmp_path, monkeypatch):

@@ -19,8 +19,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def list_images(directory: str | os.PathLike) -> list[str]:
-    """Paths of the image files under ``directory`` (recursive, into linked directories too, each directory
-    once), sorted by relative path.
+    """Paths of the image files under ``directory`` (recursive), sorted by relative path. A linked directory
+    whose target lies outside ``directory`` is listed under the link's name (each target once); one whose target
+    lies inside is not, since its files are listed under their own names.
 
     Files are recognised by extension (case-insensitive): jpg, jpeg, png, webp, bmp. Hidden files (a name starting
     with a dot, such as the ``._NAME.jpg`` resource files macOS writes beside images) are not images.
@@ -28,14 +29,14 @@ def list_images(directory: str | os.PathLike) -> list[str]:
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"image directory {directory} does not exist")
-    relative, visited = [], set()
+    relative, visited, top = [], set(), os.path.realpath(directory)
     for root, dirs, files in os.walk(directory, followlinks=True):
         real = os.path.realpath(root)
-        if real in visited:  # a link back to a directory already listed: a cycle or a second name
+        if real in visited:  # a second link to a directory outside, or a cycle through one
             dirs.clear()
             continue
         visited.add(real)
-        dirs.sort()
+        dirs[:] = sorted(name for name in dirs if not _links_inside(os.path.join(root, name), top))
         for name in files:
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
                 relative.append(os.path.relpath(os.path.join(root, name), directory))
@@ -43,6 +44,12 @@ def list_images(directory: str | os.PathLike) -> list[str]:
         raise ValueError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) under {directory}")
     relative.sort(key=lambda p: p.split(os.sep))
     return [os.path.join(directory, p) for p in relative]
+
+
+def _links_inside(path: str, top: str) -> bool:
+    """Whether `path` is a link to a directory under `top` (its real path)."""
+    target = os.path.realpath(path)
+    return os.path.islink(path) and (target == top or target.startswith(top + os.sep))
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:

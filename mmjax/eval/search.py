@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import unicodedata
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -198,8 +199,12 @@ def read_text_lines(path: str) -> list[str]:
     return texts
 
 
+def _breaks_lines(text: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t" for c in text)
+
+
 def format_hits(indices: np.ndarray, scores: np.ndarray, ids: Sequence[str]) -> list[str]:
-    """``rank  score  id`` lines (rank from 1) for one query's hits; an id with a line break or another control
-    character is shown quoted (as Python writes it), so that each hit stays one line."""
-    shown = [ids[i] if ids[i].isprintable() else repr(ids[i]) for i in indices]
+    """``rank  score  id`` lines (rank from 1) for one query's hits; an id with a line break or a control character
+    other than a tab is shown quoted (as Python writes it), so that each hit stays one line."""
+    shown = [repr(ids[i]) if _breaks_lines(ids[i]) else ids[i] for i in indices]
     return [f"{rank:4d}  {score:7.4f}  {name}" for rank, (score, name) in enumerate(zip(scores, shown), 1)]

@@ -84,12 +84,14 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, data_iterator: Any, config: dict) -> None:
         """Starts an async save of step `step`; Ctrl-C takes effect once it has started. A save that failed (the
         one before, which Orbax finishes first) is a `CheckpointError` naming its step."""
-        with interrupts.deferred(), self._saves_reported():
-            self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-                config=ocp.args.JsonSave(config)), force=True)
-        self._saving = step
+        with interrupts.deferred():
+            self.wait()  # Orbax would wait for it inside `save`, where its failure would be taken for this one's
+            self._saving = step
+            with self._saves_reported():
+                self.manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                    config=ocp.args.JsonSave(config)), force=True)
 
     @contextlib.contextmanager
     def _saves_reported(self):

@@ -6,6 +6,7 @@ the data iterator where it was, so the resumed run sees the same batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -138,6 +139,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, mesh,
            model_config, saved_config: ml_collections.ConfigDict | None) -> TrainState:
     """`train` once the workdir is this process's (`workdir_lock`)."""
+    with contextlib.ExitStack() as cleanup:
+        return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config)
+
+
+def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigDict, workdir: str,
+                   stop_after: int | None, mesh, model_config,
+                   saved_config: ml_collections.ConfigDict | None) -> TrainState:
+    """`_train`'s work; what it opens (data workers, checkpoints, metric writers) is closed by `cleanup`, also
+    when it stops with an error before training."""
     resuming = saved_config is not None
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
                                   fresh=not resuming)
@@ -153,10 +163,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
     shardings = state_shardings(model, tx, mesh)
     data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
                                                  tokenizer), mesh, config.data.prefetch_to_device)
+    cleanup.callback(data.close)
     skips = SkipMonitor(data, workdir, config.data.max_skip_fraction, config.data.skip_check_min_samples,
                         fresh=not resuming)
     wait_for_all_processes("train_setup")  # Orbax's first sync is a collective
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    cleanup.callback(checkpoints.close)  # waits for a save in flight, also after Ctrl-C or an error
     if resuming:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
         skips.resume_at(int(state.step))
@@ -180,65 +192,66 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
                     if config.eval.benchmarks else "")
         print(f"{workdir} is already at step {start}, this run stops at step {end}: nothing to train{evaluate}")
     writer = MetricsWriter(workdir, config.total_steps, start)
+    cleanup.callback(writer.close)
     config_json = config.to_dict()
     run_start = last_time = time.perf_counter()
     last_step, first_log, data_wait = start, True, 0.0
-    try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES), interrupts.watching():
-            for step in range(start + 1, end + 1):
-                interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python dropped (in a gc callback)
-                wait_start = time.perf_counter()
-                batch = next(data)
-                data_wait += time.perf_counter() - wait_start
-                if step == start + 1:  # compile ahead of time to read the program's bytes per device
-                    local_text = np.concatenate([shard.data for shard in batch["text"].addressable_shards])
-                    warning = unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
-                    if warning and jax.process_index() == 0:
-                        print(warning, file=sys.stderr)
-                    step_fn = step_fn.lower(state, batch).compile()
-                    memory = memory_per_device(step_fn)
-                    wait_for_all_processes("train_compiled")
-                state, metrics = step_fn(state, batch)
-                writer.advance(1)
-                if step == start + 1:  # the first step compiles: time the rest without it
-                    jax.block_until_ready(metrics)
-                    now = time.perf_counter()
-                    first_step_s, last_time, last_step = now - last_time, now, step
-                    first_step_wait, data_wait = data_wait, 0.0
-                if step % config.log_every == 0 or step == end:
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    now = time.perf_counter()
-                    seconds_per_step = (now - last_time) / (step - last_step) if step > last_step else first_step_s
-                    metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step,
-                                   data_wait_s=(data_wait / (step - last_step) if step > last_step
-                                                else first_step_wait),
-                                   **skips.update(step))
-                    if first_log:
-                        metrics["first_step_s"], first_log = first_step_s, False  # includes compilation
-                        metrics.update(memory)
-                    writer.write(step, metrics)
-                    last_time, last_step, data_wait = now, step, 0.0
-                    stop_if_diverged(step, metrics, checkpoints)
-                if evaluation.due(step):  # before the checkpoint: a run killed here evaluates this step again
-                    results = evaluation.run(state.params)
-                    writer.write_eval(step, results)
-                    last_time += results["eval_s"]  # step times leave the evaluation out
-                if step % config.checkpoint_every == 0 or step == end:
-                    stop_if_diverged(step, metrics, checkpoints)  # never a checkpoint of NaN parameters
-                    if resuming and jax.process_index() == 0:  # config.json: the config of the newest checkpoint
-                        save_config(workdir, config)
-                    skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
-                    writer.flush(step)  # and TensorBoard every step it has logged: a resumed run starts after them
-                    checkpoints.save(step, state, data, config_json)
-        with interrupts.deferred():  # the save finishes either way (closing waits for it): no Orbax traceback
-            checkpoints.wait()
-        interrupts.check()  # one dropped during the last step's evaluation or checkpoint
-        if end > start and jax.process_index() == 0:
-            print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
-    finally:
-        checkpoints.close()
-        writer.close()
-        data.close()
+    config_pending, saves_begun = resuming and jax.process_index() == 0, False  # a resumed run's config.json
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES), interrupts.watching():
+        for step in range(start + 1, end + 1):
+            interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python dropped (in a gc callback)
+            wait_start = time.perf_counter()
+            batch = next(data)
+            data_wait += time.perf_counter() - wait_start
+            if step == start + 1:  # compile ahead of time to read the program's bytes per device
+                local_text = np.concatenate([shard.data for shard in batch["text"].addressable_shards])
+                warning = unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
+                if warning and jax.process_index() == 0:
+                    print(warning, file=sys.stderr)
+                step_fn = step_fn.lower(state, batch).compile()
+                memory = memory_per_device(step_fn)
+                wait_for_all_processes("train_compiled")
+            state, metrics = step_fn(state, batch)
+            writer.advance(1)
+            if step == start + 1:  # the first step compiles: time the rest without it
+                jax.block_until_ready(metrics)
+                now = time.perf_counter()
+                first_step_s, last_time, last_step = now - last_time, now, step
+                first_step_wait, data_wait = data_wait, 0.0
+            if step % config.log_every == 0 or step == end:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                seconds_per_step = (now - last_time) / (step - last_step) if step > last_step else first_step_s
+                metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step,
+                               data_wait_s=(data_wait / (step - last_step) if step > last_step
+                                            else first_step_wait),
+                               **skips.update(step))
+                if first_log:
+                    metrics["first_step_s"], first_log = first_step_s, False  # includes compilation
+                    metrics.update(memory)
+                writer.write(step, metrics)
+                last_time, last_step, data_wait = now, step, 0.0
+                stop_if_diverged(step, metrics, checkpoints)
+            if evaluation.due(step):  # before the checkpoint: a run killed here evaluates this step again
+                results = evaluation.run(state.params)
+                writer.write_eval(step, results)
+                last_time += results["eval_s"]  # step times leave the evaluation out
+            if step % config.checkpoint_every == 0 or step == end:
+                stop_if_diverged(step, metrics, checkpoints)  # never a checkpoint of NaN parameters
+                skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
+                writer.flush(step)  # and TensorBoard every step it has logged: a resumed run starts after them
+                checkpoints.save(step, state, data, config_json)  # returns once the save before it is on disk
+                if config_pending and saves_begun:  # config.json: the config of the newest finished checkpoint
+                    save_config(workdir, config)
+                    config_pending = False
+                saves_begun = True
+    with interrupts.deferred():  # the save finishes either way (closing waits for it): no Orbax traceback
+        checkpoints.wait()
+    if config_pending and saves_begun:
+        save_config(workdir, config)
+    interrupts.check()  # one dropped during the last step's evaluation or checkpoint
+    if end > start and jax.process_index() == 0:
+        print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
     return state
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Iterator
 
 import flax.linen as nn
@@ -25,6 +27,7 @@ from mmjax.data.tokenizers import Tokenizer
 from mmjax.files import write_text_atomically
 from mmjax.models import TwoTower, abstract_params, get_config
 from mmjax.parallel import logical_shardings, make_mesh
+from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.checkpoint import Checkpoints
 from mmjax.train.config import ConfigError
 
@@ -142,26 +145,33 @@ LOCK_FILE = ".lock"
 @contextlib.contextmanager
 def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
     """Holds an exclusive lock on `WORKDIR/.lock` (an `fcntl.flock`, released when the process ends, also by a
-    kill) while a run trains there; a second `mmjax train` on the workdir is a one-line `ConfigError` naming the
-    process that holds it. `take=False` (processes other than 0 of a multi-host run, whose workdir is shared):
-    nothing is locked."""
-    if not take:
-        yield
-        return
-    path = os.path.join(workdir, LOCK_FILE)
-    with open(path, "a+") as lock:
+    kill) while a run trains there. A second `mmjax train` on the workdir is a one-line `ConfigError` naming the
+    process that holds it, in every process of a multi-host run (`raise_if_any_failed`). `take=False`: this
+    process locks nothing (processes other than 0 of a multi-host run, whose workdir is shared). A file system
+    without locks is a warning: two runs there would go unnoticed."""
+    lock, refused = None, None
+    if take:
+        lock = open(os.path.join(workdir, LOCK_FILE), "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
             lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise ConfigError(f"{workdir} is being trained by another process (pid {holder}); wait for it, or "
-                              f"use another --workdir") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                refused = ConfigError(f"{workdir} is being trained by another process (pid {holder}); wait for it, "
+                                      f"or use another --workdir")
+            else:
+                print(f"mmjax: warning: cannot lock {lock.name} ({error.strerror}): a second run on this workdir "
+                      f"would not be noticed", file=sys.stderr)
+            lock.close()
+            lock = None
+    raise_if_any_failed(refused, jax.process_count())
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
