@@ -200,7 +200,7 @@ def source_fingerprint(source: str, units: list) -> str:
         files = [(os.path.relpath(unit.path, source), unit.path) for unit in units]
     else:
         files = [("", source)]
-    stats = [(name, os.stat(path).st_size, os.stat(path).st_mtime_ns) for name, path in files]
+    stats = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in ((name, os.stat(path)) for name, path in files)]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
