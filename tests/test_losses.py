@@ -341,6 +341,47 @@ def test_sharded_sigmoid_loss_equals_sigmoid_loss(mesh_shape, with_labels):
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
 
+def test_sharded_clip_loss_with_more_images_than_captions_matches_the_reference():
+    # 16 images, 8 captions: each direction's cross-entropy is averaged over its own rows.
+    mesh = make_mesh((8, 1, 1))
+    rng = np.random.default_rng(3)
+    image_emb, text_emb = unit_rows(rng, 16, SHARDED_DIM), unit_rows(rng, 8, SHARDED_DIM)
+    image_labels = rng.integers(0, 3, (16, 2)).astype(np.int32)
+    text_labels = rng.integers(-1, 3, (8, 2)).astype(np.int32)
+    logit_scale = np.float32(np.log(10.0))
+    expected_loss, expected_image, expected_text, _ = reference_clip(
+        image_emb, text_emb, logit_scale, reference_positives(image_labels, text_labels))
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P(BATCH_AXES)))
+
+    def loss_fn(image_emb, text_emb):
+        return sharded_clip_loss(image_emb, text_emb, jnp.float32(logit_scale), put(image_labels), put(text_labels),
+                                 mesh=mesh)
+
+    loss, (d_image, d_text) = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(put(image_emb), put(text_emb))
+    assert_close(loss, expected_loss)
+    assert_close(d_image, expected_image)
+    assert_close(d_text, expected_text)
+
+
+def test_a_nan_logit_scale_gives_a_nan_clip_loss():
+    # NaN > log 100 is False, as NaN <= log 100 is: the clamp must not turn a diverged scale into 100.
+    assert np.isnan(clip_scale(jnp.float32(np.nan)))
+    assert np.isnan(clip_loss(ONE_HOT, ONE_HOT, jnp.float32(np.nan)))
+
+
+@pytest.mark.parametrize("loss", ["clip", "sigmoid"])
+def test_losses_refuse_a_non_scalar_scale_and_an_empty_batch(loss):
+    scale = jnp.ones((1,), jnp.float32)
+    fn = (lambda s: clip_loss(ONE_HOT, ONE_HOT, s)) if loss == "clip" else (
+        lambda s: sigmoid_loss(ONE_HOT, ONE_HOT, jnp.float32(1.0), s))
+    with pytest.raises(ValueError, match="must be a scalar, got shape \\(1,\\)"):
+        jax.grad(lambda s: fn(s).sum())(scale)
+    empty = jnp.zeros((0, ONE_HOT.shape[1]), jnp.float32)
+    with pytest.raises(ValueError, match="at least one image and one caption, got 0 images"):
+        clip_loss(empty, empty, jnp.float32(1.0)) if loss == "clip" else sigmoid_loss(
+            empty, empty, jnp.float32(1.0), jnp.float32(0.0))
+
+
 def test_sharded_losses_never_build_the_global_logit_matrix():
     # The per-device program (after SPMD partitioning) holds [b, B] logits for CLIP and
     # [b, b] blocks for the SigLIP ring, b = 16 / 8 = 2; never [B, B].

@@ -51,7 +51,15 @@ def clip_scale(logit_scale: jax.Array) -> jax.Array:
     does) it is `exp(log 100)`, so the scale can still come down. The exponent is clamped before `exp`, so that
     a `logit_scale` past float32's `exp` range (≈ 88.7) gives that 0 too and not `0 × inf = NaN`."""
     limit = math.log(CLIP_MAX_SCALE)
-    return jnp.exp(jnp.where(logit_scale <= limit, logit_scale, limit))
+    return jnp.exp(jnp.where(logit_scale > limit, limit, logit_scale))  # a NaN stays NaN
+
+
+def _check_scalars(**values) -> None:
+    """A one-line ValueError for a `logit_scale` / `logit_bias` that is not a scalar (a `[1]` array would
+    pass the forward pass and fail in the gradient, deep inside JAX)."""
+    for name, value in values.items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
 
 
 def _block_size(block_size: int | None) -> int:
@@ -100,6 +108,7 @@ def clip_loss(
     Returns:
       float32 scalar.
     """
+    _check_scalars(logit_scale=logit_scale)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
     image_to_text, text_to_image = clip_sums(image_emb, text_emb, clip_scale(logit_scale), image_labels,
                                              text_labels, (IMAGE_TO_TEXT, TEXT_TO_IMAGE), _block_size(block_size))
@@ -133,6 +142,7 @@ def sigmoid_loss(
     Returns:
       float32 scalar.
     """
+    _check_scalars(logit_scale=logit_scale, logit_bias=logit_bias)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
     total = sigmoid_sum(image_emb, text_emb, jnp.exp(logit_scale), logit_bias, image_labels, text_labels,
                         _block_size(block_size))
@@ -174,9 +184,10 @@ def sharded_clip_loss(
     """
     batch_axes = _axis_tuple(batch_axes, mesh)
     block_size = _block_size(block_size)
+    _check_scalars(logit_scale=logit_scale)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
 
-    def local_loss_sum(image_emb, text_emb, logit_scale, image_labels, text_labels):
+    def local_loss_sums(image_emb, text_emb, logit_scale, image_labels, text_labels):
         def gather(x):
             return vary_like(jax.lax.all_gather(x, batch_axes, tiled=True), image_emb)
 
@@ -185,16 +196,16 @@ def sharded_clip_loss(
                                      (IMAGE_TO_TEXT,), block_size)
         _, text_to_image = clip_sums(gather(image_emb), text_emb, scale, gather(image_labels), text_labels,
                                      (TEXT_TO_IMAGE,), block_size)
-        return jax.lax.psum(image_to_text + text_to_image, batch_axes)
+        return jax.lax.psum((image_to_text, text_to_image), batch_axes)
 
     batch = P(batch_axes)
-    loss_sum = jax.shard_map(
-        local_loss_sum,
+    image_to_text, text_to_image = jax.shard_map(
+        local_loss_sums,
         mesh=mesh,
         in_specs=(batch, batch, P(), batch, batch),
-        out_specs=P(),
+        out_specs=(P(), P()),
     )(image_emb, text_emb, logit_scale, image_labels, text_labels)
-    return loss_sum / (2 * image_emb.shape[0])
+    return (image_to_text / image_emb.shape[0] + text_to_image / text_emb.shape[0]) / 2
 
 
 def sharded_sigmoid_loss(
@@ -239,6 +250,7 @@ def sharded_sigmoid_loss(
     num_devices = 1
     for axis in batch_axes:
         num_devices *= mesh.shape[axis]
+    _check_scalars(logit_scale=logit_scale, logit_bias=logit_bias)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
 
     def local_loss_sum(image_emb, text_emb, logit_scale, logit_bias, image_labels, text_labels):

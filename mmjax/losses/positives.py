@@ -28,6 +28,9 @@ def default_labels(
     text_labels: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array]:
     """The given labels, or the global row index `[B, 1]` for both towers (the diagonal)."""
+    if image_emb.shape[0] == 0 or text_emb.shape[0] == 0:
+        raise ValueError(f"a contrastive loss needs at least one image and one caption, got {image_emb.shape[0]} "
+                         f"images and {text_emb.shape[0]} captions")
     if (image_labels is None) != (text_labels is None):
         raise ValueError("give both image_labels and text_labels, or neither")
     if image_labels is None:
