@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mmjax.bench.flops import train_step_flops
+from mmjax.bench.largest_batch import NoBatchFitsError, largest_batch
 from mmjax.bench.open_clip_reference import build_open_clip, open_clip_available
 from mmjax.commands.bench import parse_mesh
 from mmjax.models import get_config, param_count
@@ -171,6 +172,47 @@ def test_input_benchmark_reports_both_sides_round_by_round_and_their_ratio():
     assert result["source_px"] == get_config("clip-test").vision.image_size and result["xla_threads"] == 1
 
 
+MEMORY_CURVES = {  # bytes per device of a batch: linear, with a fixed part that small batches hide, and stepped
+    "linear": lambda b: 1000 + 30 * b,
+    "convex": lambda b: 5000 + 2 * b + b * b // 40,
+    "stepped": lambda b: 2000 + 64 * (b // 24) * 24 + (b % 7),
+}
+
+
+@pytest.mark.parametrize("curve", MEMORY_CURVES)
+@pytest.mark.parametrize("budget", [6000, 9_999, 40_000, 123_457])
+def test_largest_batch_search_finds_what_trying_every_size_finds(curve, budget):
+    step_bytes = MEMORY_CURVES[curve]
+    unit = 8
+    fitting = [b for b in range(unit, 100_000, unit) if step_bytes(b) <= budget]
+    if not fitting:
+        with pytest.raises(NoBatchFitsError, match="batch 8 already needs"):
+            largest_batch(step_bytes, unit, budget)
+        return
+    batch, tried = largest_batch(step_bytes, unit, budget)
+    assert batch == max(fitting)
+    assert tried == {b: step_bytes(b) for b in tried} and tried[batch + unit] > budget
+    assert len(tried) <= 16, sorted(tried)
+    if curve == "linear":  # two sizes, then the fit's answer (32× up at most) and the size above it
+        assert len(tried) <= 6, sorted(tried)
+
+
+def test_train_step_benchmark_times_the_largest_batch_that_fits_a_memory_budget():
+    budget = 3 * 2**20
+    command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "clip-test", "--batch", "8",
+               "--largest_batch", "--memory_gib", str(budget / 2**30), "--threads", "1", "--steps", "1",
+               "--warmup", "0", "--peak-size", "1024", "--noopen_clip"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    tried = {int(b): n for b, n in result["largest_batch"]["tried_bytes"].items()}
+    batch = result["batch"]
+    assert batch % 8 == 0 and result["memory_per_device_bytes"] <= budget < tried[batch + 8]
+    assert all((n <= budget) == (b <= batch) for b, n in tried.items())
+    assert f"largest batch that fits 3.0 MiB per device: {batch} ({len(tried)} sizes compiled; batch {batch + 8} " \
+           f"needs" in done.stdout
+
+
 def test_unknown_sub_benchmark_is_a_one_line_error():
     done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "nothing"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
@@ -192,6 +234,8 @@ def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):
         (["input", "--threads", too_many], f"--threads={too_many}: this process may use 1 to"),
         (["train-step", "--profile", str(tmp_path / "file")], f"--profile {tmp_path / 'file'} is a file"),
         (["train-step", "--peak_size", "128"], "flag --peak_size=128: 128 is not integer >= 1024"),
+        (["train-step", "--memory_gib", "3"], "--memory_gib=3.0 must be positive and goes with --largest_batch"),
+        (["train-step", "--largest_batch"], "reports no memory limit; give the budget per device with --memory_gib"),
     ]:
         done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", *args, "--nohugepages"], cwd=REPO,
                               capture_output=True, text=True, timeout=300)

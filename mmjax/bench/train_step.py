@@ -17,8 +17,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from mmjax.bench.flops import train_step_flops
+from mmjax.bench.largest_batch import compiled_step_bytes, largest_batch
 from mmjax.bench.profile import profile_steps
 from mmjax.bench.timing import step_times
 from mmjax.models import TwoTower, TwoTowerConfig, get_config
@@ -48,6 +50,17 @@ def check_batch(batch: int, mesh) -> None:
                          f"(the data×fsdp devices of mesh {dict(mesh.shape)})")
 
 
+def _checked_setup(model: str, batch: int, mesh: dict[str, int] | None, dtype: str, scan_layers: bool,
+                   remat_policy: str) -> tuple[Mesh, TwoTowerConfig, str]:
+    """`(mesh, model config, loss)` of a benchmark, after the one-line checks of `batch` and the tensor split;
+    the loss is the one the model trains with (sigmoid for a model with a logit bias, else CLIP)."""
+    mesh = make_mesh(**(mesh or {"data": -1}))
+    check_batch(batch, mesh)
+    model_config = get_config(model, dtype=dtype, scan_layers=scan_layers, remat_policy=remat_policy)
+    check_tensor_split(model_config, mesh)
+    return mesh, model_config, "sigmoid" if model_config.logit_bias_init is not None else "clip"
+
+
 def _train_step(model: str, model_config: TwoTowerConfig, mesh, loss: str):
     """`(module, optimizer, state shardings, jitted step)` of `mmjax train`'s step for `model_config`."""
     flax_model = TwoTower(model_config)
@@ -61,6 +74,16 @@ def _train_step(model: str, model_config: TwoTowerConfig, mesh, loss: str):
     return flax_model, tx, shardings, step_fn
 
 
+def find_largest_batch(model: str, unit: int, budget: int, *, mesh: dict[str, int] | None = None,
+                       dtype: str = "float32", scan_layers: bool = False, remat_policy: str = "none",
+                       log=lambda line: None) -> tuple[int, dict[int, int]]:
+    """`largest_batch` of the step `bench_train_step` times: the largest multiple of `unit` whose compiled step
+    needs at most `budget` bytes per device, and `{batch: bytes}` of each size compiled on the way."""
+    mesh, model_config, loss = _checked_setup(model, unit, mesh, dtype, scan_layers, remat_policy)
+    _, tx, shardings, step_fn = _train_step(model, model_config, mesh, loss)
+    return largest_batch(compiled_step_bytes(step_fn, model_config, tx, shardings, mesh), unit, budget, log)
+
+
 def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = None, dtype: str = "float32",
                      scan_layers: bool = False, remat_policy: str = "none", steps: int = 10,
                      warmup: int = 2, profile_dir: str | None = None) -> dict[str, Any]:
@@ -72,11 +95,7 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
     and the memory analysis (`memory_per_device_bytes`, …). With `profile_dir`, 3 more steps are
     traced there and `profile` breaks their time down by model part (`mmjax.bench.profile`).
     """
-    mesh = make_mesh(**(mesh or {"data": -1}))
-    check_batch(batch, mesh)
-    model_config = get_config(model, dtype=dtype, scan_layers=scan_layers, remat_policy=remat_policy)
-    check_tensor_split(model_config, mesh)
-    loss = "sigmoid" if model_config.logit_bias_init is not None else "clip"  # the loss the model trains with
+    mesh, model_config, loss = _checked_setup(model, batch, mesh, dtype, scan_layers, remat_policy)
     flax_model, tx, shardings, step_fn = _train_step(model, model_config, mesh, loss)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         state = create_train_state(flax_model, tx, jax.random.key(0), shardings)

@@ -2,6 +2,7 @@
 
     mmjax bench train-step --model bench-tiny --batch 64 --threads 2 [--mesh data=2,fsdp=1,tensor=1]
                            [--dtype bfloat16] [--steps 10] [--scan_layers] [--remat dots] [--noopen_clip]
+                           [--largest_batch [--memory_gib 70]]
     mmjax bench data [--images 512] [--source_px 256] [--crop_px 224] [--batch 64]
     mmjax bench input [--model clip-tiny] [--batch 256] [--num_workers 1] [--images 4096] [--source_px 32]
                       [--steps 10] [--rounds 5] [--threads N]
@@ -24,7 +25,12 @@ from mmjax.models.layers import REMAT_POLICIES
 
 def _define_train_step_flags() -> None:
     flags.DEFINE_string("model", "bench-tiny", "Registered model name (`mmjax models`).")
-    flags.DEFINE_integer("batch", 64, "Global batch size (pairs).", lower_bound=1)
+    flags.DEFINE_integer("batch", 64, "Global batch size (pairs); with --largest_batch, the step of the search.",
+                         lower_bound=1)
+    flags.DEFINE_bool("largest_batch", False, "Time the largest multiple of --batch whose compiled step fits in "
+                      "each device's memory (--memory_gib, or what the device's allocator may hand out).")
+    flags.DEFINE_float("memory_gib", None, "With --largest_batch: the memory budget per device in GiB (needed on "
+                       "CPU, which reports no limit).")
     flags.DEFINE_integer("threads", None, "CPU threads for XLA and torch (default: all the process may use).",
                          lower_bound=1)
     flags.DEFINE_string("mesh", "data=-1", "Mesh sizes, e.g. data=2,fsdp=2,tensor=2 (one may be -1).")
@@ -61,6 +67,8 @@ def _train_step(argv: list[str]) -> None:
 
     f = flags.FLAGS
     mesh = parse_mesh(f.mesh)
+    if f.memory_gib is not None and not (f.largest_batch and f.memory_gib > 0):
+        raise ValueError(f"--memory_gib={f.memory_gib} must be positive and goes with --largest_batch")
     if f.profile:  # made (or refused) now, not after the whole benchmark
         if os.path.exists(f.profile) and not os.path.isdir(f.profile):
             raise ValueError(f"--profile {f.profile} is a file; name a directory for the trace")
@@ -74,13 +82,23 @@ def _train_step(argv: list[str]) -> None:
 
     from mmjax.bench.open_clip_reference import bench_open_clip_step, open_clip_available, reference_problem
     from mmjax.bench.peak import device_peak_flops, measure_matmul_flops, model_flops_utilization
-    from mmjax.bench.train_step import bench_train_step, synthetic_batch
+    from mmjax.bench.largest_batch import format_bytes, memory_budget
+    from mmjax.bench.train_step import bench_train_step, find_largest_batch, synthetic_batch
     from mmjax.models import get_config, param_count
 
     device = jax.devices()[0]
-    result = bench_train_step(f.model, f.batch, mesh=mesh, dtype=f.dtype, scan_layers=f.scan_layers,
+    batch, search = f.batch, {}
+    if f.largest_batch:
+        budget = memory_budget(device, f.memory_gib)
+        print(f"finding the largest multiple of {f.batch} whose step fits in {format_bytes(budget)} per device …",
+              file=sys.stderr, flush=True)
+        batch, tried = find_largest_batch(f.model, f.batch, budget, mesh=mesh, dtype=f.dtype,
+                                          scan_layers=f.scan_layers, remat_policy=f.remat,
+                                          log=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+        search = {"largest_batch": {"budget_bytes": budget, "tried_bytes": {str(b): n for b, n in sorted(tried.items())}}}
+    result = bench_train_step(f.model, batch, mesh=mesh, dtype=f.dtype, scan_layers=f.scan_layers,
                               remat_policy=f.remat, steps=f.steps, warmup=f.warmup, profile_dir=f.profile)
-    result.update(threads=threads, param_count=param_count(f.model), platform=device.platform,
+    result.update(search, threads=threads, param_count=param_count(f.model), platform=device.platform,
                   malloc_hugepages=hugepages_enabled())
     if device.platform == "cpu":
         peak = measure_matmul_flops(f.peak_size, dtype=f.dtype)
@@ -122,6 +140,14 @@ def _print_summary(result: dict) -> None:
           f"({result['peak_source']}): MFU {mfu}")
     if "memory_per_device_bytes" in result:
         print(f"  memory per device {result['memory_per_device_bytes'] / 2**20:.1f} MiB")
+    if "largest_batch" in result:
+        from mmjax.bench.largest_batch import format_bytes
+
+        search = result["largest_batch"]
+        larger = min((int(b) for b in search["tried_bytes"] if int(b) > result["batch"]), default=None)
+        beyond = "" if larger is None else f"; batch {larger} needs {format_bytes(search['tried_bytes'][str(larger)])}"
+        print(f"  largest batch that fits {format_bytes(search['budget_bytes'])} per device: {result['batch']} "
+              f"({len(search['tried_bytes'])} sizes compiled{beyond})")
     if "profile" in result:
         print(f"  profile ({result['profile']['op_ms_per_step']:.0f} ms of XLA ops per step; trace "
               f"{result['profile']['trace']}):")
@@ -204,7 +230,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], None], Callable[[list[str]], None]]] = 
 
 # The flags each sub-benchmark reads; any other bench flag given to it is an error, not silently ignored.
 _TRAIN_STEP_FLAGS = {"model", "batch", "threads", "mesh", "dtype", "steps", "warmup", "scan_layers", "remat",
-                     "open_clip", "hugepages", "profile", "peak_size"}
+                     "open_clip", "hugepages", "profile", "peak_size", "largest_batch", "memory_gib"}
 FLAGS_USED = {
     "train-step": _TRAIN_STEP_FLAGS,
     "data": {"images", "source_px", "crop_px", "batch"},
