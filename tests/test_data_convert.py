@@ -200,6 +200,11 @@ def test_tfds_coco_captions_layout(tmp_path):
     for i, record in enumerate(records):
         pixels = np.asarray(Image.open(io.BytesIO(record["image"])))
         np.testing.assert_array_equal(pixels, np.full((3 + i, 5, 3), pairs[i][0], np.uint8))
+    # a split the prepared data set does not have is named as such (it was "not prepared … tfds build")
+    with pytest.raises(ValueError, match=r"TFDS data set coco_captions under .*tfds has no split 'validation' "
+                                         r"\(split 'validation\[:10%\]'\); its prepared splits: train$"):
+        convert("tfds:coco_captions", str(tmp_path / "out2"), data_dir=str(tmp_path / "tfds"), split="validation[:10%]",
+                progress=False)
 
 
 def _tar_of(tmp_path, samples, name="a.tar"):
@@ -317,6 +322,31 @@ def test_a_filter_that_keeps_nothing_writes_nothing(tmp_path):
                                              r"`mmjax data filter` needs another --out, or an empty one$"):
             write_filtered(str(tmp_path / "data"), str(tmp_path / out), scores, 0.1)
     assert [r["key"] for r in read_records(tmp_path / "kept")] == ["k2"]
+
+
+def test_a_filter_fills_its_shards_with_kept_records_and_indexes_the_unreadable_ones(tmp_path):
+    """Output shards were cut at source-record boundaries (7 shards, 3 empty, for 6 kept records); the index said
+    "dropped: none" after a filter that had passed over unreadable records."""
+    convert(str(_tar_of(tmp_path, _samples(7))), str(tmp_path / "data"), progress=False)
+    kept_keys = ["k0", "k3", "k4", "k6"]
+    scores = Scores([np.array([0.9 if f"k{n}" in kept_keys else 0.1]) for n in range(6)] + [np.array([0.5])],
+                    Counter(undecodable_image=2))
+    index = write_filtered(str(tmp_path / "data"), str(tmp_path / "kept"), scores, 0.5, records_per_shard=3)
+    on_disk = json.loads((tmp_path / "kept" / "index.json").read_text())
+    assert [shard["count"] for shard in on_disk["shards"]] == [3, 1] and on_disk == index
+    assert on_disk["dropped"] == {"undecodable_image": 2} and on_disk["num_records"] == 4
+    assert [r["key"] for r in read_records(tmp_path / "kept")] == kept_keys
+    info = mmjax("data", "info", str(tmp_path / "kept"))
+    assert info.stdout.strip() == f"{tmp_path / 'kept'}: 4 records in 2 shards; dropped: undecodable_image 2"
+
+
+def test_a_filter_whose_out_cannot_be_a_directory_stops_before_loading_the_model(tmp_path):
+    convert(str(_tar_of(tmp_path, _samples(2))), str(tmp_path / "data"), progress=False)
+    (tmp_path / "afile").write_text("")
+    done = mmjax("data", "filter", str(tmp_path / "data"), "--model", str(tmp_path / "no_model"), "--out",
+                 str(tmp_path / "afile"), "--threshold", "0.2")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        f"mmjax: error: --out {tmp_path / 'afile'} cannot be made a directory: File exists")
 
 
 @pytest.mark.parametrize("n", [7, 25, 50, 100])

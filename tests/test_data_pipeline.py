@@ -345,7 +345,10 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
 @pytest.mark.parametrize("overrides, expected", [
     ({"name": "webdataset"}, "config.data.name='webdataset' must be one of"),
     ({"name": "arrayrecord", "sources": ()}, "must name exactly 1 source(s)"),
-    ({"name": "mixture", "sources": ("a", "b"), "weights": (1.0,)}, "config.data.weights=(1.0,) must be 2 positive"),
+    ({"name": "mixture", "sources": ("a", "b"), "weights": (1.0,)}, "config.data.weights=(1.0,) must be 2 finite pos"),
+    ({"name": "mixture", "sources": ("a", "b"), "weights": (1.0, float("inf"))}, "weights=(1.0, inf) must be 2 finite"),
+    ({"name": "mixture", "sources": ("a", "b"), "weights": (1.0, float("nan"))}, "weights=(1.0, nan) must be 2 finite"),
+    ({"name": "mixture", "sources": ("a", "b"), "weights": (1.0, 5e-324)}, "weights=(1.0, 5e-324) must be 2 finite"),
     ({"name": "tfds", "sources": ("coco",)}, "data.name='tfds' needs 'tfds:NAME'"),
     ({"name": "arrayrecord", "sources": ("a",), "crop_scale": (0.5, 1.5)}, "config.data.crop_scale=(0.5, 1.5)"),
     ({"name": "arrayrecord", "sources": ("a",), "max_skip_fraction": 2.0}, "max_skip_fraction=2.0 must be in"),

@@ -238,7 +238,7 @@ def convert(source: str, out: str, *, records_per_shard: int = 10_000, num_worke
     `on_shard` is called with each finished shard's marker.
     """
     units = plan_units(source, records_per_shard, split, data_dir)
-    os.makedirs(out, exist_ok=True)
+    shards.make_directory(out)
     _check_plan(out, {"source": os.path.abspath(source) if not source.startswith(TFDS_PREFIX) else source,
                       "records_per_shard": records_per_shard, "split": split, "num_shards": len(units),
                       "fingerprint": source_fingerprint(source, units)})

@@ -17,8 +17,8 @@ does not depend on training code.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -130,8 +130,8 @@ def selection_threshold(scores: Scores, threshold: float | None, top_fraction: f
     return float(every[math.ceil(Fraction(str(top_fraction)) * len(every)) - 1])
 
 
-def _kept_samples(source: RecordSource, scores: Scores, minimum: float, start: int, end: int) -> Iterator[Sample]:
-    for index in range(start, end):
+def _kept_samples(source: RecordSource, scores: Scores, minimum: float) -> Iterator[Sample]:
+    for index in range(len(source)):
         pair_scores = scores.scores[index]
         if pair_scores is None or not (pair_scores >= minimum).any():
             continue
@@ -152,14 +152,10 @@ def write_filtered(directory: str, out: str, scores: Scores, minimum: float,
         raise ValueError(f"no pair of {directory} scores ≥ {minimum:.4f} (the best scores "
                          f"{'nothing' if best is None else f'{best:.4f}'}); nothing was written to {out}")
     shards.refuse_data_in(out, "mmjax data filter")
-    source = RecordSource(directory)
-    os.makedirs(out, exist_ok=True)
-    markers = []
-    for number, start in enumerate(range(0, len(source), records_per_shard)):
-        end = min(start + records_per_shard, len(source))
-        markers.append(shards.write_shard(out, shards.shard_name(number),
-                                          _kept_samples(source, scores, minimum, start, end),
-                                          f"{directory}[{start}:{end}] clip score ≥ {minimum:.6g}"))
-    index = shards.write_index(out, markers)
-    index["skipped"] = dict(sorted(scores.skipped.items()))
-    return index
+    shards.make_directory(out)
+    kept, markers = _kept_samples(RecordSource(directory), scores, minimum), []
+    for first in kept:  # shards of `records_per_shard` kept records
+        markers.append(shards.write_shard(out, shards.shard_name(len(markers)),
+                                          itertools.chain([first], itertools.islice(kept, records_per_shard - 1)),
+                                          f"{directory}, clip score ≥ {minimum:.6g}"))
+    return shards.write_index(out, markers, dropped_before=scores.skipped)

@@ -18,6 +18,7 @@ n-th position of it is a random draw from the window.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import grain
@@ -76,12 +77,18 @@ class ShuffleWithinWindows(grain.MapDataset):
         return self._parent[window_index * self.window + int(self._permutation(window_index)[offset])]
 
 
+def usable_weights(weights: Sequence[float], count: int) -> bool:
+    """`count` finite positive weights whose ratio is finite too (grain divides by the smallest)."""
+    return (len(weights) == count and all(math.isfinite(w) and w > 0 for w in weights)
+            and math.isfinite(max(weights) / min(weights)))
+
+
 def mix(components: Sequence[grain.MapDataset], weights: Sequence[float] | None, seed: int) -> grain.MapDataset:
     """One component as is; several interleaved in the proportions of `weights` (default uniform) and shuffled
     within windows of `MIX_WINDOW` positions (seed `seed`; see the module docstring)."""
     if len(components) == 1:
         return components[0]
-    if weights is not None and (len(weights) != len(components) or min(weights) <= 0):
-        raise ValueError(f"mixture weights {tuple(weights)} must be {len(components)} positive numbers")
+    if weights is not None and not usable_weights(weights, len(components)):
+        raise ValueError(f"mixture weights {tuple(weights)} must be {len(components)} finite positive numbers")
     mixed = grain.MapDataset.mix(list(components), None if weights is None else list(weights))
     return ShuffleWithinWindows(mixed, MIX_WINDOW, seed)

@@ -93,7 +93,8 @@ def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, se
     sampled) into batches of `global_batch_size // process_count` good examples with tokenised
     captions (`DecodeBatches`). The iterator
     (`CountSkips`) totals the skipped samples by reason; `get_state` / `set_state` give exact resume.
-    A finite stream (`num_epochs`) ends with a partial batch.
+    A finite stream (`num_epochs`) ends with a partial batch; a finite mixture ends when its first source runs
+    out (grain's `mix`), so the other sources are not read to their end.
     """
     if process_index is None or process_count is None:
         shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)

@@ -48,6 +48,15 @@ def refuse_data_in(directory: str, command: str) -> None:
                          f"{', …' if len(found) > 3 else ''}); `{command}` needs another --out, or an empty one")
 
 
+def make_directory(directory: str) -> None:
+    """`os.makedirs(directory)`, or a one-line ValueError saying why it cannot be made (a file there, no
+    permission)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {directory} cannot be made a directory: {error.strerror or error}") from None
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.array_record"
 
@@ -92,9 +101,10 @@ def remove_temporaries(directory: str) -> None:
             os.remove(os.path.join(directory, name))
 
 
-def write_index(directory: str, markers: list[dict]) -> dict:
-    """`DIR/index.json` from the shards' markers (in shard order); returns it."""
-    dropped = Counter()
+def write_index(directory: str, markers: list[dict], dropped_before: dict[str, int] | None = None) -> dict:
+    """`DIR/index.json` from the shards' markers (in shard order) and the records dropped before any shard was
+    written (`dropped_before`, by reason: a filter's unreadable source records); returns it."""
+    dropped = Counter(dropped_before or {})
     for marker in markers:
         dropped.update(marker["dropped"])
     index = {"format": FORMAT, "num_records": sum(m["count"] for m in markers),
@@ -116,6 +126,9 @@ def read_index(directory: str) -> list[ShardInfo]:
         tars = os.path.isdir(directory) and any(name.endswith(".tar") for name in os.listdir(directory))
         if os.path.isfile(os.path.join(directory, PLAN_FILE)):
             hint = "its conversion has not finished: run the same `mmjax data convert` again to finish it"
+        elif directory.startswith("tfds:"):
+            hint = (f"training reads a TFDS data set as data.name='tfds'; `mmjax data convert {directory} --out DIR` "
+                    f"makes a data directory of it")
         elif tars:
             hint = f"it holds webdataset tars: convert them with `mmjax data convert {directory} --out DIR`"
         else:

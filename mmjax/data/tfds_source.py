@@ -49,15 +49,22 @@ def prepared_dir(name: str, data_dir: str) -> str | None:
 def open_tfds(name: str, split: str, data_dir: str | None = None) -> Any:
     """The random-access data source of `name` (`coco_captions` or `coco_captions/2014`) and `split`.
 
-    Raises FileNotFoundError (one line, with how to prepare it) when it is not prepared as array_record.
+    Raises FileNotFoundError (one line, with how to prepare it) when it is not prepared as array_record, and
+    ValueError when it is but `split` names a split it does not have.
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415 (import cost only when used)
 
     data_dir = data_dir or default_data_dir()
     prepared = prepared_dir(name, data_dir)
+    if prepared is not None:
+        builder = tfds.builder_from_directory(prepared)
+        unknown = [part for part in (p.split("[")[0].strip() for p in split.split("+")) if part not in builder.info.splits]
+        if unknown:
+            raise ValueError(f"TFDS data set {name} under {data_dir} has no split {unknown[0]!r} (split {split!r}); "
+                             f"its prepared splits: {', '.join(sorted(builder.info.splits))}")
     try:
         if prepared is not None:
-            return tfds.builder_from_directory(prepared).as_data_source(split=split)
+            return builder.as_data_source(split=split)
         with contextlib.redirect_stdout(io.StringIO()):  # answers under tfds.testing.mock_data
             return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as error:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable"

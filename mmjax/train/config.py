@@ -12,6 +12,7 @@ import re
 import ml_collections
 
 from mmjax.data import synthetic
+from mmjax.data.mixture import usable_weights
 from mmjax.models import layers, registry
 from mmjax.train import multihost
 
@@ -122,8 +123,8 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
              f"config.data.sources={tuple(d.sources)} must name {count} source(s) for data.name={d.name!r}")
     tfds_ok = all(str(s).startswith("tfds:") for s in d.sources) if d.name == "tfds" else True
     _require(tfds_ok, f"config.data.sources={tuple(d.sources)}: data.name='tfds' needs 'tfds:NAME'")
-    _require(d.name != "mixture" or (len(d.weights) == len(d.sources) and min(d.weights) > 0),
-             f"config.data.weights={tuple(d.weights)} must be {len(d.sources)} positive numbers, one per source")
+    _require(d.name != "mixture" or usable_weights(tuple(d.weights), len(d.sources)),
+             f"config.data.weights={tuple(d.weights)} must be {len(d.sources)} finite positive numbers, one per source")
     _require(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
              f"config.data.crop_scale={tuple(d.crop_scale)} must be (low, high) with 0 < low ≤ high ≤ 1")
     _require(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
