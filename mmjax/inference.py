@@ -16,6 +16,12 @@ from mmjax.models import TwoTower
 from mmjax.parallel import batch_sharding, batch_size_multiple, make_mesh, replicated
 
 
+def check_batch_size(batch_size: int) -> None:
+    """A one-line ValueError unless `batch_size` is a positive int (a negative one embedded nothing)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
 class Encoder:
     """Embeds uint8 images `[N, H, W, 3]` and strings in fixed-size jitted batches.
 
@@ -32,6 +38,7 @@ class Encoder:
     def __init__(self, model: TwoTower, params, tokenizer: Tokenizer, image_mean: Sequence[float],
                  image_std: Sequence[float], batch_size: int = 256, mesh: Mesh | None = None,
                  progress: bool = False):
+        check_batch_size(batch_size)
         mesh = make_mesh(data=-1, devices=jax.local_devices()) if mesh is None else mesh
         multiple = batch_size_multiple(mesh)
         self.batch_size = -(-batch_size // multiple) * multiple

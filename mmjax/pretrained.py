@@ -24,6 +24,7 @@ from PIL import Image
 
 from mmjax.convert.jsonfile import read_json
 from mmjax.data.preprocess import ImagePreprocess
+from mmjax.inference import check_batch_size
 from mmjax.models import TwoTower, TwoTowerConfig
 
 
@@ -75,6 +76,7 @@ class Pretrained:
         return images, texts
 
     def _batched(self, fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+        check_batch_size(batch_size)
         outputs = []
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size]
@@ -97,15 +99,17 @@ class Pretrained:
         return self._batched(self._encoders[1], self.tokenizer(list(texts)), batch_size)
 
     def with_image_size(self, image_size: int) -> Pretrained:
-        """The same model for `image_size` px images: the learned position table is interpolated
-        (OpenCLIP's antialiased bicubic; a class-token row is kept) and the preprocessing re-sized."""
+        """The same model for `image_size` px images: the learned position table is interpolated to the new
+        patch grid, `image_size // patch_size` a side (OpenCLIP's antialiased bicubic; a class-token row is kept;
+        pixels past the last whole patch are not read, as in `VisionConfig`) and the preprocessing re-sized."""
         from mmjax.convert.posemb import resize_position_table
 
         vision = self.config.vision
         if image_size == vision.image_size:
             return self
-        if image_size % vision.patch_size:
-            raise ValueError(f"image size {image_size} is not a multiple of the patch size {vision.patch_size}")
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not (
+                vision.patch_size <= image_size):
+            raise ValueError(f"image size {image_size!r} must be an int of at least the patch size {vision.patch_size}")
         params = dict(self.params)
         if vision.posemb == "learned":
             encoder = dict(params["image_encoder"])
@@ -205,4 +209,4 @@ def load_pretrained(source: str, *, image_size: int | None = None, allow_pickle:
     else:
         raise ValueError(f"{source}: cannot tell the checkpoint format (expected {SOURCES_HELP})")
     pretrained = dataclasses.replace(pretrained, source=source)
-    return pretrained.with_image_size(image_size) if image_size else pretrained
+    return pretrained if image_size is None else pretrained.with_image_size(image_size)

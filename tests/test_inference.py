@@ -45,3 +45,44 @@ def test_sharded_padded_batches_equal_one_unsharded_forward():
     with pytest.raises(KeyboardInterrupt):
         encoder.encode_texts(texts)
     assert not interrupts._dropped.is_set()
+
+
+def _pretrained(config):
+    from mmjax.data.preprocess import ImagePreprocess
+    from mmjax.pretrained import Pretrained
+
+    model = models.TwoTower(config)
+    params = nn.unbox(model.init(jax.random.key(1), *models.example_inputs(config)))["params"]
+    return Pretrained(config, params, Tokenizer.for_synthetic(config.text.context_length),
+                      ImagePreprocess(config.vision.image_size), "test", "mmjax")
+
+
+def test_a_batch_size_below_one_is_refused_where_it_embedded_nothing():
+    config = models.get_config("clip-test")
+    pretrained = _pretrained(config)
+    pictures = np.zeros((3, 16, 16, 3), np.uint8)
+    for batch_size in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {batch_size}$"):
+            pretrained.encode_image(pictures, batch_size=batch_size)
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {batch_size}$"):
+            pretrained.encode_text(["a red circle"], batch_size=batch_size)
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {batch_size}$"):
+            Encoder(pretrained.model, pretrained.params, pretrained.tokenizer, (0.5,) * 3, (0.5,) * 3,
+                    batch_size=batch_size)
+
+
+def test_a_pretrained_model_takes_image_sizes_that_are_not_a_multiple_of_its_patch():
+    """20 px with 8 px patches is the 2 × 2 grid of 16 px (the last 4 pixels are not read, as OpenCLIP's
+    `force_image_size` and SigLIP So400m/14 at 384 px): the same table, so the embedding of the top-left
+    16 × 16 pixels; it was refused as "not a multiple of the patch size"."""
+    config = models.get_config("clip-test")
+    pretrained = _pretrained(config)
+    larger = pretrained.with_image_size(20)
+    assert larger.config.vision.image_size == 20 and larger.preprocess.size == 20
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-1, 1, (2, 20, 20, 3)).astype(np.float32)
+    embed = lambda p, x: p.model.apply({"params": p.params}, x, method=models.TwoTower.encode_image)
+    np.testing.assert_allclose(embed(larger, pixels), embed(pretrained, pixels[:, :16, :16]), atol=1e-6)
+    for size in (0, 7, 12.0):
+        with pytest.raises(ValueError, match=f"image size {size!r} must be an int of at least the patch size 8$"):
+            pretrained.with_image_size(size)

@@ -185,6 +185,30 @@ def test_wrong_image_size_is_one_clear_error():
             model.apply({"params": params}, text=np.full((3, 8), bad, np.int32))
 
 
+def test_images_must_be_floats_and_lists_are_arrays():
+    """uint8 pixels were embedded as if normalised (cosine 0.6 to the right embedding); lists raised AttributeError."""
+    config = models.get_config("clip-test")
+    images, tokens = _inputs(config)
+    model, params = _init_and_apply(config, images, tokens)
+    with pytest.raises(ValueError, match="ViT expects normalised float images, got uint8"):
+        model.apply({"params": params}, image=np.zeros((1, 16, 16, 3), np.uint8))
+    from_arrays = model.apply({"params": params}, image=images, text=tokens)
+    from_lists = model.apply({"params": params}, image=np.asarray(images).tolist(), text=np.asarray(tokens).tolist())
+    for got, want in zip(from_lists[:2], from_arrays[:2]):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(image_size=8, patch_size=16), "VisionConfig: patch_size 16 must be in [1, image_size 8]"),
+    (dict(image_size=16, patch_size=0), "VisionConfig: patch_size 0 must be in [1, image_size 16]"),
+    (dict(image_size=16, patch_size=8, depth=-1), "VisionConfig: depth -1 must be ≥ 0 and mlp_dim 64 ≥ 1"),
+])
+def test_vision_configs_that_cannot_see_the_image_are_refused(fields, message):
+    """A patch larger than the image gave no patches: embeddings that ignored the image, or NaN."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        models.VisionConfig(**{"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64, **fields})
+
+
 def test_sincos_position_table_matches_the_formula():
     grid, width = 3, 8
     table = layers.sincos_2d(grid, width)

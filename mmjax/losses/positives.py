@@ -28,6 +28,9 @@ def default_labels(
     text_labels: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array]:
     """The given labels, or the global row index `[B, 1]` for both towers (the diagonal)."""
+    if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"embeddings must be [B, D] of one width D, got image_emb {list(image_emb.shape)} and "
+                         f"text_emb {list(text_emb.shape)}")
     if image_emb.shape[0] == 0 or text_emb.shape[0] == 0:
         raise ValueError(f"a contrastive loss needs at least one image and one caption, got {image_emb.shape[0]} "
                          f"images and {text_emb.shape[0]} captions")

@@ -228,6 +228,8 @@ class TransformerSpec:
     def __post_init__(self):
         if min(self.width, self.num_heads) < 1 or self.width % self.num_heads:
             raise ValueError(f"{type(self).__name__}: width {self.width} does not split into {self.num_heads} heads")
+        if self.depth < 0 or self.mlp_dim < 1:
+            raise ValueError(f"{type(self).__name__}: depth {self.depth} must be ≥ 0 and mlp_dim {self.mlp_dim} ≥ 1")
 
 
 class TransformerBlock(nn.Module):

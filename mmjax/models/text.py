@@ -42,6 +42,7 @@ class TextTransformer(nn.Module):
     def __call__(self, token_ids):
         cfg, opts = self.config, self.options
         dtype = jnp.dtype(opts.dtype)
+        token_ids = token_ids if hasattr(token_ids, "ndim") else np.asarray(token_ids)
         if token_ids.ndim != 2 or token_ids.shape[1] != cfg.context_length:
             raise ValueError(f"text encoder expects token ids [B, {cfg.context_length}], got {list(token_ids.shape)}")
         if isinstance(token_ids, np.ndarray) and token_ids.size and not (

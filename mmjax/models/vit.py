@@ -28,6 +28,12 @@ class VisionConfig(layers.TransformerSpec):
     patch_bias: bool = False
     posemb: str = "learned"
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.patch_size <= self.image_size:
+            raise ValueError(f"VisionConfig: patch_size {self.patch_size} must be in [1, image_size "
+                             f"{self.image_size}]")
+
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
@@ -43,9 +49,13 @@ class ViT(nn.Module):
     def __call__(self, images):
         cfg, opts = self.config, self.options
         dtype = jnp.dtype(opts.dtype)
+        images = images if hasattr(images, "ndim") else jnp.asarray(images)
         expected = (cfg.image_size, cfg.image_size, 3)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"ViT expects images [B, {cfg.image_size}, {cfg.image_size}, 3], got {list(images.shape)}")
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ValueError(f"ViT expects normalised float images, got {images.dtype} (normalise raw pixels with "
+                             f"mmjax.data.transforms.normalize_images, or embed them with mmjax.inference.Encoder)")
         x = layers.PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias, dtype, name="patch_embed")(images.astype(dtype))
         position = layers.AddPositionEmbedding(cfg.posemb, cfg.width ** -0.5, name="pos_embed")
         if cfg.posemb == "sincos2d":  # the fixed 2-D table covers the patch grid; a class token gets none (big_vision)
