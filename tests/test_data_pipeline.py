@@ -353,6 +353,8 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
     ({"name": "arrayrecord", "sources": ("a",), "crop_scale": (0.5, 1.5)}, "config.data.crop_scale=(0.5, 1.5)"),
     ({"name": "arrayrecord", "sources": ("a",), "max_skip_fraction": 2.0}, "max_skip_fraction=2.0 must be in"),
     ({"sources": ("data/mine",)}, "config.data.sources=('data/mine',) is ignored by data.name='synthetic'"),
+    ({"seed": -1}, "config.data.seed=-1 must be in [0, 2**32)"),
+    ({"image_std": (0.5, 0.0, 0.5)}, "image_std=(0.5, 0.0, 0.5) must be 3 numbers each, the std positive"),
 ])
 def test_bad_data_configs_are_one_line_errors(overrides, expected):
     config = base_config("clip-test", "clip")

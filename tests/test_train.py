@@ -260,11 +260,41 @@ def test_batch_size_multiple_counts_accumulation_and_processes_once():
     config = clip_tiny.get_config("test")
     for batch_size, accum_steps, processes in [(8, 1, 2), (8, 1, 8), (16, 2, 2), (24, 3, 1), (8, 1, 4)]:
         config.batch_size, config.accum_steps = batch_size, accum_steps
-        check_batch_size(config, mesh, processes)  # one row a device in each micro-batch: enough
+        # one row a device in each micro-batch: enough (the 8 devices as `processes` processes of equal size)
+        check_batch_size(config, mesh, processes, process_of=lambda device: device.id * processes // 8)
     for batch_size, accum_steps, processes, multiple in [(16, 4, 1, 32), (8, 1, 16, 16), (12, 1, 2, 8), (8, 2, 1, 16)]:
         config.batch_size, config.accum_steps = batch_size, accum_steps
         with pytest.raises(ConfigError, match=f"config.batch_size={batch_size} must be a multiple of {multiple}: "):
             check_batch_size(config, mesh, processes)
+
+
+def test_processes_must_hold_rows_of_their_own():
+    """data=2 × tensor=4 over 4 processes of 2 devices: processes 0 and 1 both hold batch shard 0, but each
+    loaded its own rows, so the step trained on a smaller batch and the replicas drifted apart."""
+    config = clip_tiny.get_config("test")
+    config.batch_size = 8
+    mesh = make_mesh(data=2, tensor=4)
+    assert [d.id for d in mesh.devices.flat] == list(range(8))  # data index = id // 4
+    check_batch_size(config, mesh, 2, process_of=lambda device: device.id // 4)
+    with pytest.raises(ConfigError, match=re.escape(
+            "mesh {'data': 2, 'fsdp': 1, 'tensor': 4} gives the 4 processes overlapping rows of the batch (its "
+            "data×fsdp axes span 2 device(s)), but each process loads rows of its own: make config.mesh.data × "
+            "config.mesh.fsdp a multiple of the process count")):
+        check_batch_size(config, mesh, 4, process_of=lambda device: device.id // 2)
+
+
+def test_a_run_of_another_number_of_processes_is_refused_before_restoring(tmp_path):
+    """Each process stores its own data-iterator state (`data/process_I-of-N.json`): resumed by another number of
+    processes, the restore failed and was reported as a damaged checkpoint, to be deleted."""
+    config = clip_tiny.get_config("test")
+    train(config, str(tmp_path), stop_after=1)
+    data = tmp_path / "checkpoints" / "1" / "data"
+    os.rename(data / "process_0-of-1.json", data / "process_0-of-2.json")  # as the first of two processes wrote it
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path} holds a run of 2 process(es), not 1: each process's "
+                                                    f"data-iterator state is its own; resume with 2, or use another "
+                                                    f"--workdir")):
+        train(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
 
 
 def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are_named(tmp_path, capsys):

@@ -7,8 +7,10 @@ data iterator state makes a resumed run see exactly the batches it would have se
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging as python_logging
 import os
+import re
 from typing import Any
 
 import grain
@@ -46,6 +48,18 @@ def _in_chain(error: BaseException, kind: type) -> BaseException | None:
 def has_checkpoint(workdir: str) -> bool:
     """Whether `WORKDIR/checkpoints` holds a finished checkpoint (read without opening a manager)."""
     return bool(ocp.utils.checkpoint_steps(os.path.join(os.path.abspath(workdir), "checkpoints")))
+
+
+def saved_process_count(workdir: str) -> int | None:
+    """How many processes wrote the latest checkpoint's data-iterator states (`data/process_I-of-N.json`, one
+    per process), or None when it holds none."""
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    for step in sorted(ocp.utils.checkpoint_steps(root), reverse=True):
+        names = glob.glob(os.path.join(root, str(step), "data", "process_*-of-*.json"))
+        counts = {int(match.group(1)) for name in names if (match := re.search(r"-of-(\d+)\.json$", name))}
+        if counts:
+            return max(counts)
+    return None
 
 
 class CheckpointError(ValueError):

@@ -112,6 +112,10 @@ def _require(ok: bool, message: str) -> None:
 def _validate_data(c: ml_collections.ConfigDict) -> None:
     d = c.data
     _require(d.name in DATA_NAMES, f"config.data.name={d.name!r} must be one of {DATA_NAMES}")
+    _require(0 <= d.seed < 2**32, f"config.data.seed={d.seed} must be in [0, 2**32)")
+    _require(len(d.image_std) == 3 and all(v > 0 for v in d.image_std) and len(d.image_mean) == 3,
+             f"config.data.image_mean={tuple(d.image_mean)} and image_std={tuple(d.image_std)} must be 3 numbers "
+             f"each, the std positive")
     if d.name == "synthetic":
         _require(not d.sources, f"config.data.sources={tuple(d.sources)} is ignored by data.name='synthetic': "
                  "set --config.data.name=arrayrecord (or tfds, mixture), or use configs/clip_captions.py")

@@ -6,12 +6,14 @@ the data iterator where it was, so the resumed run sees the same batches.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -23,10 +25,10 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.skips import SkipMonitor
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
-from mmjax.parallel import DEFAULT_RULES, batch_size_multiple, check_tensor_split, make_mesh
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, check_tensor_split, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
-from mmjax.train.checkpoint import Checkpoints, has_checkpoint
+from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_count
 from mmjax.train.config import ConfigError, validate
 from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.metrics import MetricsWriter
@@ -66,6 +68,11 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
             continue
         if old is not _ABSENT and old != new:  # a key the run's mmjax version did not write cannot be compared
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
+    processes = saved_process_count(workdir)
+    if processes is not None and processes != jax.process_count():
+        raise ConfigError(f"{workdir} holds a run of {processes} process(es), not {jax.process_count()}: each "
+                          f"process's data-iterator state is its own; resume with {processes}, or use another "
+                          f"--workdir")
     old_sources, new_sources = _lookup(before, "data.sources"), _lookup(config, "data.sources")
     if old_sources is not _ABSENT and len(old_sources) != len(new_sources):  # the iterator state counts each one
         raise ConfigError(f"{workdir} holds a run that reads {len(old_sources)} data source(s), not "
@@ -109,9 +116,11 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str):
     return config
 
 
-def check_batch_size(config: ml_collections.ConfigDict, mesh, process_count: int) -> None:
+def check_batch_size(config: ml_collections.ConfigDict, mesh, process_count: int,
+                     process_of: Callable[[jax.Device], int] = lambda device: device.process_index) -> None:
     """A one-line `ConfigError` unless each of the `accum_steps` micro-batches splits over the mesh's batch
-    (data × fsdp) devices and the batch over the processes, which load equal shares of it."""
+    (data × fsdp) devices and the batch over the processes, which load equal shares of it: the rows each
+    process's devices hold must then be a share of their own (`process_of` names a device's process)."""
     devices = batch_size_multiple(mesh)
     multiple = math.lcm(devices * config.accum_steps, process_count)
     if config.batch_size % multiple:
@@ -119,6 +128,13 @@ def check_batch_size(config: ml_collections.ConfigDict, mesh, process_count: int
                           f"config.accum_steps={config.accum_steps} micro-batch(es) is split over the {devices} "
                           f"data×fsdp devices of mesh {dict(mesh.shape)}, and the batch over {process_count} "
                           f"process(es)")
+    rows = collections.defaultdict(set)
+    for device, index in batch_sharding(mesh).devices_indices_map((config.batch_size,)).items():
+        rows[process_of(device)].update(range(*index[0].indices(config.batch_size)))
+    if any(len(held) != config.batch_size // process_count for held in rows.values()):
+        raise ConfigError(f"mesh {dict(mesh.shape)} gives the {process_count} processes overlapping rows of the batch "
+                          f"(its data×fsdp axes span {devices} device(s)), but each process loads rows of its own: "
+                          f"make config.mesh.data × config.mesh.fsdp a multiple of the process count")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> TrainState:
