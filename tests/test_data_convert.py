@@ -200,6 +200,9 @@ def test_tfds_coco_captions_layout(tmp_path):
     for i, record in enumerate(records):
         pixels = np.asarray(Image.open(io.BytesIO(record["image"])))
         np.testing.assert_array_equal(pixels, np.full((3 + i, 5, 3), pairs[i][0], np.uint8))
+    every = convert("tfds:coco_captions", str(tmp_path / "all"), data_dir=str(tmp_path / "tfds"), split="all",
+                    progress=False)
+    assert every["num_records"] == 3
     # a split the prepared data set does not have is named as such (it was "not prepared … tfds build")
     with pytest.raises(ValueError, match=r"TFDS data set coco_captions under .*tfds has no split 'validation' "
                                          r"\(split 'validation\[:10%\]'\); its prepared splits: train$"):
@@ -346,7 +349,7 @@ def test_a_filter_whose_out_cannot_be_a_directory_stops_before_loading_the_model
     done = mmjax("data", "filter", str(tmp_path / "data"), "--model", str(tmp_path / "no_model"), "--out",
                  str(tmp_path / "afile"), "--threshold", "0.2")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
-        f"mmjax: error: --out {tmp_path / 'afile'} cannot be made a directory: File exists")
+        f"mmjax: error: --out {tmp_path / 'afile'} cannot be made a directory: {tmp_path / 'afile'} is a file")
 
 
 @pytest.mark.parametrize("n", [7, 25, 50, 100])

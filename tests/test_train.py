@@ -286,15 +286,15 @@ def test_processes_must_hold_rows_of_their_own():
 def test_a_run_of_another_number_of_processes_is_refused_before_restoring(tmp_path):
     """Each process stores its own data-iterator state (`data/process_I-of-N.json`): resumed by another number of
     processes, the restore failed and was reported as a damaged checkpoint, to be deleted."""
-    config = clip_tiny.get_config("test")
-    train(config, str(tmp_path), stop_after=1)
-    data = tmp_path / "checkpoints" / "1" / "data"
+    config, workdir = clip_tiny.get_config("test"), tmp_path / "lr[3e-4]"  # not a glob pattern
+    train(config, str(workdir), stop_after=1)
+    data = workdir / "checkpoints" / "1" / "data"
     os.rename(data / "process_0-of-1.json", data / "process_0-of-2.json")  # as the first of two processes wrote it
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path} holds a run of 2 process(es), not 1: each process's "
+    with pytest.raises(ConfigError, match=re.escape(f"{workdir} holds a run of 2 process(es), not 1: each process's "
                                                     f"data-iterator state is its own; resume with 2, or use another "
                                                     f"--workdir")):
-        train(config, str(tmp_path))
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+        train(config, str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
 
 
 def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are_named(tmp_path, capsys):

@@ -77,7 +77,7 @@ def largest_batch(step_bytes: Callable[[int], int], unit: int, budget: int,
                 f"({'fits' if tried[batch] <= budget else 'too large'} for {format_bytes(budget)})")
         return tried[batch] <= budget
 
-    def units_to_budget(a: int, b: int) -> int:  # units above `a` where the line through a and b meets the budget
+    def units_to_budget(a: int, b: int) -> int:  # units above `a` where the line through `a` and `b` meets the budget
         slope = max((tried[b * unit] - tried[a * unit]) / (b - a), 1)
         return int((budget - tried[a * unit]) // slope)
 
@@ -88,7 +88,7 @@ def largest_batch(step_bytes: Callable[[int], int], unit: int, budget: int,
     if not fits(low):
         return unit, tried
     while high is None:  # at most 32× the size that fits: a line through two small sizes can be far too flat
-        guess = min(low + max(units_to_budget(below, low), 1), 32 * low)
+        guess = min(low + max(units_to_budget(low, below), 1), 32 * low)
         below, low, high = (low, guess, None) if fits(guess) else (below, low, guess)
     bisect = False
     while high - low > 1:

@@ -48,6 +48,18 @@ def refuse_data_in(directory: str, command: str) -> None:
                          f"{', …' if len(found) > 3 else ''}); `{command}` needs another --out, or an empty one")
 
 
+def check_can_make(directory: str) -> None:
+    """A one-line ValueError when `directory` could not be made (a file there or above it, no permission), without
+    making it."""
+    ancestor = os.path.abspath(directory)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"--out {directory} cannot be made a directory: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {directory} cannot be made a directory: {ancestor} is not writable")
+
+
 def make_directory(directory: str) -> None:
     """`os.makedirs(directory)`, or a one-line ValueError saying why it cannot be made (a file there, no
     permission)."""

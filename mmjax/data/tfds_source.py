@@ -46,6 +46,20 @@ def prepared_dir(name: str, data_dir: str) -> str | None:
     return max(versions, key=_version_key) if versions else None
 
 
+class UnknownSplitError(ValueError):
+    """A prepared TFDS data set read with a split it does not have."""
+
+
+def _check_split(builder, split: str, what: str) -> None:
+    """An `UnknownSplitError` naming the prepared splits when `split` (`train`, `train[:10%]+test`, `all`) names
+    one the builder does not have."""
+    names = [part.split("[")[0].strip() for part in split.split("+")]
+    unknown = [name for name in names if name != "all" and name not in builder.info.splits]
+    if unknown:
+        raise UnknownSplitError(f"{what} has no split {unknown[0]!r} (split {split!r}); its prepared splits: "
+                                f"{', '.join(sorted(builder.info.splits))}")
+
+
 def open_tfds(name: str, split: str, data_dir: str | None = None) -> Any:
     """The random-access data source of `name` (`coco_captions` or `coco_captions/2014`) and `split`.
 
@@ -56,17 +70,15 @@ def open_tfds(name: str, split: str, data_dir: str | None = None) -> Any:
 
     data_dir = data_dir or default_data_dir()
     prepared = prepared_dir(name, data_dir)
-    if prepared is not None:
-        builder = tfds.builder_from_directory(prepared)
-        unknown = [part for part in (p.split("[")[0].strip() for p in split.split("+")) if part not in builder.info.splits]
-        if unknown:
-            raise ValueError(f"TFDS data set {name} under {data_dir} has no split {unknown[0]!r} (split {split!r}); "
-                             f"its prepared splits: {', '.join(sorted(builder.info.splits))}")
     try:
         if prepared is not None:
+            builder = tfds.builder_from_directory(prepared)
+            _check_split(builder, split, f"TFDS data set {name} under {data_dir}")
             return builder.as_data_source(split=split)
         with contextlib.redirect_stdout(io.StringIO()):  # answers under tfds.testing.mock_data
             return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except UnknownSplitError:
+        raise
     except Exception as error:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable"
         raise FileNotFoundError(
             f"TFDS data set {name} ({split}) is not prepared as array_record under {data_dir}; prepare it with: "

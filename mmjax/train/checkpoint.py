@@ -55,7 +55,7 @@ def saved_process_count(workdir: str) -> int | None:
     per process), or None when it holds none."""
     root = os.path.join(os.path.abspath(workdir), "checkpoints")
     for step in sorted(ocp.utils.checkpoint_steps(root), reverse=True):
-        names = glob.glob(os.path.join(root, str(step), "data", "process_*-of-*.json"))
+        names = glob.glob(os.path.join(glob.escape(os.path.join(root, str(step), "data")), "process_*-of-*.json"))
         counts = {int(match.group(1)) for name in names if (match := re.search(r"-of-(\d+)\.json$", name))}
         if counts:
             return max(counts)
