@@ -76,6 +76,11 @@ def _eval(_argv) -> None:
                          "config.eval.num_heldout and num_retrieval")
     if benchmark is not None and flags.FLAGS.figure:
         raise ValueError("--figure draws the synthetic benchmark; drop it or --benchmark")
+    ignored = [name for name in ("num_workers", "data_dir") if flags.FLAGS[name].present and (
+        benchmark is None or (name == "data_dir" and benchmark.startswith("wds:")))]
+    if ignored:
+        raise ValueError(f"--{ignored[0]} applies to a TFDS benchmark{'' if ignored[0] == 'data_dir' else ' or wds:DIR'}"
+                         f", not to {benchmark or 'the synthetic benchmark'}")
     for flag, path, kind in (("output", flags.FLAGS.output, "results file (.json)"),
                              ("figure", flags.FLAGS.figure, "figure (.png)")):
         if path:  # checked before the evaluation runs, not when its results are written
@@ -150,7 +155,8 @@ def _define_embed_flags() -> None:
 
 def _embed(argv) -> None:
     from mmjax.eval.images import image_ids, list_images
-    from mmjax.eval.search import Index, check_ids_fit, embed_image_files, index_format, read_text_lines, save_index
+    from mmjax.eval.search import Index, check_ids_fit, embed_image_files, index_format, save_index
+    from mmjax.eval.text_files import read_text_lines
 
     images, texts, out = flags.FLAGS.images, flags.FLAGS.texts, flags.FLAGS.out
     if len(argv) == 2 and not (images or texts):  # `mmjax embed --model M IMAGE_DIR|TEXT_FILE --out F`
@@ -197,6 +203,8 @@ def _search(_argv) -> None:
     if flags.FLAGS.sheet and index.modality != "image":
         raise ValueError("--sheet needs an image index (the hits are texts)")
     model = flags.FLAGS.model or index.model
+    if not model:
+        raise ValueError(f"the index {flags.FLAGS.index} records no model; give --model WORKDIR")
     if index.model and os.path.abspath(model) != index.model:
         print(f"mmjax: warning: the index was embedded by {index.model}, not {model}", file=sys.stderr)
     encoder, trained = _load_encoder(model)

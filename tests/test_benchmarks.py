@@ -312,7 +312,15 @@ def test_a_template_with_another_placeholder_or_no_class_names_is_one_line(tmp_p
         benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
     one_line(info)
     name = write_classification(tmp_path / "b", [[0, 1]], classnames=[])
-    with pytest.raises(ValueError, match=r"classnames\.txt is empty \(one class name per line\)"):
+    with pytest.raises(ValueError, match=r"classnames\.txt has no non-empty lines \(one class name per line\)$"):
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    # no placeholder: every class got the same prompts, so every image the first class, with no word said
+    name = write_classification(tmp_path / "c", [[0, 1]], templates=["a {c} thing", "a photo"])
+    with pytest.raises(ValueError, match=r"prompt template 'a photo' needs one \{c\} or \{\} placeholder"):
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    name = write_classification(tmp_path / "d", [[0, 1]])
+    (tmp_path / "d" / "classnames.txt").write_bytes(b"red\ngr\xffen\n")
+    with pytest.raises(ValueError, match=r"classnames\.txt is not UTF-8 \(line 2: invalid start byte\)$"):
         benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 from mmjax.eval.classify import label_probabilities, model_label_probabilities
 from mmjax.eval.contact_sheet import write_contact_sheet, write_search_sheet
 from mmjax.eval.images import list_images, load_images
-from mmjax.eval.search import Index, format_hits, load_index, read_text_lines, save_index, search
+from mmjax.eval.search import Index, format_hits, load_index, save_index, search
+from mmjax.eval.text_files import read_text_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(ROOT, "configs", "clip_tiny.py") + ":test"
@@ -312,3 +313,18 @@ def test_search_warns_when_the_index_model_has_trained_on(trained_workdir, tmp_p
     stale = mmjax("search", "--index", index, "--text", "a red circle")
     assert stale.returncode == 0 and (f"mmjax: warning: the index was embedded by {workdir} at step 6, which has "
                                       f"trained on to step 8") in stale.stderr
+
+
+def test_an_index_without_a_model_and_eval_flags_that_do_not_apply_are_one_line(tmp_path):
+    """An index saved without its model said "workdir  does not exist"; `eval --num_workers` / `--data_dir` were
+    dropped without a word where they do not apply."""
+    save_index(str(tmp_path / "texts.npz"), Index(np.eye(2, dtype=np.float32), ["a", "b"], "text"))
+    done = mmjax("search", "--index", str(tmp_path / "texts.npz"), "--text", "a red circle")
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"mmjax: error: the index {tmp_path / 'texts.npz'} records no model; give --model WORKDIR")
+    for args, message in [(["--num_workers", "2"], "--num_workers applies to a TFDS benchmark or wds:DIR, not to the "
+                                                   "synthetic benchmark"),
+                          (["--benchmark", f"wds:{tmp_path}", "--data_dir", str(tmp_path)],
+                           f"--data_dir applies to a TFDS benchmark, not to wds:{tmp_path}")]:
+        done = mmjax("eval", "--model", str(tmp_path / "no_run"), *args)
+        assert done.returncode == 2 and done.stderr.strip() == f"mmjax: error: {message}", done.stderr

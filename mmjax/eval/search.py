@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mmjax import interrupts
-from mmjax.data.tar_samples import caption_lines
 from mmjax.eval.images import load_images
 from mmjax.eval.retrieval import blocked_top_k
 from mmjax.eval.zeroshot import l2_normalize
@@ -179,24 +178,6 @@ def embed_image_files(encode_images: Callable[[np.ndarray], np.ndarray], paths: 
         embeddings.append(encode_images(images))
         ids.extend(chunk_ids)
     return np.concatenate(embeddings), ids
-
-
-def read_text_lines(path: str) -> list[str]:
-    """The non-empty lines of a UTF-8 text file (a byte-order mark dropped), without their line ends (surrounding
-    spaces stripped)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"text file {path} does not exist")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise ValueError(f"text file {path} is not UTF-8 (line {line}: {error.reason})") from None
-    texts = list(caption_lines(text))  # split at line ends only, stripped, the empty ones left out
-    if not texts:
-        raise ValueError(f"text file {path} has no non-empty lines")
-    return texts
 
 
 def _breaks_lines(text: str) -> bool:

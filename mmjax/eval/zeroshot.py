@@ -20,6 +20,7 @@ agree with rank 0. Logits must be finite.
 """
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -59,11 +60,16 @@ def class_prompts(classname: str, templates: Templates) -> list[str]:
         return list(templates[classname])
     prompts = []
     for template in templates:
+        problem = None
         try:
             prompts.append(template.format(classname, c=classname))
+            if not any(field is not None for _, field, _, _ in string.Formatter().parse(template)):
+                problem = "it has none: every class would get the same prompt"
         except (KeyError, IndexError, ValueError) as error:
+            problem = f"{type(error).__name__}: {error}"
+        if problem:
             raise ValueError(f"prompt template {template!r} needs one {{c}} or {{}} placeholder and no other "
-                             f"({type(error).__name__}: {error})") from None
+                             f"({problem})")
     return prompts
 
 

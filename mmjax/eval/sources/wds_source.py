@@ -18,15 +18,7 @@ from mmjax.data.transforms import resize_center_crop, to_rgb
 
 from mmjax.eval.sources.batching import batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
-
-
-def _read_lines(path: str, what: str) -> list[str]:
-    """The non-empty lines of ``path``; a one-line ValueError when it has none."""
-    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Notepad, Excel) is not part of line 1
-        lines = [line.strip() for line in f if line.strip()]
-    if not lines:
-        raise ValueError(f"{path} is empty (one {what} per line)")
-    return lines
+from mmjax.eval.text_files import read_text_lines
 
 
 def wds_shards(directory: str, split: str = "test") -> list[str]:
@@ -42,7 +34,7 @@ def wds_classnames(directory: str) -> list[str]:
     path = os.path.join(directory, "classnames.txt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (one class name per line)")
-    return _read_lines(path, "class name")
+    return read_text_lines(path, "class name")
 
 
 def wds_templates(directory: str) -> list[str]:
@@ -50,7 +42,7 @@ def wds_templates(directory: str) -> list[str]:
     path = os.path.join(directory, "zeroshot_classification_templates.txt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (one prompt template per line, with {{c}})")
-    return _read_lines(path, "prompt template, with {c},")
+    return read_text_lines(path, "prompt template, with {c},")
 
 
 def wds_task(directory: str) -> str:
