@@ -23,6 +23,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from mmjax.convert import hf_clip  # noqa: E402
 from mmjax.convert import open_clip as oc_convert  # noqa: E402
 from mmjax.convert.checks import expected_shapes, flatten, unflatten  # noqa: E402
+from mmjax.convert.image_processor import CLIP as CLIP_PROCESSOR, crop_caveat, preprocess_to_hf  # noqa: E402
 from mmjax.convert.layout import unscan  # noqa: E402
 from mmjax.data.clip_bpe import ClipBpeTokenizer, bytes_to_unicode  # noqa: E402
 from mmjax.data.preprocess import ImagePreprocess  # noqa: E402
@@ -102,17 +103,21 @@ def _hf_reference(path, images, texts):
 
 
 def _open_clip_dir(root, quick_gelu: bool):
+    """With quick GELU, also what OpenCLIP reads and mmjax once did not: a `[8, 8]` patch size (a raw traceback) and
+    a preprocessing `size` other than the model's, which OpenCLIP replaces by the model's (mmjax read 48 px)."""
     torch.manual_seed(1)
     model_cfg = dict(embed_dim=16, quick_gelu=quick_gelu,
-                     vision_cfg=dict(image_size=32, layers=2, width=48, patch_size=8, head_width=24),
+                     vision_cfg=dict(image_size=32, layers=2, width=48, patch_size=[8, 8] if quick_gelu else 8,
+                                     head_width=24),
                      text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2))
     model = open_clip.model.CLIP(**model_cfg)
     with torch.no_grad():
         model.logit_scale.fill_(1.5)
     path = str(root / ("quickgelu" if quick_gelu else "gelu"))
     os.makedirs(path)
+    preprocess_cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25], **({"size": 48} if quick_gelu else {})}
     with open(os.path.join(path, "open_clip_config.json"), "w") as f:
-        json.dump({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25]}}, f)
+        json.dump({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, f)
     save_file(model.state_dict(), os.path.join(path, "open_clip_model.safetensors"))
     return path
 
@@ -175,6 +180,24 @@ def test_hf_clip_export_writes_a_processor_that_gives_the_same_pixels(preprocess
     assert reloaded == dataclasses.replace(preprocess, crop_rounding="floor" if preprocess.mode == "shortest" else
                                            "round", alpha_on_white=True)
     np.testing.assert_allclose(reloaded.batch(images), expected.transpose(0, 2, 3, 1), atol=1e-6)
+
+
+def test_a_rounded_crop_written_as_a_transformers_processor_is_warned_of():
+    """OpenCLIP → HF: the processor floors the crop offset where OpenCLIP rounds it, so a 40 × 59 image (resized to
+    32 × 47, offset 7.5) came out one pixel apart with no word said; a 40 × 58 one (offset 7) is cropped alike."""
+    rounded = ImagePreprocess(32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    processor = CLIPImageProcessorPil.from_dict(preprocess_to_hf(rounded, CLIP_PROCESSOR))
+    rng = np.random.default_rng(0)
+    for width, apart in ((59, True), (58, False)):
+        image = Image.fromarray(rng.integers(0, 256, (40, width, 3), dtype=np.uint8))
+        theirs = processor([image], return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+        assert (np.abs(rounded.batch([image]) - theirs).max() > 0.1) == apart, width
+    assert crop_caveat(rounded, "hf").startswith("rounds the centre-crop offset")
+    assert crop_caveat(rounded, "open_clip") is None
+    floored = dataclasses.replace(rounded, crop_rounding="floor")
+    assert crop_caveat(floored, "hf") is None and crop_caveat(floored, "open_clip").startswith("floors")
+    assert crop_caveat(dataclasses.replace(rounded, resize_size=36), "open_clip").startswith("resizes the shorter")
+    assert crop_caveat(dataclasses.replace(rounded, mode="squash"), "hf") is None
 
 
 def test_hf_clip_pools_at_the_first_eos_token(hf_dir):
@@ -244,6 +267,7 @@ def test_open_clip_config_keys_left_out_take_open_clips_defaults():
     (dict(embed_dim=16, vision_cfg=dict(width=100)), "vision_cfg.width 100 is not a multiple of head_width 64"),
     (dict(text_cfg=dict(width=32)), "embed_dim is missing"),
     (dict(embed_dim=16, vision_cfg=dict(image_size=[32, 48])), r"vision_cfg.image_size \[32, 48\] is not square"),
+    (dict(embed_dim=16, vision_cfg=dict(patch_size=[8, 16])), r"vision_cfg.patch_size \[8, 16\] is not square"),
 ])
 def test_open_clip_config_errors_name_the_file(model_cfg, message):
     with pytest.raises(ValueError, match=f"^cfg.json: .*{message}") as error:

@@ -47,6 +47,7 @@ def run(argv: list[str]) -> None:
         raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] "
                          "[--allow_pickle]")
     from mmjax.convert.checks import flatten
+    from mmjax.convert.image_processor import crop_caveat
     from mmjax.pretrained import load_pretrained
 
     source, out = argv[1], flags.FLAGS.out
@@ -56,6 +57,10 @@ def run(argv: list[str]) -> None:
     count = sum(int(np.prod(np.shape(leaf))) for leaf in flatten(pretrained.params).values())
     kind = "SigLIP" if pretrained.config.logit_bias_init is not None else "CLIP"
     print(f"{source} ({pretrained.format} {kind}, {count:,} parameters) -> {out} ({flags.FLAGS.to})")
+    caveat = crop_caveat(pretrained.preprocess, flags.FLAGS.to)
+    if caveat:
+        print(f"mmjax: warning: {source}'s preprocessing {caveat}: images whose resized side minus the crop is odd "
+              f"are cropped one pixel apart there", file=sys.stderr)
     if flags.FLAGS.to == "hf" and getattr(pretrained.tokenizer, "normalization", None) == "big_vision":
         print(f"mmjax: warning: {source} tokenizes as big_vision does (punctuation kept); the SiglipTokenizer written "
               f"to {out} removes punctuation, as transformers' own SigLIP conversion does, so texts with punctuation "

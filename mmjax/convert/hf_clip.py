@@ -243,7 +243,8 @@ def export_tokenizer(tokenizer, out_dir: str) -> None:
 
 
 def export(pretrained: Pretrained, out_dir: str) -> None:
-    """Writes a directory `transformers.CLIPModel.from_pretrained(out_dir)` loads as it is."""
+    """Writes a directory `transformers.CLIPModel.from_pretrained(out_dir)` loads as it is. The weights are exact;
+    the processor floors the centre-crop offset, which a rounding preprocess does not (`crop_caveat`)."""
     tokenizer = pretrained.tokenizer
     bos_id = int(tokenizer([""])[0, 0])
     hf_config = config_to_hf(pretrained.config, tokenizer.eot_id, tokenizer.pad_id, bos_id)

@@ -105,3 +105,22 @@ def preprocess_to_hf(preprocess: ImagePreprocess, defaults: ProcessorDefaults) -
         return {**config, "size": square, "do_center_crop": False}
     return {**config, "size": {"shortest_edge": preprocess.resize_size or preprocess.size}, "do_center_crop": True,
             "crop_size": square}
+
+
+def crop_caveat(preprocess: ImagePreprocess, to: str) -> str | None:
+    """What the preprocessing written for `to` ("hf" or "open_clip") crops otherwise than `preprocess`, or None.
+
+    transformers' processors floor the centre-crop offset, OpenCLIP (like torchvision) rounds it, and OpenCLIP
+    resizes the shorter side to the crop size: an image whose resized side minus the crop is odd is cropped one
+    pixel apart, which moves its embedding (by up to 0.2 in cosine terms on a test model)."""
+    if preprocess.mode != "shortest":
+        return None
+    if to == "hf" and preprocess.crop_rounding == "round":
+        return ("rounds the centre-crop offset (as OpenCLIP and torchvision do); the transformers processor written "
+                "floors it")
+    if to == "open_clip" and preprocess.crop_rounding == "floor":
+        return "floors the centre-crop offset (as transformers does); OpenCLIP's transform rounds it"
+    if to == "open_clip" and preprocess.resize_size not in (None, preprocess.size):
+        return (f"resizes the shorter side to {preprocess.resize_size} before a {preprocess.size}-pixel crop; "
+                f"OpenCLIP's transform resizes it to the crop size")
+    return None

@@ -100,11 +100,7 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
         raise ValueError(f"{where}: init_logit_bias (SigLIP-style OpenCLIP models) is not supported")
     if "embed_dim" not in model_cfg:
         raise ValueError(f"{where}: embed_dim is missing")
-    image_size = vision["image_size"]
-    if isinstance(image_size, (list, tuple)):
-        if len(set(image_size)) != 1:
-            raise ValueError(f"{where}: vision_cfg.image_size {image_size} is not square")
-        image_size = image_size[0]
+    image_size, patch_size = (_square(vision[key], f"{where}: vision_cfg.{key}") for key in ("image_size", "patch_size"))
     width = vision["width"]
     if width % vision["head_width"]:
         raise ValueError(f"{where}: vision_cfg.width {width} is not a multiple of head_width {vision['head_width']}")
@@ -112,13 +108,24 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
         return TwoTowerConfig(
             vision=VisionConfig(width=width, depth=vision["layers"], num_heads=width // vision["head_width"],
                                 mlp_dim=int(width * vision["mlp_ratio"]), image_size=image_size,
-                                patch_size=vision["patch_size"]),
+                                patch_size=patch_size),
             text=TextConfig(width=text["width"], depth=text["layers"], num_heads=text["heads"],
                             mlp_dim=int(text["width"] * text["mlp_ratio"]), vocab_size=text["vocab_size"],
                             context_length=text["context_length"]),
             embed_dim=model_cfg["embed_dim"],
             options=BlockOptions(activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu", norm_eps=1e-5),
         )
+
+
+def _square(size, where: str) -> int:
+    """An OpenCLIP size (an int, or a `[height, width]` list as `to_2tuple` reads it) as one side."""
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"{where} {list(size)} is not square")
+        size = size[0]
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ValueError(f"{where} {size!r} is not a size in pixels")
+    return size
 
 
 def _block(get, prefix: str, heads: int) -> dict:
@@ -174,13 +181,8 @@ def preprocess_from_open_clip(preprocess_cfg: dict, image_size: int, where: str)
     interpolation = preprocess_cfg.get("interpolation", "bicubic")
     if mode not in ("shortest", "squash") or interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"{where}: resize_mode {mode!r} / interpolation {interpolation!r} is not supported")
-    size = preprocess_cfg.get("size", image_size)
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            raise ValueError(f"{where}: non-square image size {size} is not supported")
-        size = size[0]
-    defaults = ImagePreprocess(size)
-    return ImagePreprocess(size, tuple(preprocess_cfg.get("mean", defaults.mean)),
+    defaults = ImagePreprocess(image_size)  # OpenCLIP sets the transform's size to the model's, whatever "size" says
+    return ImagePreprocess(image_size, tuple(preprocess_cfg.get("mean", defaults.mean)),
                            tuple(preprocess_cfg.get("std", defaults.std)), mode=mode, interpolation=interpolation,
                            rgb_after_resize=True)
 
