@@ -86,6 +86,11 @@ def _assert_exported_workdir_matches_transformers(workdir: str, out: str):
     exported = mmjax("convert", workdir, "--to", "hf", "--out", out)
     assert exported.returncode == 0, exported.stderr
     assert f"-> {out} (hf)" in exported.stdout
+    # into the workdir itself (its config.json and tokenizer.json replaced: no longer an mmjax run): refused
+    into_source = mmjax("convert", workdir, "--to", "hf", "--out", workdir)
+    assert into_source.returncode == 2 and into_source.stderr.strip() == (
+        f"mmjax: error: --out {workdir} is the source; name another directory")
+    assert json.load(open(os.path.join(workdir, "config.json")))["model"] == "clip-test"
     pretrained = load_pretrained(workdir)
     reference = transformers.CLIPModel.from_pretrained(out).eval()
     texts = ["a small red circle at the top left", "a blue square"]
@@ -170,6 +175,30 @@ def test_help_lists_every_command_and_each_command_its_flags():
     _assert_one_line_error(mmjax("train"), "mmjax: error: --config, --workdir are required (see --help)")
     _assert_one_line_error(mmjax("eval", "--model", "runs/x", "--benchmark", "cifar10", "--figure", "f.png"),
                            "mmjax: error: --figure draws the synthetic benchmark; drop it or --benchmark")
+
+
+def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(tmp_path):
+    """A training workdir or data directory as `convert --out` was overwritten with an export; a file as `--images`
+    "did not exist"; a captions file named as a data directory got the advice to convert it onto itself."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    (tmp_path / "photo.png").write_bytes(b"")
+    (tmp_path / "captions.csv").write_text("image,caption\n")
+    for args, message in [
+        (["convert", str(tmp_path / "no_run"), "--to", "hf", "--out", str(tmp_path / "run")],
+         f"--out {tmp_path / 'run'} holds an mmjax training workdir or data directory (checkpoints, metrics.jsonl), "
+         f"whose files the export would overwrite; name another directory"),
+        (["embed", "--model", str(tmp_path / "run"), "--images", str(tmp_path / "photo.png"), "--out",
+          str(tmp_path / "i.npz")], f"{tmp_path / 'photo.png'} is a file, not a directory of images (--images takes a "
+                                    f"directory)"),
+        (["data", "info", str(tmp_path / "captions.csv")],
+         f"{tmp_path / 'captions.csv'}/index.json not found: {tmp_path / 'captions.csv'} is not an mmjax data directory "
+         f"(it is a file: convert a captions file or tar with `mmjax data convert {tmp_path / 'captions.csv'} --out "
+         f"DIR`)"),
+    ]:
+        done = mmjax(*args)
+        assert done.returncode == 2 and done.stderr.strip() == f"mmjax: error: {message}", (args, done.stderr)
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "metrics.jsonl"]
 
 
 def test_missing_workdir_is_one_clear_line(tmp_path):

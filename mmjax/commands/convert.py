@@ -10,6 +10,7 @@ a big_vision .npz, or an mmjax training workdir. `--to hf` writes a transformers
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -42,6 +43,23 @@ def exporter(pretrained, target: str):
     return open_clip.export
 
 
+# What an mmjax training workdir holds besides the files an export writes (config.json, tokenizer.json).
+WORKDIR_MARKS = ("checkpoints", "metrics.jsonl", ".lock")
+
+
+def _refuse_out(source: str, out: str) -> None:
+    """A one-line ValueError for an `--out` whose files an export would overwrite and that are not an earlier
+    export: the source itself, a training workdir (its config.json and tokenizer.json), or a data directory."""
+    from mmjax.data.shards import data_files
+
+    if os.path.exists(source) and os.path.exists(out) and os.path.samefile(source, out):
+        raise ValueError(f"--out {out} is the source; name another directory")
+    marks = [name for name in WORKDIR_MARKS if os.path.exists(os.path.join(out, name))] + data_files(out)
+    if marks:
+        raise ValueError(f"--out {out} holds an mmjax training workdir or data directory ({', '.join(marks[:3])}), "
+                         f"whose files the export would overwrite; name another directory")
+
+
 def run(argv: list[str]) -> None:
     if len(argv) != 2 or not flags.FLAGS.to or not flags.FLAGS.out:
         raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] "
@@ -51,6 +69,7 @@ def run(argv: list[str]) -> None:
     from mmjax.pretrained import load_pretrained
 
     source, out = argv[1], flags.FLAGS.out
+    _refuse_out(source, out)
     pretrained = load_pretrained(source, image_size=flags.FLAGS.image_size, allow_pickle=flags.FLAGS.allow_pickle,
                                  weights=flags.FLAGS.weights, tokenizer=flags.FLAGS.tokenizer)
     exporter(pretrained, flags.FLAGS.to)(pretrained, out)

@@ -138,6 +138,8 @@ def read_index(directory: str) -> list[ShardInfo]:
         tars = os.path.isdir(directory) and any(name.endswith(".tar") for name in os.listdir(directory))
         if os.path.isfile(os.path.join(directory, PLAN_FILE)):
             hint = "its conversion has not finished: run the same `mmjax data convert` again to finish it"
+        elif os.path.isfile(directory):
+            hint = f"it is a file: convert a captions file or tar with `mmjax data convert {directory} --out DIR`"
         elif directory.startswith("tfds:"):
             hint = (f"training reads a TFDS data set as data.name='tfds'; `mmjax data convert {directory} --out DIR` "
                     f"makes a data directory of it")

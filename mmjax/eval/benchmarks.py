@@ -101,8 +101,8 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, ima
         # "synthetic" is a name for the CLI and config.eval.benchmarks, which run it themselves
         close = difflib.get_close_matches(name_or_path, [*benchmark_names(), "synthetic"], n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown benchmark {name_or_path!r}: {hint}use one of {benchmark_names()} "
-                         f"or {WDS_PREFIX}DIR for a webdataset directory")
+        raise ValueError(f"unknown benchmark {name_or_path!r}: {hint}use one of {benchmark_names()}, 'synthetic' "
+                         f"(in mmjax eval and config.eval.benchmarks) or {WDS_PREFIX}DIR for a webdataset directory")
     benchmark = sources.TFDS_BENCHMARKS[name_or_path]
     source = sources.open_tfds(name_or_path, data_dir)
     classnames = templates = None

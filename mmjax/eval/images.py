@@ -27,6 +27,8 @@ def list_images(directory: str | os.PathLike) -> list[str]:
     with a dot, such as the ``._NAME.jpg`` resource files macOS writes beside images) are not images.
     """
     directory = os.fspath(directory)
+    if os.path.isfile(directory):
+        raise ValueError(f"{directory} is a file, not a directory of images (--images takes a directory)")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"image directory {directory} does not exist")
     relative, visited, top = [], set(), os.path.realpath(directory)
