@@ -183,20 +183,26 @@ def test_hf_clip_export_writes_a_processor_that_gives_the_same_pixels(preprocess
 
 
 def test_a_rounded_crop_written_as_a_transformers_processor_is_warned_of():
-    """OpenCLIP → HF: the processor floors the crop offset where OpenCLIP rounds it, so a 40 × 59 image (resized to
-    32 × 47, offset 7.5) came out one pixel apart with no word said; a 40 × 58 one (offset 7) is cropped alike."""
+    """OpenCLIP → HF: the processor floors the crop offset where OpenCLIP rounds it (half to even), so a 40 × 59
+    image (resized to 32 × 47: 15 pixels to crop, offset 7.5) came out one pixel apart with no word said; with 13
+    (offset 6.5) or 14 pixels to crop, both crop alike."""
     rounded = ImagePreprocess(32, mean=(0.5,) * 3, std=(0.5,) * 3)
     processor = CLIPImageProcessorPil.from_dict(preprocess_to_hf(rounded, CLIP_PROCESSOR))
     rng = np.random.default_rng(0)
-    for width, apart in ((59, True), (58, False)):
+    for width, apart in ((59, True), (56, False), (57, False)):  # resized to 47, 44 and 45 pixels wide
         image = Image.fromarray(rng.integers(0, 256, (40, width, 3), dtype=np.uint8))
         theirs = processor([image], return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
         assert (np.abs(rounded.batch([image]) - theirs).max() > 0.1) == apart, width
-    assert crop_caveat(rounded, "hf").startswith("rounds the centre-crop offset")
+    assert crop_caveat(rounded, "hf") == (
+        "rounds the centre-crop offset; the transformers processor written floors it: an image whose resized side "
+        "minus the crop is 3 more than a multiple of 4 is cropped one pixel apart")
     assert crop_caveat(rounded, "open_clip") is None
-    floored = dataclasses.replace(rounded, crop_rounding="floor")
+    floored = dataclasses.replace(rounded, crop_rounding="floor")  # as a transformers processor loads
     assert crop_caveat(floored, "hf") is None and crop_caveat(floored, "open_clip").startswith("floors")
-    assert crop_caveat(dataclasses.replace(rounded, resize_size=36), "open_clip").startswith("resizes the shorter")
+    # shortest_edge 36 before a 32-pixel crop, to OpenCLIP: the resize is the larger difference and is named
+    assert crop_caveat(dataclasses.replace(floored, resize_size=36), "open_clip") == (
+        "resizes the shorter side to 36 before a 32-pixel centre crop; OpenCLIP's transform resizes it to 32, so "
+        "every image is cropped otherwise there")
     assert crop_caveat(dataclasses.replace(rounded, mode="squash"), "hf") is None
 
 

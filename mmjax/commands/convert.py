@@ -78,8 +78,7 @@ def run(argv: list[str]) -> None:
     print(f"{source} ({pretrained.format} {kind}, {count:,} parameters) -> {out} ({flags.FLAGS.to})")
     caveat = crop_caveat(pretrained.preprocess, flags.FLAGS.to)
     if caveat:
-        print(f"mmjax: warning: {source}'s preprocessing {caveat}: images whose resized side minus the crop is odd "
-              f"are cropped one pixel apart there", file=sys.stderr)
+        print(f"mmjax: warning: {source}'s preprocessing {caveat}", file=sys.stderr)
     if flags.FLAGS.to == "hf" and getattr(pretrained.tokenizer, "normalization", None) == "big_vision":
         print(f"mmjax: warning: {source} tokenizes as big_vision does (punctuation kept); the SiglipTokenizer written "
               f"to {out} removes punctuation, as transformers' own SigLIP conversion does, so texts with punctuation "

@@ -108,19 +108,22 @@ def preprocess_to_hf(preprocess: ImagePreprocess, defaults: ProcessorDefaults) -
 
 
 def crop_caveat(preprocess: ImagePreprocess, to: str) -> str | None:
-    """What the preprocessing written for `to` ("hf" or "open_clip") crops otherwise than `preprocess`, or None.
+    """How the preprocessing written for `to` ("hf" or "open_clip") crops otherwise than `preprocess`, as the end
+    of a sentence about it, or None.
 
-    transformers' processors floor the centre-crop offset, OpenCLIP (like torchvision) rounds it, and OpenCLIP
-    resizes the shorter side to the crop size: an image whose resized side minus the crop is odd is cropped one
-    pixel apart, which moves its embedding (by up to 0.2 in cosine terms on a test model)."""
+    OpenCLIP's transform resizes the shorter side to the crop size. transformers' processors floor the centre-crop
+    offset `d / 2` (`d`: the resized side minus the crop), OpenCLIP rounds it as torchvision does (half to even):
+    the two differ by a pixel when `d` is 3 more than a multiple of 4, which moved an embedding by 0.2 on a test
+    model."""
     if preprocess.mode != "shortest":
         return None
-    if to == "hf" and preprocess.crop_rounding == "round":
-        return ("rounds the centre-crop offset (as OpenCLIP and torchvision do); the transformers processor written "
-                "floors it")
-    if to == "open_clip" and preprocess.crop_rounding == "floor":
-        return "floors the centre-crop offset (as transformers does); OpenCLIP's transform rounds it"
     if to == "open_clip" and preprocess.resize_size not in (None, preprocess.size):
-        return (f"resizes the shorter side to {preprocess.resize_size} before a {preprocess.size}-pixel crop; "
-                f"OpenCLIP's transform resizes it to the crop size")
+        return (f"resizes the shorter side to {preprocess.resize_size} before a {preprocess.size}-pixel centre crop; "
+                f"OpenCLIP's transform resizes it to {preprocess.size}, so every image is cropped otherwise there")
+    written = {"hf": ("floor", "the transformers processor written floors it"),
+               "open_clip": ("round", "OpenCLIP's transform rounds it")}
+    rounding, how = written[to]
+    if preprocess.crop_rounding != rounding:
+        return (f"{'rounds' if preprocess.crop_rounding == 'round' else 'floors'} the centre-crop offset; {how}: an "
+                f"image whose resized side minus the crop is 3 more than a multiple of 4 is cropped one pixel apart")
     return None
