@@ -407,12 +407,14 @@ def test_a_ctrl_c_whose_exception_python_dropped_is_raised_at_the_next_check(wat
             if phase == "start":
                 signal.raise_signal(signal.SIGINT)
 
+        gc.disable()  # only the collection below runs the callback (an automatic one could run outside `watching`)
         gc.callbacks.append(raise_signal_in_gc)
         try:
             with interrupts.watching() if watching else contextlib.nullcontext():
                 gc.collect()  # the KeyboardInterrupt is raised inside the callback, and dropped
         finally:
             gc.callbacks.remove(raise_signal_in_gc)
+            gc.enable()
         # (other reports may arrive meanwhile: Orbax threads of an earlier test in this process finishing late)
         interrupt_reports = [r for r in reported if isinstance(r.exc_value, KeyboardInterrupt)]
         assert len(interrupt_reports) == (0 if watching else 1)
