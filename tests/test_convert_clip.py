@@ -260,7 +260,8 @@ def test_open_clip_named_model_with_weights_file(open_clip_dirs, images, monkeyp
 def test_open_clip_config_keys_left_out_take_open_clips_defaults():
     """OpenCLIP fills a `model_cfg` from its `CLIPVisionCfg` / `CLIPTextCfg` defaults (text heads 8, …): mmjax
     builds the same model from the same dict, counted parameter by parameter."""
-    model_cfg = dict(embed_dim=16, vision_cfg=dict(width=64, layers=1, patch_size=8, image_size=[32, 32]),
+    model_cfg = dict(embed_dim=16, vision_cfg=dict(width=64, layers=1, patch_size=8, image_size=[32, 32],
+                                                   act_kwargs={}, norm_kwargs={}),  # no keyword: as left out
                      text_cfg=dict(width=64, layers=1, vocab_size=100))
     model = open_clip.model.CLIP(**model_cfg)
     config = oc_convert.config_from_open_clip(model_cfg, "open_clip_config.json")

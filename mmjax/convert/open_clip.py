@@ -91,8 +91,9 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
     vision = dict(_VISION_DEFAULTS, **model_cfg.get("vision_cfg", {}))
     text = dict(_TEXT_DEFAULTS, **model_cfg.get("text_cfg", {}))
     for tower, cfg, defaults in [("vision_cfg", vision, _VISION_DEFAULTS), ("text_cfg", text, _TEXT_DEFAULTS)]:
-        for key in _FIXED:
-            if key in defaults and cfg[key] != defaults[key]:
+        for key in (key for key in _FIXED if key in defaults):
+            value = (cfg[key] or None) if key.endswith("_kwargs") else cfg[key]  # {} passes no keyword, as None
+            if value != defaults[key]:
                 raise ValueError(f"{where}: {tower}.{key}={cfg[key]!r} is not supported")
     if not isinstance(vision.get("layers"), int):
         raise ValueError(f"{where}: ResNet image towers (vision_cfg.layers={vision.get('layers')!r}) are not supported")
