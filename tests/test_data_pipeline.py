@@ -11,7 +11,10 @@ import json
 import math
 import os
 import re
+import resource
 import struct
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -21,6 +24,7 @@ from PIL import Image
 
 from mmjax.data.arrayrecord_source import RecordSource
 from mmjax.data.decode import DecodeOptions, crop_box, decode_image
+from mmjax.data.open_files import SPARE_DESCRIPTORS
 from mmjax.data.element_random import element_uniforms
 from mmjax.data.pipeline import records_train_dataset
 from mmjax.data.preprocess import ImagePreprocess
@@ -241,6 +245,54 @@ def test_a_shard_the_system_will_not_open_stops_the_run_in_one_line(tmp_path):
     finally:
         for descriptor in taken:
             os.close(descriptor)
+
+
+OPEN_FILES_SCRIPT = """
+import resource, sys
+from mmjax.data.arrayrecord_source import RecordSource
+from mmjax.data.decode import DecodeOptions
+from mmjax.data.pipeline import records_train_dataset
+from mmjax.data.tokenizers import Tokenizer
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
+try:
+    sources = [RecordSource(directory) for directory in sys.argv[3:]]
+    read = sum(type(source[i]).__name__ == "RawRecord" for source in sources for i in range(len(source)))
+    records_train_dataset(sources, None, 0, 2, DecodeOptions(8), Tokenizer.for_synthetic(), process_index=0,
+                          process_count=1)
+    print(read, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+except ValueError as error:
+    print(error)
+"""
+
+
+def open_files_run(soft: int, hard: int, *directories) -> str:
+    """The line `OPEN_FILES_SCRIPT` prints in a fresh process whose open-file limits are (`soft`, `hard`)."""
+    result = subprocess.run([sys.executable, "-c", OPEN_FILES_SCRIPT, str(soft), str(hard), *map(str, directories)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_every_shard_stays_readable_above_the_soft_open_file_limit(tmp_path):
+    """Readers keep their shards open: with the usual soft limit of 1 024, a data set of more shards stopped at
+    the first shard past it ("cannot open shard"), hours into a run. The soft limit is now raised to fit."""
+    clean_dir(tmp_path / "a", 400, per_shard=2)
+    clean_dir(tmp_path / "b", 400, per_shard=2)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert open_files_run(100, hard, tmp_path / "a") == f"400 {200 + SPARE_DESCRIPTORS}"
+    assert open_files_run(100, hard, tmp_path / "a", tmp_path / "b") == f"800 {400 + SPARE_DESCRIPTORS}"
+
+
+def test_a_hard_open_file_limit_below_the_shard_count_is_refused_up_front(tmp_path):
+    clean_dir(tmp_path / "a", 400, per_shard=2)
+    clean_dir(tmp_path / "b", 400, per_shard=2)
+    refusal = ("{} has {} shards and a reader keeps each one open, but this process may open only {} files "
+               "(`ulimit -Hn`; 256 are kept for everything else): raise the hard limit, or convert with a larger "
+               "--records_per_shard")
+    assert open_files_run(100, 300, tmp_path / "a") == refusal.format(tmp_path / "a", 200, 300)
+    # each source fits alone, the two together do not
+    assert open_files_run(100, 600, tmp_path / "a", tmp_path / "b") == refusal.format("the mixture of 2 sources",
+                                                                                       400, 600)
 
 
 def test_two_epochs_see_every_good_record_twice_in_new_crops(tmp_path):

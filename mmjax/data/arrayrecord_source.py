@@ -7,7 +7,8 @@ present. A damaged shard file that ArrayRecord cannot read (empty, cut below its
 minimum, or corrupted) yields `Skip(…, "truncated_record")` for each of its indices; a shard
 the system will not open (too many open files, no permission) stops the run with one line
 naming it, since its records are not bad data. Shards are opened lazily with the counts from the index (no file is
-opened up front, which matters with thousands of shards).
+opened up front, which matters with thousands of shards); each stays open once read, so the source raises the
+process's open-file limit to fit them all (`open_files.allow_open_files`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 
 import grain
 
+from mmjax.data.open_files import allow_open_files
 from mmjax.data.records import RawRecord, Skip
 from mmjax.data.shards import read_index
 
@@ -36,6 +38,8 @@ class RecordSource:
         self._present = [os.path.exists(info.path) for info in infos]
         self._starts = [0, *itertools.accumulate(info.count for info in infos)]
         present = [f"{info.path}[0:{info.count}]" for info, ok in zip(infos, self._present) if ok and info.count]
+        self.num_open_shards = len(present)  # the files a reader of every record holds open
+        allow_open_files(self.num_open_shards, directory)
         # index in the source of present shards = global index - records of missing shards before it
         self._missing_before = [0, *itertools.accumulate(info.count * (not ok) for info, ok in
                                                          zip(infos, self._present))]

@@ -19,9 +19,11 @@ import ml_collections
 import numpy as np
 
 from mmjax.data import synthetic
+from mmjax.data.arrayrecord_source import RecordSource
 from mmjax.data.batching import CountSkips, DecodeBatches
 from mmjax.data.decode import DecodeOptions
 from mmjax.data.mixture import mix, open_source, shuffled_component
+from mmjax.data.open_files import allow_open_files
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.data.workers import start_workers
 
@@ -101,6 +103,9 @@ def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, se
         process_index, process_count = shard.shard_index, shard.shard_count
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
+    if len(sources) > 1:  # each source made room for its own shards; the mixture holds all of them open
+        allow_open_files(sum(source.num_open_shards for source in sources if isinstance(source, RecordSource)),
+                         f"the mixture of {len(sources)} sources")
     components = [shuffled_component(source, i, seed, num_epochs, tagged=len(sources) > 1)
                   for i, source in enumerate(sources)]
     batched = DecodeBatches(mix(components, weights, seed), global_batch_size // process_count, options, tokenizer, seed,
