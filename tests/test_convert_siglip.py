@@ -161,6 +161,20 @@ def test_mmjax_model_exports_to_transformers(tmp_path, posemb):
     np.testing.assert_array_equal(again.params["logit_bias"], params["logit_bias"])
 
 
+def test_a_siglip_with_open_clips_tokenizer_is_refused_before_anything_is_written(tmp_path):
+    """transformers has no SigLIP tokenizer with OpenCLIP's cleaning that pads with its id 0, which the text tower's
+    last-token pooling reads: the export wrote a tokenizer.json that tokenized "A Cat" as capitals."""
+    from mmjax.data.clip_bpe import ClipBpeTokenizer
+
+    config = get_config("siglip-test")
+    params = jax.tree.map(np.asarray, nn.unbox(TwoTower(config).init(
+        jax.random.key(0), image=np.zeros((1, 16, 16, 3), np.float32), text=np.zeros((1, 8), np.int32)))["params"])
+    pretrained = Pretrained(config, params, ClipBpeTokenizer.open_clip(context_length=8), ImagePreprocess(16))
+    with pytest.raises(ValueError, match=r"^cannot export as transformers SiglipModel: its tokenizer is OpenCLIP's"):
+        hf_siglip.export(pretrained, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def _smooth_images(seed=2):
     rng = np.random.default_rng(seed)
     shapes = [(37, 53), (90, 41), (300, 200), (17, 90)]

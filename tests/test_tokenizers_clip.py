@@ -127,3 +127,32 @@ def test_training_tokenizer_choices(tmp_path):
         workdir_tokenizer(str(tmp_path / "c"), 16, spec)
     with pytest.raises(FileNotFoundError, match="no such file"):
         workdir_tokenizer(str(tmp_path / "d"), 8, str(tmp_path / "missing.json"))
+
+
+def test_saving_keeps_the_transformers_flavour_and_refuses_the_open_clip_one(merges, tmp_path):
+    """The OpenCLIP flavour cleans and splits words in Python: its saved tokenizer.json read "A Photo Of A Cat"
+    as capitals and lost end-of-text (the SigLIP export wrote such a file). Saving it is refused; the
+    transformers flavour, all in its backend, saves and loads to the same ids."""
+    from mmjax.data.tokenizers import Tokenizer
+
+    with pytest.raises(ValueError, match=r"^an OpenCLIP-flavour CLIP BPE tokenizer cannot be saved as .*"
+                                         r"clean='lower'"):
+        ClipBpeTokenizer.open_clip().save(tmp_path / "open_clip.json")
+    assert not (tmp_path / "open_clip.json").exists()
+    symbols = list(bytes_to_unicode().values())
+    words = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges),
+             "<|startoftext|>", "<|endoftext|>"]
+    (tmp_path / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(words)}), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    hf_flavour = ClipBpeTokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    hf_flavour.save(tmp_path / "hf.json")
+    texts = _strings()
+    np.testing.assert_array_equal(Tokenizer.load(tmp_path / "hf.json", "<|endoftext|>")(texts), hf_flavour(texts))
+
+
+def test_a_vocabulary_without_the_end_of_text_token_is_refused(tmp_path):
+    from mmjax.data.tokenizers import Tokenizer
+
+    Tokenizer.from_corpus(["a red square"], context_length=8).save(tmp_path / "tokenizer.json")
+    with pytest.raises(ValueError, match=r"tokenizer.json: the vocabulary has no end-of-text token '</s>'$"):
+        Tokenizer.load(tmp_path / "tokenizer.json", eot_token="</s>")

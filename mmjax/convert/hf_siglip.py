@@ -355,6 +355,10 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     tokenizer files and preprocessor_config.json."""
     config = pretrained.config
     check_exportable(config)
+    if getattr(pretrained.tokenizer, "open_clip_clean", None) is not None:  # pool="last" reads its padding, id 0
+        raise ValueError("cannot export as transformers SiglipModel: its tokenizer is OpenCLIP's CLIP BPE "
+                         "(data.tokenizer='clip-bpe'), whose cleaning and padding no transformers SigLIP tokenizer "
+                         "reproduces")
     tensors = params_to_hf(layout.unscan(layout.to_numpy(pretrained.params)), config)
     os.makedirs(out_dir, exist_ok=True)
     pad_id, eot_id = _export_tokenizer(pretrained.tokenizer, out_dir)

@@ -130,6 +130,15 @@ class ClipBpeTokenizer(Tokenizer):
         backend = _backend(vocab, merges, OPEN_CLIP_SOT, OPEN_CLIP_EOT, None)
         return cls(backend, context_length, 0, OPEN_CLIP_EOT, open_clip_clean=clean)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes tokenizer.json. Refused for the OpenCLIP flavour: its cleaning and word split run in Python,
+        outside the backend, so the file would tokenize differently ("A Cat" as capitals, "&amp;" unescaped)."""
+        if self.open_clip_clean is not None:
+            raise ValueError(f"an OpenCLIP-flavour CLIP BPE tokenizer cannot be saved as {os.fspath(path)}: its text "
+                             f"cleaning (clean={self.open_clip_clean!r}) and word split are not part of tokenizer.json "
+                             f"(name it data.tokenizer='clip-bpe' instead)")
+        super().save(path)
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Token ids of `texts`: int32 `[N, context_length]`."""
         if self.open_clip_clean is None:

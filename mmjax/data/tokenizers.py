@@ -48,6 +48,8 @@ class Tokenizer:
             raise ValueError(f"context_length {self.context_length} leaves no room for start- and end-of-text")
         self.pad_id: int = backend.padding["pad_id"]
         self.eot_id: int = backend.token_to_id(eot_token)
+        if self.eot_id is None:
+            raise ValueError(f"the vocabulary has no end-of-text token {eot_token!r}")
         self.vocab_size: int = backend.get_vocab_size()
         unk_token = getattr(backend.model, "unk_token", None)  # None: every text has a spelling (byte-level BPE)
         self.unk_id: int | None = backend.token_to_id(unk_token) if unk_token else None
