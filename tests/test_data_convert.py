@@ -159,7 +159,7 @@ def test_image_folder_with_captions_file(tmp_path, kind):
     assert len(index["shards"]) == 3 and index["dropped"] == {"missing_file": 1}
     records = read_records(tmp_path / "out")
     assert [(r["key"], r["captions"], r["image"], r["meta"]) for r in records] == \
-        [(f"{n}.png", [f"picture {n}"], image_bytes(n), {"source": f"s{n}"}) for n in range(7)]
+        [(f"images/{n}.png", [f"picture {n}"], image_bytes(n), {"source": f"s{n}"}) for n in range(7)]
 
 
 def test_restart_after_interruption_neither_loses_nor_duplicates(tmp_path):
@@ -179,8 +179,8 @@ def test_restart_after_interruption_neither_loses_nor_duplicates(tmp_path):
     assert index["num_records"] == 20
     assert read_records(out) == expected
     assert not [name for name in os.listdir(out) if ".tmp-" in name]
-    with pytest.raises(ValueError, match="other arguments"):
-        convert(source, out, records_per_shard=7, progress=False)
+    # a tar is one shard whatever --records_per_shard says: it is no reason to refuse the resume
+    assert convert(source, out, records_per_shard=7, progress=False)["num_records"] == 20
 
 
 def test_tfds_coco_captions_layout(tmp_path):
@@ -304,7 +304,7 @@ def test_captions_file_with_a_byte_order_mark_and_a_caption_that_is_not_text(tmp
     assert [r["captions"] for r in read_records(tmp_path / "out")] == [["a picture"]]
     path = tmp_path / "captions.jsonl"
     path.write_text('{"image": "0.png", "caption": "fine"}\n{"image": "0.png", "caption": 2024}\n')
-    with pytest.raises(ValueError, match=r"captions.jsonl: row 2: a caption must be a string and captions a list of "
+    with pytest.raises(ValueError, match=r"captions.jsonl: line 2: a caption must be a string and captions a list of "
                                          r"strings, got 2024$"):
         convert(str(path), str(tmp_path / "out2"), progress=False)
 
@@ -372,7 +372,7 @@ def test_captions_file_rows_that_do_not_fit_the_header_are_one_line(tmp_path):
          r"comma.csv: row 1 has more fields than the header \(\[' square on a table'\] left over\): quote a caption "
          r"that holds a comma$"),
         ("short.csv", "caption,image\nonly a caption\n", r"short.csv: row 1: 'image' must be a file path, got None$"),
-        ("null.jsonl", '{"image": null, "caption": "x"}\n', r"null.jsonl: row 1: 'image' must be a file path, got None$"),
+        ("null.jsonl", '{"image": null, "caption": "x"}\n', r"null.jsonl: line 1: 'image' must be a file path, got None$"),
         ("spaced.csv", "image, caption\na.png, a cat\n",
          r"spaced.csv: row 1 needs an 'image' and a 'caption' \(or 'captions'\) field \(it has \[' caption', 'image'\]\)$"),
     ]:
@@ -462,3 +462,99 @@ def test_a_conversion_worker_does_not_import_grain_or_jax():
                              "print(sorted(m for m in ('grain', 'jax', 'tensorflow_datasets') if m in sys.modules))"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_a_tar_cut_inside_a_samples_caption_counts_it_once(tmp_path):
+    """The cut took k2's caption: it was dropped twice, as `no_caption` and as `truncated_tar`."""
+    path = _tar_of(tmp_path, _samples(4))
+    with tarfile.open(path) as tar:
+        caption_of_k2 = tar.getmembers()[5]
+    path.write_bytes(path.read_bytes()[:caption_of_k2.offset_data + 3])
+    index = convert(str(path), str(tmp_path / "out"), progress=False)
+    assert [r["key"] for r in read_records(tmp_path / "out")] == ["k0", "k1"]
+    assert index["dropped"] == {"truncated_tar": 1}
+
+
+def test_a_gzip_compressed_tar_is_read_whole(tmp_path):
+    """The end-of-archive check read the compressed file at the decompressed offset: a complete tar.gz named .tar
+    was counted as `truncated_tar`."""
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "a.tar", "w:gz") as tar:
+        for key, files in _samples(3):
+            for extension, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    index = convert(str(tmp_path / "wds"), str(tmp_path / "out"), progress=False)
+    assert index["num_records"] == 3 and index["dropped"] == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('image,caption\n0.png,"an unclosed quote\n1.png,a cat\n2.png,a dog\n',
+     r"captions.csv: the row on line 2: unexpected end of data \(is a quote in a caption left unclosed\?\)$"),
+    ('image,caption\n0.png,"' + "x" * 200_000 + '"\n',
+     r"captions.csv: the row on line 2: field larger than field limit \(131072\) \(is a quote in a caption left unclosed\?\)$"),
+])
+def test_a_captions_file_the_csv_reader_refuses_is_one_line(tmp_path, text, message):
+    """An unclosed quote read the rest of the file as one caption: 4 rows became 1 record, with nothing dropped."""
+    (tmp_path / "captions.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        convert(str(tmp_path / "captions.csv"), str(tmp_path / "out"), progress=False)
+
+
+def test_captions_files_spreadsheet_rows_line_numbers_encoding_and_keys(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "1.png").write_bytes(image_bytes(ord(folder)))
+    # rows of empty cells, which spreadsheets leave at the end, are no rows (they stopped the conversion)
+    (tmp_path / "sheet.csv").write_text("image,caption\na/1.png,an a\nb/1.png,a b\n,\n,,\n")
+    index = convert(str(tmp_path / "sheet.csv"), str(tmp_path / "out"), progress=False)
+    # the key is the path as written: both files were `1.png`
+    assert [r["key"] for r in read_records(tmp_path / "out")] == ["a/1.png", "b/1.png"] and index["dropped"] == {}
+    # a JSONL error names the file's line, blank lines counted (it said "row 3" for line 4)
+    (tmp_path / "c.jsonl").write_text('{"image": "a/1.png", "caption": "x"}\n\n{"image": "b/1.png", "caption": "y"}\n'
+                                      '{"image": 5, "caption": "z"}\n')
+    with pytest.raises(ValueError, match=r"c.jsonl: line 4: 'image' must be a file path, got 5$"):
+        convert(str(tmp_path / "c.jsonl"), str(tmp_path / "out2"), progress=False)
+    (tmp_path / "excel.csv").write_bytes("image,caption\na/1.png,café\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"excel.csv is not UTF-8 text \(.*\); save it as UTF-8 \(Excel: CSV UTF-8\)$"):
+        convert(str(tmp_path / "excel.csv"), str(tmp_path / "out3"), progress=False)
+
+
+def test_conversion_leaves_files_that_are_not_its_temporaries(tmp_path):
+    """Every name holding `.tmp-` was deleted from --out: a user's `draft.tmp-v2.docx` too."""
+    source = str(_tar_of(tmp_path, _samples(2)))
+    convert(source, str(tmp_path / "out"), progress=False, max_shards=0)
+    (tmp_path / "out" / "draft.tmp-v2.docx").write_text("mine")
+    (tmp_path / "out" / f"{shards.shard_name(0)}.tmp-999").write_text("a killed writer's")
+    convert(source, str(tmp_path / "out"), progress=False)
+    assert sorted(n for n in os.listdir(tmp_path / "out") if ".tmp-" in n) == ["draft.tmp-v2.docx"]
+
+
+def test_a_resume_into_another_plan_says_what_differs(tmp_path):
+    """A plan.json of something else gave an AttributeError traceback; a source that gained a tar was refused as
+    "other arguments" although the arguments were the same."""
+    wds_inputs(tmp_path / "wds", num_shards=2, per_shard=2)
+    convert(str(tmp_path / "wds"), str(tmp_path / "out"), progress=False, max_shards=1)
+    write_shard(tmp_path / "wds" / "zz.tar", _samples(1))
+    with pytest.raises(ValueError, match=r"out holds a conversion of .*wds in 2 shards, and it now makes 3 \(its files "
+                                         r"changed\); convert it into a new --out$"):
+        convert(str(tmp_path / "wds"), str(tmp_path / "out"), progress=False)
+    for foreign in ("[1, 2]", ""):
+        (tmp_path / "other").mkdir(exist_ok=True)
+        (tmp_path / "other" / "plan.json").write_text(foreign)
+        with pytest.raises(ValueError, match=r"other/plan.json is not an mmjax conversion plan; use another --out$"):
+            convert(str(tmp_path / "wds"), str(tmp_path / "other"), progress=False)
+
+
+def test_a_failing_tar_stops_the_other_workers_at_once(tmp_path):
+    """With --num_workers 2 an unsorted first tar was reported only after every other tar had been converted."""
+    (tmp_path / "wds").mkdir()
+    write_shard(tmp_path / "wds" / "000.tar", [("k0", {"png": image_bytes(0)}), ("k1", {"png": image_bytes(1)}),
+                                               ("k0", {"txt": b"late"})])  # k0's files are not together
+    for n in range(1, 201):
+        write_shard(tmp_path / "wds" / f"{n:03d}.tar", _samples(1))
+    with pytest.raises(ValueError, match=r"000.tar"):
+        convert(str(tmp_path / "wds"), str(tmp_path / "out"), num_workers=2, progress=False)
+    # the shards already handed to a worker finish; the others are not started (all 200 were)
+    assert len([n for n in os.listdir(tmp_path / "out") if n.endswith(".done")]) < 100

@@ -65,21 +65,31 @@ class TarUnit:
     path: str
 
     def samples(self) -> Iterator[Sample | Skip]:
+        last = None  # held back: a sample the cut left without its image or caption counts once, as truncated_tar
         try:
             for key, files in read_tar_samples(self.path):
-                yield _wds_sample(key, files, self.path)
+                if last is not None:
+                    yield last
+                last = _wds_sample(key, files, self.path)
         except TruncatedTarError as error:
-            yield Skip(self.path if error.key is None else f"{self.path}:{error.key}", "truncated_tar")
+            record_id = self.path if error.key is None else f"{self.path}:{error.key}"
+            if last is not None and not (isinstance(last, Skip) and last.record_id == record_id):
+                yield last
+            yield Skip(record_id, "truncated_tar")
+        else:
+            if last is not None:
+                yield last
 
 
 @dataclasses.dataclass(frozen=True)
 class FileListUnit:
-    """Rows of a captions file: `(image path, captions, metadata)`."""
+    """Rows of a captions file: `(image path as written, absolute image path, captions, metadata)`. A sample's
+    key is its path as written (relative to the captions file), so `a/1.jpg` and `b/1.jpg` stay apart."""
 
-    rows: tuple[tuple[str, tuple[str, ...], dict], ...]
+    rows: tuple[tuple[str, str, tuple[str, ...], dict], ...]
 
     def samples(self) -> Iterator[Sample | Skip]:
-        for path, captions, meta in self.rows:
+        for key, path, captions, meta in self.rows:
             extension = os.path.splitext(path)[1].lower().lstrip(".")
             if not os.path.isfile(path):
                 yield Skip(path, "missing_file")
@@ -87,8 +97,7 @@ class FileListUnit:
                 yield Skip(path, "no_caption")
             else:
                 with open(path, "rb") as f:
-                    yield Sample(os.path.basename(path), captions, f.read(),
-                                 IMAGE_EXTENSIONS.get(extension, extension), meta)
+                    yield Sample(key, captions, f.read(), IMAGE_EXTENSIONS.get(extension, extension), meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,34 +131,55 @@ def _json_row(line: str, path: str, number: int) -> dict:
         raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
 
 
-def _read_rows(path: str) -> list[tuple[str, tuple[str, ...], dict]]:
-    """A captions file → `(absolute image path, captions, metadata)` rows."""
-    root = os.path.dirname(os.path.abspath(path))
-    rows = []
+def _entries(path: str) -> Iterator[tuple[str, object]]:
+    """`(where, entry)` for each row of a captions file: "row N" of a CSV (a quoted caption may span lines; blank
+    rows and rows of empty cells, which spreadsheets leave at the end, are none), "line N" of a JSONL file."""
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8" writes one) is not part of the first column's name
     with open(path, newline="", encoding="utf-8-sig") as f:
-        if path.endswith(".csv"):
-            entries = list(csv.DictReader(f))
-        else:
-            entries = [_json_row(line, path, number) for number, line in enumerate(f, start=1) if line.strip()]
-    for number, entry in enumerate(entries, start=1):
+        try:
+            if not path.endswith(".csv"):
+                yield from ((f"line {number}", _json_row(line, path, number))
+                            for number, line in enumerate(f, start=1) if line.strip())
+                return
+            # strict: a quote never closed is an error, not the rest of the file read as one caption
+            reader = csv.DictReader(f, strict=True)
+            start = 1  # the file line on which the row being read starts
+            try:
+                if reader.fieldnames is not None:  # reads the header
+                    start = reader.reader.line_num + 1
+                for number, entry in enumerate(reader, start=1):
+                    if any(value for key, value in entry.items() if key is not None) or any(entry.get(None) or []):
+                        yield f"row {number}", entry
+                    start = reader.reader.line_num + 1
+            except csv.Error as error:
+                raise ValueError(f"{path}: the row on line {start}: {error} (is a quote in a caption left "
+                                 f"unclosed?)") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error}); save it as UTF-8 (Excel: CSV UTF-8)") from None
+
+
+def _read_rows(path: str) -> list[tuple[str, str, tuple[str, ...], dict]]:
+    """A captions file → `(image path as written, absolute image path, captions, metadata)` rows."""
+    root = os.path.dirname(os.path.abspath(path))
+    rows = []
+    for where, entry in _entries(path):
         if not isinstance(entry, dict) or "image" not in entry or not ({"caption", "captions"} & set(entry)):
             fields = f" (it has {sorted(entry)})" if isinstance(entry, dict) else ""
-            raise ValueError(f"{path}: row {number} needs an 'image' and a 'caption' (or 'captions') field{fields}")
+            raise ValueError(f"{path}: {where} needs an 'image' and a 'caption' (or 'captions') field{fields}")
         extra = entry.pop(None, None) or []  # csv.DictReader's key for the fields past the header's
         if any(extra):  # empty trailing cells (`a.png,a cat,,` from a spreadsheet) are no fields
-            raise ValueError(f"{path}: row {number} has more fields than the header ({extra!r} left over): "
+            raise ValueError(f"{path}: {where} has more fields than the header ({extra!r} left over): "
                              f"quote a caption that holds a comma")
         if not isinstance(entry["image"], str) or not entry["image"]:
-            raise ValueError(f"{path}: row {number}: 'image' must be a file path, got {entry['image']!r}")
+            raise ValueError(f"{path}: {where}: 'image' must be a file path, got {entry['image']!r}")
         captions = entry.get("captions") or entry.get("caption") or ""
         captions = [captions] if isinstance(captions, str) else captions  # one caption, not its characters
         if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-            raise ValueError(f"{path}: row {number}: a caption must be a string and captions a list of strings, "
+            raise ValueError(f"{path}: {where}: a caption must be a string and captions a list of strings, "
                              f"got {captions!r}")
         captions = tuple(c.strip() for c in captions if c.strip())
         meta = {k: v for k, v in entry.items() if k not in ("image", "caption", "captions")}
-        rows.append((os.path.join(root, entry["image"]), captions, meta))
+        rows.append((entry["image"], os.path.join(root, entry["image"]), captions, meta))
     return rows
 
 
@@ -184,7 +214,7 @@ def _describe(unit) -> str:
         return unit.path
     if isinstance(unit, TfdsUnit):
         return f"tfds:{unit.name}[{unit.split}][{unit.start}:{unit.end}]"
-    return f"{unit.rows[0][0]} … ({len(unit.rows)} rows)"
+    return f"{unit.rows[0][1]} … ({len(unit.rows)} rows)"
 
 
 def _convert_unit(directory: str, name: str, unit) -> dict:
@@ -211,13 +241,21 @@ def _check_plan(out: str, plan: dict) -> None:
     this conversion's."""
     path = os.path.join(out, shards.PLAN_FILE)
     if os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
-        arguments = {key: value for key, value in plan.items() if key != "fingerprint"}
+        try:
+            with open(path) as f:
+                before = json.load(f)
+        except (ValueError, UnicodeDecodeError):
+            before = None
+        if not isinstance(before, dict) or "source" not in before:
+            raise ValueError(f"{path} is not an mmjax conversion plan; use another --out")
+        arguments = {key: value for key, value in plan.items() if key not in ("fingerprint", "num_shards")}
         if {key: before.get(key) for key in arguments} != arguments:
-            shown = {key: value for key, value in before.items() if key != "fingerprint"}
+            shown = {key: value for key, value in before.items() if key not in ("fingerprint", "num_shards")}
             raise ValueError(f"{out} holds a conversion with other arguments ({shown}); use another --out "
                              f"or the same arguments to resume")
+        if before.get("num_shards") != plan["num_shards"]:
+            raise ValueError(f"{out} holds a conversion of {plan['source']} in {before.get('num_shards')} shards, "
+                             f"and it now makes {plan['num_shards']} (its files changed); convert it into a new --out")
         if "fingerprint" not in before:  # a plan of an earlier mmjax: the source is taken as it is now
             write_text_atomically(path, json.dumps(before | {"fingerprint": plan["fingerprint"]}, indent=1))
         elif before["fingerprint"] != plan["fingerprint"]:
@@ -239,9 +277,12 @@ def convert(source: str, out: str, *, records_per_shard: int = 10_000, num_worke
     """
     units = plan_units(source, records_per_shard, split, data_dir)
     shards.make_directory(out)
+    # only the arguments that shape this source's shards: a tar is one shard whatever --records_per_shard says
+    shaping = {"records_per_shard": records_per_shard} if not isinstance(units[0], TarUnit) else {}
+    if source.startswith(TFDS_PREFIX):
+        shaping["split"] = split
     _check_plan(out, {"source": os.path.abspath(source) if not source.startswith(TFDS_PREFIX) else source,
-                      "records_per_shard": records_per_shard, "split": split, "num_shards": len(units),
-                      "fingerprint": source_fingerprint(source, units)})
+                      **shaping, "num_shards": len(units), "fingerprint": source_fingerprint(source, units)})
     shards.remove_temporaries(out)
     names = [shards.shard_name(i) for i in range(len(units))]
     todo = [i for i, name in enumerate(names) if shards.read_done(out, name) is None]
@@ -259,11 +300,15 @@ def convert(source: str, out: str, *, records_per_shard: int = 10_000, num_worke
         else:
             with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = [pool.submit(_convert_unit, out, names[i], units[i]) for i in todo]
-                for future in as_completed(futures):
-                    marker = future.result()
-                    bar.update(1)
-                    if on_shard:
-                        on_shard(marker)
+                try:
+                    for future in as_completed(futures):
+                        marker = future.result()
+                        bar.update(1)
+                        if on_shard:
+                            on_shard(marker)
+                except BaseException:  # a bad source file: say so now, not after every other shard is written
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
     finally:
         bar.close()
     markers = [shards.read_done(out, name) for name in names]

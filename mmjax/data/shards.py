@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 
@@ -106,10 +107,13 @@ def write_shard(directory: str, name: str, samples: Iterable[Sample | Skip], sou
     return marker
 
 
+TEMPORARY = re.compile(r"(shard-\d+\.array_record(\.done)?|index\.json|plan\.json)\.tmp-\d+")
+
+
 def remove_temporaries(directory: str) -> None:
-    """Delete what an interrupted writer left (`*.tmp-PID`)."""
+    """Delete what an interrupted writer left (`shard-….tmp-PID`, `index.json.tmp-PID`, …), and nothing else."""
     for name in os.listdir(directory):
-        if ".tmp-" in name:
+        if TEMPORARY.fullmatch(name):
             os.remove(os.path.join(directory, name))
 
 

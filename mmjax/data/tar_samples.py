@@ -63,11 +63,11 @@ def split_key(member_name: str) -> tuple[str, str] | None:
     return os.path.join(directory, key), extension.lower()
 
 
-def ends_with_end_of_archive(path: str, offset: int) -> bool:
-    """Whether the tar `path` holds a zero block at `offset`, where `tarfile` stopped reading headers."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        block = f.read(tarfile.BLOCKSIZE)
+def ends_with_end_of_archive(tar: tarfile.TarFile) -> bool:
+    """Whether `tar` holds a zero block where `tarfile` stopped reading headers (read through its file object: a
+    compressed tar's offsets are in the decompressed stream)."""
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
     return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
@@ -91,7 +91,7 @@ def read_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                         order.start(parts[0])
                     key = parts[0]
                     files[parts[1]] = tar.extractfile(member).read()
-                if not ends_with_end_of_archive(path, tar.offset):
+                if not ends_with_end_of_archive(tar):
                     reason = "no end-of-archive block"
         except (tarfile.TarError, OSError, EOFError) as error:
             reason = str(error) or type(error).__name__

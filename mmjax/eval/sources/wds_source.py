@@ -183,7 +183,7 @@ def wds_index(directory: str, max_examples: int | None = None) -> list[WdsSample
                 members = [m for m in members if m[0] != extension]  # last one wins, as in
                 members.append((extension, member.offset_data, member.size))  # a dict
             else:
-                if not ends_with_end_of_archive(shard, tar.offset):
+                if not ends_with_end_of_archive(tar):
                     raise TruncatedTarError(shard, key, "no end-of-archive block")
                 if members:
                     index.append(WdsSample(shard, key, tuple(members)))
