@@ -405,6 +405,14 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
     ({"name": "arrayrecord", "sources": ("a",), "crop_scale": (0.5, 1.5)}, "config.data.crop_scale=(0.5, 1.5)"),
     ({"name": "arrayrecord", "sources": ("a",), "max_skip_fraction": 2.0}, "max_skip_fraction=2.0 must be in"),
     ({"sources": ("data/mine",)}, "config.data.sources=('data/mine',) is ignored by data.name='synthetic'"),
+    # real-data options on the synthetic world were accepted, not even range-checked, and ignored
+    ({"crop_scale": (5.0, 9.0)}, "config.data.crop_scale=(5.0, 9.0) is ignored by data.name='synthetic' (it renders "
+                                 "its images and captions): leave it at (0.9, 1.0)"),
+    ({"augment": False}, "config.data.augment=False is ignored by data.name='synthetic'"),
+    ({"weights": [0.8, 0.2]}, "config.data.weights=(0.8, 0.2) is ignored by data.name='synthetic'"),
+    ({"name": "arrayrecord", "sources": ("a",), "weights": (0.8, 0.2)},
+     "config.data.weights=(0.8, 0.2) is ignored by data.name='arrayrecord': weights mix the sources of "
+     "data.name='mixture'"),
     ({"seed": -1}, "config.data.seed=-1 must be in [0, 2**32)"),
     ({"image_std": (0.5, 0.0, 0.5)}, "image_std=(0.5, 0.0, 0.5) must be 3 numbers each, the std positive"),
 ])
@@ -419,3 +427,11 @@ def test_bad_data_configs_are_one_line_errors(overrides, expected):
     config.data.name, config.data.sources = "arrayrecord", ("a",)
     with pytest.raises(ConfigError, match="multi_positive=True needs the synthetic data's labels"):
         validate(config)
+
+
+def test_a_synthetic_config_read_back_from_json_passes():
+    """A resumed run's config comes from config.json, with lists for tuples: the defaults must still pass."""
+    import ml_collections
+
+    config = base_config("clip-test", "clip")
+    validate(ml_collections.ConfigDict(json.loads(config.to_json())))

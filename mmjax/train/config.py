@@ -26,6 +26,15 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
 
 
+# config.data keys that only real data reads (data.name arrayrecord | tfds | mixture), with their defaults:
+# `weights` (mixture only), the TFDS split, the random resized crop, caption choice and limits, and the skip
+# limit (stop when more than `max_skip_fraction` of the samples read was skipped, checked at log steps once
+# `skip_check_min_samples` samples were read).
+REAL_DATA_OPTIONS = dict(weights=(), tfds_split="train", augment=True, crop_scale=(0.9, 1.0),
+                         crop_ratio=(3 / 4, 4 / 3), caption_sampling="random", max_caption_chars=1000,
+                         max_skip_fraction=0.01, skip_check_min_samples=1000)
+
+
 def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     """Defaults for contrastive training of `model` with `loss` on the synthetic data."""
     c = ml_collections.ConfigDict()
@@ -40,14 +49,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         name="synthetic", seed=0, num_workers=1, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
         # Real data (name arrayrecord | tfds | mixture; see mmjax/data/mixture.py): `sources` are data directories
         # from `mmjax data convert` or "tfds:NAME"; a mixture draws them in the proportions of `weights`.
-        sources=(), weights=(), tfds_split="train", tfds_data_dir="",
+        sources=(), tfds_data_dir="",
         # "" = the synthetic world's word-level tokenizer, "clip-bpe" = CLIP's BPE, or a fixed-length tokenizer.json
         tokenizer="",
-        augment=True, crop_scale=(0.9, 1.0), crop_ratio=(3 / 4, 4 / 3), caption_sampling="random",
-        max_caption_chars=1000,
-        # Stop when more than this fraction of the samples read was skipped (checked at log steps once
-        # `skip_check_min_samples` samples were read).
-        max_skip_fraction=0.01, skip_check_min_samples=1000,
+        **REAL_DATA_OPTIONS,
         # Batches placed on the devices ahead of the step (mmjax/train/prefetch.py); 0 = when the step asks.
         prefetch_to_device=2))
     c.seed = 0
@@ -109,6 +114,12 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _plain(value):
+    """A config value as Python writes it: a JSON-loaded (resumed) config holds lists where a config file has
+    tuples."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def _validate_data(c: ml_collections.ConfigDict) -> None:
     d = c.data
     _require(d.name in DATA_NAMES, f"config.data.name={d.name!r} must be one of {DATA_NAMES}")
@@ -119,7 +130,13 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
     if d.name == "synthetic":
         _require(not d.sources, f"config.data.sources={tuple(d.sources)} is ignored by data.name='synthetic': "
                  "set --config.data.name=arrayrecord (or tfds, mixture), or use configs/clip_captions.py")
+        for key, default in REAL_DATA_OPTIONS.items():
+            _require(_plain(d[key]) == default, f"config.data.{key}={_plain(d[key])!r} is ignored by "
+                     f"data.name='synthetic' (it renders its images and captions): leave it at {default!r}")
         return
+    _require(d.name == "mixture" or not d.weights,
+             f"config.data.weights={tuple(d.weights)} is ignored by data.name={d.name!r}: weights mix the sources "
+             f"of data.name='mixture'")
     _require(not c.multi_positive, f"config.multi_positive=True needs the synthetic data's labels; "
              f"set --config.multi_positive=False for data.name={d.name!r}")
     count = {"arrayrecord": "exactly 1", "tfds": "exactly 1", "mixture": "at least 2"}[d.name]
@@ -188,5 +205,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"config.eval.num_retrieval={c.eval.num_retrieval} must be in [1, {synthetic.NUM_COMBINATIONS}] "
              f"(the distinct captions of the synthetic world)")
     _require(c.eval.every >= 0, f"config.eval.every={c.eval.every} must be ≥ 0 (0: only at the last step)")
+    _require(not c.eval.every or c.eval.benchmarks,
+             f"config.eval.every={c.eval.every} evaluates nothing: config.eval.benchmarks is empty "
+             f"(name some, e.g. \"--config.eval.benchmarks=('synthetic',)\")")
     _require(c.eval.max_examples >= 0, f"config.eval.max_examples={c.eval.max_examples} must be ≥ 0 (0: all)")
     _require(c.eval.num_workers >= 0, f"config.eval.num_workers={c.eval.num_workers} must be ≥ 0")

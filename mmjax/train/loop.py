@@ -227,17 +227,19 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                 step_fn = step_fn.lower(state, batch).compile()
                 memory = memory_per_device(step_fn)
                 wait_for_all_processes("train_compiled")
+                compiled_at = time.perf_counter()
             state, metrics = step_fn(state, batch)
             writer.advance(1)
             if step == start + 1:  # the first step compiles: time the rest without it
                 jax.block_until_ready(metrics)
                 now = time.perf_counter()
-                first_step_s, last_time, last_step = now - last_time, now, step
+                # first_step_s includes compiling; the step's own time (logged when it is a log step) does not
+                first_step_s, first_run_s, last_time, last_step = now - last_time, now - compiled_at, now, step
                 first_step_wait, data_wait = data_wait, 0.0
             if step % config.log_every == 0 or step == end:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
-                seconds_per_step = (now - last_time) / (step - last_step) if step > last_step else first_step_s
+                seconds_per_step = (now - last_time) / (step - last_step) if step > last_step else first_run_s
                 metrics.update(step_time_s=seconds_per_step, examples_per_s=config.batch_size / seconds_per_step,
                                data_wait_s=(data_wait / (step - last_step) if step > last_step
                                             else first_step_wait),

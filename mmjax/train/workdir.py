@@ -51,8 +51,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"workdir {workdir} {what}{hint}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir} is not an mmjax training workdir")
-    with open(path) as f:
-        config = json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:  # cut short or overwritten: JSON's error names no file
+        raise ValueError(f"{path} is not valid JSON ({error}): {workdir} cannot be resumed or loaded") from None
     if not isinstance(config, dict) or not {"model", "data", "optim"} <= set(config):
         raise ValueError(f"{path} is not an mmjax training config: {workdir} is not an mmjax training workdir "
                          "(a Hugging Face or OpenCLIP directory loads with mmjax.load_pretrained)")
