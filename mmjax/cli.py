@@ -350,6 +350,7 @@ def _fail_in_get_config(error: BaseException) -> None:
 def _run_reporting_errors(command):
     """Known failures (bad config, missing files, shape errors) become one line, exit status 2."""
     from mmjax.train.config import ConfigError
+    from mmjax.train.preemption import Preempted
 
     def run(argv):
         try:
@@ -369,6 +370,9 @@ def _run_reporting_errors(command):
         except KeyboardInterrupt:
             print(f"mmjax: interrupted{_what_an_interrupt_leaves()}", file=sys.stderr)
             _exit_now(130)
+        except Preempted as stop:  # the run is saved: the status a scheduler expects of a SIGTERM-ed process
+            print(f"mmjax: {stop}", file=sys.stderr)
+            _exit_now(143)
 
     return run
 

@@ -150,3 +150,39 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
     assert step == config.total_steps
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), jax.device_get(got),
                  jax.device_get(want.params))
+
+
+@pytest.mark.slow  # ~30 s: two processes compile and train. The only test of a preemption notice across processes.
+def test_a_preemption_notice_to_one_process_saves_the_same_step_on_both_and_stops_them(tmp_path):
+    """Once jax.distributed runs, its preemption service takes SIGTERM over: a run whose process got the notice
+    trained on to its last step as if nothing had happened. Both processes now save the step JAX's service picks
+    for them, and stop with one line and exit status 143."""
+    import re
+    import signal
+    import time
+
+    workdir, port = tmp_path / "run", free_port()
+    workers = []
+    for process_id in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
+        env.pop("XLA_FLAGS", None)
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "mmjax.cli", "train", "--config", str(REPO / "configs" / "clip_tiny.py:test"),
+             "--workdir", str(workdir), "--config.total_steps=5000", "--config.checkpoint_every=2500",
+             "--config.log_every=2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + 240
+    while not (workdir / "metrics.jsonl").exists() and time.time() < deadline and all(
+            worker.poll() is None for worker in workers):
+        time.sleep(0.1)
+    workers[1].send_signal(signal.SIGTERM)  # the notice reaches one process only
+    steps = []
+    for worker, (_, stderr) in zip(workers, _outputs(workers, timeout=240)):
+        assert worker.returncode == 143, stderr[-3000:]
+        last = stderr.strip().splitlines()[-1]
+        found = re.fullmatch(r"mmjax: stopped by SIGTERM \(a preemption notice\) at step (\d+), saved as "
+                             r".*/run/checkpoints/(\d+): run the same command to resume from it", last)
+        assert found and found.group(1) == found.group(2), last
+        steps.append(int(found.group(1)))
+    assert steps[0] == steps[1] < 5000
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(steps[0])]

@@ -570,3 +570,35 @@ def test_a_first_step_that_is_logged_is_timed_without_compiling(tmp_path):
     first = records[0]
     assert first["step"] == 1 and first["step_time_s"] < first["first_step_s"] / 5
     assert first["examples_per_s"] == pytest.approx(config.batch_size / first["step_time_s"])
+
+
+def test_sigterm_saves_the_step_reached_and_the_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path,
+                                                                                                    monkeypatch):
+    """A preemption notice (SIGTERM) killed the run and lost every step since its last checkpoint. It now saves
+    the step it has reached and stops; the same command resumes from there."""
+    import signal
+
+    import mmjax.train.loop as loop
+    from mmjax.train.preemption import Preempted
+
+    config = clip_tiny.get_config("test")
+    config.total_steps, config.checkpoint_every = 10, 100  # no checkpoint but the last one of its own
+    straight = train(config, str(tmp_path / "straight"))
+    write = loop.MetricsWriter.write
+
+    def notice_at_step_4(self, step, metrics):
+        write(self, step, metrics)
+        if step == 4:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(loop.MetricsWriter, "write", notice_at_step_4)
+    with pytest.raises(Preempted, match=r"^stopped by SIGTERM \(a preemption notice\) at step 4, saved as "
+                                        r".*preempted/checkpoints/4: run the same command to resume from it$"):
+        train(config, str(tmp_path / "preempted"))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives as long as the run
+    assert sorted(os.listdir(tmp_path / "preempted" / "checkpoints")) == ["4"]
+    monkeypatch.undo()
+    resumed = train(config, str(tmp_path / "preempted"))
+    assert int(resumed.step) == config.total_steps
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+    assert _logged_steps(tmp_path / "preempted") == [2, 4, 6, 8, 10]

@@ -34,6 +34,7 @@ from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.preemption import Preempted, PreemptionNotice
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
@@ -164,6 +165,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                    saved_config: ml_collections.ConfigDict | None) -> TrainState:
     """`_train`'s work; what it opens (data workers, checkpoints, metric writers) is closed by `cleanup`, also
     when it stops with an error before training."""
+    notice = cleanup.enter_context(PreemptionNotice())  # from here on a SIGTERM saves the run and stops it
     resuming = saved_config is not None
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
                                   fresh=not resuming)
@@ -211,7 +213,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     cleanup.callback(writer.close)
     config_json = config.to_dict()
     run_start = last_time = time.perf_counter()
-    last_step, first_log, data_wait = start, True, 0.0
+    last_step, first_log, data_wait, preempted_at = start, True, 0.0, None
     config_pending, saves_begun = resuming and jax.process_index() == 0, False  # a resumed run's config.json
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES), interrupts.watching():
         for step in range(start + 1, end + 1):
@@ -254,7 +256,8 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                 results = evaluation.run(state.params)
                 writer.write_eval(step, results)
                 last_time += results["eval_s"]  # step times leave the evaluation out
-            if step % config.checkpoint_every == 0 or step == end:
+            preempted = notice.reached(step)
+            if step % config.checkpoint_every == 0 or step == end or preempted:
                 stop_if_diverged(step, metrics, checkpoints)  # never a checkpoint of NaN parameters
                 skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
                 writer.flush(step)  # and TensorBoard every step it has logged: a resumed run starts after them
@@ -263,11 +266,16 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                     save_config(workdir, config)
                     config_pending = False
                 saves_begun = True
+            if preempted:
+                preempted_at = step
+                break
     with interrupts.deferred():  # the save finishes either way (closing waits for it): no Orbax traceback
         checkpoints.wait()
     if config_pending and saves_begun:
         save_config(workdir, config)
     interrupts.check()  # one dropped during the last step's evaluation or checkpoint
+    if preempted_at is not None:
+        raise Preempted(preempted_at, os.path.join(workdir, "checkpoints", str(preempted_at)))
     if end > start and jax.process_index() == 0:
         print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
     return state
