@@ -269,3 +269,74 @@ def test_the_huge_pages_re_exec_runs_the_same_command_line_and_keeps_a_users_set
     (executable, argv, env), = calls
     assert argv == [sys.executable, "/venv/bin/mmjax", "train", "--workdir", "w"]
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+
+
+def _worker_processes(parent: int) -> list[int]:
+    """The grain worker processes (multiprocessing's spawned children) of process `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except (OSError, ValueError):
+            continue
+        if status.get("PPid", "").strip() == str(parent) and b"spawn_main" in command:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # ~25 s: two training processes. The only test of signals reaching the data workers.
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_process_group_saves_the_run_and_a_killed_run_leaves_no_data_worker(tmp_path):
+    """SIGTERM to the whole group (SLURM, a container stopping) killed the grain worker too, and the run crashed at
+    its next batch ("Worker process was terminated unexpectedly with exit code -15") without saving. And a run
+    killed with SIGKILL (the OOM killer) left its worker running, holding its memory."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "mmjax.cli", "train", "--config", TEST_CONFIG, "--workdir", str(workdir),
+               "--config.total_steps=5000", "--config.checkpoint_every=2500", "--config.log_every=2",
+               "--config.data.num_workers=1"]
+
+    def started() -> tuple[subprocess.Popen, list[int]]:
+        """A run in a session of its own, once it has logged a step (its data worker is up)."""
+        logged = len(_read_lines(workdir / "metrics.jsonl"))
+        process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while len(_read_lines(workdir / "metrics.jsonl")) <= logged and process.poll() is None:
+            assert time.time() < deadline, "no step logged in 120 s"
+            time.sleep(0.1)
+        workers = _worker_processes(process.pid)
+        assert process.poll() is None and len(workers) == 1, workers
+        return process, workers
+
+    process, _ = started()
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    step = int(stderr.strip().splitlines()[-1].split(" at step ")[1].split(",")[0])
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(step)]
+
+    process, workers = started()  # resumes from that step
+    process.kill()
+    process.wait()
+    deadline = time.time() + 15
+    while _alive(workers[0]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(workers[0]), "the data worker outlived its killed run"
+
+
+def _read_lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
