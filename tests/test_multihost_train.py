@@ -152,37 +152,57 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
                  jax.device_get(want.params))
 
 
-@pytest.mark.slow  # ~30 s: two processes compile and train. The only test of a preemption notice across processes.
+@pytest.mark.slow  # ~45 s: two processes start twice. The only test of a preemption notice across processes.
 def test_a_preemption_notice_to_one_process_saves_the_same_step_on_both_and_stops_them(tmp_path):
     """Once jax.distributed runs, its preemption service takes SIGTERM over: a run whose process got the notice
     trained on to its last step as if nothing had happened. Both processes now save the step JAX's service picks
-    for them, and stop with one line and exit status 143."""
+    for them, and stop with one line and exit status 143; a resumed run does so too when the notice comes before
+    its first step (its step numbers never met the service's count, which starts at 0 in each run)."""
     import re
     import signal
     import time
 
-    workdir, port = tmp_path / "run", free_port()
-    workers = []
-    for process_id in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
-        env.pop("XLA_FLAGS", None)
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "mmjax.cli", "train", "--config", str(REPO / "configs" / "clip_tiny.py:test"),
-             "--workdir", str(workdir), "--config.total_steps=5000", "--config.checkpoint_every=2500",
-             "--config.log_every=2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    workdir = tmp_path / "run"
+
+    def start() -> list[subprocess.Popen]:
+        port, workers = free_port(), []
+        for process_id in range(2):
+            env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                       MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id), PYTHONUNBUFFERED="1")
+            env.pop("XLA_FLAGS", None)
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "mmjax.cli", "train", "--config", str(REPO / "configs" / "clip_tiny.py:test"),
+                 "--workdir", str(workdir), "--config.total_steps=5000", "--config.checkpoint_every=2500",
+                 "--config.log_every=2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True))
+        return workers
+
+    def saved_step(workers: list[subprocess.Popen]) -> int:
+        """The step both processes say they saved as they stopped."""
+        steps = []
+        for worker, (_, stderr) in zip(workers, _outputs(workers, timeout=240)):
+            assert worker.returncode == 143, stderr[-3000:]
+            last = stderr.strip().splitlines()[-1]
+            found = re.fullmatch(r"mmjax: stopped by SIGTERM \(a preemption notice\) at step (\d+), saved as "
+                                 r".*/run/checkpoints/(\d+): run the same command to resume from it", last)
+            assert found and found.group(1) == found.group(2), last
+            steps.append(int(found.group(1)))
+        assert steps[0] == steps[1] < 5000
+        return steps[0]
+
+    workers = start()
     deadline = time.time() + 240
     while not (workdir / "metrics.jsonl").exists() and time.time() < deadline and all(
             worker.poll() is None for worker in workers):
         time.sleep(0.1)
     workers[1].send_signal(signal.SIGTERM)  # the notice reaches one process only
-    steps = []
-    for worker, (_, stderr) in zip(workers, _outputs(workers, timeout=240)):
-        assert worker.returncode == 143, stderr[-3000:]
-        last = stderr.strip().splitlines()[-1]
-        found = re.fullmatch(r"mmjax: stopped by SIGTERM \(a preemption notice\) at step (\d+), saved as "
-                             r".*/run/checkpoints/(\d+): run the same command to resume from it", last)
-        assert found and found.group(1) == found.group(2), last
-        steps.append(int(found.group(1)))
-    assert steps[0] == steps[1] < 5000
-    assert sorted(os.listdir(workdir / "checkpoints")) == [str(steps[0])]
+    first = saved_step(workers)
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(first)]
+
+    workers = start()  # resumed; the notice comes after the restore, before the first step
+    for line in workers[0].stdout:
+        if line.startswith(f"resuming {workdir} at step {first}"):
+            break
+    workers[1].send_signal(signal.SIGTERM)
+    assert saved_step(workers) == first + 1
+    assert sorted(os.listdir(workdir / "checkpoints"), key=int) == [str(first), str(first + 1)]

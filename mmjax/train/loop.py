@@ -256,7 +256,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                 results = evaluation.run(state.params)
                 writer.write_eval(step, results)
                 last_time += results["eval_s"]  # step times leave the evaluation out
-            preempted = notice.reached(step)
+            preempted = notice.reached(step - start) and step < end  # at the last step the run is complete
             if step % config.checkpoint_every == 0 or step == end or preempted:
                 stop_if_diverged(step, metrics, checkpoints)  # never a checkpoint of NaN parameters
                 skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on

@@ -35,8 +35,10 @@ class Preempted(Exception):
 
 
 class PreemptionNotice:
-    """`with PreemptionNotice() as notice:` … `notice.reached(step)`, called by every process after each step
-    with the same step numbers: True when the run must save `step` and stop.
+    """`with PreemptionNotice() as notice:` … `notice.reached(steps_taken)`, called by every process after each
+    step with the steps this run has taken (1, 2, …): True when the run must save and stop. JAX's service counts
+    from 0 in each process and picks the step after the largest it has seen, so a resumed run's global step
+    numbers (2501, 2502, …) would never meet a notice that arrived before its first step.
 
     With one process the handler is installed only where Python can install one (the main thread) and SIGTERM
     still has its default action; a handler of the caller's own is left in place, and `reached` is then False.
@@ -55,9 +57,9 @@ class PreemptionNotice:
             self._installed = True
         return self
 
-    def reached(self, step: int) -> bool:
+    def reached(self, steps_taken: int) -> bool:
         if self._distributed:
-            return multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(steps_taken)
         return self._received.is_set()
 
     def __exit__(self, *exc_info) -> None:
