@@ -491,15 +491,31 @@ def test_a_gzip_compressed_tar_is_read_whole(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('image,caption\n0.png,"an unclosed quote\n1.png,a cat\n2.png,a dog\n',
-     r"captions.csv: the row on line 2: unexpected end of data \(is a quote in a caption left unclosed\?\)$"),
+     r"captions.csv: line 2: a quoted field is never closed \(a quote inside a quoted field is written twice: \"\"\)$"),
+    ('image,caption\n0.png,a dog\n\n1.png,"a cat\n2.png,a dog\n', r"captions.csv: line 4: a quoted field is never closed"),
     ('image,caption\n0.png,"' + "x" * 200_000 + '"\n',
-     r"captions.csv: the row on line 2: field larger than field limit \(131072\) \(is a quote in a caption left unclosed\?\)$"),
+     r"captions.csv: field larger than field limit \(131072\) \(reading stopped at line 2\)$"),
 ])
 def test_a_captions_file_the_csv_reader_refuses_is_one_line(tmp_path, text, message):
     """An unclosed quote read the rest of the file as one caption: 4 rows became 1 record, with nothing dropped."""
     (tmp_path / "captions.csv").write_text(text)
     with pytest.raises(ValueError, match=message):
         convert(str(tmp_path / "captions.csv"), str(tmp_path / "out"), progress=False)
+
+
+@pytest.mark.parametrize("text", ["image,caption\n", "image,caption\n,\n,,\n"])  # rows of empty cells are none
+def test_a_captions_file_without_rows_converts_to_nothing(tmp_path, text):
+    """It raised IndexError (the plan looked at its first shard, and there is none)."""
+    (tmp_path / "captions.csv").write_text(text)
+    index = convert(str(tmp_path / "captions.csv"), str(tmp_path / "out"), progress=False)
+    assert index["num_records"] == 0 and index["shards"] == []
+
+
+def test_a_caption_that_goes_on_after_its_closing_quote_is_read_as_csv_reads_it(tmp_path):
+    (tmp_path / "a.png").write_bytes(image_bytes(0))
+    (tmp_path / "captions.csv").write_text('image,caption\na.png,"The Scream" by Munch\na.png,"say ""hi"" now"\n')
+    convert(str(tmp_path / "captions.csv"), str(tmp_path / "out"), progress=False)
+    assert [r["captions"] for r in read_records(tmp_path / "out")] == [["The Scream by Munch"], ['say "hi" now']]
 
 
 def test_captions_files_spreadsheet_rows_line_numbers_encoding_and_keys(tmp_path):

@@ -131,6 +131,25 @@ def _json_row(line: str, path: str, number: int) -> dict:
         raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
 
 
+def _refuse_an_unclosed_quote(text: str, path: str) -> None:
+    """A one-line ValueError naming the line where a CSV field's quote opens and is never closed: csv reads the
+    rest of the file into that one caption (four rows became one record, with nothing dropped). Follows csv's own
+    reading of the excel dialect: a quote opens a quoted field only at a field's start, a doubled quote inside one
+    is a quote, and text after its closing quote joins the field (`"The Scream" by Munch`)."""
+    quoted, opened, position = False, 0, text.find('"')
+    while position != -1:
+        if quoted and text.startswith('"', position + 1):  # a doubled quote inside the quoted field
+            position += 1
+        elif quoted:
+            quoted = False
+        elif position == 0 or text[position - 1] in ",\r\n":
+            quoted, opened = True, position
+        position = text.find('"', position + 1)
+    if quoted:
+        raise ValueError(f"{path}: line {text.count(chr(10), 0, opened) + 1}: a quoted field is never closed (a quote "
+                         f"inside a quoted field is written twice: \"\")")
+
+
 def _entries(path: str) -> Iterator[tuple[str, object]]:
     """`(where, entry)` for each row of a captions file: "row N" of a CSV (a quoted caption may span lines; blank
     rows and rows of empty cells, which spreadsheets leave at the end, are none), "line N" of a JSONL file."""
@@ -141,19 +160,15 @@ def _entries(path: str) -> Iterator[tuple[str, object]]:
                 yield from ((f"line {number}", _json_row(line, path, number))
                             for number, line in enumerate(f, start=1) if line.strip())
                 return
-            # strict: a quote never closed is an error, not the rest of the file read as one caption
-            reader = csv.DictReader(f, strict=True)
-            start = 1  # the file line on which the row being read starts
+            text = f.read()
+            _refuse_an_unclosed_quote(text, path)
+            reader = csv.DictReader(io.StringIO(text, newline=""))
             try:
-                if reader.fieldnames is not None:  # reads the header
-                    start = reader.reader.line_num + 1
                 for number, entry in enumerate(reader, start=1):
                     if any(value for key, value in entry.items() if key is not None) or any(entry.get(None) or []):
                         yield f"row {number}", entry
-                    start = reader.reader.line_num + 1
             except csv.Error as error:
-                raise ValueError(f"{path}: the row on line {start}: {error} (is a quote in a caption left "
-                                 f"unclosed?)") from None
+                raise ValueError(f"{path}: {error} (reading stopped at line {reader.reader.line_num})") from None
         except UnicodeDecodeError as error:
             raise ValueError(f"{path} is not UTF-8 text ({error}); save it as UTF-8 (Excel: CSV UTF-8)") from None
 
@@ -278,7 +293,7 @@ def convert(source: str, out: str, *, records_per_shard: int = 10_000, num_worke
     units = plan_units(source, records_per_shard, split, data_dir)
     shards.make_directory(out)
     # only the arguments that shape this source's shards: a tar is one shard whatever --records_per_shard says
-    shaping = {"records_per_shard": records_per_shard} if not isinstance(units[0], TarUnit) else {}
+    shaping = {} if units and isinstance(units[0], TarUnit) else {"records_per_shard": records_per_shard}
     if source.startswith(TFDS_PREFIX):
         shaping["split"] = split
     _check_plan(out, {"source": os.path.abspath(source) if not source.startswith(TFDS_PREFIX) else source,
