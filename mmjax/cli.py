@@ -67,6 +67,7 @@ def _define_eval_flags() -> None:
 def _eval(_argv) -> None:
     from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
     from mmjax.eval.benchmarks import run_benchmark
+    from mmjax.train.workdir import run_file
 
     workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
     if benchmark == "synthetic":  # the name config.eval.benchmarks uses for it
@@ -88,6 +89,9 @@ def _eval(_argv) -> None:
                 raise ValueError(f"--{flag} {path} is a directory; name the {kind}")
             if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise FileNotFoundError(f"--{flag} directory {os.path.dirname(os.path.abspath(path))} does not exist")
+            own = run_file(workdir, path)
+            if own is not None:
+                raise ValueError(f"--{flag} {path} would overwrite the run's own {own}; name another {kind}")
     encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None)
     config, image_size = trained.config, trained.model.config.vision.image_size
     if benchmark is None:

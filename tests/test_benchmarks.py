@@ -1,8 +1,10 @@
 """Benchmark readers and runners: TFDS (mock_data), webdataset shards written here, errors."""
 from __future__ import annotations
 
+import gzip
 import io
 import math
+import re
 import tarfile
 import zlib
 
@@ -318,6 +320,12 @@ def test_a_template_with_another_placeholder_or_no_class_names_is_one_line(tmp_p
     name = write_classification(tmp_path / "c", [[0, 1]], templates=["a {c} thing", "a photo"])
     with pytest.raises(ValueError, match=r"prompt template 'a photo' needs one \{c\} or \{\} placeholder"):
         benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    # a field of the class name ({c.upper}, {c[0]}) gave a raw AttributeError / TypeError traceback
+    for directory, template in (("e", "a {c.upper} thing"), ("f", "a {c[0]} thing")):
+        name = write_classification(tmp_path / directory, [[0, 1]], templates=[template])
+        with pytest.raises(ValueError, match=rf"prompt template {re.escape(repr(template))} needs one \{{c\}} or "
+                                             rf"\{{\}} placeholder and no other \(it has \{{c"):
+            benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
     name = write_classification(tmp_path / "d", [[0, 1]])
     (tmp_path / "d" / "classnames.txt").write_bytes(b"red\ngr\xffen\n")
     with pytest.raises(ValueError, match=r"classnames\.txt is not UTF-8 \(line 2: invalid start byte\)$"):
@@ -521,3 +529,26 @@ def test_a_benchmark_shard_cut_short_is_an_error_and_hidden_members_are_passed_o
                            ) as excinfo:
             benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)
         one_line(excinfo)
+
+
+def test_an_empty_class_name_line_before_the_last_is_refused_and_trailing_ones_are_not(tmp_path):
+    """Labels count every line (as clip_benchmark reads the file): dropping an empty line shifted every later name,
+    silently when the last class had no image."""
+    name = write_classification(tmp_path / "a", [[0, 2]], classnames=[NAMES[0], "", NAMES[2]])
+    with pytest.raises(ValueError, match=r"classnames.txt: line 2 is empty, but label i is line i \+ 1: name that "
+                                         r"class \(leaving the line out would shift the names after it\)$"):
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    name = write_classification(tmp_path / "b", [[0, 1]], classnames=NAMES[:2] + ["", ""])
+    _, metrics = benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    assert metrics["acc1"] == 1.0
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_compressed_benchmark_shard_is_refused_whatever_the_workers(tmp_path, num_workers):
+    """In the training process a gzip tar was read (transparently decompressed); with workers it was refused."""
+    name = write_classification(tmp_path, [[0, 1]])
+    shard = tmp_path / "test" / "0000.tar"
+    shard.write_bytes(gzip.compress(shard.read_bytes()))
+    with pytest.raises(ValueError, match=r"0000.tar is a gzip-compressed tar: benchmark shards are read at their "
+                                         r"offsets, so decompress it first$"):
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, num_workers=num_workers)

@@ -191,6 +191,13 @@ def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(
         (["embed", "--model", str(tmp_path / "run"), "--images", str(tmp_path / "photo.png"), "--out",
           str(tmp_path / "i.npz")], f"{tmp_path / 'photo.png'} is a file, not a directory of images (--images takes a "
                                     f"directory)"),
+        # the run's own files were overwritten by the results, and the run could not be loaded again
+        (["eval", "--model", str(tmp_path / "run"), "--output", str(tmp_path / "run" / "metrics.jsonl")],
+         f"--output {tmp_path / 'run' / 'metrics.jsonl'} would overwrite the run's own metrics.jsonl; name another "
+         f"results file (.json)"),
+        (["eval", "--model", str(tmp_path / "run"), "--figure", str(tmp_path / "run" / "checkpoints" / "f.png")],
+         f"--figure {tmp_path / 'run' / 'checkpoints' / 'f.png'} would overwrite the run's own checkpoints/f.png; "
+         f"name another figure (.png)"),
         (["data", "info", str(tmp_path / "captions.csv")],
          f"{tmp_path / 'captions.csv'}/index.json not found: {tmp_path / 'captions.csv'} is not an mmjax data directory "
          f"(it is a file: convert a captions file or tar with `mmjax data convert {tmp_path / 'captions.csv'} --out "

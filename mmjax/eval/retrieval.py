@@ -124,7 +124,9 @@ def retrieval_metrics(
       text_to_image: ``[N_txt]`` int, the image each caption describes (several
         captions may share an image).
       ks: the k's to report.
-      block_size: query / candidate block size; bounds memory, not the result.
+      block_size: query / candidate block size; bounds memory. The result is the same for any block size except
+        where scores tie exactly in real arithmetic: float32 rounding of the dot products can depend on the block's
+        shape, and so can which of the tied candidates ranks first.
 
     Returns:
       ``{"image_retrieval_recall@k": ..., "text_retrieval_recall@k": ...}`` for each k,

@@ -62,9 +62,14 @@ def class_prompts(classname: str, templates: Templates) -> list[str]:
     for template in templates:
         problem = None
         try:
-            prompts.append(template.format(classname, c=classname))
-            if not any(field is not None for _, field, _, _ in string.Formatter().parse(template)):
+            fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+            other = [field for field in fields if field not in ("", "0", "c")]  # {c.upper}, {c[0]}, {size}
+            if not fields:
                 problem = "it has none: every class would get the same prompt"
+            elif other:
+                problem = f"it has {{{other[0]}}}"
+            else:
+                prompts.append(template.format(classname, c=classname))
         except (KeyError, IndexError, ValueError) as error:
             problem = f"{type(error).__name__}: {error}"
         if problem:

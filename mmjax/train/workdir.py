@@ -4,6 +4,8 @@
     WORKDIR/tokenizer.json    the tokenizer the run trained with
     WORKDIR/checkpoints/N/    orbax: train state, data iterator state, config
     WORKDIR/metrics.jsonl     one JSON object per logged step
+    WORKDIR/eval_metrics.jsonl, skipped-process<N>.txt, .lock   evaluations during training, skipped samples,
+                                                                the lock of the run training there
     WORKDIR/tensorboard/      TensorBoard event files
 """
 
@@ -15,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -143,6 +146,17 @@ def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
 
 
 LOCK_FILE = ".lock"
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, "metrics.jsonl", "eval_metrics.jsonl", LOCK_FILE)
+RUN_DIRECTORIES = ("checkpoints", "tensorboard")
+
+
+def run_file(workdir: str, path: str) -> str | None:
+    """The name of the run's own file (or directory) in `workdir` that `path` is or lies in, else None."""
+    relative = os.path.relpath(os.path.realpath(path), os.path.realpath(workdir))
+    first = relative.split(os.sep)[0]
+    if relative in RUN_FILES or first in RUN_DIRECTORIES or re.fullmatch(r"skipped-process\d+\.txt", relative):
+        return relative
+    return None
 
 
 @contextlib.contextmanager

@@ -21,20 +21,39 @@ from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
 from mmjax.eval.text_files import read_text_lines
 
 
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
 def wds_shards(directory: str, split: str = "test") -> list[str]:
     """The sorted ``DIR/split/*.tar`` shards; ``FileNotFoundError`` when there are none."""
     shards = sorted(glob.glob(os.path.join(glob.escape(os.path.join(directory, split)), "*.tar")))
     if not shards:
         raise FileNotFoundError(f"no webdataset shards {os.path.join(directory, split, '*.tar')}")
+    for shard in shards:
+        with open(shard, "rb") as f:
+            start = f.read(6)
+        compression = next((name for magic, name in COMPRESSED_MAGIC.items() if start.startswith(magic)), None)
+        if compression:  # worker processes and hosts read samples at their offsets in the file
+            raise ValueError(f"{shard} is a {compression}-compressed tar: benchmark shards are read at their "
+                             f"offsets, so decompress it first")
     return shards
 
 
 def wds_classnames(directory: str) -> list[str]:
-    """``DIR/classnames.txt``, one class name per line."""
+    """``DIR/classnames.txt``, one class name per line. Label ``i`` is line ``i + 1`` (clip_benchmark counts every
+    line), so an empty line before the last name is an error: leaving it out would shift the names after it."""
     path = os.path.join(directory, "classnames.txt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (one class name per line)")
-    return read_text_lines(path, "class name")
+    names = read_text_lines(path, "class name")
+    with open(path, encoding="utf-8-sig") as f:  # universal newlines: split as read_text_lines splits
+        lines = [line.strip() for line in f.read().split("\n")]
+    while not lines[-1]:
+        lines.pop()
+    if len(lines) != len(names):
+        raise ValueError(f"{path}: line {lines.index('') + 1} is empty, but label i is line i + 1: name that class "
+                         f"(leaving the line out would shift the names after it)")
+    return names
 
 
 def wds_templates(directory: str) -> list[str]:
