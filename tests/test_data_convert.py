@@ -493,6 +493,9 @@ def test_a_gzip_compressed_tar_is_read_whole(tmp_path):
     ('image,caption\n0.png,"an unclosed quote\n1.png,a cat\n2.png,a dog\n',
      r"captions.csv: line 2: a quoted field is never closed \(a quote inside a quoted field is written twice: \"\"\)$"),
     ('image,caption\n0.png,a dog\n\n1.png,"a cat\n2.png,a dog\n', r"captions.csv: line 4: a quoted field is never closed"),
+    # a doubled quote inside the open field does not close it; a lone CR ends a line (old Mac Excel files)
+    ('image,caption\na.png,"say ""hi""\nb.png,a dog\nc.png,a cat\n', r"captions.csv: line 2: a quoted field is never"),
+    ('image,caption\r0.png,a dog\r1.png,"open\r2.png,x\r', r"captions.csv: line 3: a quoted field is never closed"),
     ('image,caption\n0.png,"' + "x" * 200_000 + '"\n',
      r"captions.csv: field larger than field limit \(131072\) \(reading stopped at line 2\)$"),
 ])
@@ -513,9 +516,11 @@ def test_a_captions_file_without_rows_converts_to_nothing(tmp_path, text):
 
 def test_a_caption_that_goes_on_after_its_closing_quote_is_read_as_csv_reads_it(tmp_path):
     (tmp_path / "a.png").write_bytes(image_bytes(0))
-    (tmp_path / "captions.csv").write_text('image,caption\na.png,"The Scream" by Munch\na.png,"say ""hi"" now"\n')
+    (tmp_path / "captions.csv").write_text('image,caption\na.png,"The Scream" by Munch\na.png,"say ""hi"" now"\n'
+                                           'a.png,a 12" record\n')  # a quote inside an unquoted field is text
     convert(str(tmp_path / "captions.csv"), str(tmp_path / "out"), progress=False)
-    assert [r["captions"] for r in read_records(tmp_path / "out")] == [["The Scream by Munch"], ['say "hi" now']]
+    assert [r["captions"] for r in read_records(tmp_path / "out")] == [["The Scream by Munch"], ['say "hi" now'],
+                                                                       ['a 12" record']]
 
 
 def test_captions_files_spreadsheet_rows_line_numbers_encoding_and_keys(tmp_path):

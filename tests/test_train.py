@@ -602,3 +602,11 @@ def test_sigterm_saves_the_step_reached_and_the_resumed_run_ends_with_the_uninte
     assert int(resumed.step) == config.total_steps
     jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
     assert _logged_steps(tmp_path / "preempted") == [2, 4, 6, 8, 10]
+
+    def notice_at_the_last_step(self, step, metrics):  # the run is complete: it finishes as usual
+        write(self, step, metrics)
+        if step == config.total_steps:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(loop.MetricsWriter, "write", notice_at_the_last_step)
+    assert int(train(config, str(tmp_path / "last")).step) == config.total_steps

@@ -27,6 +27,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -146,7 +147,8 @@ def _refuse_an_unclosed_quote(text: str, path: str) -> None:
             quoted, opened = True, position
         position = text.find('"', position + 1)
     if quoted:
-        raise ValueError(f"{path}: line {text.count(chr(10), 0, opened) + 1}: a quoted field is never closed (a quote "
+        line = len(re.findall(r"\r\n|\r|\n", text[:opened])) + 1  # line ends as csv counts them
+        raise ValueError(f"{path}: line {line}: a quoted field is never closed (a quote "
                          f"inside a quoted field is written twice: \"\")")
 
 
@@ -160,9 +162,9 @@ def _entries(path: str) -> Iterator[tuple[str, object]]:
                 yield from ((f"line {number}", _json_row(line, path, number))
                             for number, line in enumerate(f, start=1) if line.strip())
                 return
-            text = f.read()
-            _refuse_an_unclosed_quote(text, path)
-            reader = csv.DictReader(io.StringIO(text, newline=""))
+            _refuse_an_unclosed_quote(f.read(), path)
+            f.seek(0)  # read again, streamed (the byte-order mark is dropped again)
+            reader = csv.DictReader(f)
             try:
                 for number, entry in enumerate(reader, start=1):
                     if any(value for key, value in entry.items() if key is not None) or any(entry.get(None) or []):

@@ -125,8 +125,8 @@ def retrieval_metrics(
         captions may share an image).
       ks: the k's to report.
       block_size: query / candidate block size; bounds memory. The result is the same for any block size except
-        where scores tie exactly in real arithmetic: float32 rounding of the dot products can depend on the block's
-        shape, and so can which of the tied candidates ranks first.
+        where scores are equal or within float32 rounding of each other: the rounding of the dot products depends
+        on the block's shape, and so can the order of such candidates.
 
     Returns:
       ``{"image_retrieval_recall@k": ..., "text_retrieval_recall@k": ...}`` for each k,

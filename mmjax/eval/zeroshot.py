@@ -70,7 +70,7 @@ def class_prompts(classname: str, templates: Templates) -> list[str]:
                 problem = f"it has {{{other[0]}}}"
             else:
                 prompts.append(template.format(classname, c=classname))
-        except (KeyError, IndexError, ValueError) as error:
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as error:  # a field in a format spec
             problem = f"{type(error).__name__}: {error}"
         if problem:
             raise ValueError(f"prompt template {template!r} needs one {{c}} or {{}} placeholder and no other "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
 from mmjax.eval.text_files import read_text_lines
 
 
-COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+# A compressed file's first bytes; a plain tar starts with its first member's name (which may be "BZh…"), and a POSIX
+# tar has "ustar" at byte 257.
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 
 
 def wds_shards(directory: str, split: str = "test") -> list[str]:
@@ -31,9 +35,10 @@ def wds_shards(directory: str, split: str = "test") -> list[str]:
         raise FileNotFoundError(f"no webdataset shards {os.path.join(directory, split, '*.tar')}")
     for shard in shards:
         with open(shard, "rb") as f:
-            start = f.read(6)
-        compression = next((name for magic, name in COMPRESSED_MAGIC.items() if start.startswith(magic)), None)
-        if compression:  # worker processes and hosts read samples at their offsets in the file
+            start = f.read(262)
+        compression = next((name for magic, name in COMPRESSED_MAGIC.items() if start.startswith(magic)),
+                           "bzip2" if BZIP2_MAGIC.match(start) else None)
+        if compression and start[257:262] != b"ustar":  # worker processes and hosts read samples at their offsets in the file
             raise ValueError(f"{shard} is a {compression}-compressed tar: benchmark shards are read at their "
                              f"offsets, so decompress it first")
     return shards
