@@ -610,3 +610,39 @@ def test_sigterm_saves_the_step_reached_and_the_resumed_run_ends_with_the_uninte
 
     monkeypatch.setattr(loop.MetricsWriter, "write", notice_at_the_last_step)
     assert int(train(config, str(tmp_path / "last")).step) == config.total_steps
+
+
+def test_a_skip_log_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    """`2` (a cut `25 shard-…` line) was kept, and the resumed run's next line was glued onto it: `222 shard-…`."""
+    from mmjax.data.skips import SkipMonitor
+
+    log = tmp_path / "skipped-process0.txt"
+    log.write_text("10 shard-00000.array_record:3 truncated_image\n20 shard-00000.array_record:9 empty_caption\n2")
+    SkipMonitor(object(), str(tmp_path), 0.5, 10).resume_at(20)
+    assert log.read_text() == ("10 shard-00000.array_record:3 truncated_image\n"
+                               "20 shard-00000.array_record:9 empty_caption\n")
+
+
+def test_the_progress_bar_shows_the_logged_rates_and_ends_before_the_closing_line(tmp_path, monkeypatch):
+    """On a terminal the bar showed only loss, learning rate and scale, and the closing line was printed onto the
+    bar, which was drawn again after it."""
+    import mmjax.train.loop as loop
+    from mmjax.train.metrics import MetricsWriter
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    (tmp_path / "bar").mkdir()
+    writer = MetricsWriter(str(tmp_path / "bar"), 10, 0)
+    writer.write(2, {"loss": 1.5, "learning_rate": 1e-3, "grad_norm": 2.0, "scale": 14.3, "logit_bias": -10.0,
+                     "examples_per_s": 1585.0, "step_time_s": 0.16, "data_wait_s": 0.01, "skipped_fraction": 0.0})
+    assert sorted(writer.progress.postfix.split(", ")) == sorted(
+        ["loss=1.5", "learning_rate=0.001", "grad_norm=2", "scale=14.3", "logit_bias=-10", "examples_per_s=1585",
+         "step_time_s=0.16", "skipped_fraction=0"])
+    writer.close()
+    writer.close()  # the loop closes it, then its cleanup does: once is done
+
+    events = []
+    close, closing_line = loop.MetricsWriter.close, loop._closing_line
+    monkeypatch.setattr(loop.MetricsWriter, "close", lambda self: (events.append("bar closed"), close(self)))
+    monkeypatch.setattr(loop, "_closing_line", lambda *args: (events.append("closing line"), closing_line(*args))[1])
+    train(clip_tiny.get_config("test"), str(tmp_path / "run"))
+    assert events.index("bar closed") < events.index("closing line")

@@ -11,6 +11,7 @@ import sys
 import pytest
 from test_benchmarks import write_shard
 from test_eval_reproduces import write_heldout_shards
+from test_train import _tensorboard_steps
 
 from mmjax.eval import evaluate_synthetic
 from mmjax.eval.benchmarks import run_benchmark
@@ -65,6 +66,8 @@ def test_evaluations_during_training_equal_evaluating_the_checkpoint_of_their_st
                     assert record[f"{label}/{name}"] == pytest.approx(metrics[name], abs=1e-9), (step, label, name)
         assert not any(key.startswith("wds_broken/") for key in record)
         assert record["eval_s"] > 0
+    # TensorBoard tags cannot hold "@": tensorboardX made it "_" (recall_1); the tag says "_at_"
+    assert set(_tensorboard_steps(workdir, "eval/synthetic/image_retrieval_recall_at_1")) == {3, 6}
     printed = capsys.readouterr()
     assert printed.err.count("mmjax: warning: evaluation on wds:") == 3 and "cannot decode image" in printed.err
     assert printed.out.count("eval      6  synthetic/acc1") == 2

@@ -46,7 +46,8 @@ class SkipMonitor:
         if not os.path.exists(self.log_path):
             return
         with open(self.log_path) as f:
-            kept = [line for line in f if (logged := line.split(" ", 1)[0]).isdigit() and int(logged) <= step]
+            kept = [line for line in f if line.endswith("\n")  # a line a kill cut short is not kept
+                    and (logged := line.split(" ", 1)[0]).isdigit() and int(logged) <= step]
         write_text_atomically(self.log_path, "".join(kept))
 
     def _totals(self) -> tuple[np.ndarray, np.ndarray]:

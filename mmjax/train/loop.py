@@ -276,6 +276,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     interrupts.check()  # one dropped during the last step's evaluation or checkpoint
     if preempted_at is not None:
         raise Preempted(preempted_at, os.path.join(workdir, "checkpoints", str(preempted_at)))
+    writer.close()  # the progress bar ends before the closing line
     if end > start and jax.process_index() == 0:
         print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
     return state

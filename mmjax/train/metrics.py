@@ -40,10 +40,22 @@ def _drop_records_after(path: str, step: int) -> None:
     write_text_atomically(path, "".join(kept))
 
 
+# Shown on the progress bar (a terminal); the printed lines (no terminal) and metrics.jsonl hold every metric.
+PROGRESS_METRICS = ("loss", "learning_rate", "grad_norm", "scale", "logit_bias", "examples_per_s", "step_time_s",
+                    "skipped_fraction")
+
+
+def tensorboard_tag(name: str) -> str:
+    """A metric name as a TensorBoard tag: `@`, which tags cannot hold (tensorboardX would make it `_`), as `_at_`
+    (`synthetic/image_retrieval_recall@1` → `synthetic/image_retrieval_recall_at_1`)."""
+    return name.replace("@", "_at_")
+
+
 class MetricsWriter:
     """Writes `WORKDIR/metrics.jsonl` (training), `WORKDIR/eval_metrics.jsonl` (evaluations during
     training, made at the first one; NaN, e.g. `acc5` with fewer than 5 classes, as null) and `WORKDIR/tensorboard/`
-    (`train/<name>`, `eval/<benchmark>/<metric>` but for the constant `chance_*` and `num_*`, `eval/eval_s`);
+    (`train/<name>`, `eval/<benchmark>/<metric>` (`tensorboard_tag`) but for the constant `chance_*` and `num_*`,
+    `eval/eval_s`);
     only process 0 writes.
 
     On resume from `initial_step`, records of later steps (logged after the last
@@ -51,7 +63,7 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: str, total_steps: int, initial_step: int):
-        self.active = jax.process_index() == 0
+        self.active, self.closed = jax.process_index() == 0, False
         self.progress = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                                   disable=not (self.active and sys.stderr.isatty()))
         self.eval_path, self.eval_jsonl = os.path.join(workdir, "eval_metrics.jsonl"), None  # opened at the first eval
@@ -71,7 +83,7 @@ class MetricsWriter:
         self.jsonl.flush()
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"train/{name}", value, step)
-        shown = {k: metrics[k] for k in ("loss", "learning_rate", "scale") if k in metrics}
+        shown = {k: metrics[k] for k in PROGRESS_METRICS if k in metrics}
         if self.progress.disable:
             print(f"step {step:6d}  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
         else:
@@ -87,7 +99,7 @@ class MetricsWriter:
         self.eval_jsonl.flush()
         for name, value in metrics.items():
             if not name.rpartition("/")[2].startswith(("chance_", "num_")):  # constants stay in the JSON lines
-                self.tensorboard.add_scalar(f"eval/{name}", value, step)
+                self.tensorboard.add_scalar(f"eval/{tensorboard_tag(name)}", value, step)
         shown = [f"{name} {100 * value:.2f} %" for name, value in metrics.items()
                  if name.rpartition("/")[2] in HEADLINE_METRICS]
         self.progress.write(f"eval {step:6d}  " + "  ".join(shown + [f"eval_s {metrics['eval_s']:.3g}"]))
@@ -103,6 +115,10 @@ class MetricsWriter:
             self.tensorboard = SummaryWriter(self.tensorboard_dir, filename_suffix=f".{step:012d}")  # names sort by step
 
     def close(self) -> None:
+        """Ends the progress bar and closes the files; a second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self.progress.close()
         if self.active:
             self.jsonl.close()
