@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from mmjax.bench.flops import train_step_flops
@@ -110,17 +111,19 @@ def test_mfu_counts_the_cpu_peak_once_and_each_accelerator():
 
 @pytest.mark.parametrize("dtype, scan", [("float32", True), ("bfloat16", False)])
 def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analytic_count(dtype, scan):
-    """Scanned layers too: XLA's cost analysis counts a scan's body once (the XLA count was 0.30 × analytic)."""
+    """Scanned layers too: XLA's cost analysis counts a scan's body once (the XLA count was 0.30 × analytic). On two
+    devices: the scanned count, from the whole unrolled step, was still multiplied by the device count (2×)."""
     command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "bench-tiny", "--batch", "8",
                "--threads", "1", "--steps", "2", "--warmup", "0", "--peak-size", "1024", "--dtype", dtype,
-               "--scan_layers" if scan else "--noscan_layers"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+               "--scan_layers" if scan else "--noscan_layers", "--mesh", "data=2"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("step_time_s", "examples_per_s", "flops_per_step", "analytic_flops_per_step", "mfu",
                 "memory_per_device_bytes", "compile_s", "peak_flops"):
         assert result[key] > 0, key
-    assert len(result["step_times_s"]) == 2 and result["threads"] == 1
+    assert len(result["step_times_s"]) == 2 and result["threads"] == 1 and result["devices"] == 2
     assert result["dtype"] == dtype and result["peak_source"] == f"measured {dtype} matmul 1024²"
     assert result["scan_layers"] == scan
     assert result["analytic_flops_per_step"] == train_step_flops(get_config("bench-tiny"), 8)["total"]
@@ -201,7 +204,7 @@ def test_train_step_benchmark_times_the_largest_batch_that_fits_a_memory_budget(
     budget = 3 * 2**20
     command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "clip-test", "--batch", "8",
                "--largest_batch", "--memory_gib", str(budget / 2**30), "--threads", "1", "--steps", "1",
-               "--warmup", "0", "--peak-size", "1024", "--noopen_clip"]
+               "--warmup", "0", "--peak-size", "1024"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -211,6 +214,23 @@ def test_train_step_benchmark_times_the_largest_batch_that_fits_a_memory_budget(
     assert all((n <= budget) == (b <= batch) for b, n in tried.items())
     assert f"largest batch that fits 3.0 MiB per device: {batch} ({len(tried)} sizes compiled; batch {batch + 8} " \
            f"needs" in done.stdout
+    if open_clip_available():  # the reference ran the search's first size (8), not the batch it found
+        assert result["open_clip"]["batch"] == batch
+
+
+def test_a_profile_names_the_loss_and_the_optimizer_update():
+    """Their ops had no name the profile knew: AdamW's update was counted as "other"."""
+    from mmjax.bench.profile import _op_table, classify
+    from mmjax.bench.train_step import _train_step, synthetic_batch
+    from mmjax.parallel import make_mesh
+    from mmjax.train.state import abstract_train_state
+
+    mesh, config = make_mesh(data=1, devices=jax.devices()[:1]), get_config("clip-test")
+    model, tx, shardings, step = _train_step("clip-test", config, mesh, "clip")
+    with jax.set_mesh(mesh):
+        compiled = step.lower(abstract_train_state(shardings, model, tx), synthetic_batch(config, 4)).compile()
+    parts = {classify(path) for path, _ in _op_table(compiled.as_text()).values()}
+    assert {("loss", "forward"), ("loss", "backward"), ("optimizer", "forward")} <= parts
 
 
 def test_unknown_sub_benchmark_is_a_one_line_error():

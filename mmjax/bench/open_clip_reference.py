@@ -64,7 +64,7 @@ def bench_open_clip_step(config: TwoTowerConfig, batch: dict[str, np.ndarray], *
     """Time OpenCLIP's training step on `batch` (`image` uint8 `[B, S, S, 3]`, `text` int `[B, L]`),
     with float32 or bfloat16-autocast (`dtype`) compute.
 
-    Returns `step_time_s` (median after `warmup`), `step_times_s`, `param_count`, `threads`, `dtype`.
+    Returns `step_time_s` (median after `warmup`), `step_times_s`, `param_count`, `threads`, `dtype`, `batch`.
     """
     import contextlib
 
@@ -103,4 +103,4 @@ def bench_open_clip_step(config: TwoTowerConfig, batch: dict[str, np.ndarray], *
     times = step_times(run, warmup, steps)
     return {"step_time_s": statistics.median(times), "step_times_s": times,
             "param_count": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
-            "dtype": dtype}
+            "dtype": dtype, "batch": len(batch["image"])}

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import jax
 
 PARTS = (("attention", ("/attn/",)), ("mlp", ("/mlp/",)), ("layernorm", ("/ln",)),
-         ("embeddings", ("patch_embed", "token_embed", "pos_embed", "/cls/")), ("loss", ("loss",)),
-         ("optimizer", ("adam", "clip_by_global_norm", "apply_updates", "optax", "scale_by")))
+         ("embeddings", ("patch_embed", "token_embed", "pos_embed", "/cls/")), ("loss", ("/loss/", "(loss)")),
+         ("optimizer", ("/optimizer/",)))  # the train step's named scopes (`jvp(loss)` when differentiated)
 
 
 def _op_table(hlo: str) -> dict[str, tuple[str, str]]:

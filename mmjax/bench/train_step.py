@@ -121,7 +121,8 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
                                           inputs)
     cost = program.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per program in older JAX versions
-    xla_flops = float(cost["flops"]) * mesh.devices.size
+    # a compiled program is one device's share of the step; the lowered (unrolled) one is still the whole step
+    xla_flops = float(cost["flops"]) * (mesh.devices.size if program is compiled else 1)
     analytic = train_step_flops(model_config, batch)
     return {"model": model, "loss": loss, "batch": batch, "mesh": dict(mesh.shape), "dtype": dtype, "scan_layers": scan_layers,
             "remat_policy": remat_policy, "devices": mesh.devices.size, "device_kind": mesh.devices.flat[0].device_kind,

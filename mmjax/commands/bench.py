@@ -114,7 +114,7 @@ def _train_step(argv: list[str]) -> None:
         result["open_clip_skipped"] = reference_unavailable
     elif device.platform == "cpu" and f.open_clip and open_clip_available():
         print("timing OpenCLIP's step on the same model …", file=sys.stderr, flush=True)
-        reference = bench_open_clip_step(get_config(f.model), synthetic_batch(get_config(f.model), f.batch),
+        reference = bench_open_clip_step(get_config(f.model), synthetic_batch(get_config(f.model), result["batch"]),
                                          steps=f.steps, warmup=f.warmup, dtype=f.dtype)
         if reference["param_count"] != result["param_count"]:
             raise ValueError(f"OpenCLIP's {f.model} has {reference['param_count']} parameters, "

@@ -39,6 +39,7 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule:
         images = normalize_images(batch["image"], image_mean, image_std)
         return model.apply({"params": params}, image=images, text=batch["text"])
 
+    @jax.named_scope("loss")  # names the loss's ops in profiles (`mmjax bench train-step --profile`)
     def loss_fn(image_emb, text_emb, aux, batch: Batch):
         labels = (batch["image_labels"], batch["text_labels"]) if multi_positive else (None, None)
         if loss == "clip":
@@ -52,8 +53,9 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule:
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         (value, aux), grads = value_and_grad(state.params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         if loss == "clip":  # as OpenCLIP: the parameter stays in [0, log 100], so it can come back below the clamp
             params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, math.log(CLIP_MAX_SCALE))}
         # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
