@@ -10,6 +10,7 @@ from collections import Counter
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -595,3 +596,40 @@ def test_a_failing_tar_stops_the_other_workers_at_once(tmp_path, monkeypatch):
         convert(str(tmp_path / "wds"), str(tmp_path / "out"), num_workers=2, progress=False)
     # the shards already handed to a worker finish; the others are not started (all 60 were)
     assert len([n for n in os.listdir(tmp_path / "out") if n.endswith(".done")]) <= 4
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[]", "AttributeError: 'list' object has no attribute 'get'"),
+    ('{"format": "mmjax-records-1"}', "KeyError: 'shards'"),
+    ('{"format": "mmjax-records-1", "shards": [', "Expecting value: line 1 column 42 (char 41)"),
+])
+def test_a_damaged_index_is_one_line_naming_it(tmp_path, text, reason):
+    """A list gave an AttributeError traceback; a missing key the bare message `shards`; cut JSON named no file."""
+    (tmp_path / "index.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'index.json'} is not a readable mmjax index "
+                                                   f"({reason})")):
+        shards.read_index(str(tmp_path))
+
+
+def test_shards_without_an_index_say_what_they_may_be(tmp_path):
+    """An interrupted `data filter` left shards and no index; the message advised `mmjax data convert --out` there,
+    which refuses a directory holding shards."""
+    (tmp_path / "shard-00000.array_record").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"it holds shards but no index: an `mmjax data filter` stopped before "
+                                                r"it finished \(delete the directory and filter again\), or a damaged"):
+        shards.read_index(str(tmp_path))
+
+
+def test_a_flag_of_another_data_subcommand_is_refused(tmp_path):
+    """`mmjax data convert --threshold 0.9 --model run` converted everything without a word."""
+    convert(str(_tar_of(tmp_path, _samples(2))), str(tmp_path / "out"), progress=False)
+    for args, message in [
+        (["convert", str(tmp_path / "wds"), "--out", str(tmp_path / "out2"), "--threshold", "0.9"],
+         "mmjax data convert does not read --threshold (it reads --data_dir, --num_workers, --out, --records_per_shard, "
+         "--split)"),
+        (["info", str(tmp_path / "out"), "--top_fraction", "0.1"],
+         "mmjax data info does not read --top_fraction (it takes no flags)"),
+    ]:
+        done = mmjax("data", *args)
+        assert done.returncode == 2 and done.stderr.strip() == f"mmjax: error: {message}", (args, done.stderr)
+    assert not (tmp_path / "out2").exists()

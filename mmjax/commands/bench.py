@@ -20,6 +20,7 @@ from typing import Callable
 
 from absl import flags
 
+from mmjax.commands.subcommand_flags import refuse_unread_flags
 from mmjax.models.layers import REMAT_POLICIES
 
 
@@ -250,8 +251,5 @@ def run(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in BENCHMARKS:
         got = " ".join(argv[1:]) or "nothing"
         raise ValueError(f"usage: mmjax bench {{{'|'.join(BENCHMARKS)}}} [flags]; got {got}")
-    ignored = sorted(name for name in _BENCH_FLAGS - FLAGS_USED[argv[1]] if flags.FLAGS[name].present)
-    if ignored:
-        raise ValueError(f"mmjax bench {argv[1]} does not read {', '.join('--' + name for name in ignored)} "
-                         f"(it reads {', '.join('--' + name for name in sorted(FLAGS_USED[argv[1]]))})")
+    refuse_unread_flags(f"bench {argv[1]}", _BENCH_FLAGS, FLAGS_USED[argv[1]])
     BENCHMARKS[argv[1]][1](argv[1:])

@@ -13,8 +13,10 @@ import os
 
 from absl import flags
 
+from mmjax.commands.subcommand_flags import refuse_unread_flags
 
-def define_flags() -> None:
+
+def _define_flags() -> None:
     flags.DEFINE_string("out", None, "Output data directory.")
     flags.DEFINE_integer("records_per_shard", 10_000, "convert (csv/jsonl/tfds) and filter: records per output shard.",
                          lower_bound=1)
@@ -88,9 +90,20 @@ def _info(argv: list[str]) -> None:
 
 
 SUBCOMMANDS = {"convert": _convert, "filter": _filter, "info": _info}
+FLAGS_USED = {"convert": {"out", "records_per_shard", "num_workers", "split", "data_dir"},
+              "filter": {"out", "model", "threshold", "top_fraction", "batch_size", "records_per_shard"},
+              "info": set()}
+_DATA_FLAGS: set[str] = set()
+
+
+def define_flags() -> None:
+    before = set(flags.FLAGS)
+    _define_flags()
+    _DATA_FLAGS.update(set(flags.FLAGS) - before)
 
 
 def run(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in SUBCOMMANDS:
         raise ValueError(f"usage: mmjax data {{{'|'.join(SUBCOMMANDS)}}} ... (got {' '.join(argv[1:]) or 'nothing'})")
+    refuse_unread_flags(f"data {argv[1]}", _DATA_FLAGS, FLAGS_USED[argv[1]])
     SUBCOMMANDS[argv[1]](argv[2:])

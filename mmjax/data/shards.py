@@ -142,6 +142,9 @@ def read_index(directory: str) -> list[ShardInfo]:
         tars = os.path.isdir(directory) and any(name.endswith(".tar") for name in os.listdir(directory))
         if os.path.isfile(os.path.join(directory, PLAN_FILE)):
             hint = "its conversion has not finished: run the same `mmjax data convert` again to finish it"
+        elif any(name.startswith("shard-") for name in data_files(directory)):
+            hint = ("it holds shards but no index: an `mmjax data filter` stopped before it finished (delete the "
+                    "directory and filter again), or a damaged directory")
         elif os.path.isfile(directory):
             hint = f"it is a file: convert a captions file or tar with `mmjax data convert {directory} --out DIR`"
         elif directory.startswith("tfds:"):
@@ -152,8 +155,13 @@ def read_index(directory: str) -> list[ShardInfo]:
         else:
             hint = f"make one with `mmjax data convert SOURCE --out {directory}`"
         raise FileNotFoundError(f"{path} not found: {directory} is not an mmjax data directory ({hint})")
-    with open(path) as f:
-        index = json.load(f)
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
-    return [ShardInfo(os.path.join(directory, shard["file"]), int(shard["count"])) for shard in index["shards"]]
+    try:
+        with open(path) as f:
+            index = json.load(f)
+        if index.get("format") != FORMAT:
+            raise ValueError(f"format {index.get('format')!r}, expected {FORMAT!r}")
+        return [ShardInfo(os.path.join(directory, shard["file"]), int(shard["count"])) for shard in index["shards"]]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+        reason = f"{type(error).__name__}: {error}" if isinstance(error, (KeyError, TypeError, AttributeError)) \
+            else str(error)
+        raise ValueError(f"{path} is not a readable mmjax index ({reason})") from None
