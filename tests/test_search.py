@@ -230,6 +230,16 @@ def test_contact_sheet_writes_a_png(tmp_path):
         assert sheet.size == size and sheet.format == "PNG"
 
 
+def test_contact_sheet_shows_an_id_with_a_line_break_quoted_on_one_line():
+    """`line\nbreak.png` was drawn over two lines, into the row below; `mmjax search` prints it quoted."""
+    from mmjax.eval.contact_sheet import contact_sheet
+
+    hits, query = [np.full((16, 16, 3), 90, np.uint8)], np.zeros((16, 16, 3), np.uint8)
+    drawn = np.asarray(contact_sheet(query, hits, ["#0"], ["line\nbreak.png"], cell=96))
+    quoted = np.asarray(contact_sheet(query, hits, ["#0"], ["'line\\nbreak.png'"], cell=96))
+    np.testing.assert_array_equal(drawn, quoted)
+
+
 # --- the command line --------------------------------------------------------------------------------------------
 
 def mmjax(*args):

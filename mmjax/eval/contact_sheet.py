@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mmjax.eval.text_files import one_line
+
 PAD = 8
 LINE = 14  # caption line height, pixels
 BACKGROUND = (255, 255, 255)
@@ -83,7 +85,7 @@ def contact_sheet(query: np.ndarray | str, hits: Sequence[np.ndarray], captions:
         sheet.paste(picture, (x0 + (cell - picture.width) // 2, y0 + (cell - picture.height) // 2))
         draw.text((x0, y0 + cell), captions[i], fill=INK, font=font)
         if ids:
-            draw.text((x0, y0 + cell + LINE), _clip(str(ids[i]), cell), fill=INK, font=font)
+            draw.text((x0, y0 + cell + LINE), _clip(one_line(str(ids[i])), cell), fill=INK, font=font)
     return sheet
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import unicodedata
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from mmjax import interrupts
 from mmjax.eval.images import load_images
 from mmjax.eval.retrieval import blocked_top_k
+from mmjax.eval.text_files import one_line
 from mmjax.eval.zeroshot import l2_normalize
 
 FORMAT = "mmjax-index"
@@ -180,12 +180,8 @@ def embed_image_files(encode_images: Callable[[np.ndarray], np.ndarray], paths: 
     return np.concatenate(embeddings), ids
 
 
-def _breaks_lines(text: str) -> bool:
-    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t" for c in text)
-
-
 def format_hits(indices: np.ndarray, scores: np.ndarray, ids: Sequence[str]) -> list[str]:
     """``rank  score  id`` lines (rank from 1) for one query's hits; an id with a line break or a control character
     other than a tab is shown quoted (as Python writes it), so that each hit stays one line."""
-    shown = [repr(ids[i]) if _breaks_lines(ids[i]) else ids[i] for i in indices]
+    shown = [one_line(ids[i]) for i in indices]
     return [f"{rank:4d}  {score:7.4f}  {name}" for rank, (score, name) in enumerate(zip(scores, shown), 1)]

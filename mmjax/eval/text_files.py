@@ -1,8 +1,10 @@
-"""Reading a UTF-8 text file of one item per line (captions to embed, class names, prompt templates)."""
+"""Reading a UTF-8 text file of one item per line (captions to embed, class names, prompt templates), and showing an
+item (an image id) on one line."""
 
 from __future__ import annotations
 
 import os
+import unicodedata
 
 from mmjax.data.tar_samples import caption_lines
 
@@ -24,3 +26,10 @@ def read_text_lines(path: str, what: str = "") -> list[str]:
     if not texts:
         raise ValueError(f"text file {path} has no non-empty lines" + (f" (one {what} per line)" if what else ""))
     return texts
+
+
+def one_line(text: str) -> str:
+    """`text`, or Python's quoted form of it when it holds a line break or a control character other than a tab, so
+    that it stays on one line (a file name may hold a newline)."""
+    breaks = any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t" for c in text)
+    return repr(text) if breaks else text
