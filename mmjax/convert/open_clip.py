@@ -101,7 +101,8 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
         raise ValueError(f"{where}: init_logit_bias (SigLIP-style OpenCLIP models) is not supported")
     if "embed_dim" not in model_cfg:
         raise ValueError(f"{where}: embed_dim is missing")
-    image_size, patch_size = (_square(vision[key], f"{where}: vision_cfg.{key}") for key in ("image_size", "patch_size"))
+    image_size, patch_size = (_square(vision[key], f"{where}: vision_cfg.{key}")
+                              for key in ("image_size", "patch_size"))
     width = vision["width"]
     if width % vision["head_width"]:
         raise ValueError(f"{where}: vision_cfg.width {width} is not a multiple of head_width {vision['head_width']}")

@@ -38,7 +38,8 @@ def wds_shards(directory: str, split: str = "test") -> list[str]:
             start = f.read(262)
         compression = next((name for magic, name in COMPRESSED_MAGIC.items() if start.startswith(magic)),
                            "bzip2" if BZIP2_MAGIC.match(start) else None)
-        if compression and start[257:262] != b"ustar":  # worker processes and hosts read samples at their offsets in the file
+        # worker processes and hosts read samples at their offsets in the file
+        if compression and start[257:262] != b"ustar":
             raise ValueError(f"{shard} is a {compression}-compressed tar: benchmark shards are read at their "
                              f"offsets, so decompress it first")
     return shards
