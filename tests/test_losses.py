@@ -382,6 +382,42 @@ def test_losses_refuse_a_non_scalar_scale_and_an_empty_batch(loss):
             empty, empty, jnp.float32(1.0), jnp.float32(0.0))
 
 
+def test_losses_take_float64_scalars_under_x64():
+    """With `jax_enable_x64`, a float64 scale and bias (NumPy's default) failed inside `lax.scan` (a float32
+    carry became float64); they are computed in float32 and their gradients come back as float64."""
+    image_emb, text_emb, logit_scale, logit_bias, _, _ = make_case("diagonal")
+    positives = np.eye(len(image_emb), dtype=bool)
+    clip_expected = reference_clip(image_emb, text_emb, np.float32(logit_scale), positives)
+    sigmoid_expected = reference_sigmoid(image_emb, text_emb, np.float32(logit_scale), np.float32(logit_bias),
+                                         positives)
+    with jax.enable_x64(True):
+        image_emb, text_emb = as_jax(image_emb, text_emb)
+        clip_value, clip_grad = jax.value_and_grad(clip_loss, argnums=2)(image_emb, text_emb,
+                                                                          jnp.float64(logit_scale))
+        sigmoid_value, sigmoid_grads = jax.value_and_grad(sigmoid_loss, argnums=(2, 3))(
+            image_emb, text_emb, jnp.float64(logit_scale), jnp.float64(logit_bias))
+    assert_close(clip_value, clip_expected[0])
+    assert_close(clip_grad, clip_expected[3])
+    assert_close(sigmoid_value, sigmoid_expected[0])
+    assert_close(sigmoid_grads, sigmoid_expected[3:])
+    assert clip_grad.dtype == sigmoid_grads[0].dtype == sigmoid_grads[1].dtype == jnp.float64
+
+
+@pytest.mark.parametrize("loss", ["clip", "sigmoid"])
+@pytest.mark.parametrize("num_images, num_texts, tower", [(12, 12, "12 images"), (16, 12, "12 captions")])
+def test_sharded_losses_refuse_a_batch_that_does_not_split_over_the_devices(loss, num_images, num_texts, tower):
+    mesh = make_mesh((4, 2, 1))
+    rng = np.random.default_rng(0)
+    image_emb, text_emb = unit_rows(rng, num_images, SHARDED_DIM), unit_rows(rng, num_texts, SHARDED_DIM)
+    scale = jnp.float32(1.0)
+    with pytest.raises(ValueError, match=f"a batch of {tower} does not split evenly over the 8 devices of the "
+                                         "mesh axes \\('data', 'fsdp'\\): use a multiple of 8"):
+        if loss == "clip":
+            sharded_clip_loss(image_emb, text_emb, scale, mesh=mesh)
+        else:
+            sharded_sigmoid_loss(image_emb, text_emb, scale, scale, mesh=mesh)
+
+
 def test_sharded_losses_never_build_the_global_logit_matrix():
     # The per-device program (after SPMD partitioning) holds [b, B] logits for CLIP and
     # [b, b] blocks for the SigLIP ring, b = 16 / 8 = 2; never [B, B].

@@ -54,12 +54,15 @@ def clip_scale(logit_scale: jax.Array) -> jax.Array:
     return jnp.exp(jnp.where(logit_scale > limit, limit, logit_scale))  # a NaN stays NaN
 
 
-def _check_scalars(**values) -> None:
-    """A one-line ValueError for a `logit_scale` / `logit_bias` that is not a scalar (a `[1]` array would
-    pass the forward pass and fail in the gradient, deep inside JAX)."""
+def _float32_scalars(**values) -> list[jax.Array]:
+    """`logit_scale` / `logit_bias` as float32 scalars, the dtype of the loss kernels' carries (a float64 one,
+    under `jax_enable_x64`, failed inside `lax.scan`; its gradient comes back as float64). A one-line
+    ValueError for one that is not a scalar (a `[1]` array would pass the forward pass and fail in the
+    gradient, deep inside JAX)."""
     for name, value in values.items():
         if jnp.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
+    return [jnp.asarray(value).astype(jnp.float32) for value in values.values()]
 
 
 def _block_size(block_size: int | None) -> int:
@@ -80,6 +83,17 @@ def _axis_tuple(batch_axes: str | Sequence[str], mesh: Mesh) -> tuple[str, ...]:
     return axes
 
 
+def _batch_devices(batch_axes: tuple[str, ...], mesh: Mesh, image_emb: jax.Array, text_emb: jax.Array) -> int:
+    """The number of devices the batch is split over; a one-line ValueError when a tower's rows do not split
+    evenly over them (shard_map's own error names its internal arguments)."""
+    num_devices = math.prod(mesh.shape[axis] for axis in batch_axes)
+    for tower, emb in (("images", image_emb), ("captions", text_emb)):
+        if jnp.ndim(emb) >= 1 and emb.shape[0] % num_devices:
+            raise ValueError(f"a batch of {emb.shape[0]} {tower} does not split evenly over the {num_devices} "
+                             f"devices of the mesh axes {batch_axes}: use a multiple of {num_devices}")
+    return num_devices
+
+
 def clip_loss(
     image_emb: jax.Array,
     text_emb: jax.Array,
@@ -94,7 +108,8 @@ def clip_loss(
     `logits = min(exp(logit_scale), 100) * image_emb @ text_emb.T`. Image→text: row `i`
     of `softmax(logits)` against the uniform distribution over the captions that are
     positives of image `i`; text→image: column `j` against the images that caption `j`
-    is a positive of. Without labels this is the usual diagonal loss.
+    is a positive of. Without labels this is the usual diagonal loss. An image (caption)
+    without any positive adds 0 to its direction's sum but still counts in its `B`.
 
     Args:
       image_emb: float `[B, D]`, L2-normalised.
@@ -108,7 +123,7 @@ def clip_loss(
     Returns:
       float32 scalar.
     """
-    _check_scalars(logit_scale=logit_scale)
+    logit_scale, = _float32_scalars(logit_scale=logit_scale)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
     image_to_text, text_to_image = clip_sums(image_emb, text_emb, clip_scale(logit_scale), image_labels,
                                              text_labels, (IMAGE_TO_TEXT, TEXT_TO_IMAGE), _block_size(block_size))
@@ -142,7 +157,7 @@ def sigmoid_loss(
     Returns:
       float32 scalar.
     """
-    _check_scalars(logit_scale=logit_scale, logit_bias=logit_bias)
+    logit_scale, logit_bias = _float32_scalars(logit_scale=logit_scale, logit_bias=logit_bias)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
     total = sigmoid_sum(image_emb, text_emb, jnp.exp(logit_scale), logit_bias, image_labels, text_labels,
                         _block_size(block_size))
@@ -184,7 +199,8 @@ def sharded_clip_loss(
     """
     batch_axes = _axis_tuple(batch_axes, mesh)
     block_size = _block_size(block_size)
-    _check_scalars(logit_scale=logit_scale)
+    _batch_devices(batch_axes, mesh, image_emb, text_emb)
+    logit_scale, = _float32_scalars(logit_scale=logit_scale)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
 
     def local_loss_sums(image_emb, text_emb, logit_scale, image_labels, text_labels):
@@ -247,10 +263,8 @@ def sharded_sigmoid_loss(
     """
     batch_axes = _axis_tuple(batch_axes, mesh)
     block_size = _block_size(block_size)
-    num_devices = 1
-    for axis in batch_axes:
-        num_devices *= mesh.shape[axis]
-    _check_scalars(logit_scale=logit_scale, logit_bias=logit_bias)
+    num_devices = _batch_devices(batch_axes, mesh, image_emb, text_emb)
+    logit_scale, logit_bias = _float32_scalars(logit_scale=logit_scale, logit_bias=logit_bias)
     image_labels, text_labels = default_labels(image_emb, text_emb, image_labels, text_labels)
 
     def local_loss_sum(image_emb, text_emb, logit_scale, logit_bias, image_labels, text_labels):
