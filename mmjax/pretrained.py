@@ -50,6 +50,13 @@ class Pretrained:
     source: str = ""
     format: str = ""
 
+    def __post_init__(self):
+        # Ids past the token table embed as NaN (JAX's out-of-bounds gather), with no error.
+        if self.tokenizer.vocab_size > self.config.text.vocab_size:
+            raise ValueError(f"{self.source or 'the checkpoint'}: its tokenizer has {self.tokenizer.vocab_size} "
+                             f"tokens, more than the {self.config.text.vocab_size} rows of the model's token table "
+                             f"(the tokenizer of another model?)")
+
     @property
     def model(self) -> TwoTower:
         return TwoTower(self.config)

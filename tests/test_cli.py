@@ -184,7 +184,14 @@ def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     (tmp_path / "photo.png").write_bytes(b"")
     (tmp_path / "captions.csv").write_text("image,caption\n")
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "model.safetensors").write_bytes(b"weights")
     for args, message in [
+        # the OpenCLIP weights were replaced by the transformers export's model.safetensors
+        (["convert", "open_clip:ViT-B-32", "--weights", str(tmp_path / "downloads" / "model.safetensors"), "--to",
+          "hf", "--out", str(tmp_path / "downloads")],
+         f"--out {tmp_path / 'downloads'} holds the --weights file {tmp_path / 'downloads' / 'model.safetensors'}, "
+         f"which the export would overwrite or remove; name another directory"),
         (["convert", str(tmp_path / "no_run"), "--to", "hf", "--out", str(tmp_path / "run")],
          f"--out {tmp_path / 'run'} holds an mmjax training workdir or data directory (checkpoints, metrics.jsonl), "
          f"whose files the export would overwrite; name another directory"),
@@ -206,6 +213,7 @@ def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(
         done = mmjax(*args)
         assert done.returncode == 2 and done.stderr.strip() == f"mmjax: error: {message}", (args, done.stderr)
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "metrics.jsonl"]
+    assert (tmp_path / "downloads" / "model.safetensors").read_bytes() == b"weights"
 
 
 def test_missing_workdir_is_one_clear_line(tmp_path):

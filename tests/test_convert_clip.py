@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,13 +18,14 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
 
 from mmjax.convert import hf_clip  # noqa: E402
 from mmjax.convert import open_clip as oc_convert  # noqa: E402
 from mmjax.convert.checks import expected_shapes, flatten, unflatten  # noqa: E402
-from mmjax.convert.image_processor import CLIP as CLIP_PROCESSOR, crop_caveat, preprocess_to_hf  # noqa: E402
+from mmjax.convert.image_processor import (  # noqa: E402
+    CLIP as CLIP_PROCESSOR, colour_caveat, crop_caveat, preprocess_to_hf)
 from mmjax.convert.layout import unscan  # noqa: E402
 from mmjax.data.clip_bpe import ClipBpeTokenizer, bytes_to_unicode  # noqa: E402
 from mmjax.data.preprocess import ImagePreprocess  # noqa: E402
@@ -206,6 +208,27 @@ def test_a_rounded_crop_written_as_a_transformers_processor_is_warned_of():
     assert crop_caveat(dataclasses.replace(rounded, mode="squash"), "hf") is None
 
 
+def test_a_processor_that_makes_transparent_images_rgb_otherwise_is_warned_of():
+    """OpenCLIP → HF: OpenCLIP resizes a transparent image as RGBA and drops the alpha last, the transformers
+    processor puts it on white first; an RGBA image came out otherwise with no word said (RGB images alike)."""
+    open_clip_style = ImagePreprocess(32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_rounding="floor", rgb_after_resize=True)
+    processor = CLIPImageProcessorPil.from_dict(preprocess_to_hf(open_clip_style, CLIP_PROCESSOR))
+    rng = np.random.default_rng(0)
+    for mode, apart in (("RGB", False), ("RGBA", True)):
+        image = Image.fromarray(rng.integers(0, 256, (40, 56, len(mode)), dtype=np.uint8), mode)
+        theirs = processor([image], return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+        assert (np.abs(open_clip_style.batch([image]) - theirs).max() > 0.1) == apart, mode
+    assert colour_caveat(open_clip_style, "hf") == (
+        "resizes an image that is not RGB in its own mode and converts it to RGB last; the transformers processor "
+        "written puts a transparent image on white before converting it to RGB: palette and transparent images are "
+        "preprocessed otherwise there")
+    assert colour_caveat(open_clip_style, "open_clip") is None
+    mmjax_style = ImagePreprocess(32)  # a training workdir's: the alpha dropped, as the training data decodes
+    assert colour_caveat(mmjax_style, "open_clip").startswith("converts an image to RGB first, dropping its "
+                                                              "transparency; OpenCLIP's transform resizes")
+    assert colour_caveat(dataclasses.replace(mmjax_style, alpha_on_white=True), "hf") is None
+
+
 def test_hf_clip_pools_at_the_first_eos_token(hf_dir):
     """transformers pools at the first `eos_token_id`; an id above it later in the row must not move the pool."""
     pretrained = load_pretrained(hf_dir)
@@ -275,6 +298,9 @@ def test_open_clip_config_keys_left_out_take_open_clips_defaults():
     (dict(text_cfg=dict(width=32)), "embed_dim is missing"),
     (dict(embed_dim=16, vision_cfg=dict(image_size=[32, 48])), r"vision_cfg.image_size \[32, 48\] is not square"),
     (dict(embed_dim=16, vision_cfg=dict(patch_size=[8, 16])), r"vision_cfg.patch_size \[8, 16\] is not square"),
+    # these were raw TypeErrors ('<' between str and int) or AttributeErrors
+    (dict(embed_dim=16, text_cfg=dict(layers="2")), "TextConfig: depth '2' is not an int"),
+    (dict(embed_dim=16, vision_cfg=[768]), "vision_cfg is not a JSON object"),
 ])
 def test_open_clip_config_errors_name_the_file(model_cfg, message):
     with pytest.raises(ValueError, match=f"^cfg.json: .*{message}") as error:
@@ -421,7 +447,23 @@ def test_pickle_weights_are_refused_unless_allowed(hf_dir, tmp_path):
     _assert_bit_identical(load_pretrained(hf_dir).params, allowed.params)
 
 
-def test_shape_mismatch_names_the_first_parameter(hf_dir, tmp_path):
+@pytest.mark.parametrize("edit, message", [
+    (lambda config: config.update(text_config=[512]), "text_config is not a JSON object"),
+    (lambda config: config["vision_config"].update(num_hidden_layers=2.0), "VisionConfig: depth 2.0 is not an int"),
+])
+def test_hf_config_of_the_wrong_types_is_one_line_naming_the_file(hf_dir, tmp_path, edit, message):
+    path = str(tmp_path / "odd")
+    shutil.copytree(hf_dir, path)
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    edit(config)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match=f"^{re.escape(path)}/config.json: {message}$"):
+        load_pretrained(path)
+
+
+def test_shape_mismatch_names_the_first_tensor(hf_dir, tmp_path):
     path = str(tmp_path / "mismatch")
     shutil.copytree(hf_dir, path)
     with open(os.path.join(path, "config.json")) as f:
@@ -429,8 +471,26 @@ def test_shape_mismatch_names_the_first_parameter(hf_dir, tmp_path):
     config["vision_config"]["image_size"] = 48
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
-    with pytest.raises(ValueError, match=r"parameter image_encoder/pos_embed/embedding has shape \(17, 48\) "
-                                         r"but the config needs \(37, 48\)"):
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor vision_model.embeddings.position_embedding.weight "
+                                         r"has shape \(17, 48\) but the config needs \(37, 48\)$"):
+        load_pretrained(path)
+
+
+@pytest.mark.parametrize("key, shape", [("text_model.encoder.layers.0.self_attn.q_proj.weight", (31, 32)),
+                                        ("vision_model.embeddings.patch_embedding.weight", (48, 3, 8)),
+                                        ("logit_scale", (2,))])
+def test_a_tensor_of_another_shape_is_named_before_its_layout_is_changed(hf_dir, tmp_path, key, shape):
+    """Such a tensor failed inside a reshape or transpose, in a line that named neither it nor its file
+    ("cannot reshape array of size 992 into shape (32,2,15)")."""
+    path = str(tmp_path / "bad")
+    shutil.copytree(hf_dir, path)
+    weights = os.path.join(path, "model.safetensors")
+    tensors = load_file(weights)
+    expected = tuple(tensors[key].shape)
+    tensors[key] = torch.zeros(shape)
+    save_file(tensors, weights)
+    with pytest.raises(ValueError, match=f"model.safetensors: tensor {key} has shape {re.escape(str(shape))} but the "
+                                         f"config needs {re.escape(str(expected))}$"):
         load_pretrained(path)
 
 
@@ -492,6 +552,47 @@ def test_open_clip_tokenizer_kwargs_are_read_and_written(open_clip_dirs, tmp_pat
         json.dump(config, f)
     with pytest.raises(ValueError, match=r"text_cfg.tokenizer_kwargs \{'reduction_mask': 'random'\} is not supported"):
         load_pretrained(path)
+
+
+def test_an_export_replaces_an_earlier_one_whole_and_a_refused_one_writes_nothing(hf_dir, open_clip_dirs, tmp_path):
+    """An earlier export's tokenizer.json, left beside a new export's vocab.json + merges.txt, was the tokenizer
+    mmjax and transformers loaded; a refused export had already written its weights and config."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    config = get_config("clip-test")
+    word_level = Pretrained(config, _random_params(config), Tokenizer.for_synthetic(config.text.context_length),
+                            ImagePreprocess(config.vision.image_size), "test", "mmjax")
+    hf_clip.export(word_level, str(out))
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    assert "tokenizer.json" in before
+
+    cased = str(tmp_path / "cased")
+    shutil.copytree(open_clip_dirs[False], cased)
+    with open(os.path.join(cased, "open_clip_config.json")) as f:
+        cased_config = json.load(f)
+    cased_config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = {"clean": "whitespace"}
+    with open(os.path.join(cased, "open_clip_config.json"), "w") as f:
+        json.dump(cased_config, f)
+    with pytest.raises(ValueError, match="cannot be written as transformers' CLIPTokenizer"):
+        hf_clip.export(load_pretrained(cased), str(out))
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert sorted(os.listdir(tmp_path)) == ["cased", "out"]  # no staging directory left
+
+    source = load_pretrained(hf_dir)
+    hf_clip.export(source, str(out))
+    assert sorted(os.listdir(out)) == ["config.json", "merges.txt", "model.safetensors", "notes.txt",
+                                       "preprocessor_config.json", "tokenizer_config.json", "vocab.json"]
+    texts = TEXTS[:3]
+    ids = source.tokenizer(texts)
+    np.testing.assert_array_equal(load_pretrained(str(out)).tokenizer(texts), ids)
+    reference = transformers.AutoTokenizer.from_pretrained(str(out))
+    np.testing.assert_array_equal(reference(texts, padding="max_length", max_length=77)["input_ids"], ids)
+
+    oc_convert.export(word_level, str(out))
+    assert sorted(os.listdir(out)) == ["notes.txt", "open_clip_config.json", "open_clip_model.safetensors",
+                                       "tokenizer.json"]
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_truncated_tokenizer_files_are_one_line_naming_them(hf_dir, open_clip_dirs, tmp_path):

@@ -166,10 +166,12 @@ def test_a_siglip_with_open_clips_tokenizer_is_refused_before_anything_is_writte
     last-token pooling reads: the export wrote a tokenizer.json that tokenized "A Cat" as capitals."""
     from mmjax.data.clip_bpe import ClipBpeTokenizer
 
+    tokenizer = ClipBpeTokenizer.open_clip(context_length=8)
     config = get_config("siglip-test")
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size))
     params = jax.tree.map(np.asarray, nn.unbox(TwoTower(config).init(
         jax.random.key(0), image=np.zeros((1, 16, 16, 3), np.float32), text=np.zeros((1, 8), np.int32)))["params"])
-    pretrained = Pretrained(config, params, ClipBpeTokenizer.open_clip(context_length=8), ImagePreprocess(16))
+    pretrained = Pretrained(config, params, tokenizer, ImagePreprocess(16))
     with pytest.raises(ValueError, match=r"^cannot export as transformers SiglipModel: its tokenizer is OpenCLIP's"):
         hf_siglip.export(pretrained, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -354,6 +356,21 @@ def test_big_vision_errors_are_one_line(torch_model, spiece_path, tmp_path):
     np.savez(tmp_path / "broken.npz", **npz)
     with pytest.raises(ValueError, match="broken.npz: tensor img/MAPHead_0/probe is missing"):
         load_pretrained(str(tmp_path / "broken.npz"), tokenizer=spiece_path)
+    # A 2-D query kernel failed unpacking its shape, a `t` of two numbers inside a reshape: neither was named.
+    for key, value, message in [
+            ("img/Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel", np.zeros((WIDTH, WIDTH)),
+             f"has shape \\({WIDTH}, {WIDTH}\\), not 3 dimensions"),
+            ("t", np.zeros(2), "has shape \\(2,\\) but the config needs \\(\\)")]:
+        np.savez(tmp_path / "bad.npz", **{**_big_vision_npz(torch_model, scanned=False), key: value})
+        with pytest.raises(ValueError, match=f"bad.npz: tensor {key} {message}$"):
+            load_pretrained(str(tmp_path / "bad.npz"), tokenizer=spiece_path)
+    # A tokenizer with more pieces than the token table has rows: its last ids embedded as NaN, with no error.
+    npz = _big_vision_npz(torch_model, scanned=False)
+    npz["txt/Embed_0/embedding"] = npz["txt/Embed_0/embedding"][:VOCAB - 40]
+    np.savez(tmp_path / "english.npz", **npz)
+    with pytest.raises(ValueError, match=f"english.npz: its tokenizer has {VOCAB} tokens, more than the {VOCAB - 40} "
+                                         "rows of the model's token table \\(the tokenizer of another model\\?\\)$"):
+        load_pretrained(str(tmp_path / "english.npz"), tokenizer=spiece_path)
 
 
 def test_big_vision_image_size_when_the_patch_does_not_divide_it():

@@ -238,11 +238,16 @@ def test_sincos_position_table_with_a_class_token_covers_the_patches_only():
         layers.sincos_2d(2, 4)  # the frequency exponent would be 0 / 0
 
 
-def test_unknown_activation_or_remat_policy_is_one_line_naming_the_choices():
+def test_unknown_block_options_are_one_line_naming_the_choices():
     with pytest.raises(ValueError, match=r"activation 'relu' is not one of \['gelu', 'gelu_tanh', 'quick_gelu'\]"):
         models.get_config("clip-test", activation="relu")
     with pytest.raises(ValueError, match=r"remat_policy 'some' is not one of \['dots', 'dots_no_batch', 'full', 'none'\]"):
         models.get_config("clip-test", remat_policy="some")
+    # These were accepted: "bf16" failed at init deep in NumPy, and the string "no" (truthy) scanned the layers.
+    with pytest.raises(ValueError, match=r"dtype 'bf16' is not one of \['float32', 'bfloat16', 'float16'\]"):
+        models.get_config("clip-test", dtype="bf16")
+    with pytest.raises(ValueError, match=r"scan_layers 'no' is not a bool"):
+        models.get_config("clip-test", scan_layers="no")
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():

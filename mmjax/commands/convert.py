@@ -47,13 +47,20 @@ def exporter(pretrained, target: str):
 WORKDIR_MARKS = ("checkpoints", "metrics.jsonl", ".lock")
 
 
-def _refuse_out(source: str, out: str) -> None:
+def _refuse_out(source: str, out: str, inputs: dict[str, str | None]) -> None:
     """A one-line ValueError for an `--out` whose files an export would overwrite and that are not an earlier
-    export: the source itself, a training workdir (its config.json and tokenizer.json), or a data directory."""
+    export: the source itself, an input file (`inputs`: flag → path, e.g. an `open_clip:NAME` source's
+    `--weights` file named `model.safetensors`), a training workdir (its config.json and tokenizer.json), or a
+    data directory."""
+    from mmjax.convert.export_dir import written_by_export
     from mmjax.data.shards import data_files
 
     if os.path.exists(source) and os.path.exists(out) and os.path.samefile(source, out):
         raise ValueError(f"--out {out} is the source; name another directory")
+    for flag, path in inputs.items():
+        if path and os.path.isfile(path) and written_by_export(path, out):
+            raise ValueError(f"--out {out} holds the {flag} file {path}, which the export would overwrite or remove; "
+                             f"name another directory")
     marks = [name for name in WORKDIR_MARKS if os.path.exists(os.path.join(out, name))] + data_files(out)
     if marks:
         raise ValueError(f"--out {out} holds an mmjax training workdir or data directory ({', '.join(marks[:3])}), "
@@ -65,20 +72,21 @@ def run(argv: list[str]) -> None:
         raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] "
                          "[--allow_pickle]")
     from mmjax.convert.checks import flatten
-    from mmjax.convert.image_processor import crop_caveat
+    from mmjax.convert.image_processor import colour_caveat, crop_caveat
     from mmjax.pretrained import load_pretrained
 
     source, out = argv[1], flags.FLAGS.out
-    _refuse_out(source, out)
+    _refuse_out(source, out, {"source": source, "--weights": flags.FLAGS.weights, "--tokenizer": flags.FLAGS.tokenizer})
     pretrained = load_pretrained(source, image_size=flags.FLAGS.image_size, allow_pickle=flags.FLAGS.allow_pickle,
                                  weights=flags.FLAGS.weights, tokenizer=flags.FLAGS.tokenizer)
     exporter(pretrained, flags.FLAGS.to)(pretrained, out)
     count = sum(int(np.prod(np.shape(leaf))) for leaf in flatten(pretrained.params).values())
     kind = "SigLIP" if pretrained.config.logit_bias_init is not None else "CLIP"
     print(f"{source} ({pretrained.format} {kind}, {count:,} parameters) -> {out} ({flags.FLAGS.to})")
-    caveat = crop_caveat(pretrained.preprocess, flags.FLAGS.to)
-    if caveat:
-        print(f"mmjax: warning: {source}'s preprocessing {caveat}", file=sys.stderr)
+    for caveat in (crop_caveat(pretrained.preprocess, flags.FLAGS.to), colour_caveat(pretrained.preprocess,
+                                                                                       flags.FLAGS.to)):
+        if caveat:
+            print(f"mmjax: warning: {source}'s preprocessing {caveat}", file=sys.stderr)
     if flags.FLAGS.to == "hf" and getattr(pretrained.tokenizer, "normalization", None) == "big_vision":
         print(f"mmjax: warning: {source} tokenizes as big_vision does (punctuation kept); the SiglipTokenizer written "
               f"to {out} removes punctuation, as transformers' own SigLIP conversion does, so texts with punctuation "

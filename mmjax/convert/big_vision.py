@@ -85,21 +85,24 @@ def infer_config(tensors: Mapping[str, np.ndarray], where: str) -> TwoTowerConfi
     if "img/head/kernel" in tensors:
         raise ValueError(f"{where}: an image projection head (img/head) is not supported; SigLIP has none")
 
-    def shape(key: str) -> tuple[int, ...]:
-        return layout.take(tensors, key, where).shape
+    def shape(key: str, rank: int) -> tuple[int, ...]:
+        value = layout.take(tensors, key, where).shape
+        if len(value) != rank:
+            raise ValueError(f"{where}: tensor {key} has shape {value}, not {rank} dimensions")
+        return value
 
     def tower(name: str) -> dict:
         block = f"{TOWERS[name]}/encoderblock_0"
-        width, heads, _ = shape(f"{block}/MultiHeadDotProductAttention_0/query/kernel")
+        width, heads, _ = shape(f"{block}/MultiHeadDotProductAttention_0/query/kernel", 3)
         return dict(hidden_size=width, num_hidden_layers=_depth(tensors, name), num_attention_heads=heads,
-                    intermediate_size=shape(f"{block}/MlpBlock_0/Dense_0/kernel")[1],
+                    intermediate_size=shape(f"{block}/MlpBlock_0/Dense_0/kernel", 2)[1],
                     hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
 
-    patch, _, _, _ = shape("img/embedding/kernel")
-    grid = round(shape("img/pos_embedding")[-2] ** 0.5)
-    vocab_size, text_width = shape("txt/Embed_0/embedding")
-    projection = shape("txt/head/kernel")[1] if "txt/head/kernel" in tensors else text_width
-    text = dict(tower("txt"), vocab_size=vocab_size, max_position_embeddings=shape("txt/pos_embedding")[-2],
+    patch, _, _, _ = shape("img/embedding/kernel", 4)
+    grid = round(shape("img/pos_embedding", 3)[-2] ** 0.5)
+    vocab_size, text_width = shape("txt/Embed_0/embedding", 2)
+    projection = shape("txt/head/kernel", 2)[1] if "txt/head/kernel" in tensors else text_width
+    text = dict(tower("txt"), vocab_size=vocab_size, max_position_embeddings=shape("txt/pos_embedding", 3)[-2],
                 projection_size=projection)
     vision = dict(tower("img"), image_size=image_size_from_name(where, patch, grid), patch_size=patch)
     return hf_siglip.config_from_hf(dict(model_type="siglip", text_config=text, vision_config=vision), where)
@@ -144,9 +147,9 @@ def params_from_big_vision(tensors: Mapping[str, np.ndarray], config: TwoTowerCo
                    "txt/head/bias": np.zeros(config.text.width, np.float32)}
     used = set()
 
-    def take(key: str) -> np.ndarray:
+    def take(key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         used.add(key)
-        return layout.take(tensors, key, where)
+        return layout.take(tensors, key, where, shape)
 
     expected = checks.expected_shapes(config)
     flat = {
@@ -154,8 +157,8 @@ def params_from_big_vision(tensors: Mapping[str, np.ndarray], config: TwoTowerCo
         "image_encoder/map_head/probe": take("img/MAPHead_0/probe"),
         "text_encoder/token_embed/embedding": take("txt/Embed_0/embedding"),
         "text_encoder/pos_embed/embedding": take("txt/pos_embedding")[0],
-        "logit_scale": take("t").reshape(()),
-        "logit_bias": take("b").reshape(()),
+        "logit_scale": take("t", ()),
+        "logit_bias": take("b", ()),
     }
     for mm, bv in modules(config):
         for name in ("kernel", "bias", "scale"):

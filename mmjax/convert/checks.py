@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import flax.linen as nn
+import numpy as np
 
 from mmjax.models import TwoTowerConfig, abstract_params
 
@@ -47,6 +48,15 @@ def unflatten(flat: Mapping[str, object]) -> dict:
 def expected_shapes(config: TwoTowerConfig) -> dict[str, tuple[int, ...]]:
     """`{"image_encoder/…/kernel": shape}` of the parameters `config` needs (abstract init, nothing allocated)."""
     return {path: tuple(leaf.shape) for path, leaf in flatten(nn.unbox(abstract_params(config))).items()}
+
+
+def source_shapes(export: Callable[[dict], Mapping[str, np.ndarray]],
+                  config: TwoTowerConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a checkpoint format holds for `config`: the format's exporter (mmjax params →
+    its tensors) run on zero-stride stand-ins of the parameters, so nothing the size of the model is allocated."""
+    stand_ins = unflatten({path: np.broadcast_to(np.float32(0), shape)
+                           for path, shape in expected_shapes(config).items()})
+    return {key: tuple(np.shape(value)) for key, value in export(stand_ins).items()}
 
 
 def check_shapes(params: Mapping, expected: Mapping[str, tuple[int, ...]], where: str) -> None:

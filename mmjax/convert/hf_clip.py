@@ -14,10 +14,11 @@ import os
 import numpy as np
 
 from mmjax.convert import layout
-from mmjax.convert.checks import check_shapes, expected_shapes, naming
+from mmjax.convert.checks import naming, source_shapes
+from mmjax.convert.export_dir import staged_export
 from mmjax.convert.image_processor import CLIP as CLIP_PROCESSOR
 from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
-from mmjax.convert.jsonfile import read_json, write_json
+from mmjax.convert.jsonfile import json_object, read_json, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.clip_bpe import ClipBpeTokenizer
 from mmjax.data.preprocess import ImagePreprocess
@@ -30,7 +31,7 @@ ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": 
 
 def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
     """A `CLIPConfig` dict (config.json) → `TwoTowerConfig`."""
-    text, vision = hf.get("text_config", {}), hf.get("vision_config", {})
+    text, vision = json_object(hf, "text_config", where), json_object(hf, "vision_config", where)
     acts = {vision.get("hidden_act", "quick_gelu"), text.get("hidden_act", "quick_gelu")}
     eps = {vision.get("layer_norm_eps", 1e-5), text.get("layer_norm_eps", 1e-5)}
     if len(acts) > 1 or len(eps) > 1:
@@ -66,12 +67,13 @@ def _block(get, prefix: str, heads: int) -> dict:
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where: str) -> dict:
-    """transformers CLIPModel state dict → mmjax params (shapes checked against `config`)."""
-    used = set()
+    """transformers CLIPModel state dict → mmjax params; a one-line ValueError naming the first tensor that is
+    missing, has another shape than `config` needs, or is not used."""
+    used, shapes = set(), source_shapes(params_to_hf, config)
 
     def get(key: str) -> np.ndarray:
         used.add(key)
-        return layout.take(tensors, key, where)
+        return layout.take(tensors, key, where, shapes[key])
 
     ln = lambda name: layout.layer_norm(get(f"{name}.weight"), get(f"{name}.bias"))
     v, t = "vision_model", "text_model"
@@ -95,12 +97,11 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where
         },
         "image_proj": layout.dense(get("visual_projection.weight")),
         "text_proj": layout.dense(get("text_projection.weight")),
-        "logit_scale": get("logit_scale").reshape(()),
+        "logit_scale": get("logit_scale"),
     }
     unused = [key for key in tensors if key not in used and not key.endswith("position_ids")]
     if unused:
         raise ValueError(f"{where}: tensor {unused[0]} is not used by a CLIPModel with this config.json")
-    check_shapes(params, expected_shapes(config), where)
     return params
 
 
@@ -243,15 +244,16 @@ def export_tokenizer(tokenizer, out_dir: str) -> None:
 
 
 def export(pretrained: Pretrained, out_dir: str) -> None:
-    """Writes a directory `transformers.CLIPModel.from_pretrained(out_dir)` loads as it is. The weights are exact;
-    the processor floors the centre-crop offset, which a rounding preprocess does not (`crop_caveat`)."""
+    """Writes a directory `transformers.CLIPModel.from_pretrained(out_dir)` loads as it is (all at once,
+    `staged_export`). The weights are exact; the processor floors the centre-crop offset, which a rounding
+    preprocess does not (`crop_caveat`)."""
     tokenizer = pretrained.tokenizer
     bos_id = int(tokenizer([""])[0, 0])
     hf_config = config_to_hf(pretrained.config, tokenizer.eot_id, tokenizer.pad_id, bos_id)
-    os.makedirs(out_dir, exist_ok=True)
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), params_to_hf(pretrained.params),
-                      metadata={"format": "pt"})
-    write_json(os.path.join(out_dir, "config.json"), hf_config)
-    export_tokenizer(tokenizer, out_dir)
-    write_json(os.path.join(out_dir, "preprocessor_config.json"), preprocess_to_hf(pretrained.preprocess,
-                                                                                   CLIP_PROCESSOR))
+    with staged_export(out_dir) as staging:
+        write_safetensors(os.path.join(staging, "model.safetensors"), params_to_hf(pretrained.params),
+                          metadata={"format": "pt"})
+        write_json(os.path.join(staging, "config.json"), hf_config)
+        export_tokenizer(tokenizer, staging)
+        write_json(os.path.join(staging, "preprocessor_config.json"), preprocess_to_hf(pretrained.preprocess,
+                                                                                       CLIP_PROCESSOR))

@@ -19,9 +19,10 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from mmjax.convert import checks, layout
+from mmjax.convert.export_dir import staged_export
 from mmjax.convert.image_processor import SIGLIP as SIGLIP_PROCESSOR
 from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
-from mmjax.convert.jsonfile import read_json, write_json
+from mmjax.convert.jsonfile import json_object, read_json, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer
@@ -47,9 +48,7 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def _sub(config: Mapping, key: str, defaults: dict, where: str) -> dict:
-    sub = config.get(key) or {}
-    if not isinstance(sub, Mapping):
-        raise ValueError(f"{where}: {key} is not a JSON object")
+    sub = json_object(config, key, where)
     return {name: sub.get(name, default) for name, default in defaults.items()}
 
 
@@ -352,7 +351,7 @@ def _export_tokenizer(tokenizer, out_dir: str) -> tuple[int, int]:
 def export(pretrained: Pretrained, out_dir: str) -> None:
     """Writes a directory that `transformers.SiglipModel.from_pretrained` and `AutoTokenizer` /
     `AutoImageProcessor.from_pretrained` load as it is: config.json, model.safetensors, the
-    tokenizer files and preprocessor_config.json."""
+    tokenizer files and preprocessor_config.json, all at once (`staged_export`)."""
     config = pretrained.config
     check_exportable(config)
     if getattr(pretrained.tokenizer, "open_clip_clean", None) is not None:  # pool="last" reads its padding, id 0
@@ -360,9 +359,9 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
                          "(data.tokenizer='clip-bpe'), whose cleaning and padding no transformers SigLIP tokenizer "
                          "reproduces")
     tensors = params_to_hf(layout.unscan(layout.to_numpy(pretrained.params)), config)
-    os.makedirs(out_dir, exist_ok=True)
-    pad_id, eot_id = _export_tokenizer(pretrained.tokenizer, out_dir)
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
-    write_json(os.path.join(out_dir, "config.json"), config_to_hf(config, pad_id, eot_id))
-    write_json(os.path.join(out_dir, "preprocessor_config.json"),
-               preprocess_to_hf(pretrained.preprocess, SIGLIP_PROCESSOR))
+    with staged_export(out_dir) as staging:
+        pad_id, eot_id = _export_tokenizer(pretrained.tokenizer, staging)
+        write_safetensors(os.path.join(staging, "model.safetensors"), tensors, metadata={"format": "pt"})
+        write_json(os.path.join(staging, "config.json"), config_to_hf(config, pad_id, eot_id))
+        write_json(os.path.join(staging, "preprocessor_config.json"),
+                   preprocess_to_hf(pretrained.preprocess, SIGLIP_PROCESSOR))

@@ -127,3 +127,27 @@ def crop_caveat(preprocess: ImagePreprocess, to: str) -> str | None:
         return (f"{'rounds' if preprocess.crop_rounding == 'round' else 'floors'} the centre-crop offset; {how}: an "
                 f"image whose resized side minus the crop is 3 more than a multiple of 4 is cropped one pixel apart")
     return None
+
+
+# How each format's processor makes an image that is not RGB into RGB: `(alpha_on_white, rgb_after_resize)`.
+WRITTEN_COLOUR = {"hf": (True, False), "open_clip": (False, True)}
+WRITTEN_BY = {"hf": "the transformers processor written", "open_clip": "OpenCLIP's transform"}
+
+
+def _to_rgb_step(alpha_on_white: bool, rgb_after_resize: bool) -> str:
+    if rgb_after_resize:
+        return "resizes an image that is not RGB in its own mode and converts it to RGB last"
+    if alpha_on_white:
+        return "puts a transparent image on white before converting it to RGB"
+    return "converts an image to RGB first, dropping its transparency"
+
+
+def colour_caveat(preprocess: ImagePreprocess, to: str) -> str | None:
+    """How the preprocessing written for `to` ("hf" or "open_clip") makes palette and transparent images RGB
+    otherwise than `preprocess`, as the end of a sentence about it, or None. (An RGBA image moved an embedding
+    by 0.24 between OpenCLIP's transform and the transformers processor on a test model.)"""
+    own = (preprocess.alpha_on_white, preprocess.rgb_after_resize)
+    if own == WRITTEN_COLOUR[to]:
+        return None
+    return (f"{_to_rgb_step(*own)}; {WRITTEN_BY[to]} {_to_rgb_step(*WRITTEN_COLOUR[to])}: palette and transparent "
+            f"images are preprocessed otherwise there")

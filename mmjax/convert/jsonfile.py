@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 
 def read_json(path: str) -> dict:
@@ -17,6 +18,17 @@ def read_json(path: str) -> dict:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path} is not a JSON object")
+    return value
+
+
+def json_object(parent: Mapping, key: str, where: str) -> Mapping:
+    """`parent[key]`, a nested JSON object (`{}` when it is absent or null); a one-line ValueError naming
+    `where` when it is something else."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: {key} is not a JSON object")
     return value
 
 

@@ -13,11 +13,16 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def take(tensors: Mapping[str, np.ndarray], key: str, where: str) -> np.ndarray:
-    """`tensors[key]`, or a one-line ValueError naming the missing tensor and the file."""
+def take(tensors: Mapping[str, np.ndarray], key: str, where: str,
+         shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """`tensors[key]` as float32, or a one-line ValueError naming the file and the tensor that is missing or,
+    when `shape` is given, has another shape (a scalar may be stored as any one-element array)."""
     if key not in tensors:
         raise ValueError(f"{where}: tensor {key} is missing")
-    return np.asarray(tensors[key], np.float32)
+    value = np.asarray(tensors[key], np.float32)
+    if shape is not None and value.shape != shape and not (shape == () and value.size == 1):
+        raise ValueError(f"{where}: tensor {key} has shape {value.shape} but the config needs {shape}")
+    return value.reshape(()) if shape == () else value
 
 
 def dense(weight: np.ndarray, bias: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -17,8 +17,9 @@ import os
 import numpy as np
 
 from mmjax.convert import layout
-from mmjax.convert.checks import check_shapes, expected_shapes, naming
-from mmjax.convert.jsonfile import read_json, write_json
+from mmjax.convert.checks import naming, source_shapes
+from mmjax.convert.export_dir import staged_export
+from mmjax.convert.jsonfile import json_object, read_json, write_json
 from mmjax.convert.tensors import read_tensors, write_safetensors
 from mmjax.data.clip_bpe import BPE_FILE, OPEN_CLIP_CLEANS, ClipBpeTokenizer, find_open_clip_bpe
 from mmjax.data.preprocess import ImagePreprocess
@@ -88,8 +89,8 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
     """An OpenCLIP `model_cfg` dict → `TwoTowerConfig`; one line naming the first unsupported option."""
     if model_cfg.get("custom_text") or "multimodal_cfg" in model_cfg:
         raise ValueError(f"{where}: only OpenCLIP's CLIP class is supported (not custom_text / CoCa models)")
-    vision = dict(_VISION_DEFAULTS, **model_cfg.get("vision_cfg", {}))
-    text = dict(_TEXT_DEFAULTS, **model_cfg.get("text_cfg", {}))
+    vision = dict(_VISION_DEFAULTS, **json_object(model_cfg, "vision_cfg", where))
+    text = dict(_TEXT_DEFAULTS, **json_object(model_cfg, "text_cfg", where))
     for tower, cfg, defaults in [("vision_cfg", vision, _VISION_DEFAULTS), ("text_cfg", text, _TEXT_DEFAULTS)]:
         for key in (key for key in _FIXED if key in defaults):
             value = (cfg[key] or None) if key.endswith("_kwargs") else cfg[key]  # {} passes no keyword, as None
@@ -139,14 +140,15 @@ def _block(get, prefix: str, heads: int) -> dict:
 
 
 def params_from_open_clip(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where: str) -> dict:
-    """OpenCLIP CLIP state dict → mmjax params (shapes checked against `config`)."""
+    """OpenCLIP CLIP state dict → mmjax params; a one-line ValueError naming the first tensor that is missing,
+    has another shape than `config` needs, or is not used."""
     if any(key.startswith("module.") for key in tensors):  # saved from DistributedDataParallel
         tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
-    used = set()
+    used, shapes = set(), source_shapes(params_to_open_clip, config)
 
     def get(key: str) -> np.ndarray:
         used.add(key)
-        return layout.take(tensors, key, where)
+        return layout.take(tensors, key, where, shapes[key])
 
     ln = lambda name: layout.layer_norm(get(f"{name}.weight"), get(f"{name}.bias"))
     params = {
@@ -168,12 +170,11 @@ def params_from_open_clip(tensors: dict[str, np.ndarray], config: TwoTowerConfig
         },
         "image_proj": {"kernel": get("visual.proj")},
         "text_proj": {"kernel": get("text_projection")},
-        "logit_scale": get("logit_scale").reshape(()),
+        "logit_scale": get("logit_scale"),
     }
     unused = [key for key in tensors if key not in used and key != "attn_mask"]
     if unused:
         raise ValueError(f"{where}: tensor {unused[0]} is not used by an OpenCLIP CLIP with this config")
-    check_shapes(params, expected_shapes(config), where)
     return params
 
 
@@ -223,7 +224,8 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     copy mmjax ships."""
     config_path = os.path.join(path, CONFIG_FILE)
     spec = read_json(config_path)
-    if "model_cfg" not in spec:
+    model_cfg = json_object(spec, "model_cfg", config_path)
+    if not model_cfg:
         raise ValueError(f"{config_path} has no model_cfg")
     weights = next((os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))),
                    None)
@@ -231,7 +233,7 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
         raise FileNotFoundError(f"{path} has no OpenCLIP weights ({', '.join(WEIGHT_FILES[:3])}, …)")
     tokenizer_file = os.path.join(path, TOKENIZER_FILE)
     own_tokenizer = os.path.isfile(tokenizer_file) and not _is_clip_bpe_json(read_json(tokenizer_file))
-    return _assemble(spec["model_cfg"], spec.get("preprocess_cfg", {}), weights, config_path, allow_pickle,
+    return _assemble(model_cfg, json_object(spec, "preprocess_cfg", config_path), weights, config_path, allow_pickle,
                      tokenizer_file if own_tokenizer else None, path)
 
 
@@ -340,7 +342,8 @@ def _write_tokenizer(tokenizer, out_dir: str) -> None:
 
 
 def export(pretrained: Pretrained, out_dir: str) -> None:
-    """Writes a directory that `open_clip.create_model_and_transforms("local-dir:" + out_dir)` loads as it is.
+    """Writes a directory that `open_clip.create_model_and_transforms("local-dir:" + out_dir)` loads as it is
+    (all at once, `staged_export`).
 
     The weights are exact. OpenCLIP's preprocessing config cannot say two things an HF processor can:
     a resize side larger than the crop (OpenCLIP resizes to the crop size) and a floored crop offset
@@ -350,9 +353,9 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     if clean not in (None, "lower"):  # SimpleTokenizer's default: not written
         model_cfg["text_cfg"]["tokenizer_kwargs"] = {"clean": clean}
     pp = pretrained.preprocess
-    os.makedirs(out_dir, exist_ok=True)
-    write_safetensors(os.path.join(out_dir, WEIGHTS_FILE), params_to_open_clip(pretrained.params))
     preprocess_cfg = {"mean": list(pp.mean), "std": list(pp.std), "interpolation": pp.interpolation,
                       "resize_mode": pp.mode}
-    write_json(os.path.join(out_dir, CONFIG_FILE), {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
-    _write_tokenizer(pretrained.tokenizer, out_dir)
+    with staged_export(out_dir) as staging:
+        write_safetensors(os.path.join(staging, WEIGHTS_FILE), params_to_open_clip(pretrained.params))
+        write_json(os.path.join(staging, CONFIG_FILE), {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+        _write_tokenizer(pretrained.tokenizer, staging)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Callable
 
 import flax.linen as nn
@@ -194,6 +195,10 @@ class Mlp(nn.Module):
         return dense(width, (axes.MLP, axes.EMBED), dtype=self.dtype, name="fc2")(h)
 
 
+# Compute dtypes a model runs in (its parameters stay float32).
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockOptions:
     """How blocks compute, shared by every tower of a model.
@@ -214,11 +219,16 @@ class BlockOptions:
             raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {list(COMPUTE_DTYPES)}")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"scan_layers {self.scan_layers!r} is not a bool")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TransformerSpec:
-    """Shape of a transformer stack; a ValueError at construction when the heads do not split the width."""
+    """Shape of a transformer stack; a ValueError at construction when a size (here or in a subclass) is not
+    an int or the heads do not split the width."""
 
     width: int
     depth: int
@@ -226,6 +236,10 @@ class TransformerSpec:
     mlp_dim: int
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ValueError(f"{type(self).__name__}: {field.name} {value!r} is not an int")
         if min(self.width, self.num_heads) < 1 or self.width % self.num_heads:
             raise ValueError(f"{type(self).__name__}: width {self.width} does not split into {self.num_heads} heads")
         if self.depth < 0 or self.mlp_dim < 1:
