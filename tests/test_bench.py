@@ -147,6 +147,19 @@ def test_train_step_benchmark_of_a_sigmoid_model_trains_its_loss_and_says_why_th
         assert f"no OpenCLIP reference: {result['open_clip_skipped']}" in done.stdout
 
 
+def test_train_step_benchmark_says_when_open_clip_is_not_installed(tmp_path):
+    """Without open_clip (as `make demo` installs mmjax) the reference was left out with no word said."""
+    (tmp_path / "open_clip.py").write_text("raise ImportError('No module named open_clip')\n")
+    command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "clip-test", "--batch", "4",
+               "--threads", "1", "--steps", "1", "--warmup", "0", "--peak-size", "1024"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "open_clip" not in result and result["open_clip_skipped"].startswith("open_clip_torch is not installed")
+    assert f"no OpenCLIP reference: {result['open_clip_skipped']}" in done.stdout
+
+
 @pytest.mark.parametrize("flag, message", [("--batch=0", "--batch must be a positive integer, got 0"),
                                            ("--model=nope", "--model 'nope' is not a registered model")])
 def test_eval_benchmark_script_refuses_bad_arguments_in_one_line(flag, message):

@@ -110,10 +110,11 @@ def _train_step(argv: list[str]) -> None:
     achieved = result["analytic_flops_per_step"] / result["step_time_s"]
     result["achieved_flops_per_s"] = achieved
     result["mfu"] = model_flops_utilization(achieved, peak, device.platform, result["devices"])
-    reference_unavailable = reference_problem(get_config(f.model))
-    if device.platform == "cpu" and f.open_clip and open_clip_available() and reference_unavailable:
+    reference_unavailable = (reference_problem(get_config(f.model)) if open_clip_available() else
+                             "open_clip_torch is not installed (pip install open_clip_torch; make test installs it)")
+    if device.platform == "cpu" and f.open_clip and reference_unavailable:
         result["open_clip_skipped"] = reference_unavailable
-    elif device.platform == "cpu" and f.open_clip and open_clip_available():
+    elif device.platform == "cpu" and f.open_clip:
         print("timing OpenCLIP's step on the same model …", file=sys.stderr, flush=True)
         reference = bench_open_clip_step(get_config(f.model), synthetic_batch(get_config(f.model), result["batch"]),
                                          steps=f.steps, warmup=f.warmup, dtype=f.dtype)
