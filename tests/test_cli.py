@@ -185,8 +185,17 @@ def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(
     (tmp_path / "photo.png").write_bytes(b"")
     (tmp_path / "captions.csv").write_text("image,caption\n")
     (tmp_path / "downloads").mkdir()
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "index.json").write_text("{}")
     (tmp_path / "downloads" / "model.safetensors").write_bytes(b"weights")
     for args, message in [
+        # shards, an index and their .done markers were written among the run's files
+        (["data", "filter", str(tmp_path / "shapes"), "--model", str(tmp_path / "run"), "--out", str(tmp_path / "run"),
+          "--threshold", "0.5"],
+         f"{tmp_path / 'run'} is not empty (checkpoints, metrics.jsonl); `mmjax data filter` needs a new or empty "
+         f"--out"),
+        (["train", "--config", "configs/clip_tiny.py:test", "--workdir", str(tmp_path / "shapes")],
+         f"--workdir {tmp_path / 'shapes'} is a data directory (index.json); train into another --workdir"),
         # the OpenCLIP weights were replaced by the transformers export's model.safetensors
         (["convert", "open_clip:ViT-B-32", "--weights", str(tmp_path / "downloads" / "model.safetensors"), "--to",
           "hf", "--out", str(tmp_path / "downloads")],
@@ -213,6 +222,7 @@ def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(
         done = mmjax(*args)
         assert done.returncode == 2 and done.stderr.strip() == f"mmjax: error: {message}", (args, done.stderr)
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path / "shapes")) == ["index.json"]
     assert (tmp_path / "downloads" / "model.safetensors").read_bytes() == b"weights"
 
 

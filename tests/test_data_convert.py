@@ -297,6 +297,19 @@ def test_convert_refuses_a_directory_holding_data_it_did_not_plan(tmp_path):
         convert(str(_tar_of(tmp_path, _samples(3), "second.tar")), str(tmp_path / "out"), progress=False)
 
 
+def test_convert_refuses_a_directory_holding_other_files(tmp_path):
+    """A training workdir, or the source's own folder, got shards, an index and a plan mixed into its files."""
+    source = _tar_of(tmp_path, _samples(2), "first.tar")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    for out, listed in [(tmp_path / "run", "metrics.jsonl"), (source.parent, "first.tar")]:
+        before = sorted(os.listdir(out))
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(out))} is not empty \({listed}.*\); `mmjax data "
+                                             rf"convert` needs a new or empty --out$"):
+            convert(str(source), str(out), progress=False)
+        assert sorted(os.listdir(out)) == before
+
+
 def test_captions_file_with_a_byte_order_mark_and_a_caption_that_is_not_text(tmp_path):
     (tmp_path / "0.png").write_bytes(image_bytes(0))
     path = tmp_path / "captions.csv"

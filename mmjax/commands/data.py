@@ -50,7 +50,7 @@ def _convert(argv: list[str]) -> None:
 
 def _filter(argv: list[str]) -> None:
     from mmjax.data.filter import check_selection, score_directory, selection_threshold, write_filtered  # noqa: PLC0415
-    from mmjax.data.shards import check_can_make, read_index, refuse_data_in  # noqa: PLC0415
+    from mmjax.data.shards import check_can_make, read_index, refuse_nonempty_out  # noqa: PLC0415
     from mmjax.inference import Encoder  # noqa: PLC0415
     from mmjax.train.workdir import load_trained  # noqa: PLC0415
 
@@ -59,7 +59,7 @@ def _filter(argv: list[str]) -> None:
     check_selection(flags.FLAGS.threshold, flags.FLAGS.top_fraction)
     if os.path.abspath(argv[0]) == os.path.abspath(flags.FLAGS.out):
         raise ValueError(f"--out {flags.FLAGS.out} must differ from the source directory")
-    refuse_data_in(flags.FLAGS.out, "mmjax data filter")  # before the scoring, which embeds every pair
+    refuse_nonempty_out(flags.FLAGS.out, "mmjax data filter")  # before the scoring, which embeds every pair
     check_can_make(flags.FLAGS.out)
     read_index(argv[0])  # a missing or unconverted source is an error before the model loads
     trained = load_trained(flags.FLAGS.model)

@@ -279,7 +279,7 @@ def _check_plan(out: str, plan: dict) -> None:
             raise ValueError(f"{out} holds a conversion of {plan['source']} as it was before its files changed "
                              f"(sizes or modification times); convert it into a new --out")
     else:
-        shards.refuse_data_in(out, "mmjax data convert")
+        shards.refuse_nonempty_out(out, "mmjax data convert")
         write_text_atomically(path, json.dumps(plan, indent=1))
 
 

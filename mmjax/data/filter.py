@@ -151,7 +151,7 @@ def write_filtered(directory: str, out: str, scores: Scores, minimum: float,
     if best is None or best < minimum:
         raise ValueError(f"no pair of {directory} scores ≥ {minimum:.4f} (the best scores "
                          f"{'nothing' if best is None else f'{best:.4f}'}); nothing was written to {out}")
-    shards.refuse_data_in(out, "mmjax data filter")
+    shards.refuse_nonempty_out(out, "mmjax data filter")
     shards.make_directory(out)
     kept, markers = _kept_samples(RecordSource(directory), scores, minimum), []
     for first in kept:  # shards of `records_per_shard` kept records

@@ -40,13 +40,21 @@ def data_files(directory: str) -> list[str]:
                   if name.startswith("shard-") or name in (INDEX_FILE, PLAN_FILE))
 
 
-def refuse_data_in(directory: str, command: str) -> None:
-    """A one-line ValueError when `directory` already holds a data directory (`command` would mix its shards
-    with the ones there, or take them for its own)."""
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+
+
+def refuse_nonempty_out(directory: str, command: str) -> None:
+    """A one-line ValueError when `directory` holds anything: a data directory (`command` would mix its shards
+    with the ones there, or take them for its own), or other files (a training workdir, the source's own
+    folder), which a data directory would be mixed into."""
     found = data_files(directory)
     if found:
-        raise ValueError(f"{directory} already holds a data directory ({', '.join(found[:3])}"
-                         f"{', …' if len(found) > 3 else ''}); `{command}` needs another --out, or an empty one")
+        raise ValueError(f"{directory} already holds a data directory ({_listed(found)}); `{command}` needs another "
+                         f"--out, or an empty one")
+    others = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    if others:
+        raise ValueError(f"{directory} is not empty ({_listed(others)}); `{command}` needs a new or empty --out")
 
 
 def check_can_make(directory: str) -> None:

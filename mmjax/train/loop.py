@@ -22,6 +22,7 @@ import numpy as np
 
 from mmjax import interrupts
 from mmjax.data.pipeline import config_train_dataset
+from mmjax.data.shards import data_files
 from mmjax.data.skips import SkipMonitor
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
@@ -54,9 +55,13 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
     A workdir resumes only the run it holds (model, loss, data order); say so before restoring fails deep
     inside Orbax or silently changes the data stream. A run without a checkpoint yet (stopped by a config or
     data error, or killed before its first checkpoint) is replaced; a directory whose config.json is not an
-    mmjax config (a Hugging Face export) is refused."""
+    mmjax config (a Hugging Face export) is refused, and so is a data directory (its shards and index)."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory")
+    found = data_files(workdir)
+    if found:
+        raise ConfigError(f"--workdir {workdir} is a data directory ({', '.join(found[:3])}); train into another "
+                          f"--workdir")
     has_config = os.path.exists(os.path.join(workdir, CONFIG_FILE))
     if not has_checkpoint(workdir):
         if has_config:
