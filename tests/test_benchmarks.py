@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 from fake_coco import write_fake_coco_captions
 from PIL import Image
+from test_eval_metrics import naive_balanced_accuracy, naive_topk_accuracy
 
 from mmjax.data.tar_samples import read_tar_samples
 from mmjax.data.transforms import resize_center_crop
 from mmjax.eval import benchmarks, sources
 from mmjax.eval.zeroshot import (
-    build_classifier,
-    classify,
     l2_normalize,
-    zero_shot_metrics,
 )
 
 COLOURS = {
@@ -89,6 +87,17 @@ def random_texts(texts: list[str], dim: int = 8) -> np.ndarray:
 LABELS = [[0, 1, 2, 3, 4, 5, 0], [0, 0, 1, 3, 5]]  # imbalanced, two shards, 12 images
 
 
+def naive_zero_shot_metrics(image_emb, encode_text, classnames, templates, labels) -> dict[str, float]:
+    """clip_benchmark's zero-shot classification written out: a class is the normalised mean of its normalised
+    prompt embeddings (`{c}` templates), an image goes to the classes of largest cosine, metrics as sklearn's."""
+    unit = lambda x: np.asarray(x, np.float64) / np.linalg.norm(x, axis=-1, keepdims=True)
+    prototypes = np.stack([unit(unit(encode_text([t.replace("{c}", name) for t in templates])).mean(axis=0))
+                           for name in classnames])
+    logits = unit(image_emb) @ prototypes.T
+    return {"acc1": naive_topk_accuracy(logits, labels, 1), "acc5": naive_topk_accuracy(logits, labels, 5),
+            "mean_per_class_recall": naive_balanced_accuracy(list(labels), list(logits.argmax(axis=1)))}
+
+
 def test_shipped_classnames_and_templates():
     names, templates = benchmarks.shipped_classnames(), benchmarks.shipped_templates()
     assert len(names["cifar10"]) == 10 and len(names["cifar100"]) == 100
@@ -152,8 +161,7 @@ def test_wds_classification_matches_dense_metrics(tmp_path):
                                           batch_size=4, max_examples=10)
     labels = np.concatenate(LABELS)[:10]
     pixels = np.array([COLOURS[NAMES[label]] for label in labels], np.float64)
-    classifier = build_classifier(random_texts, NAMES, TEMPLATES)
-    expected = zero_shot_metrics(classify(pixels @ projection, classifier), labels)
+    expected = naive_zero_shot_metrics(pixels @ projection, random_texts, NAMES, TEMPLATES, labels)
     assert metrics["num_images"] == 10
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value), key
@@ -229,9 +237,8 @@ def test_tfds_cifar10_mock_data(tmp_path):
     assert task == "zeroshot_classification" and metrics["num_images"] == 12
     images = np.stack([example["image"] for example in examples])  # 32 px: no resize
     labels = np.array([example["label"] for example in examples])
-    classifier = build_classifier(random_texts, benchmarks.shipped_classnames()["cifar10"],
-                                  benchmarks.shipped_templates()["cifar10"])
-    expected = zero_shot_metrics(classify(encode_images(images), classifier), labels)
+    expected = naive_zero_shot_metrics(encode_images(images), random_texts, benchmarks.shipped_classnames()["cifar10"],
+                                       benchmarks.shipped_templates()["cifar10"], labels)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value), key
 

@@ -22,9 +22,12 @@ def mmjax(*args, cwd=ROOT):
 
 
 def _assert_one_line_error(result, expected):
+    """The command failed with `expected` in one `mmjax: error:` line, the last it wrote (warnings may come
+    before it)."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
-    assert expected in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mmjax: error: ") and expected in last, result.stderr
 
 
 def test_train_then_eval_writes_clip_benchmark_results_and_figure(tmp_path):

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -308,6 +309,13 @@ def test_open_clip_config_errors_name_the_file(model_cfg, message):
     assert "\n" not in str(error.value)
 
 
+def test_open_clip_tokenizer_options_of_a_null_or_odd_text_cfg():
+    """`text_cfg: null` (OpenCLIP's defaults) was an AttributeError in the tokenizer options."""
+    assert oc_convert.tokenizer_clean({"text_cfg": None}, "cfg.json") == "lower"
+    with pytest.raises(ValueError, match="^cfg.json: text_cfg is not a JSON object$"):
+        oc_convert.tokenizer_clean({"text_cfg": "big"}, "cfg.json")
+
+
 def test_open_clip_name_table_matches_open_clip():
     for name, config in oc_convert.MODEL_CONFIGS.items():
         assert config == {k: v for k, v in open_clip.get_model_config(name).items() if k != "custom_text"}, name
@@ -593,6 +601,43 @@ def test_an_export_replaces_an_earlier_one_whole_and_a_refused_one_writes_nothin
     assert sorted(os.listdir(out)) == ["notes.txt", "open_clip_config.json", "open_clip_model.safetensors",
                                        "tokenizer.json"]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_stages_inside_out_and_removes_only_an_earlier_exports_files(tmp_path):
+    """Staged beside a symlinked --out on another file system, the final rename failed (EXDEV) after the earlier
+    export's files were gone; a killed export's staging directory stayed; a vocabulary file in a directory that
+    held no export (OpenCLIP reads its BPE beside the weights) was removed as an earlier export's."""
+    config = get_config("clip-test")
+    word_level = Pretrained(config, _random_params(config), Tokenizer.for_synthetic(config.text.context_length),
+                            ImagePreprocess(config.vision.image_size), "test", "mmjax")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "merges.txt").write_text("mine")
+    (downloads / ".mmjax-export-killed").mkdir()
+    (downloads / ".mmjax-export-killed" / "model.safetensors").write_bytes(b"partial")
+    hf_clip.export(word_level, str(downloads))
+    assert sorted(os.listdir(downloads)) == ["config.json", "merges.txt", "model.safetensors",
+                                             "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert (downloads / "merges.txt").read_text() == "mine"
+
+    cased = ClipBpeTokenizer.open_clip(context_length=config.text.context_length, clean="whitespace")
+    cased_config = dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=cased.vocab_size))
+    with pytest.raises(ValueError, match="clean='whitespace' cannot be written as transformers' CLIPTokenizer"):
+        hf_clip.export(Pretrained(cased_config, _random_params(cased_config), cased,
+                                  ImagePreprocess(config.vision.image_size)), str(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path)) == ["downloads"]  # the directory the failed export made is gone
+
+    other_device = "/dev/shm"
+    if os.path.isdir(other_device) and os.stat(other_device).st_dev != os.stat(tmp_path).st_dev:
+        target = tempfile.mkdtemp(dir=other_device)
+        try:
+            os.symlink(target, tmp_path / "link")
+            hf_clip.export(word_level, str(tmp_path / "link"))
+            oc_convert.export(word_level, str(tmp_path / "link"))
+            assert sorted(os.listdir(target)) == ["open_clip_config.json", "open_clip_model.safetensors",
+                                                  "tokenizer.json"]
+        finally:
+            shutil.rmtree(target)
 
 
 def test_truncated_tokenizer_files_are_one_line_naming_them(hf_dir, open_clip_dirs, tmp_path):

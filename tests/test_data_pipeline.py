@@ -421,12 +421,14 @@ def test_bad_data_configs_are_one_line_errors(overrides, expected):
     config.multi_positive = overrides.get("name") == "webdataset"
     for key, value in overrides.items():
         config.data[key] = value
-    with pytest.raises(ConfigError, match=re.escape(expected)):
+    with pytest.raises(ConfigError, match=re.escape(expected)) as raised:
         validate(config)
+    assert "\n" not in str(raised.value)
     config = base_config("clip-test", "clip")
     config.data.name, config.data.sources = "arrayrecord", ("a",)
-    with pytest.raises(ConfigError, match="multi_positive=True needs the synthetic data's labels"):
+    with pytest.raises(ConfigError, match="multi_positive=True needs the synthetic data's labels") as raised:
         validate(config)
+    assert "\n" not in str(raised.value)
 
 
 def test_a_synthetic_config_read_back_from_json_passes():

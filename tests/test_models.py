@@ -81,10 +81,11 @@ def test_transformer_block_matches_numpy_reference(causal, activation):
 
 
 def test_eot_pooling_reads_the_largest_token_id():
-    tokens = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3)
-    ids = jnp.array([[5, 9, 0, 0], [5, 7, 8, 63]])
+    tokens = jnp.arange(4 * 4 * 3, dtype=jnp.float32).reshape(4, 4, 3)
+    # the largest id is not always the last token before the padding; a tie is read at its first position
+    ids = jnp.array([[5, 9, 0, 0], [5, 7, 8, 63], [5, 63, 7, 0], [63, 5, 63, 0]])
     pooled = layers.pool_tokens(tokens, "eot", ids)
-    np.testing.assert_array_equal(pooled, np.stack([tokens[0, 1], tokens[1, 3]]))
+    np.testing.assert_array_equal(pooled, np.stack([tokens[0, 1], tokens[1, 3], tokens[2, 1], tokens[3, 0]]))
 
 
 def _init_and_apply(config, images, tokens):

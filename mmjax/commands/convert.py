@@ -72,11 +72,15 @@ def run(argv: list[str]) -> None:
         raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] "
                          "[--allow_pickle]")
     from mmjax.convert.checks import flatten
+    from mmjax.data.clip_bpe import BPE_FILE
     from mmjax.convert.image_processor import colour_caveat, crop_caveat
     from mmjax.pretrained import load_pretrained
 
     source, out = argv[1], flags.FLAGS.out
-    _refuse_out(source, out, {"source": source, "--weights": flags.FLAGS.weights, "--tokenizer": flags.FLAGS.tokenizer})
+    inputs = {"source": source, "--weights": flags.FLAGS.weights, "--tokenizer": flags.FLAGS.tokenizer}
+    if flags.FLAGS.weights:  # an open_clip:NAME source reads the BPE vocabulary beside its weights
+        inputs["BPE vocabulary"] = os.path.join(os.path.dirname(os.path.abspath(flags.FLAGS.weights)), BPE_FILE)
+    _refuse_out(source, out, inputs)
     pretrained = load_pretrained(source, image_size=flags.FLAGS.image_size, allow_pickle=flags.FLAGS.allow_pickle,
                                  weights=flags.FLAGS.weights, tokenizer=flags.FLAGS.tokenizer)
     exporter(pretrained, flags.FLAGS.to)(pretrained, out)

@@ -5,6 +5,7 @@ vocab.json + merges.txt written beside it, by mmjax and by transformers alike)."
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -18,27 +19,39 @@ EXPORT_FILES = frozenset({
     "vocab.json", "merges.txt", "spiece.model", "special_tokens_map.json",
     "open_clip_config.json", "open_clip_model.safetensors", BPE_FILE,
 })
+# The file that says a directory holds an export: a transformers config, or OpenCLIP's.
+EXPORT_MARKS = ("config.json", "open_clip_config.json")
+STAGING_PREFIX = ".mmjax-export-"
 
 
 @contextlib.contextmanager
 def staged_export(out_dir: str) -> Iterator[str]:
-    """Yields an empty directory beside `out_dir` to write an export into. When the block ends without an
-    error, its files replace `out_dir`'s: an earlier export's files (`EXPORT_FILES`) that this one does not
-    write are removed, any other file is left as it is. On an error `out_dir` is not touched."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".mmjax-export-", dir=parent)
+    """Yields an empty staging directory inside `out_dir` to write an export into. When the block ends without
+    an error, its files are moved into `out_dir` (the same file system, so each move is a rename), then, when
+    `out_dir` held an earlier export (`EXPORT_MARKS`), that export's other files (`EXPORT_FILES`) are removed;
+    any other file is left as it is. On an error `out_dir` is left as it was (and removed again when this made
+    it). A staging directory that a killed export left behind is removed by the next one."""
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(out_dir), STAGING_PREFIX + "*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    earlier_export = any(os.path.isfile(os.path.join(out_dir, name)) for name in EXPORT_MARKS)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
         yield staging
         written = set(os.listdir(staging))
-        os.makedirs(out_dir, exist_ok=True)
-        for name in sorted(EXPORT_FILES - written):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(out_dir, name))
         for name in sorted(written):
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-    finally:
+        for name in sorted(EXPORT_FILES - written) if earlier_export else ():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, name))
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def written_by_export(path: str, out_dir: str) -> bool:

@@ -192,12 +192,13 @@ def preprocess_from_open_clip(preprocess_cfg: dict, image_size: int, where: str)
 
 def tokenizer_clean(model_cfg: dict, where: str) -> str:
     """`text_cfg.tokenizer_kwargs` → the `SimpleTokenizer` cleaning it asks for; one line for other options."""
-    options = dict(model_cfg.get("text_cfg", {}).get("tokenizer_kwargs") or {})
+    given = json_object(model_cfg, "text_cfg", where).get("tokenizer_kwargs")
+    options = dict(given or {})
     clean = options.pop("clean", "lower")
     if not options.get("reduction_mask", True):  # "" (the default): plain truncation
         options.pop("reduction_mask")
     if options or clean not in OPEN_CLIP_CLEANS:
-        raise ValueError(f"{where}: text_cfg.tokenizer_kwargs {model_cfg['text_cfg']['tokenizer_kwargs']} is not "
+        raise ValueError(f"{where}: text_cfg.tokenizer_kwargs {given} is not "
                          f"supported (only clean, one of {', '.join(OPEN_CLIP_CLEANS)})")
     return clean
 
