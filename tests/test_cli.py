@@ -188,6 +188,9 @@ def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(
     (tmp_path / "photo.png").write_bytes(b"")
     (tmp_path / "captions.csv").write_text("image,caption\n")
     (tmp_path / "downloads").mkdir()
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "tiny.safetensors").write_bytes(b"weights")
+    (tmp_path / "vocab" / "bpe_simple_vocab_16e6.txt.gz").write_bytes(b"merges")
     (tmp_path / "shapes").mkdir()
     (tmp_path / "shapes" / "index.json").write_text("{}")
     (tmp_path / "downloads" / "model.safetensors").write_bytes(b"weights")
@@ -199,6 +202,12 @@ def test_outputs_and_inputs_of_the_wrong_kind_are_one_line_saying_what_they_are(
          f"--out"),
         (["train", "--config", "configs/clip_tiny.py:test", "--workdir", str(tmp_path / "shapes")],
          f"--workdir {tmp_path / 'shapes'} is a data directory (index.json); train into another --workdir"),
+        # open_clip:NAME reads the vocabulary beside its weights, which an export may replace or remove
+        (["convert", "open_clip:ViT-B-32", "--weights", str(tmp_path / "vocab" / "tiny.safetensors"), "--to", "hf",
+          "--out", str(tmp_path / "vocab")],
+         f"--out {tmp_path / 'vocab'} holds the BPE vocabulary file "
+         f"{tmp_path / 'vocab' / 'bpe_simple_vocab_16e6.txt.gz'}, which the export would overwrite or remove; name "
+         f"another directory"),
         # the OpenCLIP weights were replaced by the transformers export's model.safetensors
         (["convert", "open_clip:ViT-B-32", "--weights", str(tmp_path / "downloads" / "model.safetensors"), "--to",
           "hf", "--out", str(tmp_path / "downloads")],
