@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import traceback
+from collections.abc import Iterator
 
 from absl import app, flags, logging
 
@@ -64,10 +66,35 @@ def _define_eval_flags() -> None:
     flags.mark_flags_as_required(["model"])
 
 
+@contextlib.contextmanager
+def _checked_in_every_process() -> Iterator[None]:
+    """Joins the multi-process job the environment or the cluster asks for (`MMJAX_*` / `JAX_*` variables, a
+    TPU slice, SLURM: `mmjax.train.multihost`), then runs the block's checks (arguments, the checkpoint) in
+    every process: when one process's fail, every process stops with one line, rather than the others waiting
+    for it in the checkpoint restore or the first gather."""
+    import jax
+
+    from mmjax.parallel.distributed import raise_if_any_failed
+    from mmjax.train.multihost import default_settings, initialize_distributed
+
+    initialize_distributed(default_settings())
+    error = None
+    try:
+        yield
+    except Exception as caught:  # reported by every process alike, below
+        error = caught
+    raise_if_any_failed(error, jax.process_count())
+
+
 def _eval(_argv) -> None:
-    from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
-    from mmjax.eval.benchmarks import run_benchmark
-    from mmjax.train.workdir import run_file
+    with _checked_in_every_process():
+        workdir, benchmark = _check_eval_arguments()
+    _evaluate(workdir, benchmark)
+
+
+def _check_eval_arguments() -> tuple[str, str | None]:
+    """`(workdir, benchmark)` of `mmjax eval`, after every check that needs no model (None: the synthetic one)."""
+    from mmjax.train.workdir import check_trained, run_file
 
     workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
     if benchmark == "synthetic":  # the name config.eval.benchmarks uses for it
@@ -92,20 +119,31 @@ def _eval(_argv) -> None:
             own = run_file(workdir, path)
             if own is not None:
                 raise ValueError(f"--{flag} {path} would overwrite the run's own {own}; name another {kind}")
+    check_trained(workdir)
+    return workdir, benchmark
+
+
+def _evaluate(workdir: str, benchmark: str | None) -> None:
+    from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
+    from mmjax.eval.benchmarks import run_benchmark
+
+    import jax
+
     encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None)
     config, image_size = trained.config, trained.model.config.vision.image_size
+    extra = {"step": trained.step, "processes": jax.process_count()}
     if benchmark is None:
         metrics = evaluate_synthetic(encoder.encode_images, encoder.encode_texts, seed=config.data.seed,
                                      image_size=image_size, num_heldout=config.eval.num_heldout,
                                      num_retrieval=config.eval.num_retrieval, batch_size=config.eval.batch_size)
-        results = results_json("synthetic-shapes", config.model, metrics, extra={"step": trained.step},
+        results = results_json("synthetic-shapes", config.model, metrics, extra=extra,
                                pretrained=workdir)
     else:
         task, metrics = run_benchmark(benchmark, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                       data_dir=flags.FLAGS.data_dir, batch_size=encoder.batch_size,
                                       max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers,
                                       progress=True)
-        results = results_json(benchmark, config.model, metrics, extra={"step": trained.step}, task=task,
+        results = results_json(benchmark, config.model, metrics, extra=extra, task=task,
                                pretrained=workdir)
     output = flags.FLAGS.output or os.path.join(workdir, results_file_name(benchmark))
     write_results(output, results)
@@ -162,17 +200,21 @@ def _embed(argv) -> None:
     from mmjax.eval.search import Index, check_ids_fit, embed_image_files, index_format, save_index
     from mmjax.eval.text_files import read_text_lines
 
+    from mmjax.train.workdir import check_trained
+
     images, texts, out = flags.FLAGS.images, flags.FLAGS.texts, flags.FLAGS.out
-    if len(argv) == 2 and not (images or texts):  # `mmjax embed --model M IMAGE_DIR|TEXT_FILE --out F`
-        images, texts = (argv[1], None) if os.path.isdir(argv[1]) else (None, argv[1])
-    elif len(argv) > 1 or bool(images) == bool(texts):
-        raise ValueError("give one of --images DIR or --texts FILE (or one IMAGE_DIR | TEXT_FILE argument)")
-    index_format(out)
-    if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a directory; name the index file (.safetensors or .npz)")
-    paths = list_images(images) if images else None
-    ids = image_ids(paths, images) if images else read_text_lines(texts)
-    check_ids_fit(out, ids)  # before the model loads and embeds
+    with _checked_in_every_process():
+        if len(argv) == 2 and not (images or texts):  # `mmjax embed --model M IMAGE_DIR|TEXT_FILE --out F`
+            images, texts = (argv[1], None) if os.path.isdir(argv[1]) else (None, argv[1])
+        elif len(argv) > 1 or bool(images) == bool(texts):
+            raise ValueError("give one of --images DIR or --texts FILE (or one IMAGE_DIR | TEXT_FILE argument)")
+        index_format(out)
+        if os.path.isdir(out):
+            raise ValueError(f"--out {out} is a directory; name the index file (.safetensors or .npz)")
+        paths = list_images(images) if images else None
+        ids = image_ids(paths, images) if images else read_text_lines(texts)
+        check_ids_fit(out, ids)  # before the model loads and embeds
+        check_trained(flags.FLAGS.model)
     encoder, trained = _load_encoder(flags.FLAGS.model)
     model = os.path.abspath(flags.FLAGS.model)
     if images:

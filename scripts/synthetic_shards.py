@@ -75,8 +75,11 @@ def main() -> None:
         synthetic.SyntheticSource("retrieval", seed=0, num_examples=args.bench_count)
     except ValueError as error:
         parser.error(f"--bench-count {args.bench_count}: {error}")
-    tars = write_train_shards(os.path.join(args.out, "train"), args.count, args.shards, args.image_size)
-    write_retrieval_benchmark(os.path.join(args.out, "bench"), args.bench_count, args.image_size)
+    try:
+        tars = write_train_shards(os.path.join(args.out, "train"), args.count, args.shards, args.image_size)
+        write_retrieval_benchmark(os.path.join(args.out, "bench"), args.bench_count, args.image_size)
+    except OSError as error:  # a file in the way of --out, no permission, a full disk
+        parser.error(f"cannot write into --out {args.out}: {error.strerror or error}: {error.filename}")
     print(f"{args.count} training pairs in {tars} tars -> {args.out}/train; "
           f"retrieval benchmark -> {args.out}/bench")
 

@@ -138,6 +138,12 @@ def test_synthetic_shards_script_writes_img2dataset_tars_and_a_retrieval_benchma
         assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
             f"synthetic_shards.py: error: {flag} must be a positive integer, got 0")
     assert sorted(os.listdir(tmp_path / "shards" / "train")) == ["00000.tar", "00001.tar"]
+    (tmp_path / "a_file").write_text("")  # a file as --out was a NotADirectoryError traceback
+    refused = subprocess.run([sys.executable, script, "--out", str(tmp_path / "a_file"), "--count", "2"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        f"synthetic_shards.py: error: cannot write into --out {tmp_path / 'a_file'}: Not a directory: "
+        f"{tmp_path / 'a_file' / 'train'}")
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])

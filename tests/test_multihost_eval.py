@@ -177,3 +177,64 @@ def test_any_error_in_one_process_fails_the_other_with_its_type_and_message(monk
     with np.testing.assert_raises_regex(OSError, "disk gone"):
         distributed.raise_if_any_failed(OSError("disk gone"), process_count=2)
     assert bytes(sent[-1]) == b"!disk gone"
+
+
+def _mmjax_processes(argv_of_process: list[list[str]], env_of_process: list[dict]) -> list[subprocess.CompletedProcess]:
+    """`python -m mmjax.cli ARGV` for each process at once; their completed results."""
+    workers = [subprocess.Popen([sys.executable, "-m", "mmjax.cli", *argv], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for argv, env in zip(argv_of_process, env_of_process)]
+    results = []
+    try:
+        for worker, argv in zip(workers, argv_of_process):
+            stdout, stderr = worker.communicate(timeout=240)
+            results.append(subprocess.CompletedProcess(argv, worker.returncode, stdout, stderr))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    return results
+
+
+def test_mmjax_eval_in_two_processes_gives_one_process_metrics_and_fails_together(tmp_path):
+    """`mmjax eval` under MMJAX_* variables: it did not join the job (each process evaluated alone), and joined
+    by hand it restored its parameters onto every process's devices ("does not support cross-host device
+    transfers"). One process without a checkpoint left the other waiting in the restore."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    workdir = tmp_path / "run"
+    trained = subprocess.run([sys.executable, "-m", "mmjax.cli", "train", "--config", "configs/clip_tiny.py:test",
+                              "--workdir", str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    benchmark = write_benchmarks(tmp_path)[0]
+    [single] = _mmjax_processes([["eval", "--model", str(workdir), "--benchmark", benchmark, "--output",
+                                  str(tmp_path / "one.json")]], [env])
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = free_port()
+    envs = [dict(env, MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MMJAX_NUM_PROCESSES="2",
+                 MMJAX_PROCESS_ID=str(i)) for i in range(2)]
+    done = _mmjax_processes([["eval", "--model", str(workdir), "--benchmark", benchmark, "--output",
+                              str(tmp_path / f"two{i}.json")] for i in range(2)], envs)
+    assert [result.returncode for result in done] == [0, 0], done[0].stderr[-3000:] + done[1].stderr[-3000:]
+    want = json.loads((tmp_path / "one.json").read_text())
+    assert want["processes"] == 1
+    for i in range(2):
+        got = json.loads((tmp_path / f"two{i}.json").read_text())
+        assert got["processes"] == 2
+        assert {key: value for key, value in got["metrics"].items() if key != "images_per_s"} == {
+            key: value for key, value in want["metrics"].items() if key != "images_per_s"}
+
+    unsaved = tmp_path / "unsaved"  # a host that sees the workdir without its checkpoints
+    unsaved.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (unsaved / name).write_bytes((workdir / name).read_bytes())
+    port = free_port()
+    envs = [dict(env, MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MMJAX_NUM_PROCESSES="2",
+                 MMJAX_PROCESS_ID=str(i)) for i in range(2)]
+    failed = _mmjax_processes([["eval", "--model", str(model), "--benchmark", benchmark]
+                               for model in (workdir, unsaved)], envs)
+    message = f"no checkpoint in {unsaved / 'checkpoints'}"
+    assert [result.returncode for result in failed] == [2, 2]
+    assert [result.stderr.strip().splitlines()[-1] for result in failed] == [
+        f"mmjax: error: process 1: {message}", f"mmjax: error: {message}"]

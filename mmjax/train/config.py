@@ -70,8 +70,7 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Multi-process runs (mmjax/train/multihost.py): "auto" starts jax.distributed from these keys, the
     # MMJAX_* / JAX_* environment or a detected TPU / SLURM cluster; "" / 0 / -1 = not given here.
-    c.distributed = ml_collections.ConfigDict(dict(
-        initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
+    c.distributed = multihost.default_settings()
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 2

@@ -24,6 +24,11 @@ import jax
 import ml_collections
 
 MODES = ("auto", "on", "off")
+
+
+def default_settings() -> ml_collections.ConfigDict:
+    """`config.distributed` as `base_config` makes it: "auto", nothing given ("" / 0 / -1)."""
+    return ml_collections.ConfigDict(dict(initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
 ENV_NAMES = {
     "coordinator_address": ("MMJAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
     "num_processes": ("MMJAX_NUM_PROCESSES", "JAX_NUM_PROCESSES"),
@@ -49,7 +54,7 @@ def explicit_settings(distributed: ml_collections.ConfigDict, environ: Mapping[s
     missing = [" or ".join(("config.distributed." + key,) + ENV_NAMES[key]) for key, v in given.items() if v is None]
     if missing:
         got = ", ".join(sorted(sources.values()))
-        raise ValueError(f"multi-process training needs {', '.join(missing)} (got {got})")
+        raise ValueError(f"a multi-process run needs {', '.join(missing)} (got {got})")
     for key in ("num_processes", "process_id"):
         try:
             given[key] = int(given[key])

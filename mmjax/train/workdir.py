@@ -124,21 +124,29 @@ class TrainedModel:
     step: int
 
 
+def check_trained(workdir: str) -> ml_collections.ConfigDict:
+    """The config of the run in `workdir`; FileNotFoundError when it has no checkpoint yet."""
+    config = load_config(workdir)
+    checkpoints = Checkpoints(workdir, read_only=True)
+    if checkpoints.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
+    return config
+
+
 def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
-    """Restore the latest checkpoint's parameters on the local devices (replicated).
+    """Restore the latest checkpoint's parameters on this process's devices (replicated; under
+    `jax.distributed` every process restores its own copy).
 
     `dtype` overrides the compute dtype the run trained with (e.g. "bfloat16" for
     faster evaluation); parameters stay float32.
     """
-    config = load_config(workdir)
+    config = check_trained(workdir)
     if dtype is not None:
         config.model_options.dtype = dtype
     checkpoints = Checkpoints(workdir, read_only=True)
-    if checkpoints.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
     model_config = get_config(config.model, **config.model_options)
     boxed = abstract_params(model_config)
-    shardings = logical_shardings(boxed, make_mesh(data=-1))
+    shardings = logical_shardings(boxed, make_mesh(data=-1, devices=jax.local_devices()))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
     params, step = checkpoints.restore_params(abstract)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
