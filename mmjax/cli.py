@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging as py_logging
 import os
 import re
 import sys
@@ -481,10 +482,20 @@ def command_help(name: str) -> str:
     return "\n".join(lines)
 
 
+class _DropUnretrievedTaskErrors(py_logging.Filter):
+    """asyncio's "Task exception was never retrieved" log records (with a traceback): Orbax reads a checkpoint's
+    arrays in concurrent tasks, and when a damaged file fails them, the first failure is the one-line error and
+    the others, the same failure, are logged when their tasks are collected."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task exception was never retrieved")
+
+
 def _quiet_closed_event_loops() -> None:
     """After a checkpoint read fails (a damaged file), TensorStore's threads that finish later call into asyncio
     loops Orbax has closed; each raises "Event loop is closed", which Python reports as unraisable, with a
-    traceback, around the one-line error. Those reports alone are dropped; every other one is reported."""
+    traceback, around the one-line error, and asyncio logs the sibling tasks' failures
+    (`_DropUnretrievedTaskErrors`). Those reports alone are dropped; every other one is reported."""
     reporting = sys.unraisablehook
 
     def hook(unraisable) -> None:
@@ -493,6 +504,7 @@ def _quiet_closed_event_loops() -> None:
             reporting(unraisable)
 
     sys.unraisablehook = hook
+    py_logging.getLogger("asyncio").addFilter(_DropUnretrievedTaskErrors())
 
 
 def main(argv: list[str] | None = None) -> None:

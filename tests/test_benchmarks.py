@@ -393,6 +393,25 @@ def test_tfds_prepared_directory_retrieval(tmp_path):
         assert metrics[f"text_retrieval_recall@{k}"] == pytest.approx(text_recall), k
 
 
+def test_tfds_benchmark_data_dir_with_a_tilde_and_a_prepared_data_set_without_the_split(tmp_path, monkeypatch):
+    """`--data_dir=~/tfds` (no shell expands `~` after `=`) was "not prepared"; a data set prepared without the
+    benchmark's split was "not in array_record format", with advice to build it again."""
+    pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    pairs = [(Image.new("RGB", (5, 3), COLOURS[c]), [c]) for c in ("red", "green")]
+    write_fake_coco_captions(str(tmp_path / "home" / "tfds"), "test", pairs)
+    projection = np.random.default_rng(0).normal(size=(3, 8))
+    task, metrics = benchmarks.run_benchmark(
+        "coco_captions", lambda images: images.reshape(len(images), -1, 3).mean(axis=1) @ projection, random_texts,
+        image_size=3, data_dir="~/tfds", batch_size=2)
+    assert task == "zeroshot_retrieval" and metrics["num_images"] == 2
+    write_fake_coco_captions(str(tmp_path / "train_only"), "train", pairs)
+    with pytest.raises(ValueError, match=r"^TFDS data set coco_captions/2014 at .*train_only/coco_captions/2014/"
+                                         r"1.1.0 has no split 'test' \(split 'test'\); its prepared splits: train$"):
+        benchmarks.run_benchmark("coco_captions", random_texts, random_texts, image_size=3,
+                                 data_dir=str(tmp_path / "train_only"))
+
+
 # ----------------------------------------------------------------------------- grain workers
 # Each run with workers spawns processes (a few seconds on a small machine): one run each.
 

@@ -217,6 +217,25 @@ def test_tfds_coco_captions_layout(tmp_path):
                 progress=False)
 
 
+def test_a_tfds_conversion_resumed_from_another_data_directory_is_refused(tmp_path):
+    """The TFDS fingerprint was empty: a conversion stopped after one shard and resumed with another
+    `--data_dir` mixed two data sets' records in one output."""
+    pytest.importorskip("tensorflow_datasets")
+    for name, word in (("a", "first"), ("b", "other")):
+        write_fake_coco_captions(str(tmp_path / name), "train",
+                                 [(Image.new("RGB", (4, 4), COLOURS[i]), [f"{word} {i}"]) for i in range(4)])
+    out = str(tmp_path / "out")
+    stopped = convert("tfds:coco_captions", out, data_dir=str(tmp_path / "a"), records_per_shard=2, max_shards=1,
+                      progress=False)
+    assert stopped["num_records"] is None and stopped["shards_done"] == 1
+    with pytest.raises(ValueError, match="holds a conversion of tfds:coco_captions as it was before its files "
+                                         "changed"):
+        convert("tfds:coco_captions", out, data_dir=str(tmp_path / "b"), records_per_shard=2, progress=False)
+    finished = convert("tfds:coco_captions", out, data_dir=str(tmp_path / "a"), records_per_shard=2, progress=False)
+    assert finished["num_records"] == 4
+    assert sorted(r["captions"][0] for r in read_records(tmp_path / "out")) == [f"first {i}" for i in range(4)]
+
+
 def _tar_of(tmp_path, samples, name="a.tar"):
     (tmp_path / "wds").mkdir(exist_ok=True)
     write_shard(tmp_path / "wds" / name, samples)

@@ -431,6 +431,18 @@ def test_bad_data_configs_are_one_line_errors(overrides, expected):
     assert "\n" not in str(raised.value)
 
 
+def test_a_tfds_split_without_a_tfds_source_is_refused():
+    config = base_config("clip-test", "clip")
+    config.multi_positive = False
+    config.data.name, config.data.sources, config.data.tfds_split = "arrayrecord", ("data/shapes",), "test"
+    with pytest.raises(ConfigError, match=re.escape("config.data.tfds_split='test' is ignored: no source of "
+                                                    "config.data.sources=('data/shapes',) is tfds:NAME")):
+        validate(config)
+    config.data.name, config.data.sources = "mixture", ("data/shapes", "tfds:coco_captions")
+    config.data.weights = (1.0, 1.0)
+    validate(config)
+
+
 def test_a_synthetic_config_read_back_from_json_passes():
     """A resumed run's config comes from config.json, with lists for tuples: the defaults must still pass."""
     import ml_collections

@@ -40,6 +40,9 @@ def _convert(argv: list[str]) -> None:
 
     if len(argv) != 1 or not flags.FLAGS.out:
         raise ValueError("usage: mmjax data convert SOURCE --out DIR")
+    given = [name for name in ("split", "data_dir") if flags.FLAGS[name].present]
+    if given and not argv[0].startswith("tfds:"):
+        raise ValueError(f"--{given[0]} applies to a tfds:NAME source, not to {argv[0]}")
     index = convert(argv[0], flags.FLAGS.out, records_per_shard=flags.FLAGS.records_per_shard,
                     num_workers=flags.FLAGS.num_workers, split=flags.FLAGS.split, data_dir=flags.FLAGS.data_dir)
     if index["num_records"] == 0:

@@ -37,7 +37,7 @@ from PIL import Image
 from mmjax.data import shards
 from mmjax.data.records import Sample, Skip
 from mmjax.data.tar_samples import TruncatedTarError, caption_lines, decode_text, read_tar_samples
-from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
+from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples, prepared_dir, resolve_data_dir
 from mmjax.files import write_text_atomically
 
 IMAGE_EXTENSIONS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
@@ -239,10 +239,12 @@ def _convert_unit(directory: str, name: str, unit) -> dict:
 
 
 def source_fingerprint(source: str, units: list) -> str:
-    """A digest of the source files' paths, sizes and modification times (TFDS: its name), so that a conversion
-    is not resumed, or taken as done, after its source changed."""
+    """A digest of the source files' paths, sizes and modification times (TFDS: the prepared version directory
+    read, which names the data directory and the version, and its dataset_info.json), so that a conversion is
+    not resumed, or taken as done, after its source changed or from another data directory."""
     if source.startswith(TFDS_PREFIX):
-        files = []
+        prepared = prepared_dir(source[len(TFDS_PREFIX):], resolve_data_dir(units[0].data_dir)) if units else None
+        files = [] if prepared is None else [(prepared, os.path.join(prepared, "dataset_info.json"))]
     elif os.path.isdir(source):  # paths relative to the source: `wds`, `./wds` and `/abs/wds` are one source
         files = [(os.path.relpath(unit.path, source), unit.path) for unit in units]
     else:

@@ -25,6 +25,12 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
+def resolve_data_dir(data_dir: str | None) -> str:
+    """`data_dir`, or `default_data_dir()` when it is empty, with `~` expanded as TFDS expands it (a flag
+    written `--data_dir=~/tfds` or a config value reaches here unexpanded)."""
+    return os.path.expanduser(data_dir or default_data_dir())
+
+
 def _version_key(version_dir: str) -> tuple[int, ...]:
     """`…/1.10.0` → (1, 10, 0): versions compare as numbers, not strings ("1.9.0" < "1.10.0")."""
     return tuple(int(part) if part.isdigit() else -1 for part in os.path.basename(version_dir).split("."))
@@ -50,7 +56,7 @@ class UnknownSplitError(ValueError):
     """A prepared TFDS data set read with a split it does not have."""
 
 
-def _check_split(builder, split: str, what: str) -> None:
+def check_split(builder, split: str, what: str) -> None:
     """An `UnknownSplitError` naming the prepared splits when `split` (`train`, `train[:10%]+test`, `all`) names
     one the builder does not have."""
     names = [part.split("[")[0].strip() for part in split.split("+")]
@@ -68,12 +74,12 @@ def open_tfds(name: str, split: str, data_dir: str | None = None) -> Any:
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415 (import cost only when used)
 
-    data_dir = data_dir or default_data_dir()
+    data_dir = resolve_data_dir(data_dir)
     prepared = prepared_dir(name, data_dir)
     try:
         if prepared is not None:
             builder = tfds.builder_from_directory(prepared)
-            _check_split(builder, split, f"TFDS data set {name} under {data_dir}")
+            check_split(builder, split, f"TFDS data set {name} under {data_dir}")
             return builder.as_data_source(split=split)
         with contextlib.redirect_stdout(io.StringIO()):  # answers under tfds.testing.mock_data
             return tfds.data_source(name, split=split, data_dir=data_dir, download=False)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmjax.data.tfds_source import default_data_dir, prepared_dir
+from mmjax.data.tfds_source import UnknownSplitError, check_split, prepared_dir, resolve_data_dir
 from mmjax.data.transforms import resize_center_crop
 
 from mmjax.eval.sources.batching import batches, grain_batches
@@ -72,19 +72,23 @@ def open_tfds(name: str, data_dir: str | None = None) -> Sequence[dict[str, Any]
     if name not in TFDS_BENCHMARKS:
         raise KeyError(f"unknown TFDS benchmark {name!r}; known: {sorted(TFDS_BENCHMARKS)}")
     benchmark = TFDS_BENCHMARKS[name]
-    data_dir = data_dir or default_data_dir()
+    data_dir = resolve_data_dir(data_dir)
     builder_name = benchmark.tfds_name.split("/")[0]
     how = _BUILD.format(name=benchmark.tfds_name, data_dir=data_dir) + benchmark.prepare_hint.format(
         data_dir=data_dir)
     prepared = prepared_dir(benchmark.tfds_name, data_dir)
     try:
         if prepared is not None:
-            return tfds.builder_from_directory(prepared).as_data_source(split=benchmark.split)
+            builder = tfds.builder_from_directory(prepared)
+            check_split(builder, benchmark.split, f"TFDS data set {benchmark.tfds_name} at {prepared}")
+            return builder.as_data_source(split=benchmark.split)
         # Nothing on disk: tfds.data_source still answers under tfds.testing.mock_data.
         # (Without it, builders whose code imports TensorFlow print a banner: hide it.)
         with contextlib.redirect_stdout(io.StringIO()):
             return tfds.data_source(benchmark.tfds_name, split=benchmark.split,
                                     data_dir=data_dir, download=False)
+    except UnknownSplitError:
+        raise
     except Exception as error:  # noqa: BLE001 - tfds raises many kinds here; all mean "not usable"
         where = prepared or os.path.join(data_dir, builder_name)
         reason = "is not in array_record format" if prepared else "is not prepared"
