@@ -109,20 +109,28 @@ def run_two_workers(script, *args: str) -> list:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     port = free_port()
-    workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(pathlib.Path(__file__).parent),
-                                 *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for i in range(2)]
-    outputs = []
+    done = run_processes([[sys.executable, str(script), str(port), str(i), str(pathlib.Path(__file__).parent), *args]
+                          for i in range(2)], [env, env], timeout=180)
+    for result in done:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(result.stdout.strip().splitlines()[-1]) for result in done]
+
+
+def run_processes(commands: list[list[str]], envs: list[dict], timeout: int) -> list[subprocess.CompletedProcess]:
+    """Each command (with its environment) started at once, as the processes of one job; their results. A process
+    still running after `timeout` seconds (one left waiting by the other) is killed."""
+    workers = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for command, env in zip(commands, envs)]
+    results = []
     try:
-        for worker in workers:
-            stdout, stderr = worker.communicate(timeout=180)
-            assert worker.returncode == 0, stderr[-3000:]
-            outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+        for worker, command in zip(workers, commands):
+            stdout, stderr = worker.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(command, worker.returncode, stdout, stderr))
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-    return outputs
+    return results
 
 
 def test_two_processes_give_single_process_metrics(tmp_path):
@@ -181,19 +189,8 @@ def test_any_error_in_one_process_fails_the_other_with_its_type_and_message(monk
 
 def _mmjax_processes(argv_of_process: list[list[str]], env_of_process: list[dict]) -> list[subprocess.CompletedProcess]:
     """`python -m mmjax.cli ARGV` for each process at once; their completed results."""
-    workers = [subprocess.Popen([sys.executable, "-m", "mmjax.cli", *argv], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for argv, env in zip(argv_of_process, env_of_process)]
-    results = []
-    try:
-        for worker, argv in zip(workers, argv_of_process):
-            stdout, stderr = worker.communicate(timeout=240)
-            results.append(subprocess.CompletedProcess(argv, worker.returncode, stdout, stderr))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    return results
+    return run_processes([[sys.executable, "-m", "mmjax.cli", *argv] for argv in argv_of_process], env_of_process,
+                         timeout=240)
 
 
 def test_mmjax_eval_in_two_processes_gives_one_process_metrics_and_fails_together(tmp_path):
