@@ -87,14 +87,31 @@ def _checked_in_every_process() -> Iterator[None]:
     raise_if_any_failed(error, jax.process_count())
 
 
+def _same_step_in_every_process(step: int, workdir: str) -> int:
+    """`step`, the checkpoint every process restores; a one-line ValueError in every process when their copies
+    of `workdir` (each host reads its own) hold other latest checkpoints: the metrics would mix two models."""
+    import jax
+    import numpy as np
+
+    from mmjax.parallel.distributed import allgather_rows
+
+    steps = [int(rows[0]) for rows in allgather_rows(np.asarray([step], np.int32), jax.process_count())]
+    if len(set(steps)) > 1:
+        seen = ", ".join(f"process {process} step {seen_step}" for process, seen_step in enumerate(steps))
+        raise ValueError(f"the processes see other latest checkpoints of {workdir} ({seen}): every host must see "
+                         f"the same workdir")
+    return step
+
+
 def _eval(_argv) -> None:
     with _checked_in_every_process():
-        workdir, benchmark = _check_eval_arguments()
-    _evaluate(workdir, benchmark)
+        workdir, benchmark, step = _check_eval_arguments()
+    _evaluate(workdir, benchmark, _same_step_in_every_process(step, workdir))
 
 
-def _check_eval_arguments() -> tuple[str, str | None]:
-    """`(workdir, benchmark)` of `mmjax eval`, after every check that needs no model (None: the synthetic one)."""
+def _check_eval_arguments() -> tuple[str, str | None, int]:
+    """`(workdir, benchmark, checkpoint step)` of `mmjax eval`, after every check that needs no model (benchmark
+    None: the synthetic one)."""
     from mmjax.train.workdir import check_trained, run_file
 
     workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
@@ -120,17 +137,16 @@ def _check_eval_arguments() -> tuple[str, str | None]:
             own = run_file(workdir, path)
             if own is not None:
                 raise ValueError(f"--{flag} {path} would overwrite the run's own {own}; name another {kind}")
-    check_trained(workdir)
-    return workdir, benchmark
+    return workdir, benchmark, check_trained(workdir)
 
 
-def _evaluate(workdir: str, benchmark: str | None) -> None:
+def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
+    import jax
+
     from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
     from mmjax.eval.benchmarks import run_benchmark
 
-    import jax
-
-    encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None)
+    encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None, step=step)
     config, image_size = trained.config, trained.model.config.vision.image_size
     extra = {"step": trained.step, "processes": jax.process_count()}
     if benchmark is None:
@@ -176,12 +192,13 @@ def _models(_argv) -> None:
         print(f"{name:24s} {param_count(name):>14,d} parameters")
 
 
-def _load_encoder(source: str, dtype: str | None = None, progress: bool = False):
-    """``(Encoder, TrainedModel)`` for a training workdir, with its eval batch size and image statistics."""
+def _load_encoder(source: str, dtype: str | None = None, progress: bool = False, step: int | None = None):
+    """``(Encoder, TrainedModel)`` for a training workdir (its checkpoint `step`, default the latest), with its
+    eval batch size and image statistics."""
     from mmjax.inference import Encoder
     from mmjax.train.workdir import load_trained
 
-    trained = load_trained(source, dtype=dtype)
+    trained = load_trained(source, dtype=dtype, step=step)
     data = trained.config.data
     encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
                       batch_size=trained.config.eval.batch_size, progress=progress)
@@ -215,8 +232,9 @@ def _embed(argv) -> None:
         paths = list_images(images) if images else None
         ids = image_ids(paths, images) if images else read_text_lines(texts)
         check_ids_fit(out, ids)  # before the model loads and embeds
-        check_trained(flags.FLAGS.model)
-    encoder, trained = _load_encoder(flags.FLAGS.model)
+        step = check_trained(flags.FLAGS.model)
+    step = _same_step_in_every_process(step, flags.FLAGS.model)
+    encoder, trained = _load_encoder(flags.FLAGS.model, step=step)
     model = os.path.abspath(flags.FLAGS.model)
     if images:
         size = trained.model.config.vision.image_size

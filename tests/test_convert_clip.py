@@ -624,8 +624,8 @@ def test_an_export_stages_inside_out_and_removes_only_an_earlier_exports_files(t
     cased_config = dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=cased.vocab_size))
     with pytest.raises(ValueError, match="clean='whitespace' cannot be written as transformers' CLIPTokenizer"):
         hf_clip.export(Pretrained(cased_config, _random_params(cased_config), cased,
-                                  ImagePreprocess(config.vision.image_size)), str(tmp_path / "new"))
-    assert sorted(os.listdir(tmp_path)) == ["downloads"]  # the directory the failed export made is gone
+                                  ImagePreprocess(config.vision.image_size)), str(tmp_path / "new" / "hf"))
+    assert sorted(os.listdir(tmp_path)) == ["downloads"]  # the directories the failed export made are gone
 
     other_device = "/dev/shm"
     if os.path.isdir(other_device) and os.stat(other_device).st_dev != os.stat(tmp_path).st_dev:

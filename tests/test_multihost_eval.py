@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -222,16 +223,27 @@ def test_mmjax_eval_in_two_processes_gives_one_process_metrics_and_fails_togethe
         assert {key: value for key, value in got["metrics"].items() if key != "images_per_s"} == {
             key: value for key, value in want["metrics"].items() if key != "images_per_s"}
 
-    unsaved = tmp_path / "unsaved"  # a host that sees the workdir without its checkpoints
-    unsaved.mkdir()
-    for name in ("config.json", "tokenizer.json"):
-        (unsaved / name).write_bytes((workdir / name).read_bytes())
-    port = free_port()
-    envs = [dict(env, MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MMJAX_NUM_PROCESSES="2",
-                 MMJAX_PROCESS_ID=str(i)) for i in range(2)]
-    failed = _mmjax_processes([["eval", "--model", str(model), "--benchmark", benchmark]
-                               for model in (workdir, unsaved)], envs)
-    message = f"no checkpoint in {unsaved / 'checkpoints'}"
-    assert [result.returncode for result in failed] == [2, 2]
-    assert [result.stderr.strip().splitlines()[-1] for result in failed] == [
-        f"mmjax: error: process 1: {message}", f"mmjax: error: {message}"]
+    # Process 1 alone fails a check (a bad --output): both stop in one line; it used to wait in Orbax's barrier.
+    older = tmp_path / "older"  # a host whose copy of the workdir lacks the last checkpoint
+    shutil.copytree(workdir, older)
+    shutil.rmtree(older / "checkpoints" / "6")
+    for process_1_args, message in [
+            (["--model", str(workdir), "--output", str(tmp_path / "nowhere" / "r.json")],
+             f"--output directory {tmp_path / 'nowhere'} does not exist"),
+            (["--model", str(older)],
+             None)]:
+        port = free_port()
+        envs = [dict(env, MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MMJAX_NUM_PROCESSES="2",
+                     MMJAX_PROCESS_ID=str(i)) for i in range(2)]
+        failed = _mmjax_processes([["eval", "--benchmark", benchmark, "--model", str(workdir), "--output",
+                                    str(tmp_path / "r.json")], ["eval", "--benchmark", benchmark, *process_1_args]],
+                                  envs)
+        assert [result.returncode for result in failed] == [2, 2], failed[0].stderr[-2000:]
+        last_lines = [result.stderr.strip().splitlines()[-1] for result in failed]
+        if message is not None:
+            assert last_lines == [f"mmjax: error: process 1: {message}", f"mmjax: error: {message}"]
+        else:  # metrics of two models mixed, each process's file naming its own step
+            assert last_lines == [f"mmjax: error: the processes see other latest checkpoints of {model} (process 0 "
+                                  f"step 6, process 1 step 3): every host must see the same workdir"
+                                  for model in (workdir, older)]
+

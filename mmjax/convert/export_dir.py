@@ -29,9 +29,9 @@ def staged_export(out_dir: str) -> Iterator[str]:
     """Yields an empty staging directory inside `out_dir` to write an export into. When the block ends without
     an error, its files are moved into `out_dir` (the same file system, so each move is a rename), then, when
     `out_dir` held an earlier export (`EXPORT_MARKS`), that export's other files (`EXPORT_FILES`) are removed;
-    any other file is left as it is. On an error `out_dir` is left as it was (and removed again when this made
-    it). A staging directory that a killed export left behind is removed by the next one."""
-    created = not os.path.isdir(out_dir)
+    any other file is left as it is. On an error `out_dir` is left as it was (the directories this made for it
+    are removed again). A staging directory that a killed export left behind is removed by the next one."""
+    made = _missing_directories(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(glob.escape(out_dir), STAGING_PREFIX + "*")):
         shutil.rmtree(stale, ignore_errors=True)
@@ -47,11 +47,20 @@ def staged_export(out_dir: str) -> Iterator[str]:
                 os.remove(os.path.join(out_dir, name))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
+        for directory in made:  # deepest first; one that is not empty (someone else's files) stays
             with contextlib.suppress(OSError):
-                os.rmdir(out_dir)
+                os.rmdir(directory)
         raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _missing_directories(path: str) -> list[str]:
+    """`path` and those of its parents that do not exist, deepest first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def written_by_export(path: str, out_dir: str) -> bool:

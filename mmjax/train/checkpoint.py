@@ -45,9 +45,15 @@ def _in_chain(error: BaseException, kind: type) -> BaseException | None:
     return None
 
 
+def latest_saved_step(workdir: str) -> int | None:
+    """The step of the newest finished checkpoint in `WORKDIR/checkpoints`, or None. Read without opening a
+    checkpoint manager, whose start is a barrier of every process of a multi-process job."""
+    return max(ocp.utils.checkpoint_steps(os.path.join(os.path.abspath(workdir), "checkpoints")), default=None)
+
+
 def has_checkpoint(workdir: str) -> bool:
     """Whether `WORKDIR/checkpoints` holds a finished checkpoint (read without opening a manager)."""
-    return bool(ocp.utils.checkpoint_steps(os.path.join(os.path.abspath(workdir), "checkpoints")))
+    return latest_saved_step(workdir) is not None
 
 
 def saved_process_count(workdir: str) -> int | None:

@@ -31,7 +31,7 @@ from mmjax.files import write_text_atomically
 from mmjax.models import TwoTower, abstract_params, get_config
 from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.parallel.distributed import raise_if_any_failed
-from mmjax.train.checkpoint import Checkpoints
+from mmjax.train.checkpoint import Checkpoints, latest_saved_step
 from mmjax.train.config import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -124,23 +124,26 @@ class TrainedModel:
     step: int
 
 
-def check_trained(workdir: str) -> ml_collections.ConfigDict:
-    """The config of the run in `workdir`; FileNotFoundError when it has no checkpoint yet."""
-    config = load_config(workdir)
-    checkpoints = Checkpoints(workdir, read_only=True)
-    if checkpoints.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
-    return config
+def check_trained(workdir: str) -> int:
+    """The step of the latest checkpoint of the run in `workdir`, found without Orbax (whose checkpoint manager
+    starts with a barrier of every process, which a process that failed a check never reaches); ValueError
+    for a directory that holds no run, FileNotFoundError when it has no checkpoint yet."""
+    load_config(workdir)
+    step = latest_saved_step(workdir)
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
+    return step
 
 
-def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
+def load_trained(workdir: str, dtype: str | None = None, step: int | None = None) -> TrainedModel:
     """Restore the latest checkpoint's parameters on this process's devices (replicated; under
     `jax.distributed` every process restores its own copy).
 
     `dtype` overrides the compute dtype the run trained with (e.g. "bfloat16" for
-    faster evaluation); parameters stay float32.
+    faster evaluation); parameters stay float32. `step`: the checkpoint to restore (default: the latest).
     """
-    config = check_trained(workdir)
+    step = check_trained(workdir) if step is None else step
+    config = load_config(workdir)
     if dtype is not None:
         config.model_options.dtype = dtype
     checkpoints = Checkpoints(workdir, read_only=True)
@@ -148,7 +151,7 @@ def load_trained(workdir: str, dtype: str | None = None) -> TrainedModel:
     boxed = abstract_params(model_config)
     shardings = logical_shardings(boxed, make_mesh(data=-1, devices=jax.local_devices()))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
-    params, step = checkpoints.restore_params(abstract)
+    params, step = checkpoints.restore_params(abstract, step)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
     return TrainedModel(TwoTower(model_config), params, tokenizer, config, step)
 
