@@ -646,3 +646,14 @@ def test_the_progress_bar_shows_the_logged_rates_and_ends_before_the_closing_lin
     monkeypatch.setattr(loop, "_closing_line", lambda *args: (events.append("closing line"), closing_line(*args))[1])
     train(clip_tiny.get_config("test"), str(tmp_path / "run"))
     assert events.index("bar closed") < events.index("closing line")
+
+
+def test_the_latest_saved_step_is_read_from_step_directories_only(tmp_path):
+    """Orbax's `checkpoint_steps` reads any name ending in `_<digits>` as a step: `backup_2000` was restored as step
+    2000 ("not found") when the checkpoint was found without a manager. Unfinished saves are not steps either."""
+    from mmjax.train.checkpoint import has_checkpoint, latest_saved_step
+
+    assert latest_saved_step(str(tmp_path)) is None and not has_checkpoint(str(tmp_path))
+    for name in ("500", "backup_2000", "1500.orbax-checkpoint-tmp-1234"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert latest_saved_step(str(tmp_path)) == 500 and has_checkpoint(str(tmp_path))

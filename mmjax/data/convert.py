@@ -244,13 +244,21 @@ def source_fingerprint(source: str, units: list) -> str:
     not resumed, or taken as done, after its source changed or from another data directory."""
     if source.startswith(TFDS_PREFIX):
         prepared = prepared_dir(source[len(TFDS_PREFIX):], resolve_data_dir(units[0].data_dir)) if units else None
-        files = [] if prepared is None else [(prepared, os.path.join(prepared, "dataset_info.json"))]
+        files = [] if prepared is None else [(os.path.realpath(prepared), os.path.join(prepared, "dataset_info.json"))]
     elif os.path.isdir(source):  # paths relative to the source: `wds`, `./wds` and `/abs/wds` are one source
         files = [(os.path.relpath(unit.path, source), unit.path) for unit in units]
     else:
         files = [("", source)]
-    stats = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in ((name, os.stat(path)) for name, path in files)]
+    return _digest([(name, stat.st_size, stat.st_mtime_ns)
+                    for name, stat in ((name, os.stat(path)) for name, path in files)])
+
+
+def _digest(stats: list) -> str:
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+# What mmjax before session 14 stored for every TFDS source: the digest of no files.
+_EARLIER_TFDS_FINGERPRINT = _digest([])
 
 
 def _check_plan(out: str, plan: dict) -> None:
@@ -275,11 +283,14 @@ def _check_plan(out: str, plan: dict) -> None:
         if before.get("num_shards") != plan["num_shards"]:
             raise ValueError(f"{out} holds a conversion of {plan['source']} in {before.get('num_shards')} shards, "
                              f"and it now makes {plan['num_shards']} (its files changed); convert it into a new --out")
-        if "fingerprint" not in before:  # a plan of an earlier mmjax: the source is taken as it is now
+        tfds = plan["source"].startswith(TFDS_PREFIX)
+        if "fingerprint" not in before or (tfds and before["fingerprint"] == _EARLIER_TFDS_FINGERPRINT):
+            # a plan of an earlier mmjax: the source is taken as it is now
             write_text_atomically(path, json.dumps(before | {"fingerprint": plan["fingerprint"]}, indent=1))
         elif before["fingerprint"] != plan["fingerprint"]:
-            raise ValueError(f"{out} holds a conversion of {plan['source']} as it was before its files changed "
-                             f"(sizes or modification times); convert it into a new --out")
+            changed = ("from another TFDS data directory or version" if tfds else
+                       "as it was before its files changed (sizes or modification times)")
+            raise ValueError(f"{out} holds a conversion of {plan['source']} {changed}; convert it into a new --out")
     else:
         shards.refuse_nonempty_out(out, "mmjax data convert")
         write_text_atomically(path, json.dumps(plan, indent=1))

@@ -47,8 +47,10 @@ def _in_chain(error: BaseException, kind: type) -> BaseException | None:
 
 def latest_saved_step(workdir: str) -> int | None:
     """The step of the newest finished checkpoint in `WORKDIR/checkpoints`, or None. Read without opening a
-    checkpoint manager, whose start is a barrier of every process of a multi-process job."""
-    return max(ocp.utils.checkpoint_steps(os.path.join(os.path.abspath(workdir), "checkpoints")), default=None)
+    checkpoint manager, whose start is a barrier of every process of a multi-process job; as the manager, only
+    all-digit names are steps (`ocp.utils.checkpoint_steps` alone would read `backup_2000` as step 2000)."""
+    paths = ocp.utils.checkpoint_steps_paths(os.path.join(os.path.abspath(workdir), "checkpoints"))
+    return max((int(path.name) for path in paths if path.name.isdigit()), default=None)
 
 
 def has_checkpoint(workdir: str) -> bool:
