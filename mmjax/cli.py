@@ -217,7 +217,6 @@ def _embed(argv) -> None:
     from mmjax.eval.images import image_ids, list_images
     from mmjax.eval.search import Index, check_ids_fit, embed_image_files, index_format, save_index
     from mmjax.eval.text_files import read_text_lines
-
     from mmjax.train.workdir import check_trained
 
     images, texts, out = flags.FLAGS.images, flags.FLAGS.texts, flags.FLAGS.out

@@ -238,7 +238,7 @@ class TransformerSpec:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            if field.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise ValueError(f"{type(self).__name__}: {field.name} {value!r} is not an int")
         if min(self.width, self.num_heads) < 1 or self.width % self.num_heads:
             raise ValueError(f"{type(self).__name__}: width {self.width} does not split into {self.num_heads} heads")
