@@ -199,6 +199,22 @@ def test_images_must_be_floats_and_lists_are_arrays():
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_sizes_that_are_not_ints_are_refused_in_subclasses_too():
+    """A string depth from a checkpoint's JSON config was a TypeError ('<' between str and int); this module has
+    no postponed annotations, so its subclass's field types are classes, not strings."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Towers(layers.TransformerSpec):
+        towers: int
+
+    with pytest.raises(ValueError, match="^TextConfig: depth '2' is not an int$"):
+        models.TextConfig(width=8, depth="2", num_heads=2, mlp_dim=8, vocab_size=10, context_length=4)
+    with pytest.raises(ValueError, match="^Towers: towers 2.0 is not an int$"):
+        Towers(width=8, depth=1, num_heads=2, mlp_dim=8, towers=2.0)
+    assert Towers(width=np.int64(8), depth=1, num_heads=2, mlp_dim=8, towers=2).towers == 2
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(image_size=8, patch_size=16), "VisionConfig: patch_size 16 must be in [1, image_size 8]"),
     (dict(image_size=16, patch_size=0), "VisionConfig: patch_size 0 must be in [1, image_size 16]"),
