@@ -246,6 +246,25 @@ def test_a_profile_names_the_loss_and_the_optimizer_update():
     assert {("loss", "forward"), ("loss", "backward"), ("optimizer", "forward")} <= parts
 
 
+def test_a_gpu_profile_counts_the_device_ops_not_their_host_launches():
+    from mmjax.bench.profile import op_times
+
+    table = {"fusion.1": ("jit(step)/vision_encoder/encoder/layers_0/mlp/fc1/dot_general", "matmul"),
+             "fusion.2": ("jit(step)/transpose(jvp(loss))/vision_encoder/encoder/layers_0/attn/dot_general", "matmul"),
+             "add.3": ("jit(step)/optimizer/add", "elementwise")}
+    meta = lambda pid, name: {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}  # noqa: E731
+    op = lambda pid, name, us: {"ph": "X", "pid": pid, "name": name, "dur": us}  # noqa: E731
+    host = [op(1, "fusion.1", 900.0), op(1, "add.3", 700.0), op(1, "ThunkExecutor", 5000.0)]
+    device = [op(7, "fusion.1", 3000.0), op(7, "fusion.1", 1000.0), op(7, "fusion.2", 2000.0), op(7, "add.3", 500.0)]
+    events = [meta(1, "/host:CPU"), meta(7, "/device:GPU:0 (NVIDIA H200)")] + host + device
+    # two steps: 4 ms of the fc1 matmul, 2 ms of the attention's backward matmul, 0.5 ms of optimizer, per 2 steps
+    assert op_times(events, table, 2) == {"mlp/forward/matmul": 2.0, "attention/backward/matmul": 1.0,
+                                          "optimizer/forward/elementwise": 0.25}
+    # on CPU the ops run in the host process, so they count there
+    assert op_times([meta(1, "/host:CPU")] + host, table, 1) == {"mlp/forward/matmul": 0.9,
+                                                                 "optimizer/forward/elementwise": 0.7}
+
+
 def test_unknown_sub_benchmark_is_a_one_line_error():
     done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "nothing"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)

@@ -68,11 +68,10 @@ def _np_block(x, p, causal, eps, act):
 def test_transformer_block_matches_numpy_reference(causal, activation):
     spec = layers.TransformerSpec(width=16, depth=1, num_heads=4, mlp_dim=32)
     opts = layers.BlockOptions(activation=activation)
-    block = layers.TransformerBlock(spec, opts)
+    block = layers.TransformerBlock(spec, opts, causal)
     x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32)
-    mask = layers.causal_mask(5) if causal else None
-    params = nn.unbox(block.init(jax.random.key(1), x, mask))["params"]
-    got = block.apply({"params": params}, x, mask)
+    params = nn.unbox(block.init(jax.random.key(1), x))["params"]
+    got = block.apply({"params": params}, x)
     act = {"gelu": lambda h: 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2))),
            "quick_gelu": lambda h: h / (1 + np.exp(-1.702 * h))}[activation]
     p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -265,6 +264,17 @@ def test_unknown_block_options_are_one_line_naming_the_choices():
         models.get_config("clip-test", dtype="bf16")
     with pytest.raises(ValueError, match=r"scan_layers 'no' is not a bool"):
         models.get_config("clip-test", scan_layers="no")
+    with pytest.raises(ValueError, match=r"attention 'flash' is not one of \['xla', 'cudnn'\]"):
+        models.get_config("clip-test", attention="flash")
+    with pytest.raises(ValueError, match="attention 'cudnn' computes in bfloat16 or float16, not dtype 'float32'"):
+        models.get_config("clip-test", attention="cudnn")
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN attention runs on a GPU")
+def test_cudnn_attention_off_a_gpu_is_a_one_line_error_before_compiling():
+    config = models.get_config("clip-test", dtype="bfloat16", attention="cudnn")
+    with pytest.raises(ValueError, match="attention 'cudnn' runs on NVIDIA GPUs only; this process's backend is cpu"):
+        jax.eval_shape(lambda: models.TwoTower(config).init(jax.random.key(0), *models.example_inputs(config)))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():

@@ -235,6 +235,13 @@ def test_invalid_values_are_one_line_config_errors():
     config.loss = "clip"
     with pytest.raises(ConfigError, match="config.loss='clip' leaves 'siglip-test''s logit bias untrained"):
         validate(config)
+    config = clip_tiny.get_config("test")
+    config.model_options.attention = "flash"
+    with pytest.raises(ConfigError, match=r"config.model_options.attention='flash' must be one of \['xla', 'cudnn'\]"):
+        validate(config)
+    config.model_options.attention = "cudnn"  # cuDNN's attention takes bf16 or fp16 only
+    with pytest.raises(ConfigError, match="attention='cudnn' needs config.model_options.dtype='bfloat16'"):
+        validate(config)
     with pytest.raises(AttributeError):
         clip_tiny.get_config("test").batch_sze = 3  # locked: a misspelt key is an error
     # optimizer values that train to NaN (b1 or b2 = 1) or ascend the gradient (a negative learning rate)

@@ -56,9 +56,31 @@ def classify(path: str) -> tuple[str, str]:
     return "other", direction
 
 
+def _device_pids(events: list[dict]) -> set:
+    """The trace's processes that are accelerators (`/device:GPU:0`, `/device:TPU:0`), from its metadata events;
+    empty on CPU, where XLA's ops run in the host process."""
+    return {event["pid"] for event in events if event.get("ph") == "M" and event.get("name") == "process_name"
+            and re.search(r"/device:(GPU|TPU)", str(event.get("args", {}).get("name", "")))}
+
+
+def op_times(events: list[dict], table: dict[str, tuple[str, str]], steps: int) -> collections.Counter:
+    """Milliseconds per step by `part/direction/kind` of the trace's complete (`"X"`) events named after an op of
+    `table` (`_op_table`). With accelerators in the trace, only their events count: the host's launch events
+    can carry the same op names."""
+    devices = _device_pids(events)
+    totals = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in table and (not devices or event.get("pid") in devices):
+            path, kind = table[event["name"]]
+            part, direction = classify(path)
+            totals[f"{part}/{direction}/{kind}"] += event["dur"] / 1e3 / steps
+    return totals
+
+
 def profile_steps(compiled: Any, run: Callable[[], None], steps: int, directory: str) -> dict[str, Any]:
-    """Trace `steps` calls of `run` into `directory`; the summed op time per step by
-    `part/direction/kind`, largest first, in milliseconds, with each one's share."""
+    """Trace `steps` calls of `run` into `directory` (with the optimised HLO the op names refer to, as
+    `step.hlo.txt`); the summed op time per step by `part/direction/kind`, largest first, in milliseconds,
+    with each one's share."""
     jax.profiler.start_trace(directory, create_perfetto_trace=True)
     for _ in range(steps):
         run()
@@ -67,16 +89,13 @@ def profile_steps(compiled: Any, run: Callable[[], None], steps: int, directory:
                     key=os.path.getmtime)
     if not traces:
         raise FileNotFoundError(f"the profiler wrote no perfetto trace under {directory}")
+    hlo = compiled.as_text()
+    with open(os.path.join(directory, "step.hlo.txt"), "w") as f:
+        f.write(hlo)
     with gzip.open(traces[-1]) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
-    table = _op_table(compiled.as_text())
-    totals = collections.Counter()
-    for event in events:
-        if event.get("ph") == "X" and event.get("name") in table:
-            path, kind = table[event["name"]]
-            part, direction = classify(path)
-            totals[f"{part}/{direction}/{kind}"] += event["dur"] / 1e3 / steps
+    totals = op_times(events, _op_table(hlo), steps)
     whole = sum(totals.values()) or 1.0
-    return {"trace": traces[-1], "op_ms_per_step": round(whole, 2),
+    return {"trace": traces[-1], "hlo": os.path.join(directory, "step.hlo.txt"), "op_ms_per_step": round(whole, 2),
             "by_part": {name: {"ms": round(ms, 2), "share": round(ms / whole, 3)} for name, ms in totals.most_common()}}

@@ -10,6 +10,7 @@ step with unrolled layers (lowered, not compiled or run).
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -51,12 +52,13 @@ def check_batch(batch: int, mesh) -> None:
 
 
 def _checked_setup(model: str, batch: int, mesh: dict[str, int] | None, dtype: str, scan_layers: bool,
-                   remat_policy: str) -> tuple[Mesh, TwoTowerConfig, str]:
+                   remat_policy: str, attention: str) -> tuple[Mesh, TwoTowerConfig, str]:
     """`(mesh, model config, loss)` of a benchmark, after the one-line checks of `batch` and the tensor split;
     the loss is the one the model trains with (sigmoid for a model with a logit bias, else CLIP)."""
     mesh = make_mesh(**(mesh or {"data": -1}))
     check_batch(batch, mesh)
-    model_config = get_config(model, dtype=dtype, scan_layers=scan_layers, remat_policy=remat_policy)
+    model_config = get_config(model, dtype=dtype, scan_layers=scan_layers, remat_policy=remat_policy,
+                              attention=attention)
     check_tensor_split(model_config, mesh)
     return mesh, model_config, "sigmoid" if model_config.logit_bias_init is not None else "clip"
 
@@ -76,16 +78,16 @@ def _train_step(model: str, model_config: TwoTowerConfig, mesh, loss: str):
 
 def find_largest_batch(model: str, unit: int, budget: int, *, mesh: dict[str, int] | None = None,
                        dtype: str = "float32", scan_layers: bool = False, remat_policy: str = "none",
-                       log=lambda line: None) -> tuple[int, dict[int, int]]:
+                       attention: str = "xla", log=lambda line: None) -> tuple[int, dict[int, int]]:
     """`largest_batch` of the step `bench_train_step` times: the largest multiple of `unit` whose compiled step
     needs at most `budget` bytes per device, and `{batch: bytes}` of each size compiled on the way."""
-    mesh, model_config, loss = _checked_setup(model, unit, mesh, dtype, scan_layers, remat_policy)
+    mesh, model_config, loss = _checked_setup(model, unit, mesh, dtype, scan_layers, remat_policy, attention)
     _, tx, shardings, step_fn = _train_step(model, model_config, mesh, loss)
     return largest_batch(compiled_step_bytes(step_fn, model_config, tx, shardings, mesh), unit, budget, log)
 
 
 def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = None, dtype: str = "float32",
-                     scan_layers: bool = False, remat_policy: str = "none", steps: int = 10,
+                     scan_layers: bool = False, remat_policy: str = "none", attention: str = "xla", steps: int = 10,
                      warmup: int = 2, profile_dir: str | None = None) -> dict[str, Any]:
     """Compile and time the training step of `model` on `batch` synthetic pairs.
 
@@ -95,7 +97,7 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
     and the memory analysis (`memory_per_device_bytes`, …). With `profile_dir`, 3 more steps are
     traced there and `profile` breaks their time down by model part (`mmjax.bench.profile`).
     """
-    mesh, model_config, loss = _checked_setup(model, batch, mesh, dtype, scan_layers, remat_policy)
+    mesh, model_config, loss = _checked_setup(model, batch, mesh, dtype, scan_layers, remat_policy, attention)
     flax_model, tx, shardings, step_fn = _train_step(model, model_config, mesh, loss)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         state = create_train_state(flax_model, tx, jax.random.key(0), shardings)
@@ -114,7 +116,8 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
     step_time = statistics.median(times)
     program = compiled
     if scan_layers:  # the same step unrolled: XLA counts a scanned body once
-        unrolled = get_config(model, dtype=dtype, scan_layers=False, remat_policy=remat_policy)
+        unrolled = dataclasses.replace(model_config,
+                                       options=dataclasses.replace(model_config.options, scan_layers=False))
         unrolled_model, unrolled_tx, unrolled_shardings, unrolled_step = _train_step(model, unrolled, mesh, loss)
         with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
             program = unrolled_step.lower(abstract_train_state(unrolled_shardings, unrolled_model, unrolled_tx),
@@ -125,7 +128,7 @@ def bench_train_step(model: str, batch: int, *, mesh: dict[str, int] | None = No
     xla_flops = float(cost["flops"]) * (mesh.devices.size if program is compiled else 1)
     analytic = train_step_flops(model_config, batch)
     return {"model": model, "loss": loss, "batch": batch, "mesh": dict(mesh.shape), "dtype": dtype, "scan_layers": scan_layers,
-            "remat_policy": remat_policy, "devices": mesh.devices.size, "device_kind": mesh.devices.flat[0].device_kind,
+            "remat_policy": remat_policy, "attention": attention, "devices": mesh.devices.size, "device_kind": mesh.devices.flat[0].device_kind,
             "step_time_s": step_time, "step_times_s": times, "examples_per_s": batch / step_time,
             "compile_s": compile_s, "flops_per_step": xla_flops, "analytic_flops_per_step": analytic["total"],
             "flops_ratio_xla_to_analytic": xla_flops / analytic["total"], "analytic_flops_by_part": analytic,

@@ -1,7 +1,7 @@
 """`mmjax bench NAME`: benchmarks, one sub-benchmark per entry of `BENCHMARKS`.
 
     mmjax bench train-step --model bench-tiny --batch 64 --threads 2 [--mesh data=2,fsdp=1,tensor=1]
-                           [--dtype bfloat16] [--steps 10] [--scan_layers] [--remat dots] [--noopen_clip]
+                           [--dtype bfloat16] [--steps 10] [--scan_layers] [--remat dots] [--attention cudnn] [--noopen_clip]
                            [--largest_batch [--memory_gib 70]]
     mmjax bench data [--images 512] [--source_px 256] [--crop_px 224] [--batch 64]
     mmjax bench input [--model clip-tiny] [--batch 256] [--num_workers 1] [--images 4096] [--source_px 32]
@@ -21,7 +21,7 @@ from typing import Callable
 from absl import flags
 
 from mmjax.commands.subcommand_flags import refuse_unread_flags
-from mmjax.models.layers import REMAT_POLICIES
+from mmjax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 
 
 def _define_train_step_flags() -> None:
@@ -40,6 +40,8 @@ def _define_train_step_flags() -> None:
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.", lower_bound=0)
     flags.DEFINE_bool("scan_layers", False, "Scan the transformer layers.")
     flags.DEFINE_enum("remat", "none", list(REMAT_POLICIES), "Rematerialisation policy.")
+    flags.DEFINE_enum("attention", "xla", list(ATTENTION_IMPLEMENTATIONS), "Self-attention implementation "
+                      "(cudnn: NVIDIA GPUs, --dtype bfloat16).")
     flags.DEFINE_bool("open_clip", True, "On CPU, also time OpenCLIP's step on the same model when it is installed.")
     flags.DEFINE_bool("hugepages", True, "On Linux, re-run the process with glibc's malloc on transparent huge "
                       "pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; see mmjax/hugepages.py).")
@@ -94,11 +96,11 @@ def _train_step(argv: list[str]) -> None:
         print(f"finding the largest multiple of {f.batch} whose step fits in {format_bytes(budget)} per device …",
               file=sys.stderr, flush=True)
         batch, tried = find_largest_batch(f.model, f.batch, budget, mesh=mesh, dtype=f.dtype,
-                                          scan_layers=f.scan_layers, remat_policy=f.remat,
+                                          scan_layers=f.scan_layers, remat_policy=f.remat, attention=f.attention,
                                           log=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
         search = {"largest_batch": {"budget_bytes": budget, "tried_bytes": {str(b): n for b, n in sorted(tried.items())}}}
     result = bench_train_step(f.model, batch, mesh=mesh, dtype=f.dtype, scan_layers=f.scan_layers,
-                              remat_policy=f.remat, steps=f.steps, warmup=f.warmup, profile_dir=f.profile)
+                              remat_policy=f.remat, attention=f.attention, steps=f.steps, warmup=f.warmup, profile_dir=f.profile)
     result.update(search, threads=threads, param_count=param_count(f.model), platform=device.platform,
                   malloc_hugepages=hugepages_enabled())
     if device.platform == "cpu":
@@ -231,7 +233,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], None], Callable[[list[str]], None]]] = 
 
 
 # The flags each sub-benchmark reads; any other bench flag given to it is an error, not silently ignored.
-_TRAIN_STEP_FLAGS = {"model", "batch", "threads", "mesh", "dtype", "steps", "warmup", "scan_layers", "remat",
+_TRAIN_STEP_FLAGS = {"model", "batch", "threads", "mesh", "dtype", "steps", "warmup", "scan_layers", "remat", "attention",
                      "open_clip", "hugepages", "profile", "peak_size", "largest_batch", "memory_gib"}
 FLAGS_USED = {
     "train-step": _TRAIN_STEP_FLAGS,

@@ -144,11 +144,6 @@ def layer_norm(eps: float, dtype: Dtype, name: str | None = None) -> nn.LayerNor
     )
 
 
-def causal_mask(length: int) -> jax.Array:
-    """Boolean `[1, 1, T, T]` mask, True where a query may attend to a key."""
-    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
-
-
 def constrain_tokens(x: jax.Array) -> jax.Array:
     """Annotate a `[B, T, D]` activation with its logical axes."""
     return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
@@ -157,26 +152,32 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention, self or cross.
 
-    Call with `queries [B, T, D]`, optional `keys_values [B, S, Dkv]` (self-attention
-    when omitted) and an optional boolean mask broadcastable to `[B, H, T, S]`.
-    Returns `[B, T, D]`.
+    Call with `queries [B, T, D]` and optional `keys_values [B, S, Dkv]` (self-attention
+    when omitted). Returns `[B, T, D]`. `causal`: query `t` attends to keys `≤ t` only.
+    `implementation`: `jax.nn.dot_product_attention`'s, `"xla"` or `"cudnn"` (NVIDIA GPUs,
+    bfloat16 or float16: cuDNN's fused flash attention).
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
+    causal: bool = False
+    implementation: str = "xla"
 
     @nn.compact
-    def __call__(self, queries, keys_values=None, mask=None):
+    def __call__(self, queries, keys_values=None):
         if keys_values is None:
             keys_values = queries
         width = queries.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
+        if self.implementation == "cudnn" and jax.default_backend() != "gpu":
+            raise ValueError(f"attention 'cudnn' runs on NVIDIA GPUs only; this process's backend is "
+                             f"{jax.default_backend()} (use attention 'xla')")
         head_dim = width // self.num_heads
         proj_names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
         project = lambda name, x: dense((self.num_heads, head_dim), proj_names, dtype=self.dtype, name=name)(x)
         q, k, v = project("query", queries), project("key", keys_values), project("value", keys_values)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
         return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, dtype=self.dtype, name="out")(out)
 
 
@@ -197,6 +198,8 @@ class Mlp(nn.Module):
 
 # Compute dtypes a model runs in (its parameters stay float32).
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# `jax.nn.dot_product_attention` implementations a transformer's self-attention may use.
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +208,8 @@ class BlockOptions:
 
     activation: a key of `ACTIVATIONS`; scan_layers: `nn.scan` over layers (stacked
     parameters, one compiled block); remat_policy: a key of `REMAT_POLICIES`;
-    dtype: compute dtype (parameters stay float32).
+    dtype: compute dtype (parameters stay float32); attention: the self-attention's
+    implementation, `"xla"` (any backend) or `"cudnn"` (NVIDIA GPUs, bfloat16 or float16).
     """
 
     activation: str = "gelu"
@@ -213,6 +217,7 @@ class BlockOptions:
     scan_layers: bool = False
     remat_policy: str = "none"
     dtype: str = "float32"
+    attention: str = "xla"
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -223,6 +228,10 @@ class BlockOptions:
             raise ValueError(f"dtype {self.dtype!r} is not one of {list(COMPUTE_DTYPES)}")
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"scan_layers {self.scan_layers!r} is not a bool")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention {self.attention!r} is not one of {list(ATTENTION_IMPLEMENTATIONS)}")
+        if self.attention == "cudnn" and self.dtype == "float32":
+            raise ValueError("attention 'cudnn' computes in bfloat16 or float16, not dtype 'float32'")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -247,18 +256,20 @@ class TransformerSpec:
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. `[B, T, D] -> [B, T, D]`."""
+    """Pre-LN block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. `[B, T, D] -> [B, T, D]`; `causal` self-attention
+    lets token `t` see tokens `≤ t` only."""
 
     spec: TransformerSpec
     options: BlockOptions
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x, mask=None):
+    def __call__(self, x):
         spec, opts = self.spec, self.options
         dtype = jnp.dtype(opts.dtype)
         x = constrain_tokens(x)
         y = layer_norm(opts.norm_eps, dtype, "ln_1")(x)
-        x = x + MultiHeadAttention(spec.num_heads, dtype, name="attn")(y, mask=mask)
+        x = x + MultiHeadAttention(spec.num_heads, dtype, self.causal, opts.attention, name="attn")(y)
         y = layer_norm(opts.norm_eps, dtype, "ln_2")(x)
         return x + Mlp(spec.mlp_dim, opts.activation, dtype, name="mlp")(y)
 
@@ -266,12 +277,12 @@ class TransformerBlock(nn.Module):
 class _ScanStep(TransformerBlock):
     """The block in the `(carry, x) -> (carry, y)` form that `nn.scan` needs."""
 
-    def __call__(self, x, mask=None):
-        return super().__call__(x, mask), None
+    def __call__(self, x, _):
+        return super().__call__(x), None
 
 
 class Transformer(nn.Module):
-    """A stack of `depth` pre-LN blocks, unrolled or scanned, optionally rematerialised.
+    """A stack of `depth` pre-LN blocks (`causal` or not), unrolled or scanned, optionally rematerialised.
 
     Scanned parameters are stacked on a leading `layers` axis; the outputs are the
     same either way. `[B, T, D] -> [B, T, D]`.
@@ -279,9 +290,10 @@ class Transformer(nn.Module):
 
     spec: TransformerSpec
     options: BlockOptions
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x, mask=None):
+    def __call__(self, x):
         spec, opts = self.spec, self.options
         block = _ScanStep if opts.scan_layers else TransformerBlock
         if opts.remat_policy != "none":
@@ -292,10 +304,10 @@ class Transformer(nn.Module):
                 in_axes=nn.broadcast, length=spec.depth,
                 metadata_params={nn.PARTITION_NAME: axes.LAYERS},
             )
-            x, _ = stack(spec, opts, name="layers")(x, mask)
+            x, _ = stack(spec, opts, self.causal, name="layers")(x, None)
             return x
         for i in range(spec.depth):
-            x = block(spec, opts, name=f"layers_{i}")(x, mask)
+            x = block(spec, opts, self.causal, name=f"layers_{i}")(x)
         return x
 
 

@@ -53,8 +53,7 @@ class TextTransformer(nn.Module):
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
         )
         x = layers.AddPositionEmbedding("learned", 0.01, name="pos_embed")(embed(token_ids))
-        mask = layers.causal_mask(cfg.context_length) if cfg.causal else None
-        x = layers.Transformer(cfg, opts, name="encoder")(x, mask)
+        x = layers.Transformer(cfg, opts, cfg.causal, name="encoder")(x)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
         if cfg.pool == "map":
             return layers.MapHead(cfg.num_heads, cfg.mlp_dim, opts.activation, opts.norm_eps, dtype, name="map_head")(x)

@@ -40,7 +40,7 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = model
     c.model_options = ml_collections.ConfigDict(
-        dict(scan_layers=False, remat_policy="none", dtype="float32"))
+        dict(scan_layers=False, remat_policy="none", dtype="float32", attention="xla"))
     c.loss = loss
     # Caption j counts as a positive for image i when every attribute it names holds for i
     # (the synthetic data's labels); False is plain one-to-one contrastive training.
@@ -174,6 +174,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.distributed.initialize in multihost.MODES,
              f"config.distributed.initialize={c.distributed.initialize!r} must be one of {multihost.MODES}")
     _require(c.model_options.dtype in DTYPES, f"config.model_options.dtype={c.model_options.dtype!r} must be one of {DTYPES}")
+    _require(c.model_options.attention in layers.ATTENTION_IMPLEMENTATIONS,
+             f"config.model_options.attention={c.model_options.attention!r} must be one of "
+             f"{list(layers.ATTENTION_IMPLEMENTATIONS)}")
+    _require(c.model_options.attention != "cudnn" or c.model_options.dtype != "float32",
+             "config.model_options.attention='cudnn' needs config.model_options.dtype='bfloat16'")
     _validate_data(c)
     _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be positive")
     _require(c.accum_steps > 0 and c.batch_size % c.accum_steps == 0,
