@@ -246,23 +246,42 @@ def test_a_profile_names_the_loss_and_the_optimizer_update():
     assert {("loss", "forward"), ("loss", "backward"), ("optimizer", "forward")} <= parts
 
 
-def test_a_gpu_profile_counts_the_device_ops_not_their_host_launches():
+def test_a_gpu_profile_places_each_kernel_of_the_device_and_no_host_event():
     from mmjax.bench.profile import op_times
 
     table = {"fusion.1": ("jit(step)/vision_encoder/encoder/layers_0/mlp/fc1/dot_general", "matmul"),
              "fusion.2": ("jit(step)/transpose(jvp(loss))/vision_encoder/encoder/layers_0/attn/dot_general", "matmul"),
              "add.3": ("jit(step)/optimizer/add", "elementwise")}
     meta = lambda pid, name: {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}  # noqa: E731
-    op = lambda pid, name, us: {"ph": "X", "pid": pid, "name": name, "dur": us}  # noqa: E731
+    op = lambda pid, name, us, **args: {"ph": "X", "pid": pid, "name": name, "dur": us, "args": args}  # noqa: E731
     host = [op(1, "fusion.1", 900.0), op(1, "add.3", 700.0), op(1, "ThunkExecutor", 5000.0)]
-    device = [op(7, "fusion.1", 3000.0), op(7, "fusion.1", 1000.0), op(7, "fusion.2", 2000.0), op(7, "add.3", 500.0)]
+    device = [op(7, "fusion_1", 3000.0, hlo_op="command_buffer_0"),  # a kernel is named after its fusion
+              op(7, "fusion.1", 1000.0), op(7, "fusion_2", 2000.0),
+              op(7, "loop_add_fusion", 500.0, hlo_op="add.3"),  # outside a CUDA graph, hlo_op names the op
+              op(7, "nvjet_sm90_tst_128x160_64x5_2x1_v_bz_TNT", 6000.0, hlo_op="command_buffer_0"),  # cuBLAS
+              op(7, "Memset", 100.0)]
     events = [meta(1, "/host:CPU"), meta(7, "/device:GPU:0 (NVIDIA H200)")] + host + device
-    # two steps: 4 ms of the fc1 matmul, 2 ms of the attention's backward matmul, 0.5 ms of optimizer, per 2 steps
+    # per step of 2: 4 ms of the fc1 matmul, 2 ms of the attention's backward matmul, 0.5 ms of optimizer, 6 ms in
+    # cuBLAS, 0.1 ms of memset; the host's events are launches of the same ops
     assert op_times(events, table, 2) == {"mlp/forward/matmul": 2.0, "attention/backward/matmul": 1.0,
-                                          "optimizer/forward/elementwise": 0.25}
-    # on CPU the ops run in the host process, so they count there
+                                          "optimizer/forward/elementwise": 0.25, "library/-/matmul": 3.0,
+                                          "library/-/other": 0.05}
+    # on CPU the ops run in the host process, so they count there, and only events named after an op
     assert op_times([meta(1, "/host:CPU")] + host, table, 1) == {"mlp/forward/matmul": 0.9,
                                                                  "optimizer/forward/elementwise": 0.7}
+
+
+def test_cublas_and_cudnn_calls_are_matmuls_in_the_op_table():
+    from mmjax.bench.profile import _op_table
+
+    hlo = """ENTRY %main.1 (p: bf16[4,8]) -> bf16[4,4] {
+  %custom-call.295 = (bf16[4,4]{1,0}, s8[64]{0}) custom-call(%p, %p), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(step)/text_encoder/encoder/layers_0/attn/key/dot_general"}
+  %cudnn-conv.2 = (bf16[4,4]{1,0}, u8[8]{0}) custom-call(%p, %p), custom_call_target="__cudnn$convForward", metadata={op_name="jit(step)/image_encoder/patch_embed/conv/conv_general_dilated"}
+  ROOT %loop_add_fusion.1 = bf16[4,4]{1,0} fusion(%p), kind=kLoop, calls=%fused_add, metadata={op_name="jit(step)/add"}
+}"""
+    table = _op_table(hlo)
+    assert {name: kind for name, (_, kind) in table.items()} == {
+        "custom-call.295": "matmul", "cudnn-conv.2": "matmul", "loop_add_fusion.1": "elementwise"}
 
 
 def test_unknown_sub_benchmark_is_a_one_line_error():

@@ -355,3 +355,26 @@ def test_bfloat16_dense_off_cpu_is_jaxs_own_matmul(monkeypatch):
     # The dense layers' matmuls are the 2-D ones (attention's are 4-D and sum its logits in float32 anyway).
     results = re.findall(r"\(tensor<\d+x\d+xbf16>, tensor<\d+x\d+xbf16>\) -> tensor<\d+x\d+x(\w+)>", hlo)
     assert len(results) >= 3 * 12 and set(results) == {"bf16"}, results
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("multiple", [2, 8])
+def test_attention_padded_to_a_length_multiple_equals_the_unpadded_one(causal, multiple):
+    """cuDNN's attention needs even lengths; padding and masking the 5 queries / 5 or 7 keys changes nothing."""
+    rng = np.random.default_rng(0)
+    keys = 5 if causal else 7
+    q = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
+    k, v = (rng.normal(size=(2, keys, 3, 8)).astype(np.float32) for _ in range(2))
+    logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(8)
+    if causal:
+        logits = np.where(np.tril(np.ones((5, keys), bool)), logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    want = np.einsum("bhts,bshd->bthd", weights / weights.sum(-1, keepdims=True), v)
+    padded = lambda q, k, v: layers.padded_attention(q, k, v, causal=causal, implementation="xla",  # noqa: E731
+                                                     multiple=multiple)
+    np.testing.assert_allclose(padded(q, k, v), want, atol=1e-5)
+    plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+    cotangent = rng.normal(size=q.shape).astype(np.float32)
+    grads = [jax.vjp(f, q, k, v)[1](cotangent) for f in (padded, plain)]
+    for got, expected in zip(*grads):
+        np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -24,6 +24,10 @@ PARTS = (("attention", ("/attn/",)), ("mlp", ("/mlp/",)), ("layernorm", ("/ln",)
          ("optimizer", ("/optimizer/",)))  # the train step's named scopes (`jvp(loss)` when differentiated)
 
 
+# An HLO matmul: a dot or convolution, or (XLA:GPU) its call of cuBLAS or cuDNN.
+_MATMUL = re.compile(r"\b(dot|convolution)\(|custom_call_target=\"__(cublas|cudnn)")
+
+
 def _op_table(hlo: str) -> dict[str, tuple[str, str]]:
     """`{op name: (JAX source path, "matmul" | "elementwise")}` for the ops of an optimised HLO module."""
     computations, current = {}, None
@@ -42,7 +46,7 @@ def _op_table(hlo: str) -> dict[str, tuple[str, str]]:
             called = re.search(r"calls=%?([\w.\-]+)", line)
             lines = [line] + computations.get(called.group(1), []) if called else [line]
             paths = [m.group(1) for l in lines for m in [re.search(r'op_name="([^"]+)"', l)] if m]
-            kind = "matmul" if any(re.search(r"\b(dot|convolution)\(", l) for l in lines) else "elementwise"
+            kind = "matmul" if any(_MATMUL.search(l) for l in lines) else "elementwise"
             table[named.group(1)] = (paths[0] if paths else "", kind)
     return table
 
@@ -63,18 +67,57 @@ def _device_pids(events: list[dict]) -> set:
             and re.search(r"/device:(GPU|TPU)", str(event.get("args", {}).get("name", "")))}
 
 
+# Kernels of the vendor libraries that XLA calls for matmuls and convolutions (cuBLAS, cuBLASLt, cuDNN).
+_LIBRARY_MATMUL = re.compile(r"nvjet|gemm|xmma|cutlass|cudnn|fprop|dgrad|wgrad|splitk", re.IGNORECASE)
+
+
+def _device_op(event: dict, table: dict, kernels: dict) -> tuple[str, str] | None:
+    """The `table` entry of an accelerator's kernel event: the op its `hlo_op` names, else the fusion the kernel is
+    named after (XLA names a kernel after its fusion, `loop_add_fusion.439` → `loop_add_fusion_439`)."""
+    return table.get(event.get("args", {}).get("hlo_op")) or table.get(event["name"]) or kernels.get(event["name"])
+
+
 def op_times(events: list[dict], table: dict[str, tuple[str, str]], steps: int) -> collections.Counter:
-    """Milliseconds per step by `part/direction/kind` of the trace's complete (`"X"`) events named after an op of
-    `table` (`_op_table`). With accelerators in the trace, only their events count: the host's launch events
-    can carry the same op names."""
+    """Milliseconds per step by `part/direction/kind` of the trace's complete (`"X"`) op events (`table` from
+    `_op_table`).
+
+    On CPU these are the events named after an op of `table`. With accelerators in the trace, every kernel of
+    theirs counts and nothing of the host's (its launch events can carry the same op names). A kernel is placed
+    by the op its `hlo_op` names or, inside XLA's CUDA graphs (where `hlo_op` names the graph), by the fusion it is
+    named after; XLA compiles identical fusions into one kernel named after the first, so a shared kernel counts
+    under that fusion's part. Vendor-library kernels (cuBLAS, cuDNN) name no op: they count as
+    `library/-/matmul`, and runtime copies and memsets as `library/-/other`.
+    """
     devices = _device_pids(events)
+    kernels = {re.sub(r"[.\-]", "_", name): entry for name, entry in table.items()} if devices else {}
     totals = collections.Counter()
     for event in events:
-        if event.get("ph") == "X" and event.get("name") in table and (not devices or event.get("pid") in devices):
-            path, kind = table[event["name"]]
-            part, direction = classify(path)
-            totals[f"{part}/{direction}/{kind}"] += event["dur"] / 1e3 / steps
+        if event.get("ph") != "X" or (event.get("pid") not in devices if devices else event.get("name") not in table):
+            continue
+        entry = _device_op(event, table, kernels) if devices else table[event["name"]]
+        if entry is None:
+            key = f"library/-/{'matmul' if _LIBRARY_MATMUL.search(event['name']) else 'other'}"
+        else:
+            part, direction = classify(entry[0])
+            key = f"{part}/{direction}/{entry[1]}"
+        totals[key] += event["dur"] / 1e3 / steps
     return totals
+
+
+def summarize(events: list[dict], hlo: str, steps: int) -> dict[str, Any]:
+    """`op_ms_per_step` and `by_part` (`{part/direction/kind: {"ms", "share"}}`, largest first) of a trace of
+    `steps` steps of the compiled program whose optimised HLO text is `hlo`."""
+    totals = op_times(events, _op_table(hlo), steps)
+    whole = sum(totals.values()) or 1.0
+    return {"op_ms_per_step": round(whole, 2),
+            "by_part": {name: {"ms": round(ms, 2), "share": round(ms / whole, 3)} for name, ms in totals.most_common()}}
+
+
+def read_trace(path: str) -> list[dict]:
+    """The events of a (gzipped) perfetto trace JSON that `jax.profiler` wrote."""
+    with gzip.open(path) as f:
+        events = json.load(f)
+    return events["traceEvents"] if isinstance(events, dict) else events
 
 
 def profile_steps(compiled: Any, run: Callable[[], None], steps: int, directory: str) -> dict[str, Any]:
@@ -92,10 +135,5 @@ def profile_steps(compiled: Any, run: Callable[[], None], steps: int, directory:
     hlo = compiled.as_text()
     with open(os.path.join(directory, "step.hlo.txt"), "w") as f:
         f.write(hlo)
-    with gzip.open(traces[-1]) as f:
-        events = json.load(f)
-    events = events["traceEvents"] if isinstance(events, dict) else events
-    totals = op_times(events, _op_table(hlo), steps)
-    whole = sum(totals.values()) or 1.0
-    return {"trace": traces[-1], "hlo": os.path.join(directory, "step.hlo.txt"), "op_ms_per_step": round(whole, 2),
-            "by_part": {name: {"ms": round(ms, 2), "share": round(ms / whole, 3)} for name, ms in totals.most_common()}}
+    return {"trace": traces[-1], "hlo": os.path.join(directory, "step.hlo.txt"),
+            **summarize(read_trace(traces[-1]), hlo, steps)}
