@@ -1,10 +1,12 @@
 """Embedding search, index files, image loading, free-label classification, and the CLI end to end."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -253,6 +255,21 @@ def trained_workdir(tmp_path_factory):
     result = mmjax("train", "--config", TEST_CONFIG, "--workdir", workdir)
     assert result.returncode == 0, result.stderr
     return workdir
+
+
+def test_a_run_trained_with_cudnn_attention_loads_with_xla_attention_off_a_gpu(trained_workdir, tmp_path):
+    from mmjax.train.workdir import load_trained
+
+    copy = tmp_path / "cudnn"
+    shutil.copytree(trained_workdir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model_options"].update(attention="cudnn", dtype="bfloat16")  # as a GPU run writes it
+    (copy / "config.json").write_text(json.dumps(config))
+    loaded, original = load_trained(str(copy)), load_trained(trained_workdir, dtype="bfloat16")
+    assert loaded.model.config.options == original.model.config.options
+    assert loaded.model.config.options.attention == "xla" and loaded.model.config.options.dtype == "bfloat16"
+    assert load_trained(str(copy), dtype="float32").model.config.options.attention == "xla"
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, original.params)
 
 
 def _write_images(directory, count):

@@ -140,12 +140,16 @@ def load_trained(workdir: str, dtype: str | None = None, step: int | None = None
     `jax.distributed` every process restores its own copy).
 
     `dtype` overrides the compute dtype the run trained with (e.g. "bfloat16" for
-    faster evaluation); parameters stay float32. `step`: the checkpoint to restore (default: the latest).
+    faster evaluation); parameters stay float32. A run trained with cuDNN's attention loads with XLA's
+    off a GPU or in float32. `step`: the checkpoint to restore (default: the latest).
     """
     step = check_trained(workdir) if step is None else step
     config = load_config(workdir)
     if dtype is not None:
         config.model_options.dtype = dtype
+    if config.model_options.get("attention") == "cudnn" and (
+            jax.default_backend() != "gpu" or config.model_options.dtype == "float32"):
+        config.model_options.attention = "xla"  # the same attention, where cuDNN's cannot run
     checkpoints = Checkpoints(workdir, read_only=True)
     model_config = get_config(config.model, **config.model_options)
     boxed = abstract_params(model_config)
