@@ -188,6 +188,28 @@ def test_input_benchmark_reports_both_sides_round_by_round_and_their_ratio():
     assert result["source_px"] == get_config("clip-test").vision.image_size and result["xla_threads"] == 1
 
 
+def test_data_benchmark_reads_every_pair_of_the_tar_and_divides_the_two_rates(tmp_path):
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from mmjax.bench.data import _TarPairs, run, write_bench_data
+
+    _, tar_path = write_bench_data(str(tmp_path), 3, 16)
+    pairs = _TarPairs(tar_path, np.asarray, lambda texts: texts)  # the reader without webdataset
+    with tarfile.open(tar_path) as tar:
+        for index, key in enumerate(["000000", "000001", "000002"]):
+            image, text = pairs[index]
+            np.testing.assert_array_equal(image, np.asarray(Image.open(tar.extractfile(f"{key}.jpg"))))
+            assert text == tar.extractfile(f"{key}.txt").read().decode() == f"a photo of thing number {index} on a table"
+    assert len(pairs) == 3
+    result = run(count=8, side=32, image_size=16, batch_size=4)
+    assert result["mmjax_images_per_s_per_core"] > 0
+    if open_clip_available():
+        assert result["ratio"] == result["mmjax_images_per_s_per_core"] / result["open_clip_images_per_s_per_core"]
+
+
 MEMORY_CURVES = {  # bytes per device of a batch: linear, with a fixed part that small batches hide, and stepped
     "linear": lambda b: 1000 + 30 * b,
     "convex": lambda b: 5000 + 2 * b + b * b // 40,
@@ -311,6 +333,10 @@ def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):
         done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", *args, "--nohugepages"], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], (args, done.stderr[-2000:])
+    done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "data", "--source_px", "100000"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # it asked NumPy for 149 GiB
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "mmjax: error: flag --source_px=100000: 100000 is not an integer in the range [8, 4096]"), done.stderr[-2000:]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "input", "--batch", "255", "--nohugepages"],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env=env)

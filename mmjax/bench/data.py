@@ -64,8 +64,10 @@ def write_tar(path: str, members: Iterable[tuple[str, bytes]]) -> None:
 
 def mmjax_images_per_s(records: str, image_size: int, batch_size: int) -> float:
     """Images/s of `records_train_dataset` over `records` (one epoch, no worker process)."""
+    tokenizer = ClipBpeTokenizer.open_clip()
+    tokenizer(["warm-up"])  # its text cleaning imports ftfy on first use; OpenCLIP's import did that untimed
     dataset = records_train_dataset([RecordSource(records)], None, 0, batch_size, DecodeOptions(image_size),
-                                    ClipBpeTokenizer.open_clip(), 0, process_index=0, process_count=1, num_epochs=1)
+                                    tokenizer, 0, process_index=0, process_count=1, num_epochs=1)
     start, count = time.perf_counter(), 0
     for batch in dataset:
         count += len(batch["image"])
@@ -82,6 +84,7 @@ def open_clip_images_per_s(tar_path: str, image_size: int, batch_size: int) -> t
     torch.set_num_threads(1)
     transform = open_clip.image_transform(image_size, is_train=True)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    tokenizer(["warm-up"])
     try:
         import webdataset as wds  # noqa: PLC0415
         dataset = (wds.WebDataset(tar_path, shardshuffle=False).decode("pil").to_tuple("jpg", "txt")

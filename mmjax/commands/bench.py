@@ -25,9 +25,9 @@ from mmjax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 
 
 def _define_train_step_flags() -> None:
-    flags.DEFINE_string("model", "bench-tiny", "Registered model name (`mmjax models`).")
-    flags.DEFINE_integer("batch", 64, "Global batch size (pairs); with --largest_batch, the step of the search.",
-                         lower_bound=1)
+    flags.DEFINE_string("model", "bench-tiny", "Registered model name (`mmjax models`; input: default clip-tiny).")
+    flags.DEFINE_integer("batch", 64, "Global batch size (pairs); with --largest_batch, the step of the search "
+                         "(input: default the training config's batch).", lower_bound=1)
     flags.DEFINE_bool("largest_batch", False, "Time the largest multiple of --batch whose compiled step fits in "
                       "each device's memory (--memory_gib, or what the device's allocator may hand out).")
     flags.DEFINE_float("memory_gib", None, "With --largest_batch: the memory budget per device in GiB (needed on "
@@ -36,7 +36,8 @@ def _define_train_step_flags() -> None:
                          lower_bound=1)
     flags.DEFINE_string("mesh", "data=-1", "Mesh sizes, e.g. data=2,fsdp=2,tensor=2 (one may be -1).")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
-    flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).", lower_bound=1)
+    flags.DEFINE_integer("steps", 10, "Timed steps (train-step: the median is reported; input: steps per "
+                         "round, each round's mean, the median over rounds).", lower_bound=1)
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.", lower_bound=0)
     flags.DEFINE_bool("scan_layers", False, "Scan the transformer layers.")
     flags.DEFINE_enum("remat", "none", list(REMAT_POLICIES), "Rematerialisation policy.")
@@ -166,9 +167,10 @@ def _print_summary(result: dict) -> None:
 
 
 def _define_data_flags() -> None:
-    flags.DEFINE_integer("images", 512, "data: JPEGs to decode.", lower_bound=1)
-    flags.DEFINE_integer("source_px", 256, "data: side of the source JPEGs (img2dataset's default 256).", lower_bound=8)
-    flags.DEFINE_integer("crop_px", 224, "data: side of the random-resized crops.", lower_bound=8)
+    flags.DEFINE_integer("images", 512, "JPEGs to decode (data: default 512; input: default 4096).", lower_bound=1)
+    flags.DEFINE_integer("source_px", 256, "Side of the source JPEGs (data: default 256, img2dataset's; input: "
+                         "default the model's image size).", lower_bound=8, upper_bound=4096)
+    flags.DEFINE_integer("crop_px", 224, "data: side of the random-resized crops.", lower_bound=8, upper_bound=4096)
 
 
 def _data(_argv: list[str]) -> None:
