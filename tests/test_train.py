@@ -236,6 +236,10 @@ def test_invalid_values_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="config.loss='clip' leaves 'siglip-test''s logit bias untrained"):
         validate(config)
     config = clip_tiny.get_config("test")
+    config.optim.no_decay = (1,)  # was a TypeError from deep inside `re`
+    with pytest.raises(ConfigError, match=r"config.optim.no_decay=\(1,\) must be a tuple of regular expressions"):
+        validate(config)
+    config = clip_tiny.get_config("test")
     config.model_options.attention = "flash"
     with pytest.raises(ConfigError, match=r"config.model_options.attention='flash' must be one of \['xla', 'cudnn'\]"):
         validate(config)

@@ -201,6 +201,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"config.data.prefetch_to_device={c.data.prefetch_to_device} must be ≥ 0")
     for key in ("image_mean", "image_std"):
         _require(len(c.data[key]) == 3, f"config.data.{key} must have 3 values (RGB), got {c.data[key]}")
+    _require(isinstance(c.optim.no_decay, (tuple, list)) and all(isinstance(p, str) for p in c.optim.no_decay),
+             f"config.optim.no_decay={c.optim.no_decay!r} must be a tuple of regular expressions (strings)")
     for pattern in c.optim.no_decay:
         try:
             re.compile(pattern)
