@@ -155,7 +155,8 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, 
     and `S` padded up to a multiple of `multiple` and the padding masked out (as sequence lengths) and cut off.
 
     For cuDNN's fused attention, which JAX refuses in training at odd lengths (ViT-B/16's 197 tokens, CLIP's
-    77): padded to even lengths, the same attention runs there.
+    77): its check for a bias wants even lengths, and JAX passes a zero-size placeholder for an absent bias
+    (`jax/_src/cudnn/fused_attention_stablehlo.py`), so the check applies to every training call.
     """
     t, s = q.shape[1], k.shape[1]
     pad = lambda x, length: jnp.pad(x, ((0, 0), (0, -length % multiple), (0, 0), (0, 0)))  # noqa: E731
