@@ -682,3 +682,16 @@ def test_a_flag_of_another_data_subcommand_is_refused(tmp_path):
         done = mmjax("data", *args)
         assert done.returncode == 2 and done.stderr.strip() == f"mmjax: error: {message}", (args, done.stderr)
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_shard_whose_source_fails_part_way_leaves_no_temporary_file(tmp_path):
+    """The half-written `.tmp-PID` shard stayed in --out, and a rerun refused for the changed source kept it."""
+    from mmjax.data.records import Sample
+
+    def samples():
+        yield Sample("000", ("a caption",), b"\xff\xd8 not really a jpeg")
+        raise ValueError("tars/a.tar: the files of sample 001 are not next to each other in the tar")
+
+    with pytest.raises(ValueError, match="are not next to each other"):
+        shards.write_shard(str(tmp_path), shards.shard_name(0), samples(), "tars/a.tar")
+    assert os.listdir(tmp_path) == []

@@ -107,8 +107,11 @@ def write_shard(directory: str, name: str, samples: Iterable[Sample | Skip], sou
                 continue
             writer.write(encode_record(sample))
             count += 1
-    finally:
+    except BaseException:  # a source that fails part-way (or Ctrl-C) leaves no half-written shard behind
         writer.close()
+        os.remove(temporary)
+        raise
+    writer.close()
     os.replace(temporary, path)
     marker = {"file": name, "count": count, "source": source, "dropped": dict(sorted(dropped.items()))}
     write_text_atomically(path + DONE_SUFFIX, json.dumps(marker, indent=1))
