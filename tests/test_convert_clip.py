@@ -302,6 +302,9 @@ def test_open_clip_config_keys_left_out_take_open_clips_defaults():
     # these were raw TypeErrors ('<' between str and int) or AttributeErrors
     (dict(embed_dim=16, text_cfg=dict(layers="2")), "TextConfig: depth '2' is not an int"),
     (dict(embed_dim=16, vision_cfg=[768]), "vision_cfg is not a JSON object"),
+    # raw TypeErrors from a JSON null
+    (dict(embed_dim=16, vision_cfg=dict(head_width=None)), r"a value of the wrong type \(unsupported operand"),
+    (dict(embed_dim=16, text_cfg=dict(mlp_ratio=None)), r"a value of the wrong type \(unsupported operand"),
 ])
 def test_open_clip_config_errors_name_the_file(model_cfg, message):
     with pytest.raises(ValueError, match=f"^cfg.json: .*{message}") as error:

@@ -377,3 +377,18 @@ def test_big_vision_image_size_when_the_patch_does_not_divide_it():
     assert big_vision.image_size_from_name("/ckpt/webli_en_so400m_384_58765454.npz", 14, 27) == 384
     assert big_vision.image_size_from_name("webli_en_b16_224_63724782.npz", 16, 14) == 224
     assert big_vision.image_size_from_name("/data/123/model.npz", 14, 27) == 378  # no hint: grid * patch
+
+
+@pytest.mark.parametrize("text, vision, message", [
+    ({}, {"image_size": None}, r"a value of the wrong type \(int\(\) argument"),
+    ({"layer_norm_eps": None}, {"layer_norm_eps": None}, r"a value of the wrong type \(float\(\) argument"),
+    ({}, {"hidden_act": ["gelu"]}, r"hidden_act \['gelu'\] is not one of"),
+])
+def test_siglip_config_values_of_the_wrong_type_are_one_line_naming_the_file(text, vision, message):
+    """A JSON null or list where transformers writes a number or a name was a raw TypeError traceback."""
+    from mmjax.convert import hf_siglip
+
+    config = {"model_type": "siglip", "text_config": text, "vision_config": vision}
+    with pytest.raises(ValueError, match=f"^config.json: {message}") as error:
+        hf_siglip.config_from_hf(config)
+    assert "\n" not in str(error.value)

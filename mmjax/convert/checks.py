@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import numpy as np
@@ -11,14 +12,25 @@ import numpy as np
 from mmjax.models import TwoTowerConfig, abstract_params
 
 
-@contextlib.contextmanager
-def naming(where: str) -> Iterator[None]:
-    """A ValueError raised inside (e.g. a `TransformerSpec` whose heads do not split its width) starts with
-    `where`, the file whose config asked for it."""
-    try:
-        yield
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
+def config_errors_name_the_file(parse: Callable) -> Callable:
+    """Decorator for a config parser `parse(config, where, …)`: a ValueError it raises (e.g. a `TransformerSpec`
+    whose heads do not split its width) starts with `where`, the file whose config asked for it, and a TypeError
+    (a JSON value of the wrong type: `null` for a size, a list for a name) becomes such a ValueError too."""
+    signature = inspect.signature(parse)
+
+    @functools.wraps(parse)
+    def parse_naming_the_file(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        where = bound.arguments["where"]
+        try:
+            return parse(*args, **kwargs)
+        except ValueError as error:
+            raise ValueError(str(error) if str(error).startswith(f"{where}: ") else f"{where}: {error}") from None
+        except TypeError as error:
+            raise ValueError(f"{where}: a value of the wrong type ({error})") from None
+
+    return parse_naming_the_file
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from mmjax.convert import layout
-from mmjax.convert.checks import naming, source_shapes
+from mmjax.convert.checks import config_errors_name_the_file, source_shapes
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.image_processor import CLIP as CLIP_PROCESSOR
 from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
@@ -29,6 +29,7 @@ from mmjax.pretrained import Pretrained
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
 
+@config_errors_name_the_file
 def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
     """A `CLIPConfig` dict (config.json) → `TwoTowerConfig`."""
     text, vision = json_object(hf, "text_config", where), json_object(hf, "vision_config", where)
@@ -41,20 +42,19 @@ def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
         raise ValueError(f"{where}: hidden_act {act!r} is not one of {sorted(ACTIVATIONS)}")
     eos = text.get("eos_token_id", 49407)
     try:
-        with naming(where):
-            return TwoTowerConfig(
-                vision=VisionConfig(width=vision["hidden_size"], depth=vision["num_hidden_layers"],
-                                    num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-                                    image_size=vision.get("image_size", 224),
-                                    patch_size=vision.get("patch_size", 32)),
-                text=TextConfig(width=text["hidden_size"], depth=text["num_hidden_layers"],
-                                num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
-                                vocab_size=text.get("vocab_size", 49408),
-                                context_length=text.get("max_position_embeddings", 77),
-                                pool="eot" if eos == 2 else "first_eot", eot_id=None if eos == 2 else eos),
-                embed_dim=hf.get("projection_dim", 512),
-                options=BlockOptions(activation=ACTIVATIONS[act], norm_eps=eps.pop()),
-            )
+        return TwoTowerConfig(
+            vision=VisionConfig(width=vision["hidden_size"], depth=vision["num_hidden_layers"],
+                                num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
+                                image_size=vision.get("image_size", 224),
+                                patch_size=vision.get("patch_size", 32)),
+            text=TextConfig(width=text["hidden_size"], depth=text["num_hidden_layers"],
+                            num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
+                            vocab_size=text.get("vocab_size", 49408),
+                            context_length=text.get("max_position_embeddings", 77),
+                            pool="eot" if eos == 2 else "first_eot", eot_id=None if eos == 2 else eos),
+            embed_dim=hf.get("projection_dim", 512),
+            options=BlockOptions(activation=ACTIVATIONS[act], norm_eps=eps.pop()),
+        )
     except KeyError as error:
         raise ValueError(f"{where}: {error.args[0]} is missing from the text or vision config") from None
 

@@ -53,7 +53,7 @@ def _sub(config: Mapping, key: str, defaults: dict, where: str) -> dict:
 
 
 def _activation(name: str, where: str) -> str:
-    if name not in FROM_HF_ACTIVATION:
+    if not isinstance(name, str) or name not in FROM_HF_ACTIVATION:
         raise ValueError(f"{where}: hidden_act {name!r} is not one of {sorted(FROM_HF_ACTIVATION)}")
     return FROM_HF_ACTIVATION[name]
 
@@ -66,6 +66,7 @@ def _single_int(value, what: str, where: str) -> int:
     return int(value)
 
 
+@checks.config_errors_name_the_file
 def config_from_hf(config: Mapping, where: str = "config.json") -> TwoTowerConfig:
     """The mmjax config of a transformers `SiglipConfig` dict (as in config.json)."""
     if config.get("model_type") != "siglip":
@@ -83,23 +84,22 @@ def config_from_hf(config: Mapping, where: str = "config.json") -> TwoTowerConfi
     if embed_dim != vision["hidden_size"]:
         raise ValueError(f"{where}: text projection_size {embed_dim} differs from the vision width "
                          f"{vision['hidden_size']} (SigLIP has no image projection)")
-    with checks.naming(where):
-        return TwoTowerConfig(
-            vision=VisionConfig(
-                image_size=_single_int(vision["image_size"], "image_size", where),
-                patch_size=_single_int(vision["patch_size"], "patch_size", where),
-                width=vision["hidden_size"], depth=vision["num_hidden_layers"],
-                num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-                pool="map", pre_norm=False, patch_bias=True, posemb="learned"),
-            text=TextConfig(
-                vocab_size=text["vocab_size"], context_length=text["max_position_embeddings"],
-                width=text["hidden_size"], depth=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
-                mlp_dim=text["intermediate_size"], causal=False, pool="last"),
-            embed_dim=embed_dim,
-            options=BlockOptions(activation=activations.pop(), norm_eps=float(text["layer_norm_eps"])),
-            image_projection=False, text_projection_bias=True,
-            logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
-        )
+    return TwoTowerConfig(
+        vision=VisionConfig(
+            image_size=_single_int(vision["image_size"], "image_size", where),
+            patch_size=_single_int(vision["patch_size"], "patch_size", where),
+            width=vision["hidden_size"], depth=vision["num_hidden_layers"],
+            num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
+            pool="map", pre_norm=False, patch_bias=True, posemb="learned"),
+        text=TextConfig(
+            vocab_size=text["vocab_size"], context_length=text["max_position_embeddings"],
+            width=text["hidden_size"], depth=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
+            mlp_dim=text["intermediate_size"], causal=False, pool="last"),
+        embed_dim=embed_dim,
+        options=BlockOptions(activation=activations.pop(), norm_eps=float(text["layer_norm_eps"])),
+        image_projection=False, text_projection_bias=True,
+        logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
+    )
 
 
 def check_exportable(config: TwoTowerConfig) -> None:

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from mmjax.convert import layout
-from mmjax.convert.checks import naming, source_shapes
+from mmjax.convert.checks import config_errors_name_the_file, source_shapes
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.jsonfile import json_object, read_json, write_json
 from mmjax.convert.tensors import read_tensors, write_safetensors
@@ -85,6 +85,7 @@ _FIXED = ("ls_init_value", "attentional_pool", "no_ln_pre", "pos_embed_type", "f
           "scale_attn", "scale_fc")
 
 
+@config_errors_name_the_file
 def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
     """An OpenCLIP `model_cfg` dict → `TwoTowerConfig`; one line naming the first unsupported option."""
     if model_cfg.get("custom_text") or "multimodal_cfg" in model_cfg:
@@ -107,17 +108,16 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
     width = vision["width"]
     if width % vision["head_width"]:
         raise ValueError(f"{where}: vision_cfg.width {width} is not a multiple of head_width {vision['head_width']}")
-    with naming(where):
-        return TwoTowerConfig(
-            vision=VisionConfig(width=width, depth=vision["layers"], num_heads=width // vision["head_width"],
-                                mlp_dim=int(width * vision["mlp_ratio"]), image_size=image_size,
-                                patch_size=patch_size),
-            text=TextConfig(width=text["width"], depth=text["layers"], num_heads=text["heads"],
-                            mlp_dim=int(text["width"] * text["mlp_ratio"]), vocab_size=text["vocab_size"],
-                            context_length=text["context_length"]),
-            embed_dim=model_cfg["embed_dim"],
-            options=BlockOptions(activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu", norm_eps=1e-5),
-        )
+    return TwoTowerConfig(
+        vision=VisionConfig(width=width, depth=vision["layers"], num_heads=width // vision["head_width"],
+                            mlp_dim=int(width * vision["mlp_ratio"]), image_size=image_size,
+                            patch_size=patch_size),
+        text=TextConfig(width=text["width"], depth=text["layers"], num_heads=text["heads"],
+                        mlp_dim=int(text["width"] * text["mlp_ratio"]), vocab_size=text["vocab_size"],
+                        context_length=text["context_length"]),
+        embed_dim=model_cfg["embed_dim"],
+        options=BlockOptions(activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu", norm_eps=1e-5),
+    )
 
 
 def _square(size, where: str) -> int:
