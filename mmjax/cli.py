@@ -422,8 +422,8 @@ def _run_reporting_errors(command):
             if name in FLAGS_ONLY and len(argv) > 1:
                 raise ValueError(f"unexpected argument {' '.join(argv[1:])!r}: mmjax {name} takes flags only "
                                  f"(see --help)")
-            with interrupts.watching():  # the commands' loops check for a Ctrl-C Python dropped
-                command(argv)
+            interrupts.check()  # one dropped during start-up stops here, before the command's work
+            command(argv)  # its loops check for a Ctrl-C Python dropped (`main` watches)
             interrupts.check()  # one dropped after the last check: exit 130, not 0
         except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
             _fail(error)
@@ -525,10 +525,12 @@ def _quiet_closed_event_loops() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    interrupts.install()  # before the imports and flag parsing, which take seconds and collect garbage
-    _quiet_closed_event_loops()
     try:
-        _main(sys.argv if argv is None else argv)
+        with interrupts.watching():  # a Ctrl-C Python drops is raised by the next check, not reported as ignored
+            interrupts.install()  # before the imports and flag parsing, which take seconds and collect garbage
+            _quiet_closed_event_loops()
+            _main(sys.argv if argv is None else argv)
+            interrupts.check()
     except KeyboardInterrupt:  # during start-up; the command's own interrupts are reported where it runs
         print("mmjax: interrupted", file=sys.stderr)
         _exit_now(130)

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import flax
@@ -449,6 +450,29 @@ def test_a_ctrl_c_whose_exception_python_dropped_is_raised_at_the_next_check(wat
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = previous_hook
         interrupts._dropped.clear()  # even when an assertion failed: no later test in this process may see it
+
+
+def test_a_ctrl_c_python_dropped_during_start_up_stops_before_the_command_without_a_traceback():
+    """Dropped during start-up (imports, flag parsing), it was reported as "Exception ignored … Traceback", and
+    the run went on starting up and compiling until its first step."""
+    script = """if True:
+        import gc, signal, sys
+        from mmjax import cli
+
+        def raise_signal_once(phase, info):
+            if phase == "start" and not raised and sys.unraisablehook is not sys.__unraisablehook__:  # in `main`
+                raised.append(True)
+                signal.raise_signal(signal.SIGINT)
+
+        raised = []
+        gc.callbacks.append(raise_signal_once)
+        gc.set_threshold(1)  # a collection, with the Ctrl-C, at an allocation early in `main`
+        cli.main(["mmjax", "models"])
+        """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip() == "mmjax: interrupted" and done.stdout == ""  # `models` never listed anything
 
 
 def test_the_saved_config_is_never_seen_half_written(tmp_path, monkeypatch):
