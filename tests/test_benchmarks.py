@@ -314,7 +314,7 @@ def test_a_caption_that_is_not_utf8_is_one_line_and_utf16_is_read(tmp_path, num_
     one_line(info)
 
 
-def test_a_template_with_another_placeholder_or_no_class_names_is_one_line(tmp_path):
+def test_a_template_with_another_placeholder_or_no_class_names_is_one_line(tmp_path, capsys):
     name = write_classification(tmp_path / "a", [[0, 1]], templates=["a {c} thing", "a {size} {c}"])
     with pytest.raises(ValueError, match=r"prompt template 'a \{size\} \{c\}' needs one \{c\} or \{\} placeholder") \
             as info:
@@ -333,6 +333,12 @@ def test_a_template_with_another_placeholder_or_no_class_names_is_one_line(tmp_p
         with pytest.raises(ValueError, match=rf"prompt template {re.escape(repr(template))} needs one \{{c\}} or "
                                              rf"\{{\}} placeholder and no other \("):
             benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2)
+    name = write_classification(tmp_path / "h", [[0, 1]], templates=["a photo"])
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=r"prompt template 'a photo' needs one") as info:
+        benchmarks.run_benchmark(name, oracle_images, oracle_texts, image_size=2, progress=True)
+    bar = capsys.readouterr().err  # read while the error is alive, as the CLI prints it (its frames hold the bar)
+    assert bar and bar.endswith("\n") and info  # the bar ended its line, so `mmjax: error: …` starts its own
     name = write_classification(tmp_path / "d", [[0, 1]])
     (tmp_path / "d" / "classnames.txt").write_bytes(b"red\ngr\xffen\n")
     with pytest.raises(ValueError, match=r"classnames\.txt is not UTF-8 \(line 2: invalid start byte\)$"):

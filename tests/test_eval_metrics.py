@@ -89,6 +89,13 @@ def test_topk_hand_computed():
     assert topk_accuracy(HAND_LOGITS, HAND_LABELS, 5) == 0.75
     assert topk_accuracy(HAND_LOGITS, HAND_LABELS, 6) == 1.0
     assert topk_accuracy(HAND_LOGITS, HAND_LABELS, 100) == 1.0  # k > C clamps
+    # these wrapped silently (label -1 read the last class) or returned 0.0 (k = 0)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\) \(the classes\), got -1\.\.2"):
+        label_rank(HAND_LOGITS[:2], [-1, 2])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\) \(the classes\), got 0\.\.6"):
+        label_rank(HAND_LOGITS[:2], [0, 6])
+    with pytest.raises(ValueError, match="top-k accuracy needs k ≥ 1, got 0"):
+        topk_accuracy(HAND_LOGITS, HAND_LABELS, 0)
 
 
 def test_ties_lower_class_index_wins():
@@ -204,6 +211,8 @@ def test_retrieval_hand_computed():
         assert list(metrics) == list(expected)
         assert metrics == pytest.approx(expected)
     assert naive_retrieval(images, texts, text_to_image, (1, 2, 10)) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"recall@k needs every k ≥ 1, got \(1, -1\)"):  # was a raw JAX error
+        retrieval_metrics(images, texts, text_to_image, ks=(1, -1))
 
 
 def random_pairs(rng, num_images, dim, lattice):

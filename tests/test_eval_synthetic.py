@@ -171,6 +171,8 @@ def test_results_json_and_table(tmp_path, true_labels):
     assert acc1_row.endswith(f"{100 / 42:.2f} %")
     recall_row = next(line for line in lines if line.startswith("text_retrieval_recall@5"))
     assert recall_row.endswith(f"{500 / NUM_RETRIEVAL:.2f} %")
+    # acc5 of 2 classes is undefined (NaN, null in the JSON): shown as n/a, with no 100 % chance level
+    assert format_table({"num_classes": 2, "acc5": float("nan")}).splitlines()[-1].split() == ["acc5", "n/a"]
 
 
 def test_retrieval_chance_matches_hand_counts_and_random_rankings():

@@ -173,11 +173,11 @@ def run_benchmark(
     task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
                                                  image_size, batch_size, num_workers, process)
     progress = progress and process[0] == 0  # one process's bars speak for all
-    mine = tqdm.tqdm(batches, unit="batch", desc=name_or_path, disable=not progress)
-    if task == sources.CLASSIFICATION:
-        return task, _classification(mine, classnames, templates, encode_images,
-                                     encode_texts, batch_size, process, progress)
-    return task, _retrieval(mine, encode_images, encode_texts, batch_size, process, progress)
+    with tqdm.tqdm(batches, unit="batch", desc=name_or_path, disable=not progress) as mine:  # ends its line on errors
+        if task == sources.CLASSIFICATION:
+            return task, _classification(mine, classnames, templates, encode_images,
+                                         encode_texts, batch_size, process, progress)
+        return task, _retrieval(mine, encode_images, encode_texts, batch_size, process, progress)
 
 
 def _for_each_batch(batches: Iterator[tuple[np.ndarray, Any]], add: Callable[[np.ndarray, Any], None],

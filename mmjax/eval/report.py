@@ -129,6 +129,9 @@ def format_table(metrics: Mapping[str, float]) -> str:
         if not FRACTION_METRIC.fullmatch(name):
             rows.append((name, f"{value:.2f}", ""))
             continue
+        if math.isnan(value):  # undefined (acc5 of fewer than 5 classes): no value, no chance level
+            rows.append((name, "n/a", ""))
+            continue
         chance = chance_level(name, metrics)
         rows.append((name, f"{100 * value:.2f} %",
                      "" if chance is None else f"{100 * chance:.2f} %"))

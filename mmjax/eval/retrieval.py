@@ -132,6 +132,8 @@ def retrieval_metrics(
       ``{"image_retrieval_recall@k": ..., "text_retrieval_recall@k": ...}`` for each k,
       in clip_benchmark's key order.
     """
+    if any(k < 1 for k in ks):
+        raise ValueError(f"recall@k needs every k ≥ 1, got {tuple(ks)}")
     require_finite(image_emb, "the image embeddings")
     require_finite(text_emb, "the text embeddings")
     images = l2_normalize(image_emb)

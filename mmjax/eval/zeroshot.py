@@ -141,6 +141,8 @@ def label_rank(logits: np.ndarray, labels: np.ndarray, block_size: int = 4096) -
     logits = np.asarray(logits)
     labels = np.asarray(labels)
     require_finite(logits, "the logits")
+    if labels.size and not (0 <= labels.min() and labels.max() < logits.shape[1]):
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}) (the classes), got {labels.min()}..{labels.max()}")
     class_index = np.arange(logits.shape[1])
     ranks = np.empty(len(labels), np.int64)
     for start in range(0, len(labels), block_size):
@@ -160,6 +162,8 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     clip_benchmark's ``accuracy`` for one k. ``k > C`` counts as ``k = C`` (always 1.0);
     torch.topk would raise instead. logits ``[N, C]``, labels ``[N]``.
     """
+    if k < 1:
+        raise ValueError(f"top-k accuracy needs k ≥ 1, got {k}")
     return float(np.mean(label_rank(logits, labels) < k))
 
 
