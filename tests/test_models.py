@@ -357,6 +357,15 @@ def test_bfloat16_dense_off_cpu_is_jaxs_own_matmul(monkeypatch):
     assert len(results) >= 3 * 12 and set(results) == {"bf16"}, results
 
 
+def _np_attention_heads(q, k, v, causal):
+    """Softmax attention `[B, T, N, H]` against `[B, S, N, H]`, written out in NumPy."""
+    logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    if causal:
+        logits = np.where(np.tril(np.ones(logits.shape[-2:], bool)), logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bhts,bshd->bthd", weights / weights.sum(-1, keepdims=True), v)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("multiple", [2, 8])
 def test_attention_padded_to_a_length_multiple_equals_the_unpadded_one(causal, multiple):
@@ -365,11 +374,7 @@ def test_attention_padded_to_a_length_multiple_equals_the_unpadded_one(causal, m
     keys = 5 if causal else 7
     q = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
     k, v = (rng.normal(size=(2, keys, 3, 8)).astype(np.float32) for _ in range(2))
-    logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(8)
-    if causal:
-        logits = np.where(np.tril(np.ones((5, keys), bool)), logits, -np.inf)
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    want = np.einsum("bhts,bshd->bthd", weights / weights.sum(-1, keepdims=True), v)
+    want = _np_attention_heads(q, k, v, causal)
     padded = lambda q, k, v: layers.padded_attention(q, k, v, causal=causal, implementation="xla",  # noqa: E731
                                                      multiple=multiple)
     np.testing.assert_allclose(padded(q, k, v), want, atol=1e-5)
@@ -378,3 +383,38 @@ def test_attention_padded_to_a_length_multiple_equals_the_unpadded_one(causal, m
     grads = [jax.vjp(f, q, k, v)[1](cotangent) for f in (padded, plain)]
     for got, expected in zip(*grads):
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("multiple", [1, 2])
+def test_attention_masks_keys_past_kv_length(multiple):
+    """The 3 keys after the first 6 are padding (large values that would dominate the softmax); the queries see
+    the first 6 only."""
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(2, 4, 3, 8)).astype(np.float32)
+    k, v = (rng.normal(size=(2, 9, 3, 8)).astype(np.float32) for _ in range(2))
+    k[:, 6:], v[:, 6:] = 50.0, 1e3
+    got = layers.padded_attention(q, k, v, causal=False, implementation="xla", multiple=multiple, kv_length=6)
+    np.testing.assert_allclose(got, _np_attention_heads(q, k[:, :6], v[:, :6], False), atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_transformer_padding_its_sequence_once_changes_no_output_or_gradient(monkeypatch, scan_layers, causal):
+    """With cuDNN the stack pads an odd length once for all its blocks; here XLA's attention is made to ask for a
+    multiple of 4, and 7 tokens (padded to 8) must give the outputs and gradients of the stack that pads nothing."""
+    spec = layers.TransformerSpec(width=16, depth=2, num_heads=4, mlp_dim=32)
+    stack = layers.Transformer(spec, layers.BlockOptions(scan_layers=scan_layers), causal)
+    x = np.random.default_rng(2).normal(size=(2, 7, 16)).astype(np.float32)
+    params = stack.init(jax.random.key(0), x)
+    cotangent = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+
+    def outputs_and_gradients():
+        out, vjp = jax.vjp(lambda p, x: stack.apply(p, x), params, x)
+        return out, vjp(cotangent)
+
+    want, want_grads = outputs_and_gradients()
+    monkeypatch.setitem(layers.LENGTH_MULTIPLES, "xla", 4)
+    got, got_grads = outputs_and_gradients()
+    assert got.shape == (2, 7, 16)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got_grads, want_grads)

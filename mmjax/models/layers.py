@@ -150,21 +150,24 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
 
 
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, implementation: str,
-                     multiple: int) -> jax.Array:
+                     multiple: int, kv_length: int | None = None) -> jax.Array:
     """`jax.nn.dot_product_attention` of `q [B, T, N, H]` against `k, v [B, S, N, H]` → `[B, T, N, H]`, with `T`
-    and `S` padded up to a multiple of `multiple` and the padding masked out (as sequence lengths) and cut off.
+    and `S` padded up to a multiple of `multiple`, the padded keys masked out (as sequence lengths) and the padded
+    queries cut off. `kv_length`: the keys from this index on are padding already (a `Transformer` pads its
+    sequence once for all its layers); masked the same way.
 
     For cuDNN's fused attention, which JAX refuses in training at odd lengths (ViT-B/16's 197 tokens, CLIP's
     77): its check for a bias wants even lengths, and JAX passes a zero-size placeholder for an absent bias
-    (`jax/_src/cudnn/fused_attention_stablehlo.py`), so the check applies to every training call.
+    (`jax/_src/cudnn/fused_attention_stablehlo.py`), so the check applies to every training call. Causal
+    self-attention (`T == S`) needs no mask for keys at its end: only the padded queries after them see them.
     """
     t, s = q.shape[1], k.shape[1]
+    valid = s if kv_length is None else kv_length
     pad = lambda x, length: jnp.pad(x, ((0, 0), (0, -length % multiple), (0, 0), (0, 0)))  # noqa: E731
-    if t % multiple == 0 and s % multiple == 0:
-        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
-    lengths = lambda n: jnp.full((q.shape[0],), n, jnp.int32)  # noqa: E731
-    out = jax.nn.dot_product_attention(pad(q, t), pad(k, s), pad(v, s), is_causal=causal,
-                                       query_seq_lengths=lengths(t), key_value_seq_lengths=lengths(s),
+    q, k, v = pad(q, t), pad(k, s), pad(v, s)
+    masked = valid < k.shape[1] and not (causal and t == s)
+    lengths = jnp.full((q.shape[0],), valid, jnp.int32) if masked else None
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
                                        implementation=implementation)
     return out[:, :t]
 
@@ -175,13 +178,15 @@ class MultiHeadAttention(nn.Module):
     Call with `queries [B, T, D]` and optional `keys_values [B, S, Dkv]` (self-attention
     when omitted). Returns `[B, T, D]`. `causal`: query `t` attends to keys `≤ t` only.
     `implementation`: `jax.nn.dot_product_attention`'s, `"xla"` or `"cudnn"` (NVIDIA GPUs,
-    bfloat16 or float16: cuDNN's fused flash attention).
+    bfloat16 or float16: cuDNN's fused flash attention). `kv_length`: keys and values from this index on are
+    padding, masked out.
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     causal: bool = False
     implementation: str = "xla"
+    kv_length: int | None = None
 
     @nn.compact
     def __call__(self, queries, keys_values=None):
@@ -198,7 +203,7 @@ class MultiHeadAttention(nn.Module):
         project = lambda name, x: dense((self.num_heads, head_dim), proj_names, dtype=self.dtype, name=name)(x)
         q, k, v = project("query", queries), project("key", keys_values), project("value", keys_values)
         out = padded_attention(q, k, v, causal=self.causal, implementation=self.implementation,
-                               multiple=2 if self.implementation == "cudnn" else 1)
+                               multiple=LENGTH_MULTIPLES[self.implementation], kv_length=self.kv_length)
         return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, dtype=self.dtype, name="out")(out)
 
 
@@ -221,6 +226,8 @@ class Mlp(nn.Module):
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # `jax.nn.dot_product_attention` implementations a transformer's self-attention may use.
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+# The sequence-length multiple each implementation computes at: shorter ones are padded and the padding masked.
+LENGTH_MULTIPLES = {"xla": 1, "cudnn": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,11 +285,12 @@ class TransformerSpec:
 
 class TransformerBlock(nn.Module):
     """Pre-LN block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. `[B, T, D] -> [B, T, D]`; `causal` self-attention
-    lets token `t` see tokens `≤ t` only."""
+    lets token `t` see tokens `≤ t` only; tokens from `valid_length` on are padding no other token sees."""
 
     spec: TransformerSpec
     options: BlockOptions
     causal: bool = False
+    valid_length: int | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -290,7 +298,8 @@ class TransformerBlock(nn.Module):
         dtype = jnp.dtype(opts.dtype)
         x = constrain_tokens(x)
         y = layer_norm(opts.norm_eps, dtype, "ln_1")(x)
-        x = x + MultiHeadAttention(spec.num_heads, dtype, self.causal, opts.attention, name="attn")(y)
+        x = x + MultiHeadAttention(spec.num_heads, dtype, self.causal, opts.attention, self.valid_length,
+                                   name="attn")(y)
         y = layer_norm(opts.norm_eps, dtype, "ln_2")(x)
         return x + Mlp(spec.mlp_dim, opts.activation, dtype, name="mlp")(y)
 
@@ -306,7 +315,8 @@ class Transformer(nn.Module):
     """A stack of `depth` pre-LN blocks (`causal` or not), unrolled or scanned, optionally rematerialised.
 
     Scanned parameters are stacked on a leading `layers` axis; the outputs are the
-    same either way. `[B, T, D] -> [B, T, D]`.
+    same either way. `[B, T, D] -> [B, T, D]`. A length the attention cannot take (cuDNN's: odd) is padded once
+    here, for all the blocks, and cut off at the end; attention masks the padding out.
     """
 
     spec: TransformerSpec
@@ -316,6 +326,10 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, x):
         spec, opts = self.spec, self.options
+        length = x.shape[1]
+        padding = -length % LENGTH_MULTIPLES[opts.attention]
+        x = jnp.pad(x, ((0, 0), (0, padding), (0, 0)))
+        valid_length = length if padding else None
         block = _ScanStep if opts.scan_layers else TransformerBlock
         if opts.remat_policy != "none":
             block = nn.remat(block, policy=REMAT_POLICIES[opts.remat_policy], prevent_cse=not opts.scan_layers)
@@ -325,11 +339,11 @@ class Transformer(nn.Module):
                 in_axes=nn.broadcast, length=spec.depth,
                 metadata_params={nn.PARTITION_NAME: axes.LAYERS},
             )
-            x, _ = stack(spec, opts, self.causal, name="layers")(x, None)
-            return x
-        for i in range(spec.depth):
-            x = block(spec, opts, self.causal, name=f"layers_{i}")(x)
-        return x
+            x, _ = stack(spec, opts, self.causal, valid_length, name="layers")(x, None)
+        else:
+            for i in range(spec.depth):
+                x = block(spec, opts, self.causal, valid_length, name=f"layers_{i}")(x)
+        return x[:, :length]
 
 
 class PatchEmbed(nn.Module):
