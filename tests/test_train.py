@@ -647,6 +647,39 @@ def test_sigterm_saves_the_step_reached_and_the_resumed_run_ends_with_the_uninte
     assert int(train(config, str(tmp_path / "last")).step) == config.total_steps
 
 
+def test_a_preemption_notice_at_an_evaluation_step_saves_the_checkpoint_before_evaluating(tmp_path, monkeypatch):
+    """The evaluation due at the step a SIGTERM stopped ran first, and a grace period that ended during it lost
+    the checkpoint; now the checkpoint is on disk when the evaluation starts, and the evaluation is still recorded."""
+    import signal
+
+    import mmjax.train.loop as loop
+    from mmjax.train.preemption import Preempted
+
+    config = clip_tiny.get_config("test")
+    config.total_steps, config.checkpoint_every, config.log_every = 8, 100, 2
+    config.eval.every, config.eval.benchmarks = 4, ("synthetic",)
+    workdir = tmp_path / "run"
+    write, run = loop.MetricsWriter.write, loop.PeriodicEval.run
+    checkpoints_at_evaluation = []
+
+    def notice_at_step_4(self, step, metrics):
+        write(self, step, metrics)
+        if step == 4:
+            signal.raise_signal(signal.SIGTERM)
+
+    def recording_run(self, params):
+        checkpoints_at_evaluation.append(sorted(os.listdir(workdir / "checkpoints")))
+        return run(self, params)
+
+    monkeypatch.setattr(loop.MetricsWriter, "write", notice_at_step_4)
+    monkeypatch.setattr(loop.PeriodicEval, "run", recording_run)
+    with pytest.raises(Preempted, match="at step 4"):
+        train(config, str(workdir))
+    assert checkpoints_at_evaluation == [["4"]]
+    with open(workdir / "eval_metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [4]
+
+
 def test_a_skip_log_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     """`2` (a cut `25 shard-…` line) was kept, and the resumed run's next line was glued onto it: `222 shard-…`."""
     from mmjax.data.skips import SkipMonitor

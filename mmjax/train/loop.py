@@ -257,11 +257,10 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                 writer.write(step, metrics)
                 last_time, last_step, data_wait = now, step, 0.0
                 stop_if_diverged(step, metrics, checkpoints)
-            if evaluation.due(step):  # before the checkpoint: a run killed here evaluates this step again
-                results = evaluation.run(state.params)
-                writer.write_eval(step, results)
-                last_time += results["eval_s"]  # step times leave the evaluation out
             preempted = notice.reached(step - start) and step < end  # at the last step the run is complete
+            evaluate = evaluation.due(step)
+            if evaluate and not preempted:  # before the checkpoint: a run killed here evaluates this step again
+                last_time += _evaluate(evaluation, state, step, writer)  # step times leave the evaluation out
             if step % config.checkpoint_every == 0 or step == end or preempted:
                 stop_if_diverged(step, metrics, checkpoints)  # never a checkpoint of NaN parameters
                 skips.flush(step)  # the log holds the skips of every batch the checkpoint has trained on
@@ -271,7 +270,11 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                     save_config(workdir, config)
                     config_pending = False
                 saves_begun = True
-            if preempted:
+            if preempted:  # the grace period may not cover both: the checkpoint first, then the evaluation
+                with interrupts.deferred():
+                    checkpoints.wait()
+                if evaluate:
+                    _evaluate(evaluation, state, step, writer)
                 preempted_at = step
                 break
     with interrupts.deferred():  # the save finishes either way (closing waits for it): no Orbax traceback
@@ -285,6 +288,13 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     if end > start and jax.process_index() == 0:
         print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
     return state
+
+
+def _evaluate(evaluation: PeriodicEval, state: TrainState, step: int, writer: MetricsWriter) -> float:
+    """Runs the evaluation of step `step` and records it; the seconds it took."""
+    results = evaluation.run(state.params)
+    writer.write_eval(step, results)
+    return results["eval_s"]
 
 
 def stop_if_diverged(step: int, metrics: dict, checkpoints: Checkpoints) -> None:
