@@ -322,6 +322,19 @@ def test_a_run_of_another_number_of_processes_is_refused_before_restoring(tmp_pa
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
 
 
+def test_a_key_the_saved_config_lacks_is_named_as_new_not_as_changed_from_none():
+    """A workdir written before `model_options.attention` existed resumed with `attention None → 'xla'`, as if
+    the run had trained with no attention."""
+    from mmjax.train.loop import _changes
+
+    before, after = clip_tiny.get_config("test"), clip_tiny.get_config("test")
+    with before.unlocked():
+        del before.model_options["attention"]
+    after.total_steps = before.total_steps + 2
+    assert sorted(_changes(before, after)) == ["model_options.attention 'xla' (not in the saved config)",
+                                               f"total_steps {before.total_steps} → {after.total_steps}"]
+
+
 def test_resuming_a_workdir_with_another_model_is_rejected_and_other_changes_are_named(tmp_path, capsys):
     config = clip_tiny.get_config("test")
     train(config, str(tmp_path), stop_after=1)

@@ -99,7 +99,8 @@ def _same_tokenizer_file(workdir: str, old, new) -> bool:
 
 
 def _changes(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict) -> list[str]:
-    """`"key old → new"` for every leaf of `after` whose value differs from `before`'s (dotted keys)."""
+    """`"key old → new"` for every leaf of `after` whose value differs from `before`'s (dotted keys), and
+    `"key new (not in the saved config)"` for a leaf `before` lacks (a config written by an earlier version)."""
     def leaves(tree: dict, prefix: str = "") -> dict:
         flat = {}
         for key, value in tree.items():
@@ -107,7 +108,8 @@ def _changes(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict
         return flat
 
     old, new = leaves(json.loads(before.to_json())), leaves(json.loads(after.to_json()))
-    return [f"{key} {old.get(key)!r} → {value!r}" for key, value in new.items() if old.get(key) != value]
+    return [f"{key} {old[key]!r} → {value!r}" if key in old else f"{key} {value!r} (not in the saved config)"
+            for key, value in new.items() if key not in old or old[key] != value]
 
 
 _ABSENT = object()
