@@ -281,13 +281,22 @@ def test_a_gpu_profile_places_each_kernel_of_the_device_and_no_host_event():
               op(7, "fusion.1", 1000.0), op(7, "fusion_2", 2000.0),
               op(7, "loop_add_fusion", 500.0, hlo_op="add.3"),  # outside a CUDA graph, hlo_op names the op
               op(7, "nvjet_sm90_tst_128x160_64x5_2x1_v_bz_TNT", 6000.0, hlo_op="command_buffer_0"),  # cuBLAS
+              op(7, "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1_"
+                    "kernel0_0", 800.0),  # cuDNN's attention, forward
+              op(7, "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4x1_cga1x1x1_"
+                    "kernel0_0", 1600.0),  # and backward, with its helpers
+              op(7, "void cudnn::fusion::compute_dot_do_o_specialized<true, 64>(void const*, void const*)", 300.0),
+              op(7, "void cudnn::fusion::convert_dq_to_16bits<true>(void const*, void*, unsigned int)", 100.0),
+              op(7, "void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_"
+                    "nhwc_align8>(Params)", 400.0),  # cuDNN's convolution: a matmul of no known part
               op(7, "Memset", 100.0)]
     events = [meta(1, "/host:CPU"), meta(7, "/device:GPU:0 (NVIDIA H200)")] + host + device
-    # per step of 2: 4 ms of the fc1 matmul, 2 ms of the attention's backward matmul, 0.5 ms of optimizer, 6 ms in
-    # cuBLAS, 0.1 ms of memset; the host's events are launches of the same ops
-    assert op_times(events, table, 2) == {"mlp/forward/matmul": 2.0, "attention/backward/matmul": 1.0,
-                                          "optimizer/forward/elementwise": 0.25, "library/-/matmul": 3.0,
-                                          "library/-/other": 0.05}
+    # per step of 2: 4 ms of the fc1 matmul, 2 + 2 ms of the attention's backward matmuls (XLA's, cuDNN's),
+    # 0.8 ms of cuDNN's attention forward, 0.5 ms of optimizer, 6.4 ms in cuBLAS and cuDNN's convolution, 0.1 ms
+    # of memset; the host's events are launches of the same ops
+    assert op_times(events, table, 2) == pytest.approx({
+        "mlp/forward/matmul": 2.0, "attention/backward/matmul": 2.0, "attention/forward/matmul": 0.4,
+        "optimizer/forward/elementwise": 0.25, "library/-/matmul": 3.2, "library/-/other": 0.05})
     # on CPU the ops run in the host process, so they count there, and only events named after an op
     assert op_times([meta(1, "/host:CPU")] + host, table, 1) == {"mlp/forward/matmul": 0.9,
                                                                  "optimizer/forward/elementwise": 0.7}

@@ -69,6 +69,18 @@ def _device_pids(events: list[dict]) -> set:
 
 # Kernels of the vendor libraries that XLA calls for matmuls and convolutions (cuBLAS, cuBLASLt, cuDNN).
 _LIBRARY_MATMUL = re.compile(r"nvjet|gemm|xmma|cutlass|cudnn|fprop|dgrad|wgrad|splitk", re.IGNORECASE)
+# cuDNN's fused attention (`--attention cudnn`): its flash kernels and the backward pass's helper kernels.
+_CUDNN_ATTENTION = re.compile(r"sdpa|fmha|cudnn::fusion::(compute_dot_do_o|convert_dq)", re.IGNORECASE)
+_CUDNN_ATTENTION_BACKWARD = re.compile(r"bprop|compute_dot_do_o|convert_dq", re.IGNORECASE)
+
+
+def _library_key(kernel: str) -> str:
+    """`part/direction/kind` of a vendor-library kernel, which names no op: cuDNN's attention kernels count under
+    `attention` (`fprop` forward, `bprop` and its helpers backward), other matmul kernels as `library/-/matmul`,
+    runtime copies and memsets as `library/-/other`."""
+    if _CUDNN_ATTENTION.search(kernel):
+        return f"attention/{'backward' if _CUDNN_ATTENTION_BACKWARD.search(kernel) else 'forward'}/matmul"
+    return f"library/-/{'matmul' if _LIBRARY_MATMUL.search(kernel) else 'other'}"
 
 
 def _device_op(event: dict, table: dict, kernels: dict) -> tuple[str, str] | None:
@@ -85,8 +97,7 @@ def op_times(events: list[dict], table: dict[str, tuple[str, str]], steps: int) 
     theirs counts and nothing of the host's (its launch events can carry the same op names). A kernel is placed
     by the op its `hlo_op` names or, inside XLA's CUDA graphs (where `hlo_op` names the graph), by the fusion it is
     named after; XLA compiles identical fusions into one kernel named after the first, so a shared kernel counts
-    under that fusion's part. Vendor-library kernels (cuBLAS, cuDNN) name no op: they count as
-    `library/-/matmul`, and runtime copies and memsets as `library/-/other`.
+    under that fusion's part. Vendor-library kernels (cuBLAS, cuDNN) name no op: `_library_key` places them.
     """
     devices = _device_pids(events)
     kernels = {re.sub(r"[.\-]", "_", name): entry for name, entry in table.items()} if devices else {}
@@ -96,7 +107,7 @@ def op_times(events: list[dict], table: dict[str, tuple[str, str]], steps: int) 
             continue
         entry = _device_op(event, table, kernels) if devices else table[event["name"]]
         if entry is None:
-            key = f"library/-/{'matmul' if _LIBRARY_MATMUL.search(event['name']) else 'other'}"
+            key = _library_key(event["name"])
         else:
             part, direction = classify(entry[0])
             key = f"{part}/{direction}/{entry[1]}"
