@@ -4,6 +4,7 @@ and the OpenCLIP model built with the same numbers (no timing assertions)."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -313,6 +314,22 @@ def test_cublas_and_cudnn_calls_are_matmuls_in_the_op_table():
     table = _op_table(hlo)
     assert {name: kind for name, (_, kind) in table.items()} == {
         "custom-call.295": "matmul", "cudnn-conv.2": "matmul", "loop_add_fusion.1": "elementwise"}
+
+
+def test_check_attention_script_measures_bf16_against_float32_and_fails_past_its_tolerance():
+    """scripts/check_attention.py (run on a GPU to check cuDNN's attention) on CPU with XLA's alone: bf16's
+    relative errors against float32 are those of bf16 rounding (its 8 bits of mantissa: ~1e-3 to ~3e-2), and a
+    tolerance below 1 (XLA's own error against itself) fails with status 1 and a line naming the case."""
+    command = [sys.executable, "scripts/check_attention.py", "--model", "clip-test", "--attention", "xla"]
+    done = subprocess.run(command + ["--tolerance", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["unrolled layers, bf16 xla", "scanned layers, bf16 xla"]
+    errors = [float(e) for line in lines for e in re.findall(r"\d\.\d\de-\d\d", line)]
+    assert len(errors) == 6 and all(1e-3 < e < 3e-2 for e in errors), lines
+    assert done.returncode == 1 and "FAILED: xla (unrolled): 1.0× bf16 XLA's error" in done.stderr
+    refused = subprocess.run(command[:4] + ["--attention", "cudnn"], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "cudnn needs an NVIDIA GPU; this backend is cpu" in refused.stderr
 
 
 def test_unknown_sub_benchmark_is_a_one_line_error():
