@@ -28,7 +28,7 @@ from mmjax.data.open_files import SPARE_DESCRIPTORS
 from mmjax.data.element_random import element_uniforms
 from mmjax.data.pipeline import records_train_dataset
 from mmjax.data.preprocess import ImagePreprocess
-from mmjax.data.records import SKIP_REASONS, Sample
+from mmjax.data.records import SKIP_REASONS, Sample, Skip
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.train.config import ConfigError, base_config, validate
 from mmjax.parallel import make_mesh
@@ -229,6 +229,24 @@ def test_a_shard_array_record_cannot_open_is_skipped_and_counted(tmp_path):
     assert sum(iterator.skip_counts) == 30
 
 
+def test_a_batched_read_gives_what_reading_record_by_record_gives(tmp_path):
+    """The pipeline reads a batch's records in one `_getitems` call (one ArrayRecord read per shard); reading each
+    record alone is the reference, with a missing shard, a damaged one, repeated and unordered indices."""
+    clean_dir(tmp_path, 60)
+    os.remove(tmp_path / "shard-00001.array_record")
+    source = RecordSource(str(tmp_path))
+    healthy = list(np.random.default_rng(0).permutation(60)) + [3, 3, 59, 0]
+    assert source._getitems(healthy) == [source[i] for i in healthy]
+    assert sum(isinstance(item, Skip) for item in source._getitems(healthy)) == 10
+    with open(tmp_path / "shard-00004.array_record", "r+b") as f:
+        f.truncate(1000)
+    damaged = RecordSource(str(tmp_path))
+    expected = [damaged[i] for i in healthy]
+    assert sorted(item.reason for item in expected if isinstance(item, Skip)) == (["missing_shard"] * 10
+                                                                                 + ["truncated_record"] * 10)
+    assert damaged._getitems(healthy) == expected
+
+
 def test_a_shard_the_system_will_not_open_stops_the_run_in_one_line(tmp_path):
     """Too many open files is not bad data: skipping those shards lost 280 of 600 records without a word."""
     clean_dir(tmp_path, 40)
@@ -240,8 +258,9 @@ def test_a_shard_the_system_will_not_open_stops_the_run_in_one_line(tmp_path):
     except OSError:
         pass
     try:
-        with pytest.raises(ValueError, match=r"^cannot open shard .*shard-00000.array_record: open\(\) failed"):
-            source[0]
+        for read in (lambda: source[0], lambda: source._getitems([5, 0])):
+            with pytest.raises(ValueError, match=r"^cannot open shard .*shard-00000.array_record: open\(\) failed"):
+                read()
     finally:
         for descriptor in taken:
             os.close(descriptor)
@@ -449,3 +468,23 @@ def test_a_synthetic_config_read_back_from_json_passes():
 
     config = base_config("clip-test", "clip")
     validate(ml_collections.ConfigDict(json.loads(config.to_json())))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+@pytest.mark.parametrize("idle_priority", [None, True, False])
+def test_data_workers_run_at_idle_priority_when_the_step_runs_on_the_cpu(idle_priority):
+    """The operating system's word for the scheduling policy of the worker thread that runs the pipeline: idle
+    when asked, or by default when JAX computes on the CPU (as in these tests), normal otherwise."""
+    import grain
+
+    from mmjax.data.workers import start_workers
+
+    expected = os.SCHED_OTHER if idle_priority is False else os.SCHED_IDLE
+    assert jax.default_backend() == "cpu"
+    dataset = grain.MapDataset.source([0] * 3).map(os.sched_getscheduler).to_iter_dataset()  # 0: the calling thread
+    iterator = iter(start_workers(dataset, 1, idle_priority))
+    try:
+        assert list(iterator) == [expected] * 3
+    finally:
+        iterator.close()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the main process keeps its priority

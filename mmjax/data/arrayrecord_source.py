@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
+from collections.abc import Sequence
 
 import grain
 
@@ -52,21 +53,38 @@ class RecordSource:
     def __len__(self) -> int:
         return self._starts[-1]
 
-    def __getitem__(self, index: int) -> RawRecord | Skip:
+    def _locate(self, index: int) -> tuple[int, str]:
+        """(shard number, record id) of global index `index`."""
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} out of range for {len(self)} records of {self.directory}")
         shard = bisect.bisect_right(self._starts, index) - 1
-        record_id = f"{self._names[shard]}:{index - self._starts[shard]}"
+        return shard, f"{self._names[shard]}:{index - self._starts[shard]}"
+
+    def __getitem__(self, index: int) -> RawRecord | Skip:
+        shard, record_id = self._locate(index)
         if not self._present[shard]:
             return Skip(record_id, "missing_shard")
         try:
-            data = self._records[index - self._missing_before[shard]]
+            data = self._records[int(index) - self._missing_before[shard]]
         except RuntimeError as error:  # what ArrayRecord raises for a file it cannot read
             if "open() failed" in str(error):  # the system refused the file (EMFILE, EACCES): not damage
                 raise ValueError(f"cannot open shard {self._paths[shard]}: {error}") from None
             return Skip(record_id, "truncated_record")
         return RawRecord(record_id, data)
+
+    def _getitems(self, indices: Sequence[int]) -> list[RawRecord | Skip]:
+        """`[self[i] for i in indices]` with one ArrayRecord read per shard (grain's batched-read protocol). When a
+        shard among them cannot be read, the records are read one by one, so only that shard's are skipped."""
+        located = [self._locate(index) for index in indices]
+        keys = [int(index) - self._missing_before[shard]
+                for index, (shard, _) in zip(indices, located) if self._present[shard]]
+        try:
+            records = iter(self._records.__getitems__(keys) if keys else ())
+        except RuntimeError:
+            return [self[index] for index in indices]
+        return [RawRecord(record_id, next(records)) if self._present[shard] else Skip(record_id, "missing_shard")
+                for shard, record_id in located]
 
     def __repr__(self) -> str:  # grain prints sources in its errors and stats
         return f"RecordSource({self.directory!r}, {len(self)} records, {len(self.missing_shards)} missing shards)"

@@ -154,7 +154,7 @@ class ClipBpeTokenizer(Tokenizer):
         if len(in_rust):
             ids[in_rust] = super().__call__([texts[i] for i in in_rust])
         words = [OPEN_CLIP_WORDS.findall(texts[i]) for i in in_python]
-        ids[in_python] = [e.ids for e in self._split_words.encode_batch(words, is_pretokenized=True)]
+        ids[in_python] = [e.ids for e in self._split_words.encode_batch_fast(words, is_pretokenized=True)]
         return ids
 
 
