@@ -434,6 +434,7 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
      "data.name='mixture'"),
     ({"seed": -1}, "config.data.seed=-1 must be in [0, 2**32)"),
     ({"image_std": (0.5, 0.0, 0.5)}, "image_std=(0.5, 0.0, 0.5) must be 3 numbers each, the std positive"),
+    ({"worker_priority": "low"}, "config.data.worker_priority='low' must be one of ('auto', 'idle', 'normal')"),
 ])
 def test_bad_data_configs_are_one_line_errors(overrides, expected):
     config = base_config("clip-test", "clip")
@@ -471,20 +472,51 @@ def test_a_synthetic_config_read_back_from_json_passes():
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-@pytest.mark.parametrize("idle_priority", [None, True, False])
-def test_data_workers_run_at_idle_priority_when_the_step_runs_on_the_cpu(idle_priority):
+@pytest.mark.parametrize("priority", ["auto", "idle", "normal"])
+def test_data_workers_run_at_idle_priority_when_the_step_runs_on_the_cpu(priority):
     """The operating system's word for the scheduling policy of the worker thread that runs the pipeline: idle
-    when asked, or by default when JAX computes on the CPU (as in these tests), normal otherwise."""
+    when asked, and by default ("auto") when JAX computes on the CPU, as in these tests."""
     import grain
 
     from mmjax.data.workers import start_workers
 
-    expected = os.SCHED_OTHER if idle_priority is False else os.SCHED_IDLE
+    expected = os.SCHED_OTHER if priority == "normal" else os.SCHED_IDLE
     assert jax.default_backend() == "cpu"
     dataset = grain.MapDataset.source([0] * 3).map(os.sched_getscheduler).to_iter_dataset()  # 0: the calling thread
-    iterator = iter(start_workers(dataset, 1, idle_priority))
+    iterator = iter(start_workers(dataset, 1, priority))
     try:
         assert list(iterator) == [expected] * 3
     finally:
         iterator.close()
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the main process keeps its priority
+
+
+@pytest.mark.parametrize("name", ["synthetic", "arrayrecord"])
+def test_the_config_names_the_workers_priority(tmp_path, monkeypatch, name):
+    from mmjax.data import pipeline
+
+    started = []
+    monkeypatch.setattr(pipeline, "start_workers",
+                        lambda dataset, num_workers, priority: started.append(priority) or dataset)
+    config = base_config("clip-tiny", "clip").data
+    config.worker_priority = "normal"
+    if name == "arrayrecord":
+        clean_dir(tmp_path, 10)
+        config.name, config.sources = name, (str(tmp_path),)
+    pipeline.config_train_dataset(config, 8, 16, TOKENIZER)
+    assert started == ["normal"]
+
+
+def test_a_mixture_reads_a_batch_as_it_reads_record_by_record(tmp_path):
+    """`ShuffleWithinWindows._getitems` hands each component its share of a batch in one call; reading the
+    mixture element by element is the reference."""
+    from mmjax.data.mixture import mix, shuffled_component
+
+    clean_dir(tmp_path / "a", 30)
+    clean_dir(tmp_path / "b", 20, offset=100)
+    components = [shuffled_component(RecordSource(str(tmp_path / name)), i, 0, tagged=True)
+                  for i, name in enumerate("ab")]
+    mixed = mix(components, (0.7, 0.3), seed=1)
+    indices = [*range(5000, 5100), 3, 3, 0, 9000]  # beyond the first window, repeated, out of order
+    assert mixed._getitems(indices) == [mixed[i] for i in indices]
+    assert {item.source for item in mixed._getitems(indices)} == {0, 1}

@@ -70,11 +70,19 @@ class ShuffleWithinWindows(grain.MapDataset):
             self._permutations[window_index] = permutation
         return permutation
 
+    def _parent_index(self, index: int) -> int:
+        window_index, offset = divmod(index, self.window)
+        return window_index * self.window + int(self._permutation(window_index)[offset])
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
-        window_index, offset = divmod(index, self.window)
-        return self._parent[window_index * self.window + int(self._permutation(window_index)[offset])]
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices: Sequence[int]) -> Sequence:
+        """grain's batched read: the mixture reads each component's elements in one call."""
+        parent_indices = [self._parent_index(index) for index in indices]
+        return self._parent._getitems(parent_indices)  # pylint: disable=protected-access
 
 
 def usable_weights(weights: Sequence[float], count: int) -> bool:

@@ -44,7 +44,7 @@ class RenderAndTokenize(grain.transforms.Map):
 def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer: Tokenizer,
                   num_workers: int = 0, process_index: int | None = None,
                   process_count: int | None = None,
-                  num_examples: int | None = None) -> grain.IterDataset:
+                  num_examples: int | None = None, worker_priority: str = "auto") -> grain.IterDataset:
     """The endless, shuffled training stream of this process.
 
     Source (`num_examples` per epoch, default `synthetic.DEFAULT_SIZES`) → global
@@ -52,9 +52,9 @@ def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer:
     → repeat forever → this process's shard (every `process_count`-th example, so
     the shards of one step together are the single-process batch) → render and
     tokenize → batch of `global_batch_size // process_count` → `num_workers`
-    worker processes (none when 0). `iter()` gives a checkpointable iterator
-    (`get_state` / `set_state`, `grain.checkpoint.CheckpointSave`); `close()` it
-    to stop the workers.
+    worker processes (none when 0; at `worker_priority`, see `workers.start_workers`).
+    `iter()` gives a checkpointable iterator (`get_state` / `set_state`,
+    `grain.checkpoint.CheckpointSave`); `close()` it to stop the workers.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -66,7 +66,7 @@ def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer:
                [process_index::process_count]
                .map(RenderAndTokenize(image_size, tokenizer))
                .batch(global_batch_size // process_count, drop_remainder=True))
-    return _prefetch(dataset, num_workers)
+    return _prefetch(dataset, num_workers, worker_priority)
 
 
 def eval_dataset(split: str, seed: int, batch_size: int, image_size: int,
@@ -85,16 +85,16 @@ def eval_dataset(split: str, seed: int, batch_size: int, image_size: int,
 def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, seed: int, global_batch_size: int,
                           options: DecodeOptions, tokenizer: Tokenizer, num_workers: int = 0,
                           process_index: int | None = None, process_count: int | None = None,
-                          num_epochs: int | None = None) -> CountSkips:
+                          num_epochs: int | None = None, worker_priority: str = "auto") -> CountSkips:
     """The shuffled training stream of this process over real data.
 
     Each of `sources` (`mixture.open_source`: `RecordSource`, `TfdsSamples`) is shuffled and
     repeated (`num_epochs`; None: forever) and mixed by `weights`; this process takes every
     `process_count`-th example (`grain.sharding.ShardByJaxProcess` by default, so hosts see
-    disjoint data), and `num_workers` processes decode them (random-resized-crop, one caption
-    sampled) into batches of `global_batch_size // process_count` good examples with tokenised
-    captions (`DecodeBatches`). The iterator
-    (`CountSkips`) totals the skipped samples by reason; `get_state` / `set_state` give exact resume.
+    disjoint data), and `num_workers` processes (at `worker_priority`) decode them (random-resized-crop, one caption
+    sampled) into batches of `global_batch_size // process_count` good examples with tokenised captions
+    (`DecodeBatches`). The iterator (`CountSkips`) totals the skipped samples by reason; `get_state` / `set_state`
+    give exact resume.
     A finite stream (`num_epochs`) ends with a partial batch; a finite mixture ends when its first source runs
     out (grain's `mix`), so the other sources are not read to their end.
     """
@@ -110,22 +110,24 @@ def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, se
                   for i, source in enumerate(sources)]
     batched = DecodeBatches(mix(components, weights, seed), global_batch_size // process_count, options, tokenizer, seed,
                             offset=process_index, stride=process_count, finite=num_epochs is not None)
-    return CountSkips(start_workers(batched, num_workers), len(components))
+    return CountSkips(start_workers(batched, num_workers, worker_priority), len(components))
 
 
 def config_train_dataset(data: ml_collections.ConfigDict, global_batch_size: int, image_size: int,
                          tokenizer: Tokenizer) -> grain.IterDataset:
     """The training stream a config's `data` section names: synthetic, or real sources (`records_train_dataset`)."""
     if data.name == "synthetic":
-        return train_dataset(data.seed, global_batch_size, image_size, tokenizer, data.num_workers)
+        return train_dataset(data.seed, global_batch_size, image_size, tokenizer, data.num_workers,
+                             worker_priority=data.worker_priority)
     sources = [open_source(spec, data.tfds_split, data.tfds_data_dir or None) for spec in data.sources]
     options = DecodeOptions(image_size, data.augment, tuple(data.crop_scale), tuple(data.crop_ratio),
                             data.caption_sampling, data.max_caption_chars)
     return records_train_dataset(sources, tuple(data.weights) if data.name == "mixture" else None, data.seed,
-                                 global_batch_size, options, tokenizer, data.num_workers)
+                                 global_batch_size, options, tokenizer, data.num_workers,
+                                 worker_priority=data.worker_priority)
 
 
-def _prefetch(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+def _prefetch(dataset: grain.MapDataset, num_workers: int, worker_priority: str) -> grain.IterDataset:
     """One batch is prepared ahead in a thread, or in each of `num_workers` processes."""
     return start_workers(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)),
-                          num_workers)
+                         num_workers, worker_priority)

@@ -1,12 +1,14 @@
 """Starting grain worker processes (`mp_prefetch`) the same way for training and evaluation.
 
-When the step runs on the CPU, the workers run at idle priority (Linux `SCHED_IDLE`; `nice 19` elsewhere): the
-step's XLA threads and the workers then share the same cores, and at the same priority a worker preempts an XLA
-thread in the middle of an operation while the other threads wait for it at the operation's end. At idle
-priority the workers use the time the step leaves (its gaps between operations, the host's wait for the step);
-the step waits only when that time does not cover the pipeline's work. `mmjax bench input` measures the effect.
-On a GPU or TPU host the step leaves the cores to the workers, and they run at normal priority, level with
-everything else on a shared machine.
+Priority (`config.data.worker_priority`): when the step runs on the CPU ("auto"), the workers run at idle
+priority (Linux `SCHED_IDLE`; `nice 19` elsewhere). The step's XLA threads and the workers then share the same
+cores, and at the same priority a worker preempts an XLA thread in the middle of an operation while the other
+threads wait for it at the operation's end; at idle priority the workers use the time the step leaves (its gaps
+between operations, the host's wait for the step), and the step waits only when that time does not cover the
+pipeline's work (`mmjax bench input` measures it). The price: a busy process of normal priority elsewhere on the
+machine takes the cores first, and next to one that never sleeps a worker gets well under 1 % of a core. So
+"normal" is there for a CPU host shared with other work; on a GPU or TPU host, whose cores the step leaves free,
+"auto" is "normal".
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax
 from absl import flags
 
 PARENT_CHECK_S = 1.0
+WORKER_PRIORITIES = ("auto", "idle", "normal")
 
 
 def _run_at_idle_priority() -> None:
@@ -37,10 +40,9 @@ def _start_worker(idle_priority: bool, worker_index: int, worker_count: int) -> 
     workers too. The main process decides what they mean (a training run saves its step on SIGTERM) and stops
     the workers, so they ignore both: a worker killed by SIGTERM crashed the run at its next batch, before it
     could save. A worker whose main process is gone (killed with SIGKILL, by the OOM killer) exits within
-    `PARENT_CHECK_S`; it used to live on, holding its memory. `idle_priority`: see the module docstring."""
+    `PARENT_CHECK_S`; it used to live on, holding its memory. `idle_priority`: see the module docstring (the
+    thread that watches the main process keeps the normal priority, so it is never starved)."""
     del worker_index, worker_count
-    if idle_priority:
-        _run_at_idle_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
@@ -51,17 +53,19 @@ def _start_worker(idle_priority: bool, worker_index: int, worker_count: int) -> 
         os._exit(0)
 
     threading.Thread(target=exit_when_orphaned, name="mmjax-parent-watch", daemon=True).start()
+    if idle_priority:
+        _run_at_idle_priority()
 
 
-def start_workers(dataset: grain.IterDataset, num_workers: int,
-                  idle_priority: bool | None = None) -> grain.IterDataset:
-    """`dataset` produced by `num_workers` worker processes (itself when 0). `idle_priority`: run them at idle
-    CPU priority (None: when JAX computes on the CPU; see the module docstring)."""
+def start_workers(dataset: grain.IterDataset, num_workers: int, priority: str = "auto") -> grain.IterDataset:
+    """`dataset` produced by `num_workers` worker processes (itself when 0), at CPU `priority` (one of
+    `WORKER_PRIORITIES`; see the module docstring)."""
+    if priority not in WORKER_PRIORITIES:
+        raise ValueError(f"worker priority {priority!r} is not one of {WORKER_PRIORITIES}")
     if num_workers == 0:
         return dataset
     if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
         flags.FLAGS.mark_as_parsed()
-    if idle_priority is None:
-        idle_priority = jax.default_backend() == "cpu"
+    idle = priority == "idle" or (priority == "auto" and jax.default_backend() == "cpu")
     return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                               worker_init_fn=functools.partial(_start_worker, idle_priority))
+                               worker_init_fn=functools.partial(_start_worker, idle))

@@ -13,6 +13,7 @@ import ml_collections
 
 from mmjax.data import synthetic
 from mmjax.data.mixture import usable_weights
+from mmjax.data.workers import WORKER_PRIORITIES
 from mmjax.models import layers, registry
 from mmjax.train import multihost
 
@@ -47,6 +48,9 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.multi_positive = True
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic", seed=0, num_workers=1, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+        # CPU priority of the worker processes: "auto" = "idle" when the step runs on the CPU, else "normal"
+        # (mmjax/data/workers.py); on a CPU host shared with other busy processes, set "normal".
+        worker_priority="auto",
         # Real data (name arrayrecord | tfds | mixture; see mmjax/data/mixture.py): `sources` are data directories
         # from `mmjax data convert` or "tfds:NAME"; a mixture draws them in the proportions of `weights`.
         sources=(), tfds_data_dir="",
@@ -197,6 +201,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.log_every > 0 and c.checkpoint_every > 0 and c.keep_checkpoints > 0,
              "config.log_every, checkpoint_every and keep_checkpoints must be positive")
     _require(c.data.num_workers >= 0, f"config.data.num_workers={c.data.num_workers} must be ≥ 0")
+    _require(c.data.worker_priority in WORKER_PRIORITIES,
+             f"config.data.worker_priority={c.data.worker_priority!r} must be one of {WORKER_PRIORITIES}")
     _require(c.data.prefetch_to_device >= 0,
              f"config.data.prefetch_to_device={c.data.prefetch_to_device} must be ≥ 0")
     for key in ("image_mean", "image_std"):
