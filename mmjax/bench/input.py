@@ -114,6 +114,7 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
             pipeline.close()
     memory_s, pipeline_s = statistics.median(times["memory"]), statistics.median(times["pipeline"])
     return {"model": config.model, "batch": config.batch_size, "num_workers": config.data.num_workers,
+            "worker_priority": config.data.worker_priority,
             "images": images, "source_px": source_px, "steps_per_round": steps, "rounds": rounds,
             "memory_step_s": memory_s, "pipeline_step_s": pipeline_s, "ratio": pipeline_s / memory_s,
             "pipeline_data_wait_s": statistics.median(waits["pipeline"]), "memory_rounds_s": times["memory"],

@@ -5,7 +5,7 @@
                            [--largest_batch [--memory_gib 70]]
     mmjax bench data [--images 512] [--source_px 256] [--crop_px 224] [--batch 64]
     mmjax bench input [--model clip-tiny] [--batch 256] [--num_workers 1] [--images 4096] [--source_px 32]
-                      [--steps 10] [--rounds 5] [--threads N]
+                      [--steps 10] [--rounds 5] [--threads N] [--worker_priority idle]
 
 Progress goes to stderr and a summary to stdout; the last line of stdout is one JSON object.
 """
@@ -191,6 +191,8 @@ def _define_input_flags() -> None:
                          lower_bound=0)
     flags.DEFINE_integer("rounds", 5, "input: alternating rounds of each side (the median is reported).",
                          lower_bound=1)
+    flags.DEFINE_enum("worker_priority", "normal", ["normal", "idle"], "input: CPU priority of the worker "
+                      "processes (config.data.worker_priority).")
 
 
 def _input(_argv: list[str]) -> None:
@@ -214,11 +216,13 @@ def _input(_argv: list[str]) -> None:
     config = base_config(model, "sigmoid" if get_config(model).logit_bias_init is not None else "clip")
     config.batch_size = f.batch if f["batch"].present else config.batch_size
     config.data.num_workers = f.num_workers
+    config.data.worker_priority = f.worker_priority
     images = f.images if f["images"].present else 4096
     source_px = f.source_px if f["source_px"].present else None
     result = run_input(config, images, source_px, f.steps, f.rounds)
     result["xla_threads"] = int(os.environ.get("PJRT_NPROC", len(os.sched_getaffinity(0))))
-    print(f"{result['model']} batch {result['batch']}, {result['num_workers']} worker(s), "
+    print(f"{result['model']} batch {result['batch']}, {result['num_workers']} worker(s) at "
+          f"{result['worker_priority']} priority, "
           f"XLA threads {os.environ.get('PJRT_NPROC', 'all')}, "
           f"{result['images']} images of {result['source_px']} px")
     print(f"  step from memory {result['memory_step_s'] * 1e3:.1f} ms, from the pipeline "
@@ -241,7 +245,8 @@ _TRAIN_STEP_FLAGS = {"model", "batch", "threads", "mesh", "dtype", "steps", "war
 FLAGS_USED = {
     "train-step": _TRAIN_STEP_FLAGS,
     "data": {"images", "source_px", "crop_px", "batch"},
-    "input": {"model", "batch", "threads", "steps", "hugepages", "images", "source_px", "num_workers", "rounds"},
+    "input": {"model", "batch", "threads", "steps", "hugepages", "images", "source_px", "num_workers", "rounds",
+              "worker_priority"},
 }
 _BENCH_FLAGS: set[str] = set()
 

@@ -44,7 +44,7 @@ class RenderAndTokenize(grain.transforms.Map):
 def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer: Tokenizer,
                   num_workers: int = 0, process_index: int | None = None,
                   process_count: int | None = None,
-                  num_examples: int | None = None, worker_priority: str = "auto") -> grain.IterDataset:
+                  num_examples: int | None = None, worker_priority: str = "normal") -> grain.IterDataset:
     """The endless, shuffled training stream of this process.
 
     Source (`num_examples` per epoch, default `synthetic.DEFAULT_SIZES`) → global
@@ -85,7 +85,7 @@ def eval_dataset(split: str, seed: int, batch_size: int, image_size: int,
 def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, seed: int, global_batch_size: int,
                           options: DecodeOptions, tokenizer: Tokenizer, num_workers: int = 0,
                           process_index: int | None = None, process_count: int | None = None,
-                          num_epochs: int | None = None, worker_priority: str = "auto") -> CountSkips:
+                          num_epochs: int | None = None, worker_priority: str = "normal") -> CountSkips:
     """The shuffled training stream of this process over real data.
 
     Each of `sources` (`mixture.open_source`: `RecordSource`, `TfdsSamples`) is shuffled and

@@ -1,14 +1,13 @@
 """Starting grain worker processes (`mp_prefetch`) the same way for training and evaluation.
 
-Priority (`config.data.worker_priority`): when the step runs on the CPU ("auto"), the workers run at idle
-priority (Linux `SCHED_IDLE`; `nice 19` elsewhere). The step's XLA threads and the workers then share the same
-cores, and at the same priority a worker preempts an XLA thread in the middle of an operation while the other
-threads wait for it at the operation's end; at idle priority the workers use the time the step leaves (its gaps
-between operations, the host's wait for the step), and the step waits only when that time does not cover the
-pipeline's work (`mmjax bench input` measures it). The price: a busy process of normal priority elsewhere on the
-machine takes the cores first, and next to one that never sleeps a worker gets well under 1 % of a core. So
-"normal" is there for a CPU host shared with other work; on a GPU or TPU host, whose cores the step leaves free,
-"auto" is "normal".
+Priority (`config.data.worker_priority`): "normal", or "idle" (Linux `SCHED_IDLE`; `nice 19` elsewhere). When
+the step runs on the CPU, its XLA threads and the workers share the same cores; at the same priority a worker
+preempts an XLA thread in the middle of an operation while the other threads wait for it at the operation's end.
+At idle priority the workers use only the time the step leaves (its gaps between operations, the host's wait for
+the step). Which is faster depends on how much work the pipeline is (`mmjax bench input`, README "Input-bound or
+not"): on the 2-core CPU machine, idle made the ArrayRecord demo data's step a few percent faster and the
+synthetic demo's 8 % slower, so normal is the default. And a busy process of normal priority elsewhere on the
+machine takes the cores before an idle worker, which next to one that never sleeps gets well under 1 % of a core.
 """
 
 from __future__ import annotations
@@ -20,11 +19,10 @@ import threading
 import time
 
 import grain
-import jax
 from absl import flags
 
 PARENT_CHECK_S = 1.0
-WORKER_PRIORITIES = ("auto", "idle", "normal")
+WORKER_PRIORITIES = ("normal", "idle")
 
 
 def _run_at_idle_priority() -> None:
@@ -57,7 +55,7 @@ def _start_worker(idle_priority: bool, worker_index: int, worker_count: int) -> 
         _run_at_idle_priority()
 
 
-def start_workers(dataset: grain.IterDataset, num_workers: int, priority: str = "auto") -> grain.IterDataset:
+def start_workers(dataset: grain.IterDataset, num_workers: int, priority: str = "normal") -> grain.IterDataset:
     """`dataset` produced by `num_workers` worker processes (itself when 0), at CPU `priority` (one of
     `WORKER_PRIORITIES`; see the module docstring)."""
     if priority not in WORKER_PRIORITIES:
@@ -66,6 +64,5 @@ def start_workers(dataset: grain.IterDataset, num_workers: int, priority: str = 
         return dataset
     if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
         flags.FLAGS.mark_as_parsed()
-    idle = priority == "idle" or (priority == "auto" and jax.default_backend() == "cpu")
     return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                               worker_init_fn=functools.partial(_start_worker, idle))
+                               worker_init_fn=functools.partial(_start_worker, priority == "idle"))

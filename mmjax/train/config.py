@@ -48,9 +48,9 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.multi_positive = True
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic", seed=0, num_workers=1, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
-        # CPU priority of the worker processes: "auto" = "idle" when the step runs on the CPU, else "normal"
-        # (mmjax/data/workers.py); on a CPU host shared with other busy processes, set "normal".
-        worker_priority="auto",
+        # CPU priority of the worker processes, "normal" or "idle" (mmjax/data/workers.py: idle can help a step
+        # that runs on the CPU beside a light pipeline, and starves the workers next to other busy processes).
+        worker_priority="normal",
         # Real data (name arrayrecord | tfds | mixture; see mmjax/data/mixture.py): `sources` are data directories
         # from `mmjax data convert` or "tfds:NAME"; a mixture draws them in the proportions of `weights`.
         sources=(), tfds_data_dir="",
