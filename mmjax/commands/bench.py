@@ -21,6 +21,7 @@ from typing import Callable
 from absl import flags
 
 from mmjax.commands.subcommand_flags import refuse_unread_flags
+from mmjax.data.workers import WORKER_PRIORITIES
 from mmjax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 
 
@@ -191,7 +192,7 @@ def _define_input_flags() -> None:
                          lower_bound=0)
     flags.DEFINE_integer("rounds", 5, "input: alternating rounds of each side (the median is reported).",
                          lower_bound=1)
-    flags.DEFINE_enum("worker_priority", "normal", ["normal", "idle"], "input: CPU priority of the worker "
+    flags.DEFINE_enum("worker_priority", "normal", list(WORKER_PRIORITIES), "input: CPU priority of the worker "
                       "processes (config.data.worker_priority).")
 
 
