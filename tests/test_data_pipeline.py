@@ -489,6 +489,29 @@ def test_data_workers_run_at_the_priority_asked(priority):
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the main process keeps its priority
 
 
+def _threads_started_by_tokenizing(_) -> int:
+    """How many threads this process gains while the demo tokenizer encodes 256 captions."""
+    before = len(os.listdir("/proc/self/task"))
+    TOKENIZER(["a small red circle at the top left"] * 256)
+    return len(os.listdir("/proc/self/task")) - before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in Linux's /proc")
+def test_data_workers_tokenize_without_a_thread_pool():
+    """The worker processes are the pipeline's parallelism; the Hugging Face tokenizer's own pool of threads cost
+    a third more CPU per batch."""
+    import grain
+
+    from mmjax.data.workers import start_workers
+
+    dataset = grain.MapDataset.source([0]).map(_threads_started_by_tokenizing).to_iter_dataset()
+    iterator = iter(start_workers(dataset, 1))
+    try:
+        assert list(iterator) == [0]
+    finally:
+        iterator.close()
+
+
 @pytest.mark.parametrize("name", ["synthetic", "arrayrecord"])
 def test_the_config_names_the_workers_priority(tmp_path, monkeypatch, name):
     from mmjax.data import pipeline
