@@ -169,6 +169,48 @@ def test_shapes_fill_their_bounding_box_as_geometry_says(shape, low, high):
     assert low < len(ys) / box < high
 
 
+def reference_render_image(record: dict, image_size: int) -> np.ndarray:
+    """The demo images drawn one at a time, the shape sampled only inside its bounding box (the renderer before it
+    drew whole batches): what `render_images` must still give, pixel for pixel."""
+    shape, colour, size, position = (int(v) for v in record["image_labels"])
+    rng = np.random.default_rng([*record["key"].tolist(), 1])
+    u = rng.random(16, dtype=np.float32)
+    row, column = divmod(position, 3)
+    centre_y = (synthetic.CELL_CENTRES[row] + 0.08 * u[0] - 0.04) * image_size
+    centre_x = (synthetic.CELL_CENTRES[column] + 0.08 * u[1] - 0.04) * image_size
+    radius = synthetic.SIZE_RADII[size] * image_size * (0.92 + 0.16 * u[2])
+    extent = 1.2 * radius
+    top, left = max(int(centre_y - extent), 0), max(int(centre_x - extent), 0)
+    bottom, right = min(int(np.ceil(centre_y + extent)), image_size), min(int(np.ceil(centre_x + extent)), image_size)
+    coords = (np.arange(image_size * 2, dtype=np.float32) + 0.5) / 2
+    dy = (coords[top * 2:bottom * 2, None] - centre_y) / radius
+    dx = (coords[None, left * 2:right * 2] - centre_x) / radius
+    alpha = np.zeros((image_size, image_size), np.float32)
+    alpha[top:bottom, left:right] = synthetic._shape_mask(shape, dy, dx).reshape(
+        bottom - top, 2, right - left, 2).mean((1, 3), dtype=np.float32)
+    b = u[6:]
+    pixel_centres = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size - 0.5
+    y, x = pixel_centres[:, None], pixel_centres[None, :]
+    gradient = np.cos(2 * np.pi * b[0]) * y + np.sin(2 * np.pi * b[0]) * x
+    texture = np.sin(2 * np.pi * ((1 + 3 * b[2]) * y + (1 + 3 * b[3]) * x) + 2 * np.pi * b[1])
+    background = (15 + 55 * b[4] + 40 * b[5] * gradient + 8 * b[6] * texture)[..., None] + (16 * b[7:10] - 8)
+    image = background * (1 - alpha[..., None]) + (synthetic.PALETTE[colour] + 24 * u[3:6] - 12) * alpha[..., None]
+    image += 4 * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 13])
+def test_a_batch_is_drawn_as_each_image_alone_would_be(image_size):
+    """Every split, shape, colour, size and position; a batch whose largest shape is small samples a small window."""
+    records = [synthetic.SyntheticSource(split, SEED, 300)[i] for split in ("train", "heldout", "retrieval")
+               for i in range(300)]
+    small = [r for r in records if r["image_labels"][2] == 0][:20]
+    for batch in (records, small, records[:1]):
+        images = synthetic.render_images(np.stack([r["image_labels"] for r in batch]),
+                                         np.stack([r["key"] for r in batch]), image_size)
+        np.testing.assert_array_equal(images, np.stack([reference_render_image(r, image_size) for r in batch]))
+
+
 # --- tokenizer -----------------------------------------------------------------------------
 
 def test_tokenizer_layout(tokenizer):

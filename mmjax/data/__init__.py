@@ -9,6 +9,7 @@ _HOMES = {
     "RenderAndTokenize": "pipeline", "eval_dataset": "pipeline", "train_dataset": "pipeline",
     "CLASSNAMES": "synthetic", "PROMPT_TEMPLATES": "synthetic", "SyntheticSource": "synthetic",
     "class_id": "synthetic", "heldout_shapes": "synthetic", "render_image": "synthetic",
+    "render_images": "synthetic",
     "Tokenizer": "tokenizers",
 }
 __all__ = sorted(_HOMES)

@@ -29,16 +29,24 @@ from mmjax.data.workers import start_workers
 
 @dataclasses.dataclass(frozen=True)
 class RenderAndTokenize(grain.transforms.Map):
-    """The decode stage: a `synthetic.SyntheticSource` record → one example of a batch."""
+    """The decode stage: a batch of indices into `source` (int `[b]`) → a batch of its examples.
 
+    The pipeline batches indices, not records: drawing and tokenising a batch at once, and stacking the records'
+    fields here, takes 0.56× the CPU time of grain mapping and batching record by record (44 against 78 ms for 256
+    demo examples on the 2-core machine), time the train step waits for when it shares the cores."""
+
+    source: synthetic.SyntheticSource
     image_size: int
     tokenizer: Tokenizer
 
-    def map(self, record: dict) -> dict[str, np.ndarray]:
-        return {"image": synthetic.render_image(record, self.image_size),
-                "text": self.tokenizer([record["caption"]])[0],
-                "image_labels": record["image_labels"],
-                "text_labels": record["text_labels"]}
+    def map(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        records = [self.source[index] for index in indices.tolist()]
+        image_labels = np.stack([record["image_labels"] for record in records])
+        keys = np.stack([record["key"] for record in records])
+        return {"image": synthetic.render_images(image_labels, keys, self.image_size),
+                "text": self.tokenizer([record["caption"] for record in records]),
+                "image_labels": image_labels,
+                "text_labels": np.stack([record["text_labels"] for record in records])}
 
 
 def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer: Tokenizer,
@@ -50,8 +58,8 @@ def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer:
     Source (`num_examples` per epoch, default `synthetic.DEFAULT_SIZES`) → global
     shuffle (index_shuffle: O(1) memory, a new order each epoch)
     → repeat forever → this process's shard (every `process_count`-th example, so
-    the shards of one step together are the single-process batch) → render and
-    tokenize → batch of `global_batch_size // process_count` → `num_workers`
+    the shards of one step together are the single-process batch) → batch of
+    `global_batch_size // process_count` indices → records, drawn and tokenised (`RenderAndTokenize`) → `num_workers`
     worker processes (none when 0; at `worker_priority`, see `workers.start_workers`).
     `iter()` gives a checkpointable iterator (`get_state` / `set_state`,
     `grain.checkpoint.CheckpointSave`); `close()` it to stop the workers.
@@ -62,10 +70,10 @@ def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer:
         raise ValueError(f"global batch {global_batch_size} does not split over "
                          f"{process_count} processes")
     source = synthetic.SyntheticSource("train", seed, num_examples)
-    dataset = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    dataset = (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
                [process_index::process_count]
-               .map(RenderAndTokenize(image_size, tokenizer))
-               .batch(global_batch_size // process_count, drop_remainder=True))
+               .batch(global_batch_size // process_count, drop_remainder=True)
+               .map(RenderAndTokenize(source, image_size, tokenizer)))
     return _prefetch(dataset, num_workers, worker_priority)
 
 
@@ -77,9 +85,9 @@ def eval_dataset(split: str, seed: int, batch_size: int, image_size: int,
     fixes the held-out pairs.
     """
     source = synthetic.SyntheticSource(split, seed, num_examples)
-    return (grain.MapDataset.source(source)
-            .map(RenderAndTokenize(image_size, tokenizer))
-            .batch(batch_size, drop_remainder=False))
+    return (grain.MapDataset.range(len(source))
+            .batch(batch_size, drop_remainder=False)
+            .map(RenderAndTokenize(source, image_size, tokenizer)))
 
 
 def records_train_dataset(sources: Sequence, weights: Sequence[float] | None, seed: int, global_batch_size: int,

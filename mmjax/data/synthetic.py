@@ -16,7 +16,7 @@ one full caption each, so its captions are pairwise distinct.
 
 Everything about example `index` of a split is a function of
 (seed, split, index) only, so any worker can produce any example. Reading a
-source is cheap (labels + caption); `render_image` draws the pixels.
+source is cheap (labels + caption); `render_images` draws the pixels of a batch.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class SyntheticSource:
       `caption`       str
       `image_labels`  int32 `[4]` (shape, colour, size, position) of the image; colour 7 = grey
       `text_labels`   int32 `[4]` the attributes the caption names, −1 where it names none
-      `key`           int64 `[3]` (seed, split id, index): the seed of `render_image`
+      `key`           int64 `[3]` (seed, split id, index): the seed of `render_images`
     """
 
     def __init__(self, split: str, seed: int, num_examples: int | None = None,
@@ -196,53 +196,78 @@ def _shape_mask(shape: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     return np.hypot(dy, dx) <= 0.5 + 0.65 * np.abs(2 * angle - 1)
 
 
-def _coverage(shape: int, centre_y: float, centre_x: float, radius: float,
+def _coverage(shapes: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray, radius: np.ndarray,
               image_size: int, supersample: int) -> np.ndarray:
-    """Fraction of each pixel the shape covers: float32 `[S, S]`, sampled `supersample`² times."""
+    """Fraction of each pixel that shape `SHAPES[shapes[i]]` at `centre_y[i], centre_x[i]` (pixels) of half-extent
+    `radius[i]` covers: float32 `[B, S, S]`, sampled `supersample`² times per pixel.
+
+    Every shape fits in the square of half-side 1.15 radii, so only a window of `W` pixels around each centre,
+    the same size for the batch, is sampled."""
     k, extent = supersample, 1.2 * radius
-    top, left = max(int(centre_y - extent), 0), max(int(centre_x - extent), 0)
-    bottom = min(int(np.ceil(centre_y + extent)), image_size)
-    right = min(int(np.ceil(centre_x + extent)), image_size)
+    window = min(int(np.ceil(2 * extent.max())) + 2, image_size)
+    top = np.minimum(np.maximum((centre_y - extent).astype(np.int64), 0), image_size - window)  # [B]
+    left = np.minimum(np.maximum((centre_x - extent).astype(np.int64), 0), image_size - window)
     coords = (np.arange(image_size * k, dtype=np.float32) + 0.5) / k
-    dy = (coords[top * k:bottom * k, None] - centre_y) / radius
-    dx = (coords[None, left * k:right * k] - centre_x) / radius
-    mask = _shape_mask(shape, dy, dx).reshape(bottom - top, k, right - left, k)
-    coverage = np.zeros((image_size, image_size), np.float32)
-    coverage[top:bottom, left:right] = mask.mean((1, 3), dtype=np.float32)
+    samples = np.arange(window * k)
+    dy = (coords[top[:, None] * k + samples][:, :, None] - centre_y[:, None, None]) / radius[:, None, None]
+    dx = (coords[left[:, None] * k + samples][:, None, :] - centre_x[:, None, None]) / radius[:, None, None]
+    mask = np.zeros((len(shapes), window * k, window * k), bool)
+    for shape in np.unique(shapes):
+        chosen = shapes == shape
+        mask[chosen] = _shape_mask(int(shape), dy[chosen], dx[chosen])
+    coverage = np.zeros((len(shapes), image_size, image_size), np.float32)
+    pixels = np.arange(window)
+    coverage[np.arange(len(shapes))[:, None, None], (top[:, None] + pixels)[:, :, None],
+             (left[:, None] + pixels)[:, None, :]] = mask.reshape(-1, window, k, window, k).mean((2, 4), dtype=np.float32)
     return coverage
 
 
 def _background(u: np.ndarray, image_size: int) -> np.ndarray:
-    """Dark tinted linear gradient plus a faint sinusoidal texture: float32 `[S, S, 3]`.
+    """Dark tinted linear gradient plus a faint sinusoidal texture: float32 `[B, S, S, 3]`.
 
-    `u`: 9 uniform [0, 1) numbers that choose it.
+    `u`: float32 `[B, 10]` uniform [0, 1) numbers that choose each image's.
     """
     coords = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size - 0.5
-    y, x = coords[:, None], coords[None, :]
-    direction, phase = 2 * np.pi * u[0], 2 * np.pi * u[1]
+    y, x = coords[None, :, None], coords[None, None, :]
+    u = u[:, :, None, None]  # [B, 10, 1, 1]: each number broadcasts over its image
+    direction, phase = 2 * np.pi * u[:, 0], 2 * np.pi * u[:, 1]
     gradient = np.cos(direction) * y + np.sin(direction) * x
-    texture = np.sin(2 * np.pi * ((1 + 3 * u[2]) * y + (1 + 3 * u[3]) * x) + phase)
-    luminance = 15 + 55 * u[4] + 40 * u[5] * gradient + 8 * u[6] * texture
-    tint = 16 * u[7:10] - 8
-    return luminance[..., None] + tint
+    texture = np.sin(2 * np.pi * ((1 + 3 * u[:, 2]) * y + (1 + 3 * u[:, 3]) * x) + phase)
+    luminance = 15 + 55 * u[:, 4] + 40 * u[:, 5] * gradient + 8 * u[:, 6] * texture
+    tint = 16 * u[:, 7:10, 0, 0] - 8
+    return luminance[..., None] + tint[:, None, None, :]
 
 
-def render_image(record: dict, image_size: int = 32, supersample: int = 2) -> np.ndarray:
-    """Draws the image of a `SyntheticSource` record: uint8 `[S, S, 3]`.
+def render_images(image_labels: np.ndarray, keys: np.ndarray, image_size: int = 32,
+                  supersample: int = 2) -> np.ndarray:
+    """Draws the images of `SyntheticSource` records (their `image_labels` int `[B, 4]` and `key` int64 `[B, 3]`):
+    uint8 `[B, S, S, 3]`.
 
     The shape gets ± 12 colour jitter, ± 4 % (of the side) position jitter and
     ± 8 % size jitter, is anti-aliased over `supersample`² samples per pixel and
-    blended onto `_background`; then Gaussian pixel noise (σ = 4) is added.
+    blended onto `_background`; then Gaussian pixel noise (σ = 4) is added. Each image's
+    random numbers come from its own key, so an image does not depend on the batch it is drawn in;
+    the arithmetic is done for the whole batch at once.
     """
-    shape, colour, size, position = (int(v) for v in record["image_labels"])
-    rng = np.random.default_rng([*record["key"].tolist(), 1])
-    u = rng.random(16, dtype=np.float32)
-    row, column = divmod(position, 3)
-    centre_y = (CELL_CENTRES[row] + 0.08 * u[0] - 0.04) * image_size
-    centre_x = (CELL_CENTRES[column] + 0.08 * u[1] - 0.04) * image_size
-    radius = SIZE_RADII[size] * image_size * (0.92 + 0.16 * u[2])
-    alpha = _coverage(shape, centre_y, centre_x, radius, image_size, supersample)[..., None]
-    shape_rgb = PALETTE[colour] + 24 * u[3:6] - 12
-    image = _background(u[6:], image_size) * (1 - alpha) + shape_rgb * alpha
-    image += 4 * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    shapes, colours, sizes, positions = np.asarray(image_labels, np.int64).T
+    generators = [np.random.default_rng([*key.tolist(), 1]) for key in np.asarray(keys)]
+    u = np.stack([rng.random(16, dtype=np.float32) for rng in generators])
+    noise = np.stack([rng.standard_normal((image_size, image_size, 3), dtype=np.float32) for rng in generators])
+    rows, columns = np.divmod(positions, 3)
+    centres = np.asarray(CELL_CENTRES, np.float32)
+    centre_y = (centres[rows] + 0.08 * u[:, 0] - 0.04) * image_size
+    centre_x = (centres[columns] + 0.08 * u[:, 1] - 0.04) * image_size
+    radius = (np.asarray(SIZE_RADII)[sizes] * image_size).astype(np.float32) * (0.92 + 0.16 * u[:, 2])
+    alpha = _coverage(shapes, centre_y, centre_x, radius, image_size, supersample)[..., None]
+    shape_rgb = (PALETTE[colours] + 24 * u[:, 3:6] - 12)[:, None, None, :]
+    image = _background(u[:, 6:], image_size)
+    image *= 1 - alpha  # in place: each new [B, S, S, 3] array costs as much as the arithmetic
+    image += shape_rgb * alpha
+    noise *= 4
+    image += noise
+    return np.clip(np.rint(image, out=image), 0, 255, out=image).astype(np.uint8)
+
+
+def render_image(record: dict, image_size: int = 32, supersample: int = 2) -> np.ndarray:
+    """The image of one `SyntheticSource` record: uint8 `[S, S, 3]` (`render_images` of a batch of one)."""
+    return render_images(record["image_labels"][None], record["key"][None], image_size, supersample)[0]
