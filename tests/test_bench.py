@@ -189,6 +189,20 @@ def test_input_benchmark_reports_both_sides_round_by_round_and_their_ratio():
     assert result["source_px"] == get_config("clip-test").vision.image_size and result["xla_threads"] == 1
 
 
+def test_input_benchmark_feeds_the_demo_stream_when_asked():
+    command = [sys.executable, "-m", "mmjax.cli", "bench", "input", "--model", "clip-test", "--batch", "8",
+               "--data", "synthetic", "--steps", "2", "--rounds", "1", "--num_workers", "0", "--threads", "1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the synthetic stream" in done.stdout
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["data"], result["images"], result["source_px"]) == ("synthetic", None, None)
+    refused = subprocess.run([*command, "--images", "40"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "mmjax: error: --images and --source_px describe the ArrayRecord shards; --data synthetic draws the demo's "
+        "stream instead")
+
+
 def test_data_benchmark_reads_every_pair_of_the_tar_and_divides_the_two_rates(tmp_path):
     import tarfile
 
@@ -341,7 +355,7 @@ def test_unknown_sub_benchmark_is_a_one_line_error():
                               "data=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ignored.returncode == 2 and ignored.stderr.strip() == (
         "mmjax: error: mmjax bench input does not read --dtype, --mesh (it reads --batch, --hugepages, --images, "
-        "--model, --num_workers, --rounds, --source_px, --steps, --threads, --worker_priority)")
+        "--data, --model, --num_workers, --rounds, --source_px, --steps, --threads, --worker_priority)")
 
 
 def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):

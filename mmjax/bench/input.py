@@ -8,9 +8,10 @@ sampling, tokenisation) and `DevicePrefetch` (`config.data.prefetch_to_device` b
 round first runs untimed steps that drain what the pipeline prepared while the other side ran; the result is
 the median over rounds of each side's seconds per step.
 
-The data: `images` samples of the demo's synthetic world, written as ArrayRecord shards of PNGs rendered at
-`source_px` (default: the model's image size, what the demo data would be as files) or as JPEGs above 64 px
-(`source_px=256`: img2dataset's default size).
+The data: `images` samples of the demo's synthetic world written as ArrayRecord shards of
+PNGs rendered at `source_px` (default: the model's image size, what the demo data would be as files) or as JPEGs
+above 64 px (`source_px=256`: img2dataset's default size); or (`synthetic_stream`) the demo's own stream, drawn in
+the workers as `make demo` trains on it.
 """
 
 from __future__ import annotations
@@ -71,11 +72,13 @@ def _seconds_per_step(step_fn, state, data: Iterator, steps: int) -> tuple[float
     return (time.perf_counter() - start) / steps, wait / steps, state
 
 
-def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, steps: int, rounds: int) -> dict:
-    """Time `rounds` alternating rounds of `steps` steps of `config`'s model fed from memory and from
-    ArrayRecord shards (written to a temporary directory); returns the medians and their ratio."""
+def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, steps: int, rounds: int,
+        synthetic_stream: bool = False) -> dict:
+    """Time `rounds` alternating rounds of `steps` steps of `config`'s model fed from memory and from ArrayRecord
+    shards (written to a temporary directory), or from the demo's synthetic stream (`synthetic_stream`); returns the
+    medians and their ratio."""
     model_config = get_config(config.model, **config.model_options)
-    source_px = source_px or model_config.vision.image_size
+    source_px = None if synthetic_stream else source_px or model_config.vision.image_size
     mesh, model = make_mesh(**config.mesh), TwoTower(model_config)
     check_batch(config.batch_size, mesh)  # before the shards are written
     tx = make_optimizer(config.optim, config.total_steps)
@@ -87,9 +90,12 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
         shardings, mesh)
     tokenizer = Tokenizer.for_synthetic(model_config.text.context_length)
     with tempfile.TemporaryDirectory() as directory:
-        write_synthetic_records(directory, images, source_px)
         data_config = ml_collections.ConfigDict(config.data.to_dict())
-        data_config.name, data_config.sources = "arrayrecord", (directory,)
+        if synthetic_stream:
+            data_config.name = "synthetic"
+        else:
+            write_synthetic_records(directory, images, source_px)
+            data_config.name, data_config.sources = "arrayrecord", (directory,)
         pipeline = prefetch_to_mesh(config_train_dataset(data_config, config.batch_size,
                                                          model_config.vision.image_size, tokenizer),
                                     mesh, config.data.prefetch_to_device)
@@ -114,8 +120,8 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
             pipeline.close()
     memory_s, pipeline_s = statistics.median(times["memory"]), statistics.median(times["pipeline"])
     return {"model": config.model, "batch": config.batch_size, "num_workers": config.data.num_workers,
-            "worker_priority": config.data.worker_priority,
-            "images": images, "source_px": source_px, "steps_per_round": steps, "rounds": rounds,
+            "worker_priority": config.data.worker_priority, "data": "synthetic" if synthetic_stream else "arrayrecord",
+            "images": None if synthetic_stream else images, "source_px": source_px, "steps_per_round": steps, "rounds": rounds,
             "memory_step_s": memory_s, "pipeline_step_s": pipeline_s, "ratio": pipeline_s / memory_s,
             "pipeline_data_wait_s": statistics.median(waits["pipeline"]), "memory_rounds_s": times["memory"],
             "pipeline_rounds_s": times["pipeline"]}
