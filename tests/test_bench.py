@@ -187,6 +187,26 @@ def test_input_benchmark_reports_both_sides_round_by_round_and_their_ratio():
     assert len(result["memory_rounds_s"]) == len(result["pipeline_rounds_s"]) == 2
     assert result["ratio"] == pytest.approx(result["pipeline_step_s"] / result["memory_step_s"])
     assert result["source_px"] == get_config("clip-test").vision.image_size and result["xla_threads"] == 1
+    assert result["round_ratios"] == pytest.approx([p / m for m, p in zip(result["memory_rounds_s"],
+                                                                         result["pipeline_rounds_s"])])
+    assert 0 < result["memory_step_busy_cores"] <= result["cores"] + 0.1
+    assert result["workers_cpu_per_step_s"] in (0.0, None)  # no worker processes: the pipeline runs in this one
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads Linux's /proc")
+def test_the_input_benchmark_counts_the_cpu_time_of_living_child_processes():
+    from mmjax.bench.input import children_cpu_s
+
+    before = children_cpu_s()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile time.process_time() < 0.6: pass\n"
+                              "print(flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # it has burnt 0.6 s of CPU and now sleeps
+        tick = 1 / os.sysconf("SC_CLK_TCK")  # /proc counts in clock ticks
+        assert 0.6 - 2 * tick <= children_cpu_s() - before < 0.6 + 0.5  # + its start-up (Python's, on a slow machine)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_input_benchmark_feeds_the_demo_stream_when_asked():

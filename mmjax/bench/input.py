@@ -6,7 +6,11 @@ ArrayRecord shards through `config_train_dataset` (grain workers: decode, random
 sampling, tokenisation) and `DevicePrefetch` (`config.data.prefetch_to_device` batches ahead), as
 `mmjax train` does. Rounds alternate between the two, so slow drift of a noisy machine hits both; each
 round first runs untimed steps that drain what the pipeline prepared while the other side ran; the result is
-the median over rounds of each side's seconds per step.
+the median over rounds of each side's seconds per step. Each pair of rounds also gives its own ratio, whose spread
+shows the machine's noise. Where the time goes: the cores an in-memory step keeps busy (CPU seconds of this process
+per second) and the workers' CPU seconds per step (Linux's /proc). When the step's XLA threads keep every core busy,
+the workers' CPU time can hide only in the core time the step leaves idle,
+`(cores − busy cores) × step`; beyond that, it is added to the step.
 
 The data: `images` samples of the demo's synthetic world written as ArrayRecord shards of
 PNGs rendered at `source_px` (default: the model's image size, what the demo data would be as files) or as JPEGs
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -59,8 +64,27 @@ def write_synthetic_records(directory: str, count: int, source_px: int, shard_si
     shards.write_index(directory, markers)
 
 
-def _seconds_per_step(step_fn, state, data: Iterator, steps: int) -> tuple[float, float, object]:
-    """(seconds per step, seconds per step spent in `next(data)`, state) over `steps` steps of the loop."""
+def children_cpu_s() -> float | None:
+    """CPU seconds (user + system) used so far by this process's living child processes (the grain workers), or
+    None where Linux's /proc does not tell."""
+    try:
+        pids = {int(pid) for task in os.listdir("/proc/self/task")
+                for pid in open(f"/proc/self/task/{task}/children", encoding="ascii").read().split()}
+        ticks = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:  # after "(name)": field 3 onwards
+                fields = stat.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _round(step_fn, state, data: Iterator, steps: int) -> tuple[dict[str, float | None], object]:
+    """Runs `steps` steps of the loop; per step: `seconds`, `wait` (in `next(data)`), `cpu` (this process's CPU
+    seconds: XLA's threads, the loop, the device prefetch) and `workers_cpu` (the worker processes', None
+    where unknown). Returns them and the state."""
+    children_before, cpu_before = children_cpu_s(), time.process_time()
     wait, start = 0.0, time.perf_counter()
     for _ in range(steps):
         interrupts.check()  # a Ctrl-C Python dropped in a gc callback stops the benchmark here
@@ -69,7 +93,13 @@ def _seconds_per_step(step_fn, state, data: Iterator, steps: int) -> tuple[float
         wait += time.perf_counter() - wait_start
         state, metrics = step_fn(state, batch)
     jax.block_until_ready((state, metrics))
-    return (time.perf_counter() - start) / steps, wait / steps, state
+    seconds, cpu, children = time.perf_counter() - start, time.process_time() - cpu_before, children_cpu_s()
+    workers_cpu = None if children is None or children_before is None else (children - children_before) / steps
+    return {"seconds": seconds / steps, "wait": wait / steps, "cpu": cpu / steps, "workers_cpu": workers_cpu}, state
+
+
+def _median(rounds: list[dict], key: str) -> float:
+    return statistics.median(measured[key] for measured in rounds)
 
 
 def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, steps: int, rounds: int,
@@ -108,20 +138,24 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
                 # one more made) fill up: each round first drains them, untimed, so both sides are timed in
                 # their steady state.
                 drain = config.data.prefetch_to_device + 2 * max(config.data.num_workers, 1)
-                times = {name: [] for name in sides}
-                waits = {name: [] for name in sides}
+                measured = {name: [] for name in sides}
                 for _ in range(rounds):
                     for name, data in sides.items():
-                        _, _, state = _seconds_per_step(step_fn, state, data, drain)
-                        seconds, wait, state = _seconds_per_step(step_fn, state, data, steps)
-                        times[name].append(seconds)
-                        waits[name].append(wait)
+                        _, state = _round(step_fn, state, data, drain)
+                        result, state = _round(step_fn, state, data, steps)
+                        measured[name].append(result)
         finally:
             pipeline.close()
-    memory_s, pipeline_s = statistics.median(times["memory"]), statistics.median(times["pipeline"])
+    memory, piped = measured["memory"], measured["pipeline"]
+    workers_cpu = None if None in (r["workers_cpu"] for r in piped) else _median(piped, "workers_cpu")
+    cores = len(os.sched_getaffinity(0))
     return {"model": config.model, "batch": config.batch_size, "num_workers": config.data.num_workers,
             "worker_priority": config.data.worker_priority, "data": "synthetic" if synthetic_stream else "arrayrecord",
-            "images": None if synthetic_stream else images, "source_px": source_px, "steps_per_round": steps, "rounds": rounds,
-            "memory_step_s": memory_s, "pipeline_step_s": pipeline_s, "ratio": pipeline_s / memory_s,
-            "pipeline_data_wait_s": statistics.median(waits["pipeline"]), "memory_rounds_s": times["memory"],
-            "pipeline_rounds_s": times["pipeline"]}
+            "images": None if synthetic_stream else images, "source_px": source_px, "steps_per_round": steps,
+            "rounds": rounds, "memory_step_s": _median(memory, "seconds"), "pipeline_step_s": _median(piped, "seconds"),
+            "ratio": _median(piped, "seconds") / _median(memory, "seconds"),
+            "round_ratios": [p["seconds"] / m["seconds"] for m, p in zip(memory, piped)],
+            "pipeline_data_wait_s": _median(piped, "wait"), "memory_rounds_s": [r["seconds"] for r in memory],
+            "pipeline_rounds_s": [r["seconds"] for r in piped], "cores": cores,
+            "memory_step_busy_cores": statistics.median(r["cpu"] / r["seconds"] for r in memory),
+            "workers_cpu_per_step_s": workers_cpu}

@@ -234,6 +234,12 @@ def _input(_argv: list[str]) -> None:
     print(f"  step from memory {result['memory_step_s'] * 1e3:.1f} ms, from the pipeline "
           f"{result['pipeline_step_s'] * 1e3:.1f} ms (waiting for data {result['pipeline_data_wait_s'] * 1e3:.1f} ms)"
           f": ratio {result['ratio']:.3f}")
+    busy, step = result["memory_step_busy_cores"], result["memory_step_s"]
+    workers = result["workers_cpu_per_step_s"]
+    print(f"  rounds' ratios {min(result['round_ratios']):.3f}–{max(result['round_ratios']):.3f}; the in-memory step "
+          f"keeps {busy:.2f} of {result['cores']} cores busy ({max(result['cores'] - busy, 0) * step * 1e3:.0f} ms of "
+          f"core time idle per step)" + ("" if workers is None else f"; the workers use {workers * 1e3:.0f} ms of CPU "
+                                         f"per step"))
     print(json.dumps(result))
 
 
