@@ -4,10 +4,9 @@ Priority (`config.data.worker_priority`): "normal", or "idle" (Linux `SCHED_IDLE
 the step runs on the CPU, its XLA threads and the workers share the same cores; at the same priority a worker
 preempts an XLA thread in the middle of an operation while the other threads wait for it at the operation's end.
 At idle priority the workers use only the time the step leaves (its gaps between operations, the host's wait for
-the step). Which is faster depends on how much work the pipeline is (`mmjax bench input`, README "Input-bound or
-not"): on the 2-core CPU machine, idle made the ArrayRecord demo data's step a few percent faster and the
-synthetic demo's 8 % slower, so normal is the default. And a busy process of normal priority elsewhere on the
-machine takes the cores before an idle worker, which next to one that never sleeps gets well under 1 % of a core.
+the step). On the 2-core CPU machine the two were within its noise of each other (`mmjax bench input`, README
+"Input-bound or not"), and a busy process of normal priority elsewhere on the machine takes the cores before an
+idle worker, which next to one that never sleeps gets well under 1 % of a core: normal is the default.
 
 A worker tokenises on its own thread (`TOKENIZERS_PARALLELISM=false`): the worker processes are the pipeline's
 parallelism, and the Hugging Face tokenizer's thread pool cost a third more CPU for the same batch (4.5 ms against
