@@ -374,8 +374,8 @@ def test_unknown_sub_benchmark_is_a_one_line_error():
     ignored = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "input", "--dtype", "bfloat16", "--mesh",
                               "data=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ignored.returncode == 2 and ignored.stderr.strip() == (
-        "mmjax: error: mmjax bench input does not read --dtype, --mesh (it reads --batch, --hugepages, --images, "
-        "--data, --model, --num_workers, --rounds, --source_px, --steps, --threads, --worker_priority)")
+        "mmjax: error: mmjax bench input does not read --dtype, --mesh (it reads --batch, --data, --hugepages, "
+        "--images, --model, --num_workers, --rounds, --source_px, --steps, --threads, --worker_priority)")
 
 
 def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):

@@ -209,6 +209,8 @@ def test_a_batch_is_drawn_as_each_image_alone_would_be(image_size):
         images = synthetic.render_images(np.stack([r["image_labels"] for r in batch]),
                                          np.stack([r["key"] for r in batch]), image_size)
         np.testing.assert_array_equal(images, np.stack([reference_render_image(r, image_size) for r in batch]))
+    assert synthetic.render_images(np.zeros((0, 4), np.int32), np.zeros((0, 3), np.int64), image_size).shape == (
+        0, image_size, image_size, 3)
 
 
 # --- tokenizer -----------------------------------------------------------------------------

@@ -249,6 +249,8 @@ def render_images(image_labels: np.ndarray, keys: np.ndarray, image_size: int = 
     random numbers come from its own key, so an image does not depend on the batch it is drawn in;
     the arithmetic is done for the whole batch at once.
     """
+    if not len(image_labels):
+        return np.zeros((0, image_size, image_size, 3), np.uint8)
     shapes, colours, sizes, positions = np.asarray(image_labels, np.int64).T
     generators = [np.random.default_rng([*key.tolist(), 1]) for key in np.asarray(keys)]
     u = np.stack([rng.random(16, dtype=np.float32) for rng in generators])
@@ -270,4 +272,5 @@ def render_images(image_labels: np.ndarray, keys: np.ndarray, image_size: int = 
 
 def render_image(record: dict, image_size: int = 32, supersample: int = 2) -> np.ndarray:
     """The image of one `SyntheticSource` record: uint8 `[S, S, 3]` (`render_images` of a batch of one)."""
-    return render_images(record["image_labels"][None], record["key"][None], image_size, supersample)[0]
+    return render_images(np.asarray(record["image_labels"])[None], np.asarray(record["key"])[None], image_size,
+                         supersample)[0]
