@@ -1,6 +1,6 @@
 """Zero-shot benchmark on the synthetic world of the embedded demo (`mmjax.data.synthetic`).
 
-Two evaluations, both on images drawn by the data set's own `render_image` (the
+Two evaluations, both on images drawn by the data set's own `render_images` (the
 function the training pipeline's eval path uses) and fixed by the training seed:
 
 - zero-shot classification of the `heldout` split: every image shows one of the
@@ -55,12 +55,13 @@ def _encode_split(
     and image labels int32 `[N, 4]` of every example of `source`."""
     image_embeddings, text_embeddings, labels = [], [], []
     for records in _batches(source, batch_size):
-        images = np.stack([synthetic.render_image(record, image_size) for record in records])
+        image_labels = np.stack([record["image_labels"] for record in records])
+        images = synthetic.render_images(image_labels, np.stack([record["key"] for record in records]), image_size)
         image_embeddings.append(np.asarray(encode_images(images), np.float32))
         if encode_texts is not None:
             captions = [record["caption"] for record in records]
             text_embeddings.append(np.asarray(encode_texts(captions), np.float32))
-        labels.append(np.stack([record["image_labels"] for record in records]))
+        labels.append(image_labels)
     texts = np.concatenate(text_embeddings) if encode_texts is not None else None
     return np.concatenate(image_embeddings), texts, np.concatenate(labels)
 
