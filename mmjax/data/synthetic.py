@@ -201,8 +201,9 @@ def _coverage(shapes: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray, ra
     """Fraction of each pixel that shape `SHAPES[shapes[i]]` at `centre_y[i], centre_x[i]` (pixels) of half-extent
     `radius[i]` covers: float32 `[B, S, S]`, sampled `supersample`² times per pixel.
 
-    Every shape fits in the square of half-side 1.15 radii, so only a window of `W` pixels around each centre,
-    the same size for the batch, is sampled."""
+    Every shape fits in the square of half-side 1.15 radii, so only a square window around each centre is
+    sampled, as wide as the batch's largest shape needs (the shape's bounding box, cut at the image's edges, lies
+    inside it)."""
     k, extent = supersample, 1.2 * radius
     window = min(int(np.ceil(2 * extent.max())) + 2, image_size)
     top = np.minimum(np.maximum((centre_y - extent).astype(np.int64), 0), image_size - window)  # [B]
@@ -225,7 +226,7 @@ def _coverage(shapes: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray, ra
 def _background(u: np.ndarray, image_size: int) -> np.ndarray:
     """Dark tinted linear gradient plus a faint sinusoidal texture: float32 `[B, S, S, 3]`.
 
-    `u`: float32 `[B, 10]` uniform [0, 1) numbers that choose each image's.
+    `u`: float32 `[B, 10]` uniform [0, 1) numbers; row `i` chooses image `i`'s background.
     """
     coords = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size - 0.5
     y, x = coords[None, :, None], coords[None, None, :]
@@ -256,6 +257,7 @@ def render_images(image_labels: np.ndarray, keys: np.ndarray, image_size: int = 
     u = np.stack([rng.random(16, dtype=np.float32) for rng in generators])
     noise = np.stack([rng.standard_normal((image_size, image_size, 3), dtype=np.float32) for rng in generators])
     rows, columns = np.divmod(positions, 3)
+    # The dtypes of the per-image code (Python numbers met float32 ones), so the pixels are the same to the bit.
     centres = np.asarray(CELL_CENTRES, np.float32)
     centre_y = (centres[rows] + 0.08 * u[:, 0] - 0.04) * image_size
     centre_x = (centres[columns] + 0.08 * u[:, 1] - 0.04) * image_size
