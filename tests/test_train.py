@@ -660,6 +660,45 @@ def test_sigterm_saves_the_step_reached_and_the_resumed_run_ends_with_the_uninte
     assert int(train(config, str(tmp_path / "last")).step) == config.total_steps
 
 
+class FakePreemptionService:
+    """JAX's preemption sync protocol as `multihost_utils.reached_preemption_sync_point` documents it: a process
+    reports every step; once a notice has arrived, the safe step is the one after the largest step reported."""
+
+    def __init__(self):
+        self.largest, self.safe, self.reported = 0, None, []
+
+    def notify(self):
+        self.safe = self.largest + 1
+
+    def reached(self, step_id):
+        self.reported.append(step_id)
+        self.largest = max(self.largest, step_id)
+        return step_id == self.safe
+
+
+def test_a_second_run_in_the_same_process_stops_at_the_step_after_a_preemption_notice(monkeypatch):
+    """JAX's service never forgets the largest step it was told. A second `train()` in the same process counted
+    from 1 again, so after a first run of 100 steps a notice was due at the second run's step 101: a run of 5
+    steps never saw it and was killed at the end of the grace period."""
+    import mmjax.train.preemption as preemption
+
+    service = FakePreemptionService()
+    monkeypatch.setattr(preemption.jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(preemption.multihost_utils, "reached_preemption_sync_point", service.reached)
+    with preemption.PreemptionNotice() as notice:
+        assert not any(notice.reached(steps_taken) for steps_taken in range(1, 101))
+    stopped_at = None
+    with preemption.PreemptionNotice() as notice:
+        for steps_taken in range(1, 6):
+            if notice.reached(steps_taken):
+                stopped_at = steps_taken
+                break
+            if steps_taken == 2:
+                service.notify()
+    assert stopped_at == 3
+    assert service.reported == list(range(service.reported[0], service.reported[0] + 103))  # one count, no repeats
+
+
 def test_a_preemption_notice_at_an_evaluation_step_saves_the_checkpoint_before_evaluating(tmp_path, monkeypatch):
     """The evaluation due at the step a SIGTERM stopped ran first, and a grace period that ended during it lost
     the checkpoint; now the checkpoint is on disk when the evaluation starts, and the evaluation is still recorded."""

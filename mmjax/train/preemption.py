@@ -38,19 +38,26 @@ class PreemptionNotice:
     """`with PreemptionNotice() as notice:` … `notice.reached(steps_taken)`, called by every process after each
     step with the steps this run has taken (1, 2, …): True when the run must save and stop. JAX's service counts
     from 0 in each process and picks the step after the largest it has seen, so a resumed run's global step
-    numbers (2501, 2502, …) would never meet a notice that arrived before its first step.
+    numbers (2501, 2502, …) would never meet a notice that arrived before its first step. The service lives as
+    long as the process and never forgets that largest step, so the numbers it is given go on from one run
+    (`train()` call) to the next: a second run of 5 steps after one of 100 reports 101 … 105, not 1 … 5 (a notice
+    would otherwise be due at step 101 of a run that ends at 5).
 
     With one process the handler is installed only where Python can install one (the main thread) and SIGTERM
     still has its default action; a handler of the caller's own is left in place, and `reached` is then False.
     """
 
+    _sync_points_reported = 0  # in this process, to JAX's preemption service, by every run so far
+
     def __init__(self):
         self._received = threading.Event()
         self._installed = False
         self._distributed = False
+        self._first_sync_point = 0
 
     def __enter__(self) -> PreemptionNotice:
         self._distributed = jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
+        self._first_sync_point = PreemptionNotice._sync_points_reported
         if (not self._distributed and threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
             signal.signal(signal.SIGTERM, lambda *_: self._received.set())
@@ -59,7 +66,9 @@ class PreemptionNotice:
 
     def reached(self, steps_taken: int) -> bool:
         if self._distributed:
-            return multihost_utils.reached_preemption_sync_point(steps_taken)
+            sync_point = self._first_sync_point + steps_taken
+            PreemptionNotice._sync_points_reported = max(PreemptionNotice._sync_points_reported, sync_point)
+            return multihost_utils.reached_preemption_sync_point(sync_point)
         return self._received.is_set()
 
     def __exit__(self, *exc_info) -> None:
