@@ -15,6 +15,7 @@ import resource
 import struct
 import subprocess
 import sys
+import zlib
 
 import jax
 import numpy as np
@@ -37,7 +38,14 @@ from test_data_convert import image_bytes
 
 TOKENIZER = Tokenizer.for_synthetic(16)
 KINDS = ("ok", "undecodable_image", "truncated_jpeg", "truncated_png", "empty_caption", "long_caption",
-         "truncated_record")
+         "truncated_record", "oversized_image")
+
+
+def with_declared_size(png: bytes, width: int, height: int) -> bytes:
+    """`png` whose IHDR chunk (bytes 8–32: length, type, width, height, …, CRC) declares `width × height`:
+    a decompression bomb's header on a small image's data."""
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
 
 
 def record(key: str, captions: list[str], image: bytes, fmt: str = "png") -> bytes:
@@ -77,7 +85,7 @@ def corrupted_dir(directory, rng: np.random.Generator, num_shards: int = 10, per
     """1 000 records, each kind of corruption at random places, shard `missing` deleted. Returns the expected counts
     by reason and the expected skipped record ids."""
     expected, skipped_ids, shards = dict.fromkeys(SKIP_REASONS, 0), set(), []
-    kinds = rng.choice(len(KINDS), size=num_shards * per_shard, p=[0.58] + [0.07] * 6)
+    kinds = rng.choice(len(KINDS), size=num_shards * per_shard, p=[0.51] + [0.07] * 7)
     for shard in range(num_shards):
         records = []
         for position in range(per_shard):
@@ -91,7 +99,9 @@ def corrupted_dir(directory, rng: np.random.Generator, num_shards: int = 10, per
                     "truncated_png": lambda: record(f"k{n}", ["a red circle"], cut(png)),
                     "empty_caption": lambda: record(f"k{n}", ["   ", ""], png),
                     "long_caption": lambda: record(f"k{n}", ["red " * 600], png),
-                    "truncated_record": lambda: cut(record(f"k{n}", ["a red circle"], png))}[kind]()
+                    "truncated_record": lambda: cut(record(f"k{n}", ["a red circle"], png)),
+                    "oversized_image": lambda: record(f"k{n}", ["a red circle"],
+                                                      with_declared_size(png, 20_000, 10_000))}[kind]()
             records.append(data)
             reason = "missing_shard" if shard == missing else {"truncated_jpeg": "truncated_image",
                                                          "truncated_png": "truncated_image"}.get(kind, kind)
@@ -397,6 +407,35 @@ def test_jpeg_draft_decoding_matches_full_decoding_closely():
     full = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").resize(
         (16, 16), Image.Resampling.BICUBIC), int)
     assert np.abs(drafted - full).mean() < 3
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_a_decompression_bomb_is_an_oversized_image_not_a_truncated_one(augment):
+    """An image whose header declares more than PIL's limit (2 × 89.5 M pixels) was counted as "truncated_image",
+    which sent users looking for damaged files among valid (if huge) ones."""
+    png = image_bytes(3, "PNG", (32, 32))
+    options, uniforms = DecodeOptions(16, augment=augment), np.random.default_rng(0).random(22)
+    same_size = decode_image(Sample("k", ("c",), with_declared_size(png, 32, 32)), options, uniforms)
+    np.testing.assert_array_equal(same_size, decode_image(Sample("k", ("c",), png), options, uniforms))
+    assert decode_image(Sample("k", ("c",), with_declared_size(png, 20_000, 10_000)), options,
+                        uniforms) == "oversized_image"
+
+
+def test_a_checkpoint_from_before_a_skip_reason_was_added_resumes_with_it_counted_from_zero(tmp_path):
+    clean_dir(tmp_path, 20)
+    make = lambda: iter(records_train_dataset([RecordSource(str(tmp_path))], None, 5, 4, DecodeOptions(16),
+                                              TOKENIZER, 0, process_index=0, process_count=1))
+    original = make()
+    batches(original, 2)
+    state = json.loads(json.dumps(original.get_state()))
+    state["skip_counts"] = list(range(1, len(SKIP_REASONS)))  # one reason fewer, as an older version wrote it
+    resumed = make()
+    resumed.set_state(state)
+    assert resumed.skip_counts.tolist() == [*range(1, len(SKIP_REASONS)), 0]
+    for a, b in zip(batches(original, 2), batches(resumed, 2), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    original.close()
+    resumed.close()
 
 
 @pytest.mark.parametrize("augment", [True, False])

@@ -173,7 +173,8 @@ class _CountSkipsIterator(grain.DatasetIterator):
                              f"this config's data.sources {len(self.examples_per_source)}: resume with the same "
                              f"sources, or start a new workdir")
         self._parent.set_state(state["parent"])
-        self.skip_counts = np.array(state["skip_counts"], np.int64)
+        self.skip_counts = np.zeros(len(SKIP_REASONS), np.int64)  # a checkpoint from before a reason was added
+        self.skip_counts[:len(state["skip_counts"])] = state["skip_counts"]  # has fewer: new reasons count from 0
         self.examples_per_source = np.array(state["examples_per_source"], np.int64)
         self.new_skipped = []
 

@@ -83,7 +83,8 @@ def random_resized_crop(image: Image.Image, size: int, box: tuple[int, int, int,
 
 def decode_image(sample: Sample, options: DecodeOptions, uniforms: Sequence[float]) -> np.ndarray | str:
     """uint8 `[S, S, 3]` (`uniforms` as `crop_box` takes them), or the skip reason: "truncated_image" when the bytes start with an image signature
-    (`IMAGE_SIGNATURES`) but do not decode, "undecodable_image" when they do not."""
+    (`IMAGE_SIGNATURES`) but do not decode, "undecodable_image" when they do not, "oversized_image" when the header
+    declares more pixels than PIL's decompression-bomb limit (`2 × PIL.Image.MAX_IMAGE_PIXELS`, 179 M by default)."""
     if isinstance(sample.image, np.ndarray):
         pixels = sample.image[..., 0] if sample.image.ndim == 3 and sample.image.shape[-1] == 1 else sample.image
         image = Image.fromarray(pixels)
@@ -93,7 +94,9 @@ def decode_image(sample: Sample, options: DecodeOptions, uniforms: Sequence[floa
                              if sample.image.startswith(signature)), None)
         try:
             image = Image.open(io.BytesIO(sample.image), formats=None if image_format is None else (image_format,))
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        except Image.DecompressionBombError:  # the header alone says so: nothing was decoded
+            return "oversized_image"
+        except (UnidentifiedImageError, OSError, ValueError):
             return "undecodable_image" if image_format is None else "truncated_image"
     if not options.augment:
         try:

@@ -34,6 +34,7 @@ SKIP_REASONS = (
     "truncated_image",    # an image signature, but decoding fails (a cut-off or damaged JPEG/PNG/…)
     "empty_caption",      # no caption with a non-space character
     "long_caption",       # every non-empty caption is longer than the configured limit
+    "oversized_image",    # the header declares more pixels than PIL's decompression-bomb limit (179 M by default)
 )
 REASON_CODE = {reason: code for code, reason in enumerate(SKIP_REASONS)}
 

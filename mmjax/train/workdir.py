@@ -129,6 +129,10 @@ def check_trained(workdir: str) -> int:
     starts with a barrier of every process, which a process that failed a check never reaches); ValueError
     for a directory that holds no run, FileNotFoundError when it has no checkpoint yet."""
     load_config(workdir)
+    return _latest_step(workdir)
+
+
+def _latest_step(workdir: str) -> int:
     step = latest_saved_step(workdir)
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
@@ -143,8 +147,8 @@ def load_trained(workdir: str, dtype: str | None = None, step: int | None = None
     faster evaluation); parameters stay float32. A run trained with cuDNN's attention loads with XLA's
     off a GPU or in float32. `step`: the checkpoint to restore (default: the latest).
     """
-    step = check_trained(workdir) if step is None else step
     config = load_config(workdir)
+    step = _latest_step(workdir) if step is None else step
     if dtype is not None:
         config.model_options.dtype = dtype
     if config.model_options.get("attention") == "cudnn" and (
