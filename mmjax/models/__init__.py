@@ -1,6 +1,8 @@
-"""Flax (linen) models: layers, ViT, text transformer, two-tower CLIP/SigLIP and the size registry."""
+"""Flax (linen) models: layers, ViT, text transformer, two-tower CLIP/SigLIP, fusion blocks and the size
+registry."""
 
-from mmjax.models.layers import BlockOptions
+from mmjax.models.fusion import CrossAttentionBlock, CrossModalFusion, EarlyFusion, LateFusion, MatchingHead
+from mmjax.models.layers import BlockOptions, TransformerSpec
 from mmjax.models.registry import (abstract_params, create_model, example_inputs, get_config, list_models,
                                    param_count)
 from mmjax.models.text import TextConfig, TextTransformer
@@ -8,6 +10,7 @@ from mmjax.models.two_tower import TwoTower, TwoTowerConfig
 from mmjax.models.vit import VisionConfig, ViT
 
 __all__ = [
-    "BlockOptions", "TextConfig", "TextTransformer", "TwoTower", "TwoTowerConfig", "VisionConfig", "ViT",
+    "BlockOptions", "CrossAttentionBlock", "CrossModalFusion", "EarlyFusion", "LateFusion", "MatchingHead",
+    "TextConfig", "TextTransformer", "TransformerSpec", "TwoTower", "TwoTowerConfig", "VisionConfig", "ViT",
     "abstract_params", "create_model", "example_inputs", "get_config", "list_models", "param_count",
 ]

@@ -150,11 +150,12 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
 
 
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, implementation: str,
-                     multiple: int, kv_length: int | None = None) -> jax.Array:
+                     multiple: int, kv_length: int | None = None, kv_lengths: jax.Array | None = None) -> jax.Array:
     """`jax.nn.dot_product_attention` of `q [B, T, N, H]` against `k, v [B, S, N, H]` → `[B, T, N, H]`, with `T`
     and `S` padded up to a multiple of `multiple`, the padded keys masked out (as sequence lengths) and the padded
     queries cut off. `kv_length`: the keys from this index on are padding already (a `Transformer` pads its
-    sequence once for all its layers); masked the same way.
+    sequence once for all its layers); masked the same way. `kv_lengths` int `[B]`: each example's keys from its
+    own index on are padding too (a caption's tokens after its end); each must be ≥ 1.
 
     For cuDNN's fused attention, which JAX refuses in training at odd lengths (ViT-B/16's 197 tokens, CLIP's
     77): its check for a bias wants even lengths, and JAX passes a zero-size placeholder for an absent bias
@@ -166,7 +167,9 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, 
     pad = lambda x, length: jnp.pad(x, ((0, 0), (0, -length % multiple), (0, 0), (0, 0)))  # noqa: E731
     q, k, v = pad(q, t), pad(k, s), pad(v, s)
     masked = valid < k.shape[1] and not (causal and t == s)
-    lengths = jnp.full((q.shape[0],), valid, jnp.int32) if masked else None
+    lengths = jnp.full((q.shape[0],), valid, jnp.int32) if masked or kv_lengths is not None else None
+    if kv_lengths is not None:
+        lengths = jnp.minimum(lengths, jnp.asarray(kv_lengths, jnp.int32))
     out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
                                        implementation=implementation)
     return out[:, :t]
@@ -175,8 +178,9 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, 
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention, self or cross.
 
-    Call with `queries [B, T, D]` and optional `keys_values [B, S, Dkv]` (self-attention
-    when omitted). Returns `[B, T, D]`. `causal`: query `t` attends to keys `≤ t` only.
+    Call with `queries [B, T, D]`, optional `keys_values [B, S, Dkv]` (self-attention
+    when omitted) and optional `kv_lengths` int `[B]` (each example's keys from that index on are padding,
+    masked out). Returns `[B, T, D]`. `causal`: query `t` attends to keys `≤ t` only.
     `implementation`: `jax.nn.dot_product_attention`'s, `"xla"` or `"cudnn"` (NVIDIA GPUs,
     bfloat16 or float16: cuDNN's fused flash attention). `kv_length`: keys and values from this index on are
     padding, masked out.
@@ -189,7 +193,7 @@ class MultiHeadAttention(nn.Module):
     kv_length: int | None = None
 
     @nn.compact
-    def __call__(self, queries, keys_values=None):
+    def __call__(self, queries, keys_values=None, kv_lengths=None):
         if keys_values is None:
             keys_values = queries
         width = queries.shape[-1]
@@ -203,7 +207,8 @@ class MultiHeadAttention(nn.Module):
         project = lambda name, x: dense((self.num_heads, head_dim), proj_names, dtype=self.dtype, name=name)(x)
         q, k, v = project("query", queries), project("key", keys_values), project("value", keys_values)
         out = padded_attention(q, k, v, causal=self.causal, implementation=self.implementation,
-                               multiple=LENGTH_MULTIPLES[self.implementation], kv_length=self.kv_length)
+                               multiple=LENGTH_MULTIPLES[self.implementation], kv_length=self.kv_length,
+                               kv_lengths=kv_lengths)
         return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, dtype=self.dtype, name="out")(out)
 
 
@@ -285,7 +290,8 @@ class TransformerSpec:
 
 class TransformerBlock(nn.Module):
     """Pre-LN block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. `[B, T, D] -> [B, T, D]`; `causal` self-attention
-    lets token `t` see tokens `≤ t` only; tokens from `valid_length` on are padding no other token sees."""
+    lets token `t` see tokens `≤ t` only; tokens from `valid_length` on are padding no other token sees, and so are
+    each example's tokens from its `lengths [B]` on, when given."""
 
     spec: TransformerSpec
     options: BlockOptions
@@ -293,13 +299,13 @@ class TransformerBlock(nn.Module):
     valid_length: int | None = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, lengths=None):
         spec, opts = self.spec, self.options
         dtype = jnp.dtype(opts.dtype)
         x = constrain_tokens(x)
         y = layer_norm(opts.norm_eps, dtype, "ln_1")(x)
         x = x + MultiHeadAttention(spec.num_heads, dtype, self.causal, opts.attention, self.valid_length,
-                                   name="attn")(y)
+                                   name="attn")(y, kv_lengths=lengths)
         y = layer_norm(opts.norm_eps, dtype, "ln_2")(x)
         return x + Mlp(spec.mlp_dim, opts.activation, dtype, name="mlp")(y)
 
@@ -307,16 +313,17 @@ class TransformerBlock(nn.Module):
 class _ScanStep(TransformerBlock):
     """The block in the `(carry, x) -> (carry, y)` form that `nn.scan` needs."""
 
-    def __call__(self, x, _):
-        return super().__call__(x), None
+    def __call__(self, x, lengths):
+        return super().__call__(x, lengths), None
 
 
 class Transformer(nn.Module):
     """A stack of `depth` pre-LN blocks (`causal` or not), unrolled or scanned, optionally rematerialised.
 
     Scanned parameters are stacked on a leading `layers` axis; the outputs are the
-    same either way. `[B, T, D] -> [B, T, D]`. A length the attention cannot take (cuDNN's: odd) is padded once
-    here, for all the blocks, and cut off at the end; attention masks the padding out.
+    same either way. `[B, T, D] -> [B, T, D]`; `lengths` int `[B]` (optional): each example's tokens from that
+    index on are padding that no token attends to. A length the attention cannot take (cuDNN's: odd) is padded
+    once here, for all the blocks, and cut off at the end; attention masks the padding out.
     """
 
     spec: TransformerSpec
@@ -324,7 +331,7 @@ class Transformer(nn.Module):
     causal: bool = False
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, lengths=None):
         spec, opts = self.spec, self.options
         length = x.shape[1]
         padding = -length % LENGTH_MULTIPLES[opts.attention]
@@ -339,10 +346,10 @@ class Transformer(nn.Module):
                 in_axes=nn.broadcast, length=spec.depth,
                 metadata_params={nn.PARTITION_NAME: axes.LAYERS},
             )
-            x, _ = stack(spec, opts, self.causal, valid_length, name="layers")(x, None)
+            x, _ = stack(spec, opts, self.causal, valid_length, name="layers")(x, lengths)
         else:
             for i in range(spec.depth):
-                x = block(spec, opts, self.causal, valid_length, name=f"layers_{i}")(x)
+                x = block(spec, opts, self.causal, valid_length, name=f"layers_{i}")(x, lengths)
         return x[:, :length]
 
 

@@ -29,7 +29,8 @@ class TextConfig(layers.TransformerSpec):
 
 
 class TextTransformer(nn.Module):
-    """`token_ids [B, L] int -> pooled features [B, width]`.
+    """`token_ids [B, L] int -> pooled features [B, width]`, or with `return_tokens` the token sequence before
+    pooling, `[B, L, width]` (the input of a fusion block).
 
     Ids must lie in `[0, vocab_size)`; one that is not is refused when `token_ids` is a NumPy array, but inside
     `jit` it cannot be seen: `nn.Embed` then reads NaN (ids past the table) or wraps (negative ids). mmjax's
@@ -39,7 +40,7 @@ class TextTransformer(nn.Module):
     options: layers.BlockOptions
 
     @nn.compact
-    def __call__(self, token_ids):
+    def __call__(self, token_ids, return_tokens: bool = False):
         cfg, opts = self.config, self.options
         dtype = jnp.dtype(opts.dtype)
         token_ids = token_ids if hasattr(token_ids, "ndim") else np.asarray(token_ids)
@@ -55,6 +56,8 @@ class TextTransformer(nn.Module):
         x = layers.AddPositionEmbedding("learned", 0.01, name="pos_embed")(embed(token_ids))
         x = layers.Transformer(cfg, opts, cfg.causal, name="encoder")(x)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
+        if return_tokens:
+            return x
         if cfg.pool == "map":
             return layers.MapHead(cfg.num_heads, cfg.mlp_dim, opts.activation, opts.norm_eps, dtype, name="map_head")(x)
         return layers.pool_tokens(x, cfg.pool, token_ids, cfg.eot_id)

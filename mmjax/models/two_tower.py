@@ -4,7 +4,8 @@
 L2-normalised `[B, E]` embeddings (None for a tower not given) and
 `aux = {"logit_scale": …, "logit_bias": …}` (bias only for SigLIP). Either tower
 can be skipped, so embedding only images is the same code path.
-`encode_image` / `encode_text` return the projected, unnormalised embeddings.
+`encode_image` / `encode_text` return the projected, unnormalised embeddings; `image_tokens` / `text_tokens`
+the towers' token sequences before pooling, for a fusion block (`mmjax.models.fusion`).
 Temperature and bias are parameters of the model; the losses live in
 `mmjax.losses`.
 """
@@ -79,6 +80,16 @@ class TwoTower(nn.Module):
     def encode_text(self, token_ids: jax.Array) -> jax.Array:
         """`token_ids [B, L]` → unnormalised embeddings `[B, E]` (float32)."""
         return self.text_proj(self.text_encoder(token_ids)).astype(jnp.float32)
+
+    def image_tokens(self, images: jax.Array) -> jax.Array:
+        """`images [B, H, W, 3]` (normalised floats) → the ViT's final tokens `[B, T, vision width]`."""
+        return self.image_encoder(images, return_tokens=True)
+
+    def text_tokens(self, token_ids: jax.Array) -> jax.Array:
+        """`token_ids [B, L]` → the text transformer's final tokens `[B, L, text width]`. A caption's valid length
+        (the `text_lengths` of a fusion block) is its end-of-text position + 1: `argmax(token_ids, -1) + 1` for
+        CLIP's tokenizer, whose end-of-text id is the largest."""
+        return self.text_encoder(token_ids, return_tokens=True)
 
     def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None):
         image_emb = None if image is None else _l2_normalize(self.encode_image(image))

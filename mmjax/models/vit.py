@@ -40,13 +40,15 @@ class VisionConfig(layers.TransformerSpec):
 
 
 class ViT(nn.Module):
-    """`images [B, H, W, 3] (float, normalised) -> pooled features [B, width]`."""
+    """`images [B, H, W, 3] (float, normalised) -> pooled features [B, width]`, or with `return_tokens` the
+    token sequence before pooling, `[B, T, width]` (the class token first with `pool="cls"`; the input of a
+    fusion block)."""
 
     config: VisionConfig
     options: layers.BlockOptions
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images, return_tokens: bool = False):
         cfg, opts = self.config, self.options
         dtype = jnp.dtype(opts.dtype)
         images = images if hasattr(images, "ndim") else jnp.asarray(images)
@@ -68,6 +70,8 @@ class ViT(nn.Module):
             x = layers.layer_norm(opts.norm_eps, dtype, "ln_pre")(x)
         x = layers.Transformer(cfg, opts, name="encoder")(x)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_post")(x)
+        if return_tokens:
+            return x
         if cfg.pool == "map":
             return layers.MapHead(cfg.num_heads, cfg.mlp_dim, opts.activation, opts.norm_eps, dtype, name="map_head")(x)
         return layers.pool_tokens(x, cfg.pool)
