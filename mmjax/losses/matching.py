@@ -22,6 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmjax.losses.cross_entropy import negative_log_likelihood
+
 
 def hard_negatives(logits: jax.Array, key: jax.Array | None, *, offset: int | jax.Array = 0,
                    positives: jax.Array | None = None) -> jax.Array:
@@ -70,5 +72,4 @@ def itm_loss(match_logits: jax.Array, labels: jax.Array) -> jax.Array:
     if match_logits.ndim != 2 or match_logits.shape[-1] != 2 or labels.shape != match_logits.shape[:1]:
         raise ValueError(f"itm_loss needs match_logits [N, 2] and labels [N], got {list(match_logits.shape)} and "
                          f"{list(labels.shape)}")
-    log_probs = jax.nn.log_softmax(match_logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(log_probs, labels.astype(jnp.int32)[:, None], axis=-1))
+    return jnp.mean(negative_log_likelihood(match_logits, labels))

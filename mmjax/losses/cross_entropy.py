@@ -1,0 +1,20 @@
+"""The two pieces every token-level loss shares: the negative log-likelihood of class targets, and a mean
+over the batch's counted positions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def negative_log_likelihood(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """`-log softmax(logits)[target]` in float32: `logits [..., V]`, int `targets [...]` → `[...]`."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    """`Σ values · weights / Σ weights` over every axis, 0 when no weight is set. One sum over the whole batch
+    divided by another: a batch sharded over devices gives the same value under `jit`."""
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
