@@ -2,6 +2,8 @@
 scan and mesh equivalence, hard negatives against a direct computation, and a small ITM fit."""
 
 import math
+import pathlib
+import re
 
 import flax
 import flax.linen as nn
@@ -139,26 +141,31 @@ def test_cross_modal_fusion_remat_gives_the_same_gradients():
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5), *grads)
 
 
+def assert_named_and_sharded_like_one_device(module, *inputs, atol=2e-5):
+    """Every parameter of `module` has logical axis names, some are sharded on a 2 × 2 × 2 mesh, and the sharded
+    apply equals the one-device apply."""
+    boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs))
+    flat = flax.traverse_util.flatten_dict(boxed["params"], is_leaf=lambda _, x: isinstance(x, nn.Partitioned))
+    unnamed = [k for k, v in flat.items() if not isinstance(v, nn.Partitioned) or (v.value.ndim and not any(v.names))]
+    assert not unnamed, unnamed
+    params = nn.unbox(module.init(jax.random.key(0), *inputs))
+    want = module.apply(params, *inputs)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = logical_shardings(boxed, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        got = jax.jit(module.apply)(jax.device_put(params, shardings), *inputs)
+    assert any(not s.is_fully_replicated for s in jax.tree.leaves(shardings))
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=atol), got, want)
+
+
 def test_every_fusion_parameter_has_logical_names_and_a_sharded_apply_equals_one_device():
     rng = np.random.default_rng(7)
     lengths = np.array([5, 2, 4, 1])
     text, image = padded_text(rng, lengths, 5, 8), rng.normal(size=(4, 6, 12)).astype(np.float32)
     wide = layers.TransformerSpec(width=32, depth=2, num_heads=4, mlp_dim=64)
-    for fusion, inputs in ((CrossModalFusion(wide), (text, image, lengths)), (EarlyFusion(wide), (image, text, lengths)),
-                           (LateFusion(32, 64), (image[:, 0], text[:, 0]))):
-        boxed = jax.eval_shape(lambda: fusion.init(jax.random.key(0), *inputs))
-        flat = flax.traverse_util.flatten_dict(boxed["params"], is_leaf=lambda _, x: isinstance(x, nn.Partitioned))
-        unnamed = [k for k, v in flat.items() if not isinstance(v, nn.Partitioned) or not any(v.names)]
-        assert not unnamed, unnamed
-        params = nn.unbox(fusion.init(jax.random.key(0), *inputs))
-        want = fusion.apply(params, *inputs)
-        mesh = make_mesh(data=2, fsdp=2, tensor=2)
-        shardings = logical_shardings(boxed, mesh)
-        sharded = jax.device_put(params, shardings)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-            got = jax.jit(fusion.apply)(sharded, *inputs)
-        assert any(not s.is_fully_replicated for s in jax.tree.leaves(shardings))
-        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=2e-5), got, want)
+    assert_named_and_sharded_like_one_device(CrossModalFusion(wide), text, image, lengths)
+    assert_named_and_sharded_like_one_device(EarlyFusion(wide), image, text, lengths)
+    assert_named_and_sharded_like_one_device(LateFusion(32, 64), image[:, 0], text[:, 0])
 
 
 @pytest.mark.parametrize("call, message", [
@@ -286,14 +293,16 @@ def test_the_towers_token_sequences_are_what_their_pooling_reads():
     assert pooled.shape == (2, SPEC.width)
 
 
-def test_the_readme_example_runs_and_prints_what_its_comments_say():
-    import pathlib
-    import re
-
+def run_readme_example(section: str) -> tuple[str, dict]:
+    """The first Python block of the README section titled `section`, and the names it defined when run."""
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### Fusion blocks and image–text matching", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", readme.split(f"\n### {section}\n", 1)[1], re.S).group(1)
     namespace = {}
-    exec(compile(code, "README.md (fusion example)", "exec"), namespace)
-    assert namespace["image_tokens"].shape == (8, 17, 128) and namespace["text_tokens"].shape == (8, 16, 128)
-    assert re.search(r"# (\S+) here, before training", code).group(1) == f"{float(namespace['loss']):.2f}"
+    exec(compile(code, f"README.md ({section})", "exec"), namespace)
+    return code, namespace
+
+
+def test_the_readme_example_runs_and_prints_what_its_comments_say():
+    code, names = run_readme_example("Fusion blocks and image–text matching")
+    assert names["image_tokens"].shape == (8, 17, 128) and names["text_tokens"].shape == (8, 16, 128)
+    assert re.search(r"# (\S+) here, before training", code).group(1) == f"{float(names['loss']):.2f}"

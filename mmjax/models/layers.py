@@ -150,12 +150,15 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
 
 
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, implementation: str,
-                     multiple: int, kv_length: int | None = None, kv_lengths: jax.Array | None = None) -> jax.Array:
+                     multiple: int, kv_length: int | None = None, kv_lengths: jax.Array | None = None,
+                     mask: jax.Array | None = None) -> jax.Array:
     """`jax.nn.dot_product_attention` of `q [B, T, N, H]` against `k, v [B, S, N, H]` → `[B, T, N, H]`, with `T`
     and `S` padded up to a multiple of `multiple`, the padded keys masked out (as sequence lengths) and the padded
     queries cut off. `kv_length`: the keys from this index on are padding already (a `Transformer` pads its
     sequence once for all its layers); masked the same way. `kv_lengths` int `[B]`: each example's keys from its
-    own index on are padding too (a caption's tokens after its end); each must be ≥ 1.
+    own index on are padding too (a caption's tokens after its end); each must be ≥ 1. `mask` bool `[B, T, S]`:
+    query `t` sees key `s` only where True (a query that sees no key gets a finite but meaningless output,
+    which the caller must discard).
 
     For cuDNN's fused attention, which JAX refuses in training at odd lengths (ViT-B/16's 197 tokens, CLIP's
     77): its check for a bias wants even lengths, and JAX passes a zero-size placeholder for an absent bias
@@ -170,7 +173,9 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, 
     lengths = jnp.full((q.shape[0],), valid, jnp.int32) if masked or kv_lengths is not None else None
     if kv_lengths is not None:
         lengths = jnp.minimum(lengths, jnp.asarray(kv_lengths, jnp.int32))
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
+    if mask is not None:
+        mask = jnp.pad(mask, ((0, 0), (0, q.shape[1] - t), (0, k.shape[1] - s)))[:, None]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, key_value_seq_lengths=lengths,
                                        implementation=implementation)
     return out[:, :t]
 
@@ -179,8 +184,9 @@ class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention, self or cross.
 
     Call with `queries [B, T, D]`, optional `keys_values [B, S, Dkv]` (self-attention
-    when omitted) and optional `kv_lengths` int `[B]` (each example's keys from that index on are padding,
-    masked out). Returns `[B, T, D]`. `causal`: query `t` attends to keys `≤ t` only.
+    when omitted), optional `kv_lengths` int `[B]` (each example's keys from that index on are padding,
+    masked out) and optional `mask` bool `[B, T, S]` (query `t` sees key `s` only where True). Returns
+    `[B, T, D]`. `causal`: query `t` attends to keys `≤ t` only.
     `implementation`: `jax.nn.dot_product_attention`'s, `"xla"` or `"cudnn"` (NVIDIA GPUs,
     bfloat16 or float16: cuDNN's fused flash attention). `kv_length`: keys and values from this index on are
     padding, masked out.
@@ -193,7 +199,7 @@ class MultiHeadAttention(nn.Module):
     kv_length: int | None = None
 
     @nn.compact
-    def __call__(self, queries, keys_values=None, kv_lengths=None):
+    def __call__(self, queries, keys_values=None, kv_lengths=None, mask=None):
         if keys_values is None:
             keys_values = queries
         width = queries.shape[-1]
@@ -208,7 +214,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = project("query", queries), project("key", keys_values), project("value", keys_values)
         out = padded_attention(q, k, v, causal=self.causal, implementation=self.implementation,
                                multiple=LENGTH_MULTIPLES[self.implementation], kv_length=self.kv_length,
-                               kv_lengths=kv_lengths)
+                               kv_lengths=kv_lengths, mask=mask)
         return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, dtype=self.dtype, name="out")(out)
 
 

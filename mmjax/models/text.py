@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,6 +29,22 @@ class TextConfig(layers.TransformerSpec):
     eot_id: int | None = None
 
 
+def embed_tokens(config: TextConfig, dtype: jnp.dtype, token_ids) -> jax.Array:
+    """`token_ids [B, context_length]` → token + learned position embeddings `[B, L, width]`, after checking
+    the shape (and, for a NumPy array, the id range). Call it inside a compact method: the parameters are the
+    caller's `token_embed` and `pos_embed`."""
+    if token_ids.ndim != 2 or token_ids.shape[1] != config.context_length:
+        raise ValueError(f"text encoder expects token ids [B, {config.context_length}], got {list(token_ids.shape)}")
+    if isinstance(token_ids, np.ndarray) and token_ids.size and not (
+            0 <= token_ids.min() and token_ids.max() < config.vocab_size):
+        raise ValueError(f"token ids must lie in [0, {config.vocab_size}), got {token_ids.min()}..{token_ids.max()}")
+    embed = nn.Embed(
+        config.vocab_size, config.width, dtype=dtype, name="token_embed",
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+    )
+    return layers.AddPositionEmbedding("learned", 0.01, name="pos_embed")(embed(token_ids))
+
+
 class TextTransformer(nn.Module):
     """`token_ids [B, L] int -> pooled features [B, width]`, or with `return_tokens` the token sequence before
     pooling, `[B, L, width]` (the input of a fusion block).
@@ -44,16 +61,7 @@ class TextTransformer(nn.Module):
         cfg, opts = self.config, self.options
         dtype = jnp.dtype(opts.dtype)
         token_ids = token_ids if hasattr(token_ids, "ndim") else np.asarray(token_ids)
-        if token_ids.ndim != 2 or token_ids.shape[1] != cfg.context_length:
-            raise ValueError(f"text encoder expects token ids [B, {cfg.context_length}], got {list(token_ids.shape)}")
-        if isinstance(token_ids, np.ndarray) and token_ids.size and not (
-                0 <= token_ids.min() and token_ids.max() < cfg.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got {token_ids.min()}..{token_ids.max()}")
-        embed = nn.Embed(
-            cfg.vocab_size, cfg.width, dtype=dtype, name="token_embed",
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
-        )
-        x = layers.AddPositionEmbedding("learned", 0.01, name="pos_embed")(embed(token_ids))
+        x = embed_tokens(cfg, dtype, token_ids)
         x = layers.Transformer(cfg, opts, cfg.causal, name="encoder")(x)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
         if return_tokens:
