@@ -16,6 +16,8 @@ import pytest
 from mmjax.losses.matching import hard_negatives, itm_loss, matching_pairs
 from mmjax.models import layers
 from mmjax.models.fusion import CrossAttentionBlock, CrossModalFusion, EarlyFusion, LateFusion, MatchingHead
+from jax.sharding import PartitionSpec as P
+
 from mmjax.parallel import DEFAULT_RULES, logical_shardings, make_mesh
 from test_models import _np_block, _np_layer_norm, _stack_layers
 
@@ -179,6 +181,13 @@ def test_every_fusion_parameter_has_logical_names_and_a_sharded_apply_equals_one
     (lambda: CrossModalFusion(SPEC).init(jax.random.key(0), jnp.ones((2, 4, 8)), jnp.ones((3, 4, 8))),
      r"^CrossModalFusion expects token sequences \[B, T, D\] with one batch size, got text_tokens \[2, 4, 8\], "
      r"image_tokens \[3, 4, 8\]"),
+    (lambda: CrossModalFusion(SPEC).init(jax.random.key(0), jnp.ones((3, 4, 8)), jnp.ones((3, 4, 8)), np.array([2])),
+     r"^CrossModalFusion expects text_lengths int \[3\] \(each caption's token count\), got int32 \[1\]"),
+    (lambda: EarlyFusion(SPEC).init(jax.random.key(0), jnp.ones((2, 4, 8)), jnp.ones((2, 4, 8)), [[2], [3]]),
+     r"^EarlyFusion expects text_lengths int \[2\] \(each caption's token count\), got int32 \[2, 1\]"),
+    (lambda: EarlyFusion(SPEC).init(jax.random.key(0), jnp.ones((2, 4, 8)), jnp.ones((2, 4, 8)), np.ones(2)),
+     r"^EarlyFusion expects text_lengths int \[2\] \(each caption's token count\), got float32 \[2\]"),
+    (lambda: itm_loss(np.zeros((3, 2)), np.array([1, 2, 0])), r"^itm_loss labels must be 0 or 1, got \[0, 1, 2\]"),
 ])
 def test_wrong_inputs_are_one_line_errors(call, message):
     with pytest.raises(ValueError, match=message):
@@ -201,6 +210,23 @@ def test_hard_negatives_are_drawn_with_softmax_weights_over_the_non_positive_col
         np.testing.assert_allclose(got, want, atol=4 * np.sqrt(want * (1 - want) / draws).max())
     hardest = hard_negatives(logits, None, offset=2, positives=positives)
     np.testing.assert_array_equal(hardest, [0, 1])  # row 1: column 1 (3.0); columns 3 (2.0) and 4 are positives
+
+
+@pytest.mark.parametrize("sample", [True, False])
+def test_sharded_mining_with_one_key_draws_what_one_device_draws(sample):
+    """Each device mines its 8 rows against the gathered 64 columns with the same key; every row used to draw
+    the noise of its *local* index, so the 8 devices drew nearly the same negatives."""
+    logits = np.asarray(jax.random.normal(jax.random.key(1), (64, 64)))
+    key = jax.random.key(2) if sample else None
+    want = hard_negatives(logits, key)
+    mesh = make_mesh(data=8)
+
+    def local(rows):
+        return hard_negatives(rows, key, offset=jax.lax.axis_index("data") * rows.shape[0])
+
+    got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P("data"), out_specs=P("data")))(logits)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(np.asarray(want))) > 30  # 64 rows draw (or find) many different negatives
 
 
 def test_hard_negatives_need_a_column_to_choose():

@@ -14,13 +14,16 @@ contrastive logits (ALBEF's sampling), or the most similar one. The fusion encod
 
 Sharded batches: mine on the local rows against the gathered columns, `logits [b, B]` with `offset` the
 global index of the first local row (ALBEF gathers the embeddings, not the B×B matrix); the negatives are
-then global indices into the gathered tokens. Memory: `b × B` logits per device.
+then global indices into the gathered tokens. Memory: `b × B` logits per device. Each row draws with the key
+folded with its global index, so every device may pass the same key: the sharded draws are the draws one
+device makes for the whole batch.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.losses.cross_entropy import negative_log_likelihood
 
@@ -31,24 +34,29 @@ def hard_negatives(logits: jax.Array, key: jax.Array | None, *, offset: int | ja
     positive: int32 `[b]`.
 
     `key`: a PRNG key to sample column `j` with probability `softmax(logits[i])` renormalised over the
-    non-positive columns; `None` takes the most similar non-positive column. `positives` bool `[b, B]`
+    non-positive columns (row `i` draws with `fold_in(key, offset + i)`); `None` takes the most similar
+    non-positive column. `positives` bool `[b, B]`
     (optional) marks further columns that are not negatives (duplicate captions, images of one class); the
     diagonal `offset + i` is always one. Every row needs a non-positive column: `B ≥ 2`, and a row that
     `positives` marks entirely gets an arbitrary column (check `positives` when that can happen).
     """
+    logits = jnp.asarray(logits)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"hard_negatives needs logits [b, B] with B ≥ 2 columns to choose from, got "
                          f"{list(logits.shape)}")
+    positives = None if positives is None else jnp.asarray(positives)
     if positives is not None and positives.shape != logits.shape:
         raise ValueError(f"positives {list(positives.shape)} must have the shape of logits {list(logits.shape)}")
     rows, columns = logits.shape
-    excluded = jnp.arange(columns)[None, :] == (offset + jnp.arange(rows))[:, None]
+    global_rows = offset + jnp.arange(rows)
+    excluded = jnp.arange(columns)[None, :] == global_rows[:, None]
     if positives is not None:
         excluded = excluded | positives
     masked = jnp.where(excluded, -jnp.inf, logits.astype(jnp.float32))
     if key is None:
         return jnp.argmax(masked, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
+    draw = lambda row, row_logits: jax.random.categorical(jax.random.fold_in(key, row), row_logits)  # noqa: E731
+    return jax.vmap(draw)(global_rows, masked).astype(jnp.int32)
 
 
 def matching_pairs(negative_text: jax.Array, negative_image: jax.Array, offset: int | jax.Array = 0,
@@ -56,6 +64,7 @@ def matching_pairs(negative_text: jax.Array, negative_image: jax.Array, offset: 
     """The 3b fusion inputs of b local pairs: `(image_index [3b], text_index [3b], labels [3b])`, int32 indices
     into the (gathered) batch and labels 1 for the b aligned pairs `(offset + i, offset + i)`, 0 for
     `(offset + i, negative_text[i])` and `(negative_image[i], offset + i)`."""
+    negative_text, negative_image = jnp.asarray(negative_text), jnp.asarray(negative_image)
     if negative_text.shape != negative_image.shape or negative_text.ndim != 1:
         raise ValueError(f"negative_text {list(negative_text.shape)} and negative_image "
                          f"{list(negative_image.shape)} must both be [b]")
@@ -68,7 +77,13 @@ def matching_pairs(negative_text: jax.Array, negative_image: jax.Array, offset: 
 
 def itm_loss(match_logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy of `match_logits [N, 2]` (index 1: the pair matches) against `labels [N]` (1 or 0),
-    in float32."""
+    in float32. Labels other than 0 and 1 are refused when they are a NumPy array or a list; inside `jit` they
+    cannot be seen (`matching_pairs` gives only 0 and 1)."""
+    if isinstance(labels, (list, tuple, np.ndarray)):
+        labels = np.asarray(labels)
+        if labels.size and not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"itm_loss labels must be 0 or 1, got {sorted(set(labels.ravel().tolist()))}")
+    match_logits, labels = jnp.asarray(match_logits), jnp.asarray(labels)
     if match_logits.ndim != 2 or match_logits.shape[-1] != 2 or labels.shape != match_logits.shape[:1]:
         raise ValueError(f"itm_loss needs match_logits [N, 2] and labels [N], got {list(match_logits.shape)} and "
                          f"{list(labels.shape)}")

@@ -73,7 +73,8 @@ class PerceiverBlock(nn.Module):
         dtype = jnp.dtype(opts.dtype)
         queries = layers.layer_norm(opts.norm_eps, dtype, "ln_latents")(latents)
         keys = jnp.concatenate([layers.layer_norm(opts.norm_eps, dtype, "ln_media")(media), queries], axis=1)
-        latents = latents + layers.MultiHeadAttention(self.num_heads, dtype, name="attn")(queries, keys)
+        attention = layers.MultiHeadAttention(self.num_heads, dtype, implementation=opts.attention, name="attn")
+        latents = latents + attention(queries, keys)
         y = layers.layer_norm(opts.norm_eps, dtype, "ln_mlp")(latents)
         return latents + layers.Mlp(self.mlp_dim, opts.activation, dtype, name="mlp")(y)
 
@@ -113,7 +114,8 @@ def media_attention_mask(token_ids: jax.Array, media_token_id: int, num_media: i
 class GatedCrossAttentionBlock(nn.Module):
     """`x [B, L, D]`, `latents [B, M·R, Dv]`, `mask [B, L, M·R]`, `sees_media [B, L]` → `[B, L, D]`:
     `x + tanh(α) · cross_attn(ln(x), latents)` (0 for tokens that see no image), then
-    `x + tanh(β) · mlp(ln(x))`; α and β start at 0."""
+    `x + tanh(β) · mlp(ln(x))`; α and β start at 0. The cross-attention, with its per-token image mask, runs on
+    XLA's attention whatever `options.attention` says (cuDNN's with a general mask is untested here)."""
 
     num_heads: int
     mlp_dim: int

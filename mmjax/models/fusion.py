@@ -53,11 +53,20 @@ class LateFusion(nn.Module):
         return layers.dense(self.width, (axes.MLP, axes.PROJ), dtype=dtype, name="fc2")(hidden)
 
 
-def _check_tokens(block: str, **sequences: jax.Array) -> None:
+def _check_tokens(block: str, text_lengths, **sequences: jax.Array) -> jax.Array | None:
+    """Checks the token sequences' shapes; `text_lengths` as an int array `[B]` (or None)."""
     shapes = {name: tuple(x.shape) for name, x in sequences.items()}
     if any(len(shape) != 3 for shape in shapes.values()) or len({shape[0] for shape in shapes.values()}) != 1:
         raise ValueError(f"{block} expects token sequences [B, T, D] with one batch size, got "
                          + ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items()))
+    if text_lengths is None:
+        return None
+    text_lengths = jnp.asarray(text_lengths)
+    batch = next(iter(shapes.values()))[0]
+    if text_lengths.shape != (batch,) or not jnp.issubdtype(text_lengths.dtype, jnp.integer):
+        raise ValueError(f"{block} expects text_lengths int [{batch}] (each caption's token count), got "
+                         f"{text_lengths.dtype} {list(text_lengths.shape)}")
+    return text_lengths
 
 
 class EarlyFusion(nn.Module):
@@ -71,7 +80,7 @@ class EarlyFusion(nn.Module):
     @nn.compact
     def __call__(self, image_tokens: jax.Array, text_tokens: jax.Array,
                  text_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        _check_tokens("EarlyFusion", image_tokens=image_tokens, text_tokens=text_tokens)
+        text_lengths = _check_tokens("EarlyFusion", text_lengths, image_tokens=image_tokens, text_tokens=text_tokens)
         width, dtype = self.spec.width, jnp.dtype(self.options.dtype)
         modality = self.param("modality_embed", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), (None, axes.EMBED)), (2, width))
@@ -98,7 +107,8 @@ class CrossAttentionBlock(nn.Module):
         spec, opts = self.spec, self.options
         dtype = jnp.dtype(opts.dtype)
         x = layers.constrain_tokens(x)
-        attention = lambda name: layers.MultiHeadAttention(spec.num_heads, dtype, name=name)  # noqa: E731
+        attention = lambda name: layers.MultiHeadAttention(spec.num_heads, dtype,  # noqa: E731
+                                                           implementation=opts.attention, name=name)
         x = x + attention("self_attn")(layers.layer_norm(opts.norm_eps, dtype, "ln_1")(x), kv_lengths=x_lengths)
         y = layers.layer_norm(opts.norm_eps, dtype, "ln_cross")(x)
         x = x + attention("cross_attn")(y, context.astype(dtype), kv_lengths=context_lengths)
@@ -119,7 +129,8 @@ class CrossModalFusion(nn.Module):
     @nn.compact
     def __call__(self, text_tokens: jax.Array, image_tokens: jax.Array,
                  text_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        _check_tokens("CrossModalFusion", text_tokens=text_tokens, image_tokens=image_tokens)
+        text_lengths = _check_tokens("CrossModalFusion", text_lengths, text_tokens=text_tokens,
+                                     image_tokens=image_tokens)
         spec, opts = self.spec, self.options
         dtype = jnp.dtype(opts.dtype)
         x = text_tokens.astype(dtype)
