@@ -144,11 +144,11 @@ def test_cross_modal_fusion_remat_gives_the_same_gradients():
 
 
 def assert_named_and_sharded_like_one_device(module, *inputs, atol=2e-5):
-    """Every parameter of `module` has logical axis names, some are sharded on a 2 × 2 × 2 mesh, and the sharded
-    apply equals the one-device apply."""
+    """Every parameter of `module` has a logical name (or None: replicated) for each axis, some are sharded on a
+    2 × 2 × 2 mesh, and the sharded apply equals the one-device apply."""
     boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs))
     flat = flax.traverse_util.flatten_dict(boxed["params"], is_leaf=lambda _, x: isinstance(x, nn.Partitioned))
-    unnamed = [k for k, v in flat.items() if not isinstance(v, nn.Partitioned) or (v.value.ndim and not any(v.names))]
+    unnamed = [k for k, v in flat.items() if not isinstance(v, nn.Partitioned) or len(v.names) != v.value.ndim]
     assert not unnamed, unnamed
     params = nn.unbox(module.init(jax.random.key(0), *inputs))
     want = module.apply(params, *inputs)

@@ -47,7 +47,8 @@ def embed_tokens(config: TextConfig, dtype: jnp.dtype, token_ids) -> jax.Array:
 
 class TextTransformer(nn.Module):
     """`token_ids [B, L] int -> pooled features [B, width]`, or with `return_tokens` the token sequence before
-    pooling, `[B, L, width]` (the input of a fusion block).
+    pooling, `[B, L, width]` (the input of a fusion block). `lengths` int `[B]` (optional): each caption's
+    token count; the padding after it is masked out of the attention (bidirectional encoders: FLAVA, BERT).
 
     Ids must lie in `[0, vocab_size)`; one that is not is refused when `token_ids` is a NumPy array, but inside
     `jit` it cannot be seen: `nn.Embed` then reads NaN (ids past the table) or wraps (negative ids). mmjax's
@@ -57,12 +58,12 @@ class TextTransformer(nn.Module):
     options: layers.BlockOptions
 
     @nn.compact
-    def __call__(self, token_ids, return_tokens: bool = False):
+    def __call__(self, token_ids, return_tokens: bool = False, lengths=None):
         cfg, opts = self.config, self.options
         dtype = jnp.dtype(opts.dtype)
         token_ids = token_ids if hasattr(token_ids, "ndim") else np.asarray(token_ids)
         x = embed_tokens(cfg, dtype, token_ids)
-        x = layers.Transformer(cfg, opts, cfg.causal, name="encoder")(x)
+        x = layers.Transformer(cfg, opts, cfg.causal, name="encoder")(x, lengths)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
         if return_tokens:
             return x

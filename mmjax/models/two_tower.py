@@ -45,7 +45,7 @@ class TwoTowerConfig:
     logit_bias_init: float | None = None
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
@@ -92,8 +92,8 @@ class TwoTower(nn.Module):
         return self.text_encoder(token_ids, return_tokens=True)
 
     def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None):
-        image_emb = None if image is None else _l2_normalize(self.encode_image(image))
-        text_emb = None if text is None else _l2_normalize(self.encode_text(text))
+        image_emb = None if image is None else l2_normalize(self.encode_image(image))
+        text_emb = None if text is None else l2_normalize(self.encode_text(text))
         aux = {"logit_scale": self.logit_scale}
         if self.config.logit_bias_init is not None:
             aux["logit_bias"] = self.logit_bias

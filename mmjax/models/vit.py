@@ -7,7 +7,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models import layers
+from mmjax.models import axes, layers
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,13 +42,15 @@ class VisionConfig(layers.TransformerSpec):
 class ViT(nn.Module):
     """`images [B, H, W, 3] (float, normalised) -> pooled features [B, width]`, or with `return_tokens` the
     token sequence before pooling, `[B, T, width]` (the class token first with `pool="cls"`; the input of a
-    fusion block)."""
+    fusion block). `patch_mask` bool `[B, num_patches]` (masked image modelling, BEiT / FLAVA): the masked
+    patches' embeddings are replaced by a learned `mask_token` (a parameter that exists once the model is
+    initialised with a mask) before positions are added."""
 
     config: VisionConfig
     options: layers.BlockOptions
 
     @nn.compact
-    def __call__(self, images, return_tokens: bool = False):
+    def __call__(self, images, return_tokens: bool = False, patch_mask=None):
         cfg, opts = self.config, self.options
         dtype = jnp.dtype(opts.dtype)
         images = images if hasattr(images, "ndim") else jnp.asarray(images)
@@ -59,6 +61,14 @@ class ViT(nn.Module):
             raise ValueError(f"ViT expects normalised float images, got {images.dtype} (normalise raw pixels with "
                              f"mmjax.data.transforms.normalize_images, or embed them with mmjax.inference.Encoder)")
         x = layers.PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias, dtype, name="patch_embed")(images.astype(dtype))
+        if patch_mask is not None:
+            patch_mask = jnp.asarray(patch_mask)
+            if patch_mask.shape != x.shape[:2]:
+                raise ValueError(f"ViT expects patch_mask [B, {cfg.num_patches}] for {list(images.shape)} images, "
+                                 f"got {list(patch_mask.shape)}")
+            token = self.param("mask_token", nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.EMBED,)),
+                               (cfg.width,))
+            x = jnp.where(patch_mask[..., None], token.astype(x.dtype), x)
         position = layers.AddPositionEmbedding(cfg.posemb, cfg.width ** -0.5, name="pos_embed")
         if cfg.posemb == "sincos2d":  # the fixed 2-D table covers the patch grid; a class token gets none (big_vision)
             x = position(x)

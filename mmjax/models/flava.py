@@ -1,0 +1,144 @@
+"""FLAVA: an image encoder, a text encoder and a multimodal encoder over both, with the heads of its
+pre-training objectives.
+
+- The image encoder is a ViT (class token first); the text encoder a bidirectional transformer whose first
+  token (BERT's [CLS]) is its summary; padding after each caption's `text_lengths` is masked out.
+- The multimodal encoder is an `EarlyFusion` block over both encoders' tokens: `[fusion token, image…,
+  text…]` through a bidirectional transformer.
+- Heads: image and text projections for the contrastive loss (with a learned temperature), an ITM head on the
+  fusion token, masked-language heads on the text encoder (MLM) and on the multimodal text positions (MMM), and
+  a masked-image head on the image encoder's patches that regresses their pixels (MAE-style; FLAVA itself
+  predicts the tokens of a DALL-E codebook, which is not bundled).
+
+`model.apply(params, images, token_ids, text_lengths, key, method="losses")` computes the whole objective
+(`Flava.losses`); `__call__` returns every head's output for one pass. Shapes: B = batch, N = patches,
+L = text length, V = vocabulary, E = `embed_dim`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.losses import (clip_loss, hard_negatives, itm_loss, mask_tokens, masked_lm_loss, masked_patch_loss,
+                          matching_pairs, patchify, random_patch_mask)
+from mmjax.losses.contrastive import clip_scale
+from mmjax.models import axes, layers
+from mmjax.models.fusion import EarlyFusion, MatchingHead
+from mmjax.models.text import TextConfig, TextTransformer
+from mmjax.models.two_tower import l2_normalize
+from mmjax.models.vit import VisionConfig, ViT
+
+
+@dataclasses.dataclass(frozen=True)
+class FlavaConfig:
+    """vision: the image encoder (`pool="cls"`). text: the text encoder (bidirectional, `causal=False`).
+    multimodal: the multimodal encoder's shape. embed_dim: the contrastive embedding. mask_token_id: the text
+    [MASK] id. mask_prob: the MLM share of text tokens; mim_ratio: the MIM share of patches."""
+
+    vision: VisionConfig
+    text: TextConfig
+    multimodal: layers.TransformerSpec
+    embed_dim: int
+    mask_token_id: int
+    mask_prob: float = 0.15
+    mim_ratio: float = 0.4
+    options: layers.BlockOptions = layers.BlockOptions()
+    logit_scale_init: float = math.log(1 / 0.07)
+
+    def __post_init__(self):
+        if self.vision.pool != "cls":
+            raise ValueError(f"FlavaConfig: the image encoder must pool its class token (vision.pool='cls'), got "
+                             f"{self.vision.pool!r}")
+        if self.text.causal:
+            raise ValueError("FlavaConfig: the text encoder must be bidirectional (text.causal=False)")
+        if not 0 <= self.mask_token_id < self.text.vocab_size:
+            raise ValueError(f"FlavaConfig: mask_token_id {self.mask_token_id} is not in the vocabulary "
+                             f"[0, {self.text.vocab_size})")
+
+
+class Flava(nn.Module):
+    config: FlavaConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.options.dtype)
+        self.image_encoder = ViT(cfg.vision, cfg.options)
+        self.text_encoder = TextTransformer(cfg.text, cfg.options)
+        self.multimodal_encoder = EarlyFusion(cfg.multimodal, cfg.options)
+        self.image_proj = layers.dense(cfg.embed_dim, (axes.EMBED, axes.PROJ), use_bias=False, dtype=dtype)
+        self.text_proj = layers.dense(cfg.embed_dim, (axes.EMBED, axes.PROJ), use_bias=False, dtype=dtype)
+        self.logit_scale = self.param("logit_scale", nn.with_logical_partitioning(
+            nn.initializers.constant(cfg.logit_scale_init), ()), ())
+        self.itm_head = MatchingHead()
+        self.mlm_head = layers.dense(cfg.text.vocab_size, (axes.EMBED, axes.VOCAB))
+        self.mmm_head = layers.dense(cfg.text.vocab_size, (axes.EMBED, axes.VOCAB))
+        self.mim_head = layers.dense(cfg.vision.patch_size ** 2 * 3, (axes.EMBED, None))
+
+    def encode(self, images, token_ids, text_lengths=None, patch_mask=None):
+        """`images [B, H, W, 3]` (normalised), `token_ids [B, L]` → `(image_tokens [B, 1 + N, Dv],
+        text_tokens [B, L, Dt])`; `patch_mask [B, N]` replaces the masked patches by the mask token."""
+        return (self.image_encoder(images, return_tokens=True, patch_mask=patch_mask),
+                self.text_encoder(token_ids, return_tokens=True, lengths=text_lengths))
+
+    def embed(self, image_tokens, text_tokens):
+        """L2-normalised contrastive embeddings `(image_emb [B, E], text_emb [B, E])` of the first tokens."""
+        return (l2_normalize(self.image_proj(image_tokens[:, 0])), l2_normalize(self.text_proj(text_tokens[:, 0])))
+
+    def fuse(self, image_tokens, text_tokens, text_lengths=None):
+        """The multimodal encoder: `(pooled [B, Dm], tokens [B, 1 + (1 + N) + L, Dm])`."""
+        return self.multimodal_encoder(image_tokens, text_tokens, text_lengths)
+
+    def __call__(self, images, token_ids, text_lengths=None, patch_mask=None) -> dict[str, jax.Array]:
+        """Every head on one pass: `image_emb`, `text_emb` `[B, E]`, `logit_scale`, `itm_logits [B, 2]`,
+        `mlm_logits` and `mmm_logits` `[B, L, V]`, `mim_pixels [B, N, p·p·3]`. No `patch_mask`: nothing is
+        masked (and `init` still creates the mask token)."""
+        if patch_mask is None:
+            patch_mask = jnp.zeros((images.shape[0], self.config.vision.num_patches), bool)
+        image_tokens, text_tokens = self.encode(images, token_ids, text_lengths, patch_mask)
+        image_emb, text_emb = self.embed(image_tokens, text_tokens)
+        pooled, tokens = self.fuse(image_tokens, text_tokens, text_lengths)
+        return {"image_emb": image_emb, "text_emb": text_emb, "logit_scale": self.logit_scale,
+                "itm_logits": self.itm_head(pooled), "mlm_logits": self.mlm_head(text_tokens.astype(jnp.float32)),
+                "mmm_logits": self.mmm_head(tokens[:, 1 + image_tokens.shape[1]:].astype(jnp.float32)),
+                "mim_pixels": self.mim_head(image_tokens[:, 1:].astype(jnp.float32))}
+
+    def losses(self, images, token_ids, text_lengths, key) -> dict[str, jax.Array]:
+        """FLAVA's objective on a batch of aligned pairs: `{"contrastive", "itm", "mlm", "mim", "mmm", "total"}`
+        (total: the plain sum), float32 scalars.
+
+        - Clean pass: the contrastive loss (`clip_loss`) of the embeddings, and ITM on the B pairs plus a
+          hard negative caption per image and a hard negative image per caption (`matching`).
+        - Masked pass: `mask_tokens` on the caption tokens between the first and the end-of-text
+          (`text_lengths[b] − 1`), `random_patch_mask` on the patches. MLM from the text encoder, MMM from
+          the multimodal encoder's text positions, MIM from the image encoder's masked patches
+          (`masked_patch_loss` against `patchify(images)`)."""
+        cfg = self.config
+        token_ids, text_lengths = jnp.asarray(token_ids), jnp.asarray(text_lengths)
+        mining_key, text_mask_key, patch_mask_key = jax.random.split(key, 3)
+        image_tokens, text_tokens = self.encode(images, token_ids, text_lengths)
+        image_emb, text_emb = self.embed(image_tokens, text_tokens)
+        contrastive = clip_loss(image_emb, text_emb, self.logit_scale)
+        logits = jax.lax.stop_gradient(clip_scale(self.logit_scale) * image_emb @ text_emb.T)
+        text_key, image_key = jax.random.split(mining_key)
+        image_index, text_index, labels = matching_pairs(hard_negatives(logits, text_key),
+                                                         hard_negatives(logits.T, image_key))
+        pooled, _ = self.fuse(image_tokens[image_index], text_tokens[text_index], text_lengths[text_index])
+        itm = itm_loss(self.itm_head(pooled), labels)
+
+        positions = jnp.arange(token_ids.shape[1])[None, :]
+        maskable = (positions >= 1) & (positions < text_lengths[:, None] - 1)
+        masked_ids, weights = mask_tokens(token_ids, text_mask_key, mask_id=cfg.mask_token_id,
+                                          vocab_size=cfg.text.vocab_size, mask_prob=cfg.mask_prob, maskable=maskable)
+        patch_mask = random_patch_mask(patch_mask_key, images.shape[0], cfg.vision.num_patches, cfg.mim_ratio)
+        outputs = self(images, masked_ids, text_lengths, patch_mask)
+        targets = patchify(images, cfg.vision.patch_size)
+        losses = {"contrastive": contrastive, "itm": itm,
+                  "mlm": masked_lm_loss(outputs["mlm_logits"], token_ids, weights),
+                  "mim": masked_patch_loss(outputs["mim_pixels"], targets, patch_mask),
+                  "mmm": masked_lm_loss(outputs["mmm_logits"], token_ids, weights)}
+        return {**losses, "total": sum(losses.values())}
