@@ -182,5 +182,49 @@ def test_a_tiny_flamingo_learns_to_name_the_colour_of_its_image():
 def test_the_readme_example_runs():
     _, names = run_readme_example("Flamingo")
     assert names["logits"].shape == (2, 16, 1000) and np.isfinite(float(names["loss"]))
+    assert isinstance(names["optimizer"], optax.GradientTransformation)
     trained = names["trained"]
     assert all(jax.tree.leaves(trained["resampler"])) and not any(jax.tree.leaves(trained["vision"]))
+
+
+def test_the_documented_freezing_recipe_changes_only_the_trainable_parameters():
+    """`optax.masked` (the first recipe documented) passed the frozen leaves' gradients through as updates: the
+    language model took a gradient-ascent step of size 1."""
+    model = Flamingo(CONFIG)
+    params = nn.unbox(model.init(jax.random.key(0), images(0), IDS))["params"]
+    trained = trainable_mask(params)
+    optimizer = optax.multi_transform({True: optax.adam(1e-2), False: optax.set_to_zero()}, trained)
+    loss = lambda p: captioning_loss(model.apply({"params": p}, images(1), IDS), IDS, np.array([10, 10]),  # noqa: E731
+                                     ignore_ids=(1,))
+    grads = jax.grad(loss)(params)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    stepped = optax.apply_updates(params, updates)
+    for name in params:
+        change = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                     for a, b in zip(jax.tree.leaves(stepped[name]), jax.tree.leaves(params[name])))
+        frozen_gradient = max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads[name]))
+        if name.startswith("gated_xattn_"):
+            assert change > 1e-3, name
+        else:  # the vision tower's and the resampler's gradients are 0 while the gates are closed; the LM's are not
+            assert change == 0 and (frozen_gradient > 0 or name in ("vision", "resampler")), name
+
+
+def test_remat_gives_the_same_gradients_and_scan_is_refused():
+    base = nn.unbox(Flamingo(CONFIG).init(jax.random.key(0), images(0), IDS))["params"]
+    params = open_gates(base, 0.5)
+    grads = []
+    for policy in ("none", "full"):
+        config = FlamingoConfig(VISION, TEXT, 1, num_latents=3, resampler_depth=1,
+                                options=layers.BlockOptions(remat_policy=policy))
+        model = Flamingo(config)
+        loss = lambda p: jnp.sum(model.apply({"params": p}, images(2), IDS) ** 2)  # noqa: E731
+        grads.append(jax.grad(loss)(params))
+        rematerialised = str(jax.make_jaxpr(loss)(params)).count("remat2[")
+        # every block: 1 ViT block, 1 resampler block, 2 gated and 2 language-model blocks
+        assert rematerialised == (0 if policy == "none" else 6), (policy, rematerialised)
+    # float32 sums in another order: the tolerance follows the gradients' scale (entries reach ~1000 here; some,
+    # such as the attention keys' biases, are 0 up to rounding)
+    scale = max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads[0]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7 * scale), *grads)
+    with pytest.raises(ValueError, match="FlamingoConfig: scan_layers is not supported"):
+        FlamingoConfig(VISION, TEXT, 1, options=layers.BlockOptions(scan_layers=True))

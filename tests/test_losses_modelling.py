@@ -53,6 +53,7 @@ def test_masked_lm_loss_is_the_weighted_mean_cross_entropy():
     log_probs = np_log_softmax(logits)
     want = sum(-log_probs[b, t, targets[b, t]] for b in range(3) for t in range(5) if weights[b, t]) / weights.sum()
     np.testing.assert_allclose(masked_lm_loss(logits, targets, weights), want, rtol=1e-5)
+    np.testing.assert_allclose(masked_lm_loss(logits, targets, weights / 4), want, rtol=1e-5)  # a weighted mean
     assert float(masked_lm_loss(logits, targets, np.zeros_like(weights))) == 0.0
 
 
@@ -95,20 +96,23 @@ def test_masked_patch_loss_matches_maes_formula(normalize):
     np.testing.assert_allclose(masked_patch_loss(predictions, targets, mask, normalize), total / count, rtol=1e-5)
 
 
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_captioning_loss_is_the_next_token_cross_entropy_inside_each_caption(smoothing):
+@pytest.mark.parametrize("smoothing, ignored", [(0.0, ()), (0.1, ()), (0.0, (4, 7))])
+def test_captioning_loss_is_the_next_token_cross_entropy_inside_each_caption(smoothing, ignored):
     rng = np.random.default_rng(4)
     logits = rng.normal(size=(3, 6, 9)).astype(np.float32) * 2
     ids = rng.integers(0, 9, size=(3, 6))
+    ids[0, 2], ids[2, 1] = 4, 7  # targets the third case leaves out
     lengths = np.array([6, 2, 4])
     log_probs = np_log_softmax(logits)
     terms = []
     for b in range(3):
         for t in range(lengths[b] - 1):  # logits at t predict token t + 1, which lies inside the caption
+            if ids[b, t + 1] in ignored:
+                continue
             target = np.full(9, smoothing / 9)
             target[ids[b, t + 1]] += 1 - smoothing
             terms.append(-(target * log_probs[b, t]).sum())
-    np.testing.assert_allclose(captioning_loss(logits, ids, lengths, smoothing), np.mean(terms), rtol=1e-5)
+    np.testing.assert_allclose(captioning_loss(logits, ids, lengths, smoothing, ignored), np.mean(terms), rtol=1e-5)
 
 
 def test_token_losses_are_the_same_with_the_batch_sharded_over_8_devices():

@@ -418,3 +418,10 @@ def test_transformer_padding_its_sequence_once_changes_no_output_or_gradient(mon
     assert got.shape == (2, 7, 16)
     np.testing.assert_allclose(got, want, atol=1e-5)
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got_grads, want_grads)
+
+
+def test_an_attention_mask_of_the_wrong_shape_is_one_line_naming_both_shapes():
+    q = jnp.ones((2, 5, 3, 8))
+    k = jnp.ones((2, 3, 3, 8))
+    with pytest.raises(ValueError, match=r"^attention mask must be bool \[B, T, S\] = \[2, 5, 3\], got \[2, 3, 5\]$"):
+        layers.padded_attention(q, k, k, causal=False, implementation="xla", multiple=1, mask=jnp.ones((2, 3, 5), bool))

@@ -17,4 +17,5 @@ def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     """`Σ values · weights / Σ weights` over every axis, 0 when no weight is set. One sum over the whole batch
     divided by another: a batch sharded over devices gives the same value under `jit`."""
     weights = weights.astype(jnp.float32)
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    total = jnp.sum(weights)
+    return jnp.sum(values * weights) / jnp.where(total > 0, total, 1.0)

@@ -13,7 +13,9 @@
    untrained Flamingo *is* its language model.
 
 Flamingo trains the resampler and the gated blocks only (`trainable_mask`); the ViT and the language model
-stay as pre-trained. The loss is `mmjax.losses.captioning_loss`. Shapes: B = batch, M = images per sample,
+stay as pre-trained. The loss is `mmjax.losses.captioning_loss` with `ignore_ids=(media_token_id,)`.
+`options.remat_policy` rematerialises every block; `scan_layers` is refused (the language model's blocks
+alternate with gated ones, so they are not one repeated layer). Shapes: B = batch, M = images per sample,
 L = text length, R = latents per image, D = language-model width, Dv = vision width.
 """
 
@@ -53,6 +55,9 @@ class FlamingoConfig:
         if not 0 <= self.media_token_id < self.text.vocab_size:
             raise ValueError(f"FlamingoConfig: media_token_id {self.media_token_id} is not in the vocabulary "
                              f"[0, {self.text.vocab_size})")
+        if self.options.scan_layers:
+            raise ValueError("FlamingoConfig: scan_layers is not supported (the language model's blocks alternate "
+                             "with gated cross-attention blocks); use remat_policy to save memory")
         if min(self.num_latents, self.resampler_depth, self.cross_attention_every) < 1:
             raise ValueError(f"FlamingoConfig: num_latents {self.num_latents}, resampler_depth "
                              f"{self.resampler_depth} and cross_attention_every {self.cross_attention_every} "
@@ -95,8 +100,9 @@ class PerceiverResampler(nn.Module):
         latents = self.param("latents", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, axes.EMBED)),
                              (self.num_latents, width))
         latents = jnp.broadcast_to(latents.astype(dtype), (media.shape[0], self.num_latents, width))
+        block = layers.rematerialised(PerceiverBlock, self.options)
         for i in range(self.depth):
-            latents = PerceiverBlock(self.num_heads, self.mlp_dim, self.options, name=f"layers_{i}")(latents, media)
+            latents = block(self.num_heads, self.mlp_dim, self.options, name=f"layers_{i}")(latents, media)
         return layers.layer_norm(self.options.norm_eps, dtype, "ln_final")(latents)
 
 
@@ -153,17 +159,20 @@ class Flamingo(nn.Module):
         latents = resampler(image_tokens).reshape(batch, num_media * cfg.num_latents, cfg.vision.width)
         mask, sees_media = media_attention_mask(token_ids, cfg.media_token_id, num_media, cfg.num_latents)
         x = embed_tokens(cfg.text, dtype, token_ids)
+        gated = layers.rematerialised(GatedCrossAttentionBlock, opts)
+        block = layers.rematerialised(layers.TransformerBlock, opts)
         for i in range(cfg.text.depth):
             if i % cfg.cross_attention_every == 0:
-                x = GatedCrossAttentionBlock(cfg.text.num_heads, cfg.text.mlp_dim, opts, name=f"gated_xattn_{i}")(
-                    x, latents, mask, sees_media)
-            x = layers.TransformerBlock(cfg.text, opts, causal=True, name=f"layers_{i}")(x)
+                x = gated(cfg.text.num_heads, cfg.text.mlp_dim, opts, name=f"gated_xattn_{i}")(x, latents, mask,
+                                                                                              sees_media)
+            x = block(cfg.text, opts, causal=True, name=f"layers_{i}")(x)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
         return layers.dense(cfg.text.vocab_size, (axes.EMBED, axes.VOCAB), name="lm_head")(x.astype(jnp.float32))
 
 
 def trainable_mask(params) -> dict:
     """A pytree of bools over Flamingo's `params`: True for the resampler and the gated cross-attention blocks,
-    the parameters Flamingo trains (`optax.masked`, or `optax.multi_transform` with `optax.set_to_zero()` for the
-    rest)."""
+    the parameters Flamingo trains. Freeze the rest with
+    `optax.multi_transform({True: tx, False: optax.set_to_zero()}, trainable_mask(params))` — not
+    `optax.masked`, which passes the other leaves' gradients through as updates."""
     return {name: jax.tree.map(lambda _: name.startswith(TRAINABLE), subtree) for name, subtree in params.items()}

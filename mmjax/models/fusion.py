@@ -136,9 +136,7 @@ class CrossModalFusion(nn.Module):
         x = text_tokens.astype(dtype)
         if x.shape[-1] != spec.width:
             x = layers.dense(spec.width, (None, axes.EMBED), dtype=dtype, name="text_proj")(x)
-        block = CrossAttentionBlock
-        if opts.remat_policy != "none":
-            block = nn.remat(block, policy=layers.REMAT_POLICIES[opts.remat_policy])
+        block = layers.rematerialised(CrossAttentionBlock, opts)
         for i in range(spec.depth):
             x = block(spec, opts, name=f"layers_{i}")(x, image_tokens, text_lengths)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)

@@ -174,6 +174,8 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, 
     if kv_lengths is not None:
         lengths = jnp.minimum(lengths, jnp.asarray(kv_lengths, jnp.int32))
     if mask is not None:
+        if jnp.shape(mask) != (q.shape[0], t, s):
+            raise ValueError(f"attention mask must be bool [B, T, S] = {[q.shape[0], t, s]}, got {list(jnp.shape(mask))}")
         mask = jnp.pad(mask, ((0, 0), (0, q.shape[1] - t), (0, k.shape[1] - s)))[:, None]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, key_value_seq_lengths=lengths,
                                        implementation=implementation)
@@ -314,6 +316,14 @@ class TransformerBlock(nn.Module):
                                    name="attn")(y, kv_lengths=lengths)
         y = layer_norm(opts.norm_eps, dtype, "ln_2")(x)
         return x + Mlp(spec.mlp_dim, opts.activation, dtype, name="mlp")(y)
+
+
+def rematerialised(block: type[nn.Module], options: BlockOptions) -> type[nn.Module]:
+    """`block` wrapped in `nn.remat` with `options.remat_policy`, for a stack unrolled in Python (unchanged for
+    "none")."""
+    if options.remat_policy == "none":
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[options.remat_policy])
 
 
 class _ScanStep(TransformerBlock):
