@@ -46,6 +46,7 @@ class TwoTowerConfig:
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
+    """`x [..., E]` divided by its L2 norm along the last axis, in float32 (a zero vector stays 0)."""
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
