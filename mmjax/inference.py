@@ -1,4 +1,5 @@
-"""Batched, jitted embedding of images and texts with a two-tower model, sharded over devices."""
+"""Batched, jitted embedding of images and texts with a two-tower model (or FLAVA's contrastive embeddings),
+sharded over devices."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from jax.sharding import Mesh
 from mmjax import interrupts
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.data.transforms import normalize_images
-from mmjax.models import TwoTower
+from mmjax.models import Flava, TwoTower
 from mmjax.parallel import batch_sharding, batch_size_multiple, make_mesh, replicated
 
 
@@ -35,7 +36,7 @@ class Encoder:
     NumPy arrays.
     """
 
-    def __init__(self, model: TwoTower, params, tokenizer: Tokenizer, image_mean: Sequence[float],
+    def __init__(self, model: TwoTower | Flava, params, tokenizer: Tokenizer, image_mean: Sequence[float],
                  image_std: Sequence[float], batch_size: int = 256, mesh: Mesh | None = None,
                  progress: bool = False):
         check_batch_size(batch_size)
@@ -51,8 +52,8 @@ class Encoder:
         jit = lambda fn: jax.jit(fn, in_shardings=(replicated(mesh), self._input_sharding),
                                  out_shardings=self._input_sharding)
         self._images = jit(lambda p, x: model.apply(
-            {"params": p}, normalize_images(x, image_mean, image_std), method=TwoTower.encode_image))
-        self._texts = jit(lambda p, t: model.apply({"params": p}, t, method=TwoTower.encode_text))
+            {"params": p}, normalize_images(x, image_mean, image_std), method="encode_image"))
+        self._texts = jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))
 
     def set_params(self, params) -> None:
         """Embed with `params` from now on (same structure and shapes: nothing recompiles)."""

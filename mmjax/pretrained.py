@@ -174,6 +174,9 @@ def _load_workdir(workdir: str) -> Pretrained:
 
     trained = load_trained(workdir)
     config = trained.model.config
+    if not isinstance(config, TwoTowerConfig):
+        raise ValueError(f"{workdir} holds a FLAVA run ({trained.config.model}): loading and converting handle CLIP "
+                         f"and SigLIP models; evaluate it with mmjax eval --model {workdir}")
     params = unscan(to_numpy(trained.params))
     config = dataclasses.replace(config, options=dataclasses.replace(config.options, scan_layers=False))
     data = trained.config.data

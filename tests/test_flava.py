@@ -10,7 +10,7 @@ import pytest
 
 from mmjax.losses import clip_loss
 from mmjax.models import layers
-from mmjax.models.flava import Flava, FlavaConfig
+from mmjax.models.flava import Flava, FlavaConfig, padded_lengths
 from mmjax.models.fusion import EarlyFusion
 from mmjax.models.text import TextConfig, TextTransformer
 from mmjax.models.vit import VisionConfig, ViT
@@ -101,6 +101,31 @@ def test_the_objective_reaches_every_parameter_and_its_contrastive_part_is_clip_
     assert not untouched, untouched
 
 
+def test_caption_lengths_are_read_from_the_padding_after_the_end():
+    ids = np.array([[2, 5, 0, 7, 9, 0, 0, 0],  # a pad id inside the caption (CLIP's "!") is text
+                    [2, 5, 6, 7, 9, 4, 3, 9],  # no padding
+                    [0, 0, 0, 0, 0, 0, 0, 0],  # nothing: length 1, so the attention has a key
+                    [2, 9, 0, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(padded_lengths(ids, 0), [5, 8, 1, 2])
+    np.testing.assert_array_equal(padded_lengths(np.array([[2, 5, 7, 1, 9, 9, 9, 9], [2, 9, 4, 1, 9, 9, 9, 9]]), 9),
+                                  [4, 4])
+
+
+def test_encode_image_and_text_are_the_contrastive_embeddings_before_normalising():
+    """What evaluation and search embed: the caption lengths read from the padding, as `batch` built them."""
+    images, ids, lengths = batch(5)
+    model = Flava(CONFIG)
+    variables = model.init(jax.random.key(0), images, ids, lengths)
+    want = model.apply(variables, images, ids, lengths)
+    got_images = model.apply(variables, images, method="encode_image")
+    got_texts = model.apply(variables, ids, method="encode_text")
+    assert got_images.shape == got_texts.shape == (4, 8) and got_texts.dtype == np.float32
+    np.testing.assert_allclose(normalize(np.asarray(got_images)), want["image_emb"], atol=2e-6)
+    np.testing.assert_allclose(normalize(np.asarray(got_texts)), want["text_emb"], atol=2e-6)
+    unpadded = model.apply(variables, images, ids, None)["text_emb"]  # every position attended: another embedding
+    assert np.abs(np.asarray(unpadded) - want["text_emb"]).max() > 1e-3
+
+
 def test_flava_fits_a_batch():
     images, ids, lengths = batch(3, size=8)
     model = Flava(CONFIG)
@@ -137,6 +162,7 @@ def test_every_flava_parameter_has_logical_names_and_a_sharded_apply_equals_one_
     (dict(text=TextConfig(width=16, depth=1, num_heads=2, mlp_dim=32, vocab_size=30, context_length=8)),
      r"the text encoder must be bidirectional \(text.causal=False\)"),
     (dict(mask_token_id=30), r"mask_token_id 30 is not in the vocabulary \[0, 30\)"),
+    (dict(mask_token_id=0), "pad_id and mask_token_id are both 0"),
 ])
 def test_bad_configs_are_one_line_errors(change, message):
     fields = dict(vision=VISION, text=TEXT, multimodal=MULTIMODAL, embed_dim=8, mask_token_id=3) | change

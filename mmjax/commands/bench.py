@@ -66,11 +66,21 @@ def parse_mesh(text: str) -> dict[str, int]:
     return sizes
 
 
+def _two_tower_model(name: str) -> str:
+    """`name`, or a one-line ValueError for a registered model the benchmarks do not time (FLAVA)."""
+    from mmjax.models import TwoTowerConfig, get_config
+
+    if not isinstance(get_config(name), TwoTowerConfig):
+        raise ValueError(f"--model={name} is a FLAVA model; the benchmarks time the two-tower models (CLIP, SigLIP)")
+    return name
+
+
 def _train_step(argv: list[str]) -> None:
     from mmjax.hugepages import hugepages_enabled, reexec_with_hugepages
     from mmjax.bench.threads import limit_threads
 
     f = flags.FLAGS
+    _two_tower_model(f.model)
     mesh = parse_mesh(f.mesh)
     if f.memory_gib is not None and not (f.largest_batch and f.memory_gib > 0):
         raise ValueError(f"--memory_gib={f.memory_gib} must be positive and goes with --largest_batch")
@@ -218,7 +228,7 @@ def _input(_argv: list[str]) -> None:
     from mmjax.models import get_config
     from mmjax.train.config import base_config
 
-    model = f.model if f["model"].present else "clip-tiny"
+    model = _two_tower_model(f.model if f["model"].present else "clip-tiny")
     config = base_config(model, "sigmoid" if get_config(model).logit_bias_init is not None else "clip")
     config.batch_size = f.batch if f["batch"].present else config.batch_size
     config.data.num_workers = f.num_workers

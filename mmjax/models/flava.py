@@ -11,7 +11,9 @@ pre-training objectives.
   predicts the tokens of a DALL-E codebook, which is not bundled).
 
 `model.apply(params, images, token_ids, text_lengths, key, method="losses")` computes the whole objective
-(`Flava.losses`); `__call__` returns every head's output for one pass. Shapes: B = batch, N = patches,
+(`Flava.losses`; `text_lengths=None` reads them from the padding, `padded_lengths`); `__call__` returns every
+head's output for one pass; `encode_image` / `encode_text` give the contrastive embeddings, as `TwoTower`'s do, so
+training (`config.loss="flava"`), evaluation and search run FLAVA as they run CLIP. Shapes: B = batch, N = patches,
 L = text length, V = vocabulary, E = `embed_dim`.
 """
 
@@ -38,13 +40,15 @@ from mmjax.models.vit import VisionConfig, ViT
 class FlavaConfig:
     """vision: the image encoder (`pool="cls"`). text: the text encoder (bidirectional, `causal=False`).
     multimodal: the multimodal encoder's shape. embed_dim: the contrastive embedding. mask_token_id: the text
-    [MASK] id. mask_prob: the MLM share of text tokens; mim_ratio: the MIM share of patches."""
+    [MASK] id. pad_id: the id that pads captions after their end (`padded_lengths`). mask_prob: the MLM share of
+    text tokens; mim_ratio: the MIM share of patches."""
 
     vision: VisionConfig
     text: TextConfig
     multimodal: layers.TransformerSpec
     embed_dim: int
     mask_token_id: int
+    pad_id: int = 0
     mask_prob: float = 0.15
     mim_ratio: float = 0.4
     options: layers.BlockOptions = layers.BlockOptions()
@@ -59,6 +63,18 @@ class FlavaConfig:
         if not 0 <= self.mask_token_id < self.text.vocab_size:
             raise ValueError(f"FlavaConfig: mask_token_id {self.mask_token_id} is not in the vocabulary "
                              f"[0, {self.text.vocab_size})")
+        if self.pad_id == self.mask_token_id:
+            raise ValueError(f"FlavaConfig: pad_id and mask_token_id are both {self.pad_id}")
+
+
+def padded_lengths(token_ids: jax.Array, pad_id: int) -> jax.Array:
+    """`token_ids [B, L]` → each caption's length `[B]` int32: one past its last id that is not `pad_id` (at least
+    1). Padding only follows a caption's end-of-text, so a pad id inside a caption (CLIP's BPE pads with 0, the
+    id of "!") counts as text."""
+    token_ids = jnp.asarray(token_ids)
+    text = token_ids != pad_id
+    last = token_ids.shape[1] - jnp.argmax(text[:, ::-1], axis=1)
+    return jnp.where(text.any(axis=1), last, 1).astype(jnp.int32)
 
 
 class Flava(nn.Module):
@@ -89,6 +105,15 @@ class Flava(nn.Module):
         """L2-normalised contrastive embeddings `(image_emb [B, E], text_emb [B, E])` of the first tokens."""
         return (l2_normalize(self.image_proj(image_tokens[:, 0])), l2_normalize(self.text_proj(text_tokens[:, 0])))
 
+    def encode_image(self, images) -> jax.Array:
+        """`images [B, H, W, 3]` (normalised) → unnormalised contrastive embeddings `[B, E]` float32."""
+        return self.image_proj(self.image_encoder(images, return_tokens=True)[:, 0]).astype(jnp.float32)
+
+    def encode_text(self, token_ids) -> jax.Array:
+        """`token_ids [B, L]` padded with `pad_id` → unnormalised contrastive embeddings `[B, E]` float32."""
+        tokens = self.text_encoder(token_ids, return_tokens=True, lengths=padded_lengths(token_ids, self.config.pad_id))
+        return self.text_proj(tokens[:, 0]).astype(jnp.float32)
+
     def fuse(self, image_tokens, text_tokens, text_lengths=None):
         """The multimodal encoder: `(pooled [B, Dm], tokens [B, 1 + (1 + N) + L, Dm])`."""
         return self.multimodal_encoder(image_tokens, text_tokens, text_lengths)
@@ -109,7 +134,7 @@ class Flava(nn.Module):
 
     def losses(self, images, token_ids, text_lengths, key) -> dict[str, jax.Array]:
         """FLAVA's objective on a batch of aligned pairs: `{"contrastive", "itm", "mlm", "mim", "mmm", "total"}`
-        (total: the plain sum), float32 scalars.
+        (total: the plain sum), float32 scalars. `text_lengths [B]`, or None: `padded_lengths(token_ids, pad_id)`.
 
         - Clean pass: the contrastive loss (`clip_loss`) of the embeddings, and ITM on the B pairs plus a
           hard negative caption per image and a hard negative image per caption (`matching`).
@@ -118,7 +143,8 @@ class Flava(nn.Module):
           the multimodal encoder's text positions, MIM from the image encoder's masked patches
           (`masked_patch_loss` against `patchify(images)`)."""
         cfg = self.config
-        token_ids, text_lengths = jnp.asarray(token_ids), jnp.asarray(text_lengths)
+        token_ids = jnp.asarray(token_ids)
+        text_lengths = padded_lengths(token_ids, cfg.pad_id) if text_lengths is None else jnp.asarray(text_lengths)
         mining_key, text_mask_key, patch_mask_key = jax.random.split(key, 3)
         image_tokens, text_tokens = self.encode(images, token_ids, text_lengths)
         image_emb, text_emb = self.embed(image_tokens, text_tokens)

@@ -1,7 +1,7 @@
 """Named model sizes: a size is a registry entry, never a new class.
 
-`list_models()` gives the names, `get_config(name)` the frozen config,
-`create_model(name)` the module and `param_count(name)` counts parameters by an
+`list_models()` gives the names, `get_config(name)` the frozen config (a `TwoTowerConfig`, or a `FlavaConfig`
+for the `flava-*` entries), `create_model(name)` the module and `param_count(name)` counts parameters by an
 abstract `init` (nothing is allocated, nothing is stored).
 """
 
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.layers import BlockOptions
+from mmjax.models.flava import Flava, FlavaConfig
+from mmjax.models.layers import BlockOptions, TransformerSpec
 from mmjax.models.text import TextConfig
 from mmjax.models.two_tower import TwoTower, TwoTowerConfig
 from mmjax.models.vit import VisionConfig
@@ -51,7 +52,24 @@ def _siglip(image_size, patch_size, vision, text, vocab_size, context_length) ->
     )
 
 
-def _build_registry() -> dict[str, TwoTowerConfig]:
+def _flava(image_size, patch_size, tower, embed_dim, vocab_size, context_length) -> FlavaConfig:
+    """FLAVA's layout at one tower shape: ViT with a class token, a bidirectional text encoder read at its first
+    token, a multimodal encoder of the same shape. [MASK] is the vocabulary's last id, which a tokenizer trained
+    with it must never emit; padding is id 0, as mmjax's tokenizers pad."""
+    return FlavaConfig(
+        vision=VisionConfig(image_size=image_size, patch_size=patch_size, **tower),
+        text=TextConfig(vocab_size=vocab_size, context_length=context_length, causal=False, pool="cls", **tower),
+        multimodal=TransformerSpec(**tower),
+        embed_dim=embed_dim,
+        mask_token_id=vocab_size - 1,
+        options=BlockOptions(activation="gelu", norm_eps=1e-6),
+    )
+
+
+ModelConfig = TwoTowerConfig | FlavaConfig
+
+
+def _build_registry() -> dict[str, ModelConfig]:
     b, l = _tower(768, 12, 12), _tower(1024, 24, 16)
     text_b, text_l = _tower(512, 12, 8), _tower(768, 12, 12)
     openai = {
@@ -77,6 +95,9 @@ def _build_registry() -> dict[str, TwoTowerConfig]:
     registry["clip-test"] = _clip(16, 8, test_tower, test_tower, 16, vocab_size=64, context_length=8)
     registry["clip-test-bpe"] = _clip(16, 8, test_tower, test_tower, 16, context_length=8)
     registry["siglip-test"] = _siglip(16, 8, test_tower, test_tower, vocab_size=64, context_length=8)
+    # configs/flava_tiny.py's model: the demo's data and tokenizer, with FLAVA's objectives.
+    registry["flava-tiny"] = _flava(32, 8, _tower(128, 2, 4), 128, vocab_size=128, context_length=16)
+    registry["flava-test"] = _flava(16, 8, test_tower, 16, vocab_size=64, context_length=8)
     return registry
 
 
@@ -88,7 +109,7 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_config(name: str, **options) -> TwoTowerConfig:
+def get_config(name: str, **options) -> ModelConfig:
     """The config of model `name`; keyword arguments override `BlockOptions`
     fields (`scan_layers`, `remat_policy`, `dtype`, `activation`, `norm_eps`)."""
     if name not in _REGISTRY:
@@ -102,23 +123,29 @@ def get_config(name: str, **options) -> TwoTowerConfig:
     return dataclasses.replace(cfg, options=dataclasses.replace(cfg.options, **options)) if options else cfg
 
 
-def create_model(name: str, **options) -> TwoTower:
+def build_model(config: ModelConfig) -> TwoTower | Flava:
+    """The (unbound) Flax module of a registry config. Both take `(images, token_ids)` and have `encode_image` /
+    `encode_text`."""
+    return Flava(config) if isinstance(config, FlavaConfig) else TwoTower(config)
+
+
+def create_model(name: str, **options) -> TwoTower | Flava:
     """The (unbound) Flax module of model `name`."""
-    return TwoTower(get_config(name, **options))
+    return build_model(get_config(name, **options))
 
 
-def example_inputs(config: TwoTowerConfig, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
+def example_inputs(config: ModelConfig, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
     """Zero images `[B, H, W, 3]` and token ids `[B, L]` of the shapes the model takes."""
     size = config.vision.image_size
     return (jnp.zeros((batch_size, size, size, 3), jnp.float32),
             jnp.zeros((batch_size, config.text.context_length), jnp.int32))
 
 
-def abstract_params(config: TwoTowerConfig):
+def abstract_params(config: ModelConfig):
     """Parameter shapes (boxed with logical axis names) from an abstract init."""
-    model = TwoTower(config)
+    model = build_model(config)
     images, tokens = example_inputs(config)
-    return jax.eval_shape(lambda rng: model.init(rng, image=images, text=tokens), jax.random.key(0))["params"]
+    return jax.eval_shape(lambda rng: model.init(rng, images, tokens), jax.random.key(0))["params"]
 
 
 def param_count(name: str) -> int:

@@ -74,11 +74,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_tensor_split(model_config, mesh: Mesh) -> None:
-    """A one-line ValueError when the mesh's `tensor` axis does not divide each tower's heads and MLP width:
-    those weights would stay whole on every device (correct, but neither split nor smaller)."""
+    """A one-line ValueError when the mesh's `tensor` axis does not divide each tower's heads and MLP width
+    (FLAVA's multimodal encoder included): those weights would stay whole on every device (correct, but neither
+    split nor smaller)."""
     ways = mesh.shape.get("tensor", 1)
-    for tower in ("vision", "text"):
-        spec = getattr(model_config, tower)
+    for tower in ("vision", "text", "multimodal"):
+        spec = getattr(model_config, tower, None)
+        if spec is None:
+            continue
         for what, size in (("heads", spec.num_heads), ("MLP width", spec.mlp_dim)):
             if size % ways:
                 raise ValueError(f"mesh tensor={ways} does not divide the {tower} tower's {size} {what}: tensor "

@@ -14,10 +14,10 @@ import ml_collections
 from mmjax.data import synthetic
 from mmjax.data.mixture import usable_weights
 from mmjax.data.workers import WORKER_PRIORITIES
-from mmjax.models import layers, registry
+from mmjax.models import FlavaConfig, layers, registry
 from mmjax.train import multihost
 
-LOSSES = ("clip", "sigmoid")
+LOSSES = ("clip", "sigmoid", "flava")
 DATA_NAMES = ("synthetic", "arrayrecord", "tfds", "mixture")
 REMAT_POLICIES = tuple(layers.REMAT_POLICIES)
 DTYPES = ("float32", "bfloat16")
@@ -162,12 +162,27 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
     _require(0 <= d.max_skip_fraction <= 1, f"config.data.max_skip_fraction={d.max_skip_fraction} must be in [0, 1]")
 
 
+def _validate_flava(c: ml_collections.ConfigDict, model) -> None:
+    """FLAVA trains with its own objective, on aligned pairs, in one pass per step."""
+    _require(isinstance(model, FlavaConfig), f"config.loss='flava' needs a FLAVA model "
+             f"({', '.join(n for n in registry.list_models() if n.startswith('flava'))}); {c.model!r} is a two-tower "
+             f"model: use loss='clip' or 'sigmoid'")
+    _require(c.loss == "flava", f"config.model={c.model!r} is a FLAVA model: train it with config.loss='flava' "
+             f"(configs/flava_tiny.py), not {c.loss!r}")
+    _require(not c.multi_positive, "config.multi_positive=True is for the two-tower losses; FLAVA's objective "
+             "takes each caption as its own image's only positive: set --config.multi_positive=False")
+    _require(c.accum_steps == 1, f"config.accum_steps={c.accum_steps}: FLAVA's objective has no gradient "
+             f"accumulation (its matching and masked passes need the whole batch); use accum_steps=1")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise `ConfigError` (one line) for a value that cannot work."""
     _require(c.model in registry.list_models(),
              f"config.model={c.model!r} is not a registered model; known: {', '.join(registry.list_models())}")
     model = registry.get_config(c.model)
     _require(c.loss in LOSSES, f"config.loss={c.loss!r} must be one of {LOSSES}")
+    if isinstance(model, FlavaConfig) or c.loss == "flava":
+        _validate_flava(c, model)
     _require(c.loss != "sigmoid" or model.logit_bias_init is not None,
              f"config.loss='sigmoid' needs a model with a logit bias; {c.model!r} has none (use a SigLIP model)")
     _require(c.loss != "clip" or model.logit_bias_init is None,

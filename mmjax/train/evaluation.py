@@ -32,7 +32,7 @@ from mmjax.eval import evaluate_synthetic
 from mmjax.eval.benchmarks import check_benchmark, run_benchmark
 from mmjax.eval.report import benchmark_label
 from mmjax.inference import Encoder
-from mmjax.models import TwoTower
+from mmjax.models import Flava, TwoTower
 from mmjax.parallel import make_mesh, replicated
 from mmjax.train.config import ConfigError
 
@@ -47,7 +47,7 @@ class PeriodicEval:
     `eval_s`, the seconds the evaluation took.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, model: TwoTower, tokenizer: Tokenizer, mesh: Mesh):
+    def __init__(self, config: ml_collections.ConfigDict, model: TwoTower | Flava, tokenizer: Tokenizer, mesh: Mesh):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         # replicates one parameter over the training mesh (one at a time: at most one extra parameter
         # per device), whatever its sharding and however many processes the mesh spans

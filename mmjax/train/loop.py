@@ -25,7 +25,7 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.shards import data_files
 from mmjax.data.skips import SkipMonitor
 from mmjax.data.tokenizers import Tokenizer
-from mmjax.models import TwoTower, get_config
+from mmjax.models import FlavaConfig, build_model, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, check_tensor_split, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
@@ -176,13 +176,11 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     resuming = saved_config is not None
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
                                   fresh=not resuming)
-    if tokenizer.vocab_size > model_config.text.vocab_size:
-        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {config.model} only "
-                          f"{model_config.text.vocab_size}")
+    check_tokenizer(tokenizer, model_config, config.model)
     if jax.process_index() == 0 and not resuming:
         save_config(workdir, config)
 
-    model = TwoTower(model_config)
+    model = build_model(model_config)
     evaluation = PeriodicEval(config, model, tokenizer, mesh)  # checks the benchmarks before anything compiles
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
@@ -203,7 +201,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
         make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
                         loss=config.loss, multi_positive=config.multi_positive,
                         image_mean=config.data.image_mean, image_std=config.data.image_std,
-                        accum_steps=config.accum_steps),
+                        accum_steps=config.accum_steps, seed=config.seed),
         shardings, mesh)
 
     start = int(state.step)
@@ -290,6 +288,22 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     if end > start and jax.process_index() == 0:
         print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
     return state
+
+
+def check_tokenizer(tokenizer: Tokenizer, model_config, model: str) -> None:
+    """A one-line `ConfigError` unless the tokenizer's ids fit model `model`'s vocabulary and, for FLAVA, it pads
+    with the model's pad id (the caption lengths are read from the padding) and never emits its [MASK] id."""
+    if tokenizer.vocab_size > model_config.text.vocab_size:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {model} only "
+                          f"{model_config.text.vocab_size}")
+    if not isinstance(model_config, FlavaConfig):
+        return
+    if tokenizer.pad_id != model_config.pad_id:
+        raise ConfigError(f"the tokenizer pads with id {tokenizer.pad_id} but model {model} reads its captions' "
+                          f"lengths from pad id {model_config.pad_id}")
+    if tokenizer.vocab_size > model_config.mask_token_id:
+        raise ConfigError(f"the tokenizer's {tokenizer.vocab_size} ids include model {model}'s [MASK] id "
+                          f"{model_config.mask_token_id}, which must be an id the tokenizer never emits")
 
 
 def _evaluate(evaluation: PeriodicEval, state: TrainState, step: int, writer: MetricsWriter) -> float:

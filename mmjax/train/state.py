@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from mmjax.models import TwoTower, example_inputs
+from mmjax.models import Flava, TwoTower, example_inputs
 from mmjax.parallel import DEFAULT_RULES, logical_shardings
 
 
@@ -24,27 +24,27 @@ class TrainState:
     opt_state: Any
 
 
-def _init_boxed(model: TwoTower, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+def _init_boxed(model: TwoTower | Flava, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
     images, tokens = example_inputs(model.config)
-    params = model.init(rng, image=images, text=tokens)["params"]
+    params = model.init(rng, images, tokens)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def state_shardings(model: TwoTower, tx: optax.GradientTransformation, mesh: Mesh, rules=DEFAULT_RULES) -> TrainState:
+def state_shardings(model: TwoTower | Flava, tx: optax.GradientTransformation, mesh: Mesh, rules=DEFAULT_RULES) -> TrainState:
     """NamedShardings of every leaf of the train state, from an abstract init
     (parameters and the optimizer moments follow the parameters' logical axes)."""
     abstract = jax.eval_shape(lambda rng: _init_boxed(model, tx, rng), jax.random.key(0))
     return logical_shardings(abstract, mesh, rules)
 
 
-def create_train_state(model: TwoTower, tx: optax.GradientTransformation, rng: jax.Array,
+def create_train_state(model: TwoTower | Flava, tx: optax.GradientTransformation, rng: jax.Array,
                        shardings: TrainState) -> TrainState:
     """Initialise the state directly in its sharded layout (no host copy of the full model)."""
     init = jax.jit(lambda key: nn.unbox(_init_boxed(model, tx, key)), out_shardings=shardings)
     return init(rng)
 
 
-def abstract_train_state(shardings: TrainState, model: TwoTower, tx: optax.GradientTransformation) -> TrainState:
+def abstract_train_state(shardings: TrainState, model: TwoTower | Flava, tx: optax.GradientTransformation) -> TrainState:
     """ShapeDtypeStructs carrying the target shardings, for restoring a checkpoint."""
     abstract = jax.eval_shape(lambda rng: nn.unbox(_init_boxed(model, tx, rng)), jax.random.key(0))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

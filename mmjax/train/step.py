@@ -1,7 +1,8 @@
 """The pure training step: `train_step(state, batch) -> (state, metrics)`.
 
-Shardings and buffer donation are attached where it is jitted (`jit_train_step`);
-the contrastive loss runs under `shard_map` over the batch axes of the mesh.
+Shardings and buffer donation are attached where it is jitted (`jit_train_step`). The two-tower losses run
+under `shard_map` over the batch axes of the mesh; FLAVA's objective (`Flava.losses`) is one jitted program that
+the compiler partitions, its random masks and hard negatives drawn from `fold_in(key(seed), step)`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from jax.sharding import Mesh
 
 from mmjax.data.transforms import normalize_images
 from mmjax.losses import CLIP_MAX_SCALE, clip_scale, sharded_clip_loss, sharded_sigmoid_loss
-from mmjax.models import TwoTower
+from mmjax.models import Flava, TwoTower
 from mmjax.parallel import batch_sharding, replicated
 from mmjax.train.accumulation import make_value_and_grad
 from mmjax.train.state import TrainState
@@ -24,16 +25,45 @@ from mmjax.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh, *,
-                    loss: str, multi_positive: bool, image_mean, image_std, accum_steps: int = 1) -> Callable:
-    """A step for `loss` ("clip" or "sigmoid").
+def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
+                    *, loss: str, multi_positive: bool, image_mean, image_std, accum_steps: int = 1,
+                    seed: int = 0) -> Callable:
+    """A step for `loss`: "clip" or "sigmoid" (a `TwoTower`), or "flava" (a `Flava`, with `multi_positive=False`
+    and `accum_steps=1`; `seed` picks its masks and negatives).
 
     batch: `image` uint8 `[B, H, W, 3]`, `text` int32 `[B, L]` and, when
     `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`. With `accum_steps > 1`
     the towers run on `accum_steps` micro-batches and the gradient still equals the
-    full-batch one (`mmjax.train.accumulation`). With the CLIP loss the `logit_scale` parameter is clamped
-    to [0, log 100] after each update, as OpenCLIP does.
+    full-batch one (`mmjax.train.accumulation`). With the CLIP and FLAVA losses the `logit_scale` parameter is
+    clamped to [0, log 100] after each update, as OpenCLIP does. Metrics: `loss`, `grad_norm`, `learning_rate`,
+    `scale`, and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`.
     """
+    if loss == "flava":
+        value_and_grad = _flava_value_and_grad(model, image_mean, image_std, seed)
+    else:
+        value_and_grad = _contrastive_value_and_grad(model, mesh, loss, multi_positive, image_mean, image_std,
+                                                     accum_steps)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        (value, aux), grads = value_and_grad(state.params, batch, state.step)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        if loss != "sigmoid":  # as OpenCLIP: the parameter stays in [0, log 100], so it can come back below the clamp
+            params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, math.log(CLIP_MAX_SCALE))}
+        # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
+        aux = dict(aux)
+        scale = jnp.exp(aux.pop("logit_scale")) if loss == "sigmoid" else clip_scale(aux.pop("logit_scale"))
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
+                   "scale": scale, **aux}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def _contrastive_value_and_grad(model: TwoTower, mesh: Mesh, loss: str, multi_positive: bool, image_mean, image_std,
+                                accum_steps: int) -> Callable:
+    """`(params, batch, step) -> ((loss, {"logit_scale"[, "logit_bias"]}), grads)` of the sharded two-tower loss."""
 
     def embed_fn(params, batch: Batch):
         images = normalize_images(batch["image"], image_mean, image_std)
@@ -50,23 +80,22 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, schedule:
         return value
 
     value_and_grad = make_value_and_grad(embed_fn, loss_fn, accum_steps, batch_sharding(mesh))
+    return lambda params, batch, step: value_and_grad(params, batch)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        (value, aux), grads = value_and_grad(state.params, batch)
-        with jax.named_scope("optimizer"):
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-        if loss == "clip":  # as OpenCLIP: the parameter stays in [0, log 100], so it can come back below the clamp
-            params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, math.log(CLIP_MAX_SCALE))}
-        # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
-        scale = clip_scale(aux["logit_scale"]) if loss == "clip" else jnp.exp(aux["logit_scale"])
-        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
-                   "scale": scale}
-        if "logit_bias" in aux:
-            metrics["logit_bias"] = aux["logit_bias"]
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return train_step
+def _flava_value_and_grad(model: Flava, image_mean, image_std, seed: int) -> Callable:
+    """`(params, batch, step) -> ((total, {"logit_scale", "loss_<name>"…}), grads)` of `Flava.losses`, the caption
+    lengths read from the padding."""
+
+    @jax.named_scope("loss")
+    def loss_fn(params, batch: Batch, step):
+        images = normalize_images(batch["image"], image_mean, image_std)
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        losses = model.apply({"params": params}, images, batch["text"], None, key, method="losses")
+        total = losses.pop("total")
+        return total, {"logit_scale": params["logit_scale"], **{f"loss_{name}": v for name, v in losses.items()}}
+
+    return jax.value_and_grad(loss_fn, has_aux=True)
 
 
 def jit_train_step(train_step: Callable, state_sharding: TrainState, mesh: Mesh) -> Callable:

@@ -28,7 +28,7 @@ import ml_collections
 from mmjax.data.clip_bpe import ClipBpeTokenizer
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.files import write_text_atomically
-from mmjax.models import TwoTower, abstract_params, get_config
+from mmjax.models import Flava, TwoTower, abstract_params, build_model, get_config
 from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.checkpoint import Checkpoints, latest_saved_step
@@ -117,7 +117,7 @@ def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str) -> str | None:
 class TrainedModel:
     """A model restored from a workdir: module, parameters, tokenizer, training config."""
 
-    model: TwoTower
+    model: TwoTower | Flava
     params: dict
     tokenizer: Tokenizer
     config: ml_collections.ConfigDict
@@ -161,7 +161,7 @@ def load_trained(workdir: str, dtype: str | None = None, step: int | None = None
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
     params, step = checkpoints.restore_params(abstract, step)
     tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
-    return TrainedModel(TwoTower(model_config), params, tokenizer, config, step)
+    return TrainedModel(build_model(model_config), params, tokenizer, config, step)
 
 
 LOCK_FILE = ".lock"

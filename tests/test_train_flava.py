@@ -1,0 +1,130 @@
+"""Training FLAVA with `mmjax train` (`config.loss="flava"`): sharded steps equal a plain single-device loop,
+an exact resume, evaluation during training, and one-line refusals."""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mmjax.models as models
+from mmjax.data import Tokenizer
+from mmjax.data.transforms import normalize_images
+from mmjax.losses import CLIP_MAX_SCALE
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
+from mmjax.pretrained import load_pretrained
+from mmjax.train.config import ConfigError, validate
+from mmjax.train.loop import check_tokenizer, train
+from mmjax.train.optim import learning_rate_schedule, make_optimizer
+from mmjax.train.state import create_train_state, state_shardings
+from mmjax.train.step import jit_train_step, make_train_step
+from test_train import _batches
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import flava_tiny  # noqa: E402
+
+MEAN_STD = (0.5,) * 3
+
+
+def _reference(config, batches):
+    """A plain loop written out from the FLAVA objective: the caption lengths at the end-of-text token, the
+    step's key `fold_in(key(seed), step)`, AdamW, OpenCLIP's clamp of the logit scale."""
+    model = models.Flava(models.get_config(config.model))
+    eot = Tokenizer.for_synthetic(model.config.text.context_length).eot_id
+    tx = make_optimizer(config.optim, config.total_steps)
+    params = nn.unbox(model.init(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"]
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch, number):
+        lengths = jnp.argmax(batch["text"] == eot, axis=1) + 1
+        images = normalize_images(batch["image"], MEAN_STD, MEAN_STD)
+        key = jax.random.fold_in(jax.random.key(config.seed), number)
+        grads = jax.grad(lambda p: model.apply({"params": p}, images, batch["text"], lengths, key,
+                                               method="losses")["total"])(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return {**params, "logit_scale": jnp.clip(params["logit_scale"], 0, math.log(CLIP_MAX_SCALE))}, opt_state
+
+    for number, batch in enumerate(batches):
+        params, opt_state = step(params, opt_state, batch, number)
+    return params
+
+
+def _sharded(config, batches, mesh):
+    model = models.build_model(models.get_config(config.model))
+    tx = make_optimizer(config.optim, config.total_steps)
+    shardings = state_shardings(model, tx, mesh)
+    state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
+    step = jit_train_step(make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
+                                          loss="flava", multi_positive=False, image_mean=MEAN_STD, image_std=MEAN_STD,
+                                          seed=config.seed), shardings, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        for batch in batches:
+            state, metrics = step(state, jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), batch))
+    return state.params, metrics
+
+
+def test_sharded_flava_steps_equal_a_plain_single_device_loop():
+    config = flava_tiny.get_config("test")
+    batches = _batches(config, 3)
+    want = _reference(config, batches)
+    for shape in [(8, 1, 1), (2, 2, 2)]:
+        got, metrics = _sharded(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
+    parts = [float(metrics[f"loss_{name}"]) for name in ("contrastive", "itm", "mlm", "mim", "mmm")]
+    assert float(metrics["loss"]) == pytest.approx(sum(parts), rel=1e-6) and min(parts) > 0
+
+
+def test_a_resumed_flava_run_ends_with_the_uninterrupted_parameters_and_evaluates(tmp_path):
+    config = flava_tiny.get_config("test")
+    config.eval.benchmarks = ("synthetic",)
+    straight = train(config, str(tmp_path / "straight"))
+    train(config, str(tmp_path / "resumed"), stop_after=3)
+    resumed = train(config, str(tmp_path / "resumed"))
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+    with open(tmp_path / "straight" / "eval_metrics.jsonl") as f:
+        evaluation = json.loads(f.readline())
+    assert evaluation["step"] == config.total_steps and 0 <= evaluation["synthetic/acc1"] <= 1
+    with open(tmp_path / "straight" / "metrics.jsonl") as f:
+        assert {"loss_itm", "loss_mim"} <= set(json.loads(f.readline()))
+    with pytest.raises(ValueError, match="holds a FLAVA run .flava-test.: loading and converting handle CLIP"):
+        load_pretrained(str(tmp_path / "straight"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(model="clip-test"), r"config.loss='flava' needs a FLAVA model \(flava-test, flava-tiny\); 'clip-test'"),
+    (dict(loss="clip"), "config.model='flava-test' is a FLAVA model: train it with config.loss='flava'"),
+    (dict(multi_positive=True), "config.multi_positive=True is for the two-tower losses"),
+    (dict(accum_steps=2), "config.accum_steps=2: FLAVA's objective has no gradient accumulation"),
+])
+def test_flava_configs_that_cannot_work_are_one_line_errors(changes, message):
+    config = flava_tiny.get_config("test")
+    config.unlock().update(changes)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_a_tokenizer_that_emits_the_mask_id_or_pads_otherwise_is_refused():
+    model_config = models.get_config("flava-test")  # vocabulary 64, [MASK] 63, pad 0
+    check_tokenizer(Tokenizer.for_synthetic(8), model_config, "flava-test")
+    sixty_four = Tokenizer.from_corpus([" ".join(f"w{i}" for i in range(60))], 8)  # + pad, unk, start, end
+    with pytest.raises(ConfigError, match="the tokenizer's 64 ids include model flava-test's .MASK. id 63"):
+        check_tokenizer(sixty_four, model_config, "flava-test")
+    with pytest.raises(ConfigError, match="the tokenizer pads with id 0 but model flava-test reads its captions' "
+                                          "lengths from pad id 5"):
+        check_tokenizer(Tokenizer.for_synthetic(8), dataclasses.replace(model_config, pad_id=5), "flava-test")
+
+
+def test_the_benchmarks_refuse_a_flava_model_in_one_line():
+    from mmjax.commands.bench import _two_tower_model
+    assert _two_tower_model("clip-test") == "clip-test"
+    with pytest.raises(ValueError, match="--model=flava-tiny is a FLAVA model; the benchmarks time the two-tower"):
+        _two_tower_model("flava-tiny")
