@@ -25,9 +25,11 @@ from mmjax.train.loop import check_tokenizer, train
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.state import create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
+from test_data_train import REAL_CAPTIONS, write_pairs
 from test_train import _batches
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import flava_captions  # noqa: E402
 import flava_tiny  # noqa: E402
 
 MEAN_STD = (0.5,) * 3
@@ -99,8 +101,23 @@ def test_a_resumed_flava_run_ends_with_the_uninterrupted_parameters_and_evaluate
         load_pretrained(str(tmp_path / "straight"))
 
 
+def test_flava_trains_on_converted_captions_with_clip_bpe_and_its_own_mask_id(tmp_path):
+    """configs/flava_captions.py: ArrayRecord shards, OpenCLIP's BPE (pad 0, 49 408 ids) and [MASK] = 49 408."""
+    write_pairs(tmp_path / "data", 50, pool=REAL_CAPTIONS)
+    config = flava_captions.get_config("test")
+    config.data.sources = (str(tmp_path / "data"),)
+    model_config = models.get_config(config.model)
+    assert model_config.mask_token_id == 49_408 == model_config.text.vocab_size - 1
+    state = train(config, str(tmp_path / "run"))
+    assert int(state.step) == config.total_steps
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert all(math.isfinite(last[f"loss_{name}"]) and last[f"loss_{name}"] > 0 for name in ("mlm", "mmm", "itm"))
+
+
 @pytest.mark.parametrize("changes, message", [
-    (dict(model="clip-test"), r"config.loss='flava' needs a FLAVA model \(flava-test, flava-tiny\); 'clip-test'"),
+    (dict(model="clip-test"), r"config.loss='flava' needs a FLAVA model \(flava-test, flava-test-bpe, flava-tiny, "
+     r"flava-tiny-bpe\); 'clip-test'"),
     (dict(loss="clip"), "config.model='flava-test' is a FLAVA model: train it with config.loss='flava'"),
     (dict(multi_positive=True), "config.multi_positive=True is for the two-tower losses"),
     (dict(accum_steps=2), "config.accum_steps=2: FLAVA's objective has no gradient accumulation"),

@@ -98,6 +98,9 @@ def _build_registry() -> dict[str, ModelConfig]:
     # configs/flava_tiny.py's model: the demo's data and tokenizer, with FLAVA's objectives.
     registry["flava-tiny"] = _flava(32, 8, _tower(128, 2, 4), 128, vocab_size=128, context_length=16)
     registry["flava-test"] = _flava(16, 8, test_tower, 16, vocab_size=64, context_length=8)
+    # configs/flava_captions.py's: OpenAI CLIP's BPE (49 408 ids) and [MASK] (49 408), at 64 px as clip-tiny-bpe.
+    registry["flava-tiny-bpe"] = _flava(64, 8, _tower(128, 2, 4), 128, vocab_size=49_409, context_length=32)
+    registry["flava-test-bpe"] = _flava(16, 8, test_tower, 16, vocab_size=49_409, context_length=8)
     return registry
 
 
