@@ -156,6 +156,10 @@ def main() -> None:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.model not in models.list_models():
         parser.error(f"--model {args.model!r} is not a registered model; known: {', '.join(models.list_models())}")
+    try:
+        models.check_two_tower(args.model, "bench_eval.py times")
+    except ValueError as error:
+        parser.error(str(error))
     size = models.get_config(args.model).vision.image_size
     images = np.random.default_rng(0).integers(0, 256, (args.images, size, size, 3), dtype=np.uint8)
     encoder = _mmjax_encoder(args.model, args.batch, args.dtype)

@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=2.0,
                         help="largest allowed ratio of an attention's error to bf16 XLA's (default 2)")
     args = parser.parse_args(argv)
+    try:
+        models.check_two_tower(args.model, "check_attention.py checks")
+    except (KeyError, ValueError) as error:
+        parser.error(str(error).strip("'\""))
     if "cudnn" in args.attention and jax.default_backend() != "gpu":
         parser.error(f"cudnn needs an NVIDIA GPU; this backend is {jax.default_backend()} (use --attention xla)")
     failures = check(args.model, args.attention, args.tolerance)

@@ -162,7 +162,9 @@ def test_train_step_benchmark_says_when_open_clip_is_not_installed(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [("--batch=0", "--batch must be a positive integer, got 0"),
-                                           ("--model=nope", "--model 'nope' is not a registered model")])
+                                           ("--model=nope", "--model 'nope' is not a registered model"),
+                                           ("--model=flava-test", "--model=flava-test is a FLAVA model; bench_eval.py "
+                                                                  "times the two-tower models")])
 def test_eval_benchmark_script_refuses_bad_arguments_in_one_line(flag, message):
     done = subprocess.run([sys.executable, "scripts/bench_eval.py", flag], cwd=REPO, capture_output=True, text=True,
                           timeout=120)

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
 import sys
 
 import flax.linen as nn
@@ -145,3 +146,16 @@ def test_the_benchmarks_refuse_a_flava_model_in_one_line():
     assert _two_tower_model("clip-test") == "clip-test"
     with pytest.raises(ValueError, match="--model=flava-tiny is a FLAVA model; the benchmarks time the two-tower"):
         _two_tower_model("flava-tiny")
+    done = subprocess.run([sys.executable, "scripts/check_attention.py", "--model", "flava-test"], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "check_attention.py: error: --model=flava-test is a FLAVA model; check_attention.py checks the two-tower "
+        "models (CLIP, SigLIP)")
+
+
+def test_the_flava_step_refuses_what_its_objective_cannot_do():
+    model, tx = models.create_model("flava-test"), optax.sgd(0.1)
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="loss='flava' takes multi_positive=False and accum_steps=1, got False and 2"):
+        make_train_step(model, tx, optax.constant_schedule(0.1), mesh, loss="flava", multi_positive=False,
+                        image_mean=MEAN_STD, image_std=MEAN_STD, accum_steps=2)

@@ -68,10 +68,9 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def _two_tower_model(name: str) -> str:
     """`name`, or a one-line ValueError for a registered model the benchmarks do not time (FLAVA)."""
-    from mmjax.models import TwoTowerConfig, get_config
+    from mmjax.models import check_two_tower
 
-    if not isinstance(get_config(name), TwoTowerConfig):
-        raise ValueError(f"--model={name} is a FLAVA model; the benchmarks time the two-tower models (CLIP, SigLIP)")
+    check_two_tower(name, "the benchmarks time")
     return name
 
 

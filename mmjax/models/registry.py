@@ -126,6 +126,13 @@ def get_config(name: str, **options) -> ModelConfig:
     return dataclasses.replace(cfg, options=dataclasses.replace(cfg.options, **options)) if options else cfg
 
 
+def check_two_tower(name: str, purpose: str) -> None:
+    """A one-line ValueError when registered model `name` is not a two-tower model; `purpose` completes the
+    sentence "…; <purpose> the two-tower models" (e.g. "the benchmarks time")."""
+    if not isinstance(get_config(name), TwoTowerConfig):
+        raise ValueError(f"--model={name} is a FLAVA model; {purpose} the two-tower models (CLIP, SigLIP)")
+
+
 def build_model(config: ModelConfig) -> TwoTower | Flava:
     """The (unbound) Flax module of a registry config. Both take `(images, token_ids)` and have `encode_image` /
     `encode_text`."""
