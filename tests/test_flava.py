@@ -1,6 +1,8 @@
 """FLAVA: the heads against NumPy on the encoders' own outputs, masked patches and text padding that change
 nothing, the objective reaching every parameter, and a batch it can fit."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -8,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mmjax.losses import clip_loss
+from mmjax.losses import clip_loss, mask_tokens, masked_lm_loss, masked_patch_loss, patchify, random_patch_mask
 from mmjax.models import layers
 from mmjax.models.flava import Flava, FlavaConfig, padded_lengths
 from mmjax.models.fusion import EarlyFusion
@@ -101,6 +103,28 @@ def test_the_objective_reaches_every_parameter_and_its_contrastive_part_is_clip_
     assert not untouched, untouched
 
 
+def test_the_masked_heads_on_the_chosen_positions_alone_equal_them_on_every_position():
+    """`losses` runs the MLM and MMM heads on `prediction_positions` only; `__call__` on all L positions."""
+    images, ids, lengths = batch(6)
+    config = dataclasses.replace(CONFIG, mask_prob=0.5, max_predictions=2)  # captions with more: the cap binds
+    model = Flava(config)
+    variables = model.init(jax.random.key(0), images, ids, lengths)
+    key = jax.random.key(7)
+    losses = model.apply(variables, images, ids, lengths, key, method="losses")
+    _, text_key, patch_key = jax.random.split(key, 3)  # the draws `losses` makes, in its order
+    positions = np.arange(8)[None, :]
+    masked_ids, weights = mask_tokens(ids, text_key, mask_id=3, vocab_size=30, mask_prob=0.5,
+                                      maskable=(positions >= 1) & (positions < lengths[:, None] - 1),
+                                      max_predictions=2)
+    assert int(weights.sum()) >= 4 and int(weights.sum(axis=1).max()) == 2, weights
+    patch_mask = random_patch_mask(patch_key, 4, 4, config.mim_ratio)
+    out = model.apply(variables, images, masked_ids, lengths, patch_mask)
+    for name, logits in (("mlm", "mlm_logits"), ("mmm", "mmm_logits")):
+        np.testing.assert_allclose(losses[name], masked_lm_loss(out[logits], ids, weights), rtol=2e-5, err_msg=name)
+    np.testing.assert_allclose(losses["mim"], masked_patch_loss(out["mim_pixels"], patchify(images, 4), patch_mask),
+                               rtol=2e-5)
+
+
 def test_caption_lengths_are_read_from_the_padding_after_the_end():
     ids = np.array([[2, 5, 0, 7, 9, 0, 0, 0],  # a pad id inside the caption (CLIP's "!") is text
                     [2, 5, 6, 7, 9, 4, 3, 9],  # no padding
@@ -163,6 +187,7 @@ def test_every_flava_parameter_has_logical_names_and_a_sharded_apply_equals_one_
      r"the text encoder must be bidirectional \(text.causal=False\)"),
     (dict(mask_token_id=30), r"mask_token_id 30 is not in the vocabulary \[0, 30\)"),
     (dict(mask_token_id=0), "pad_id and mask_token_id are both 0"),
+    (dict(max_predictions=9), r"max_predictions 9 must lie in \[1, 8\] \(the context length\)"),
 ])
 def test_bad_configs_are_one_line_errors(change, message):
     fields = dict(vision=VISION, text=TEXT, multimodal=MULTIMODAL, embed_dim=8, mask_token_id=3) | change

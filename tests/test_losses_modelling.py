@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax.losses.lm import captioning_loss
-from mmjax.losses.masking import mask_tokens, masked_lm_loss, masked_patch_loss, patchify, random_patch_mask
+from mmjax.losses.masking import (mask_tokens, masked_lm_loss, masked_patch_loss, patchify, prediction_positions,
+                                  random_patch_mask)
 from mmjax.models import layers
 from mmjax.parallel import make_mesh
 
@@ -43,6 +44,26 @@ def test_mask_tokens_follows_berts_proportions_and_leaves_the_rest_alone():
     assert 0 <= replaced.min() < 50 and 950 <= replaced.max() < 1000
     again = mask_tokens(jnp.asarray(ids), jax.random.key(0), mask_id=3, vocab_size=1000, maskable=jnp.asarray(maskable))
     np.testing.assert_array_equal(again[0], inputs)
+
+
+def test_max_predictions_keeps_a_uniform_subset_of_the_chosen_positions_and_they_can_be_gathered():
+    rng = np.random.default_rng(3)
+    ids = jnp.asarray(rng.integers(5, 1000, size=(2000, 12)).astype(np.int32))
+    args = dict(mask_id=3, vocab_size=1000, mask_prob=0.5)
+    free_inputs, free = map(np.asarray, mask_tokens(ids, jax.random.key(4), **args))
+    capped_inputs, capped = map(np.asarray, mask_tokens(ids, jax.random.key(4), max_predictions=3, **args))
+    uncapped_again = mask_tokens(ids, jax.random.key(4), max_predictions=12, **args)[1]
+    np.testing.assert_array_equal(uncapped_again, free)  # a cap of L changes nothing
+    assert capped.sum(axis=1).max() == 3 and not (capped > free).any()  # a subset, at most 3 a row
+    few = free.sum(axis=1) <= 3
+    np.testing.assert_array_equal(capped[few], free[few])  # rows within the cap keep every chosen position
+    np.testing.assert_array_equal(capped_inputs[capped == 1], free_inputs[capped == 1])  # the same corruption
+    np.testing.assert_array_equal(capped_inputs[capped == 0], np.asarray(ids)[capped == 0])
+    kept_at = capped[~few & (free == 1).any(axis=1)]  # where rows over the cap keep positions: uniform over L
+    share = kept_at.sum(axis=0) / kept_at.sum()
+    assert np.abs(share - 1 / 12).max() < 4 * math.sqrt((1 / 12) * (11 / 12) / kept_at.sum()), share
+    weights = np.array([[0, 1, 0, 1, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], np.float32)
+    np.testing.assert_array_equal(prediction_positions(jnp.asarray(weights), 2), [[1, 3], [0, 1], [0, 1]])
 
 
 def test_masked_lm_loss_is_the_weighted_mean_cross_entropy():

@@ -14,7 +14,8 @@ from mmjax.losses.contrastive import (
     sigmoid_loss,
 )
 from mmjax.losses.lm import captioning_loss
-from mmjax.losses.masking import mask_tokens, masked_lm_loss, masked_patch_loss, patchify, random_patch_mask
+from mmjax.losses.masking import (mask_tokens, masked_lm_loss, masked_patch_loss, patchify, prediction_positions,
+                                  random_patch_mask)
 from mmjax.losses.matching import hard_negatives, itm_loss, matching_pairs
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "matching_pairs",
     "pair_positives",
     "patchify",
+    "prediction_positions",
     "random_patch_mask",
     "sharded_clip_loss",
     "sharded_sigmoid_loss",

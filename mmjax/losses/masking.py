@@ -24,23 +24,37 @@ from mmjax.losses.cross_entropy import negative_log_likelihood, weighted_mean
 
 
 def mask_tokens(token_ids: jax.Array, key: jax.Array, *, mask_id: int, vocab_size: int, mask_prob: float = 0.15,
-                maskable: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                maskable: jax.Array | None = None,
+                max_predictions: int | None = None) -> tuple[jax.Array, jax.Array]:
     """`(inputs [B, L], weights [B, L] float32)`: the ids with BERT's corruption, and 1 at the chosen positions
     (the loss's targets are the original `token_ids` there). `maskable` bool `[B, L]` (optional): the positions
-    that may be chosen — not padding, not start/end-of-text (default: all)."""
+    that may be chosen — not padding, not start/end-of-text (default: all). `max_predictions` (optional): at most
+    this many chosen positions per row, a uniformly random subset of those drawn (BERT's
+    `max_predictions_per_seq`), so that the heads can run on `prediction_positions` alone."""
     if not 0 <= mask_prob <= 1:
         raise ValueError(f"mask_prob {mask_prob} must lie in [0, 1]")
     if maskable is not None and maskable.shape != token_ids.shape:
         raise ValueError(f"maskable {list(maskable.shape)} must have the shape of token_ids {list(token_ids.shape)}")
     choose, kind, random_ids = jax.random.split(key, 3)
-    chosen = jax.random.bernoulli(choose, mask_prob, token_ids.shape)
+    draw = jax.random.uniform(choose, token_ids.shape)
+    chosen = draw < mask_prob
     if maskable is not None:
         chosen = chosen & maskable
+    if max_predictions is not None:  # keep the chosen positions of the smallest draws: a uniform subset
+        rank = jnp.argsort(jnp.argsort(jnp.where(chosen, draw, 2.0), axis=1), axis=1)
+        chosen = chosen & (rank < max_predictions)
     action = jax.random.uniform(kind, token_ids.shape)  # [0, .8): mask, [.8, .9): random id, [.9, 1): keep
     replacement = jnp.where(action < 0.8, mask_id,
                             jax.random.randint(random_ids, token_ids.shape, 0, vocab_size, token_ids.dtype))
     inputs = jnp.where(chosen & (action < 0.9), replacement.astype(token_ids.dtype), token_ids)
     return inputs, chosen.astype(jnp.float32)
+
+
+def prediction_positions(weights: jax.Array, count: int) -> jax.Array:
+    """int32 `[B, count]`: each row's positions of weight 1 in `weights [B, L]` (from `mask_tokens`, at most
+    `count` of them per row: its `max_predictions`), in order, then positions of weight 0. Gathered with
+    `jnp.take_along_axis`, the logits, targets and weights there give the `masked_lm_loss` of all L positions."""
+    return jnp.argsort(-weights, axis=1, stable=True)[:, :count].astype(jnp.int32)
 
 
 def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:

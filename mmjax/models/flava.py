@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.losses import (clip_loss, hard_negatives, itm_loss, mask_tokens, masked_lm_loss, masked_patch_loss,
-                          matching_pairs, patchify, random_patch_mask)
+                          matching_pairs, patchify, prediction_positions, random_patch_mask)
 from mmjax.losses.contrastive import clip_scale
 from mmjax.models import axes, layers
 from mmjax.models.fusion import EarlyFusion, MatchingHead
@@ -41,7 +41,9 @@ class FlavaConfig:
     """vision: the image encoder (`pool="cls"`). text: the text encoder (bidirectional, `causal=False`).
     multimodal: the multimodal encoder's shape. embed_dim: the contrastive embedding. mask_token_id: the text
     [MASK] id. pad_id: the id that pads captions after their end (`padded_lengths`). mask_prob: the MLM share of
-    text tokens; mim_ratio: the MIM share of patches."""
+    text tokens, at most `max_predictions` per caption (BERT's `max_predictions_per_seq`; default
+    `ceil(2 · mask_prob · context_length)`), the only positions the MLM and MMM heads run on; mim_ratio: the MIM
+    share of patches."""
 
     vision: VisionConfig
     text: TextConfig
@@ -50,6 +52,7 @@ class FlavaConfig:
     mask_token_id: int
     pad_id: int = 0
     mask_prob: float = 0.15
+    max_predictions: int | None = None
     mim_ratio: float = 0.4
     options: layers.BlockOptions = layers.BlockOptions()
     logit_scale_init: float = math.log(1 / 0.07)
@@ -63,8 +66,17 @@ class FlavaConfig:
         if not 0 <= self.mask_token_id < self.text.vocab_size:
             raise ValueError(f"FlavaConfig: mask_token_id {self.mask_token_id} is not in the vocabulary "
                              f"[0, {self.text.vocab_size})")
+        if self.max_predictions is not None and not 1 <= self.max_predictions <= self.text.context_length:
+            raise ValueError(f"FlavaConfig: max_predictions {self.max_predictions} must lie in [1, "
+                             f"{self.text.context_length}] (the context length)")
         if self.pad_id == self.mask_token_id:
             raise ValueError(f"FlavaConfig: pad_id and mask_token_id are both {self.pad_id}")
+
+    @property
+    def predictions(self) -> int:
+        """The masked positions per caption the MLM and MMM heads run on (`max_predictions` or its default)."""
+        default = math.ceil(2 * self.mask_prob * self.text.context_length)
+        return self.max_predictions or min(max(default, 1), self.text.context_length)
 
 
 def padded_lengths(token_ids: jax.Array, pad_id: int) -> jax.Array:
@@ -139,9 +151,11 @@ class Flava(nn.Module):
         - Clean pass: the contrastive loss (`clip_loss`) of the embeddings, and ITM on the B pairs plus a
           hard negative caption per image and a hard negative image per caption (`matching`).
         - Masked pass: `mask_tokens` on the caption tokens between the first and the end-of-text
-          (`text_lengths[b] − 1`), `random_patch_mask` on the patches. MLM from the text encoder, MMM from
-          the multimodal encoder's text positions, MIM from the image encoder's masked patches
-          (`masked_patch_loss` against `patchify(images)`)."""
+          (`text_lengths[b] − 1`, at most `config.predictions` of them), `random_patch_mask` on the patches. MLM
+          from the text encoder, MMM from the multimodal encoder's text positions, both with their heads on the
+          masked positions alone (`prediction_positions`: the logits are `[B, predictions, V]`, not
+          `[B, L, V]`); MIM from the image encoder's masked patches (`masked_patch_loss` against
+          `patchify(images)`)."""
         cfg = self.config
         token_ids = jnp.asarray(token_ids)
         text_lengths = padded_lengths(token_ids, cfg.pad_id) if text_lengths is None else jnp.asarray(text_lengths)
@@ -159,12 +173,22 @@ class Flava(nn.Module):
         positions = jnp.arange(token_ids.shape[1])[None, :]
         maskable = (positions >= 1) & (positions < text_lengths[:, None] - 1)
         masked_ids, weights = mask_tokens(token_ids, text_mask_key, mask_id=cfg.mask_token_id,
-                                          vocab_size=cfg.text.vocab_size, mask_prob=cfg.mask_prob, maskable=maskable)
+                                          vocab_size=cfg.text.vocab_size, mask_prob=cfg.mask_prob, maskable=maskable,
+                                          max_predictions=cfg.predictions)
         patch_mask = random_patch_mask(patch_mask_key, images.shape[0], cfg.vision.num_patches, cfg.mim_ratio)
-        outputs = self(images, masked_ids, text_lengths, patch_mask)
-        targets = patchify(images, cfg.vision.patch_size)
+        image_tokens, text_tokens = self.encode(images, masked_ids, text_lengths, patch_mask)
+        _, fused = self.fuse(image_tokens, text_tokens, text_lengths)
+        positions = prediction_positions(weights, cfg.predictions)
+
+        def at_positions(x):  # [B, L, ...] → [B, predictions, ...]
+            return jnp.take_along_axis(x, positions.reshape(*positions.shape, *[1] * (x.ndim - 2)), axis=1)
+
+        targets, weights = at_positions(token_ids), at_positions(weights)
+        text_logits = self.mlm_head(at_positions(text_tokens).astype(jnp.float32))
+        fused_logits = self.mmm_head(at_positions(fused[:, 1 + image_tokens.shape[1]:]).astype(jnp.float32))
+        pixels = self.mim_head(image_tokens[:, 1:].astype(jnp.float32))
         losses = {"contrastive": contrastive, "itm": itm,
-                  "mlm": masked_lm_loss(outputs["mlm_logits"], token_ids, weights),
-                  "mim": masked_patch_loss(outputs["mim_pixels"], targets, patch_mask),
-                  "mmm": masked_lm_loss(outputs["mmm_logits"], token_ids, weights)}
+                  "mlm": masked_lm_loss(text_logits, targets, weights),
+                  "mim": masked_patch_loss(pixels, patchify(images, cfg.vision.patch_size), patch_mask),
+                  "mmm": masked_lm_loss(fused_logits, targets, weights)}
         return {**losses, "total": sum(losses.values())}
