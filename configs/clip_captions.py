@@ -5,16 +5,8 @@ the demo's towers at 64 px. Name the converted shards (`mmjax data convert`) on 
     mmjax train --config configs/clip_captions.py:test --workdir /tmp/t "--config.data.sources=('data/mine',)"
 """
 
-from mmjax.data.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from mmjax.train.config import apply_arg, base_config
+from mmjax.train.config import captions_config
 
 
 def get_config(arg: str | None = None):
-    config = base_config(model="clip-tiny-bpe", loss="clip")
-    config.multi_positive = False  # real captions carry no attribute labels
-    config.data.name = "arrayrecord"
-    config.data.tokenizer = "clip-bpe"
-    config.data.image_mean, config.data.image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    config = apply_arg(config, arg, test_model="clip-test-bpe")
-    config.lock()
-    return config
+    return captions_config("clip-tiny-bpe", "clip", arg, test_model="clip-test-bpe")

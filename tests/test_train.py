@@ -65,18 +65,20 @@ def _reference_params(config, batches):
     return params
 
 
-def _sharded_params(config, batches, mesh):
-    model = models.TwoTower(models.get_config(config.model))
+def sharded_params(config, batches, mesh):
+    """`(params, last metrics)` after `mmjax train`'s jitted step on `batches`, split over `mesh`."""
+    model = models.create_model(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
     step = jit_train_step(make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
-                                          loss=config.loss, multi_positive=True, image_mean=(0.5,) * 3,
-                                          image_std=(0.5,) * 3), shardings, mesh)
+                                          loss=config.loss, multi_positive=config.multi_positive,
+                                          image_mean=(0.5,) * 3, image_std=(0.5,) * 3, seed=config.seed),
+                          shardings, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         for batch in batches:
-            state, _ = step(state, jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), batch))
-    return state.params
+            state, metrics = step(state, jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), batch))
+    return state.params, metrics
 
 
 @pytest.mark.parametrize("loss", ["clip", "sigmoid"])
@@ -115,7 +117,7 @@ def test_sharded_steps_equal_a_plain_single_device_step(loss):
     want = _reference_params(config, batches)
     for shape in [(8, 1, 1), (4, 2, 1)]:
         devices = jax.devices()[:math.prod(shape)]
-        got = _sharded_params(config, batches, make_mesh(*shape, devices=devices))
+        got, _ = sharded_params(config, batches, make_mesh(*shape, devices=devices))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
 
 

@@ -19,15 +19,14 @@ import mmjax.models as models
 from mmjax.data import Tokenizer
 from mmjax.data.transforms import normalize_images
 from mmjax.losses import CLIP_MAX_SCALE
-from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
+from mmjax.parallel import make_mesh
 from mmjax.pretrained import load_pretrained
 from mmjax.train.config import ConfigError, validate
 from mmjax.train.loop import check_tokenizer, train
-from mmjax.train.optim import learning_rate_schedule, make_optimizer
-from mmjax.train.state import create_train_state, state_shardings
-from mmjax.train.step import jit_train_step, make_train_step
+from mmjax.train.optim import make_optimizer
+from mmjax.train.step import make_train_step
 from test_data_train import REAL_CAPTIONS, write_pairs
-from test_train import _batches
+from test_train import _batches, sharded_params
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import flava_captions  # noqa: E402
@@ -61,26 +60,12 @@ def _reference(config, batches):
     return params
 
 
-def _sharded(config, batches, mesh):
-    model = models.build_model(models.get_config(config.model))
-    tx = make_optimizer(config.optim, config.total_steps)
-    shardings = state_shardings(model, tx, mesh)
-    state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
-    step = jit_train_step(make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
-                                          loss="flava", multi_positive=False, image_mean=MEAN_STD, image_std=MEAN_STD,
-                                          seed=config.seed), shardings, mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        for batch in batches:
-            state, metrics = step(state, jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), batch))
-    return state.params, metrics
-
-
 def test_sharded_flava_steps_equal_a_plain_single_device_loop():
     config = flava_tiny.get_config("test")
     batches = _batches(config, 3)
     want = _reference(config, batches)
     for shape in [(8, 1, 1), (2, 2, 2)]:
-        got, metrics = _sharded(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]))
+        got, metrics = sharded_params(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
     parts = [float(metrics[f"loss_{name}"]) for name in ("contrastive", "itm", "mlm", "mim", "mmm")]
     assert float(metrics["loss"]) == pytest.approx(sum(parts), rel=1e-6) and min(parts) > 0

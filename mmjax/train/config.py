@@ -13,6 +13,7 @@ import ml_collections
 
 from mmjax.data import synthetic
 from mmjax.data.mixture import usable_weights
+from mmjax.data.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmjax.data.workers import WORKER_PRIORITIES
 from mmjax.models import FlavaConfig, layers, registry
 from mmjax.train import multihost
@@ -95,6 +96,19 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None, test_model: str) ->
     if arg is not None:
         raise ConfigError(f"unknown config argument {arg!r}: use none or 'test'")
     return c
+
+
+def captions_config(model: str, loss: str, arg: str | None, test_model: str) -> ml_collections.ConfigDict:
+    """Your own image–caption shards (`data.sources`, from `mmjax data convert`): OpenAI CLIP's BPE as OpenCLIP
+    tokenizes, OpenAI's image mean and std, one-to-one pairs; `arg` as `apply_arg`. Locked."""
+    config = base_config(model, loss)
+    config.multi_positive = False  # real captions carry no attribute labels
+    config.data.name = "arrayrecord"
+    config.data.tokenizer = "clip-bpe"
+    config.data.image_mean, config.data.image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    config = apply_arg(config, arg, test_model)
+    config.lock()
+    return config
 
 
 def small_for_tests(c: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
