@@ -178,10 +178,10 @@ class Flava(nn.Module):
         patch_mask = random_patch_mask(patch_mask_key, images.shape[0], cfg.vision.num_patches, cfg.mim_ratio)
         image_tokens, text_tokens = self.encode(images, masked_ids, text_lengths, patch_mask)
         _, fused = self.fuse(image_tokens, text_tokens, text_lengths)
-        positions = prediction_positions(weights, cfg.predictions)
+        predicted = prediction_positions(weights, cfg.predictions)
 
         def at_positions(x):  # [B, L, ...] → [B, predictions, ...]
-            return jnp.take_along_axis(x, positions.reshape(*positions.shape, *[1] * (x.ndim - 2)), axis=1)
+            return jnp.take_along_axis(x, predicted.reshape(*predicted.shape, *[1] * (x.ndim - 2)), axis=1)
 
         targets, weights = at_positions(token_ids), at_positions(weights)
         text_logits = self.mlm_head(at_positions(text_tokens).astype(jnp.float32))
