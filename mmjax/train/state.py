@@ -30,7 +30,8 @@ def _init_boxed(model: TwoTower | Flava, tx: optax.GradientTransformation, rng: 
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def state_shardings(model: TwoTower | Flava, tx: optax.GradientTransformation, mesh: Mesh, rules=DEFAULT_RULES) -> TrainState:
+def state_shardings(model: TwoTower | Flava, tx: optax.GradientTransformation, mesh: Mesh,
+                    rules=DEFAULT_RULES) -> TrainState:
     """NamedShardings of every leaf of the train state, from an abstract init
     (parameters and the optimizer moments follow the parameters' logical axes)."""
     abstract = jax.eval_shape(lambda rng: _init_boxed(model, tx, rng), jax.random.key(0))
@@ -44,7 +45,8 @@ def create_train_state(model: TwoTower | Flava, tx: optax.GradientTransformation
     return init(rng)
 
 
-def abstract_train_state(shardings: TrainState, model: TwoTower | Flava, tx: optax.GradientTransformation) -> TrainState:
+def abstract_train_state(shardings: TrainState, model: TwoTower | Flava,
+                         tx: optax.GradientTransformation) -> TrainState:
     """ShapeDtypeStructs carrying the target shardings, for restoring a checkpoint."""
     abstract = jax.eval_shape(lambda rng: nn.unbox(_init_boxed(model, tx, rng)), jax.random.key(0))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

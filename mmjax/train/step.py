@@ -38,10 +38,10 @@ def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, s
     clamped to [0, log 100] after each update, as OpenCLIP does. Metrics: `loss`, `grad_norm`, `learning_rate`,
     `scale`, and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`.
     """
-    if loss == "flava" and (multi_positive or accum_steps != 1):
-        raise ValueError(f"loss='flava' takes multi_positive=False and accum_steps=1, got {multi_positive} and "
-                         f"{accum_steps}")
     if loss == "flava":
+        if multi_positive or accum_steps != 1:
+            raise ValueError(f"loss='flava' takes multi_positive=False and accum_steps=1, got {multi_positive} and "
+                             f"{accum_steps}")
         value_and_grad = _flava_value_and_grad(model, image_mean, image_std, seed)
     else:
         value_and_grad = _contrastive_value_and_grad(model, mesh, loss, multi_positive, image_mean, image_std,
