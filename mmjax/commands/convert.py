@@ -92,9 +92,14 @@ def run(argv: list[str]) -> None:
         if caveat:
             print(f"mmjax: warning: {source}'s preprocessing {caveat}", file=sys.stderr)
     if flags.FLAGS.to == "hf" and getattr(pretrained.tokenizer, "normalization", None) == "big_vision":
-        print(f"mmjax: warning: {source} tokenizes as big_vision does (punctuation kept); the SiglipTokenizer written "
-              f"to {out} removes punctuation, as transformers' own SigLIP conversion does, so texts with punctuation "
-              f"get other ids there", file=sys.stderr)
+        if pretrained.tokenizer.is_gemma:
+            print(f"mmjax: warning: {source} tokenizes as big_vision does (A-Z lower-cased, other capitals kept); the "
+                  f"Siglip2Tokenizer written to {out} lower-cases every letter, so texts with capitals outside A-Z get "
+                  f"other ids there", file=sys.stderr)
+        else:
+            print(f"mmjax: warning: {source} tokenizes as big_vision does (punctuation kept); the SiglipTokenizer "
+                  f"written to {out} removes punctuation, as transformers' own SigLIP conversion does, so texts with "
+                  f"punctuation get other ids there", file=sys.stderr)
     if flags.FLAGS.to == "open_clip":
         from mmjax.convert.open_clip import is_clip_bpe
 

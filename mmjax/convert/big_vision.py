@@ -1,4 +1,4 @@
-"""big_vision SigLIP checkpoints (`.npz`) → mmjax.
+"""big_vision SigLIP and SigLIP 2 checkpoints (`.npz`) → mmjax.
 
 big_vision saves a two-tower model (`models/proj/image_text/two_towers.py`) as one `.npz`
 whose keys are the '/'-joined parameter paths (`utils.tree_flatten_with_names`), with or
@@ -19,7 +19,8 @@ Flax layouts equal mmjax's, so the mapping only renames and drops the leading 1 
 position tables and scalars. The architecture is read from the shapes (width, depth,
 heads, MLP size, patch, image size, vocabulary, context length); activation (tanh GELU)
 and LayerNorm eps (1e-6) are big_vision's defaults. The SentencePiece model is not in the
-checkpoint: pass it (`tokenizer=`), or keep it next to the `.npz`.
+checkpoint: pass it (`tokenizer=`), or keep it next to the `.npz`. SigLIP 2's fixed-resolution
+checkpoints are SigLIP's architecture with a 256k Gemma vocabulary; the tokenizer tells them apart.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ _SCANNED = re.compile(r"^(img/Transformer|txt/Encoder_0)/encoderblock/(.*)$")
 TOKENIZER_HELP = ("big_vision checkpoints do not contain their tokenizer; pass tokenizer=PATH (--tokenizer) with the "
                   "SentencePiece model the checkpoint was trained with (English SigLIP: c4_en, "
                   "gs://t5-data/vocabs/cc_en.32000/sentencepiece.model; i18n: mc4, "
-                  "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model), or put it next to the .npz")
+                  "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model; SigLIP 2: gemma, "
+                  "gs://big_vision/gemma_tokenizer.model), or put it next to the .npz")
 
 
 def normalize_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,7 +190,8 @@ def load(path: str, *, tokenizer: str | None = None, image_size: int | None = No
     """A big_vision SigLIP `.npz` (+ its SentencePiece model) → `Pretrained`.
 
     Text: lower-cased (ASCII, as `tf.strings.lower`), SentencePiece, `</s>` appended and kept
-    when truncated, padded with `</s>` (big_vision's `tokenize(eos="sticky", pad_value=1)`).
+    when truncated, padded with `</s>` (big_vision's `tokenize(eos="sticky", pad_value=1)`); with
+    SigLIP 2's Gemma model, `<eos>` appended and kept, padded with `<pad>` (`tok(bos="no", eos="sticky")`).
     Images: resized to S×S (bilinear), scaled to [−1, 1] (`value_range(-1, 1)`).
     allow_pickle is accepted for a uniform signature; `.npz` files are read without pickles.
     """
@@ -198,8 +201,7 @@ def load(path: str, *, tokenizer: str | None = None, image_size: int | None = No
     config = infer_config(tensors, path)
     params = params_from_big_vision(tensors, config, path)
     spm_path = tokenizer if tokenizer is not None else find_tokenizer(path)
-    text_tokenizer = SentencePieceTokenizer.from_file(spm_path, context_length=config.text.context_length,
-                                                      normalization="big_vision")
+    text_tokenizer = SentencePieceTokenizer.for_siglip(spm_path, config.text.context_length, "big_vision")
     preprocess = ImagePreprocess(config.vision.image_size, (0.5,) * 3, (0.5,) * 3, mode="squash",
                                  interpolation="bilinear_tf")
     pretrained = Pretrained(config=config, params=params, tokenizer=text_tokenizer, preprocess=preprocess,

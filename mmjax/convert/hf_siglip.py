@@ -24,7 +24,8 @@ from mmjax.convert.image_processor import SIGLIP as SIGLIP_PROCESSOR
 from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
 from mmjax.convert.jsonfile import json_object, read_json, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
-from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from mmjax.data.gemma_tokenizer import GEMMA_CLASSES, siglip2_tokenizer
+from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models.layers import BlockOptions, sincos_2d
 from mmjax.models.text import TextConfig
@@ -291,18 +292,29 @@ def _token(value, default: str) -> str:
 
 def tokenizer_from_dir(directory: str, context_length: int) -> SentencePieceTokenizer | Tokenizer:
     """The tokenizer of a transformers SigLIP directory: `SiglipTokenizer` (spiece.model +
-    tokenizer_config.json), or the fixed-length tokenizer.json `export` writes for mmjax-trained models."""
+    tokenizer_config.json); SigLIP 2's Gemma tokenizer (`tokenizer_class` Gemma or Siglip2: its tokenizer.json,
+    else its tokenizer.model, with SigLIP 2's convention, `mmjax.data.gemma_tokenizer`); or the fixed-length
+    tokenizer.json `export` writes for mmjax-trained models."""
     config_path = os.path.join(directory, "tokenizer_config.json")
     config = read_json(config_path) if os.path.isfile(config_path) else {}
+    files = {name: os.path.join(directory, name) for name in ("spiece.model", "tokenizer.json", "tokenizer.model")}
+    if config.get("tokenizer_class") in GEMMA_CLASSES:
+        if os.path.isfile(files["tokenizer.json"]):
+            return siglip2_tokenizer(files["tokenizer.json"], context_length)
+        if os.path.isfile(files["tokenizer.model"]):
+            return SentencePieceTokenizer.from_file(files["tokenizer.model"], context_length=context_length,
+                                                    normalization="lowercase", eot_token=GEMMA_EOS,
+                                                    pad_token=GEMMA_PAD)
+        raise FileNotFoundError(f"{directory} has neither tokenizer.json nor tokenizer.model, the Gemma tokenizer "
+                                f"its tokenizer_config.json names")
     eos, pad = _token(config.get("eos_token"), "</s>"), _token(config.get("pad_token"), "</s>")
-    spiece = os.path.join(directory, "spiece.model")
-    if os.path.isfile(spiece):
+    if os.path.isfile(files["spiece.model"]):
         if not config.get("do_lower_case", True):
             raise ValueError(f"{config_path}: do_lower_case=false is not supported")
-        return SentencePieceTokenizer.from_file(spiece, context_length=context_length, normalization="hf",
-                                                eot_token=eos, pad_token=pad)
-    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
-        tokenizer = Tokenizer.load(os.path.join(directory, "tokenizer.json"), eot_token=eos)
+        return SentencePieceTokenizer.from_file(files["spiece.model"], context_length=context_length,
+                                                normalization="hf", eot_token=eos, pad_token=pad)
+    if os.path.isfile(files["tokenizer.json"]):
+        tokenizer = Tokenizer.load(files["tokenizer.json"], eot_token=eos)
         if tokenizer.context_length != context_length:
             raise ValueError(f"{directory}/tokenizer.json pads to {tokenizer.context_length} tokens but the model "
                              f"takes {context_length}")
@@ -330,7 +342,13 @@ def load(path: str, *, image_size: int | None = None, allow_pickle: bool = False
 def _export_tokenizer(tokenizer, out_dir: str) -> tuple[int, int]:
     """Writes the tokenizer files; returns `(pad_id, eot_id)`."""
     length = tokenizer.context_length
-    if isinstance(tokenizer, SentencePieceTokenizer):
+    if isinstance(tokenizer, SentencePieceTokenizer) and tokenizer.is_gemma:  # SigLIP 2: transformers' own class
+        tokenizer.save(os.path.join(out_dir, "tokenizer.model"))
+        write_json(os.path.join(out_dir, "tokenizer_config.json"),
+                   dict(tokenizer_class="Siglip2Tokenizer", model_max_length=length, add_bos_token=False,
+                        add_eos_token=True, padding_side="right", eos_token=GEMMA_EOS, pad_token=GEMMA_PAD,
+                        bos_token="<bos>", unk_token="<unk>", model_input_names=["input_ids"]))
+    elif isinstance(tokenizer, SentencePieceTokenizer):
         tokenizer.save(os.path.join(out_dir, "spiece.model"))
         special = dict(eos_token=tokenizer.eot_token, pad_token=tokenizer.pad_token, unk_token="<unk>")
         write_json(os.path.join(out_dir, "tokenizer_config.json"),

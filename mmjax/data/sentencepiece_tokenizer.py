@@ -1,17 +1,23 @@
-"""Text → fixed-length token ids with a SentencePiece model (SigLIP).
+"""Text → fixed-length token ids with a SentencePiece model (SigLIP, SigLIP 2).
 
 SigLIP's convention (big_vision's `tokenize(eos="sticky", pad_value=1)`, which
 transformers' `SiglipTokenizer` reproduces): no beginning-of-text token, the
 end-of-text token `</s>` appended, padded with `pad_id` to `context_length`
 (SigLIP pads with `</s>` itself) and, when too long, cut so that the last
 position still holds `</s>` — the text tower pools at the last position.
+SigLIP 2 keeps it on the Gemma vocabulary with Gemma's own padding (big_vision's
+`tok(bos="no", eos="sticky")`): `<eos>` appended and kept, padded with `<pad>`;
+`SentencePieceTokenizer.for_siglip` picks the convention from the model's end-of-text piece.
 
-Two text clean-ups, named after the checkpoints that use them:
+Three text clean-ups, named after the checkpoints that use them:
 - `"hf"` (transformers' `SiglipTokenizer.canonicalize_text`): lower-case, delete
   ASCII punctuation (`string.punctuation`), collapse runs of whitespace to one
   space, strip the ends;
 - `"big_vision"` (big_vision's `tokenize(lower=True)`, i.e. `tf.strings.lower`):
-  lower-case ASCII letters only, nothing else.
+  lower-case ASCII letters only, nothing else;
+- `"lowercase"` (transformers' `Siglip2Tokenizer`, the `tokenizers` `Lowercase`
+  normalizer): every character lower-cased on its own, Unicode's full mapping
+  without the final-sigma rule ("Σ" → "σ" everywhere).
 
 One deliberate difference from transformers: text that literally contains a special
 token (`"</s>"`, `"<unk>"`) is tokenized as text here (as big_vision does), whereas
@@ -28,7 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 import sentencepiece
 
-NORMALIZATIONS = ("hf", "big_vision")
+NORMALIZATIONS = ("hf", "big_vision", "lowercase")
+GEMMA_EOS, GEMMA_PAD = "<eos>", "<pad>"  # SigLIP 2's end of text and padding
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _WHITESPACE = re.compile(r"\s+")
@@ -46,16 +53,25 @@ def lower_ascii(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+def lower_each_character(text: str) -> str:
+    """`tokenizers.normalizers.Lowercase`: each character's lower case on its own (no final sigma)."""
+    return "".join(character.lower() for character in text)
+
+
+_NORMALIZE = {"hf": canonicalize_hf, "big_vision": lower_ascii, "lowercase": lower_each_character}
+
+
 class SentencePieceTokenizer:
     """Fixed-length ids from a SentencePiece model: `texts → int32 [N, context_length]`.
 
     model: the serialized model (`bytes`, as read from `spiece.model` /
     `sentencepiece.model`). eot_token and pad_token must be pieces of the model;
-    pad_token defaults to eot_token (SigLIP pads with `</s>`).
+    eot_token defaults to the model's own end-of-sentence piece (`</s>` in T5's
+    vocabularies, `<eos>` in Gemma's), pad_token to eot_token (SigLIP pads with `</s>`).
     """
 
     def __init__(self, model: bytes, context_length: int = 64, normalization: str = "hf",
-                 eot_token: str = "</s>", pad_token: str | None = None):
+                 eot_token: str | None = None, pad_token: str | None = None):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization {normalization!r} is not one of {NORMALIZATIONS}")
         if context_length < 1:
@@ -65,6 +81,10 @@ class SentencePieceTokenizer:
             self.backend = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
         except RuntimeError as error:  # sentencepiece reports a bad protobuf as RuntimeError
             raise ValueError(f"not a SentencePiece model ({str(error).strip()})") from None
+        if eot_token is None:
+            if self.backend.eos_id() < 0:
+                raise ValueError("the SentencePiece model has no end-of-sentence piece; name eot_token")
+            eot_token = self.backend.id_to_piece(self.backend.eos_id())
         self.eot_token = eot_token
         self.pad_token = eot_token if pad_token is None else pad_token
         self.eot_id: int = self._piece_id(self.eot_token, "end-of-text")
@@ -78,6 +98,21 @@ class SentencePieceTokenizer:
         if self.backend.id_to_piece(piece_id) != piece:
             raise ValueError(f"{role} token {piece!r} is not a piece of the SentencePiece model")
         return piece_id
+
+    @classmethod
+    def for_siglip(cls, path: str | os.PathLike, context_length: int, normalization: str) -> SentencePieceTokenizer:
+        """SigLIP's tokenizer from the model at `path`, padded as its family pads: a Gemma vocabulary (end of
+        text `<eos>`: SigLIP 2) with `<pad>`, any other (T5's `</s>`: SigLIP) with its end-of-text piece."""
+        tokenizer = cls.from_file(path, context_length=context_length, normalization=normalization)
+        if tokenizer.eot_token != GEMMA_EOS:
+            return tokenizer
+        return cls.from_file(path, context_length=context_length, normalization=normalization,
+                             eot_token=GEMMA_EOS, pad_token=GEMMA_PAD)
+
+    @property
+    def is_gemma(self) -> bool:
+        """Whether this is SigLIP 2's Gemma vocabulary (end of text `<eos>`)."""
+        return self.eot_token == GEMMA_EOS
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs) -> SentencePieceTokenizer:
@@ -94,14 +129,15 @@ class SentencePieceTokenizer:
 
     def normalize(self, text: str) -> str:
         """The text clean-up applied before SentencePiece."""
-        return canonicalize_hf(text) if self.normalization == "hf" else lower_ascii(text)
+        return _NORMALIZE[self.normalization](text)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of one text, `</s>` appended, neither padded nor truncated."""
+        """Ids of one text, the end-of-text token appended, neither padded nor truncated."""
         return self.backend.encode(self.normalize(text)) + [self.eot_id]
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """Token ids of `texts`: int32 `[N, context_length]`, `</s>` kept at the end of long texts."""
+        """Token ids of `texts`: int32 `[N, context_length]`, the end-of-text token kept at the end of long
+        texts."""
         if isinstance(texts, str):
             raise TypeError("pass a list of strings, not one string")
         length = self.context_length
