@@ -160,6 +160,10 @@ def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
     if model_type == "siglip":
         from mmjax.convert import hf_siglip
         return hf_siglip.load(path, allow_pickle=allow_pickle)
+    if model_type == "siglip2":
+        raise ValueError(f"{config_path}: SigLIP 2 NaFlex (model_type 'siglip2', native aspect ratio) is not supported; "
+                         f"the fixed-resolution SigLIP 2 checkpoints (model_type 'siglip', e.g. "
+                         f"google/siglip2-base-patch16-224) load")
     if model_type is not None:
         raise ValueError(f"{config_path}: model_type {model_type!r} is not supported (clip, siglip)")
     if os.path.isdir(os.path.join(path, "checkpoints")):

@@ -187,3 +187,11 @@ def test_a_tokenizer_json_without_gemma_special_tokens_is_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"tokenizer.json: the vocabulary has no <eos> token; not a Gemma \(SigLIP 2\) "
                                          r"tokenizer$"):
         siglip2_tokenizer(path, CONTEXT)
+
+
+def test_a_naflex_siglip2_directory_is_refused_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "siglip2"}')
+    with pytest.raises(ValueError, match=r"config.json: SigLIP 2 NaFlex \(model_type 'siglip2', native aspect ratio\) "
+                                         r"is not supported; the fixed-resolution SigLIP 2 checkpoints") as error:
+        load_pretrained(str(tmp_path))
+    assert "\n" not in str(error.value)
