@@ -5,9 +5,9 @@
     text_emb = model.encode_text(["a photo of a cat", "a photo of a dog"])
 
 Sources: `hf:ORG/NAME[@REVISION]` (downloaded with huggingface_hub), a local Hugging Face
-directory (`CLIPModel`, `SiglipModel`), an OpenCLIP directory (`open_clip_config.json`), an
-OpenCLIP model name `open_clip:ViT-B-32-quickgelu` with `weights=FILE`, a big_vision `.npz`,
-or an mmjax training workdir. The format modules live in `mmjax.convert`.
+directory (`CLIPModel`, `SiglipModel`: SigLIP and fixed-resolution SigLIP 2), an OpenCLIP directory
+(`open_clip_config.json`), an OpenCLIP model name `open_clip:ViT-B-32-quickgelu` with `weights=FILE`, a
+big_vision SigLIP or SigLIP 2 `.npz`, or an mmjax training workdir. The format modules live in `mmjax.convert`.
 """
 
 from __future__ import annotations
