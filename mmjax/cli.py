@@ -3,6 +3,7 @@
     mmjax train --config configs/clip_tiny.py --workdir runs/demo [--config.batch_size=128 …]
     mmjax eval  --model runs/demo [--output runs/demo/eval.json] [--figure runs/demo/demo.png]
     mmjax eval  --model runs/demo --benchmark cifar10 [--data_dir DIR] | --benchmark wds:DIR
+    mmjax eval  --model hf:google/siglip2-base-patch16-224 --benchmark cifar10   (any pretrained checkpoint)
     mmjax models
     mmjax embed    --model runs/demo (--images DIR | --texts FILE) --out index.safetensors
     mmjax search   --index index.safetensors (--text "a red circle" | --image q.png) -k 10 [--sheet hits.png]
@@ -52,9 +53,12 @@ def _train(_argv) -> None:
 
 
 def _define_eval_flags() -> None:
-    flags.DEFINE_string("model", None, "A training workdir.")
+    from mmjax.commands import eval_pretrained
+
+    flags.DEFINE_string("model", None, "A training workdir, or a pretrained checkpoint: hf:ORG/NAME, a Hugging Face "
+                        "or OpenCLIP directory, open_clip:MODEL (with --weights), a big_vision .npz.")
     flags.DEFINE_string("benchmark", None, "A TFDS benchmark (cifar10, imagenet2012, coco_captions, …), wds:DIR, "
-                        "or synthetic (the default): the synthetic benchmark of the run's data.")
+                        "or synthetic (a workdir's default): the synthetic benchmark of the run's data.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.", lower_bound=0)
     flags.DEFINE_integer("num_workers", 0, "grain worker processes decoding benchmark images (0: in this process).",
@@ -63,7 +67,9 @@ def _define_eval_flags() -> None:
                         "or MODEL/eval_wds_DIRNAME.json).")
     flags.DEFINE_string("figure", None, "Synthetic benchmark only: also write a PNG with the loss curve and "
                         "text→image retrievals.")
-    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with).")
+    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with, "
+                      "float32 for a pretrained checkpoint).")
+    eval_pretrained.define_flags()
     flags.mark_flags_as_required(["model"])
 
 
@@ -104,19 +110,47 @@ def _same_step_in_every_process(step: int, workdir: str) -> int:
 
 
 def _eval(_argv) -> None:
+    from mmjax.pretrained import is_pretrained_source
+
+    if is_pretrained_source(flags.FLAGS.model):
+        from mmjax.commands import eval_pretrained
+
+        with _checked_in_every_process():
+            benchmark = _check_benchmark_arguments(workdir=None)
+        eval_pretrained.evaluate(flags.FLAGS.model, benchmark, output=flags.FLAGS.output, dtype=flags.FLAGS.dtype,
+                                 batch_size=flags.FLAGS.batch_size, data_dir=flags.FLAGS.data_dir,
+                                 max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers)
+        return
     with _checked_in_every_process():
         workdir, benchmark, step = _check_eval_arguments()
     _evaluate(workdir, benchmark, _same_step_in_every_process(step, workdir))
 
 
 def _check_eval_arguments() -> tuple[str, str | None, int]:
-    """`(workdir, benchmark, checkpoint step)` of `mmjax eval`, after every check that needs no model (benchmark
-    None: the synthetic one)."""
-    from mmjax.train.workdir import check_trained, run_file
+    """`(workdir, benchmark, checkpoint step)` of `mmjax eval` on a training workdir, after every check that needs
+    no model (benchmark None: the synthetic one)."""
+    from mmjax.commands.eval_pretrained import PRETRAINED_FLAGS
+    from mmjax.train.workdir import check_trained
 
-    workdir, benchmark = flags.FLAGS.model, flags.FLAGS.benchmark
+    workdir = flags.FLAGS.model
+    given = [name for name in PRETRAINED_FLAGS if flags.FLAGS[name].present]
+    if given:
+        raise ValueError(f"--{given[0]} applies to a pretrained checkpoint (open_clip:MODEL, a big_vision .npz, "
+                         f"pickled weights), not to the training workdir {workdir}")
+    return workdir, _check_benchmark_arguments(workdir), check_trained(workdir)
+
+
+def _check_benchmark_arguments(workdir: str | None) -> str | None:
+    """The benchmark of `mmjax eval` (None: the synthetic one, which only a training `workdir` has) after the
+    checks of the flags that go with it and of the files it will write."""
+    from mmjax.train.workdir import run_file
+
+    benchmark = flags.FLAGS.benchmark
     if benchmark == "synthetic":  # the name config.eval.benchmarks uses for it
         benchmark = None
+    if benchmark is None and workdir is None:
+        raise ValueError(f"a pretrained checkpoint ({flags.FLAGS.model}) needs --benchmark (a TFDS benchmark or "
+                         f"wds:DIR); the synthetic benchmark belongs to a training run")
     if benchmark is None and flags.FLAGS.max_examples is not None:
         raise ValueError("--max_examples applies to --benchmark; the synthetic benchmark's size is the run's "
                          "config.eval.num_heldout and num_retrieval")
@@ -134,10 +168,10 @@ def _check_eval_arguments() -> tuple[str, str | None, int]:
                 raise ValueError(f"--{flag} {path} is a directory; name the {kind}")
             if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise FileNotFoundError(f"--{flag} directory {os.path.dirname(os.path.abspath(path))} does not exist")
-            own = run_file(workdir, path)
+            own = None if workdir is None else run_file(workdir, path)
             if own is not None:
                 raise ValueError(f"--{flag} {path} would overwrite the run's own {own}; name another {kind}")
-    return workdir, benchmark, check_trained(workdir)
+    return benchmark
 
 
 def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
@@ -146,7 +180,8 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
     from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
     from mmjax.eval.benchmarks import run_benchmark
 
-    encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None, step=step)
+    encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None, step=step,
+                                     batch_size=flags.FLAGS.batch_size)
     config, image_size = trained.config, trained.model.config.vision.image_size
     extra = {"step": trained.step, "processes": jax.process_count()}
     if benchmark is None:
@@ -192,16 +227,17 @@ def _models(_argv) -> None:
         print(f"{name:24s} {param_count(name):>14,d} parameters")
 
 
-def _load_encoder(source: str, dtype: str | None = None, progress: bool = False, step: int | None = None):
+def _load_encoder(source: str, dtype: str | None = None, progress: bool = False, step: int | None = None,
+                  batch_size: int | None = None):
     """``(Encoder, TrainedModel)`` for a training workdir (its checkpoint `step`, default the latest), with its
-    eval batch size and image statistics."""
+    image statistics and `batch_size` (default its eval batch size)."""
     from mmjax.inference import Encoder
     from mmjax.train.workdir import load_trained
 
     trained = load_trained(source, dtype=dtype, step=step)
     data = trained.config.data
     encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
-                      batch_size=trained.config.eval.batch_size, progress=progress)
+                      batch_size=batch_size or trained.config.eval.batch_size, progress=progress)
     return encoder, trained
 
 

@@ -188,6 +188,25 @@ def _load_workdir(workdir: str) -> Pretrained:
     return Pretrained(config, params, trained.tokenizer, preprocess, workdir, "mmjax")
 
 
+def is_pretrained_source(source: str) -> bool:
+    """Whether `source` names a checkpoint other than an mmjax training workdir: `hf:` and `open_clip:` names, a
+    `.npz` file, or a directory holding `open_clip_config.json` or a Hugging Face `config.json` (one with a
+    `model_type`). Anything else is taken for a workdir (and a missing one reported as such)."""
+    source = os.fspath(source)
+    if source.startswith(("hf:", "open_clip:")) or source.endswith(".npz"):
+        return True
+    if os.path.isfile(os.path.join(source, "open_clip_config.json")):
+        return True
+    config_path = os.path.join(source, "config.json")
+    if not os.path.isfile(config_path):
+        return False
+    try:
+        config = read_json(config_path)
+    except ValueError:  # a damaged config.json: the workdir path reports it
+        return False
+    return "model_type" in config
+
+
 SOURCES_HELP = ("hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL with weights=FILE, "
                 "a big_vision .npz file, or an mmjax workdir")
 

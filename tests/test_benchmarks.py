@@ -14,6 +14,7 @@ from fake_coco import write_fake_coco_captions
 from PIL import Image
 from test_eval_metrics import naive_balanced_accuracy, naive_topk_accuracy
 
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tar_samples import read_tar_samples
 from mmjax.data.transforms import resize_center_crop
 from mmjax.eval import benchmarks, sources
@@ -520,7 +521,7 @@ def test_each_process_reads_only_its_batches(num_workers):
              [e["label"] for e in examples[i:i + 3]]) for i in range(0, 11, 3)]  # batches 0-3, the last of 2
     for process_index in (0, 1):
         source = RecordingSource(examples)
-        got = list(sources.tfds_batches(source, benchmark, 4, 3, num_workers=num_workers,
+        got = list(sources.tfds_batches(source, benchmark, ImagePreprocess(4).resized, 3, num_workers=num_workers,
                                         process=(process_index, 2)))
         mine = want[process_index::2]
         assert len(got) == len(mine) == 2

@@ -282,7 +282,11 @@ def test_workdir_without_checkpoint_and_a_hugging_face_directory_are_one_line(tm
     _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "run")), "no checkpoint in")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
-    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "hf")),
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "hf")),  # eval takes it, with a benchmark
+                           f"a pretrained checkpoint ({tmp_path / 'hf'}) needs --benchmark")
+    (tmp_path / "texts.txt").write_text("a cat\n")
+    _assert_one_line_error(mmjax("embed", "--model", str(tmp_path / "hf"), "--texts", str(tmp_path / "texts.txt"),
+                                 "--out", str(tmp_path / "index.npz")),
                            f"{tmp_path / 'hf'} is not an mmjax training workdir (a Hugging Face or OpenCLIP directory")
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import tqdm
 
 from mmjax import interrupts
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.eval import sources
 from mmjax.eval.retrieval import retrieval_chance, retrieval_metrics
 from mmjax.eval.zeroshot import (
@@ -81,7 +82,7 @@ def benchmark_names() -> list[str]:
     return sorted(sources.TFDS_BENCHMARKS)
 
 
-def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, image_size: int,
+def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, resize: sources.Resize,
           batch_size: int, num_workers: int, process: tuple[int, int] = (0, 1)
           ) -> tuple[str, Iterator[tuple[np.ndarray, Any]], list[str] | None, list[str] | None]:
     """``(task, batches, classnames, templates)`` of a benchmark (names None for retrieval); the batches
@@ -93,7 +94,7 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, ima
         if task == sources.CLASSIFICATION:
             classnames = sources.wds_classnames(directory)
             templates = sources.wds_templates(directory)
-        batches = sources.wds_batches(directory, task, image_size, batch_size,
+        batches = sources.wds_batches(directory, task, resize, batch_size,
                                       len(classnames) if classnames else None, max_examples,
                                       num_workers, process)
         return task, batches, classnames, templates
@@ -113,7 +114,7 @@ def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, ima
         if declared is not None and declared != len(classnames):
             raise ValueError(f"{benchmark.tfds_name} has {declared} classes but the shipped "
                              f"class names for {benchmark.classnames} are {len(classnames)}")
-    batches = sources.tfds_batches(source, benchmark, image_size, batch_size, max_examples,
+    batches = sources.tfds_batches(source, benchmark, resize, batch_size, max_examples,
                                    num_workers, process)
     return benchmark.task, batches, classnames, templates
 
@@ -122,7 +123,7 @@ def check_benchmark(name_or_path: str, data_dir: str | None = None) -> str:
     """The task of a benchmark, after the checks :func:`run_benchmark` makes before it reads images:
     a known name, a prepared TFDS data set, a readable webdataset directory, class names that fit.
     Raises as :func:`run_benchmark` does."""
-    task, batches, _, _ = _open(name_or_path, data_dir, None, 1, 1, 0)
+    task, batches, _, _ = _open(name_or_path, data_dir, None, ImagePreprocess(1).resized, 1, 0)
     batches.close()
     return task
 
@@ -140,6 +141,7 @@ def run_benchmark(
     process_index: int | None = None,
     process_count: int | None = None,
     progress: bool = False,
+    preprocess: ImagePreprocess | None = None,
 ) -> tuple[str, dict[str, float]]:
     """Zero-shot evaluation of one benchmark.
 
@@ -148,6 +150,8 @@ def run_benchmark(
       encode_images: uint8 ``[b, image_size, image_size, 3]`` -> embeddings ``[b, D]``.
       encode_texts: ``n`` strings -> embeddings ``[n, D]``.
       image_size: side of the square model input (resize shorter side + centre crop).
+      preprocess: the model's own resize and crop instead (a pretrained checkpoint's, ``Pretrained.preprocess``;
+        its ``size`` must be ``image_size``); its normalisation is not applied: ``encode_images`` gets uint8.
       data_dir: TFDS data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       batch_size: images (and texts) per encoder call.
       max_examples: evaluate only the first images.
@@ -169,9 +173,12 @@ def run_benchmark(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if max_examples is not None and max_examples < 0:
         raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+    preprocess = ImagePreprocess(image_size) if preprocess is None else preprocess
+    if preprocess.size != image_size:
+        raise ValueError(f"preprocess makes {preprocess.size} px images, not image_size {image_size}")
     process = default_process(process_index, process_count)
     task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
-                                                 image_size, batch_size, num_workers, process)
+                                                 preprocess.resized, batch_size, num_workers, process)
     progress = progress and process[0] == 0  # one process's bars speak for all
     with tqdm.tqdm(batches, unit="batch", desc=name_or_path, disable=not progress) as mine:  # ends its line on errors
         if task == sources.CLASSIFICATION:

@@ -18,9 +18,9 @@ first dot, as webdataset does; ``mmjax.data.tar_samples``), and a shard cut shor
 one per line). ``DIR/classnames.txt`` and ``DIR/zeroshot_classification_templates.txt`` hold
 one entry per line.
 
-Images are decoded with PIL to RGB and prepared as OpenCLIP / clip_benchmark do
-(``Resize(S, bicubic)`` on the shorter side, then ``CenterCrop(S)``), as uint8; normalisation
-is the encoder's business.
+Images are decoded with PIL and prepared by the caller's ``resize`` (an mmjax model's: as OpenCLIP /
+clip_benchmark do, ``Resize(S, bicubic)`` on the shorter side, then ``CenterCrop(S)``; a pretrained
+checkpoint's: its own processor), as uint8; normalisation is the encoder's business.
 
 Batches come from :func:`batches` (decoding in the calling process) or, with
 ``num_workers > 0`` or several JAX processes, from :func:`tfds_batches` / :func:`wds_batches`:
@@ -36,14 +36,14 @@ workers. A bad-data ``ValueError`` raised in a worker reaches the caller as the 
 ``ValueError`` the in-process path raises.
 """
 
-from mmjax.eval.sources.batching import batches, grain_batches
+from mmjax.eval.sources.batching import Resize, batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
 from mmjax.eval.sources.tfds_source import (TFDS_BENCHMARKS, TfdsBenchmark, open_tfds,
                                             tfds_batches, tfds_classnames_count, tfds_examples)
 from mmjax.eval.sources.wds_source import (WdsSample, wds_batches, wds_classnames, wds_examples, wds_index,
                                            wds_shards, wds_task, wds_templates)
 
-__all__ = ["CLASSIFICATION", "IMAGE_EXTENSIONS", "RETRIEVAL", "TFDS_BENCHMARKS", "TfdsBenchmark", "WdsSample",
+__all__ = ["CLASSIFICATION", "IMAGE_EXTENSIONS", "RETRIEVAL", "Resize", "TFDS_BENCHMARKS", "TfdsBenchmark", "WdsSample",
            "batches", "grain_batches", "open_tfds", "tfds_batches", "tfds_classnames_count",
            "tfds_examples", "wds_batches", "wds_classnames", "wds_examples", "wds_index", "wds_shards", "wds_task",
            "wds_templates"]

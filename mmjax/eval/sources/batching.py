@@ -1,24 +1,24 @@
 """Batching benchmark examples: in this process, or in grain worker processes."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from mmjax.data.transforms import resize_center_crop
-
+# A decoded image → uint8 `[S, S, 3]` (the model's resize and crop: `mmjax.data.preprocess.ImagePreprocess.resized`)
+Resize = Callable[[Image.Image], np.ndarray]
 
 
 def batches(
-    examples: Iterator[tuple[Image.Image, Any]], image_size: int, batch_size: int
+    examples: Iterator[tuple[Image.Image, Any]], resize: Resize, batch_size: int
 ) -> Iterator[tuple[np.ndarray, Any]]:
-    """``(uint8 [b, S, S, 3], targets)``, ``b <= batch_size``; targets are int64 ``[b]``
-    labels or a list of ``b`` caption lists, following the examples."""
+    """``(uint8 [b, S, S, 3], targets)``, ``b <= batch_size``, each image through ``resize``; targets are int64
+    ``[b]`` labels or a list of ``b`` caption lists, following the examples."""
     images, targets = [], []
     for image, target in examples:
-        images.append(resize_center_crop(image, image_size))
+        images.append(resize(image))
         targets.append(target)
         if len(images) == batch_size:
             yield _finish(images, targets)

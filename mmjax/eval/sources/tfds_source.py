@@ -12,9 +12,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.data.tfds_source import UnknownSplitError, check_split, prepared_dir, resolve_data_dir
-from mmjax.data.transforms import resize_center_crop
-
-from mmjax.eval.sources.batching import batches, grain_batches
+from mmjax.eval.sources.batching import Resize, batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, RETRIEVAL
 
 
@@ -127,17 +125,17 @@ class _TfdsPrepare:
     """Feature dict -> ``(uint8 [S, S, 3], target)`` (a grain map, run in the workers)."""
 
     benchmark: TfdsBenchmark
-    image_size: int
+    resize: Resize
 
     def __call__(self, example: dict[str, Any]) -> tuple[np.ndarray, Any]:
         image, target = _tfds_example(example, self.benchmark)
-        return resize_center_crop(image, self.image_size), target
+        return self.resize(image), target
 
 
 def tfds_batches(
     source: Sequence[dict[str, Any]],
     benchmark: TfdsBenchmark,
-    image_size: int,
+    resize: Resize,
     batch_size: int,
     max_examples: int | None = None,
     num_workers: int = 0,
@@ -146,14 +144,13 @@ def tfds_batches(
     """:func:`batches` of :func:`tfds_examples`, read and prepared in grain worker processes
     (in this process when ``num_workers`` is 0); with ``process = (i, n)``, only batches ``i, i + n, …``."""
     if num_workers == 0 and process[1] == 1:
-        yield from batches(tfds_examples(source, benchmark, max_examples), image_size,
-                           batch_size)
+        yield from batches(tfds_examples(source, benchmark, max_examples), resize, batch_size)
         return
     import grain  # noqa: PLC0415
 
     dataset = grain.MapDataset.source(source)
     if max_examples is not None:
         dataset = dataset[:max_examples]
-    yield from grain_batches(dataset.map(_TfdsPrepare(benchmark, image_size)), batch_size,
+    yield from grain_batches(dataset.map(_TfdsPrepare(benchmark, resize)), batch_size,
                               num_workers, process)
 

@@ -15,9 +15,9 @@ from PIL import Image, UnidentifiedImageError
 
 from mmjax.data.tar_samples import (KeyOrder, TruncatedTarError, caption_lines, decode_text, ends_with_end_of_archive,
                                     read_tar_samples, split_key)
-from mmjax.data.transforms import resize_center_crop, to_rgb
+from mmjax.data.transforms import to_rgb
 
-from mmjax.eval.sources.batching import batches, grain_batches
+from mmjax.eval.sources.batching import Resize, batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
 from mmjax.eval.text_files import read_text_lines
 
@@ -223,7 +223,7 @@ class _WdsPrepare:
     offsets, checks and decodes as :func:`wds_examples` (a grain map, run in the workers)."""
 
     task: str
-    image_size: int
+    resize: Resize
     num_classes: int | None
     classnames_path: str
 
@@ -235,13 +235,13 @@ class _WdsPrepare:
                 sample[extension] = f.read(size)
         image, target = _wds_example(sample, entry.shard, entry.key, self.task,
                                      self.num_classes, self.classnames_path)
-        return resize_center_crop(image, self.image_size), target
+        return self.resize(image), target
 
 
 def wds_batches(
     directory: str,
     task: str,
-    image_size: int,
+    resize: Resize,
     batch_size: int,
     num_classes: int | None = None,
     max_examples: int | None = None,
@@ -254,11 +254,11 @@ def wds_batches(
     ``i, i + n, …``: the index locates every sample, and only those batches' samples are read."""
     if num_workers == 0 and process[1] == 1:
         yield from batches(wds_examples(directory, task, num_classes, max_examples),
-                           image_size, batch_size)
+                           resize, batch_size)
         return
     import grain  # noqa: PLC0415
 
-    prepare = _WdsPrepare(task, image_size, num_classes,
+    prepare = _WdsPrepare(task, resize, num_classes,
                           os.path.join(directory, "classnames.txt"))
     dataset = grain.MapDataset.source(wds_index(directory, max_examples)).map(prepare)
     yield from grain_batches(dataset, batch_size, num_workers, process)

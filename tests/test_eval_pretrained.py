@@ -1,0 +1,116 @@
+"""`mmjax eval --model SOURCE` on a pretrained checkpoint (here a SigLIP saved as a transformers directory): the
+metrics equal clip_benchmark's zero-shot classification written out over the checkpoint's own embeddings, and the
+benchmark images reach the model through the checkpoint's own resize (a squash, not the centre crop of a run)."""
+
+import io
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from test_benchmarks import naive_zero_shot_metrics, write_shard
+from test_cli import _assert_one_line_error, mmjax
+
+from mmjax.convert import hf_siglip
+from mmjax.data.preprocess import ImagePreprocess
+from mmjax.data.tokenizers import Tokenizer
+from mmjax.eval import benchmarks
+from mmjax.models import TwoTower, get_config
+from mmjax.pretrained import Pretrained, is_pretrained_source, load_pretrained
+
+CLASSNAMES = ["cat", "dog", "bird", "fish", "horse", "frog"]  # ≥ 5: acc5 is defined
+TEMPLATES = ["a photo of a {c}.", "a {c}"]
+LABELS = [0, 1, 2, 3, 4, 5, 0, 0, 1, 3, 5, 2, 1, 0]
+SIZES = [(40, 24), (24, 40), (31, 17), (16, 16), (50, 20)]  # wide and tall: a squash and a crop differ
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory):
+    config = get_config("siglip-test")
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
+    variables = nn.unbox(jax.jit(lambda key: TwoTower(config).init(key, image=images, text=np.zeros((2, 8), int)))(
+        jax.random.key(3)))
+    params = jax.tree.map(np.asarray, variables["params"])
+    words = [t.replace("{c}", c) for c in CLASSNAMES for t in TEMPLATES]
+    tokenizer = Tokenizer.from_corpus(words, context_length=config.text.context_length)
+    preprocess = ImagePreprocess(16, (0.5,) * 3, (0.5,) * 3, mode="squash", interpolation="bilinear")
+    path = str(tmp_path_factory.mktemp("siglip_hf"))
+    hf_siglip.export(Pretrained(config, params, tokenizer, preprocess), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def benchmark_dir(tmp_path_factory):
+    """clip_benchmark-layout shards of noise images of several shapes (two shards)."""
+    root = tmp_path_factory.mktemp("wds_pets")
+    (root / "test").mkdir()
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, size=(*SIZES[i % len(SIZES)][::-1], 3), dtype=np.uint8))
+              for i in range(len(LABELS))]
+    samples = []
+    for i, (image, label) in enumerate(zip(images, LABELS)):
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        samples.append((f"s{i:03d}", {"png": png.getvalue(), "cls": str(label).encode()}))
+    write_shard(root / "test" / "0000.tar", samples[:6])
+    write_shard(root / "test" / "0001.tar", samples[6:])
+    (root / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    return root, images
+
+
+def test_cli_eval_of_a_pretrained_checkpoint_equals_the_written_out_metrics(siglip_dir, benchmark_dir, tmp_path):
+    root, images = benchmark_dir
+    done = mmjax("eval", "--model", siglip_dir, "--benchmark", f"wds:{root}", "--batch_size", "4", cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    slug = siglip_dir.strip("/").replace("/", "_")
+    with open(tmp_path / f"eval_wds_{root.name}_{slug}.json") as f:
+        results = json.load(f)
+    assert (results["model"], results["pretrained"], results["task"]) == (siglip_dir, "hf_siglip",
+                                                                          "zeroshot_classification")
+    pretrained = load_pretrained(siglip_dir)
+    expected = naive_zero_shot_metrics(pretrained.encode_image(images), pretrained.encode_text, CLASSNAMES,
+                                       TEMPLATES, np.array(LABELS))
+    assert results["metrics"]["num_images"] == len(LABELS)
+    for key, value in expected.items():
+        assert results["metrics"][key] == pytest.approx(value), key
+    assert "(hf_siglip SigLIP): wds:" in done.stdout and "acc1" in done.stdout
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_the_benchmark_images_get_the_checkpoints_own_resize(siglip_dir, benchmark_dir, num_workers):
+    root, images = benchmark_dir
+    pretrained = load_pretrained(siglip_dir)
+    seen = []
+
+    def encode_images(batch):
+        seen.extend(batch)
+        return np.ones((len(batch), 4))
+
+    benchmarks.run_benchmark(f"wds:{root}", encode_images, lambda texts: np.ones((len(texts), 4)), image_size=16,
+                             preprocess=pretrained.preprocess, batch_size=4, num_workers=num_workers)
+    assert pretrained.preprocess.mode == "squash"
+    for image, got in zip(images, seen, strict=True):
+        np.testing.assert_array_equal(got, pretrained.preprocess.resized(image))
+    assert any((got != ImagePreprocess(16).resized(image)).any() for image, got in zip(images, seen))
+    with pytest.raises(ValueError, match="preprocess makes 16 px images, not image_size 32"):
+        benchmarks.run_benchmark(f"wds:{root}", encode_images, encode_images, image_size=32,
+                                 preprocess=pretrained.preprocess)
+
+
+def test_eval_arguments_for_pretrained_checkpoints_are_one_line(siglip_dir, benchmark_dir, tmp_path):
+    benchmark = f"wds:{benchmark_dir[0]}"
+    _assert_one_line_error(mmjax("eval", "--model", siglip_dir),
+                           f"a pretrained checkpoint ({siglip_dir}) needs --benchmark")
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "run"), "--weights", "w.safetensors"),
+                           "--weights applies to a pretrained checkpoint")
+    _assert_one_line_error(mmjax("eval", "--model", "open_clip:ViT-B-32", "--benchmark", f"wds:{tmp_path}"),
+                           f"no webdataset shards {tmp_path}/test/*.tar")  # the benchmark is checked first
+    _assert_one_line_error(mmjax("eval", "--model", "open_clip:ViT-B-32", "--benchmark", benchmark),
+                           "open_clip:ViT-B-32 needs a weights file (weights=FILE, --weights FILE)")
+    assert is_pretrained_source("hf:org/name") and is_pretrained_source(siglip_dir)
+    assert not is_pretrained_source(str(tmp_path)) and not is_pretrained_source(os.path.join(siglip_dir, "x.json"))
