@@ -12,7 +12,6 @@ import string
 import numpy as np
 import pytest
 import sentencepiece as spm
-from tokenizers import normalizers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -173,12 +172,11 @@ def test_hf_siglip2_export_loads_in_transformers_and_reimports_bit_identical(hf_
         np.testing.assert_array_equal(checks.flatten(again.params)[path], value, err_msg=path)
 
 
-def test_lowercase_normalization_is_the_tokenizers_lowercase(gemma_spm):
-    """Character by character: "Σ" at a word's end is "σ", not Python's final "ς"."""
-    lowercase = normalizers.Lowercase()
-    for text in _texts(gemma_spm[1]):
-        assert lower_each_character(text) == lowercase.normalize_str(text), repr(text)
-    assert lower_each_character("ΟΔΟΣ") == "οδοσ" != "ΟΔΟΣ".lower()
+def test_lowercase_normalization_lowers_each_character_on_its_own():
+    """Hand-derived: "Σ" at a word's end is "σ" (Python's `str.lower` gives the final "ς"), "İ" is "i" and a
+    combining dot above, A–Z and "Ü" are lowered, other characters kept."""
+    assert lower_each_character("ΟΔΟΣ İ Über 3-D!") == "οδοσ i\u0307 über 3-d!"
+    assert "ΟΔΟΣ".lower() == "οδος"
 
 
 def test_a_tokenizer_json_without_gemma_special_tokens_is_one_line(tmp_path):
@@ -195,3 +193,20 @@ def test_a_naflex_siglip2_directory_is_refused_in_one_line(tmp_path):
                                          r"is not supported; the fixed-resolution SigLIP 2 checkpoints") as error:
         load_pretrained(str(tmp_path))
     assert "\n" not in str(error.value)
+
+
+def test_a_siglip2_npz_with_another_tokenizer_is_refused_in_one_line(torch_model, tmp_path):
+    """A T5-style SentencePiece model beside a SigLIP 2 checkpoint (256 000-token table) loaded with `</s>`
+    padding and no error; the ids were meaningless to the model."""
+    npz = _big_vision_npz(torch_model, scanned=False)
+    npz["txt/Embed_0/embedding"] = np.zeros((256_000, WIDTH), np.float32)
+    np.savez(tmp_path / "siglip2_b16_32.npz", **npz)
+    t5 = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a photo of a cat", "a dog"] * 50), model_writer=t5,
+                                   vocab_size=14, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   num_threads=1, minloglevel=2)
+    (tmp_path / "t5.model").write_bytes(t5.getvalue())
+    with pytest.raises(ValueError, match=r"siglip2_b16_32.npz: its 256,000-token table is Gemma's \(SigLIP 2\), but "
+                                         r"the tokenizer .*t5.model is not \(no <eos> piece\): pass "
+                                         r"gs://big_vision/gemma_tokenizer.model$"):
+        load_pretrained(str(tmp_path / "siglip2_b16_32.npz"))

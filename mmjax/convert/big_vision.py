@@ -40,6 +40,7 @@ from mmjax.models.two_tower import TwoTowerConfig
 from mmjax.pretrained import Pretrained
 
 TOWERS = {"img": "img/Transformer", "txt": "txt/Encoder_0"}
+GEMMA_VOCAB_SIZE = 256_000  # SigLIP 2's text table; SigLIP's are 32 000 (c4_en) and 250 000 (mc4)
 _SCANNED = re.compile(r"^(img/Transformer|txt/Encoder_0)/encoderblock/(.*)$")
 TOKENIZER_HELP = ("big_vision checkpoints do not contain their tokenizer; pass tokenizer=PATH (--tokenizer) with the "
                   "SentencePiece model the checkpoint was trained with (English SigLIP: c4_en, "
@@ -202,6 +203,9 @@ def load(path: str, *, tokenizer: str | None = None, image_size: int | None = No
     params = params_from_big_vision(tensors, config, path)
     spm_path = tokenizer if tokenizer is not None else find_tokenizer(path)
     text_tokenizer = SentencePieceTokenizer.for_siglip(spm_path, config.text.context_length, "big_vision")
+    if config.text.vocab_size == GEMMA_VOCAB_SIZE and not text_tokenizer.is_gemma:
+        raise ValueError(f"{path}: its {GEMMA_VOCAB_SIZE:,}-token table is Gemma's (SigLIP 2), but the tokenizer "
+                         f"{spm_path} is not (no <eos> piece): pass gs://big_vision/gemma_tokenizer.model")
     preprocess = ImagePreprocess(config.vision.image_size, (0.5,) * 3, (0.5,) * 3, mode="squash",
                                  interpolation="bilinear_tf")
     pretrained = Pretrained(config=config, params=params, tokenizer=text_tokenizer, preprocess=preprocess,

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import sentencepiece
+from tokenizers import normalizers
 
 NORMALIZATIONS = ("hf", "big_vision", "lowercase")
 GEMMA_EOS, GEMMA_PAD = "<eos>", "<pad>"  # SigLIP 2's end of text and padding
@@ -53,9 +54,13 @@ def lower_ascii(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+_LOWERCASE = normalizers.Lowercase()
+
+
 def lower_each_character(text: str) -> str:
-    """`tokenizers.normalizers.Lowercase`: each character's lower case on its own (no final sigma)."""
-    return "".join(character.lower() for character in text)
+    """`tokenizers.normalizers.Lowercase` itself: each character's lower case on its own (no final sigma), with
+    the Unicode tables of the `tokenizers` build, which may be newer than this Python's."""
+    return _LOWERCASE.normalize_str(text)
 
 
 _NORMALIZE = {"hf": canonicalize_hf, "big_vision": lower_ascii, "lowercase": lower_each_character}
