@@ -53,7 +53,7 @@ def _train(_argv) -> None:
 
 
 def _define_eval_flags() -> None:
-    from mmjax.commands import eval_pretrained
+    from mmjax.commands import checkpoint_source
 
     flags.DEFINE_string("model", None, "A training workdir, or a pretrained checkpoint: hf:ORG/NAME, a Hugging Face "
                         "or OpenCLIP directory, open_clip:MODEL (with --weights), a big_vision .npz.")
@@ -69,7 +69,7 @@ def _define_eval_flags() -> None:
                         "text→image retrievals.")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with, "
                       "float32 for a pretrained checkpoint).")
-    eval_pretrained.define_flags()
+    checkpoint_source.define_flags()
     flags.mark_flags_as_required(["model"])
 
 
@@ -129,14 +129,11 @@ def _eval(_argv) -> None:
 def _check_eval_arguments() -> tuple[str, str | None, int]:
     """`(workdir, benchmark, checkpoint step)` of `mmjax eval` on a training workdir, after every check that needs
     no model (benchmark None: the synthetic one)."""
-    from mmjax.commands.eval_pretrained import PRETRAINED_FLAGS
+    from mmjax.commands.checkpoint_source import refuse_pretrained_flags
     from mmjax.train.workdir import check_trained
 
     workdir = flags.FLAGS.model
-    given = [name for name in PRETRAINED_FLAGS if flags.FLAGS[name].present]
-    if given:
-        raise ValueError(f"--{given[0]} applies to a pretrained checkpoint (open_clip:MODEL, a big_vision .npz, "
-                         f"pickled weights), not to the training workdir {workdir}")
+    refuse_pretrained_flags(workdir)
     return workdir, _check_benchmark_arguments(workdir), check_trained(workdir)
 
 
@@ -177,11 +174,12 @@ def _check_benchmark_arguments(workdir: str | None) -> str | None:
 def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
     import jax
 
+    from mmjax.commands.checkpoint_source import load_workdir
     from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
     from mmjax.eval.benchmarks import run_benchmark
 
-    encoder, trained = _load_encoder(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None, step=step,
-                                     batch_size=flags.FLAGS.batch_size)
+    encoder, trained = load_workdir(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None, step=step,
+                                    batch_size=flags.FLAGS.batch_size)
     config, image_size = trained.config, trained.model.config.vision.image_size
     extra = {"step": trained.step, "processes": jax.process_count()}
     if benchmark is None:
@@ -227,32 +225,23 @@ def _models(_argv) -> None:
         print(f"{name:24s} {param_count(name):>14,d} parameters")
 
 
-def _load_encoder(source: str, dtype: str | None = None, progress: bool = False, step: int | None = None,
-                  batch_size: int | None = None):
-    """``(Encoder, TrainedModel)`` for a training workdir (its checkpoint `step`, default the latest), with its
-    image statistics and `batch_size` (default its eval batch size)."""
-    from mmjax.inference import Encoder
-    from mmjax.train.workdir import load_trained
-
-    trained = load_trained(source, dtype=dtype, step=step)
-    data = trained.config.data
-    encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
-                      batch_size=batch_size or trained.config.eval.batch_size, progress=progress)
-    return encoder, trained
-
-
 def _define_embed_flags() -> None:
-    flags.DEFINE_string("model", None, "A training workdir.")
+    from mmjax.commands import checkpoint_source
+
+    flags.DEFINE_string("model", None, "A training workdir, or a pretrained checkpoint (as mmjax eval takes).")
     flags.DEFINE_string("images", None, "Embed the image files under this directory (recursive); ids: relative paths.")
     flags.DEFINE_string("texts", None, "Embed the non-empty lines of this UTF-8 file; ids: the texts themselves.")
     flags.DEFINE_string("out", None, "Index file to write: .safetensors or .npz.")
+    checkpoint_source.define_flags()
     flags.mark_flags_as_required(["model", "out"])
 
 
 def _embed(argv) -> None:
+    from mmjax.commands.checkpoint_source import load_model
     from mmjax.eval.images import image_ids, list_images
     from mmjax.eval.search import Index, check_ids_fit, embed_image_files, index_format, save_index
     from mmjax.eval.text_files import read_text_lines
+    from mmjax.pretrained import is_pretrained_source
     from mmjax.train.workdir import check_trained
 
     images, texts, out = flags.FLAGS.images, flags.FLAGS.texts, flags.FLAGS.out
@@ -267,31 +256,35 @@ def _embed(argv) -> None:
         paths = list_images(images) if images else None
         ids = image_ids(paths, images) if images else read_text_lines(texts)
         check_ids_fit(out, ids)  # before the model loads and embeds
-        step = check_trained(flags.FLAGS.model)
-    step = _same_step_in_every_process(step, flags.FLAGS.model)
-    encoder, trained = _load_encoder(flags.FLAGS.model, step=step)
-    model = os.path.abspath(flags.FLAGS.model)
+        step = None if is_pretrained_source(flags.FLAGS.model) else check_trained(flags.FLAGS.model)
+    if step is not None:
+        step = _same_step_in_every_process(step, flags.FLAGS.model)
+    model = load_model(flags.FLAGS.model, step=step, batch_size=flags.FLAGS.batch_size)
     if images:
-        size = trained.model.config.vision.image_size
-        embeddings, ids = embed_image_files(encoder.encode_images, paths, size, root=images)
-        index = Index(embeddings, ids, "image", model, os.path.abspath(images), str(trained.step))
+        embeddings, ids = embed_image_files(model.encoder.encode_images, paths, model.preprocess, root=images)
+        index = Index(embeddings, ids, "image", model.name, os.path.abspath(images), model.step)
     else:
-        index = Index(encoder.encode_texts(ids), ids, "text", model, model_step=str(trained.step))
+        index = Index(model.encoder.encode_texts(ids), ids, "text", model.name, model_step=model.step)
     save_index(out, index)
     print(f"{len(index)} {index.modality} embeddings ({index.dim}-d) -> {out}")
 
 
 def _define_search_flags() -> None:
-    flags.DEFINE_string("model", None, "A training workdir (default: the model that built the index).")
+    from mmjax.commands import checkpoint_source
+
+    flags.DEFINE_string("model", None, "A training workdir or a pretrained checkpoint (default: the model that built "
+                        "the index).")
     flags.DEFINE_string("index", None, "Index file written by `mmjax embed`.")
     flags.DEFINE_string("text", None, "Query text.")
     flags.DEFINE_string("image", None, "Query image file.")
     flags.DEFINE_integer("k", 10, "Number of hits.", lower_bound=1)
     flags.DEFINE_string("sheet", None, "Also write a contact-sheet PNG of the hits (image index).")
+    checkpoint_source.define_flags()
     flags.mark_flags_as_required(["index"])
 
 
 def _search(_argv) -> None:
+    from mmjax.commands.checkpoint_source import load_model, model_name
     from mmjax.eval.contact_sheet import write_search_sheet
     from mmjax.eval.images import load_images
     from mmjax.eval.search import format_hits, load_index, search
@@ -302,20 +295,20 @@ def _search(_argv) -> None:
     index = load_index(flags.FLAGS.index)
     if flags.FLAGS.sheet and index.modality != "image":
         raise ValueError("--sheet needs an image index (the hits are texts)")
-    model = flags.FLAGS.model or index.model
-    if not model:
+    source = flags.FLAGS.model or index.model
+    if not source:
         raise ValueError(f"the index {flags.FLAGS.index} records no model; give --model WORKDIR")
-    if index.model and os.path.abspath(model) != index.model:
-        print(f"mmjax: warning: the index was embedded by {index.model}, not {model}", file=sys.stderr)
-    encoder, trained = _load_encoder(model)
-    if index.model == os.path.abspath(model) and index.model_step not in ("", str(trained.step)):
+    if index.model and model_name(source) != index.model:
+        print(f"mmjax: warning: the index was embedded by {index.model}, not {source}", file=sys.stderr)
+    model = load_model(source, batch_size=flags.FLAGS.batch_size)
+    if index.model == model.name and index.model_step not in ("", model.step):
         print(f"mmjax: warning: the index was embedded by {index.model} at step {index.model_step}, which has trained "
-              f"on to step {trained.step}: the query and the index are embedded by different weights; embed the "
+              f"on to step {model.step}: the query and the index are embedded by different weights; embed the "
               f"index again", file=sys.stderr)
     if text is not None:
-        query = encoder.encode_texts([text])
+        query = model.encoder.encode_texts([text])
     else:
-        query = encoder.encode_images(load_images([image], trained.model.config.vision.image_size)[0])
+        query = model.encoder.encode_images(load_images([image], model.preprocess)[0])
     indices, scores = search(index, query, flags.FLAGS.k)
     print("\n".join(format_hits(indices[0], scores[0], index.ids)))
     if flags.FLAGS.sheet:
@@ -325,22 +318,25 @@ def _search(_argv) -> None:
 
 
 def _define_classify_flags() -> None:
-    flags.DEFINE_string("model", None, "A training workdir.")
+    from mmjax.commands import checkpoint_source
+
+    flags.DEFINE_string("model", None, "A training workdir, or a pretrained checkpoint (as mmjax eval takes).")
     flags.DEFINE_string("labels", None, 'Comma-separated labels, used verbatim as prompts: "a cat,a dog".')
+    checkpoint_source.define_flags()
     flags.mark_flags_as_required(["model", "labels"])
 
 
 def _classify(argv) -> None:
+    from mmjax.commands.checkpoint_source import load_model
     from mmjax.eval.classify import model_label_probabilities
     from mmjax.eval.search import embed_image_files
 
     labels = [label.strip() for label in flags.FLAGS.labels.split(",") if label.strip()]
     if not labels or len(argv) < 2:
         raise ValueError("usage: mmjax classify --model WORKDIR --labels \"a cat,a dog\" IMAGE...")
-    encoder, trained = _load_encoder(flags.FLAGS.model)
-    size = trained.model.config.vision.image_size
-    image_emb, ids = embed_image_files(encoder.encode_images, argv[1:], size)
-    probabilities = model_label_probabilities(trained.params, image_emb, encoder.encode_texts(labels))
+    model = load_model(flags.FLAGS.model, batch_size=flags.FLAGS.batch_size)
+    image_emb, ids = embed_image_files(model.encoder.encode_images, argv[1:], model.preprocess)
+    probabilities = model_label_probabilities(model.params, image_emb, model.encoder.encode_texts(labels))
     for image_id, row in zip(ids, probabilities):
         print(image_id)
         print("\n".join(f"  {row[j]:.4f}  {labels[j]}" for j in sorted(range(len(labels)), key=lambda j: -row[j])))

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 from test_benchmarks import naive_zero_shot_metrics, write_shard
 from test_cli import _assert_one_line_error, mmjax
+from test_data_convert import read_records
+from test_data_pipeline import record, write_data_dir
 
 from mmjax.convert import hf_siglip
 from mmjax.data.preprocess import ImagePreprocess
@@ -114,3 +116,69 @@ def test_eval_arguments_for_pretrained_checkpoints_are_one_line(siglip_dir, benc
                            "open_clip:ViT-B-32 needs a weights file (weights=FILE, --weights FILE)")
     assert is_pretrained_source("hf:org/name") and is_pretrained_source(siglip_dir)
     assert not is_pretrained_source(str(tmp_path)) and not is_pretrained_source(os.path.join(siglip_dir, "x.json"))
+
+
+def _unit(x):
+    return np.asarray(x, np.float64) / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_embed_search_and_classify_take_a_pretrained_checkpoint(siglip_dir, benchmark_dir, tmp_path):
+    """The image files get the checkpoint's squash; the hits and probabilities are written out from
+    `Pretrained.encode_image` / `encode_text` and SigLIP's `sigmoid(exp(t) · cos + b)`."""
+    _, images = benchmark_dir
+    (tmp_path / "photos").mkdir()
+    for i, image in enumerate(images[:5]):
+        image.save(tmp_path / "photos" / f"{i}.png")
+    index = str(tmp_path / "index.npz")
+    embedded = mmjax("embed", "--model", siglip_dir, "--images", str(tmp_path / "photos"), "--out", index)
+    assert embedded.returncode == 0, embedded.stderr
+    pretrained = load_pretrained(siglip_dir)
+    image_emb = pretrained.encode_image(images[:5])
+    query = "a photo of a dog."
+    cosine = _unit(image_emb) @ _unit(pretrained.encode_text([query]))[0]
+    found = mmjax("search", "--index", index, "--text", query, "-k", "5")
+    assert found.returncode == 0, found.stderr
+    assert "warning" not in found.stderr  # the index records the directory it was embedded by
+    hits = [line.split() for line in found.stdout.strip().splitlines()]
+    assert [hit[2] for hit in hits] == [f"{i}.png" for i in np.argsort(-cosine)]
+    np.testing.assert_allclose([float(hit[1]) for hit in hits], np.sort(cosine)[::-1], atol=1e-4)
+
+    labels = ["a cat", "a fish"]
+    classified = mmjax("classify", "--model", siglip_dir, "--labels", ",".join(labels),
+                       *(str(tmp_path / "photos" / f"{i}.png") for i in range(2)))
+    assert classified.returncode == 0, classified.stderr
+    cos = _unit(image_emb[:2]) @ _unit(pretrained.encode_text(labels)).T
+    expected = 1 / (1 + np.exp(-(np.exp(pretrained.logit_scale) * cos + pretrained.logit_bias)))
+    lines = classified.stdout.strip().splitlines()
+    for i in range(2):
+        block = lines[3 * i:3 * i + 3]
+        assert block[0].endswith(f"{i}.png")
+        got = {" ".join(line.split()[1:]): float(line.split()[0]) for line in block[1:]}
+        assert got == pytest.approx(dict(zip(labels, expected[i])), abs=1e-4)
+
+
+def test_data_filter_scores_with_a_pretrained_checkpoint(siglip_dir, benchmark_dir, tmp_path):
+    """DataComp's CLIP score with a pretrained model: the scores written equal the cosine of
+    `Pretrained.encode_image` (the checkpoint's squash) and `encode_text`, and the best half is kept."""
+    _, images = benchmark_dir
+    captions = [[t.replace("{c}", c)] for c, t in zip(CLASSNAMES * 3, TEMPLATES * 9)][:len(images)]
+    encoded = []
+    for image in images:
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        encoded.append(png.getvalue())
+    write_data_dir(tmp_path / "data", [[record(f"k{i}", captions[i], encoded[i]) for i in range(len(images))]])
+    out = tmp_path / "kept"
+    done = mmjax("data", "filter", str(tmp_path / "data"), "--model", siglip_dir, "--out", str(out),
+                 "--top_fraction", "0.5", "--batch_size", "4")
+    assert done.returncode == 0, done.stderr
+    pretrained = load_pretrained(siglip_dir)
+    scores = np.sum(_unit(pretrained.encode_image(images)) * _unit(pretrained.encode_text([c[0] for c in captions])),
+                    axis=1)
+    written = read_records(out)
+    assert sorted(r["key"] for r in written) == sorted(f"k{i}" for i in np.argsort(-scores)[:len(images) // 2])
+    for r in written:
+        np.testing.assert_allclose(r["meta"]["clip_score"], [scores[int(r["key"][1:])]], atol=1e-4)
+    refused = mmjax("data", "filter", str(tmp_path / "data"), "--model", siglip_dir, "--out", str(tmp_path / "o2"),
+                    "--top_fraction", "0.5", "--weights", "w.safetensors")
+    _assert_one_line_error(refused, "weights= is only for open_clip:MODEL sources")

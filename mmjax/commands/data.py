@@ -2,7 +2,7 @@
 
     mmjax data convert SOURCE --out DIR [--records_per_shard 10000] [--num_workers N]
                        [--split train] [--data_dir TFDS_DIR]        SOURCE: tars dir | .tar | .csv | .jsonl | tfds:NAME
-    mmjax data filter DIR --model WORKDIR --out DIR2 (--threshold 0.3 | --top_fraction 0.5) [--batch_size 256]
+    mmjax data filter DIR --model WORKDIR|CHECKPOINT --out DIR2 (--threshold 0.3 | --top_fraction 0.5) [--batch_size 256]
     mmjax data info DIR
 """
 
@@ -13,6 +13,7 @@ import os
 
 from absl import flags
 
+from mmjax.commands import checkpoint_source
 from mmjax.commands.subcommand_flags import refuse_unread_flags
 
 
@@ -23,10 +24,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_workers", 1, "convert: worker processes writing shards.", lower_bound=1)
     flags.DEFINE_string("split", "train", "convert tfds:NAME: the split.")
     flags.DEFINE_string("data_dir", None, "convert tfds:NAME: TFDS data directory (default $TFDS_DATA_DIR).")
-    flags.DEFINE_string("model", None, "filter: a training workdir whose model scores the pairs.")
+    flags.DEFINE_string("model", None, "filter: the model that scores the pairs: a training workdir, or a pretrained "
+                        "checkpoint (hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL with --weights, "
+                        "a big_vision .npz).")
     flags.DEFINE_float("threshold", None, "filter: keep pairs with CLIP score (cosine) ≥ this.")
     flags.DEFINE_float("top_fraction", None, "filter: keep this best fraction of the pairs.")
     flags.DEFINE_integer("batch_size", 256, "filter: records embedded per batch.", lower_bound=1)
+    checkpoint_source.define_source_flags()
 
 
 def _summary(index: dict) -> str:
@@ -54,8 +58,6 @@ def _convert(argv: list[str]) -> None:
 def _filter(argv: list[str]) -> None:
     from mmjax.data.filter import check_selection, score_directory, selection_threshold, write_filtered  # noqa: PLC0415
     from mmjax.data.shards import check_can_make, read_index, refuse_nonempty_out  # noqa: PLC0415
-    from mmjax.inference import Encoder  # noqa: PLC0415
-    from mmjax.train.workdir import load_trained  # noqa: PLC0415
 
     if len(argv) != 1 or not flags.FLAGS.out or not flags.FLAGS.model:
         raise ValueError("usage: mmjax data filter DIR --model WORKDIR --out DIR2 (--threshold T | --top_fraction F)")
@@ -65,12 +67,9 @@ def _filter(argv: list[str]) -> None:
     refuse_nonempty_out(flags.FLAGS.out, "mmjax data filter")  # before the scoring, which embeds every pair
     check_can_make(flags.FLAGS.out)
     read_index(argv[0])  # a missing or unconverted source is an error before the model loads
-    trained = load_trained(flags.FLAGS.model)
-    data = trained.config.data
-    encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
-                      batch_size=flags.FLAGS.batch_size)
-    scores = score_directory(argv[0], encoder.encode_images, encoder.encode_texts,
-                             trained.model.config.vision.image_size, flags.FLAGS.batch_size)
+    model = checkpoint_source.load_model(flags.FLAGS.model, batch_size=flags.FLAGS.batch_size)
+    scores = score_directory(argv[0], model.encoder.encode_images, model.encoder.encode_texts, model.preprocess.size,
+                             flags.FLAGS.batch_size, preprocess=model.preprocess)
     minimum = selection_threshold(scores, flags.FLAGS.threshold, flags.FLAGS.top_fraction)
     index = write_filtered(argv[0], flags.FLAGS.out, scores, minimum, flags.FLAGS.records_per_shard)
     pairs = sum(len(s) for s in scores.scores if s is not None)
@@ -94,7 +93,8 @@ def _info(argv: list[str]) -> None:
 
 SUBCOMMANDS = {"convert": _convert, "filter": _filter, "info": _info}
 FLAGS_USED = {"convert": {"out", "records_per_shard", "num_workers", "split", "data_dir"},
-              "filter": {"out", "model", "threshold", "top_fraction", "batch_size", "records_per_shard"},
+              "filter": {"out", "model", "threshold", "top_fraction", "batch_size", "records_per_shard",
+                         *checkpoint_source.PRETRAINED_FLAGS},
               "info": set()}
 _DATA_FLAGS: set[str] = set()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -39,7 +39,9 @@ class DecodeOptions:
     """`augment`: random-resized-crop with `crop_scale` (fraction of the area) and `crop_ratio` (w/h range),
     as torchvision's `RandomResizedCrop` (OpenCLIP trains with scale (0.9, 1.0)); otherwise resize + centre crop.
     `caption_sampling`: "random" (one of a sample's valid captions, uniformly) or "first".
-    `max_caption_chars`: a caption longer than this is invalid (`long_caption`)."""
+    `max_caption_chars`: a caption longer than this is invalid (`long_caption`).
+    `resize`: without augmentation, the image → uint8 `[S, S, 3]` (a pretrained checkpoint's
+    `ImagePreprocess.resized`, for `mmjax data filter`); None: resize + centre crop to `image_size`."""
 
     image_size: int
     augment: bool = True
@@ -47,6 +49,7 @@ class DecodeOptions:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     caption_sampling: str = "random"
     max_caption_chars: int = 1000
+    resize: Callable[[Image.Image], np.ndarray] | None = None
 
 
 def crop_box(width: int, height: int, uniforms: Sequence[float], scale: tuple[float, float],
@@ -100,7 +103,7 @@ def decode_image(sample: Sample, options: DecodeOptions, uniforms: Sequence[floa
             return "undecodable_image" if image_format is None else "truncated_image"
     if not options.augment:
         try:
-            return resize_center_crop(image, options.image_size)
+            return resize_center_crop(image, options.image_size) if options.resize is None else options.resize(image)
         except (OSError, ValueError, SyntaxError, EOFError):
             return "truncated_image"
     width, height = image.size

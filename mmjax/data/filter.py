@@ -2,7 +2,8 @@
 
 Every (record, caption) pair of a data directory gets the cosine similarity of the
 model's image and caption embeddings (the image resized + centre-cropped, as in
-evaluation). The kept pairs are those with score ≥ `threshold`, or the best
+evaluation, or as a pretrained checkpoint's own preprocessing does it: DataComp scores with
+OpenAI's ViT-L/14). The kept pairs are those with score ≥ `threshold`, or the best
 `top_fraction` of all pairs (score ≥ the ⌈fraction·n⌉-th highest; ties at that score
 are all kept). A record keeps its image bytes, key and metadata, only its kept
 captions, and gains `meta["clip_score"]` (one score per kept caption); records with
@@ -29,6 +30,7 @@ import tqdm
 from mmjax.data import shards
 from mmjax.data.arrayrecord_source import RecordSource
 from mmjax.data.decode import DecodeOptions, decode_image
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.records import RecordError, Sample, Skip, decode_record
 
 EncodeImages = Callable[[np.ndarray], np.ndarray]
@@ -93,10 +95,14 @@ def _score_records(source: RecordSource, indices: range, options: DecodeOptions,
 
 
 def score_directory(directory: str, encode_images: EncodeImages, encode_texts: EncodeTexts, image_size: int,
-                    batch_size: int = 256, progress: bool = True) -> Scores:
-    """Cosine score of every (record, caption) pair of `directory`, `batch_size` records at a time."""
+                    batch_size: int = 256, progress: bool = True, preprocess: ImagePreprocess | None = None) -> Scores:
+    """Cosine score of every (record, caption) pair of `directory`, `batch_size` records at a time. Images are
+    resized and centre-cropped to `image_size`, or resized and cropped as `preprocess` (a pretrained
+    checkpoint's) says."""
+    if preprocess is not None and preprocess.size != image_size:
+        raise ValueError(f"preprocess makes {preprocess.size} px images, not image_size {image_size}")
     source = RecordSource(directory)
-    options = DecodeOptions(image_size, augment=False)
+    options = DecodeOptions(image_size, augment=False, resize=None if preprocess is None else preprocess.resized)
     scores: list[np.ndarray | None] = [None] * len(source)
     skipped = Counter()
     with tqdm.tqdm(total=len(source), unit="records", disable=not progress) as bar:

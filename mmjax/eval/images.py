@@ -1,8 +1,9 @@
-"""Image files → uint8 arrays, with CLIP's preprocessing geometry.
+"""Image files → uint8 arrays, with CLIP's preprocessing geometry or a checkpoint's own.
 
 Each image is opened with PIL, converted to RGB, resized so its shorter side is
 ``size`` (bicubic) and centre-cropped to ``size × size`` — torchvision's
-``Resize(size) + CenterCrop(size)``, as OpenCLIP's eval transform. Normalisation
+``Resize(size) + CenterCrop(size)``, as OpenCLIP's eval transform — or, given a pretrained
+checkpoint's ``ImagePreprocess``, resized and cropped as it says. Normalisation
 (mean / std) is left to the model's encoder.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from mmjax.data.transforms import resize_center_crop
+from mmjax.data.preprocess import ImagePreprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -54,29 +55,32 @@ def _links_inside(path: str, top: str) -> bool:
     return os.path.islink(path) and (target == top or target.startswith(top + os.sep))
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One file → uint8 ``[size, size, 3]``; an unreadable file → ``ValueError`` naming it."""
+def load_image(path: str | os.PathLike, size: int | ImagePreprocess) -> np.ndarray:
+    """One file → uint8 ``[S, S, 3]``; an unreadable file → ``ValueError`` naming it. ``size``: the side S (the
+    shorter side resized bicubic, then the centre crop, as a training run evaluates) or a checkpoint's
+    ``ImagePreprocess`` (its ``resized``)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as image:
             image.load()
-            return resize_center_crop(image, size)
+            return (ImagePreprocess(size) if isinstance(size, int) else size).resized(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(f"cannot read image {path}: {reason}") from None
 
 
 def load_images(
-    paths: Sequence[str | os.PathLike], size: int, root: str | os.PathLike | None = None
+    paths: Sequence[str | os.PathLike], size: int | ImagePreprocess, root: str | os.PathLike | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """Files → ``(uint8 [N, size, size, 3], ids)``.
+    """Files → ``(uint8 [N, S, S, 3], ids)``, each as :func:`load_image` makes it.
 
     ``ids`` are the paths relative to ``root`` (as ``list_images`` returns them,
     with ``/`` separators) when ``root`` is given, else the paths as passed.
     """
-    images = np.zeros((len(paths), size, size, 3), np.uint8)
+    side = size if isinstance(size, int) else size.size
+    images = np.zeros((len(paths), side, side, 3), np.uint8)
     for i, path in enumerate(paths):
         images[i] = load_image(path, size)
     return images, image_ids(paths, root)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mmjax import interrupts
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.eval.images import load_images
 from mmjax.eval.retrieval import blocked_top_k
 from mmjax.eval.text_files import one_line
@@ -168,9 +169,11 @@ def search(index: Index, query_emb: np.ndarray, k: int, block_size: int = 1024) 
     return indices, scores.astype(np.float32)
 
 
-def embed_image_files(encode_images: Callable[[np.ndarray], np.ndarray], paths: Sequence[str], size: int,
-                      root: str | None = None, chunk: int = 1024) -> tuple[np.ndarray, list[str]]:
-    """Embeds image files ``chunk`` at a time (memory ``O(chunk)`` images): ``(emb [N, E], ids)``."""
+def embed_image_files(encode_images: Callable[[np.ndarray], np.ndarray], paths: Sequence[str],
+                      size: int | ImagePreprocess, root: str | None = None,
+                      chunk: int = 1024) -> tuple[np.ndarray, list[str]]:
+    """Embeds image files ``chunk`` at a time (memory ``O(chunk)`` images): ``(emb [N, E], ids)``; ``size`` as
+    :func:`~mmjax.eval.images.load_image` takes it."""
     embeddings, ids = [], []
     for start in range(0, len(paths), chunk):
         interrupts.check()
