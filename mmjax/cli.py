@@ -8,6 +8,7 @@
     mmjax embed    --model runs/demo (--images DIR | --texts FILE) --out index.safetensors
     mmjax search   --index index.safetensors (--text "a red circle" | --image q.png) -k 10 [--sheet hits.png]
     mmjax classify --model runs/demo --labels "a red circle,a blue square" IMAGE...
+    (--model of eval, embed, search, classify and data filter: a workdir or a pretrained checkpoint)
     mmjax data     convert SOURCE --out DIR | filter DIR --model WORKDIR --out DIR2 … | info DIR
     mmjax convert  SOURCE --to hf|open_clip --out DIR
     mmjax bench    train-step | data | input [flags]
@@ -297,7 +298,7 @@ def _search(_argv) -> None:
         raise ValueError("--sheet needs an image index (the hits are texts)")
     source = flags.FLAGS.model or index.model
     if not source:
-        raise ValueError(f"the index {flags.FLAGS.index} records no model; give --model WORKDIR")
+        raise ValueError(f"the index {flags.FLAGS.index} records no model; give --model WORKDIR|CHECKPOINT")
     if index.model and model_name(source) != index.model:
         print(f"mmjax: warning: the index was embedded by {index.model}, not {source}", file=sys.stderr)
     model = load_model(source, batch_size=flags.FLAGS.batch_size)
@@ -333,7 +334,7 @@ def _classify(argv) -> None:
 
     labels = [label.strip() for label in flags.FLAGS.labels.split(",") if label.strip()]
     if not labels or len(argv) < 2:
-        raise ValueError("usage: mmjax classify --model WORKDIR --labels \"a cat,a dog\" IMAGE...")
+        raise ValueError("usage: mmjax classify --model WORKDIR|CHECKPOINT --labels \"a cat,a dog\" IMAGE...")
     model = load_model(flags.FLAGS.model, batch_size=flags.FLAGS.batch_size)
     image_emb, ids = embed_image_files(model.encoder.encode_images, argv[1:], model.preprocess)
     probabilities = model_label_probabilities(model.params, image_emb, model.encoder.encode_texts(labels))

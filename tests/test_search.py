@@ -349,7 +349,7 @@ def test_an_index_without_a_model_and_eval_flags_that_do_not_apply_are_one_line(
     save_index(str(tmp_path / "texts.npz"), Index(np.eye(2, dtype=np.float32), ["a", "b"], "text"))
     done = mmjax("search", "--index", str(tmp_path / "texts.npz"), "--text", "a red circle")
     assert done.returncode == 2 and done.stderr.strip() == (
-        f"mmjax: error: the index {tmp_path / 'texts.npz'} records no model; give --model WORKDIR")
+        f"mmjax: error: the index {tmp_path / 'texts.npz'} records no model; give --model WORKDIR|CHECKPOINT")
     for args, message in [(["--num_workers", "2"], "--num_workers applies to a TFDS benchmark or wds:DIR, not to the "
                                                    "synthetic benchmark"),
                           (["--benchmark", f"wds:{tmp_path}", "--data_dir", str(tmp_path)],

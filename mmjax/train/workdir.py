@@ -48,7 +48,8 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isdir(workdir):
-        hint = " (--model takes an mmjax training workdir; other checkpoints load with mmjax.load_pretrained)" \
+        hint = (" (--model takes an mmjax training workdir or a pretrained checkpoint: hf:ORG/NAME, a Hugging Face "
+                "or OpenCLIP directory, open_clip:MODEL, a big_vision .npz)") \
             if ":" in workdir or os.path.isfile(workdir) else ""
         what = "is a file, not a directory" if os.path.isfile(workdir) else "does not exist"
         raise FileNotFoundError(f"workdir {workdir} {what}{hint}")
