@@ -287,7 +287,7 @@ def test_workdir_without_checkpoint_and_a_hugging_face_directory_are_one_line(tm
     (tmp_path / "texts.txt").write_text("a cat\n")
     _assert_one_line_error(mmjax("embed", "--model", str(tmp_path / "hf"), "--texts", str(tmp_path / "texts.txt"),
                                  "--out", str(tmp_path / "index.npz")),
-                           f"{tmp_path / 'hf'} is not an mmjax training workdir (a Hugging Face or OpenCLIP directory")
+                           f"{tmp_path / 'hf' / 'config.json'}: hidden_size is missing from the text or vision config")
 
 
 @pytest.mark.slow  # ~45 s: three processes. Kept in the default run: it is the only test of a real kill.
