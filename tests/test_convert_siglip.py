@@ -58,12 +58,17 @@ def spiece_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_model():
-    """A random SiglipModel with every parameter (biases, probe, scale, bias) perturbed."""
-    torch.manual_seed(0)
+    return random_siglip(VOCAB, CONTEXT, pad_id=1, eos_id=1, bos_id=None, seed=0)
+
+
+def random_siglip(vocab_size, context_length, *, pad_id, eos_id, bos_id, seed):
+    """A random SiglipModel (width 32, 2 layers, 32 px images of 8 px patches) with every parameter (biases,
+    probe, scale, bias) perturbed."""
+    torch.manual_seed(seed)
     config = transformers.SiglipConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=CONTEXT, pad_token_id=1, eos_token_id=1,
-                         bos_token_id=None),
+        text_config=dict(vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=context_length, pad_token_id=pad_id,
+                         eos_token_id=eos_id, bos_token_id=bos_id),
         vision_config=dict(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=IMAGE, patch_size=PATCH))
     model = transformers.SiglipModel(config).eval()

@@ -22,10 +22,11 @@ from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer, lower_eac
 from mmjax.data.tokenizers import Tokenizer  # noqa: E402
 from mmjax.pretrained import load_pretrained  # noqa: E402
 from test_cli import mmjax  # noqa: E402
-from test_convert_siglip import _assert_same_direction, _big_vision_npz, _images  # noqa: E402
+from test_convert_siglip import (IMAGE, WIDTH, _assert_same_direction, _big_vision_npz, _images,  # noqa: E402
+                                 random_siglip)
 from test_tokenizers_siglip import WORDS, _sentence  # noqa: E402
 
-VOCAB, WIDTH, CONTEXT, IMAGE, PATCH = 420, 32, 16, 32, 8
+VOCAB, CONTEXT = 420, 16
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 
 
@@ -49,18 +50,7 @@ def gemma_spm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_model():
-    torch.manual_seed(1)
-    config = transformers.SiglipConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=CONTEXT, pad_token_id=PAD, eos_token_id=EOS,
-                         bos_token_id=BOS),
-        vision_config=dict(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE, patch_size=PATCH))
-    model = transformers.SiglipModel(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.2 * torch.randn_like(param))
-    return model
+    return random_siglip(VOCAB, CONTEXT, pad_id=PAD, eos_id=EOS, bos_id=BOS, seed=1)
 
 
 @pytest.fixture(scope="module")
