@@ -266,6 +266,7 @@ def _embed(argv) -> None:
         index = Index(embeddings, ids, "image", model.name, os.path.abspath(images), model.step)
     else:
         index = Index(model.encoder.encode_texts(ids), ids, "text", model.name, model_step=model.step)
+    index.model_weights, index.model_tokenizer = model.files.get("weights", ""), model.files.get("tokenizer", "")
     save_index(out, index)
     print(f"{len(index)} {index.modality} embeddings ({index.dim}-d) -> {out}")
 
@@ -299,9 +300,17 @@ def _search(_argv) -> None:
     source = flags.FLAGS.model or index.model
     if not source:
         raise ValueError(f"the index {flags.FLAGS.index} records no model; give --model WORKDIR|CHECKPOINT")
+    recorded = {}
     if index.model and model_name(source) != index.model:
         print(f"mmjax: warning: the index was embedded by {index.model}, not {source}", file=sys.stderr)
-    model = load_model(source, batch_size=flags.FLAGS.batch_size)
+    elif index.model:  # its own model: with the files it was loaded with, unless the flags name others
+        recorded = {name: path for name, path in (("weights", index.model_weights),
+                                                  ("tokenizer", index.model_tokenizer)) if path}
+        for name, path in recorded.items():
+            given = flags.FLAGS[name].value
+            if given and os.path.abspath(given) != path:
+                print(f"mmjax: warning: the index was embedded with --{name} {path}, not {given}", file=sys.stderr)
+    model = load_model(source, batch_size=flags.FLAGS.batch_size, files=recorded)
     if index.model == model.name and index.model_step not in ("", model.step):
         print(f"mmjax: warning: the index was embedded by {index.model} at step {index.model_step}, which has trained "
               f"on to step {model.step}: the query and the index are embedded by different weights; embed the "

@@ -200,3 +200,31 @@ def test_a_siglip2_npz_with_another_tokenizer_is_refused_in_one_line(torch_model
                                          r"the tokenizer .*t5.model is not \(no <eos> piece\): pass "
                                          r"gs://big_vision/gemma_tokenizer.model$"):
         load_pretrained(str(tmp_path / "siglip2_b16_32.npz"))
+
+
+def test_an_index_records_the_tokenizer_its_checkpoint_was_loaded_with(torch_model, gemma_spm, tmp_path):
+    """`search` of an index embedded with `--tokenizer` loads it again (it said the tokenizer was missing), and
+    warns when `--tokenizer` names another file."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "other").mkdir()
+    npz = str(tmp_path / "ckpt" / "siglip2_b16_32.npz")
+    np.savez(npz, **_big_vision_npz(torch_model, scanned=False))
+    shutil.copy(gemma_spm[0], tmp_path / "gemma.model")
+    shutil.copy(gemma_spm[0], tmp_path / "other" / "gemma.model")
+    texts = ["a photo of a cat", "a dog", "A BIRD's nest", "über café"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    index = str(tmp_path / "texts.npz")
+    embedded = mmjax("embed", "--model", npz, "--tokenizer", str(tmp_path / "gemma.model"), "--texts",
+                     str(tmp_path / "texts.txt"), "--out", index)
+    assert embedded.returncode == 0, embedded.stderr
+    found = mmjax("search", "--index", index, "--text", "a cat", "-k", "4")
+    assert found.returncode == 0 and "warning" not in found.stderr, found.stderr
+    pretrained = load_pretrained(npz, tokenizer=str(tmp_path / "gemma.model"))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    cosine = unit(pretrained.encode_text(texts)) @ unit(pretrained.encode_text(["a cat"]))[0]
+    assert [line.split(maxsplit=2)[2] for line in found.stdout.strip().splitlines()] == [
+        texts[i] for i in np.argsort(-cosine)]
+    other = mmjax("search", "--index", index, "--text", "a cat", "--tokenizer", str(tmp_path / "other" / "gemma.model"))
+    assert other.returncode == 0, other.stderr
+    assert (f"mmjax: warning: the index was embedded with --tokenizer {tmp_path / 'gemma.model'}, not "
+            f"{tmp_path / 'other' / 'gemma.model'}") in other.stderr

@@ -47,12 +47,13 @@ def siglip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def benchmark_dir(tmp_path_factory):
-    """clip_benchmark-layout shards of noise images of several shapes (two shards)."""
+    """clip_benchmark-layout shards of noise images of several shapes (two shards); every fourth is transparent
+    (RGBA), which a transformers checkpoint puts on white before it resizes."""
     root = tmp_path_factory.mktemp("wds_pets")
     (root / "test").mkdir()
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 256, size=(*SIZES[i % len(SIZES)][::-1], 3), dtype=np.uint8))
-              for i in range(len(LABELS))]
+    images = [Image.fromarray(rng.integers(0, 256, size=(*SIZES[i % len(SIZES)][::-1], 3 + (i % 4 == 3)),
+                                           dtype=np.uint8)) for i in range(len(LABELS))]
     samples = []
     for i, (image, label) in enumerate(zip(images, LABELS)):
         png = io.BytesIO()
@@ -69,8 +70,7 @@ def test_cli_eval_of_a_pretrained_checkpoint_equals_the_written_out_metrics(sigl
     root, images = benchmark_dir
     done = mmjax("eval", "--model", siglip_dir, "--benchmark", f"wds:{root}", "--batch_size", "4", cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
-    slug = siglip_dir.strip("/").replace("/", "_")
-    with open(tmp_path / f"eval_wds_{root.name}_{slug}.json") as f:
+    with open(tmp_path / f"eval_wds_{root.name}_{os.path.basename(siglip_dir)}.json") as f:
         results = json.load(f)
     assert (results["model"], results["pretrained"], results["task"]) == (siglip_dir, "hf_siglip",
                                                                           "zeroshot_classification")
@@ -95,7 +95,7 @@ def test_the_benchmark_images_get_the_checkpoints_own_resize(siglip_dir, benchma
 
     benchmarks.run_benchmark(f"wds:{root}", encode_images, lambda texts: np.ones((len(texts), 4)), image_size=16,
                              preprocess=pretrained.preprocess, batch_size=4, num_workers=num_workers)
-    assert pretrained.preprocess.mode == "squash"
+    assert pretrained.preprocess.mode == "squash" and pretrained.preprocess.alpha_on_white
     for image, got in zip(images, seen, strict=True):
         np.testing.assert_array_equal(got, pretrained.preprocess.resized(image))
     assert any((got != ImagePreprocess(16).resized(image)).any() for image, got in zip(images, seen))

@@ -58,7 +58,8 @@ class LoadedModel:
     """encoder: an `mmjax.inference.Encoder`; preprocess: the resize and crop (`preprocess.resized`) its images
     get; params: the parameters (`logit_scale`, SigLIP's `logit_bias`); name: `model_name(source)`; step: a
     workdir's checkpoint step ("" for a pretrained checkpoint); format: "mmjax" for a workdir, else
-    `Pretrained.format` (`hf_clip`, `hf_siglip`, `open_clip`, `big_vision`)."""
+    `Pretrained.format` (`hf_clip`, `hf_siglip`, `open_clip`, `big_vision`); files: the absolute paths of the
+    `weights` and `tokenizer` files a pretrained checkpoint was loaded with (those given)."""
 
     encoder: object
     preprocess: ImagePreprocess
@@ -66,6 +67,7 @@ class LoadedModel:
     name: str
     step: str
     format: str
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def load_workdir(workdir: str, *, dtype: str | None = None, progress: bool = False, step: int | None = None,
@@ -83,9 +85,10 @@ def load_workdir(workdir: str, *, dtype: str | None = None, progress: bool = Fal
 
 
 def load_model(source: str, *, dtype: str | None = None, progress: bool = False, step: int | None = None,
-               batch_size: int | None = None) -> LoadedModel:
+               batch_size: int | None = None, files: dict[str, str] | None = None) -> LoadedModel:
     """`source` ready to embed: a workdir at checkpoint `step` (default the latest), or a pretrained checkpoint
-    (with the --weights, --tokenizer and --allow_pickle flags)."""
+    (with the --weights, --tokenizer and --allow_pickle flags; `files` gives `weights` / `tokenizer` paths to
+    use where those flags are not given, e.g. the ones an index recorded)."""
     from mmjax.inference import Encoder
     from mmjax.models import TwoTower
     from mmjax.pretrained import is_pretrained_source, load_pretrained
@@ -97,7 +100,10 @@ def load_model(source: str, *, dtype: str | None = None, progress: bool = False,
         preprocess = ImagePreprocess(trained.model.config.vision.image_size, tuple(data.image_mean),
                                      tuple(data.image_std))
         return LoadedModel(encoder, preprocess, trained.params, model_name(source), str(trained.step), "mmjax")
-    pretrained = load_pretrained(source, weights=flags.FLAGS.weights, tokenizer=flags.FLAGS.tokenizer,
+    files = {name: os.path.abspath(path) for name, path in
+             {**(files or {}), **{name: flags.FLAGS[name].value for name in ("weights", "tokenizer")
+                                  if flags.FLAGS[name].value}}.items() if path}
+    pretrained = load_pretrained(source, weights=files.get("weights"), tokenizer=files.get("tokenizer"),
                                  allow_pickle=flags.FLAGS.allow_pickle)
     config = pretrained.config
     if dtype is not None:
@@ -105,4 +111,4 @@ def load_model(source: str, *, dtype: str | None = None, progress: bool = False,
     preprocess = pretrained.preprocess
     encoder = Encoder(TwoTower(config), pretrained.params, pretrained.tokenizer, preprocess.mean, preprocess.std,
                       batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress)
-    return LoadedModel(encoder, preprocess, pretrained.params, model_name(source), "", pretrained.format)
+    return LoadedModel(encoder, preprocess, pretrained.params, model_name(source), "", pretrained.format, files)

@@ -60,7 +60,8 @@ def _filter(argv: list[str]) -> None:
     from mmjax.data.shards import check_can_make, read_index, refuse_nonempty_out  # noqa: PLC0415
 
     if len(argv) != 1 or not flags.FLAGS.out or not flags.FLAGS.model:
-        raise ValueError("usage: mmjax data filter DIR --model WORKDIR --out DIR2 (--threshold T | --top_fraction F)")
+        raise ValueError("usage: mmjax data filter DIR --model WORKDIR|CHECKPOINT --out DIR2 (--threshold T | "
+                         "--top_fraction F)")
     check_selection(flags.FLAGS.threshold, flags.FLAGS.top_fraction)
     if os.path.abspath(argv[0]) == os.path.abspath(flags.FLAGS.out):
         raise ValueError(f"--out {flags.FLAGS.out} must differ from the source directory")

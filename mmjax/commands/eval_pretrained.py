@@ -15,11 +15,14 @@ import re
 
 
 def default_output(source: str, benchmark: str) -> str:
-    """`eval_<benchmark>_<source>.json` in the current directory, the source's characters outside
-    `[A-Za-z0-9._-]` as `_` (`hf:google/siglip2-base-patch16-224` → `hf_google_siglip2-base-patch16-224`)."""
+    """`eval_<benchmark>_<source>.json` in the current directory: a local source by its file or directory name
+    (`.` by the current directory's), a name with its characters outside `[A-Za-z0-9._-]` as `_`
+    (`hf:google/siglip2-base-patch16-224` → `hf_google_siglip2-base-patch16-224`)."""
     from mmjax.eval.report import benchmark_label
 
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", os.fspath(source).rstrip("/")).strip("_.")
+    source = os.fspath(source)
+    name = os.path.basename(os.path.abspath(source)) if os.path.exists(source) else source
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")
     return f"eval_{benchmark_label(benchmark)}_{slug}.json"
 
 

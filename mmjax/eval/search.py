@@ -35,14 +35,16 @@ FORMAT = "mmjax-index"
 VERSION = "1"
 MODALITIES = ("image", "text")
 EXTENSIONS = (".safetensors", ".npz")
-_FIELDS = ("modality", "model", "root", "model_step")
+_FIELDS = ("modality", "model", "root", "model_step", "model_weights", "model_tokenizer")
 SAFETENSORS_HEADER_LIMIT = 100_000_000  # bytes; safetensors refuses a larger header
 
 
 @dataclasses.dataclass
 class Index:
-    """Normalised embeddings ``[N, D]`` float32 and their ids, modality, model source, image root and the model's
-    checkpoint step (as text; "" when not known, as in indexes of earlier versions)."""
+    """Normalised embeddings ``[N, D]`` float32 and their ids, modality, model source, image root, the model's
+    checkpoint step (as text; "" when not known, as in indexes of earlier versions) and the files a pretrained
+    model was loaded with (``--weights`` of an ``open_clip:MODEL``, ``--tokenizer`` of a big_vision ``.npz``;
+    absolute paths, "" when none)."""
 
     embeddings: np.ndarray
     ids: list[str]
@@ -50,6 +52,8 @@ class Index:
     model: str = ""
     root: str = ""
     model_step: str = ""
+    model_weights: str = ""
+    model_tokenizer: str = ""
 
     def __post_init__(self):
         self.embeddings = l2_normalize(self.embeddings)
@@ -147,7 +151,8 @@ def load_index(path: str | os.PathLike) -> Index:
     if metadata.get("format") != FORMAT or "ids" not in metadata:
         raise ValueError(f"{path} is not an mmjax index (written by `mmjax embed`)")
     return Index(embeddings, metadata["ids"], metadata.get("modality", ""), metadata.get("model", ""),
-                 metadata.get("root", ""), metadata.get("model_step", ""))
+                 metadata.get("root", ""), metadata.get("model_step", ""), metadata.get("model_weights", ""),
+                 metadata.get("model_tokenizer", ""))
 
 
 def search(index: Index, query_emb: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:

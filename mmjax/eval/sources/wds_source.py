@@ -15,8 +15,6 @@ from PIL import Image, UnidentifiedImageError
 
 from mmjax.data.tar_samples import (KeyOrder, TruncatedTarError, caption_lines, decode_text, ends_with_end_of_archive,
                                     read_tar_samples, split_key)
-from mmjax.data.transforms import to_rgb
-
 from mmjax.eval.sources.batching import Resize, batches, grain_batches
 from mmjax.eval.sources.tasks import CLASSIFICATION, IMAGE_EXTENSIONS, RETRIEVAL
 from mmjax.eval.text_files import read_text_lines
@@ -93,7 +91,7 @@ def _decode_image(sample: dict[str, bytes], shard: str, key: str) -> Image.Image
         # PIL names an unknown format by its stream object (`<_io.BytesIO object at 0x…>`), which says nothing here.
         reason = "not an image format PIL reads" if isinstance(error, UnidentifiedImageError) else str(error)
         raise ValueError(f"{shard}: cannot decode image {key}.{extension} ({reason})") from error
-    return to_rgb(image)
+    return image  # in its own mode: the model's resize converts it (a checkpoint may composite transparency first)
 
 
 def _wds_example(sample: dict[str, bytes], shard: str, key: str, task: str,
