@@ -64,8 +64,9 @@ def _define_eval_flags() -> None:
     flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.", lower_bound=0)
     flags.DEFINE_integer("num_workers", 0, "grain worker processes decoding benchmark images (0: in this process).",
                          lower_bound=0)
-    flags.DEFINE_string("output", None, "Results JSON (default: MODEL/eval.json, MODEL/eval_BENCHMARK.json "
-                        "or MODEL/eval_wds_DIRNAME.json).")
+    flags.DEFINE_string("output", None, "Results JSON (default for a workdir: MODEL/eval.json, "
+                        "MODEL/eval_BENCHMARK.json or MODEL/eval_wds_DIRNAME.json; for a pretrained checkpoint: "
+                        "eval_BENCHMARK_SOURCE.json here).")
     flags.DEFINE_string("figure", None, "Synthetic benchmark only: also write a PNG with the loss curve and "
                         "text→image retrievals.")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with, "
