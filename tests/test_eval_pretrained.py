@@ -182,3 +182,26 @@ def test_data_filter_scores_with_a_pretrained_checkpoint(siglip_dir, benchmark_d
     refused = mmjax("data", "filter", str(tmp_path / "data"), "--model", siglip_dir, "--out", str(tmp_path / "o2"),
                     "--top_fraction", "0.5", "--weights", "w.safetensors")
     _assert_one_line_error(refused, "weights= is only for open_clip:MODEL sources")
+
+
+def test_pretrained_eval_in_two_processes_gives_one_process_metrics(siglip_dir, benchmark_dir, tmp_path):
+    """Each process loads the checkpoint itself and embeds every other batch; the gathered metrics are one
+    process's."""
+    from test_multihost_eval import _mmjax_processes, free_port
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    args = ["eval", "--model", siglip_dir, "--benchmark", f"wds:{benchmark_dir[0]}", "--batch_size", "3"]
+    [single] = _mmjax_processes([[*args, "--output", str(tmp_path / "one.json")]], [env])
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = free_port()
+    envs = [dict(env, MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MMJAX_NUM_PROCESSES="2",
+                 MMJAX_PROCESS_ID=str(i)) for i in range(2)]
+    done = _mmjax_processes([[*args, "--output", str(tmp_path / f"two{i}.json")] for i in range(2)], envs)
+    assert [result.returncode for result in done] == [0, 0], done[0].stderr[-3000:] + done[1].stderr[-3000:]
+    want = json.loads((tmp_path / "one.json").read_text())["metrics"]
+    for i in range(2):
+        got = json.loads((tmp_path / f"two{i}.json").read_text())
+        assert got["processes"] == 2
+        assert {k: v for k, v in got["metrics"].items() if k != "images_per_s"} == {
+            k: v for k, v in want.items() if k != "images_per_s"}
