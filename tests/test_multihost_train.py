@@ -143,13 +143,62 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
     for workdir in (shared, tmp_path / "one_process"):  # the first log line has the step's bytes per device
         first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
         assert first["memory_per_device_bytes"] >= first["argument_bytes"] > 0
+    _assert_saved_params_equal(shared, config, want.params)
+
+
+def _assert_saved_params_equal(workdir, config, want) -> None:
+    """The last checkpoint of `workdir` (at `config.total_steps`) holds `want`'s parameters (1e-5)."""
     boxed = models.abstract_params(models.get_config(config.model))
     shardings = logical_shardings(boxed, make_mesh(data=1, devices=jax.devices()[:1]))
     targets = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
-    got, step = Checkpoints(str(shared), read_only=True).restore_params(targets)
+    got, step = Checkpoints(str(workdir), read_only=True).restore_params(targets)
     assert step == config.total_steps
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), jax.device_get(got),
-                 jax.device_get(want.params))
+                 jax.device_get(want))
+
+
+FLAVA_WORKER = """
+import sys
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+sys.path.insert(0, sys.argv[2])
+import flava_tiny
+from mmjax.train.loop import train
+config = flava_tiny.get_config("test")
+config.mesh = dict(data=4, fsdp=2, tensor=1)
+config.batch_size = 8
+state = train(config, sys.argv[1])
+print("trained", int(state.step))
+"""
+
+
+@pytest.mark.slow  # ~60 s: two processes, then the same run in this one
+def test_two_processes_train_flava_to_the_parameters_of_one_process(tmp_path):
+    """FLAVA's step draws its masks and hard negatives from the step's key over the global batch: split over two
+    processes (4 devices each, FSDP across them) it trains to the parameters of one 8-device process."""
+    import flava_tiny
+
+    config = flava_tiny.get_config("test")
+    shared = tmp_path / "two_processes"
+    shared.mkdir()
+    Tokenizer.for_synthetic(models.get_config(config.model).text.context_length).save(str(shared / "tokenizer.json"))
+    script = tmp_path / "worker.py"
+    script.write_text(FLAVA_WORKER)
+    port = free_port()
+    workers = []
+    for process_id in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
+        env.pop("XLA_FLAGS", None)
+        workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs")], cwd=REPO,
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for worker, (stdout, stderr) in zip(workers, _outputs(workers, timeout=300)):
+        assert worker.returncode == 0, stderr[-3000:]
+        assert stdout.strip().splitlines()[-1] == f"trained {config.total_steps}"
+    config.mesh = dict(data=4, fsdp=2, tensor=1)
+    config.batch_size = 8
+    want = train(config, str(tmp_path / "one_process"))
+    _assert_saved_params_equal(shared, config, want.params)
 
 
 @pytest.mark.slow  # ~45 s: two processes start twice. The only test of a preemption notice across processes.

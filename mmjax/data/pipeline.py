@@ -49,6 +49,17 @@ class RenderAndTokenize(grain.transforms.Map):
                 "text_labels": np.stack([record["text_labels"] for record in records])}
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessRows(grain.transforms.Map):
+    """A global batch of indices `[B]` → this process's rows `[start, stop)` of it."""
+
+    start: int
+    stop: int
+
+    def map(self, indices: np.ndarray) -> np.ndarray:
+        return indices[self.start:self.stop]
+
+
 def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer: Tokenizer,
                   num_workers: int = 0, process_index: int | None = None,
                   process_count: int | None = None,
@@ -57,9 +68,10 @@ def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer:
 
     Source (`num_examples` per epoch, default `synthetic.DEFAULT_SIZES`) → global
     shuffle (index_shuffle: O(1) memory, a new order each epoch)
-    → repeat forever → this process's shard (every `process_count`-th example, so
-    the shards of one step together are the single-process batch) → batch of
-    `global_batch_size // process_count` indices → records, drawn and tokenised (`RenderAndTokenize`) → `num_workers`
+    → repeat forever → batches of `global_batch_size` indices → this process's rows of each (`ProcessRows`: the
+    processes' local batches, stacked in process order, are the single-process batch row for row, so a step whose
+    randomness is per row, as FLAVA's masks and hard negatives, draws the same on any number of processes)
+    → records, drawn and tokenised (`RenderAndTokenize`) → `num_workers`
     worker processes (none when 0; at `worker_priority`, see `workers.start_workers`).
     `iter()` gives a checkpointable iterator (`get_state` / `set_state`,
     `grain.checkpoint.CheckpointSave`); `close()` it to stop the workers.
@@ -70,9 +82,10 @@ def train_dataset(seed: int, global_batch_size: int, image_size: int, tokenizer:
         raise ValueError(f"global batch {global_batch_size} does not split over "
                          f"{process_count} processes")
     source = synthetic.SyntheticSource("train", seed, num_examples)
+    local = global_batch_size // process_count
     dataset = (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-               [process_index::process_count]
-               .batch(global_batch_size // process_count, drop_remainder=True)
+               .batch(global_batch_size, drop_remainder=True)
+               .map(ProcessRows(process_index * local, (process_index + 1) * local))
                .map(RenderAndTokenize(source, image_size, tokenizer)))
     return _prefetch(dataset, num_workers, worker_priority)
 
