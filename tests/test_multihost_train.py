@@ -104,28 +104,35 @@ def test_single_process_without_settings_does_not_start_the_distributed_runtime(
     assert not jax.distributed.is_initialized()
 
 
-@pytest.mark.slow
-def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
-    config = clip_tiny.get_config("test")
+def _train_in_two_processes(tmp_path, worker: str, config, *args: str) -> pathlib.Path:
+    """Runs the `worker` script (argv: the shared workdir, the configs directory, `args`) as processes 0 and 1
+    of a CPU `jax.distributed` job under MMJAX_* variables; checks that both trained `config.total_steps`
+    steps and returns their shared workdir."""
     shared = tmp_path / "two_processes"
     shared.mkdir()
     # Written once up front: both processes would otherwise race to create it.
     Tokenizer.for_synthetic(models.get_config(config.model).text.context_length).save(str(shared / "tokenizer.json"))
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    write_heldout_shards(tmp_path / "heldout", seed=0, image_size=16, count=40)
+    script.write_text(worker)
     port = free_port()
     workers = []
     for process_id in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                    MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
         env.pop("XLA_FLAGS", None)
-        workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs"),
-                                         str(tmp_path / "heldout")], cwd=REPO,
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for worker, (stdout, stderr) in zip(workers, _outputs(workers, timeout=300)):
-        assert worker.returncode == 0, stderr[-3000:]
+        workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs"), *args],
+                                        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for worker_process, (stdout, stderr) in zip(workers, _outputs(workers, timeout=300)):
+        assert worker_process.returncode == 0, stderr[-3000:]
         assert stdout.strip().splitlines()[-1] == f"trained {config.total_steps}"
+    return shared
+
+
+@pytest.mark.slow
+def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
+    config = clip_tiny.get_config("test")
+    write_heldout_shards(tmp_path / "heldout", seed=0, image_size=16, count=40)
+    shared = _train_in_two_processes(tmp_path, WORKER, config, str(tmp_path / "heldout"))
 
     # the same global program on 8 devices; at the last step the two processes gather the FSDP-sharded
     # parameters, evaluate, and divide the wds benchmark's embedding between them
@@ -179,22 +186,7 @@ def test_two_processes_train_flava_to_the_parameters_of_one_process(tmp_path):
     import flava_tiny
 
     config = flava_tiny.get_config("test")
-    shared = tmp_path / "two_processes"
-    shared.mkdir()
-    Tokenizer.for_synthetic(models.get_config(config.model).text.context_length).save(str(shared / "tokenizer.json"))
-    script = tmp_path / "worker.py"
-    script.write_text(FLAVA_WORKER)
-    port = free_port()
-    workers = []
-    for process_id in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
-        env.pop("XLA_FLAGS", None)
-        workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs")], cwd=REPO,
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for worker, (stdout, stderr) in zip(workers, _outputs(workers, timeout=300)):
-        assert worker.returncode == 0, stderr[-3000:]
-        assert stdout.strip().splitlines()[-1] == f"trained {config.total_steps}"
+    shared = _train_in_two_processes(tmp_path, FLAVA_WORKER, config)
     config.mesh = dict(data=4, fsdp=2, tensor=1)
     config.batch_size = 8
     want = train(config, str(tmp_path / "one_process"))
