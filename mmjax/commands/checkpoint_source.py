@@ -1,6 +1,6 @@
-"""The model a command (`eval`, `embed`, `search`, `classify`) runs: an mmjax training workdir, or a pretrained
-checkpoint (`mmjax.load_pretrained`'s sources: hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL
-with --weights, a big_vision .npz).
+"""The model a command (`eval`, `embed`, `search`, `classify`, `data filter`) runs: an mmjax training workdir, or
+a pretrained checkpoint (`mmjax.load_pretrained`'s sources: hf:ORG/NAME, a Hugging Face or OpenCLIP directory,
+open_clip:MODEL with --weights, a big_vision .npz).
 
 A workdir runs as it trained (its checkpoint's step, its data's mean and std, the centre crop of its evaluation);
 a pretrained checkpoint as its reference library runs it (its own resize, crop, mean, std and tokenizer).
