@@ -117,11 +117,13 @@ def _eval(_argv) -> None:
     if is_pretrained_source(flags.FLAGS.model):
         from mmjax.commands import eval_pretrained
 
-        with _checked_in_every_process():
+        with _checked_in_every_process():  # a host that cannot load the checkpoint stops every host
             benchmark = _check_benchmark_arguments(workdir=None)
-        eval_pretrained.evaluate(flags.FLAGS.model, benchmark, output=flags.FLAGS.output, dtype=flags.FLAGS.dtype,
-                                 batch_size=flags.FLAGS.batch_size, data_dir=flags.FLAGS.data_dir,
-                                 max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers)
+            model = eval_pretrained.load(flags.FLAGS.model, benchmark, data_dir=flags.FLAGS.data_dir,
+                                         dtype=flags.FLAGS.dtype, batch_size=flags.FLAGS.batch_size)
+        eval_pretrained.evaluate(model, flags.FLAGS.model, benchmark, output=flags.FLAGS.output,
+                                 data_dir=flags.FLAGS.data_dir, max_examples=flags.FLAGS.max_examples,
+                                 num_workers=flags.FLAGS.num_workers)
         return
     with _checked_in_every_process():
         workdir, benchmark, step = _check_eval_arguments()

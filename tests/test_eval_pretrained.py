@@ -5,6 +5,7 @@ benchmark images reach the model through the checkpoint's own resize (a squash, 
 import io
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -186,7 +187,7 @@ def test_data_filter_scores_with_a_pretrained_checkpoint(siglip_dir, benchmark_d
 
 def test_pretrained_eval_in_two_processes_gives_one_process_metrics(siglip_dir, benchmark_dir, tmp_path):
     """Each process loads the checkpoint itself and embeds every other batch; the gathered metrics are one
-    process's."""
+    process's. A host whose copy of the checkpoint is damaged stops both in one line."""
     from test_multihost_eval import _mmjax_processes, free_port
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -205,3 +206,18 @@ def test_pretrained_eval_in_two_processes_gives_one_process_metrics(siglip_dir, 
         assert got["processes"] == 2
         assert {k: v for k, v in got["metrics"].items() if k != "images_per_s"} == {
             k: v for k, v in want.items() if k != "images_per_s"}
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(siglip_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    port = free_port()
+    envs = [dict(env, MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MMJAX_NUM_PROCESSES="2",
+                 MMJAX_PROCESS_ID=str(i)) for i in range(2)]
+    done = _mmjax_processes([[*args, "--output", str(tmp_path / "ok.json")],
+                             ["eval", "--model", str(damaged), *args[3:], "--output", str(tmp_path / "bad.json")]],
+                            envs)
+    lines = [result.stderr.strip().splitlines() for result in done]
+    assert [result.returncode for result in done] == [2, 2], lines
+    assert lines[1][-1].startswith(f"mmjax: error: {weights}"), lines[1][-3:]
+    assert lines[0][-1].startswith(f"mmjax: error: process 1: {weights}"), lines[0][-3:]

@@ -26,17 +26,24 @@ def default_output(source: str, benchmark: str) -> str:
     return f"eval_{benchmark_label(benchmark)}_{slug}.json"
 
 
-def evaluate(source: str, benchmark: str, *, output: str | None, dtype: str | None, batch_size: int | None,
-             data_dir: str | None, max_examples: int | None, num_workers: int) -> None:
-    """Loads `source`, evaluates it on `benchmark`, prints the table and writes the results JSON."""
+def load(source: str, benchmark: str, *, data_dir: str | None, dtype: str | None, batch_size: int | None):
+    """`source` as a `checkpoint_source.LoadedModel`, after checking `benchmark` (a benchmark that is not there is
+    said before a download or a load)."""
+    from mmjax.commands.checkpoint_source import load_model
+    from mmjax.eval.benchmarks import check_benchmark
+
+    check_benchmark(benchmark, data_dir)
+    return load_model(source, dtype=dtype, progress=True, batch_size=batch_size)
+
+
+def evaluate(model, source: str, benchmark: str, *, output: str | None, data_dir: str | None,
+             max_examples: int | None, num_workers: int) -> None:
+    """Evaluates `model` (`load`'s) on `benchmark`, prints the table and writes the results JSON."""
     import jax
 
-    from mmjax.commands.checkpoint_source import load_model
     from mmjax.eval import format_table, results_json, write_results
-    from mmjax.eval.benchmarks import check_benchmark, run_benchmark
+    from mmjax.eval.benchmarks import run_benchmark
 
-    check_benchmark(benchmark, data_dir)  # a benchmark that is not there: said before a download or a load
-    model = load_model(source, dtype=dtype, progress=True, batch_size=batch_size)
     encoder, preprocess = model.encoder, model.preprocess
     task, metrics = run_benchmark(benchmark, encoder.encode_images, encoder.encode_texts,
                                   image_size=preprocess.size, preprocess=preprocess, data_dir=data_dir,
