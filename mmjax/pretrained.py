@@ -183,9 +183,7 @@ def _load_workdir(workdir: str) -> Pretrained:
                          f"and SigLIP models; evaluate it with mmjax eval --model {workdir}")
     params = unscan(to_numpy(trained.params))
     config = dataclasses.replace(config, options=dataclasses.replace(config.options, scan_layers=False))
-    data = trained.config.data
-    preprocess = ImagePreprocess(config.vision.image_size, tuple(data.image_mean), tuple(data.image_std))
-    return Pretrained(config, params, trained.tokenizer, preprocess, workdir, "mmjax")
+    return Pretrained(config, params, trained.tokenizer, trained.preprocess, workdir, "mmjax")
 
 
 def is_pretrained_source(source: str) -> bool:

@@ -2,8 +2,9 @@
 a pretrained checkpoint (`mmjax.load_pretrained`'s sources: hf:ORG/NAME, a Hugging Face or OpenCLIP directory,
 open_clip:MODEL with --weights, a big_vision .npz).
 
-A workdir runs as it trained (its checkpoint's step, its data's mean and std, the centre crop of its evaluation);
-a pretrained checkpoint as its reference library runs it (its own resize, crop, mean, std and tokenizer).
+A workdir runs as it trained (its checkpoint's step, its data's mean and std, the centre crop of its evaluation; a
+run fine-tuned from a pretrained checkpoint, that checkpoint's resize and crop); a pretrained checkpoint as its
+reference library runs it (its own resize, crop, mean, std and tokenizer).
 """
 
 from __future__ import annotations
@@ -96,10 +97,8 @@ def load_model(source: str, *, dtype: str | None = None, progress: bool = False,
     if not is_pretrained_source(source):
         refuse_pretrained_flags(source)
         encoder, trained = load_workdir(source, dtype=dtype, progress=progress, step=step, batch_size=batch_size)
-        data = trained.config.data
-        preprocess = ImagePreprocess(trained.model.config.vision.image_size, tuple(data.image_mean),
-                                     tuple(data.image_std))
-        return LoadedModel(encoder, preprocess, trained.params, model_name(source), str(trained.step), "mmjax")
+        return LoadedModel(encoder, trained.preprocess, trained.params, model_name(source), str(trained.step),
+                           "mmjax")
     files = {name: os.path.abspath(path) for name, path in
              {**(files or {}), **{name: flags.FLAGS[name].value for name in ("weights", "tokenizer")
                                   if flags.FLAGS[name].value}}.items() if path}

@@ -103,6 +103,28 @@ def unscan(params: Mapping) -> dict:
     return out
 
 
+def scan(params: Mapping) -> dict:
+    """Inverse of `unscan`: numbered `encoder/layers_{i}/...` → one `encoder/layers/...` stacked along a leading
+    depth axis (the layout of `scan_layers=True`); other entries unchanged."""
+    out, numbered = {}, {}
+    for key, value in params.items():
+        index = key.removeprefix("layers_")
+        if isinstance(value, Mapping) and index.isdigit() and "ln_1" in value:
+            numbered[int(index)] = value
+        else:
+            out[key] = scan(value) if isinstance(value, Mapping) else value
+    if numbered:
+        if sorted(numbered) != list(range(len(numbered))):
+            raise ValueError(f"layers {sorted(numbered)} are not numbered 0..{len(numbered) - 1}")
+        out["layers"] = _stack([numbered[i] for i in range(len(numbered))])
+    return out
+
+
+def _stack(trees: list[Mapping]) -> dict:
+    return {key: _stack([tree[key] for tree in trees]) if isinstance(value, Mapping)
+            else np.stack([np.asarray(tree[key]) for tree in trees]) for key, value in trees[0].items()}
+
+
 def _index(tree: Mapping, i: int) -> dict:
     return {key: _index(value, i) if isinstance(value, Mapping) else np.asarray(value)[i]
             for key, value in tree.items()}

@@ -7,6 +7,7 @@ error. `validate` checks values before anything is compiled and raises
 
 from __future__ import annotations
 
+import os
 import re
 
 import ml_collections
@@ -43,6 +44,9 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.model = model
     c.model_options = ml_collections.ConfigDict(
         dict(scan_layers=False, remat_policy="none", dtype="float32", attention="xla"))
+    # The files of a pretrained `model` (fine-tuning, mmjax/train/finetune.py): the weights of open_clip:MODEL, the
+    # SentencePiece model of a big_vision .npz (default: the .model beside it), pickled .bin/.pt weights allowed.
+    c.pretrained = ml_collections.ConfigDict(dict(weights="", tokenizer="", allow_pickle=False))
     c.loss = loss
     # Caption j counts as a positive for image i when every attribute it names holds for i
     # (the synthetic data's labels); False is plain one-to-one contrastive training.
@@ -189,12 +193,9 @@ def _validate_flava(c: ml_collections.ConfigDict, model) -> None:
              f"accumulation (its matching and masked passes need the whole batch); use accum_steps=1")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Raise `ConfigError` (one line) for a value that cannot work."""
-    _require(c.model in registry.list_models(),
-             f"config.model={c.model!r} is not a registered model; known: {', '.join(registry.list_models())}")
-    model = registry.get_config(c.model)
-    _require(c.loss in LOSSES, f"config.loss={c.loss!r} must be one of {LOSSES}")
+def validate_model(c: ml_collections.ConfigDict, model) -> None:
+    """Raise `ConfigError` (one line) when `c.loss` cannot train `model` (the config of `c.model`: a registered
+    model's, or a pretrained checkpoint's once it is loaded)."""
     if isinstance(model, FlavaConfig) or c.loss == "flava":
         _validate_flava(c, model)
     _require(c.loss != "sigmoid" or model.logit_bias_init is not None,
@@ -202,6 +203,34 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.loss != "clip" or model.logit_bias_init is None,
              f"config.loss='clip' leaves {c.model!r}'s logit bias untrained, and a model with one is read as SigLIP "
              f"(sigmoid scores, SiglipModel export); use loss='sigmoid', or a CLIP model")
+
+
+def _validate_pretrained(c: ml_collections.ConfigDict) -> None:
+    """A registered `c.model`, or a pretrained checkpoint with its own tokenizer and the files it reads."""
+    from mmjax.pretrained import is_pretrained_source
+
+    registered = c.model in registry.list_models()
+    # a path is taken for a checkpoint even where there is none: a fine-tuning run resumes without it
+    _require(registered or is_pretrained_source(c.model) or os.sep in c.model or os.path.exists(c.model),
+             f"config.model={c.model!r} is neither a registered model ({', '.join(registry.list_models())}) nor a "
+             f"pretrained checkpoint to fine-tune (hf:ORG/NAME, a Hugging Face or OpenCLIP directory, "
+             f"open_clip:MODEL, a big_vision .npz)")
+    for key, given in (("weights", c.pretrained.weights), ("tokenizer", c.pretrained.tokenizer),
+                       ("allow_pickle", c.pretrained.allow_pickle)):
+        _require(not registered or not given, f"config.pretrained.{key}={given!r} is for a pretrained config.model "
+                 f"(open_clip:MODEL's weights, a big_vision .npz's tokenizer); {c.model!r} is a registered model")
+    _require(registered or not c.data.tokenizer,
+             f"config.data.tokenizer={c.data.tokenizer!r}: a model fine-tuned from {c.model} reads its own "
+             f"tokenizer's ids; leave data.tokenizer=''")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise `ConfigError` (one line) for a value that cannot work (for a pretrained `c.model`, those that need
+    the checkpoint's config are checked by `validate_model` once it is loaded)."""
+    _validate_pretrained(c)
+    _require(c.loss in LOSSES, f"config.loss={c.loss!r} must be one of {LOSSES}")
+    if c.model in registry.list_models():
+        validate_model(c, registry.get_config(c.model))
     _require(c.model_options.remat_policy in REMAT_POLICIES,
              f"config.model_options.remat_policy={c.model_options.remat_policy!r} must be one of {REMAT_POLICIES}")
     _require(c.distributed.initialize in multihost.MODES,

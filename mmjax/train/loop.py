@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import json
 import math
 import os
@@ -30,14 +31,16 @@ from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, c
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_count
-from mmjax.train.config import ConfigError, validate
+from mmjax.train.config import ConfigError, validate, validate_model
 from mmjax.train.evaluation import PeriodicEval
+from mmjax.train.finetune import Start, is_finetuning, load_start, place_params, read_start, save_start
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.preemption import Preempted, PreemptionNotice
 from mmjax.train.prefetch import prefetch_to_mesh
-from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
+from mmjax.train.state import (TrainState, abstract_train_state, create_train_state, state_shardings,
+                               train_state_from_params)
 from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_config, save_config,
                                   unknown_words_warning, workdir_lock, workdir_tokenizer)
@@ -152,33 +155,53 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     initialize_distributed(config.distributed)  # before anything touches a device
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
-    model_config = get_config(config.model, **config.model_options)
-    check_tensor_split(model_config, mesh)
     saved_config = _saved_run(workdir, config)
+    start = None
+    if is_finetuning(config):
+        config = copy.deepcopy(config)  # its image mean and std become the checkpoint's
+        start = _finetuning_start(config, workdir, resuming=saved_config is not None)
+    model_config = start.model if start else get_config(config.model, **config.model_options)
+    check_tensor_split(model_config, mesh)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir, jax.process_index() == 0):
-        return _train(config, workdir, stop_after, mesh, model_config, saved_config)
+        return _train(config, workdir, stop_after, mesh, model_config, saved_config, start)
+
+
+def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> Start:
+    """What a run from a pretrained checkpoint starts from: the checkpoint (a new run) or the workdir's record
+    of it (a resumed one). `config.data.image_mean` / `image_std` become the checkpoint's: its towers were
+    trained on images normalised with them."""
+    start = read_start(workdir, config.model_options) if resuming else load_start(config)
+    validate_model(config, start.model)
+    mean, std = tuple(start.preprocess.mean), tuple(start.preprocess.std)
+    if (tuple(config.data.image_mean), tuple(config.data.image_std)) != (mean, std) and jax.process_index() == 0:
+        print(f"mmjax: config.data.image_mean/std {tuple(config.data.image_mean)}/{tuple(config.data.image_std)} "
+              f"replaced by {config.model}'s own {mean}/{std}", file=sys.stderr)
+    config.data.image_mean, config.data.image_std = mean, std
+    return start
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, mesh,
-           model_config, saved_config: ml_collections.ConfigDict | None) -> TrainState:
+           model_config, saved_config: ml_collections.ConfigDict | None, start: Start | None) -> TrainState:
     """`train` once the workdir is this process's (`workdir_lock`)."""
     with contextlib.ExitStack() as cleanup:
-        return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config)
+        return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config, start)
 
 
 def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigDict, workdir: str,
                    stop_after: int | None, mesh, model_config,
-                   saved_config: ml_collections.ConfigDict | None) -> TrainState:
+                   saved_config: ml_collections.ConfigDict | None, start: Start | None) -> TrainState:
     """`_train`'s work; what it opens (data workers, checkpoints, metric writers) is closed by `cleanup`, also
     when it stops with an error before training."""
     notice = cleanup.enter_context(PreemptionNotice())  # from here on a SIGTERM saves the run and stops it
     resuming = saved_config is not None
-    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.tokenizer,
-                                  fresh=not resuming)
+    tokenizer = start.tokenizer if start else workdir_tokenizer(
+        workdir, model_config.text.context_length, config.data.tokenizer, fresh=not resuming)
     check_tokenizer(tokenizer, model_config, config.model)
     if jax.process_index() == 0 and not resuming:
         save_config(workdir, config)
+        if start:
+            save_start(workdir, start)
 
     model = build_model(model_config)
     evaluation = PeriodicEval(config, model, tokenizer, mesh)  # checks the benchmarks before anything compiles
@@ -195,6 +218,10 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     if resuming:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
         skips.resume_at(int(state.step))
+    elif start:
+        params = place_params(start.params, abstract_train_state(shardings, model, tx).params)
+        state = train_state_from_params(params, tx, shardings)
+        start.params = None  # the host copy, as large as the model
     else:
         state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
     step_fn = jit_train_step(
@@ -228,7 +255,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
             data_wait += time.perf_counter() - wait_start
             if step == start + 1:  # compile ahead of time to read the program's bytes per device
                 local_text = np.concatenate([shard.data for shard in batch["text"].addressable_shards])
-                warning = unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
+                warning = None if start else unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
                 if warning and jax.process_index() == 0:
                     print(warning, file=sys.stderr)
                 step_fn = step_fn.lower(state, batch).compile()

@@ -45,6 +45,13 @@ def create_train_state(model: TwoTower | Flava, tx: optax.GradientTransformation
     return init(rng)
 
 
+def train_state_from_params(params, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """The state at step 0 around given (placed) parameters, with a fresh optimizer state in its sharded layout."""
+    init = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+                   out_shardings=shardings)
+    return init(params)
+
+
 def abstract_train_state(shardings: TrainState, model: TwoTower | Flava,
                          tx: optax.GradientTransformation) -> TrainState:
     """ShapeDtypeStructs carrying the target shardings, for restoring a checkpoint."""

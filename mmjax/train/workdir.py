@@ -1,7 +1,9 @@
 """What a training run leaves in its workdir, and how to load it back.
 
     WORKDIR/config.json       the training config
-    WORKDIR/tokenizer.json    the tokenizer the run trained with
+    WORKDIR/tokenizer.json    the tokenizer the run trained with (tokenizer.model: a SentencePiece one)
+    WORKDIR/pretrained.json   a run fine-tuned from a pretrained checkpoint: its model, tokenizer and
+                              preprocessing (mmjax/train/finetune.py)
     WORKDIR/checkpoints/N/    orbax: train state, data iterator state, config
     WORKDIR/metrics.jsonl     one JSON object per logged step
     WORKDIR/eval_metrics.jsonl, skipped-process<N>.txt, .lock   evaluations during training, skipped samples,
@@ -26,6 +28,8 @@ import jax
 import ml_collections
 
 from mmjax.data.clip_bpe import ClipBpeTokenizer
+from mmjax.data.preprocess import ImagePreprocess
+from mmjax.data.tokenizer_record import SENTENCEPIECE_FILE
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.files import write_text_atomically
 from mmjax.models import Flava, TwoTower, abstract_params, build_model, get_config
@@ -33,6 +37,7 @@ from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.checkpoint import Checkpoints, latest_saved_step
 from mmjax.train.config import ConfigError
+from mmjax.train.finetune import PRETRAINED_FILE, is_finetuning, read_start
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -116,13 +121,16 @@ def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str) -> str | None:
 
 @dataclasses.dataclass
 class TrainedModel:
-    """A model restored from a workdir: module, parameters, tokenizer, training config."""
+    """A model restored from a workdir: module, parameters, tokenizer, training config, and the preprocessing
+    its images get when it is evaluated (a run fine-tuned from a pretrained checkpoint: the checkpoint's own
+    resize and crop; any other: the centre crop of its evaluations)."""
 
     model: TwoTower | Flava
     params: dict
     tokenizer: Tokenizer
     config: ml_collections.ConfigDict
     step: int
+    preprocess: ImagePreprocess
 
 
 def check_trained(workdir: str) -> int:
@@ -156,17 +164,24 @@ def load_trained(workdir: str, dtype: str | None = None, step: int | None = None
             jax.default_backend() != "gpu" or config.model_options.dtype == "float32"):
         config.model_options.attention = "xla"  # the same attention, where cuDNN's cannot run
     checkpoints = Checkpoints(workdir, read_only=True)
-    model_config = get_config(config.model, **config.model_options)
+    if is_finetuning(config):
+        start = read_start(workdir, config.model_options)
+        model_config, tokenizer, preprocess = start.model, start.tokenizer, start.preprocess
+    else:
+        model_config = get_config(config.model, **config.model_options)
+        tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
+        preprocess = ImagePreprocess(model_config.vision.image_size, tuple(config.data.image_mean),
+                                     tuple(config.data.image_std))
     boxed = abstract_params(model_config)
     shardings = logical_shardings(boxed, make_mesh(data=-1, devices=jax.local_devices()))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
     params, step = checkpoints.restore_params(abstract, step)
-    tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
-    return TrainedModel(build_model(model_config), params, tokenizer, config, step)
+    return TrainedModel(build_model(model_config), params, tokenizer, config, step, preprocess)
 
 
 LOCK_FILE = ".lock"
-RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, "metrics.jsonl", "eval_metrics.jsonl", LOCK_FILE)
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, SENTENCEPIECE_FILE, PRETRAINED_FILE, "metrics.jsonl", "eval_metrics.jsonl",
+             LOCK_FILE)
 RUN_DIRECTORIES = ("checkpoints", "tensorboard")
 
 

@@ -1,0 +1,67 @@
+"""Any mmjax tokenizer written to a directory and read back as the same tokenizer.
+
+A run fine-tuned from a pretrained checkpoint keeps that checkpoint's tokenizer in its workdir, whatever its
+kind, so that evaluating, converting or resuming the run needs neither the checkpoint nor the network:
+
+    description = save_tokenizer(tokenizer, workdir)   # writes tokenizer.json or tokenizer.model
+    tokenizer = load_tokenizer(workdir, description)     # the description is JSON (kept in pretrained.json)
+
+Kinds: a `tokenizers`-backed `Tokenizer` (a word-level vocabulary, a Gemma tokenizer.json), CLIP's BPE in either
+flavour (OpenCLIP's text clean-up runs in Python: its name is recorded and the tokenizer rebuilt with it), and a
+SentencePiece model with its normalization and end-of-text and padding pieces.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tokenizers
+
+from mmjax.data.clip_bpe import ClipBpeTokenizer
+from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
+from mmjax.files import write_atomically
+
+JSON_FILE, SENTENCEPIECE_FILE = "tokenizer.json", "tokenizer.model"
+KINDS = ("tokenizers", "clip_bpe", "sentencepiece")
+
+
+def save_tokenizer(tokenizer: Tokenizer | SentencePieceTokenizer, directory: str) -> dict:
+    """Writes `tokenizer`'s file into `directory` (through a temporary file and a rename); returns the JSON
+    description `load_tokenizer` rebuilds it from."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        write_atomically(os.path.join(directory, SENTENCEPIECE_FILE), tokenizer.save)
+        return dict(kind="sentencepiece", file=SENTENCEPIECE_FILE, context_length=tokenizer.context_length,
+                    normalization=tokenizer.normalization, eot_token=tokenizer.eot_token,
+                    pad_token=tokenizer.pad_token)
+    if not isinstance(tokenizer, Tokenizer):
+        raise TypeError(f"cannot record a {type(tokenizer).__name__} tokenizer")
+    # the backend itself: ClipBpeTokenizer.save refuses the OpenCLIP flavour, whose clean-up is recorded here
+    write_atomically(os.path.join(directory, JSON_FILE), tokenizer.backend.save)
+    description = dict(kind="tokenizers", file=JSON_FILE, eot_token=tokenizer.backend.id_to_token(tokenizer.eot_id))
+    if isinstance(tokenizer, ClipBpeTokenizer):
+        description.update(kind="clip_bpe", context_length=tokenizer.context_length, pad_id=tokenizer.pad_id,
+                           open_clip_clean=tokenizer.open_clip_clean)
+    return description
+
+
+def load_tokenizer(directory: str, description: dict) -> Tokenizer | SentencePieceTokenizer:
+    """The tokenizer `save_tokenizer` wrote into `directory` and described; a one-line ValueError naming the
+    file when it is missing or damaged."""
+    kind = description.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"tokenizer kind {kind!r} in {directory} is not one of {KINDS}")
+    path = os.path.join(directory, description["file"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: the run's tokenizer was saved there")
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer.from_file(path, context_length=description["context_length"],
+                                                normalization=description["normalization"],
+                                                eot_token=description["eot_token"], pad_token=description["pad_token"])
+    if kind == "tokenizers":
+        return Tokenizer.load(path, eot_token=description["eot_token"])
+    with reading_tokenizer_file(path):
+        backend = tokenizers.Tokenizer.from_file(path)
+    return ClipBpeTokenizer(backend, description["context_length"], description["pad_id"], description["eot_token"],
+                            open_clip_clean=description["open_clip_clean"])
+
