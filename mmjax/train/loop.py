@@ -156,15 +156,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
     saved_config = _saved_run(workdir, config)
-    start = None
+    finetuning = None
     if is_finetuning(config):
         config = copy.deepcopy(config)  # its image mean and std become the checkpoint's
-        start = _finetuning_start(config, workdir, resuming=saved_config is not None)
-    model_config = start.model if start else get_config(config.model, **config.model_options)
+        finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None)
+    model_config = finetuning.model if finetuning else get_config(config.model, **config.model_options)
     check_tensor_split(model_config, mesh)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir, jax.process_index() == 0):
-        return _train(config, workdir, stop_after, mesh, model_config, saved_config, start)
+        return _train(config, workdir, stop_after, mesh, model_config, saved_config, finetuning)
 
 
 def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> Start:
@@ -182,26 +182,26 @@ def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, mesh,
-           model_config, saved_config: ml_collections.ConfigDict | None, start: Start | None) -> TrainState:
+           model_config, saved_config: ml_collections.ConfigDict | None, finetuning: Start | None) -> TrainState:
     """`train` once the workdir is this process's (`workdir_lock`)."""
     with contextlib.ExitStack() as cleanup:
-        return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config, start)
+        return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config, finetuning)
 
 
 def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigDict, workdir: str,
                    stop_after: int | None, mesh, model_config,
-                   saved_config: ml_collections.ConfigDict | None, start: Start | None) -> TrainState:
+                   saved_config: ml_collections.ConfigDict | None, finetuning: Start | None) -> TrainState:
     """`_train`'s work; what it opens (data workers, checkpoints, metric writers) is closed by `cleanup`, also
     when it stops with an error before training."""
     notice = cleanup.enter_context(PreemptionNotice())  # from here on a SIGTERM saves the run and stops it
     resuming = saved_config is not None
-    tokenizer = start.tokenizer if start else workdir_tokenizer(
+    tokenizer = finetuning.tokenizer if finetuning else workdir_tokenizer(
         workdir, model_config.text.context_length, config.data.tokenizer, fresh=not resuming)
     check_tokenizer(tokenizer, model_config, config.model)
     if jax.process_index() == 0 and not resuming:
         save_config(workdir, config)
-        if start:
-            save_start(workdir, start)
+        if finetuning:
+            save_start(workdir, finetuning)
 
     model = build_model(model_config)
     evaluation = PeriodicEval(config, model, tokenizer, mesh)  # checks the benchmarks before anything compiles
@@ -218,10 +218,10 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     if resuming:
         state = checkpoints.restore(abstract_train_state(shardings, model, tx), data)
         skips.resume_at(int(state.step))
-    elif start:
-        params = place_params(start.params, abstract_train_state(shardings, model, tx).params)
+    elif finetuning:
+        params = place_params(finetuning.params, abstract_train_state(shardings, model, tx).params)
         state = train_state_from_params(params, tx, shardings)
-        start.params = None  # the host copy, as large as the model
+        finetuning.params = None  # the host copy, as large as the model
     else:
         state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
     step_fn = jit_train_step(
@@ -255,7 +255,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
             data_wait += time.perf_counter() - wait_start
             if step == start + 1:  # compile ahead of time to read the program's bytes per device
                 local_text = np.concatenate([shard.data for shard in batch["text"].addressable_shards])
-                warning = None if start else unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
+                warning = None if finetuning else unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
                 if warning and jax.process_index() == 0:
                     print(warning, file=sys.stderr)
                 step_fn = step_fn.lower(state, batch).compile()

@@ -1,0 +1,239 @@
+"""`mmjax train` from a pretrained checkpoint (`config.model` names it): the first step's loss is the checkpoint's own
+loss on the first batch, written out in NumPy; the workdir resumes, evaluates and converts without the checkpoint;
+every kind of tokenizer comes back from the workdir as it was; bad configs stop in one line before anything
+compiles."""
+
+import io
+import json
+import math
+import os
+import shutil
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import sentencepiece as spm
+from test_cli import _assert_one_line_error, mmjax
+
+from mmjax.convert import hf_clip, hf_siglip
+from mmjax.convert.layout import scan, unscan
+from mmjax.data.clip_bpe import ClipBpeTokenizer
+from mmjax.data.pipeline import config_train_dataset
+from mmjax.data.preprocess import ImagePreprocess
+from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from mmjax.data.tokenizer_record import load_tokenizer, save_tokenizer
+from mmjax.data.tokenizers import Tokenizer
+from mmjax.models import TwoTower, get_config
+from mmjax.pretrained import Pretrained, load_pretrained
+from mmjax.train import train
+from mmjax.train.config import ConfigError
+from mmjax.train.workdir import load_trained
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+sys.path.insert(0, CONFIGS)
+import finetune  # noqa: E402
+TEXTS = ["A Photo of a CAT &amp; a dog", "  tabs\tand   spaces ", "ünïcödé ſ words", "<|endoftext|> typed", ""]
+
+
+def _finetune_config(model: str, **overrides):
+    config = finetune.get_config("test")
+    config.model = model
+    config.data.name = "synthetic"
+    config.update(overrides)
+    return config
+
+
+def _random_params(name: str, logit_scale: float, seed: int) -> dict:
+    config = get_config(name)
+    size, length = config.vision.image_size, config.text.context_length
+    variables = nn.unbox(jax.jit(lambda key: TwoTower(config).init(
+        key, image=np.zeros((1, size, size, 3), np.float32), text=np.zeros((1, length), np.int32)))(
+        jax.random.key(seed)))
+    params = jax.tree.map(np.asarray, variables["params"])
+    params["logit_scale"] = np.float32(logit_scale)  # not an init value: the run must have read it
+    return params
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    """A transformers CLIP directory (random weights, CLIP's BPE, OpenAI's mean and std, a bicubic centre crop)."""
+    config = get_config("clip-test-bpe")
+    path = str(tmp_path_factory.mktemp("hf_clip"))
+    hf_clip.export(Pretrained(config, _random_params("clip-test-bpe", math.log(30.0), seed=5),
+                              ClipBpeTokenizer.open_clip(context_length=config.text.context_length),
+                              ImagePreprocess(config.vision.image_size)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spiece_model():
+    """A T5-style SentencePiece model's bytes (pad 0, `</s>` 1, `<unk>` 2)."""
+    corpus = [f"a photo of a {word} {colour}" for word in ("cat", "dog", "circle", "square", "star", "bird")
+              for colour in ("red", "green", "blue", "small", "large")] * 20
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=28,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, num_threads=1, minloglevel=2)
+    return model.getvalue()
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory, spiece_model):
+    """A transformers SigLIP directory with a SentencePiece tokenizer and a squash resize."""
+    config = get_config("siglip-test")
+    path = str(tmp_path_factory.mktemp("hf_siglip"))
+    params = _random_params("siglip-test", math.log(7.0), seed=6)
+    params["logit_bias"] = np.float32(-3.0)
+    tokenizer = SentencePieceTokenizer(spiece_model, context_length=config.text.context_length)
+    hf_siglip.export(Pretrained(config, params, tokenizer, ImagePreprocess(
+        config.vision.image_size, (0.5,) * 3, (0.5,) * 3, mode="squash", interpolation="bilinear")), path)
+    return path
+
+
+def _naive_first_loss(pretrained: Pretrained, config, loss: str) -> float:
+    """The loss of the checkpoint's parameters on the run's first batch, in NumPy: the batch drawn again from the
+    run's data config, normalised with the checkpoint's mean and std, the towers applied with the checkpoint's own
+    parameters."""
+    batch = next(iter(config_train_dataset(config.data, config.batch_size, pretrained.config.vision.image_size,
+                                           pretrained.tokenizer)))
+    mean, std = np.asarray(pretrained.preprocess.mean), np.asarray(pretrained.preprocess.std)
+    images = (np.asarray(batch["image"], np.float32) / 255.0 - mean) / std
+    model, params = pretrained.model, pretrained.params
+    image_emb = np.asarray(model.apply({"params": params}, images, method=TwoTower.encode_image), np.float64)
+    text_emb = np.asarray(model.apply({"params": params}, batch["text"], method=TwoTower.encode_text), np.float64)
+    image_emb /= np.linalg.norm(image_emb, axis=1, keepdims=True)
+    text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
+    cosines = image_emb @ text_emb.T
+    if loss == "sigmoid":
+        logits = math.exp(pretrained.logit_scale) * cosines + pretrained.logit_bias
+        signs = 2 * np.eye(len(logits)) - 1
+        return float(np.sum(np.log1p(np.exp(-signs * logits))) / len(logits))
+    logits = min(math.exp(pretrained.logit_scale), 100.0) * cosines
+
+    def cross_entropy(rows):
+        rows = rows - rows.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(rows).sum(axis=1)) - np.diag(rows)))
+
+    return (cross_entropy(logits) + cross_entropy(logits.T)) / 2
+
+
+def _logged(workdir, step: int) -> dict:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return next(row for row in map(json.loads, f) if row["step"] == step)
+
+
+def test_the_first_step_trains_the_checkpoints_parameters_with_its_tokenizer_and_preprocessing(clip_dir, tmp_path):
+    pretrained = load_pretrained(clip_dir)
+    config = _finetune_config(clip_dir, total_steps=2)
+    train(config, str(tmp_path / "run"), stop_after=1)
+    assert _logged(tmp_path / "run", 1)["loss"] == pytest.approx(_naive_first_loss(pretrained, config, "clip"),
+                                                                 rel=1e-4)
+    trained = load_trained(str(tmp_path / "run"))
+    assert trained.config.data.image_mean == list(pretrained.preprocess.mean)  # the checkpoint's, not 0.5
+    assert trained.preprocess == pretrained.preprocess and trained.model.config == pretrained.config
+    assert isinstance(trained.tokenizer, ClipBpeTokenizer)
+    np.testing.assert_array_equal(trained.tokenizer(TEXTS), pretrained.tokenizer(TEXTS))
+
+
+def test_scanned_layers_start_from_the_checkpoint_too_and_a_siglip_trains_its_sigmoid_loss(siglip_dir, tmp_path):
+    """The numbered layers are stacked for `scan_layers`; the SentencePiece tokenizer reaches the grain worker."""
+    pretrained = load_pretrained(siglip_dir)
+    config = _finetune_config(siglip_dir, loss="sigmoid", total_steps=2)
+    config.model_options.scan_layers = True
+    config.data.num_workers = 1
+    train(config, str(tmp_path / "run"), stop_after=1)
+    logged = _logged(tmp_path / "run", 1)
+    assert logged["loss"] == pytest.approx(_naive_first_loss(pretrained, config, "sigmoid"), rel=1e-4)
+    assert logged["logit_bias"] == pytest.approx(-3.0)
+    trained = load_trained(str(tmp_path / "run"))
+    assert isinstance(trained.tokenizer, SentencePieceTokenizer) and trained.preprocess.mode == "squash"
+    np.testing.assert_array_equal(trained.tokenizer(TEXTS), pretrained.tokenizer(TEXTS))
+
+
+def test_a_finetuned_run_resumes_and_converts_without_the_checkpoint(clip_dir, tmp_path):
+    source = str(tmp_path / "checkpoint")
+    shutil.copytree(clip_dir, source)
+    config = _finetune_config(source, total_steps=3)
+    train(config, str(tmp_path / "straight"))
+    train(config, str(tmp_path / "resumed"), stop_after=1)
+    shutil.rmtree(source)  # the workdir holds all a resumed run needs
+    train(config, str(tmp_path / "resumed"))
+    straight, resumed = load_trained(str(tmp_path / "straight")), load_trained(str(tmp_path / "resumed"))
+    assert resumed.step == 3
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(straight.params))
+
+    exported = str(tmp_path / "exported")
+    done = mmjax("convert", str(tmp_path / "resumed"), "--to", "hf", "--out", exported)
+    assert done.returncode == 0, done.stderr
+    reloaded, original = load_pretrained(exported), load_pretrained(clip_dir)
+    assert reloaded.preprocess == original.preprocess and reloaded.config == original.config
+    np.testing.assert_array_equal(reloaded.tokenizer(TEXTS), original.tokenizer(TEXTS))
+    jax.tree.map(np.testing.assert_array_equal, reloaded.params, jax.device_get(resumed.params))
+    assert reloaded.logit_scale != original.logit_scale  # three steps moved it
+
+
+def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, siglip_dir, tmp_path):
+    cases = [
+        (_finetune_config(siglip_dir), "config.loss='clip' leaves"),
+        (_finetune_config(clip_dir, loss="sigmoid"), "config.loss='sigmoid' needs a model with a logit bias"),
+        (_finetune_config("clip-tiy"), "config.model='clip-tiy' is neither a registered model"),
+    ]
+    with_tokenizer = _finetune_config(clip_dir)
+    with_tokenizer.data.tokenizer = "clip-bpe"
+    cases.append((with_tokenizer, "reads its own tokenizer's ids; leave data.tokenizer=''"))
+    registered = _finetune_config("clip-test")
+    registered.pretrained.weights = "w.safetensors"
+    cases.append((registered, "config.pretrained.weights='w.safetensors' is for a pretrained config.model"))
+    for config, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            train(config, str(tmp_path / "never"))
+    assert not os.path.exists(tmp_path / "never")
+    _assert_one_line_error(mmjax("train", "--config", os.path.join(CONFIGS, "finetune.py:test"), "--workdir",
+                                 str(tmp_path / "never"), f"--config.model={tmp_path / 'missing'}",
+                                 "--config.data.name=synthetic"),
+                           f"{tmp_path / 'missing'} does not exist")
+
+
+def test_a_damaged_record_of_the_checkpoint_is_one_line(clip_dir, tmp_path):
+    workdir = tmp_path / "run"
+    train(_finetune_config(clip_dir, total_steps=2), str(workdir), stop_after=1)
+    (workdir / "pretrained.json").write_text('{"source": "x"')
+    with pytest.raises(ValueError, match=f"{workdir}/pretrained.json is damaged"):
+        load_trained(str(workdir))
+    (workdir / "pretrained.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{workdir}/pretrained.json is missing"):
+        train(_finetune_config(clip_dir, total_steps=2), str(workdir))
+
+
+@pytest.mark.parametrize("kind", ["open_clip_bpe", "transformers_bpe", "word_level", "sentencepiece"])
+def test_every_kind_of_tokenizer_comes_back_from_its_record(kind, clip_dir, spiece_model, tmp_path):
+    tokenizer = {
+        "open_clip_bpe": lambda: ClipBpeTokenizer.open_clip(context_length=12, clean="whitespace"),
+        "transformers_bpe": lambda: load_pretrained(clip_dir).tokenizer,
+        "word_level": lambda: Tokenizer.from_corpus(["a cat", "a dog & a bird"], context_length=6),
+        "sentencepiece": lambda: SentencePieceTokenizer(spiece_model, context_length=7, normalization="lowercase",
+                                                        eot_token="</s>", pad_token="<pad>"),
+    }[kind]()
+    description = json.loads(json.dumps(save_tokenizer(tokenizer, str(tmp_path))))
+    again = load_tokenizer(str(tmp_path), description)
+    assert type(again) is type(tokenizer)
+    assert (again.context_length, again.pad_id, again.eot_id, again.vocab_size) == (
+        tokenizer.context_length, tokenizer.pad_id, tokenizer.eot_id, tokenizer.vocab_size)
+    np.testing.assert_array_equal(again(TEXTS), tokenizer(TEXTS))
+
+
+def test_scan_stacks_the_numbered_layers_that_unscan_splits():
+    rng = np.random.default_rng(0)
+    layer = lambda: {"ln_1": {"scale": rng.normal(size=3)}, "mlp": {"fc1": {"kernel": rng.normal(size=(3, 4))}}}
+    numbered = {"encoder": {"layers_0": layer(), "layers_1": layer(), "layers_2": layer(), "ln": {"scale": np.ones(3)}},
+                "logit_scale": np.float32(2.0)}
+    stacked = scan(numbered)
+    kernels = stacked["encoder"]["layers"]["mlp"]["fc1"]["kernel"]
+    assert kernels.shape == (3, 3, 4) and set(stacked["encoder"]) == {"layers", "ln"}
+    for i in range(3):
+        np.testing.assert_array_equal(kernels[i], numbered["encoder"][f"layers_{i}"]["mlp"]["fc1"]["kernel"])
+    jax.tree.map(np.testing.assert_array_equal, unscan(stacked), numbered)
+    with pytest.raises(ValueError, match=r"layers \[0, 2\] are not numbered 0..1"):
+        scan({"layers_0": layer(), "layers_2": layer()})
