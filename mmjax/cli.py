@@ -196,7 +196,7 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
         task, metrics = run_benchmark(benchmark, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                       data_dir=flags.FLAGS.data_dir, batch_size=encoder.batch_size,
                                       max_examples=flags.FLAGS.max_examples, num_workers=flags.FLAGS.num_workers,
-                                      progress=True)
+                                      preprocess=trained.preprocess, progress=True)
         results = results_json(benchmark, config.model, metrics, extra=extra, task=task,
                                pretrained=workdir)
     output = flags.FLAGS.output or os.path.join(workdir, results_file_name(benchmark))

@@ -15,7 +15,10 @@ import jax
 import numpy as np
 import pytest
 import sentencepiece as spm
+from test_benchmarks import naive_zero_shot_metrics
 from test_cli import _assert_one_line_error, mmjax
+from test_eval_pretrained import CLASSNAMES, LABELS, TEMPLATES
+from test_eval_pretrained import benchmark_dir as wds_benchmark  # noqa: F401 - a fixture
 
 from mmjax.convert import hf_clip, hf_siglip
 from mmjax.convert.layout import scan, unscan
@@ -137,19 +140,54 @@ def test_the_first_step_trains_the_checkpoints_parameters_with_its_tokenizer_and
     np.testing.assert_array_equal(trained.tokenizer(TEXTS), pretrained.tokenizer(TEXTS))
 
 
-def test_scanned_layers_start_from_the_checkpoint_too_and_a_siglip_trains_its_sigmoid_loss(siglip_dir, tmp_path):
-    """The numbered layers are stacked for `scan_layers`; the SentencePiece tokenizer reaches the grain worker."""
-    pretrained = load_pretrained(siglip_dir)
+@pytest.fixture(scope="module")
+def siglip_run(siglip_dir, wds_benchmark, tmp_path_factory):  # noqa: F811 - the fixture
+    """Two steps of the SigLIP with scanned layers, a grain worker, and the wds benchmark evaluated at the end."""
     config = _finetune_config(siglip_dir, loss="sigmoid", total_steps=2)
     config.model_options.scan_layers = True
     config.data.num_workers = 1
-    train(config, str(tmp_path / "run"), stop_after=1)
-    logged = _logged(tmp_path / "run", 1)
+    config.eval.benchmarks = (f"wds:{wds_benchmark[0]}",)
+    workdir = str(tmp_path_factory.mktemp("siglip_run"))
+    train(config, workdir)
+    return workdir, config
+
+
+def test_scanned_layers_start_from_the_checkpoint_too_and_a_siglip_trains_its_sigmoid_loss(siglip_dir, siglip_run):
+    """The numbered layers are stacked for `scan_layers`; the SentencePiece tokenizer reaches the grain worker."""
+    workdir, config = siglip_run
+    pretrained = load_pretrained(siglip_dir)
+    logged = _logged(workdir, 1)
     assert logged["loss"] == pytest.approx(_naive_first_loss(pretrained, config, "sigmoid"), rel=1e-4)
     assert logged["logit_bias"] == pytest.approx(-3.0)
-    trained = load_trained(str(tmp_path / "run"))
+    trained = load_trained(workdir)
     assert isinstance(trained.tokenizer, SentencePieceTokenizer) and trained.preprocess.mode == "squash"
     np.testing.assert_array_equal(trained.tokenizer(TEXTS), pretrained.tokenizer(TEXTS))
+
+
+def test_a_finetuned_run_evaluates_with_the_checkpoints_own_resize(siglip_dir, siglip_run, wds_benchmark,  # noqa: F811
+                                                                   tmp_path):
+    """In training and in `mmjax eval`: the benchmark's images squashed as the SigLIP checkpoint squashes them (not
+    the centre crop of a run trained from scratch), the metrics written out over the trained parameters."""
+    workdir, _ = siglip_run
+    root, images = wds_benchmark
+    trained, checkpoint = load_trained(workdir), load_pretrained(siglip_dir)
+    pixels = checkpoint.preprocess.batch(images)
+    image_emb = np.asarray(trained.model.apply({"params": trained.params}, pixels, method=TwoTower.encode_image))
+
+    def encode_text(texts):
+        return np.asarray(trained.model.apply({"params": trained.params}, checkpoint.tokenizer(texts),
+                                              method=TwoTower.encode_text))
+
+    expected = naive_zero_shot_metrics(image_emb, encode_text, CLASSNAMES, TEMPLATES, np.array(LABELS))
+    done = mmjax("eval", "--model", workdir, "--benchmark", f"wds:{root}", "--output", str(tmp_path / "eval.json"))
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "eval.json") as f:
+        after = json.load(f)["metrics"]
+    with open(os.path.join(workdir, "eval_metrics.jsonl")) as f:
+        during = json.loads(f.readline())
+    for key, value in expected.items():
+        assert after[key] == pytest.approx(value, abs=1e-6), key
+        assert during[f"wds_{root.name}/{key}"] == pytest.approx(value, abs=1e-6), key
 
 
 def test_a_finetuned_run_resumes_and_converts_without_the_checkpoint(clip_dir, tmp_path):

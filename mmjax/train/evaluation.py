@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.eval import evaluate_synthetic
 from mmjax.eval.benchmarks import check_benchmark, run_benchmark
@@ -47,8 +48,11 @@ class PeriodicEval:
     `eval_s`, the seconds the evaluation took.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, model: TwoTower | Flava, tokenizer: Tokenizer, mesh: Mesh):
-        self.config, self.model, self.tokenizer = config, model, tokenizer
+    def __init__(self, config: ml_collections.ConfigDict, model: TwoTower | Flava, tokenizer: Tokenizer, mesh: Mesh,
+                 preprocess: ImagePreprocess | None = None):
+        """`preprocess`: the resize and crop of the benchmarks' images (a fine-tuned checkpoint's own; None: the
+        centre crop)."""
+        self.config, self.model, self.tokenizer, self.preprocess = config, model, tokenizer, preprocess
         # replicates one parameter over the training mesh (one at a time: at most one extra parameter
         # per device), whatever its sharding and however many processes the mesh spans
         self._replicate = jax.jit(lambda x: x, out_shardings=replicated(mesh))
@@ -118,7 +122,7 @@ class PeriodicEval:
         _, metrics = run_benchmark(name, encoder.encode_images, encoder.encode_texts, image_size=image_size,
                                    data_dir=self.data_dir, batch_size=encoder.batch_size,
                                    max_examples=eval_config.max_examples or None,
-                                   num_workers=eval_config.num_workers)
+                                   num_workers=eval_config.num_workers, preprocess=self.preprocess)
         return metrics
 
 

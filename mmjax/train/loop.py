@@ -204,7 +204,8 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
             save_start(workdir, finetuning)
 
     model = build_model(model_config)
-    evaluation = PeriodicEval(config, model, tokenizer, mesh)  # checks the benchmarks before anything compiles
+    evaluation = PeriodicEval(config, model, tokenizer, mesh,  # checks the benchmarks before anything compiles
+                              finetuning.preprocess if finetuning else None)
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
