@@ -111,7 +111,7 @@ def _assert_exported_workdir_matches_transformers(workdir: str, out: str):
     ("--config.batch_sze=3", "batch_sze"),
     ("--config.loss=triplet", "mmjax: error: config.loss='triplet' must be one of"),
     ("--config.batch_size=many", "batch_size"),
-    ("--config.model=ViT-B32", "mmjax: error: config.model='ViT-B32' is not a registered model"),
+    ("--config.model=ViT-B32", "mmjax: error: config.model='ViT-B32' is neither a registered model"),
     ("--config.optim.no_decay=('(',)", "mmjax: error: config.optim.no_decay: '(' is not a regular expression"),
     ("--config.eval.batch_size=0", "mmjax: error: config.eval.batch_size=0 must be positive"),
 ])
