@@ -127,9 +127,13 @@ def _logged(workdir, step: int) -> dict:
         return next(row for row in map(json.loads, f) if row["step"] == step)
 
 
-def test_the_first_step_trains_the_checkpoints_parameters_with_its_tokenizer_and_preprocessing(clip_dir, tmp_path):
-    pretrained = load_pretrained(clip_dir)
+@pytest.mark.parametrize("image_size", [0, 24])
+def test_the_first_step_trains_the_checkpoints_parameters_with_its_tokenizer_and_preprocessing(clip_dir, tmp_path,
+                                                                                            image_size):
+    """At the checkpoint's 16 px, and at 24 px: a 3 × 3 patch grid, the position table interpolated from 2 × 2."""
+    pretrained = load_pretrained(clip_dir, image_size=image_size or None)
     config = _finetune_config(clip_dir, total_steps=2)
+    config.pretrained.image_size = image_size
     train(config, str(tmp_path / "run"), stop_after=1)
     assert _logged(tmp_path / "run", 1)["loss"] == pytest.approx(_naive_first_loss(pretrained, config, "clip"),
                                                                  rel=1e-4)
@@ -224,6 +228,9 @@ def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, 
     registered = _finetune_config("clip-test")
     registered.pretrained.weights = "w.safetensors"
     cases.append((registered, "config.pretrained.weights='w.safetensors' is for a pretrained config.model"))
+    negative = _finetune_config(clip_dir)
+    negative.pretrained.image_size = -1
+    cases.append((negative, "config.pretrained.image_size=-1 must be ≥ 0"))
     for config, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             train(config, str(tmp_path / "never"))

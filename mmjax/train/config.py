@@ -44,9 +44,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     c.model = model
     c.model_options = ml_collections.ConfigDict(
         dict(scan_layers=False, remat_policy="none", dtype="float32", attention="xla"))
-    # The files of a pretrained `model` (fine-tuning, mmjax/train/finetune.py): the weights of open_clip:MODEL, the
-    # SentencePiece model of a big_vision .npz (default: the .model beside it), pickled .bin/.pt weights allowed.
-    c.pretrained = ml_collections.ConfigDict(dict(weights="", tokenizer="", allow_pickle=False))
+    # A pretrained `model` (fine-tuning, mmjax/train/finetune.py): the weights of open_clip:MODEL, the SentencePiece
+    # model of a big_vision .npz (default: the .model beside it), pickled .bin/.pt weights allowed, and the image
+    # size to train at (0: the checkpoint's; another interpolates its position embeddings).
+    c.pretrained = ml_collections.ConfigDict(dict(weights="", tokenizer="", allow_pickle=False, image_size=0))
     c.loss = loss
     # Caption j counts as a positive for image i when every attribute it names holds for i
     # (the synthetic data's labels); False is plain one-to-one contrastive training.
@@ -215,10 +216,11 @@ def _validate_pretrained(c: ml_collections.ConfigDict) -> None:
              f"config.model={c.model!r} is neither a registered model ({', '.join(registry.list_models())}) nor a "
              f"pretrained checkpoint to fine-tune (hf:ORG/NAME, a Hugging Face or OpenCLIP directory, "
              f"open_clip:MODEL, a big_vision .npz)")
-    for key, given in (("weights", c.pretrained.weights), ("tokenizer", c.pretrained.tokenizer),
-                       ("allow_pickle", c.pretrained.allow_pickle)):
+    for key, given in c.pretrained.items():
         _require(not registered or not given, f"config.pretrained.{key}={given!r} is for a pretrained config.model "
-                 f"(open_clip:MODEL's weights, a big_vision .npz's tokenizer); {c.model!r} is a registered model")
+                 f"(hf:ORG/NAME, open_clip:MODEL, a big_vision .npz …); {c.model!r} is a registered model")
+    _require(c.pretrained.image_size >= 0, f"config.pretrained.image_size={c.pretrained.image_size} must be ≥ 0 "
+             f"(0: the checkpoint's)")
     _require(registered or not c.data.tokenizer,
              f"config.data.tokenizer={c.data.tokenizer!r}: a model fine-tuned from {c.model} reads its own "
              f"tokenizer's ids; leave data.tokenizer=''")

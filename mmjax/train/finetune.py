@@ -5,8 +5,9 @@
 `config.model` takes what `mmjax.load_pretrained` loads: `hf:ORG/NAME`, a Hugging Face or OpenCLIP directory,
 `open_clip:MODEL` (with `config.pretrained.weights`), a big_vision `.npz` (`config.pretrained.tokenizer`). The run
 starts from the checkpoint's parameters (a fresh optimizer state) and trains with its tokenizer and its image mean
-and std; the config's `model_options` (`scan_layers`, `remat_policy`, `dtype`, `attention`) apply on top of the
-checkpoint's own activation and norm epsilon.
+and std, at its image size or at `config.pretrained.image_size` (position embeddings interpolated). The config's
+`model_options` (`scan_layers`, `remat_policy`, `dtype`, `attention`) apply on top of the checkpoint's own
+activation and norm epsilon.
 
 The workdir keeps what the run needs afterwards, so that resuming, evaluating and converting it read neither the
 checkpoint nor the network:
@@ -67,7 +68,7 @@ def load_start(config: ml_collections.ConfigDict) -> Start:
     try:
         files = config.pretrained
         pretrained = load_pretrained(config.model, weights=files.weights or None, tokenizer=files.tokenizer or None,
-                                     allow_pickle=files.allow_pickle)
+                                     allow_pickle=files.allow_pickle, image_size=files.image_size or None)
         model = with_options(pretrained.config, config.model_options)
         params = scan(pretrained.params) if model.options.scan_layers else pretrained.params
         source = os.path.abspath(config.model) if os.path.exists(config.model) else config.model
