@@ -59,15 +59,19 @@ def _random_params(name: str, logit_scale: float, seed: int) -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A transformers CLIP directory (random weights, CLIP's BPE, OpenAI's mean and std, a bicubic centre crop)."""
+def write_clip_dir(path: str) -> str:
+    """Writes a transformers CLIP directory (random weights, CLIP's BPE, OpenAI's mean and std, a bicubic centre
+    crop) at `path`; returns `path`."""
     config = get_config("clip-test-bpe")
-    path = str(tmp_path_factory.mktemp("hf_clip"))
     hf_clip.export(Pretrained(config, _random_params("clip-test-bpe", math.log(30.0), seed=5),
                               ClipBpeTokenizer.open_clip(context_length=config.text.context_length),
                               ImagePreprocess(config.vision.image_size)), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return write_clip_dir(str(tmp_path_factory.mktemp("hf_clip")))
 
 
 @pytest.fixture(scope="module")

@@ -110,8 +110,9 @@ def _train_in_two_processes(tmp_path, worker: str, config, *args: str) -> pathli
     steps and returns their shared workdir."""
     shared = tmp_path / "two_processes"
     shared.mkdir()
-    # Written once up front: both processes would otherwise race to create it.
-    Tokenizer.for_synthetic(models.get_config(config.model).text.context_length).save(str(shared / "tokenizer.json"))
+    if config.model in models.list_models():  # written once up front: both processes would otherwise race to create it
+        Tokenizer.for_synthetic(models.get_config(config.model).text.context_length).save(
+            str(shared / "tokenizer.json"))
     script = tmp_path / "worker.py"
     script.write_text(worker)
     port = free_port()
@@ -247,3 +248,41 @@ def test_a_preemption_notice_to_one_process_saves_the_same_step_on_both_and_stop
     workers[1].send_signal(signal.SIGTERM)
     assert saved_step(workers) == first + 1
     assert sorted(os.listdir(workdir / "checkpoints"), key=int) == [str(first), str(first + 1)]
+
+
+FINETUNE_WORKER = """
+import sys
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+sys.path.insert(0, sys.argv[2])
+import finetune
+from mmjax.train.loop import train
+config = finetune.get_config("test")
+config.update(dict(model=sys.argv[3], batch_size=8))
+config.data.name = "synthetic"
+config.mesh = dict(data=4, fsdp=2, tensor=1)
+state = train(config, sys.argv[1])
+print("trained", int(state.step))
+"""
+
+
+@pytest.mark.slow  # ~40 s: two processes, then the same run in this one
+def test_two_processes_finetune_a_checkpoint_to_the_parameters_of_one_process(tmp_path):
+    """Each process loads the checkpoint and places the slices of it that its devices hold (FSDP across the two):
+    the run ends with the parameters of one 8-device process."""
+    import finetune
+    from test_finetune import write_clip_dir
+
+    from mmjax.train.workdir import load_trained
+
+    checkpoint = write_clip_dir(str(tmp_path / "checkpoint"))
+    config = finetune.get_config("test")
+    config.update(dict(model=checkpoint, batch_size=8))
+    shared = _train_in_two_processes(tmp_path, FINETUNE_WORKER, config, checkpoint)
+    config.data.name = "synthetic"
+    config.mesh = dict(data=4, fsdp=2, tensor=1)
+    want = train(config, str(tmp_path / "one_process"))
+    got = load_trained(str(shared))
+    assert got.step == config.total_steps
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), jax.device_get(got.params),
+                 jax.device_get(want.params))
