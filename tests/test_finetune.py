@@ -219,6 +219,12 @@ def test_a_finetuned_run_resumes_and_converts_without_the_checkpoint(clip_dir, t
     jax.tree.map(np.testing.assert_array_equal, reloaded.params, jax.device_get(resumed.params))
     assert reloaded.logit_scale != original.logit_scale  # three steps moved it
 
+    # and the fine-tuned workdir is itself a checkpoint to start a new run from
+    onwards = _finetune_config(str(tmp_path / "resumed"), total_steps=2)
+    train(onwards, str(tmp_path / "onwards"), stop_after=1)
+    assert _logged(tmp_path / "onwards", 1)["loss"] == pytest.approx(
+        _naive_first_loss(reloaded, onwards, "clip"), rel=1e-4)
+
 
 def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, siglip_dir, tmp_path):
     cases = [
