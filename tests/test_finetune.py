@@ -31,8 +31,8 @@ from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
 from mmjax.pretrained import Pretrained, load_pretrained
 from mmjax.train import train
-from mmjax.train.config import ConfigError
-from mmjax.train.workdir import load_trained
+from mmjax.train.config import ConfigError, validate
+from mmjax.train.workdir import load_trained, unknown_words_warning
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 sys.path.insert(0, CONFIGS)
@@ -251,9 +251,53 @@ def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, 
                            f"{tmp_path / 'missing'} does not exist")
 
 
-def test_a_damaged_record_of_the_checkpoint_is_one_line(clip_dir, tmp_path):
+def test_a_resumed_run_names_its_checkpoint_as_it_likes_but_changes_nothing_it_started_from(clip_dir, tmp_path,
+                                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(clip_dir, tmp_path / "clip_hf")
+    train(_finetune_config("clip_hf", total_steps=3), "run", stop_after=1)
+    bigger = _finetune_config(str(tmp_path / "clip_hf"), total_steps=3)
+    bigger.pretrained.image_size = 24
+    with pytest.raises(ConfigError, match="holds a run with pretrained.image_size=0, not 24"):
+        train(bigger, "run")
+    shutil.rmtree(tmp_path / "clip_hf")
+    train(_finetune_config("clip_hf", total_steps=3), "run", stop_after=2)  # the name the run started with
+    assert load_trained("run").step == 2
+    train(_finetune_config(str(tmp_path / "clip_hf"), total_steps=3), "run")  # the same place spelt otherwise
+    assert load_trained("run").step == 3
+
+
+def test_a_registered_name_that_is_also_a_checkpoint_directory_is_refused(clip_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(clip_dir, tmp_path / "clip-test-bpe")
+    with pytest.raises(ConfigError, match="config.model='clip-test-bpe' is both a registered model and a checkpoint "
+                                          "directory here: write './clip-test-bpe'"):
+        train(_finetune_config("clip-test-bpe"), "run")
+    (tmp_path / "clip-test").mkdir()  # a directory that is no checkpoint (a workdir named after its model) is not
+    validate(_finetune_config("clip-test"))
+
+
+def test_unknown_words_are_warned_of_with_a_checkpoints_tokenizer_too(spiece_model):
+    words = Tokenizer.for_synthetic(8)
+    ids = words(["a tabby kitten asleep on a windowsill", "an espresso with foam"])
+    warning = unknown_words_warning(words, ids, "", checkpoint="runs/shapes")
+    assert warning.startswith("mmjax: warning: ") and "unknown to the tokenizer of runs/shapes" in warning
+    assert "clip_captions" in unknown_words_warning(words, ids, "")
+    spiece = SentencePieceTokenizer(spiece_model, context_length=8)
+    assert unknown_words_warning(spiece, spiece(["zzz qqq"]), "", checkpoint="x") is None
+
+
+@pytest.mark.parametrize("tokenizer, message", [
+    ("x", "the tokenizer's kind 'x' is not one of"),
+    ({"kind": "clip_bpe", "file": "tokenizer.json"}, "the clip_bpe tokenizer's description has no 'eot_token'"),
+])
+def test_a_damaged_record_of_the_checkpoint_is_one_line(clip_dir, tmp_path, tokenizer, message):
     workdir = tmp_path / "run"
     train(_finetune_config(clip_dir, total_steps=2), str(workdir), stop_after=1)
+    record = json.loads((workdir / "pretrained.json").read_text())
+    (workdir / "pretrained.json").write_text(json.dumps({**record, "tokenizer": tokenizer}))
+    with pytest.raises(ValueError, match=f"{workdir}/pretrained.json is damaged \\(ValueError: {message}"):
+        load_trained(str(workdir))
     (workdir / "pretrained.json").write_text('{"source": "x"')
     with pytest.raises(ValueError, match=f"{workdir}/pretrained.json is damaged"):
         load_trained(str(workdir))

@@ -23,7 +23,10 @@ from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
 from mmjax.files import write_atomically
 
 JSON_FILE, SENTENCEPIECE_FILE = "tokenizer.json", "tokenizer.model"
-KINDS = ("tokenizers", "clip_bpe", "sentencepiece")
+# The keys of each kind's description.
+KEYS = {"tokenizers": ("file", "eot_token"),
+        "clip_bpe": ("file", "eot_token", "context_length", "pad_id", "open_clip_clean"),
+        "sentencepiece": ("file", "context_length", "normalization", "eot_token", "pad_token")}
 
 
 def save_tokenizer(tokenizer: Tokenizer | SentencePieceTokenizer, directory: str) -> dict:
@@ -45,13 +48,21 @@ def save_tokenizer(tokenizer: Tokenizer | SentencePieceTokenizer, directory: str
     return description
 
 
+def check_description(description) -> None:
+    """A one-line ValueError unless `description` is one `save_tokenizer` could have returned (its kind and keys)."""
+    if not isinstance(description, dict) or description.get("kind") not in KEYS:
+        kind = description.get("kind") if isinstance(description, dict) else description
+        raise ValueError(f"the tokenizer's kind {kind!r} is not one of {tuple(KEYS)}")
+    missing = [key for key in KEYS[description["kind"]] if key not in description]
+    if missing:
+        raise ValueError(f"the {description['kind']} tokenizer's description has no {missing[0]!r}")
+
+
 def load_tokenizer(directory: str, description: dict) -> Tokenizer | SentencePieceTokenizer:
     """The tokenizer `save_tokenizer` wrote into `directory` and described; a one-line ValueError naming the
     file when it is missing or damaged."""
-    kind = description.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"tokenizer kind {kind!r} in {directory} is not one of {KINDS}")
-    path = os.path.join(directory, description["file"])
+    check_description(description)
+    kind, path = description["kind"], os.path.join(directory, description["file"])
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is missing: the run's tokenizer was saved there")
     if kind == "sentencepiece":

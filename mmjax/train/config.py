@@ -206,13 +206,19 @@ def validate_model(c: ml_collections.ConfigDict, model) -> None:
              f"(sigmoid scores, SiglipModel export); use loss='sigmoid', or a CLIP model")
 
 
-def _validate_pretrained(c: ml_collections.ConfigDict) -> None:
-    """A registered `c.model`, or a pretrained checkpoint with its own tokenizer and the files it reads."""
+def _validate_pretrained(c: ml_collections.ConfigDict, workdir: str | None) -> None:
+    """A registered `c.model`, or a pretrained checkpoint with its own tokenizer and the files it reads. A run
+    fine-tuned from a checkpoint in `workdir` resumes without the checkpoint: there any name is taken for it (and
+    compared with the recorded one)."""
     from mmjax.pretrained import is_pretrained_source
 
     registered = c.model in registry.list_models()
-    # a path is taken for a checkpoint even where there is none: a fine-tuning run resumes without it
-    _require(registered or is_pretrained_source(c.model) or os.sep in c.model or os.path.exists(c.model),
+    _require(not (registered and os.path.isdir(c.model) and is_pretrained_source(c.model)),
+             f"config.model={c.model!r} is both a registered model and a checkpoint directory here: write "
+             f"{os.path.join('.', c.model)!r} to fine-tune from the directory, or train the registered model from "
+             f"another working directory")
+    resumable = workdir is not None and os.path.isfile(os.path.join(workdir, "pretrained.json"))
+    _require(registered or resumable or is_pretrained_source(c.model) or os.path.exists(c.model),
              f"config.model={c.model!r} is neither a registered model ({', '.join(registry.list_models())}) nor a "
              f"pretrained checkpoint to fine-tune (hf:ORG/NAME, a Hugging Face or OpenCLIP directory, "
              f"open_clip:MODEL, a big_vision .npz)")
@@ -226,10 +232,10 @@ def _validate_pretrained(c: ml_collections.ConfigDict) -> None:
              f"tokenizer's ids; leave data.tokenizer=''")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
+def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     """Raise `ConfigError` (one line) for a value that cannot work (for a pretrained `c.model`, those that need
-    the checkpoint's config are checked by `validate_model` once it is loaded)."""
-    _validate_pretrained(c)
+    the checkpoint's config are checked by `validate_model` once it is loaded). `workdir`: where the run trains."""
+    _validate_pretrained(c, workdir)
     _require(c.loss in LOSSES, f"config.loss={c.loss!r} must be one of {LOSSES}")
     if c.model in registry.list_models():
         validate_model(c, registry.get_config(c.model))

@@ -29,7 +29,7 @@ import numpy as np
 
 from mmjax.convert.layout import scan
 from mmjax.data.preprocess import ImagePreprocess
-from mmjax.data.tokenizer_record import load_tokenizer, save_tokenizer
+from mmjax.data.tokenizer_record import check_description, load_tokenizer, save_tokenizer
 from mmjax.files import write_text_atomically
 from mmjax.models import TwoTowerConfig, registry
 from mmjax.models.layers import BlockOptions
@@ -71,12 +71,27 @@ def load_start(config: ml_collections.ConfigDict) -> Start:
                                      allow_pickle=files.allow_pickle, image_size=files.image_size or None)
         model = with_options(pretrained.config, config.model_options)
         params = scan(pretrained.params) if model.options.scan_layers else pretrained.params
-        source = os.path.abspath(config.model) if os.path.exists(config.model) else config.model
-        start = Start(model, pretrained.tokenizer, pretrained.preprocess, source, pretrained.format, params)
+        start = Start(model, pretrained.tokenizer, pretrained.preprocess, source_name(config.model), pretrained.format,
+                      params)
     except Exception as caught:  # reported by every process alike, below
         error = caught
     raise_if_any_failed(error, jax.process_count())
     return start
+
+
+def source_name(model: str) -> str:
+    """`config.model` as `pretrained.json` records it: a path made absolute, a name (hf:…, open_clip:…) as it is."""
+    return model if model.startswith(("hf:", "open_clip:")) else os.path.abspath(model)
+
+
+def recorded_source(workdir: str) -> str | None:
+    """The source a fine-tuning run in `workdir` recorded, or None when it recorded none (or it cannot be read)."""
+    try:
+        with open(os.path.join(workdir, PRETRAINED_FILE)) as f:
+            source = json.load(f).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) else None
 
 
 def with_options(model: TwoTowerConfig, model_options: ml_collections.ConfigDict) -> TwoTowerConfig:
@@ -105,10 +120,10 @@ def read_start(workdir: str, model_options: ml_collections.ConfigDict) -> Start:
         preprocess = ImagePreprocess(**{key: tuple(value) if isinstance(value, list) else value
                                         for key, value in record["preprocess"].items()})
         source, format_ = record["source"], record["format"]
-        tokenizer_description = record["tokenizer"]
-    except (ValueError, KeyError, TypeError) as error:
+        check_description(record["tokenizer"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is damaged ({type(error).__name__}: {error})") from None
-    return Start(with_options(model, model_options), load_tokenizer(workdir, tokenizer_description), preprocess,
+    return Start(with_options(model, model_options), load_tokenizer(workdir, record["tokenizer"]), preprocess,
                  source, format_)
 
 

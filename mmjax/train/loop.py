@@ -33,7 +33,8 @@ from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_count
 from mmjax.train.config import ConfigError, validate, validate_model
 from mmjax.train.evaluation import PeriodicEval
-from mmjax.train.finetune import Start, is_finetuning, load_start, place_params, read_start, save_start
+from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
+                                  save_start, source_name)
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
@@ -49,7 +50,8 @@ from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_con
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
 # the data stream and the iterator state's layout (one per worker process), the tokenizer saved in the workdir.
 RESUME_KEYS = ("model", "model_options.scan_layers", "loss", "batch_size", "data.seed", "data.name",
-               "data.num_workers", "data.tokenizer")
+               "data.num_workers", "data.tokenizer", "pretrained.weights", "pretrained.tokenizer",
+               "pretrained.allow_pickle", "pretrained.image_size")
 
 
 def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
@@ -75,6 +77,8 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
         old, new = _lookup(before, key), _lookup(config, key)
         if key == "data.tokenizer" and _same_tokenizer_file(workdir, old, new):
             continue
+        if key == "model" and old != new and is_finetuning(config) and recorded_source(workdir) == source_name(new):
+            continue  # another spelling of the checkpoint's path
         if old is not _ABSENT and old != new:  # a key the run's mmjax version did not write cannot be compared
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
     processes = saved_process_count(workdir)
@@ -151,7 +155,7 @@ def check_batch_size(config: ml_collections.ConfigDict, mesh, process_count: int
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> TrainState:
     """Train (or resume) into `workdir` until `config.total_steps`, or until step
     `stop_after` (a checkpoint is written there; run again to continue)."""
-    validate(config)
+    validate(config, workdir)
     initialize_distributed(config.distributed)  # before anything touches a device
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
@@ -256,7 +260,8 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
             data_wait += time.perf_counter() - wait_start
             if step == start + 1:  # compile ahead of time to read the program's bytes per device
                 local_text = np.concatenate([shard.data for shard in batch["text"].addressable_shards])
-                warning = None if finetuning else unknown_words_warning(tokenizer, local_text, config.data.tokenizer)
+                warning = unknown_words_warning(tokenizer, local_text, config.data.tokenizer,
+                                                checkpoint=config.model if finetuning else None)
                 if warning and jax.process_index() == 0:
                     print(warning, file=sys.stderr)
                 step_fn = step_fn.lower(state, batch).compile()

@@ -107,16 +107,22 @@ def workdir_tokenizer(workdir: str, context_length: int, spec: str = "", *, fres
 UNKNOWN_WORDS_LIMIT = 0.1
 
 
-def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str) -> str | None:
+def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str, checkpoint: str | None = None) -> str | None:
     """A one-line warning when more than 10 % of the words in token ids `[N, L]` are `<unk>`, else None:
     captions the tokenizer cannot spell (real captions with the synthetic world's words) teach the text tower
-    nothing."""
+    nothing. `checkpoint`: the pretrained checkpoint (or workdir) a fine-tuning run took the tokenizer from."""
+    if not hasattr(tokenizer, "unknown_fraction"):  # SentencePiece: every text has a spelling
+        return None
     fraction = tokenizer.unknown_fraction(ids)
     if fraction <= UNKNOWN_WORDS_LIMIT:
         return None
+    start = f"mmjax: warning: {fraction:.0%} of the caption words in the first batch are unknown to the tokenizer"
+    if checkpoint is not None:
+        return (f"{start} of {checkpoint}, which this run fine-tunes; a checkpoint trained on the synthetic world's "
+                f"words cannot spell real captions: start from one with a real tokenizer (CLIP's BPE, SentencePiece)")
     which = f"config.data.tokenizer={spec!r}" + ("" if spec else " (the synthetic world's words)")
-    return (f"mmjax: warning: {fraction:.0%} of the caption words in the first batch are unknown to the tokenizer, "
-            f"{which}; for real captions use configs/clip_captions.py (OpenAI CLIP's BPE, data.tokenizer='clip-bpe')")
+    return (f"{start}, {which}; for real captions use configs/clip_captions.py (OpenAI CLIP's BPE, "
+            f"data.tokenizer='clip-bpe')")
 
 
 @dataclasses.dataclass
