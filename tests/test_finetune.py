@@ -12,6 +12,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -32,6 +33,7 @@ from mmjax.models import TwoTower, get_config
 from mmjax.pretrained import Pretrained, load_pretrained
 from mmjax.train import train
 from mmjax.train.config import ConfigError, validate
+from mmjax.train.optim import make_optimizer
 from mmjax.train.workdir import load_trained, unknown_words_warning
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -336,3 +338,56 @@ def test_scan_stacks_the_numbered_layers_that_unscan_splits():
     jax.tree.map(np.testing.assert_array_equal, unscan(stacked), numbered)
     with pytest.raises(ValueError, match=r"layers \[0, 2\] are not numbered 0..1"):
         scan({"layers_0": layer(), "layers_2": layer()})
+
+
+def test_lit_locks_the_image_tower_and_clips_and_stores_only_the_text_towers(clip_dir, tmp_path):
+    """LiT ("locked-image tuning"): the image tower and projection stay the checkpoint's, bit for bit, on an FSDP
+    mesh; the logged gradient norm is the text side's alone, from `jax.grad` of the CLIP loss written out; and the
+    optimizer keeps moments for the trained parameters only."""
+    lit = ("^image_encoder/", "^image_proj/")
+    config = _finetune_config(clip_dir, total_steps=2)
+    config.optim.frozen = lit
+    config.mesh.fsdp = 2
+    train(config, str(tmp_path / "run"))
+    checkpoint, trained = load_pretrained(clip_dir), load_trained(str(tmp_path / "run"))
+    params = jax.device_get(trained.params)
+    for tower in ("image_encoder", "image_proj"):
+        jax.tree.map(np.testing.assert_array_equal, params[tower], checkpoint.params[tower])
+    assert not np.array_equal(params["text_proj"]["kernel"], checkpoint.params["text_proj"]["kernel"])
+
+    batch = next(iter(config_train_dataset(config.data, config.batch_size, 16, checkpoint.tokenizer)))
+    mean, std = np.asarray(checkpoint.preprocess.mean), np.asarray(checkpoint.preprocess.std)
+    images = ((np.asarray(batch["image"], np.float32) / 255.0 - mean) / std).astype(np.float32)
+    model = checkpoint.model
+
+    def loss(p):
+        image_emb = model.apply({"params": p}, images, method=TwoTower.encode_image)
+        text_emb = model.apply({"params": p}, batch["text"], method=TwoTower.encode_text)
+        image_emb = image_emb / jnp.linalg.norm(image_emb, axis=1, keepdims=True)
+        text_emb = text_emb / jnp.linalg.norm(text_emb, axis=1, keepdims=True)
+        logits = jnp.minimum(jnp.exp(p["logit_scale"]), 100.0) * image_emb @ text_emb.T
+        ce = lambda rows: jnp.mean(jax.nn.logsumexp(rows, axis=1) - jnp.diag(rows))
+        return (ce(logits) + ce(logits.T)) / 2
+
+    grads = jax.grad(loss)(checkpoint.params)
+    text_side = [grads[name] for name in ("text_encoder", "text_proj", "logit_scale")]
+    text_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(text_side))))
+    assert _logged(tmp_path / "run", 1)["grad_norm"] == pytest.approx(text_norm, rel=1e-4)
+
+    tx = make_optimizer(config.optim, config.total_steps)
+    moments = sum(np.size(leaf) for leaf in jax.tree.leaves(tx.init(checkpoint.params)) if np.ndim(leaf))
+    trained_size = sum(np.size(leaf) for name in ("text_encoder", "text_proj", "logit_scale")
+                       for leaf in jax.tree.leaves(checkpoint.params[name]) if np.ndim(leaf))
+    assert moments == 2 * trained_size  # Adam's mu and nu; the frozen tower has none
+
+
+def test_frozen_patterns_that_match_nothing_or_everything_are_one_line(tmp_path):
+    config = _finetune_config("clip-test")
+    config.optim.frozen = ("^image_encoders/",)
+    with pytest.raises(ConfigError, match="config.optim.frozen: '\\^image_encoders/' matches no parameter of "
+                                          "clip-test \\(paths such as 'image_encoder/cls/token'; top level: "
+                                          "image_encoder, image_proj, logit_scale, text_encoder, text_proj\\)"):
+        train(config, str(tmp_path / "run"))
+    config.optim.frozen = ("encoder/", "proj/", "logit")
+    with pytest.raises(ConfigError, match="freezes every parameter of clip-test: nothing would train"):
+        train(config, str(tmp_path / "run"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 
+import flax
 import ml_collections
 
 from mmjax.data import synthetic
@@ -76,7 +77,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, clip_norm=1.0,
         # Parameter-path patterns (regular expressions, searched in "a/b/c" paths) without weight decay:
         # biases, norm scales, logit scale/bias, positional embeddings, class token, MAP probe.
-        no_decay=("bias$", "scale$", "pos_embed/", "cls/token$", "probe$")))
+        no_decay=("bias$", "scale$", "pos_embed/", "cls/token$", "probe$"),
+        # Parameter-path patterns of parameters left as they are (no gradient, no update, no optimizer state), e.g.
+        # LiT's locked image tower: ("^image_encoder/", "^image_proj/").
+        frozen=()))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Multi-process runs (mmjax/train/multihost.py): "auto" starts jax.distributed from these keys, the
     # MMJAX_* / JAX_* environment or a detected TPU / SLURM cluster; "" / 0 / -1 = not given here.
@@ -206,6 +210,18 @@ def validate_model(c: ml_collections.ConfigDict, model) -> None:
              f"(sigmoid scores, SiglipModel export); use loss='sigmoid', or a CLIP model")
 
 
+def validate_frozen(c: ml_collections.ConfigDict, params) -> None:
+    """`ConfigError` (one line) when a pattern of `c.optim.frozen` matches none of the model's parameters (`params`:
+    any tree with their structure), or they match every one: a misspelt pattern would freeze nothing, silently."""
+    paths = list(flax.traverse_util.flatten_dict(params, sep="/"))
+    for pattern in c.optim.frozen:
+        _require(any(re.search(pattern, path) for path in paths),
+                 f"config.optim.frozen: {pattern!r} matches no parameter of {c.model} (paths such as "
+                 f"{paths[0]!r}; top level: {', '.join(sorted(params))})")
+    _require(not c.optim.frozen or not all(any(re.search(p, path) for p in c.optim.frozen) for path in paths),
+             f"config.optim.frozen={tuple(c.optim.frozen)} freezes every parameter of {c.model}: nothing would train")
+
+
 def _validate_pretrained(c: ml_collections.ConfigDict, workdir: str | None) -> None:
     """A registered `c.model`, or a pretrained checkpoint with its own tokenizer and the files it reads. A run
     fine-tuned from a checkpoint in `workdir` resumes without the checkpoint: there any name is taken for it (and
@@ -273,13 +289,15 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
              f"config.data.prefetch_to_device={c.data.prefetch_to_device} must be ≥ 0")
     for key in ("image_mean", "image_std"):
         _require(len(c.data[key]) == 3, f"config.data.{key} must have 3 values (RGB), got {c.data[key]}")
-    _require(isinstance(c.optim.no_decay, (tuple, list)) and all(isinstance(p, str) for p in c.optim.no_decay),
-             f"config.optim.no_decay={c.optim.no_decay!r} must be a tuple of regular expressions (strings)")
-    for pattern in c.optim.no_decay:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ConfigError(f"config.optim.no_decay: {pattern!r} is not a regular expression ({error})") from None
+    for key in ("no_decay", "frozen"):
+        patterns = c.optim[key]
+        _require(isinstance(patterns, (tuple, list)) and all(isinstance(p, str) for p in patterns),
+                 f"config.optim.{key}={patterns!r} must be a tuple of regular expressions (strings)")
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ConfigError(f"config.optim.{key}: {pattern!r} is not a regular expression ({error})") from None
     _require(c.eval.batch_size > 0, f"config.eval.batch_size={c.eval.batch_size} must be positive")
     _require(c.eval.num_heldout > 0, f"config.eval.num_heldout={c.eval.num_heldout} must be positive")
     _require(0 < c.eval.num_retrieval <= synthetic.NUM_COMBINATIONS,

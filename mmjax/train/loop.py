@@ -31,7 +31,7 @@ from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, c
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_count
-from mmjax.train.config import ConfigError, validate, validate_model
+from mmjax.train.config import ConfigError, validate, validate_frozen, validate_model
 from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
                                   save_start, source_name)
@@ -51,7 +51,7 @@ from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_con
 # the data stream and the iterator state's layout (one per worker process), the tokenizer saved in the workdir.
 RESUME_KEYS = ("model", "model_options.scan_layers", "loss", "batch_size", "data.seed", "data.name",
                "data.num_workers", "data.tokenizer", "pretrained.weights", "pretrained.tokenizer",
-               "pretrained.allow_pickle", "pretrained.image_size")
+               "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen")
 
 
 def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
@@ -74,7 +74,8 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
         return None
     before = load_config(workdir)
     for key in RESUME_KEYS:
-        old, new = _lookup(before, key), _lookup(config, key)
+        old, new = (tuple(value) if isinstance(value, list) else value  # JSON gives a saved tuple back as a list
+                    for value in (_lookup(before, key), _lookup(config, key)))
         if key == "data.tokenizer" and _same_tokenizer_file(workdir, old, new):
             continue
         if key == "model" and old != new and is_finetuning(config) and recorded_source(workdir) == source_name(new):
@@ -212,6 +213,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
                               finetuning.preprocess if finetuning else None)
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
+    validate_frozen(config, shardings.params)
     data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
                                                  tokenizer), mesh, config.data.prefetch_to_device)
     cleanup.callback(data.close)
@@ -233,7 +235,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
         make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
                         loss=config.loss, multi_positive=config.multi_positive,
                         image_mean=config.data.image_mean, image_std=config.data.image_std,
-                        accum_steps=config.accum_steps, seed=config.seed),
+                        accum_steps=config.accum_steps, seed=config.seed, frozen=tuple(config.optim.frozen)),
         shardings, mesh)
 
     start = int(state.step)

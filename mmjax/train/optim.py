@@ -1,12 +1,13 @@
-"""Optimizer: global-norm clipping → AdamW (masked weight decay), warmup + cosine schedule."""
+"""Optimizer: global-norm clipping → AdamW (masked weight decay), warmup + cosine schedule, frozen parameters."""
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import ml_collections
 import optax
 
-from mmjax.train.patterns import decay_mask
+from mmjax.train.patterns import decay_mask, path_matches
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -18,10 +19,19 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """`clip_by_global_norm(clip_norm)` then AdamW; no decay on paths matching `optim.no_decay`."""
+    """`clip_by_global_norm(clip_norm)` then AdamW; no decay on paths matching `optim.no_decay`. Paths matching
+    `optim.frozen` (e.g. `^image_encoder/` and `^image_proj/`: LiT's locked image tower) are not updated and have
+    no optimizer state; the norm that is clipped is the trained parameters' (the step stops the frozen ones'
+    gradients, `stop_gradient_where`)."""
     mask = lambda params: decay_mask(nn.unbox(params), optim.no_decay)
-    return optax.chain(
+    adamw = optax.chain(
         optax.clip_by_global_norm(optim.clip_norm),
         optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                     weight_decay=optim.weight_decay, mask=mask),
     )
+    frozen = tuple(optim.get("frozen", ()))
+    if not frozen:  # the state of a run without frozen parameters keeps its layout
+        return adamw
+    labels = lambda params: jax.tree.map(lambda matched: "frozen" if matched else "trained",
+                                         path_matches(nn.unbox(params), frozen))
+    return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)

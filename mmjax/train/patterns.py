@@ -1,5 +1,4 @@
-"""Parameter-path patterns: one language for weight-decay masks (and, later,
-freezing, learning-rate groups and partial loading).
+"""Parameter-path patterns: one language for weight-decay masks and frozen parameters.
 
 A path is the parameter's keys joined by "/", e.g.
 `image_encoder/encoder/layers_0/attn/query/kernel`; a pattern is a regular
@@ -12,6 +11,7 @@ import re
 from typing import Any, Sequence
 
 import flax
+import jax
 
 
 def path_matches(params: Any, patterns: Sequence[str]) -> Any:
@@ -26,3 +26,12 @@ def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
     """True for parameters that get weight decay: those matching none of `no_decay`."""
     return flax.traverse_util.unflatten_dict(
         {k: not v for k, v in flax.traverse_util.flatten_dict(path_matches(params, no_decay)).items()})
+
+
+def stop_gradient_where(params: Any, patterns: Sequence[str]) -> Any:
+    """`params` with `jax.lax.stop_gradient` on those whose path matches any of `patterns` (frozen): their
+    gradients are zeros, and the backward pass that only they needed is left out of the compiled step."""
+    if not patterns:
+        return params
+    return jax.tree.map(lambda frozen, x: jax.lax.stop_gradient(x) if frozen else x, path_matches(params, patterns),
+                        params)

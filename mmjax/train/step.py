@@ -8,7 +8,7 @@ the compiler partitions, its random masks and hard negatives drawn from `fold_in
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from mmjax.losses import CLIP_MAX_SCALE, clip_scale, sharded_clip_loss, sharded_
 from mmjax.models import Flava, TwoTower
 from mmjax.parallel import batch_sharding, replicated
 from mmjax.train.accumulation import make_value_and_grad
+from mmjax.train.patterns import stop_gradient_where
 from mmjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -27,7 +28,7 @@ Batch = dict[str, jax.Array]
 
 def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
                     *, loss: str, multi_positive: bool, image_mean, image_std, accum_steps: int = 1,
-                    seed: int = 0) -> Callable:
+                    seed: int = 0, frozen: Sequence[str] = ()) -> Callable:
     """A step for `loss`: "clip" or "sigmoid" (a `TwoTower`), or "flava" (a `Flava`, with `multi_positive=False`
     and `accum_steps=1`; `seed` picks its masks and negatives).
 
@@ -36,16 +37,18 @@ def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, s
     the towers run on `accum_steps` micro-batches and the gradient still equals the
     full-batch one (`mmjax.train.accumulation`). With the CLIP and FLAVA losses the `logit_scale` parameter is
     clamped to [0, log 100] after each update, as OpenCLIP does. Metrics: `loss`, `grad_norm`, `learning_rate`,
-    `scale`, and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`.
+    `scale`, and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`. `frozen`: path patterns of
+    parameters whose gradients are stopped (`grad_norm` is then the trained parameters'); the optimizer leaves
+    them as they are (`make_optimizer`, `optim.frozen`).
     """
     if loss == "flava":
         if multi_positive or accum_steps != 1:
             raise ValueError(f"loss='flava' takes multi_positive=False and accum_steps=1, got {multi_positive} and "
                              f"{accum_steps}")
-        value_and_grad = _flava_value_and_grad(model, image_mean, image_std, seed)
+        value_and_grad = _flava_value_and_grad(model, image_mean, image_std, seed, frozen)
     else:
         value_and_grad = _contrastive_value_and_grad(model, mesh, loss, multi_positive, image_mean, image_std,
-                                                     accum_steps)
+                                                     accum_steps, frozen)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         (value, aux), grads = value_and_grad(state.params, batch, state.step)
@@ -65,12 +68,12 @@ def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, s
 
 
 def _contrastive_value_and_grad(model: TwoTower, mesh: Mesh, loss: str, multi_positive: bool, image_mean, image_std,
-                                accum_steps: int) -> Callable:
+                                accum_steps: int, frozen: Sequence[str]) -> Callable:
     """`(params, batch, step) -> ((loss, {"logit_scale"[, "logit_bias"]}), grads)` of the sharded two-tower loss."""
 
     def embed_fn(params, batch: Batch):
         images = normalize_images(batch["image"], image_mean, image_std)
-        return model.apply({"params": params}, image=images, text=batch["text"])
+        return model.apply({"params": stop_gradient_where(params, frozen)}, image=images, text=batch["text"])
 
     @jax.named_scope("loss")  # names the loss's ops in profiles (`mmjax bench train-step --profile`)
     def loss_fn(image_emb, text_emb, aux, batch: Batch):
@@ -86,7 +89,7 @@ def _contrastive_value_and_grad(model: TwoTower, mesh: Mesh, loss: str, multi_po
     return lambda params, batch, step: value_and_grad(params, batch)
 
 
-def _flava_value_and_grad(model: Flava, image_mean, image_std, seed: int) -> Callable:
+def _flava_value_and_grad(model: Flava, image_mean, image_std, seed: int, frozen: Sequence[str]) -> Callable:
     """`(params, batch, step) -> ((total, {"logit_scale", "loss_<name>"…}), grads)` of `Flava.losses`, the caption
     lengths read from the padding."""
 
@@ -94,7 +97,8 @@ def _flava_value_and_grad(model: Flava, image_mean, image_std, seed: int) -> Cal
     def loss_fn(params, batch: Batch, step):
         images = normalize_images(batch["image"], image_mean, image_std)
         key = jax.random.fold_in(jax.random.key(seed), step)
-        losses = model.apply({"params": params}, images, batch["text"], None, key, method="losses")
+        losses = model.apply({"params": stop_gradient_where(params, frozen)}, images, batch["text"], None, key,
+                             method="losses")
         total = losses.pop("total")
         return total, {"logit_scale": params["logit_scale"], **{f"loss_{name}": v for name, v in losses.items()}}
 
