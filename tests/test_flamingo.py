@@ -14,6 +14,7 @@ from mmjax.losses import captioning_loss
 from mmjax.models import layers
 from mmjax.models.flamingo import (Flamingo, FlamingoConfig, GatedCrossAttentionBlock, PerceiverResampler,
                                    media_attention_mask, trainable_mask)
+from mmjax.models.generation import greedy_generate
 from mmjax.models.text import TextConfig
 from mmjax.models.vit import VisionConfig
 from test_fusion import assert_named_and_sharded_like_one_device, float64, np_gelu, run_readme_example
@@ -228,3 +229,43 @@ def test_remat_gives_the_same_gradients_and_scan_is_refused():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7 * scale), *grads)
     with pytest.raises(ValueError, match="FlamingoConfig: scan_layers is not supported"):
         FlamingoConfig(VISION, TEXT, 1, options=layers.BlockOptions(scan_layers=True))
+
+
+def _naive_greedy(model, params, media, prompts, lengths, num_tokens, eos_id):
+    """Token by token through the whole model (vision tower included) on a freshly padded buffer, in Python."""
+    out = np.zeros_like(prompts)
+    apply = jax.jit(lambda p, m, t: model.apply({"params": p}, m, t))
+    for b, length in enumerate(lengths):
+        sequence = list(prompts[b, :length])
+        for _ in range(num_tokens):
+            if len(sequence) == TEXT.context_length or eos_id in sequence[length:]:
+                break
+            buffer = np.array([sequence + [0] * (TEXT.context_length - len(sequence))], np.int32)
+            logits = apply(params, media[b:b + 1], buffer)
+            sequence.append(int(np.argmax(logits[0, len(sequence) - 1])))
+        out[b, :len(sequence)] = sequence
+    return out
+
+
+def test_greedy_generation_equals_a_token_by_token_loop_over_the_whole_model():
+    model = Flamingo(CONFIG)
+    media = images(4, batch=3)
+    params = nn.unbox(model.init(jax.random.key(0), media, IDS[:1].repeat(3, 0)))["params"]
+    rng = np.random.default_rng(5)  # every parameter moved, the gates open: the images change the text
+    params = jax.tree.map(lambda x: x + rng.normal(size=np.shape(x)).astype(np.float32), params)
+    prompts = np.zeros((3, TEXT.context_length), np.int32)
+    prompts[0, :3], prompts[1, :2], prompts[2, :8] = [1, 5, 6], [1, 7], [3, 1, 4, 4, 9, 1, 8, 2]
+    lengths = np.array([3, 2, 8])
+    without_stop = _naive_greedy(model, params, media, prompts, lengths, 6, eos_id=-1)
+    eos = int(without_stop[0, 4])  # row 0's second new token: row 0 stops there, row 1 earlier
+    assert eos not in without_stop[0, :4] and eos in without_stop[1, 2:4]
+    want = _naive_greedy(model, params, media, prompts, lengths, 6, eos_id=eos)
+    got = greedy_generate(model, params, media, prompts, lengths, num_tokens=6, eos_id=eos)
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 4] == eos and not got[0, 5:].any()
+    assert (got[2, 8:] != 0).all()  # row 2 ran into the end of the buffer
+    np.testing.assert_array_equal(greedy_generate(model, params, media, prompts, lengths, 6), without_stop)
+    other = greedy_generate(model, params, images(9, batch=3), prompts, lengths, 6)
+    assert (other != without_stop).any()  # the tokens read the images
+    with pytest.raises(ValueError, match=r"prompt_lengths must be 3 lengths in \[1, 10\]"):
+        greedy_generate(model, params, media, prompts, [3, 0, 8], 2)

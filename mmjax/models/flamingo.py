@@ -141,22 +141,37 @@ class GatedCrossAttentionBlock(nn.Module):
 
 
 class Flamingo(nn.Module):
-    """`images [B, M, H, W, 3]` (normalised floats), `token_ids [B, L]` → next-token logits `[B, L, V]` (float32)."""
+    """`images [B, M, H, W, 3]` (normalised floats), `token_ids [B, L]` → next-token logits `[B, L, V]` (float32).
+
+    `token_ids=None` returns the images' latents `[B, M·R, Dv]` instead; passing them back as `latents=` skips
+    the vision tower and the resampler (`images` is then not read): what decoding many token sequences against
+    the same images does (`mmjax.models.generation`)."""
 
     config: FlamingoConfig
 
     @nn.compact
-    def __call__(self, images, token_ids):
+    def __call__(self, images, token_ids=None, *, latents=None):
         cfg, opts = self.config, self.config.options
         dtype = jnp.dtype(opts.dtype)
-        if images.ndim != 5 or images.shape[0] != token_ids.shape[0]:
-            raise ValueError(f"Flamingo expects images [B, M, H, W, 3] and token ids [B, L] with one B, got "
-                             f"{list(images.shape)} and {list(token_ids.shape)}")
-        batch, num_media = images.shape[:2]
-        image_tokens = ViT(cfg.vision, opts, name="vision")(images.reshape(-1, *images.shape[2:]), return_tokens=True)
-        resampler = PerceiverResampler(cfg.num_latents, cfg.resampler_depth, cfg.vision.num_heads, cfg.vision.mlp_dim,
-                                       opts, name="resampler")
-        latents = resampler(image_tokens).reshape(batch, num_media * cfg.num_latents, cfg.vision.width)
+        if latents is None:
+            if images.ndim != 5 or (token_ids is not None and images.shape[0] != token_ids.shape[0]):
+                raise ValueError(f"Flamingo expects images [B, M, H, W, 3] and token ids [B, L] with one B, got "
+                                 f"{list(images.shape)} and {list(getattr(token_ids, 'shape', []))}")
+            batch, num_media = images.shape[:2]
+            image_tokens = ViT(cfg.vision, opts, name="vision")(images.reshape(-1, *images.shape[2:]),
+                                                                return_tokens=True)
+            resampler = PerceiverResampler(cfg.num_latents, cfg.resampler_depth, cfg.vision.num_heads,
+                                           cfg.vision.mlp_dim, opts, name="resampler")
+            latents = resampler(image_tokens).reshape(batch, num_media * cfg.num_latents, cfg.vision.width)
+            if token_ids is None:
+                return latents
+        elif token_ids is None:
+            raise ValueError("Flamingo: latents= are decoded against token_ids; pass them")
+        elif (latents.ndim != 3 or latents.shape[1] % cfg.num_latents or latents.shape[2] != cfg.vision.width
+              or latents.shape[0] != token_ids.shape[0]):
+            raise ValueError(f"Flamingo expects latents [B, M·{cfg.num_latents}, {cfg.vision.width}] for token ids "
+                             f"{list(token_ids.shape)}, got {list(latents.shape)}")
+        num_media = latents.shape[1] // cfg.num_latents
         mask, sees_media = media_attention_mask(token_ids, cfg.media_token_id, num_media, cfg.num_latents)
         x = embed_tokens(cfg.text, dtype, token_ids)
         gated = layers.rematerialised(GatedCrossAttentionBlock, opts)
