@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -257,16 +258,20 @@ def test_a_resumed_run_names_its_checkpoint_as_it_likes_but_changes_nothing_it_s
                                                                                               monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(clip_dir, tmp_path / "clip_hf")
-    train(_finetune_config("clip_hf", total_steps=3), "run", stop_after=1)
-    bigger = _finetune_config(str(tmp_path / "clip_hf"), total_steps=3)
+    train(_finetune_config("clip_hf", total_steps=4), "run", stop_after=1)
+    bigger = _finetune_config(str(tmp_path / "clip_hf"), total_steps=4)
     bigger.pretrained.image_size = 24
     with pytest.raises(ConfigError, match="holds a run with pretrained.image_size=0, not 24"):
         train(bigger, "run")
+    os.symlink(tmp_path / "clip_hf", tmp_path / "link")
+    train(_finetune_config("link", total_steps=4), "run", stop_after=2)  # a link to the same place
     shutil.rmtree(tmp_path / "clip_hf")
-    train(_finetune_config("clip_hf", total_steps=3), "run", stop_after=2)  # the name the run started with
-    assert load_trained("run").step == 2
-    train(_finetune_config(str(tmp_path / "clip_hf"), total_steps=3), "run")  # the same place spelt otherwise
+    train(_finetune_config("clip_hf", total_steps=4), "run", stop_after=3)  # the name the run started with
     assert load_trained("run").step == 3
+    train(_finetune_config(str(tmp_path / "clip_hf"), total_steps=4), "run")  # the same place spelt otherwise
+    assert load_trained("run").step == 4
+    with pytest.raises(ConfigError, match=f"holds a run with model='{tmp_path}/clip_hf', not '{tmp_path}/elsewhere'"):
+        train(_finetune_config(str(tmp_path / "elsewhere"), total_steps=5), "run")
 
 
 def test_a_registered_name_that_is_also_a_checkpoint_directory_is_refused(clip_dir, tmp_path, monkeypatch):
@@ -292,6 +297,8 @@ def test_unknown_words_are_warned_of_with_a_checkpoints_tokenizer_too(spiece_mod
 @pytest.mark.parametrize("tokenizer, message", [
     ("x", "the tokenizer's kind 'x' is not one of"),
     ({"kind": "clip_bpe", "file": "tokenizer.json"}, "the clip_bpe tokenizer's description has no 'eot_token'"),
+    ({"kind": "tokenizers", "file": None, "eot_token": "<|endoftext|>"},
+     "the tokenizers tokenizer's 'file' is None, not a str"),
 ])
 def test_a_damaged_record_of_the_checkpoint_is_one_line(clip_dir, tmp_path, tokenizer, message):
     workdir = tmp_path / "run"
@@ -381,6 +388,19 @@ def test_lit_locks_the_image_tower_and_clips_and_stores_only_the_text_towers(cli
     assert moments == 2 * trained_size  # Adam's mu and nu; the frozen tower has none
 
 
+def test_a_frozen_logit_scale_past_the_clamp_stays_as_the_checkpoint_has_it(tmp_path):
+    """OpenAI's checkpoints store logit_scale 4.6052, past float32 log 100, where the step clamps a trained one."""
+    config = get_config("clip-test-bpe")
+    path = str(tmp_path / "openai_like")
+    hf_clip.export(Pretrained(config, _random_params("clip-test-bpe", 4.6052, seed=5),
+                              ClipBpeTokenizer.open_clip(context_length=config.text.context_length),
+                              ImagePreprocess(config.vision.image_size)), path)
+    frozen = _finetune_config(path, total_steps=2)
+    frozen.optim.frozen = ("^logit_scale$",)
+    train(frozen, str(tmp_path / "run"))
+    assert float(load_trained(str(tmp_path / "run")).params["logit_scale"]) == np.float32(4.6052)
+
+
 def test_frozen_patterns_that_match_nothing_or_everything_are_one_line(tmp_path):
     config = _finetune_config("clip-test")
     config.optim.frozen = ("^image_encoders/",)
@@ -390,4 +410,13 @@ def test_frozen_patterns_that_match_nothing_or_everything_are_one_line(tmp_path)
         train(config, str(tmp_path / "run"))
     config.optim.frozen = ("encoder/", "proj/", "logit")
     with pytest.raises(ConfigError, match="freezes every parameter of clip-test: nothing would train"):
+        train(config, str(tmp_path / "run"))
+
+    config.optim.frozen = ()  # a run written before mmjax stored optim.frozen trained every parameter
+    train(config, str(tmp_path / "run"), stop_after=1)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    del saved["optim"]["frozen"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    config.optim.frozen = ("^image_encoder/",)
+    with pytest.raises(ConfigError, match=re.escape("holds a run with optim.frozen=(), not ('^image_encoder/',)")):
         train(config, str(tmp_path / "run"))

@@ -186,6 +186,8 @@ def test_the_readme_example_runs():
     assert isinstance(names["optimizer"], optax.GradientTransformation)
     trained = names["trained"]
     assert all(jax.tree.leaves(trained["resampler"])) and not any(jax.tree.leaves(trained["vision"]))
+    captions = names["captions"]  # the prompts kept, the rest the model's tokens (an untrained model's)
+    assert captions.shape == (2, 16) and (captions[:, :2] == [1, 3]).all()
 
 
 def test_the_documented_freezing_recipe_changes_only_the_trainable_parameters():

@@ -23,10 +23,10 @@ from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
 from mmjax.files import write_atomically
 
 JSON_FILE, SENTENCEPIECE_FILE = "tokenizer.json", "tokenizer.model"
-# The keys of each kind's description.
-KEYS = {"tokenizers": ("file", "eot_token"),
-        "clip_bpe": ("file", "eot_token", "context_length", "pad_id", "open_clip_clean"),
-        "sentencepiece": ("file", "context_length", "normalization", "eot_token", "pad_token")}
+# The keys of each kind's description, with their types.
+KEYS = {"tokenizers": dict(file=str, eot_token=str),
+        "clip_bpe": dict(file=str, eot_token=str, context_length=int, pad_id=int, open_clip_clean=(str, type(None))),
+        "sentencepiece": dict(file=str, context_length=int, normalization=str, eot_token=str, pad_token=str)}
 
 
 def save_tokenizer(tokenizer: Tokenizer | SentencePieceTokenizer, directory: str) -> dict:
@@ -49,13 +49,17 @@ def save_tokenizer(tokenizer: Tokenizer | SentencePieceTokenizer, directory: str
 
 
 def check_description(description) -> None:
-    """A one-line ValueError unless `description` is one `save_tokenizer` could have returned (its kind and keys)."""
+    """A one-line ValueError unless `description` is one `save_tokenizer` could have returned (its kind, its keys
+    and their types)."""
     if not isinstance(description, dict) or description.get("kind") not in KEYS:
         kind = description.get("kind") if isinstance(description, dict) else description
         raise ValueError(f"the tokenizer's kind {kind!r} is not one of {tuple(KEYS)}")
-    missing = [key for key in KEYS[description["kind"]] if key not in description]
-    if missing:
-        raise ValueError(f"the {description['kind']} tokenizer's description has no {missing[0]!r}")
+    for key, types in KEYS[description["kind"]].items():
+        if key not in description:
+            raise ValueError(f"the {description['kind']} tokenizer's description has no {key!r}")
+        if not isinstance(description[key], types) or isinstance(description[key], bool):
+            raise ValueError(f"the {description['kind']} tokenizer's {key!r} is {description[key]!r}, not a "
+                             f"{getattr(types, '__name__', 'str or null')}")
 
 
 def load_tokenizer(directory: str, description: dict) -> Tokenizer | SentencePieceTokenizer:

@@ -80,8 +80,9 @@ def load_start(config: ml_collections.ConfigDict) -> Start:
 
 
 def source_name(model: str) -> str:
-    """`config.model` as `pretrained.json` records it: a path made absolute, a name (hf:…, open_clip:…) as it is."""
-    return model if model.startswith(("hf:", "open_clip:")) else os.path.abspath(model)
+    """`config.model` as `pretrained.json` records it: a path made absolute with its links resolved, a name
+    (hf:…, open_clip:…) as it is."""
+    return model if model.startswith(("hf:", "open_clip:")) else os.path.realpath(model)
 
 
 def recorded_source(workdir: str) -> str | None:

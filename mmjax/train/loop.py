@@ -52,6 +52,10 @@ from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_con
 RESUME_KEYS = ("model", "model_options.scan_layers", "loss", "batch_size", "data.seed", "data.name",
                "data.num_workers", "data.tokenizer", "pretrained.weights", "pretrained.tokenizer",
                "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen")
+# The values of resume keys that a run written before mmjax stored them had (frozen parameters and fine-tuning
+# came later); other absent keys cannot be compared.
+IMPLIED_WHEN_ABSENT = {"optim.frozen": (), "pretrained.weights": "", "pretrained.tokenizer": "",
+                       "pretrained.allow_pickle": False, "pretrained.image_size": 0}
 
 
 def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
@@ -76,6 +80,7 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
     for key in RESUME_KEYS:
         old, new = (tuple(value) if isinstance(value, list) else value  # JSON gives a saved tuple back as a list
                     for value in (_lookup(before, key), _lookup(config, key)))
+        old = IMPLIED_WHEN_ABSENT.get(key, old) if old is _ABSENT else old
         if key == "data.tokenizer" and _same_tokenizer_file(workdir, old, new):
             continue
         if key == "model" and old != new and is_finetuning(config) and recorded_source(workdir) == source_name(new):

@@ -8,6 +8,7 @@ the compiler partitions, its random masks and hard negatives drawn from `fold_in
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Sequence
 
 import jax
@@ -50,12 +51,15 @@ def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, s
         value_and_grad = _contrastive_value_and_grad(model, mesh, loss, multi_positive, image_mean, image_std,
                                                      accum_steps, frozen)
 
+    # a frozen logit_scale stays as it is, even where it lies past the clamp (OpenAI's 4.6052 > log 100)
+    clamp_scale = loss != "sigmoid" and not any(re.search(pattern, "logit_scale") for pattern in frozen)
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         (value, aux), grads = value_and_grad(state.params, batch, state.step)
         with jax.named_scope("optimizer"):
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        if loss != "sigmoid":  # as OpenCLIP: the parameter stays in [0, log 100], so it can come back below the clamp
+        if clamp_scale:  # as OpenCLIP: the parameter stays in [0, log 100], so it can come back below the clamp
             params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, math.log(CLIP_MAX_SCALE))}
         # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
         aux = dict(aux)
