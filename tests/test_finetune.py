@@ -35,6 +35,7 @@ from mmjax.pretrained import Pretrained, load_pretrained
 from mmjax.train import train
 from mmjax.train.config import ConfigError, validate
 from mmjax.train.optim import make_optimizer
+from mmjax.train.wise_ft import wise_ft
 from mmjax.train.workdir import load_trained, unknown_words_warning
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -420,3 +421,21 @@ def test_frozen_patterns_that_match_nothing_or_everything_are_one_line(tmp_path)
     config.optim.frozen = ("^image_encoder/",)
     with pytest.raises(ConfigError, match=re.escape("holds a run with optim.frozen=(), not ('^image_encoder/',)")):
         train(config, str(tmp_path / "run"))
+
+
+def test_wise_ft_writes_the_checkpoint_and_the_fine_tuned_weights_mixed(clip_dir, tmp_path):
+    train(_finetune_config(clip_dir, total_steps=2), str(tmp_path / "run"))
+    out = str(tmp_path / "wise")
+    done = mmjax("convert", str(tmp_path / "run"), "--to", "hf", "--out", out, "--wise_ft", "0.25")
+    assert done.returncode == 0, done.stderr
+    mixed, checkpoint = load_pretrained(out), load_pretrained(clip_dir)
+    tuned = jax.device_get(load_trained(str(tmp_path / "run")).params)
+    jax.tree.map(lambda m, a, b: np.testing.assert_allclose(m, 0.75 * a + 0.25 * b, rtol=1e-6, atol=1e-7),
+                 mixed.params, checkpoint.params, tuned)
+    assert not np.allclose(mixed.params["text_proj"]["kernel"], checkpoint.params["text_proj"]["kernel"])
+    np.testing.assert_array_equal(mixed.tokenizer(TEXTS), checkpoint.tokenizer(TEXTS))
+    assert mixed.preprocess == checkpoint.preprocess
+    with pytest.raises(ValueError, match=f"{tmp_path} is not a run fine-tuned from a pretrained checkpoint"):
+        wise_ft(str(tmp_path), 0.5)
+    with pytest.raises(ValueError, match=r"WiSE-FT's alpha 1.5 must be in \[0, 1\]"):
+        wise_ft(str(tmp_path / "run"), 1.5)

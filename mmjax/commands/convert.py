@@ -2,6 +2,7 @@
 
     mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] [--allow_pickle]
                   [--image_size N]
+    mmjax convert FINE_TUNED_WORKDIR --to hf|open_clip --out DIR --wise_ft ALPHA   (mmjax/train/wise_ft.py)
 
 SOURCE: hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL (with --weights FILE),
 a big_vision .npz, or an mmjax training workdir. `--to hf` writes a transformers `CLIPModel`
@@ -26,6 +27,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("allow_pickle", False, "Read pickle-based .bin/.pt weights (with torch.load(weights_only=True)).")
     flags.DEFINE_integer("image_size", None, "Write the model for this image size (position embeddings interpolated).",
                          lower_bound=1)
+    flags.DEFINE_float("wise_ft", None, "A run fine-tuned from a checkpoint: write (1 − α)·the checkpoint + α·the "
+                       "fine-tuned weights (WiSE-FT), α given here in [0, 1].", lower_bound=0, upper_bound=1)
 
 
 def exporter(pretrained, target: str):
@@ -81,8 +84,17 @@ def run(argv: list[str]) -> None:
     if flags.FLAGS.weights:  # an open_clip:NAME source reads the BPE vocabulary beside its weights
         inputs["BPE vocabulary"] = os.path.join(os.path.dirname(os.path.abspath(flags.FLAGS.weights)), BPE_FILE)
     _refuse_out(source, out, inputs)
-    pretrained = load_pretrained(source, image_size=flags.FLAGS.image_size, allow_pickle=flags.FLAGS.allow_pickle,
-                                 weights=flags.FLAGS.weights, tokenizer=flags.FLAGS.tokenizer)
+    if flags.FLAGS.wise_ft is not None:
+        from mmjax.train.wise_ft import wise_ft
+
+        given = [name for name in ("weights", "tokenizer", "image_size", "allow_pickle") if flags.FLAGS[name].present]
+        if given:
+            raise ValueError(f"--{given[0]} does not apply with --wise_ft: the run's own config.pretrained files, "
+                             f"image size and allow_pickle are used")
+        pretrained = wise_ft(source, flags.FLAGS.wise_ft)
+    else:
+        pretrained = load_pretrained(source, image_size=flags.FLAGS.image_size, allow_pickle=flags.FLAGS.allow_pickle,
+                                     weights=flags.FLAGS.weights, tokenizer=flags.FLAGS.tokenizer)
     exporter(pretrained, flags.FLAGS.to)(pretrained, out)
     count = sum(int(np.prod(np.shape(leaf))) for leaf in flatten(pretrained.params).values())
     kind = "SigLIP" if pretrained.config.logit_bias_init is not None else "CLIP"
