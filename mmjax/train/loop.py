@@ -184,7 +184,8 @@ def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming:
     start = read_start(workdir, config.model_options) if resuming else load_start(config)
     validate_model(config, start.model)
     mean, std = tuple(start.preprocess.mean), tuple(start.preprocess.std)
-    if (tuple(config.data.image_mean), tuple(config.data.image_std)) != (mean, std) and jax.process_index() == 0:
+    changed = (tuple(config.data.image_mean), tuple(config.data.image_std)) != (mean, std)
+    if changed and not resuming and jax.process_index() == 0:  # said when the run began
         print(f"mmjax: config.data.image_mean/std {tuple(config.data.image_mean)}/{tuple(config.data.image_std)} "
               f"replaced by {config.model}'s own {mean}/{std}", file=sys.stderr)
     config.data.image_mean, config.data.image_std = mean, std
