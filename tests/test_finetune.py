@@ -135,17 +135,26 @@ def _logged(workdir, step: int) -> dict:
         return next(row for row in map(json.loads, f) if row["step"] == step)
 
 
+@pytest.fixture(scope="module")
+def clip_run(clip_dir, tmp_path_factory):
+    """Two steps fine-tuned from `clip_dir`: `(workdir, config)`."""
+    config, workdir = _finetune_config(clip_dir, total_steps=2), str(tmp_path_factory.mktemp("clip_run"))
+    train(config, workdir)
+    return workdir, config
+
+
 @pytest.mark.parametrize("image_size", [0, 24])
-def test_the_first_step_trains_the_checkpoints_parameters_with_its_tokenizer_and_preprocessing(clip_dir, tmp_path,
-                                                                                            image_size):
+def test_the_first_step_trains_the_checkpoints_parameters_with_its_tokenizer_and_preprocessing(clip_dir, clip_run,
+                                                                                            tmp_path, image_size):
     """At the checkpoint's 16 px, and at 24 px: a 3 × 3 patch grid, the position table interpolated from 2 × 2."""
     pretrained = load_pretrained(clip_dir, image_size=image_size or None)
-    config = _finetune_config(clip_dir, total_steps=2)
-    config.pretrained.image_size = image_size
-    train(config, str(tmp_path / "run"), stop_after=1)
-    assert _logged(tmp_path / "run", 1)["loss"] == pytest.approx(_naive_first_loss(pretrained, config, "clip"),
-                                                                 rel=1e-4)
-    trained = load_trained(str(tmp_path / "run"))
+    workdir, config = clip_run
+    if image_size:
+        config, workdir = _finetune_config(clip_dir, total_steps=2), str(tmp_path / "run")
+        config.pretrained.image_size = image_size
+        train(config, workdir, stop_after=1)
+    assert _logged(workdir, 1)["loss"] == pytest.approx(_naive_first_loss(pretrained, config, "clip"), rel=1e-4)
+    trained = load_trained(workdir)
     assert trained.config.data.image_mean == list(pretrained.preprocess.mean)  # the checkpoint's, not 0.5
     assert trained.preprocess == pretrained.preprocess and trained.model.config == pretrained.config
     assert isinstance(trained.tokenizer, ClipBpeTokenizer)
@@ -252,7 +261,7 @@ def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, 
     _assert_one_line_error(mmjax("train", "--config", os.path.join(CONFIGS, "finetune.py:test"), "--workdir",
                                  str(tmp_path / "never"), f"--config.model={tmp_path / 'missing'}",
                                  "--config.data.name=synthetic"),
-                           f"{tmp_path / 'missing'} does not exist")
+                           f"config.model='{tmp_path / 'missing'}': there is no such checkpoint file or directory")
 
 
 def test_a_resumed_run_names_its_checkpoint_as_it_likes_but_changes_nothing_it_started_from(clip_dir, tmp_path,
@@ -301,9 +310,9 @@ def test_unknown_words_are_warned_of_with_a_checkpoints_tokenizer_too(spiece_mod
     ({"kind": "tokenizers", "file": None, "eot_token": "<|endoftext|>"},
      "the tokenizers tokenizer's 'file' is None, not a str"),
 ])
-def test_a_damaged_record_of_the_checkpoint_is_one_line(clip_dir, tmp_path, tokenizer, message):
+def test_a_damaged_record_of_the_checkpoint_is_one_line(clip_dir, clip_run, tmp_path, tokenizer, message):
     workdir = tmp_path / "run"
-    train(_finetune_config(clip_dir, total_steps=2), str(workdir), stop_after=1)
+    shutil.copytree(clip_run[0], workdir)
     record = json.loads((workdir / "pretrained.json").read_text())
     (workdir / "pretrained.json").write_text(json.dumps({**record, "tokenizer": tokenizer}))
     with pytest.raises(ValueError, match=f"{workdir}/pretrained.json is damaged \\(ValueError: {message}"):
@@ -423,13 +432,13 @@ def test_frozen_patterns_that_match_nothing_or_everything_are_one_line(tmp_path)
         train(config, str(tmp_path / "run"))
 
 
-def test_wise_ft_writes_the_checkpoint_and_the_fine_tuned_weights_mixed(clip_dir, tmp_path):
-    train(_finetune_config(clip_dir, total_steps=2), str(tmp_path / "run"))
+def test_wise_ft_writes_the_checkpoint_and_the_fine_tuned_weights_mixed(clip_dir, clip_run, tmp_path):
+    run = clip_run[0]
     out = str(tmp_path / "wise")
-    done = mmjax("convert", str(tmp_path / "run"), "--to", "hf", "--out", out, "--wise_ft", "0.25")
+    done = mmjax("convert", run, "--to", "hf", "--out", out, "--wise_ft", "0.25")
     assert done.returncode == 0, done.stderr
     mixed, checkpoint = load_pretrained(out), load_pretrained(clip_dir)
-    tuned = jax.device_get(load_trained(str(tmp_path / "run")).params)
+    tuned = jax.device_get(load_trained(run).params)
     jax.tree.map(lambda m, a, b: np.testing.assert_allclose(m, 0.75 * a + 0.25 * b, rtol=1e-6, atol=1e-7),
                  mixed.params, checkpoint.params, tuned)
     assert not np.allclose(mixed.params["text_proj"]["kernel"], checkpoint.params["text_proj"]["kernel"])
@@ -438,4 +447,4 @@ def test_wise_ft_writes_the_checkpoint_and_the_fine_tuned_weights_mixed(clip_dir
     with pytest.raises(ValueError, match=f"{tmp_path} is not a run fine-tuned from a pretrained checkpoint"):
         wise_ft(str(tmp_path), 0.5)
     with pytest.raises(ValueError, match=r"WiSE-FT's alpha 1.5 must be in \[0, 1\]"):
-        wise_ft(str(tmp_path / "run"), 1.5)
+        wise_ft(run, 1.5)

@@ -234,6 +234,8 @@ def _validate_pretrained(c: ml_collections.ConfigDict, workdir: str | None) -> N
              f"{os.path.join('.', c.model)!r} to fine-tune from the directory, or train the registered model from "
              f"another working directory")
     resumable = workdir is not None and os.path.isfile(os.path.join(workdir, "pretrained.json"))
+    _require(registered or resumable or os.sep not in c.model or c.model.startswith(("hf:", "open_clip:"))
+             or os.path.exists(c.model), f"config.model={c.model!r}: there is no such checkpoint file or directory")
     _require(registered or resumable or is_pretrained_source(c.model) or os.path.exists(c.model),
              f"config.model={c.model!r} is neither a registered model ({', '.join(registry.list_models())}) nor a "
              f"pretrained checkpoint to fine-tune (hf:ORG/NAME, a Hugging Face or OpenCLIP directory, "
