@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmjax.convert.checks import check_shapes, flatten
 from mmjax.convert.layout import scan
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizer_record import check_description, load_tokenizer, save_tokenizer
@@ -137,23 +138,10 @@ def model_config_from_dict(fields: dict) -> TwoTowerConfig:
 def place_params(params: dict, abstract) -> dict:
     """The checkpoint's NumPy `params` as global arrays with the shardings of `abstract` (a tree of
     `jax.ShapeDtypeStruct`s with shardings, the parameters the model initialises); a one-line ValueError naming
-    the first parameter that is missing, extra or of another shape. Each process reads only the slices its own
-    devices hold."""
-    expected, given = _flat(abstract), _flat(params)
-    for path in expected.keys() - given.keys():
-        raise ValueError(f"the checkpoint has no parameter {path}, which the model initialises")
-    for path in given.keys() - expected.keys():
-        raise ValueError(f"the checkpoint's parameter {path} is not one the model initialises")
-    for path, target in expected.items():
-        if np.shape(given[path]) != target.shape:
-            raise ValueError(f"the checkpoint's parameter {path} has shape {np.shape(given[path])}, the model's "
-                             f"{target.shape}")
+    the first parameter that is missing, extra or of another shape. Each process copies to its devices only the
+    slices they hold."""
+    check_shapes(params, {path: target.shape for path, target in flatten(abstract).items()}, "the checkpoint")
     return jax.tree.map(
         lambda target, value: jax.make_array_from_callback(
             target.shape, target.sharding, lambda index: np.asarray(value[index], target.dtype)),
         abstract, params)
-
-
-def _flat(tree) -> dict:
-    return {"/".join(str(getattr(key, "key", key)) for key in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

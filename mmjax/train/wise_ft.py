@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from mmjax.convert.checks import check_shapes, flatten, unflatten
 from mmjax.pretrained import Pretrained, load_pretrained
 from mmjax.train.finetune import PRETRAINED_FILE, read_start
 from mmjax.train.workdir import load_config
@@ -37,19 +38,11 @@ def wise_ft(workdir: str, alpha: float) -> Pretrained:
     return dataclasses.replace(fine_tuned, params=mixed, format="mmjax WiSE-FT")
 
 
-def _mix(start: dict, end: dict, alpha: float, where: str, path: str = "") -> dict:
+def _mix(start: dict, end: dict, alpha: float, where: str) -> dict:
     """`(1 − alpha) · start + alpha · end`, leaf by leaf (float32); a one-line ValueError naming the first
     parameter the two trees do not share, or share with another shape."""
-    if start.keys() != end.keys():
-        extra = sorted(start.keys() ^ end.keys())[0]
-        raise ValueError(f"{where} have different parameters ({path}{extra} is in one only)")
-    mixed = {}
-    for key, value in start.items():
-        if isinstance(value, dict):
-            mixed[key] = _mix(value, end[key], alpha, where, f"{path}{key}/")
-        elif np.shape(value) != np.shape(end[key]):
-            raise ValueError(f"{where}: parameter {path}{key} has shapes {np.shape(value)} and {np.shape(end[key])}")
-        else:
-            mixed[key] = ((1 - alpha) * np.asarray(value, np.float64) + alpha * np.asarray(end[key], np.float64)
-                          ).astype(np.float32)
-    return mixed
+    first = flatten(start)
+    check_shapes(end, {path: np.shape(value) for path, value in first.items()}, where)
+    second = flatten(end)
+    return unflatten({path: ((1 - alpha) * np.asarray(value, np.float64) + alpha * np.asarray(second[path], np.float64)
+                             ).astype(np.float32) for path, value in first.items()})
