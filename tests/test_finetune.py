@@ -264,6 +264,20 @@ def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, 
                            f"config.model='{tmp_path / 'missing'}': there is no such checkpoint file or directory")
 
 
+def test_a_busy_workdir_is_refused_before_the_checkpoint_is_loaded(clip_dir, tmp_path, monkeypatch):
+    """The lock came after the load: a second run on a busy workdir read (an `hf:` source downloaded) the
+    checkpoint before it was refused."""
+    from mmjax.train import loop
+    from mmjax.train.workdir import workdir_lock
+
+    loaded = []
+    monkeypatch.setattr(loop, "load_start", lambda config: loaded.append(config.model))
+    with workdir_lock(str(tmp_path)):  # as another `mmjax train` holds it
+        with pytest.raises(ConfigError, match=r"is being trained by another process"):
+            train(_finetune_config(clip_dir), str(tmp_path))
+    assert loaded == []
+
+
 def test_a_resumed_run_names_its_checkpoint_as_it_likes_but_changes_nothing_it_started_from(clip_dir, tmp_path,
                                                                                               monkeypatch):
     monkeypatch.chdir(tmp_path)

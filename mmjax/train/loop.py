@@ -165,15 +165,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     initialize_distributed(config.distributed)  # before anything touches a device
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
+    if not is_finetuning(config):  # a checkpoint's architecture is known once it is loaded, under the lock
+        check_tensor_split(get_config(config.model, **config.model_options), mesh)
     saved_config = _saved_run(workdir, config)
-    finetuning = None
-    if is_finetuning(config):
-        config = copy.deepcopy(config)  # its image mean and std become the checkpoint's
-        finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None)
-    model_config = finetuning.model if finetuning else get_config(config.model, **config.model_options)
-    check_tensor_split(model_config, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    with workdir_lock(workdir, jax.process_index() == 0):
+    with workdir_lock(workdir, jax.process_index() == 0):  # before a checkpoint is loaded (or downloaded)
+        finetuning = None
+        if is_finetuning(config):
+            config = copy.deepcopy(config)  # its image mean and std become the checkpoint's
+            finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None)
+            check_tensor_split(finetuning.model, mesh)
+        model_config = finetuning.model if finetuning else get_config(config.model, **config.model_options)
         return _train(config, workdir, stop_after, mesh, model_config, saved_config, finetuning)
 
 

@@ -206,7 +206,12 @@ def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
     kill) while a run trains there. A second `mmjax train` on the workdir is a one-line `ConfigError` naming the
     process that holds it, in every process of a multi-host run (`raise_if_any_failed`). `take=False`: this
     process locks nothing (processes other than 0 of a multi-host run, whose workdir is shared). A file system
-    without locks is a warning: two runs there would go unnoticed."""
+    without locks is a warning: two runs there would go unnoticed.
+
+    Creates the workdir. One that this call created and that holds nothing but the lock when the block raises (a
+    run refused before it began, e.g. by a fine-tuning checkpoint that does not fit the config) is removed."""
+    created = not os.path.isdir(workdir)
+    os.makedirs(workdir, exist_ok=True)
     lock, refused = None, None
     if take:
         lock = open(os.path.join(workdir, LOCK_FILE), "a+")
@@ -230,6 +235,11 @@ def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
     raise_if_any_failed(refused, jax.process_count())
     try:
         yield
+    except BaseException:
+        if lock is not None and created and os.listdir(workdir) == [LOCK_FILE]:
+            os.remove(lock.name)
+            os.rmdir(workdir)
+        raise
     finally:
         if lock is not None:
             lock.close()  # releases the flock
