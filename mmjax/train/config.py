@@ -80,7 +80,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         no_decay=("bias$", "scale$", "pos_embed/", "cls/token$", "probe$"),
         # Parameter-path patterns of parameters left as they are (no gradient, no update, no optimizer state), e.g.
         # LiT's locked image tower: ("^image_encoder/", "^image_proj/").
-        frozen=()))
+        frozen=(),
+        # Layer-wise learning-rate decay for fine-tuning (mmjax/train/layer_decay.py): layer i of a tower of L
+        # layers steps layer_decay ** (L - i) as far, its embeddings layer_decay ** (L + 1); 1.0 = off.
+        layer_decay=1.0))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Multi-process runs (mmjax/train/multihost.py): "auto" starts jax.distributed from these keys, the
     # MMJAX_* / JAX_* environment or a detected TPU / SLURM cluster; "" / 0 / -1 = not given here.
@@ -280,6 +283,8 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
         _require(0 <= c.optim[key] < 1, f"config.optim.{key}={c.optim[key]} must be in [0, 1)")
     _require(c.optim.eps > 0, f"config.optim.eps={c.optim.eps} must be positive (Adam divides by √v + eps)")
     _require(c.optim.weight_decay >= 0, f"config.optim.weight_decay={c.optim.weight_decay} must be ≥ 0")
+    _require(0 < c.optim.layer_decay <= 1,
+             f"config.optim.layer_decay={c.optim.layer_decay} must be in (0, 1] (1: every layer at learning_rate)")
     _require(0 <= c.optim.final_lr_ratio <= 1,
              f"config.optim.final_lr_ratio={c.optim.final_lr_ratio} must be in [0, 1] (a share of learning_rate)")
     _require(c.log_every > 0 and c.checkpoint_every > 0 and c.keep_checkpoints > 0,

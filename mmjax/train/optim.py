@@ -1,4 +1,5 @@
-"""Optimizer: global-norm clipping → AdamW (masked weight decay), warmup + cosine schedule, frozen parameters."""
+"""Optimizer: global-norm clipping → AdamW (masked weight decay), warmup + cosine schedule, frozen parameters,
+layer-wise learning-rate decay."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import jax
 import ml_collections
 import optax
 
+from mmjax.train.layer_decay import scale_by_layer_decay
 from mmjax.train.patterns import decay_mask, path_matches
 
 
@@ -22,7 +24,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
     """`clip_by_global_norm(clip_norm)` then AdamW; no decay on paths matching `optim.no_decay`. Paths matching
     `optim.frozen` (e.g. `^image_encoder/` and `^image_proj/`: LiT's locked image tower) are not updated and have
     no optimizer state; the norm that is clipped is the trained parameters' (the step stops the frozen ones'
-    gradients, `stop_gradient_where`)."""
+    gradients, `stop_gradient_where`). `optim.layer_decay` < 1 scales each tower's lower layers' steps down
+    (`mmjax.train.layer_decay`)."""
     mask = lambda params: decay_mask(nn.unbox(params), optim.no_decay)
     adamw = optax.chain(
         optax.clip_by_global_norm(optim.clip_norm),
@@ -30,8 +33,10 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
                     weight_decay=optim.weight_decay, mask=mask),
     )
     frozen = tuple(optim.get("frozen", ()))
-    if not frozen:  # the state of a run without frozen parameters keeps its layout
-        return adamw
-    labels = lambda params: jax.tree.map(lambda matched: "frozen" if matched else "trained",
-                                         path_matches(nn.unbox(params), frozen))
-    return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
+    tx = adamw
+    if frozen:  # the state of a run without frozen parameters keeps its layout
+        labels = lambda params: jax.tree.map(lambda matched: "frozen" if matched else "trained",
+                                             path_matches(nn.unbox(params), frozen))
+        tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
+    decay = optim.get("layer_decay", 1.0)
+    return tx if decay == 1.0 else optax.chain(tx, scale_by_layer_decay(decay))

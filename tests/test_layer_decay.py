@@ -1,0 +1,150 @@
+"""Layer-wise learning-rate decay (`config.optim.layer_decay`): each parameter's AdamW step, divided by the step
+without decay, is the factor written out by hand for the tiny models' two-layer towers, scanned or not, with
+frozen parameters, and in a training run; bad values and a changed decay on resume are one line."""
+
+import os
+import re
+import sys
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from mmjax.models import abstract_params, build_model, example_inputs, get_config
+from mmjax.train import train
+from mmjax.train.config import ConfigError, validate
+from mmjax.train.optim import make_optimizer
+from mmjax.train.workdir import load_trained
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import clip_tiny  # noqa: E402
+
+DECAY = 0.5
+# clip-test: towers of 2 layers. Embeddings d³, layer 0 d², layer 1 d, the rest 1 (hand-derived from the rule
+# "layer i of L steps d^(L - i), embeddings d^(L + 1)").
+CLIP_FACTORS = [
+    (r"^image_encoder/(cls|patch_embed|pos_embed|ln_pre)/", DECAY ** 3),
+    (r"^text_encoder/(token_embed|pos_embed)/", DECAY ** 3),
+    (r"^(image|text)_encoder/encoder/layers_0/", DECAY ** 2),
+    (r"^(image|text)_encoder/encoder/layers_1/", DECAY),
+    (r"^image_encoder/ln_post/|^text_encoder/ln_final/|^(image|text)_proj/|^logit_scale$", 1.0),
+]
+
+
+def _expected(path: str, factors) -> float:
+    matched = [factor for pattern, factor in factors if re.search(pattern, path)]
+    assert len(matched) == 1, f"{path} matches {len(matched)} of the hand-written patterns"
+    return matched[0]
+
+
+def _optim(layer_decay: float, frozen=()):
+    optim = clip_tiny.get_config("test").optim
+    optim.warmup_steps, optim.layer_decay, optim.frozen = 0, layer_decay, frozen
+    return optim
+
+
+def _one_step(model: str, layer_decay: float, frozen=(), **options) -> dict:
+    """The first AdamW update of random parameters for random gradients, flattened by path."""
+    shapes = nn.unbox(abstract_params(get_config(model, **options)))
+    keys = iter(jax.random.split(jax.random.key(0), 2 * len(jax.tree.leaves(shapes))))
+    params = jax.tree.map(lambda s: jax.random.normal(next(keys), s.shape), shapes)
+    grads = jax.tree.map(lambda s: jax.random.normal(next(keys), s.shape), shapes)
+    tx = make_optimizer(_optim(layer_decay, frozen), total_steps=100)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return flax.traverse_util.flatten_dict(jax.device_get(updates), sep="/")
+
+
+def test_each_layer_steps_its_hand_derived_share_of_the_step():
+    plain, decayed = _one_step("clip-test", 1.0), _one_step("clip-test", DECAY)
+    for path, update in plain.items():
+        assert np.abs(update).min() > 0, path
+        np.testing.assert_allclose(decayed[path], _expected(path, CLIP_FACTORS) * update, rtol=1e-6, err_msg=path)
+
+
+def test_scanned_layers_decay_along_their_stacked_axis():
+    plain = _one_step("clip-test", 1.0, scan_layers=True)
+    decayed = _one_step("clip-test", DECAY, scan_layers=True)
+    for path, update in plain.items():
+        if "/encoder/layers/" in path:  # [layer, …]: layer 0 d², layer 1 d
+            expected = update * np.array([DECAY ** 2, DECAY]).reshape((2,) + (1,) * (update.ndim - 1))
+        else:
+            expected = _expected(path, CLIP_FACTORS) * update
+        np.testing.assert_allclose(decayed[path], expected, rtol=1e-6, err_msg=path)
+
+
+def test_siglip_and_flava_towers_and_heads():
+    factors = [
+        (r"^image_encoder/(cls|patch_embed|pos_embed|ln_pre)/|^text_encoder/(token_embed|pos_embed)/", DECAY ** 3),
+        (r"^multimodal_encoder/(fusion_token|modality_embed|image_proj|text_proj)", DECAY ** 3),
+        (r"^(image|text|multimodal)_encoder/encoder/layers_0/", DECAY ** 2),
+        (r"^(image|text|multimodal)_encoder/encoder/layers_1/", DECAY),
+        (r"^image_encoder/(ln_post|map_head)/|_encoder/ln_final/|^(image|text)_proj/|^logit_|_head/", 1.0),
+        (r"^image_encoder/mask_token$", DECAY ** 3),
+    ]
+    for model in ("siglip-test", "flava-test"):
+        config = get_config(model)
+        assert {config.vision.depth, config.text.depth, getattr(config, "multimodal", config.text).depth} == {2}
+        plain, decayed = _one_step(model, 1.0), _one_step(model, DECAY)
+        for path, update in plain.items():
+            np.testing.assert_allclose(decayed[path], _expected(path, factors) * update, rtol=1e-6,
+                                       err_msg=f"{model}: {path}")
+
+
+def test_frozen_parameters_stay_put_and_the_others_decay():
+    frozen = ("^image_encoder/", "^image_proj/")
+    plain, decayed = _one_step("clip-test", 1.0, frozen), _one_step("clip-test", DECAY, frozen)
+    for path, update in plain.items():
+        if path.startswith(("image_encoder/", "image_proj/")):
+            assert not decayed[path].any(), path
+        else:
+            np.testing.assert_allclose(decayed[path], _expected(path, CLIP_FACTORS) * update, rtol=1e-6)
+
+
+def _initial_params(config) -> dict:
+    """The parameters a fresh run of `config` starts from (its seed's init), flattened by path."""
+    model_config = get_config(config.model, **config.model_options)
+    images, tokens = example_inputs(model_config)
+    params = build_model(model_config).init(jax.random.key(config.seed), images, tokens)["params"]
+    return flax.traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/")
+
+
+def test_a_run_with_layer_decay_moves_each_layer_its_share(tmp_path, capsys):
+    """One step of a run with decay moves each parameter by its factor of what the same run without decay
+    moved it (weight decay included)."""
+    def moved(layer_decay: float, workdir: str) -> dict:
+        config = clip_tiny.get_config("test")
+        config.total_steps, config.optim.warmup_steps, config.optim.layer_decay = 1, 0, layer_decay
+        train(config, workdir)
+        trained = flax.traverse_util.flatten_dict(jax.device_get(load_trained(workdir).params), sep="/")
+        initial = _initial_params(config)
+        return {path: trained[path] - initial[path] for path in trained}
+
+    plain, decayed = moved(1.0, str(tmp_path / "plain")), moved(DECAY, str(tmp_path / "decayed"))
+    assert ("mmjax: layer decay 0.5: image_encoder (2 layers, embeddings ×0.125), text_encoder (2 layers, "
+            "embeddings ×0.125); the last layer ×0.5, heads and projections ×1") in capsys.readouterr().err
+    for path, step in plain.items():
+        if path.endswith("attn/key/bias"):  # its gradient is 0 (a softmax ignores a shift shared by all keys)
+            continue
+        assert np.abs(step).max() > 1e-5, path
+        np.testing.assert_allclose(decayed[path], _expected(path, CLIP_FACTORS) * step, rtol=1e-3, atol=1e-6,
+                                   err_msg=path)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5])
+def test_a_layer_decay_outside_0_1_is_one_line(value):
+    config = clip_tiny.get_config("test")
+    config.optim.layer_decay = value
+    with pytest.raises(ConfigError, match=re.escape(f"config.optim.layer_decay={value} must be in (0, 1]")):
+        validate(config)
+
+
+def test_a_run_resumed_with_another_layer_decay_is_refused(tmp_path):
+    config = clip_tiny.get_config("test")
+    config.total_steps, config.optim.warmup_steps = 2, 0
+    train(config, str(tmp_path), stop_after=1)
+    config.optim.layer_decay = 0.8
+    with pytest.raises(ConfigError, match=r"holds a run with optim.layer_decay=1.0, not 0.8"):
+        train(config, str(tmp_path))
+    assert load_trained(str(tmp_path)).step == 1
