@@ -1,5 +1,7 @@
 """Flamingo: an untrained model is its language model, NumPy references for the resampler and the gated block,
-each text token reads only its own image, and a tiny model learns to name an image's colour."""
+each text token reads only its own image, a tiny model learns to name an image's colour; decoding with the
+key-value cache gives the whole forward pass's logits, greedy decoding a loop without cache, sampling the
+tempered top-k softmax."""
 
 import math
 
@@ -14,7 +16,7 @@ from mmjax.losses import captioning_loss
 from mmjax.models import layers
 from mmjax.models.flamingo import (Flamingo, FlamingoConfig, GatedCrossAttentionBlock, PerceiverResampler,
                                    media_attention_mask, trainable_mask)
-from mmjax.models.generation import greedy_generate
+from mmjax.models.generation import generate
 from mmjax.models.text import TextConfig
 from mmjax.models.vit import VisionConfig
 from test_fusion import assert_named_and_sharded_like_one_device, float64, np_gelu, run_readme_example
@@ -262,12 +264,77 @@ def test_greedy_generation_equals_a_token_by_token_loop_over_the_whole_model():
     eos = int(without_stop[0, 4])  # row 0's second new token: row 0 stops there, row 1 earlier
     assert eos not in without_stop[0, :4] and eos in without_stop[1, 2:4]
     want = _naive_greedy(model, params, media, prompts, lengths, 6, eos_id=eos)
-    got = greedy_generate(model, params, media, prompts, lengths, num_tokens=6, eos_id=eos)
+    got = generate(model, params, media, prompts, lengths, num_tokens=6, eos_id=eos)
     np.testing.assert_array_equal(got, want)
     assert got[0, 4] == eos and not got[0, 5:].any()
     assert (got[2, 8:] != 0).all()  # row 2 ran into the end of the buffer
-    np.testing.assert_array_equal(greedy_generate(model, params, media, prompts, lengths, 6), without_stop)
-    other = greedy_generate(model, params, images(9, batch=3), prompts, lengths, 6)
+    np.testing.assert_array_equal(generate(model, params, media, prompts, lengths, 6), without_stop)
+    other = generate(model, params, images(9, batch=3), prompts, lengths, 6)
     assert (other != without_stop).any()  # the tokens read the images
     with pytest.raises(ValueError, match=r"prompt_lengths must be 3 lengths in \[1, 10\]"):
-        greedy_generate(model, params, media, prompts, [3, 0, 8], 2)
+        generate(model, params, media, prompts, [3, 0, 8], 2)
+
+
+def _moved_params(model, media, seed=5):
+    """Parameters with every entry moved and the gates open: the images change the text."""
+    params = nn.unbox(model.init(jax.random.key(0), media, IDS[:1].repeat(len(media), 0)))["params"]
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: x + rng.normal(size=np.shape(x)).astype(np.float32), params)
+
+
+@pytest.mark.parametrize("every, remat", [(1, "none"), (2, "full")])
+def test_every_cached_decoding_position_gives_the_logits_of_the_whole_forward_pass(every, remat):
+    config = FlamingoConfig(VISION, TEXT, media_token_id=1, num_latents=3, resampler_depth=1,
+                            cross_attention_every=every, options=layers.BlockOptions(remat_policy=remat))
+    model, media = Flamingo(config), images(4)
+    params = _moved_params(model, media)
+    full = np.asarray(model.apply({"params": params}, media, IDS))  # IDS: two images in row 0, one in row 1
+    latents = model.apply({"params": params}, media)
+    variables = {"params": params}
+    decode = jax.jit(lambda variables, t: model.apply(variables, None, IDS, latents=latents, decode_index=t,
+                                                      mutable=["cache"]))
+    for t in range(TEXT.context_length):
+        logits, cache = decode(variables, t)
+        variables = {"params": params, **cache}
+        np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5, err_msg=f"position {t}")
+    assert cache["cache"]["layers_0"]["attn"]["cached_key"].shape == (2, TEXT.context_length, 2, 8)
+
+
+def test_decoding_steps_are_one_token_of_causal_self_attention():
+    attention = layers.MultiHeadAttention(2, causal=False)
+    x = np.zeros((1, 1, 8), np.float32)
+    step = layers.DecodeStep(jnp.int32(0), 4)
+    with pytest.raises(ValueError, match=r"decoding is one token \[B, 1, D\] of causal self-attention"):
+        attention.init(jax.random.key(0), x, decode=step)
+    with pytest.raises(ValueError, match=r"got queries \[1, 2, 8\]"):
+        layers.MultiHeadAttention(2, causal=True).init(jax.random.key(0), np.zeros((1, 2, 8), np.float32),
+                                                       decode=step)
+
+
+def test_sampled_tokens_follow_the_tempered_top_k_softmax():
+    """4 000 rows continue one prompt by one token each: the tokens' frequencies are the softmax of the
+    logits / temperature over the top k (within 4.5 standard errors), no other token is drawn, top_k=1 is
+    greedy, and another seed draws other tokens."""
+    model, rows, temperature, top_k = Flamingo(CONFIG), 4000, 3.0, 4
+    media = np.repeat(images(4, batch=1), rows, axis=0)
+    params = _moved_params(model, media[:1])
+    prompts = np.zeros((rows, TEXT.context_length), np.int32)
+    prompts[:, :3] = [5, 1, 6]
+    logits = np.asarray(model.apply({"params": params}, media[:1], prompts[:1]), np.float64)[0, 2] / temperature
+    top = np.argsort(logits)[::-1][:top_k]
+    probabilities = np.exp(logits[top] - logits[top].max())
+    probabilities /= probabilities.sum()
+    assert probabilities.min() > 0.05  # every kept token is drawn often enough to be counted
+    lengths = np.full(rows, 3)
+    drawn = generate(model, params, media, prompts, lengths, 1, temperature=temperature, top_k=top_k, seed=3)[:, 3]
+    assert set(drawn) <= set(top)
+    frequencies = np.array([(drawn == token).mean() for token in top])
+    np.testing.assert_array_less(np.abs(frequencies - probabilities),
+                                 4.5 * np.sqrt(probabilities * (1 - probabilities) / rows))
+    again = generate(model, params, media, prompts, lengths, 1, temperature=temperature, top_k=top_k, seed=4)[:, 3]
+    assert (again != drawn).mean() > 0.3
+    greedy = generate(model, params, media[:2], prompts[:2], lengths[:2], 4)
+    np.testing.assert_array_equal(generate(model, params, media[:2], prompts[:2], lengths[:2], 4, top_k=1,
+                                           temperature=1.0), greedy)
+    with pytest.raises(ValueError, match=r"temperature must be ≥ 0 and top_k in \[0, 20\], got 1.0 and 21"):
+        generate(model, params, media[:2], prompts[:2], lengths[:2], 4, temperature=1.0, top_k=21)

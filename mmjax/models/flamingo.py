@@ -145,12 +145,17 @@ class Flamingo(nn.Module):
 
     `token_ids=None` returns the images' latents `[B, M·R, Dv]` instead; passing them back as `latents=` skips
     the vision tower and the resampler (`images` is then not read): what decoding many token sequences against
-    the same images does (`mmjax.models.generation`)."""
+    the same images does (`mmjax.models.generation`).
+
+    `decode_index` (an int32 scalar, traced): the logits `[B, 1, V]` at that position only, computed from the
+    language model's key-value cache of the positions before it (the `cache` collection: apply with
+    `mutable=["cache"]`, starting at 0 without one), which this call extends by the position. `token_ids` is
+    the whole `[B, L]` buffer; only its tokens up to `decode_index` are read."""
 
     config: FlamingoConfig
 
     @nn.compact
-    def __call__(self, images, token_ids=None, *, latents=None):
+    def __call__(self, images, token_ids=None, *, latents=None, decode_index=None):
         cfg, opts = self.config, self.config.options
         dtype = jnp.dtype(opts.dtype)
         if latents is None:
@@ -174,13 +179,18 @@ class Flamingo(nn.Module):
         num_media = latents.shape[1] // cfg.num_latents
         mask, sees_media = media_attention_mask(token_ids, cfg.media_token_id, num_media, cfg.num_latents)
         x = embed_tokens(cfg.text, dtype, token_ids)
+        decode = None
+        if decode_index is not None:  # the position's row of each (cheap) whole-buffer tensor
+            decode = layers.DecodeStep(jnp.asarray(decode_index, jnp.int32), token_ids.shape[1])
+            x, mask, sees_media = (jax.lax.dynamic_slice_in_dim(a, decode.index, 1, axis=1)
+                                   for a in (x, mask, sees_media))
         gated = layers.rematerialised(GatedCrossAttentionBlock, opts)
         block = layers.rematerialised(layers.TransformerBlock, opts)
         for i in range(cfg.text.depth):
             if i % cfg.cross_attention_every == 0:
                 x = gated(cfg.text.num_heads, cfg.text.mlp_dim, opts, name=f"gated_xattn_{i}")(x, latents, mask,
                                                                                               sees_media)
-            x = block(cfg.text, opts, causal=True, name=f"layers_{i}")(x)
+            x = block(cfg.text, opts, causal=True, name=f"layers_{i}")(x, None, decode)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
         return layers.dense(cfg.text.vocab_size, (axes.EMBED, axes.VOCAB), name="lm_head")(x.astype(jnp.float32))
 

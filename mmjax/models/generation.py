@@ -1,17 +1,17 @@
-"""Greedy decoding for Flamingo: prompts (an image token, then text) continued token by token.
+"""Decoding for Flamingo: prompts (an image token, then text) continued token by token, greedy or sampled.
 
-    ids = greedy_generate(model, params, images, prompts, prompt_lengths, num_tokens=20, eos_id=2)
+    ids = generate(model, params, images, prompts, prompt_lengths, num_tokens=20, eos_id=2)
+    ids = generate(..., temperature=0.8, top_k=40, seed=1)          # sampled
 
 Each row of `prompts [B, L]` holds its prompt in the first `prompt_lengths[b]` positions (the rest is
-padding); `L` is the language model's context length. Step `t` runs the language model over the whole buffer
-and appends, after each row's last token, the id of its largest logit there. A causal model's logits at a
-position do not depend on the tokens after it, so the padding beyond never matters. The vision tower and the
-resampler run once (`Flamingo(…)(images)` → latents). A row stops at `eos_id` (which it keeps) or at the end of
-the buffer; positions after a row's end are `pad_id`.
-
-There is no key-value cache: each step recomputes the language model over all `L` positions, `num_tokens`
-forward passes of the language model in all (fine for captions and short answers; a cache would make each step
-one position).
+padding); `L` is the language model's context length. The vision tower and the resampler run once
+(`Flamingo(…)(images)` → latents). The language model then runs one position at a time with a key-value cache
+(`Flamingo(…, decode_index=t)`): step `t` feeds every row's token at position `t` (its prompt's while the prompt
+lasts, then its own last choice) and, for rows past their prompt, chooses the token at `t + 1` from the logits
+there: the largest (`temperature=0`), or a draw from `softmax(logits / temperature)` restricted to the `top_k`
+largest (`top_k=0`: all). A row stops at `eos_id` (which it keeps), after `num_tokens` new tokens, or at the end
+of the buffer; positions after a row's end are `pad_id`. Prompt positions are fed one at a time too, so a
+batch costs `max(prompt_lengths) + num_tokens` single-position steps.
 """
 
 from __future__ import annotations
@@ -25,40 +25,60 @@ import numpy as np
 from mmjax.models.flamingo import Flamingo
 
 
-def greedy_generate(model: Flamingo, params, images, prompts, prompt_lengths, num_tokens: int,
-                    eos_id: int | None = None, pad_id: int = 0) -> np.ndarray:
+def generate(model: Flamingo, params, images, prompts, prompt_lengths, num_tokens: int, eos_id: int | None = None,
+             pad_id: int = 0, temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> np.ndarray:
     """`images [B, M, H, W, 3]` (normalised), `prompts [B, L]` int, `prompt_lengths [B]` (each in [1, L]) →
-    int32 `[B, L]`: the prompts followed by up to `num_tokens` greedy tokens each."""
+    int32 `[B, L]`: the prompts followed by up to `num_tokens` generated tokens each. `temperature` 0 is greedy;
+    `seed` picks the draws of a sampled decoding (each row draws independently)."""
     prompts, lengths = np.asarray(prompts, np.int32), np.asarray(prompt_lengths, np.int32)
-    context = model.config.text.context_length
+    context, vocab = model.config.text.context_length, model.config.text.vocab_size
     if prompts.ndim != 2 or prompts.shape[1] != context:
         raise ValueError(f"prompts must be [B, {context}] (the context length), got {list(prompts.shape)}")
     if lengths.shape != (len(prompts),) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > context:
         raise ValueError(f"prompt_lengths must be {len(prompts)} lengths in [1, {context}], got {lengths.tolist()}")
     if num_tokens < 0:
         raise ValueError(f"num_tokens must be ≥ 0, got {num_tokens}")
+    if temperature < 0 or not 0 <= top_k <= vocab:
+        raise ValueError(f"temperature must be ≥ 0 and top_k in [0, {vocab}], got {temperature} and {top_k}")
     positions = np.arange(context)
     buffer = np.where(positions[None] < lengths[:, None], prompts, pad_id).astype(np.int32)
-    return np.asarray(_decode(model, num_tokens, -1 if eos_id is None else eos_id, params, jnp.asarray(images),
-                              buffer, lengths))
+    return np.asarray(_decode(model, -1 if eos_id is None else eos_id, float(temperature), int(top_k), params,
+                              jnp.asarray(images), buffer, lengths, num_tokens, jax.random.key(seed)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _decode(model: Flamingo, num_tokens: int, eos_id: int, params, images, buffer, lengths):
-    """`greedy_generate`'s loop, jitted: the latents once, then `num_tokens` steps."""
+def _choose(temperature: float, top_k: int, logits: jax.Array, key: jax.Array) -> jax.Array:
+    """`logits [B, V]` → int32 `[B]`: the largest, or one draw per row from the tempered top-k softmax."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _decode(model: Flamingo, eos_id: int, temperature: float, top_k: int, params, images, buffer, lengths,
+            num_tokens, key):
+    """`generate`'s loop, jitted: the latents once, then one cached position per step."""
     latents = model.apply({"params": params}, images)
-    rows = jnp.arange(buffer.shape[0])
     context = buffer.shape[1]
 
-    def step(_, carry):
-        buffer, lengths, done = carry
-        logits = model.apply({"params": params}, None, buffer, latents=latents)
-        token = jnp.argmax(logits[rows, lengths - 1], axis=-1).astype(jnp.int32)
-        write = ~done & (lengths < context)
-        buffer = buffer.at[rows, jnp.minimum(lengths, context - 1)].set(
-            jnp.where(write, token, buffer[rows, jnp.minimum(lengths, context - 1)]))
-        done = done | (write & (token == eos_id)) | (lengths + write >= context)
-        return buffer, lengths + write, done
+    def at(t, buffer, cache):
+        return model.apply({"params": params, "cache": cache}, None, buffer, latents=latents, decode_index=t,
+                           mutable=["cache"])
 
-    buffer, _, _ = jax.lax.fori_loop(0, num_tokens, step, (buffer, lengths, lengths >= context))
+    shapes = jax.eval_shape(lambda b: at(0, b, {})[1]["cache"], buffer)  # the cache: zeros of its shapes
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def step(t, carry):
+        buffer, cache, done = carry
+        logits, updated = at(t, buffer, cache)
+        token = _choose(temperature, top_k, logits[:, 0], jax.random.fold_in(key, t))
+        write = ~done & (t >= lengths - 1) & (t + 1 < lengths + num_tokens)  # past the prompt, within budget
+        buffer = buffer.at[:, t + 1].set(jnp.where(write, token, buffer[:, t + 1]))
+        return buffer, updated["cache"], done | (write & (token == eos_id))
+
+    steps = jnp.minimum(context - 1, jnp.max(lengths) + num_tokens - 1)  # the last token is never fed
+    buffer, _, _ = jax.lax.fori_loop(0, steps, step, (buffer, cache, jnp.zeros(buffer.shape[0], bool)))
     return buffer

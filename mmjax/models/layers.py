@@ -13,6 +13,7 @@ import numbers
 from typing import Callable
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,6 +183,16 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, 
     return out[:, :t]
 
 
+@flax.struct.dataclass
+class DecodeStep:
+    """One position of autoregressive decoding with a key-value cache: the queries are the token at `index`
+    (an int32 scalar, traced) of a sequence of at most `length` tokens (static: a pytree field that `nn.remat`
+    and `jit` keep out of the traced leaves)."""
+
+    index: jax.Array
+    length: int = flax.struct.field(pytree_node=False)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention, self or cross.
 
@@ -192,6 +203,11 @@ class MultiHeadAttention(nn.Module):
     `implementation`: `jax.nn.dot_product_attention`'s, `"xla"` or `"cudnn"` (NVIDIA GPUs,
     bfloat16 or float16: cuDNN's fused flash attention). `kv_length`: keys and values from this index on are
     padding, masked out.
+
+    `decode` (`DecodeStep`, causal self-attention only): `queries [B, 1, D]` is the token at `decode.index`; its
+    key and value are written there into the `cache` collection (`cached_key`, `cached_value`:
+    `[B, decode.length, H, D/H]`, zeros when absent; apply with `mutable=["cache"]`), and it attends to the cached
+    positions `≤ decode.index` on XLA's attention.
     """
 
     num_heads: int
@@ -201,7 +217,10 @@ class MultiHeadAttention(nn.Module):
     kv_length: int | None = None
 
     @nn.compact
-    def __call__(self, queries, keys_values=None, kv_lengths=None, mask=None):
+    def __call__(self, queries, keys_values=None, kv_lengths=None, mask=None, decode: DecodeStep | None = None):
+        if decode is not None and (keys_values is not None or not self.causal or queries.shape[1] != 1):
+            raise ValueError(f"decoding is one token [B, 1, D] of causal self-attention at a time, got queries "
+                             f"{list(queries.shape)}" + (" and keys" if keys_values is not None else ""))
         if keys_values is None:
             keys_values = queries
         width = queries.shape[-1]
@@ -214,10 +233,24 @@ class MultiHeadAttention(nn.Module):
         proj_names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
         project = lambda name, x: dense((self.num_heads, head_dim), proj_names, dtype=self.dtype, name=name)(x)
         q, k, v = project("query", queries), project("key", keys_values), project("value", keys_values)
-        out = padded_attention(q, k, v, causal=self.causal, implementation=self.implementation,
-                               multiple=LENGTH_MULTIPLES[self.implementation], kv_length=self.kv_length,
-                               kv_lengths=kv_lengths, mask=mask)
+        if decode is not None:
+            out = self._attend_to_cache(q, k, v, decode)
+        else:
+            out = padded_attention(q, k, v, causal=self.causal, implementation=self.implementation,
+                                   multiple=LENGTH_MULTIPLES[self.implementation], kv_length=self.kv_length,
+                                   kv_lengths=kv_lengths, mask=mask)
         return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, dtype=self.dtype, name="out")(out)
+
+    def _attend_to_cache(self, q, k, v, decode: DecodeStep):
+        """`q, k, v [B, 1, H, D/H]` of the token at `decode.index` → its attention over the cache, `[B, 1, H, D/H]`."""
+        shape = (k.shape[0], decode.length) + k.shape[2:]
+        keys, values = (self.variable("cache", name, jnp.zeros, shape, k.dtype)
+                        for name in ("cached_key", "cached_value"))
+        keys.value = jax.lax.dynamic_update_slice_in_dim(keys.value, k, decode.index, axis=1)
+        values.value = jax.lax.dynamic_update_slice_in_dim(values.value, v, decode.index, axis=1)
+        seen = jnp.broadcast_to(jnp.arange(decode.length) <= decode.index, (q.shape[0], 1, decode.length))
+        return padded_attention(q, keys.value, values.value, causal=False, implementation="xla", multiple=1,
+                                mask=seen)
 
 
 class Mlp(nn.Module):
@@ -299,7 +332,8 @@ class TransformerSpec:
 class TransformerBlock(nn.Module):
     """Pre-LN block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. `[B, T, D] -> [B, T, D]`; `causal` self-attention
     lets token `t` see tokens `≤ t` only; tokens from `valid_length` on are padding no other token sees, and so are
-    each example's tokens from its `lengths [B]` on, when given."""
+    each example's tokens from its `lengths [B]` on, when given. `decode`: one token of causal decoding with a
+    key-value cache (`MultiHeadAttention`)."""
 
     spec: TransformerSpec
     options: BlockOptions
@@ -307,13 +341,13 @@ class TransformerBlock(nn.Module):
     valid_length: int | None = None
 
     @nn.compact
-    def __call__(self, x, lengths=None):
+    def __call__(self, x, lengths=None, decode: DecodeStep | None = None):
         spec, opts = self.spec, self.options
         dtype = jnp.dtype(opts.dtype)
         x = constrain_tokens(x)
         y = layer_norm(opts.norm_eps, dtype, "ln_1")(x)
         x = x + MultiHeadAttention(spec.num_heads, dtype, self.causal, opts.attention, self.valid_length,
-                                   name="attn")(y, kv_lengths=lengths)
+                                   name="attn")(y, kv_lengths=lengths, decode=decode)
         y = layer_norm(opts.norm_eps, dtype, "ln_2")(x)
         return x + Mlp(spec.mlp_dim, opts.activation, dtype, name="mlp")(y)
 
