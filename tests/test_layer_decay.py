@@ -123,7 +123,7 @@ def test_a_run_with_layer_decay_moves_each_layer_its_share(tmp_path, capsys):
 
     plain, decayed = moved(1.0, str(tmp_path / "plain")), moved(DECAY, str(tmp_path / "decayed"))
     assert ("mmjax: layer decay 0.5: image_encoder (2 layers, embeddings ×0.125), text_encoder (2 layers, "
-            "embeddings ×0.125); the last layer ×0.5, heads and projections ×1") in capsys.readouterr().err
+            "embeddings ×0.125); the last layer ×0.5, final norms, heads and output projections ×1") in capsys.readouterr().err
     for path, step in plain.items():
         if path.endswith("attn/key/bias"):  # its gradient is 0 (a softmax ignores a shift shared by all keys)
             continue

@@ -566,6 +566,33 @@ def test_a_workdir_in_use_is_refused_and_config_json_follows_the_checkpoints(tmp
     assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == config.total_steps
 
 
+def test_the_directories_made_for_a_run_refused_in_its_lock_are_removed_and_its_error_kept(tmp_path, monkeypatch):
+    """A refused run left its new workdir (and parents) behind; a removal that failed (NFS keeps a removed open
+    file as .nfsXXXX) replaced the run's error by an OSError."""
+    import errno
+
+    from mmjax.train import workdir
+
+    with pytest.raises(KeyError, match="refused"):
+        with workdir.workdir_lock(str(tmp_path / "new" / "parent" / "run")):
+            raise KeyError("refused")
+    assert os.listdir(tmp_path) == []
+    with workdir.workdir_lock(str(tmp_path / "used")):  # a run that wrote something keeps its workdir
+        (tmp_path / "used" / "metrics.jsonl").write_text("")
+    with pytest.raises(KeyError):
+        with workdir.workdir_lock(str(tmp_path / "used")):
+            raise KeyError("refused")
+    assert sorted(os.listdir(tmp_path / "used")) == [".lock", "metrics.jsonl"]
+
+    def not_empty(path):
+        raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+
+    monkeypatch.setattr(workdir.os, "rmdir", not_empty)
+    with pytest.raises(KeyError, match="refused"):
+        with workdir.workdir_lock(str(tmp_path / "nfs")):
+            raise KeyError("refused")
+
+
 def test_a_workdir_that_cannot_be_locked_trains_with_a_warning(tmp_path, monkeypatch, capsys):
     import errno
 

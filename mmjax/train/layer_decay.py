@@ -9,8 +9,9 @@ With decay `d`, a tower of `L` transformer layers (`image_encoder`, `text_encode
 - its layer `i` (0-based) by `d ** (L - i)`: the last layer by `d`,
 - whatever follows its last layer (the final norm, SigLIP's attention-pooling head) by 1,
 
-and the parameters outside the towers (projections, logit scale and bias, FLAVA's heads) by 1. This is BEiT's
-and timm's layer decay (and EVA-CLIP's, with one decay for both towers), each tower counted by its own depth.
+and the parameters outside the towers (output projections, logit scale and bias, FLAVA's heads) by 1. This is
+BEiT's convention (FT-CLIP's and EVA-CLIP's fine-tuning too, here with one decay for every tower), each tower
+counted by its own depth; timm's `layer_decay` differs only in giving the final norm the last layer's factor.
 The update that is scaled is AdamW's whole step, weight decay included, as a PyTorch parameter group's
 learning-rate scale does.
 """
@@ -88,4 +89,4 @@ def describe(params: Any, decay: float) -> str:
     """One line for the run's start: each tower's depth and its smallest multiplier (the embeddings')."""
     towers = ", ".join(f"{name} ({depth} layers, embeddings ×{decay ** (depth + 1):.3g})"
                        for name, depth in tower_depths(params).items())
-    return f"layer decay {decay}: {towers}; the last layer ×{decay}, heads and projections ×1"
+    return f"layer decay {decay}: {towers}; the last layer ×{decay}, final norms, heads and output projections ×1"

@@ -208,9 +208,10 @@ def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
     process locks nothing (processes other than 0 of a multi-host run, whose workdir is shared). A file system
     without locks is a warning: two runs there would go unnoticed.
 
-    Creates the workdir. One that this call created and that holds nothing but the lock when the block raises (a
-    run refused before it began, e.g. by a fine-tuning checkpoint that does not fit the config) is removed."""
-    created = not os.path.isdir(workdir)
+    Creates the workdir (and its missing parents). When the block raises and they hold nothing but the lock (a
+    run refused before it began, e.g. by a fine-tuning checkpoint that does not fit the config), the directories
+    this call created are removed, as far as they can be: the block's error is the one raised."""
+    created = _missing_directories(workdir)
     os.makedirs(workdir, exist_ok=True)
     lock, refused = None, None
     if take:
@@ -236,10 +237,33 @@ def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if lock is not None and created and os.listdir(workdir) == [LOCK_FILE]:
-            os.remove(lock.name)
-            os.rmdir(workdir)
+        if lock is not None:
+            lock.close()
+            lock = None
+            if created and os.listdir(workdir) == [LOCK_FILE]:
+                _remove_quietly(os.remove, os.path.join(workdir, LOCK_FILE))
+        for directory in created:  # innermost first; a directory that is not empty stays
+            _remove_quietly(os.rmdir, directory)
         raise
     finally:
         if lock is not None:
             lock.close()  # releases the flock
+
+
+def _missing_directories(path: str) -> list[str]:
+    """`path` and its ancestors that do not exist yet, innermost first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_quietly(remove, path: str) -> None:
+    """`remove(path)`, ignoring an `OSError` (a file system that keeps a removed open file, another run that
+    came in meanwhile): the error that leads here is the one to report."""
+    try:
+        remove(path)
+    except OSError:
+        pass
