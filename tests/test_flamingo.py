@@ -16,6 +16,7 @@ from mmjax.losses import captioning_loss
 from mmjax.models import layers
 from mmjax.models.flamingo import (Flamingo, FlamingoConfig, GatedCrossAttentionBlock, PerceiverResampler,
                                    media_attention_mask, trainable_mask)
+from mmjax.models import generation
 from mmjax.models.generation import generate
 from mmjax.models.text import TextConfig
 from mmjax.models.vit import VisionConfig
@@ -336,5 +337,18 @@ def test_sampled_tokens_follow_the_tempered_top_k_softmax():
     greedy = generate(model, params, media[:2], prompts[:2], lengths[:2], 4)
     np.testing.assert_array_equal(generate(model, params, media[:2], prompts[:2], lengths[:2], 4, top_k=1,
                                            temperature=1.0), greedy)
+    compiled = generation._decode._cache_size()
+    generate(model, params, media, prompts, lengths, 1, temperature=0.5, top_k=top_k, seed=3, eos_id=7)
+    assert generation._decode._cache_size() == compiled  # temperature, eos and seed are traced
     with pytest.raises(ValueError, match=r"temperature must be ≥ 0 and top_k in \[0, 20\], got 1.0 and 21"):
         generate(model, params, media[:2], prompts[:2], lengths[:2], 4, temperature=1.0, top_k=21)
+    with pytest.raises(ValueError, match=r"got nan and 0"):
+        generate(model, params, media[:2], prompts[:2], lengths[:2], 4, temperature=float("nan"))
+
+
+def test_top_k_keeps_exactly_k_tokens_when_logits_tie():
+    keys = jax.random.split(jax.random.key(0), 500)
+    draw = jax.vmap(lambda key, logits, k: generation._choose(False, k, logits, jnp.float32(1.0), key),
+                    in_axes=(0, None, None))
+    assert set(np.asarray(draw(keys, jnp.array([[3.0, 3, 3, 0]]), 1)).ravel()) == {0}
+    assert set(np.asarray(draw(keys, jnp.array([[5.0, 3, 3, 3]]), 2)).ravel()) == {0, 1}

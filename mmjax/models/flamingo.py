@@ -150,7 +150,8 @@ class Flamingo(nn.Module):
     `decode_index` (an int32 scalar, traced): the logits `[B, 1, V]` at that position only, computed from the
     language model's key-value cache of the positions before it (the `cache` collection: apply with
     `mutable=["cache"]`, starting at 0 without one), which this call extends by the position. `token_ids` is
-    the whole `[B, L]` buffer; only its tokens up to `decode_index` are read."""
+    the whole `[B, L]` buffer; only its tokens up to `decode_index` are read. A traced index outside `[0, L)` is
+    clamped into it (`lax.dynamic_slice`); a Python int there is an error."""
 
     config: FlamingoConfig
 
@@ -180,6 +181,8 @@ class Flamingo(nn.Module):
         mask, sees_media = media_attention_mask(token_ids, cfg.media_token_id, num_media, cfg.num_latents)
         x = embed_tokens(cfg.text, dtype, token_ids)
         decode = None
+        if isinstance(decode_index, int) and not 0 <= decode_index < token_ids.shape[1]:
+            raise ValueError(f"decode_index {decode_index} is not a position of the {token_ids.shape[1]} tokens")
         if decode_index is not None:  # the position's row of each (cheap) whole-buffer tensor
             decode = layers.DecodeStep(jnp.asarray(decode_index, jnp.int32), token_ids.shape[1])
             x, mask, sees_media = (jax.lax.dynamic_slice_in_dim(a, decode.index, 1, axis=1)

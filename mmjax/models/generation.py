@@ -38,29 +38,32 @@ def generate(model: Flamingo, params, images, prompts, prompt_lengths, num_token
         raise ValueError(f"prompt_lengths must be {len(prompts)} lengths in [1, {context}], got {lengths.tolist()}")
     if num_tokens < 0:
         raise ValueError(f"num_tokens must be ≥ 0, got {num_tokens}")
-    if temperature < 0 or not 0 <= top_k <= vocab:
+    if not temperature >= 0 or not 0 <= top_k <= vocab:  # NaN too
         raise ValueError(f"temperature must be ≥ 0 and top_k in [0, {vocab}], got {temperature} and {top_k}")
     positions = np.arange(context)
     buffer = np.where(positions[None] < lengths[:, None], prompts, pad_id).astype(np.int32)
-    return np.asarray(_decode(model, -1 if eos_id is None else eos_id, float(temperature), int(top_k), params,
-                              jnp.asarray(images), buffer, lengths, num_tokens, jax.random.key(seed)))
+    return np.asarray(_decode(model, temperature == 0, int(top_k), params, jnp.asarray(images), buffer, lengths,
+                              num_tokens, -1 if eos_id is None else eos_id, jnp.float32(temperature or 1.0),
+                              jax.random.key(seed)))
 
 
-def _choose(temperature: float, top_k: int, logits: jax.Array, key: jax.Array) -> jax.Array:
-    """`logits [B, V]` → int32 `[B]`: the largest, or one draw per row from the tempered top-k softmax."""
-    if temperature == 0:
+def _choose(greedy: bool, top_k: int, logits: jax.Array, temperature: jax.Array, key: jax.Array) -> jax.Array:
+    """`logits [B, V]` → int32 `[B]`: the largest, or one draw per row from the softmax of `logits /
+    temperature` over exactly the `top_k` largest (ties at the k-th broken towards lower ids, as `lax.top_k`)."""
+    if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
     if top_k:
-        kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+        kept = jax.lax.top_k(logits, top_k)[1]
+        rows = jnp.arange(logits.shape[0])[:, None]
+        logits = jnp.full_like(logits, -jnp.inf).at[rows, kept].set(logits[rows, kept])
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _decode(model: Flamingo, eos_id: int, temperature: float, top_k: int, params, images, buffer, lengths,
-            num_tokens, key):
-    """`generate`'s loop, jitted: the latents once, then one cached position per step."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _decode(model: Flamingo, greedy: bool, top_k: int, params, images, buffer, lengths, num_tokens, eos_id,
+            temperature, key):
+    """`generate`'s loop, jitted: the latents once, then one cached position per step until every row is done."""
     latents = model.apply({"params": params}, images)
     context = buffer.shape[1]
 
@@ -71,14 +74,17 @@ def _decode(model: Flamingo, eos_id: int, temperature: float, top_k: int, params
     shapes = jax.eval_shape(lambda b: at(0, b, {})[1]["cache"], buffer)  # the cache: zeros of its shapes
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def step(t, carry):
-        buffer, cache, done = carry
+    def step(carry):
+        t, buffer, cache, done = carry
         logits, updated = at(t, buffer, cache)
-        token = _choose(temperature, top_k, logits[:, 0], jax.random.fold_in(key, t))
+        token = _choose(greedy, top_k, logits[:, 0], temperature, jax.random.fold_in(key, t))
         write = ~done & (t >= lengths - 1) & (t + 1 < lengths + num_tokens)  # past the prompt, within budget
         buffer = buffer.at[:, t + 1].set(jnp.where(write, token, buffer[:, t + 1]))
-        return buffer, updated["cache"], done | (write & (token == eos_id))
+        return t + 1, buffer, updated["cache"], done | (write & (token == eos_id))
 
-    steps = jnp.minimum(context - 1, jnp.max(lengths) + num_tokens - 1)  # the last token is never fed
-    buffer, _, _ = jax.lax.fori_loop(0, steps, step, (buffer, cache, jnp.zeros(buffer.shape[0], bool)))
-    return buffer
+    def unfinished(carry):  # the last position is never fed: nothing follows it
+        t, _, _, done = carry
+        return (t < context - 1) & ~jnp.all(done | (t + 1 >= lengths + num_tokens))
+
+    start = (jnp.int32(0), buffer, cache, jnp.zeros(buffer.shape[0], bool))
+    return jax.lax.while_loop(unfinished, step, start)[1]
