@@ -71,6 +71,8 @@ def _define_eval_flags() -> None:
                         "text→image retrievals.")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with, "
                       "float32 for a pretrained checkpoint).")
+    flags.DEFINE_integer("image_size", None, "A pretrained checkpoint only: evaluate it at this image size (its "
+                         "position embeddings interpolated, its resize made to this size).", lower_bound=1)
     checkpoint_source.define_flags()
     flags.mark_flags_as_required(["model"])
 
@@ -120,10 +122,11 @@ def _eval(_argv) -> None:
         with _checked_in_every_process():  # a host that cannot load the checkpoint stops every host
             benchmark = _check_benchmark_arguments(workdir=None)
             model = eval_pretrained.load(flags.FLAGS.model, benchmark, data_dir=flags.FLAGS.data_dir,
-                                         dtype=flags.FLAGS.dtype, batch_size=flags.FLAGS.batch_size)
+                                         dtype=flags.FLAGS.dtype, batch_size=flags.FLAGS.batch_size,
+                                         image_size=flags.FLAGS.image_size)
         eval_pretrained.evaluate(model, flags.FLAGS.model, benchmark, output=flags.FLAGS.output,
                                  data_dir=flags.FLAGS.data_dir, max_examples=flags.FLAGS.max_examples,
-                                 num_workers=flags.FLAGS.num_workers)
+                                 num_workers=flags.FLAGS.num_workers, image_size=flags.FLAGS.image_size)
         return
     with _checked_in_every_process():
         workdir, benchmark, step = _check_eval_arguments()
@@ -138,6 +141,9 @@ def _check_eval_arguments() -> tuple[str, str | None, int]:
 
     workdir = flags.FLAGS.model
     refuse_pretrained_flags(workdir)
+    if flags.FLAGS.image_size is not None:
+        raise ValueError(f"--image_size applies to a pretrained checkpoint; the training workdir {workdir} is "
+                         f"evaluated at the size it trained at")
     return workdir, _check_benchmark_arguments(workdir), check_trained(workdir)
 
 

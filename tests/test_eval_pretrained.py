@@ -84,6 +84,23 @@ def test_cli_eval_of_a_pretrained_checkpoint_equals_the_written_out_metrics(sigl
     assert "(hf_siglip SigLIP): wds:" in done.stdout and "acc1" in done.stdout
 
 
+def test_a_pretrained_checkpoint_evaluates_at_another_image_size(siglip_dir, benchmark_dir, tmp_path):
+    root, images = benchmark_dir
+    done = mmjax("eval", "--model", siglip_dir, "--benchmark", f"wds:{root}", "--image_size", "24", "--batch_size",
+                 "4", cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / f"eval_wds_{root.name}_{os.path.basename(siglip_dir)}_24px.json") as f:
+        results = json.load(f)
+    assert results["image_size"] == 24 and "(hf_siglip SigLIP at 24 px)" in done.stdout
+    resized, native = load_pretrained(siglip_dir, image_size=24), load_pretrained(siglip_dir)
+    assert (resized.config.vision.image_size, resized.preprocess.size, native.preprocess.size) == (24, 24, 16)
+    assert np.abs(resized.encode_image(images) - native.encode_image(images)).max() > 1e-3  # the size matters
+    expected = naive_zero_shot_metrics(resized.encode_image(images), resized.encode_text, CLASSNAMES, TEMPLATES,
+                                       np.array(LABELS))
+    for key, value in expected.items():
+        assert results["metrics"][key] == pytest.approx(value), key
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_the_benchmark_images_get_the_checkpoints_own_resize(siglip_dir, benchmark_dir, num_workers):
     root, images = benchmark_dir
@@ -111,6 +128,9 @@ def test_eval_arguments_for_pretrained_checkpoints_are_one_line(siglip_dir, benc
                            f"a pretrained checkpoint ({siglip_dir}) needs --benchmark")
     _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "run"), "--weights", "w.safetensors"),
                            "--weights applies to a pretrained checkpoint")
+    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "run"), "--image_size", "24"),
+                           f"--image_size applies to a pretrained checkpoint; the training workdir {tmp_path}/run is "
+                           f"evaluated at the size it trained at")
     _assert_one_line_error(mmjax("eval", "--model", "open_clip:ViT-B-32", "--benchmark", f"wds:{tmp_path}"),
                            f"no webdataset shards {tmp_path}/test/*.tar")  # the benchmark is checked first
     _assert_one_line_error(mmjax("eval", "--model", "open_clip:ViT-B-32", "--benchmark", benchmark),

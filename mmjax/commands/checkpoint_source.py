@@ -86,10 +86,12 @@ def load_workdir(workdir: str, *, dtype: str | None = None, progress: bool = Fal
 
 
 def load_model(source: str, *, dtype: str | None = None, progress: bool = False, step: int | None = None,
-               batch_size: int | None = None, files: dict[str, str] | None = None) -> LoadedModel:
+               batch_size: int | None = None, files: dict[str, str] | None = None,
+               image_size: int | None = None) -> LoadedModel:
     """`source` ready to embed: a workdir at checkpoint `step` (default the latest), or a pretrained checkpoint
     (with the --weights, --tokenizer and --allow_pickle flags; `files` gives `weights` / `tokenizer` paths to
-    use where those flags are not given, e.g. the ones an index recorded)."""
+    use where those flags are not given, e.g. the ones an index recorded), at `image_size` px when given
+    (`Pretrained.with_image_size`)."""
     from mmjax.inference import Encoder
     from mmjax.models import TwoTower
     from mmjax.pretrained import is_pretrained_source, load_pretrained
@@ -103,7 +105,7 @@ def load_model(source: str, *, dtype: str | None = None, progress: bool = False,
              {**(files or {}), **{name: flags.FLAGS[name].value for name in ("weights", "tokenizer")
                                   if flags.FLAGS[name].value}}.items() if path}
     pretrained = load_pretrained(source, weights=files.get("weights"), tokenizer=files.get("tokenizer"),
-                                 allow_pickle=flags.FLAGS.allow_pickle)
+                                 allow_pickle=flags.FLAGS.allow_pickle, image_size=image_size)
     config = pretrained.config
     if dtype is not None:
         config = dataclasses.replace(config, options=dataclasses.replace(config.options, dtype=dtype))
