@@ -270,6 +270,11 @@ def test_greedy_generation_equals_a_token_by_token_loop_over_the_whole_model():
     assert got[0, 4] == eos and not got[0, 5:].any()
     assert (got[2, 8:] != 0).all()  # row 2 ran into the end of the buffer
     np.testing.assert_array_equal(generate(model, params, media, prompts, lengths, 6), without_stop)
+    # every prompt ≥ 6 long: the cache of positions 0–7 is filled in one pass (stale past 5), steps start at 5
+    long_prompts = np.where(np.arange(TEXT.context_length) < 8, prompts + 10, 0).astype(np.int32)
+    for long_lengths in ([6, 8, 7], [9, 10, 9]):
+        np.testing.assert_array_equal(generate(model, params, media, long_prompts, long_lengths, 3),
+                                      _naive_greedy(model, params, media, long_prompts, long_lengths, 3, -1))
     other = generate(model, params, images(9, batch=3), prompts, lengths, 6)
     assert (other != without_stop).any()  # the tokens read the images
     with pytest.raises(ValueError, match=r"prompt_lengths must be 3 lengths in \[1, 10\]"):
@@ -301,15 +306,44 @@ def test_every_cached_decoding_position_gives_the_logits_of_the_whole_forward_pa
     assert cache["cache"]["layers_0"]["attn"]["cached_key"].shape == (2, TEXT.context_length, 2, 8)
 
 
-def test_decoding_steps_are_one_token_of_causal_self_attention():
+@pytest.mark.parametrize("span", [1, 4, 7, 10])
+def test_a_prefilled_span_and_the_steps_after_it_give_the_logits_of_the_whole_forward_pass(span):
+    """Positions 0 … span − 1 in one pass, the rest one at a time; for spans past 5 the prefill reads a buffer
+    whose positions from 5 on are another text, and the steps from 5 on (fed the true one) overwrite them."""
+    config = FlamingoConfig(VISION, TEXT, media_token_id=1, num_latents=3, resampler_depth=1, cross_attention_every=2)
+    model, media = Flamingo(config), images(4)
+    params = _moved_params(model, media)
+    full = np.asarray(model.apply({"params": params}, media, IDS))
+    latents = model.apply({"params": params}, media)
+    start = min(span, 5)
+    stale = np.where(np.arange(TEXT.context_length) < start, IDS, (IDS * 7 + 3) % TEXT.vocab_size)
+    logits, cache = model.apply({"params": params}, None, stale, latents=latents, decode_index=0, decode_span=span,
+                                mutable=["cache"])
+    assert logits.shape == (2, span, TEXT.vocab_size)
+    np.testing.assert_allclose(logits[:, :start], full[:, :start], rtol=1e-5, atol=1e-5)
+    decode = jax.jit(lambda variables, t: model.apply(variables, None, IDS, latents=latents, decode_index=t,
+                                                      mutable=["cache"]))
+    for t in range(start, TEXT.context_length):
+        logits, cache = decode({"params": params, **cache}, t)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5, err_msg=f"position {t}")
+
+
+def test_decoding_is_causal_self_attention_within_the_cache():
     attention = layers.MultiHeadAttention(2, causal=False)
     x = np.zeros((1, 1, 8), np.float32)
     step = layers.DecodeStep(jnp.int32(0), 4)
-    with pytest.raises(ValueError, match=r"decoding is one token \[B, 1, D\] of causal self-attention"):
+    with pytest.raises(ValueError, match=r"decoding is causal self-attention of at most 4 tokens"):
         attention.init(jax.random.key(0), x, decode=step)
-    with pytest.raises(ValueError, match=r"got queries \[1, 2, 8\]"):
-        layers.MultiHeadAttention(2, causal=True).init(jax.random.key(0), np.zeros((1, 2, 8), np.float32),
+    with pytest.raises(ValueError, match=r"got queries \[1, 5, 8\]"):
+        layers.MultiHeadAttention(2, causal=True).init(jax.random.key(0), np.zeros((1, 5, 8), np.float32),
                                                        decode=step)
+    model, media = Flamingo(CONFIG), images(4)
+    params = nn.unbox(model.init(jax.random.key(0), media, IDS))["params"]
+    for index, span, message in [(8, 3, "decode_index 8 and decode_span 3 do not lie within the 10 tokens"),
+                                 (0, 11, r"decode_span 11 needs a decode_index and must lie in \[1, 10\]"),
+                                 (None, 2, "decode_span 2 needs a decode_index")]:
+        with pytest.raises(ValueError, match=message):
+            model.apply({"params": params}, media, IDS, decode_index=index, decode_span=span, mutable=["cache"])
 
 
 def test_sampled_tokens_follow_the_tempered_top_k_softmax():

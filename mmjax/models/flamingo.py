@@ -147,16 +147,18 @@ class Flamingo(nn.Module):
     the vision tower and the resampler (`images` is then not read): what decoding many token sequences against
     the same images does (`mmjax.models.generation`).
 
-    `decode_index` (an int32 scalar, traced): the logits `[B, 1, V]` at that position only, computed from the
-    language model's key-value cache of the positions before it (the `cache` collection: apply with
-    `mutable=["cache"]`, starting at 0 without one), which this call extends by the position. `token_ids` is
-    the whole `[B, L]` buffer; only its tokens up to `decode_index` are read. A traced index outside `[0, L)` is
-    clamped into it (`lax.dynamic_slice`); a Python int there is an error."""
+    `decode_index` (an int32 scalar, traced): the logits `[B, decode_span, V]` at positions `decode_index …
+    decode_index + decode_span − 1` only (`decode_span`: a static int, 1 by default), computed from the language
+    model's key-value cache of the positions before them (the `cache` collection: apply with
+    `mutable=["cache"]`, starting at 0 without one), which this call writes at those positions. `token_ids` is
+    the whole `[B, L]` buffer; only its tokens up to the span's end are read. A span of several positions fills
+    the cache with a prompt in one pass (`mmjax.models.generation`). A traced index past `L − decode_span` is
+    clamped to it (`lax.dynamic_slice`); a Python int there is an error."""
 
     config: FlamingoConfig
 
     @nn.compact
-    def __call__(self, images, token_ids=None, *, latents=None, decode_index=None):
+    def __call__(self, images, token_ids=None, *, latents=None, decode_index=None, decode_span: int = 1):
         cfg, opts = self.config, self.config.options
         dtype = jnp.dtype(opts.dtype)
         if latents is None:
@@ -181,11 +183,16 @@ class Flamingo(nn.Module):
         mask, sees_media = media_attention_mask(token_ids, cfg.media_token_id, num_media, cfg.num_latents)
         x = embed_tokens(cfg.text, dtype, token_ids)
         decode = None
-        if isinstance(decode_index, int) and not 0 <= decode_index < token_ids.shape[1]:
-            raise ValueError(f"decode_index {decode_index} is not a position of the {token_ids.shape[1]} tokens")
-        if decode_index is not None:  # the position's row of each (cheap) whole-buffer tensor
-            decode = layers.DecodeStep(jnp.asarray(decode_index, jnp.int32), token_ids.shape[1])
-            x, mask, sees_media = (jax.lax.dynamic_slice_in_dim(a, decode.index, 1, axis=1)
+        context = token_ids.shape[1]
+        if decode_span != 1 and (decode_index is None or not 1 <= decode_span <= context):
+            raise ValueError(f"decode_span {decode_span} needs a decode_index and must lie in [1, {context}] (the "
+                             f"tokens' length)")
+        if isinstance(decode_index, int) and not 0 <= decode_index <= context - decode_span:
+            raise ValueError(f"decode_index {decode_index} and decode_span {decode_span} do not lie within the "
+                             f"{context} tokens")
+        if decode_index is not None:  # the span's rows of each (cheap) whole-buffer tensor
+            decode = layers.DecodeStep(jnp.asarray(decode_index, jnp.int32), context)
+            x, mask, sees_media = (jax.lax.dynamic_slice_in_dim(a, decode.index, decode_span, axis=1)
                                    for a in (x, mask, sees_media))
         gated = layers.rematerialised(GatedCrossAttentionBlock, opts)
         block = layers.rematerialised(layers.TransformerBlock, opts)

@@ -5,13 +5,18 @@
 
 Each row of `prompts [B, L]` holds its prompt in the first `prompt_lengths[b]` positions (the rest is
 padding); `L` is the language model's context length. The vision tower and the resampler run once
-(`Flamingo(…)(images)` → latents). The language model then runs one position at a time with a key-value cache
-(`Flamingo(…, decode_index=t)`): step `t` feeds every row's token at position `t` (its prompt's while the prompt
+(`Flamingo(…)(images)` → latents). The language model then runs with a key-value cache (`Flamingo(…,
+decode_index=t)`): step `t` feeds every row's token at position `t` (its prompt's while the prompt
 lasts, then its own last choice) and, for rows past their prompt, chooses the token at `t + 1` from the logits
 there: the largest (`temperature=0`), or a draw from `softmax(logits / temperature)` restricted to the `top_k`
 largest (`top_k=0`: all). A row stops at `eos_id` (which it keeps), after `num_tokens` new tokens, or at the end
-of the buffer; positions after a row's end are `pad_id`. Prompt positions are fed one at a time too, so a
-batch costs `max(prompt_lengths) + num_tokens` single-position steps.
+of the buffer; positions after a row's end are `pad_id`.
+
+The positions before `p = min(prompt_lengths) − 1` hold every row's prompt and need no logits: one pass of
+`decode_span` = the next power of two ≥ p fills the cache there (at most ⌈log2 L⌉ + 2 compiled programs per
+model and batch shape), and the single-position steps start at `p`. A span running past `p` caches stale
+entries there, which each step overwrites before any position attends to them. A batch costs one prefill pass
+and at most `max(prompt_lengths) − p + num_tokens` steps.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ def generate(model: Flamingo, params, images, prompts, prompt_lengths, num_token
         raise ValueError(f"temperature must be ≥ 0 and top_k in [0, {vocab}], got {temperature} and {top_k}")
     positions = np.arange(context)
     buffer = np.where(positions[None] < lengths[:, None], prompts, pad_id).astype(np.int32)
-    return np.asarray(_decode(model, temperature == 0, int(top_k), params, jnp.asarray(images), buffer, lengths,
-                              num_tokens, -1 if eos_id is None else eos_id, jnp.float32(temperature or 1.0),
-                              jax.random.key(seed)))
+    first = int(lengths.min()) - 1  # the first position whose logits any row needs
+    prefill = 0 if first == 0 else min(1 << (first - 1).bit_length(), context)
+    return np.asarray(_decode(model, temperature == 0, int(top_k), prefill, params, jnp.asarray(images), buffer,
+                              lengths, first, num_tokens, -1 if eos_id is None else eos_id,
+                              jnp.float32(temperature or 1.0), jax.random.key(seed)))
 
 
 def _choose(greedy: bool, top_k: int, logits: jax.Array, temperature: jax.Array, key: jax.Array) -> jax.Array:
@@ -60,19 +67,22 @@ def _choose(greedy: bool, top_k: int, logits: jax.Array, temperature: jax.Array,
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _decode(model: Flamingo, greedy: bool, top_k: int, params, images, buffer, lengths, num_tokens, eos_id,
-            temperature, key):
-    """`generate`'s loop, jitted: the latents once, then one cached position per step until every row is done."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _decode(model: Flamingo, greedy: bool, top_k: int, prefill: int, params, images, buffer, lengths, first,
+            num_tokens, eos_id, temperature, key):
+    """`generate`'s loop, jitted: the latents once, the cache of positions `[0, prefill)` in one pass, then one
+    cached position per step from `first` on until every row is done."""
     latents = model.apply({"params": params}, images)
     context = buffer.shape[1]
 
-    def at(t, buffer, cache):
+    def at(t, buffer, cache, span=1):
         return model.apply({"params": params, "cache": cache}, None, buffer, latents=latents, decode_index=t,
-                           mutable=["cache"])
+                           decode_span=span, mutable=["cache"])
 
     shapes = jax.eval_shape(lambda b: at(0, b, {})[1]["cache"], buffer)  # the cache: zeros of its shapes
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    if prefill:  # its logits are not used: XLA leaves them out
+        cache = at(0, buffer, cache, prefill)[1]["cache"]
 
     def step(carry):
         t, buffer, cache, done = carry
@@ -86,5 +96,5 @@ def _decode(model: Flamingo, greedy: bool, top_k: int, params, images, buffer, l
         t, _, _, done = carry
         return (t < context - 1) & ~jnp.all(done | (t + 1 >= lengths + num_tokens))
 
-    start = (jnp.int32(0), buffer, cache, jnp.zeros(buffer.shape[0], bool))
+    start = (jnp.asarray(first, jnp.int32), buffer, cache, jnp.zeros(buffer.shape[0], bool))
     return jax.lax.while_loop(unfinished, step, start)[1]

@@ -185,9 +185,10 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, 
 
 @flax.struct.dataclass
 class DecodeStep:
-    """One position of autoregressive decoding with a key-value cache: the queries are the token at `index`
-    (an int32 scalar, traced) of a sequence of at most `length` tokens (static: a pytree field that `nn.remat`
-    and `jit` keep out of the traced leaves)."""
+    """A step of autoregressive decoding with a key-value cache: the T queries are the tokens at positions
+    `index … index + T − 1` (`index` an int32 scalar, traced; T = 1 for one token, more to fill the cache with a
+    prompt in one pass) of a sequence of at most `length` tokens (static: a pytree field that `nn.remat` and
+    `jit` keep out of the traced leaves)."""
 
     index: jax.Array
     length: int = flax.struct.field(pytree_node=False)
@@ -204,10 +205,10 @@ class MultiHeadAttention(nn.Module):
     bfloat16 or float16: cuDNN's fused flash attention). `kv_length`: keys and values from this index on are
     padding, masked out.
 
-    `decode` (`DecodeStep`, causal self-attention only): `queries [B, 1, D]` is the token at `decode.index`; its
-    key and value are written there into the `cache` collection (`cached_key`, `cached_value`:
-    `[B, decode.length, H, D/H]`, zeros when absent; apply with `mutable=["cache"]`), and it attends to the cached
-    positions `≤ decode.index` on XLA's attention.
+    `decode` (`DecodeStep`, causal self-attention only): `queries [B, T, D]` are the tokens at `decode.index …
+    decode.index + T − 1`; their keys and values are written there into the `cache` collection (`cached_key`,
+    `cached_value`: `[B, decode.length, H, D/H]`, zeros when absent; apply with `mutable=["cache"]`), and the
+    token at position p attends to the cached positions `≤ p` on XLA's attention.
     """
 
     num_heads: int
@@ -218,9 +219,9 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, queries, keys_values=None, kv_lengths=None, mask=None, decode: DecodeStep | None = None):
-        if decode is not None and (keys_values is not None or not self.causal or queries.shape[1] != 1):
-            raise ValueError(f"decoding is one token [B, 1, D] of causal self-attention at a time, got queries "
-                             f"{list(queries.shape)}" + (" and keys" if keys_values is not None else ""))
+        if decode is not None and (keys_values is not None or not self.causal or queries.shape[1] > decode.length):
+            raise ValueError(f"decoding is causal self-attention of at most {decode.length} tokens [B, T, D], got "
+                             f"queries {list(queries.shape)}" + (" and keys" if keys_values is not None else ""))
         if keys_values is None:
             keys_values = queries
         width = queries.shape[-1]
@@ -242,13 +243,16 @@ class MultiHeadAttention(nn.Module):
         return dense(width, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), num_in=2, dtype=self.dtype, name="out")(out)
 
     def _attend_to_cache(self, q, k, v, decode: DecodeStep):
-        """`q, k, v [B, 1, H, D/H]` of the token at `decode.index` → its attention over the cache, `[B, 1, H, D/H]`."""
+        """`q, k, v [B, T, H, D/H]` of the tokens at `decode.index …` → their attention over the cache,
+        `[B, T, H, D/H]`."""
         shape = (k.shape[0], decode.length) + k.shape[2:]
         keys, values = (self.variable("cache", name, jnp.zeros, shape, k.dtype)
                         for name in ("cached_key", "cached_value"))
         keys.value = jax.lax.dynamic_update_slice_in_dim(keys.value, k, decode.index, axis=1)
         values.value = jax.lax.dynamic_update_slice_in_dim(values.value, v, decode.index, axis=1)
-        seen = jnp.broadcast_to(jnp.arange(decode.length) <= decode.index, (q.shape[0], 1, decode.length))
+        positions = decode.index + jnp.arange(q.shape[1])
+        seen = jnp.broadcast_to(jnp.arange(decode.length)[None] <= positions[:, None],
+                                (q.shape[0], q.shape[1], decode.length))
         return padded_attention(q, keys.value, values.value, causal=False, implementation="xla", multiple=1,
                                 mask=seen)
 
@@ -332,7 +336,7 @@ class TransformerSpec:
 class TransformerBlock(nn.Module):
     """Pre-LN block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. `[B, T, D] -> [B, T, D]`; `causal` self-attention
     lets token `t` see tokens `≤ t` only; tokens from `valid_length` on are padding no other token sees, and so are
-    each example's tokens from its `lengths [B]` on, when given. `decode`: one token of causal decoding with a
+    each example's tokens from its `lengths [B]` on, when given. `decode`: T tokens of causal decoding with a
     key-value cache (`MultiHeadAttention`)."""
 
     spec: TransformerSpec
