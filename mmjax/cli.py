@@ -71,8 +71,6 @@ def _define_eval_flags() -> None:
                         "text→image retrievals.")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with, "
                       "float32 for a pretrained checkpoint).")
-    flags.DEFINE_integer("image_size", None, "A pretrained checkpoint only: evaluate it at this image size (its "
-                         "position embeddings interpolated, its resize made to this size).", lower_bound=1)
     checkpoint_source.define_flags()
     flags.mark_flags_as_required(["model"])
 
@@ -122,11 +120,10 @@ def _eval(_argv) -> None:
         with _checked_in_every_process():  # a host that cannot load the checkpoint stops every host
             benchmark = _check_benchmark_arguments(workdir=None)
             model = eval_pretrained.load(flags.FLAGS.model, benchmark, data_dir=flags.FLAGS.data_dir,
-                                         dtype=flags.FLAGS.dtype, batch_size=flags.FLAGS.batch_size,
-                                         image_size=flags.FLAGS.image_size)
+                                         dtype=flags.FLAGS.dtype, batch_size=flags.FLAGS.batch_size)
         eval_pretrained.evaluate(model, flags.FLAGS.model, benchmark, output=flags.FLAGS.output,
                                  data_dir=flags.FLAGS.data_dir, max_examples=flags.FLAGS.max_examples,
-                                 num_workers=flags.FLAGS.num_workers, image_size=flags.FLAGS.image_size)
+                                 num_workers=flags.FLAGS.num_workers)
         return
     with _checked_in_every_process():
         workdir, benchmark, step = _check_eval_arguments()
@@ -141,9 +138,6 @@ def _check_eval_arguments() -> tuple[str, str | None, int]:
 
     workdir = flags.FLAGS.model
     refuse_pretrained_flags(workdir)
-    if flags.FLAGS.image_size is not None:
-        raise ValueError(f"--image_size applies to a pretrained checkpoint; the training workdir {workdir} is "
-                         f"evaluated at the size it trained at")
     return workdir, _check_benchmark_arguments(workdir), check_trained(workdir)
 
 
@@ -276,6 +270,7 @@ def _embed(argv) -> None:
     else:
         index = Index(model.encoder.encode_texts(ids), ids, "text", model.name, model_step=model.step)
     index.model_weights, index.model_tokenizer = model.files.get("weights", ""), model.files.get("tokenizer", "")
+    index.model_image_size = str(model.image_size or "")
     save_index(out, index)
     print(f"{len(index)} {index.modality} embeddings ({index.dim}-d) -> {out}")
 
@@ -309,17 +304,23 @@ def _search(_argv) -> None:
     source = flags.FLAGS.model or index.model
     if not source:
         raise ValueError(f"the index {flags.FLAGS.index} records no model; give --model WORKDIR|CHECKPOINT")
-    recorded = {}
+    recorded, recorded_size = {}, None
     if index.model and model_name(source) != index.model:
         print(f"mmjax: warning: the index was embedded by {index.model}, not {source}", file=sys.stderr)
-    elif index.model:  # its own model: with the files it was loaded with, unless the flags name others
+    elif index.model:  # its own model: with the files and size it was loaded with, unless the flags name others
         recorded = {name: path for name, path in (("weights", index.model_weights),
                                                   ("tokenizer", index.model_tokenizer)) if path}
         for name, path in recorded.items():
             given = flags.FLAGS[name].value
             if given and os.path.abspath(given) != path:
                 print(f"mmjax: warning: the index was embedded with --{name} {path}, not {given}", file=sys.stderr)
-    model = load_model(source, batch_size=flags.FLAGS.batch_size, files=recorded)
+        recorded_size = int(index.model_image_size) if index.model_image_size.isdigit() else None
+        given_size = flags.FLAGS.image_size
+        if given_size is not None and given_size != recorded_size:
+            embedded = f"at {recorded_size} px" if recorded_size else "at the checkpoint's own image size"
+            print(f"mmjax: warning: the index was embedded {embedded}, not --image_size {given_size}",
+                  file=sys.stderr)
+    model = load_model(source, batch_size=flags.FLAGS.batch_size, files=recorded, image_size=recorded_size)
     if index.model == model.name and index.model_step not in ("", model.step):
         print(f"mmjax: warning: the index was embedded by {index.model} at step {index.model_step}, which has trained "
               f"on to step {model.step}: the query and the index are embedded by different weights; embed the "
@@ -353,7 +354,7 @@ def _classify(argv) -> None:
     labels = [label.strip() for label in flags.FLAGS.labels.split(",") if label.strip()]
     if not labels or len(argv) < 2:
         raise ValueError("usage: mmjax classify --model WORKDIR|CHECKPOINT --labels \"a cat,a dog\" IMAGE...")
-    model = load_model(flags.FLAGS.model, batch_size=flags.FLAGS.batch_size)
+    model = load_model(flags.FLAGS.model, batch_size=flags.FLAGS.batch_size)  # at --image_size, when given
     image_emb, ids = embed_image_files(model.encoder.encode_images, argv[1:], model.preprocess)
     probabilities = model_label_probabilities(model.params, image_emb, model.encoder.encode_texts(labels))
     for image_id, row in zip(ids, probabilities):

@@ -21,6 +21,7 @@ from mmjax.convert import hf_siglip
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.eval import benchmarks
+from mmjax.eval.search import load_index
 from mmjax.models import TwoTower, get_config
 from mmjax.pretrained import Pretrained, is_pretrained_source, load_pretrained
 
@@ -128,9 +129,13 @@ def test_eval_arguments_for_pretrained_checkpoints_are_one_line(siglip_dir, benc
                            f"a pretrained checkpoint ({siglip_dir}) needs --benchmark")
     _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "run"), "--weights", "w.safetensors"),
                            "--weights applies to a pretrained checkpoint")
-    _assert_one_line_error(mmjax("eval", "--model", str(tmp_path / "run"), "--image_size", "24"),
-                           f"--image_size applies to a pretrained checkpoint; the training workdir {tmp_path}/run is "
-                           f"evaluated at the size it trained at")
+    for command in ("eval", "classify"):
+        _assert_one_line_error(mmjax(command, "--model", str(tmp_path / "run"), "--image_size", "24", "--labels", "a",
+                                     "x.png")
+                               if command == "classify" else mmjax(command, "--model", str(tmp_path / "run"),
+                                                                   "--image_size", "24"),
+                               f"--image_size applies to a pretrained checkpoint; the training workdir "
+                               f"{tmp_path}/run runs at the size it trained at")
     _assert_one_line_error(mmjax("eval", "--model", "open_clip:ViT-B-32", "--benchmark", f"wds:{tmp_path}"),
                            f"no webdataset shards {tmp_path}/test/*.tar")  # the benchmark is checked first
     _assert_one_line_error(mmjax("eval", "--model", "open_clip:ViT-B-32", "--benchmark", benchmark),
@@ -176,6 +181,46 @@ def test_embed_search_and_classify_take_a_pretrained_checkpoint(siglip_dir, benc
         assert block[0].endswith(f"{i}.png")
         got = {" ".join(line.split()[1:]): float(line.split()[0]) for line in block[1:]}
         assert got == pytest.approx(dict(zip(labels, expected[i])), abs=1e-4)
+
+
+def test_embed_search_and_classify_run_a_pretrained_checkpoint_at_another_image_size(siglip_dir, benchmark_dir,
+                                                                                    tmp_path):
+    """`--image_size 24` on a 16 px checkpoint: the index holds `load_pretrained(image_size=24)`'s image
+    embeddings (which differ from the 16 px ones) and records the size, an image query is embedded at that size
+    without the flag, another size is warned about, and classify's probabilities are the 24 px model's."""
+    _, images = benchmark_dir
+    (tmp_path / "photos").mkdir()
+    for i, image in enumerate(images[:5]):
+        image.save(tmp_path / "photos" / f"{i}.png")
+    index = str(tmp_path / "index.safetensors")
+    embedded = mmjax("embed", "--model", siglip_dir, "--images", str(tmp_path / "photos"), "--out", index,
+                     "--image_size", "24")
+    assert embedded.returncode == 0, embedded.stderr
+    resized, native = load_pretrained(siglip_dir, image_size=24), load_pretrained(siglip_dir)
+    image_emb = resized.encode_image(images[:5])
+    assert np.abs(_unit(image_emb) - _unit(native.encode_image(images[:5]))).max() > 1e-3
+    written = load_index(index)
+    assert written.model_image_size == "24"
+    np.testing.assert_allclose(written.embeddings, _unit(image_emb), atol=1e-5)
+
+    found = mmjax("search", "--index", index, "--image", str(tmp_path / "photos" / "3.png"), "-k", "5")
+    assert found.returncode == 0 and "warning" not in found.stderr, found.stderr
+    cosine = _unit(image_emb) @ _unit(image_emb[3])
+    hits = [line.split() for line in found.stdout.strip().splitlines()]
+    assert [hit[2] for hit in hits] == [f"{i}.png" for i in np.argsort(-cosine)]
+    np.testing.assert_allclose([float(hit[1]) for hit in hits], np.sort(cosine)[::-1], atol=1e-4)
+    other = mmjax("search", "--index", index, "--text", "a cat", "--image_size", "16")
+    assert other.returncode == 0, other.stderr
+    assert "mmjax: warning: the index was embedded at 24 px, not --image_size 16" in other.stderr
+
+    labels = ["a cat", "a fish"]
+    classified = mmjax("classify", "--model", siglip_dir, "--labels", ",".join(labels), "--image_size", "24",
+                       str(tmp_path / "photos" / "0.png"))
+    assert classified.returncode == 0, classified.stderr
+    cos = _unit(image_emb[:1]) @ _unit(resized.encode_text(labels)).T
+    expected = 1 / (1 + np.exp(-(np.exp(resized.logit_scale) * cos + resized.logit_bias)))
+    got = {" ".join(line.split()[1:]): float(line.split()[0]) for line in classified.stdout.strip().splitlines()[1:]}
+    assert got == pytest.approx(dict(zip(labels, expected[0])), abs=1e-4)
 
 
 def test_data_filter_scores_with_a_pretrained_checkpoint(siglip_dir, benchmark_dir, tmp_path):

@@ -17,7 +17,7 @@ from absl import flags
 from mmjax.data.preprocess import ImagePreprocess
 
 # The flags only a pretrained checkpoint reads (as `mmjax convert` spells them).
-PRETRAINED_FLAGS = ("weights", "tokenizer", "allow_pickle")
+PRETRAINED_FLAGS = ("weights", "tokenizer", "allow_pickle", "image_size")
 DEFAULT_BATCH_SIZE = 64  # a pretrained checkpoint's; a workdir's is its config.eval.batch_size
 
 
@@ -27,6 +27,8 @@ def define_source_flags() -> None:
     flags.DEFINE_string("tokenizer", None, "SentencePiece model of a big_vision .npz --model "
                         "(default: the .model file beside it).")
     flags.DEFINE_bool("allow_pickle", False, "Read pickle-based .bin/.pt weights (with torch.load(weights_only=True)).")
+    flags.DEFINE_integer("image_size", None, "Run a pretrained checkpoint at this image size (its position "
+                         "embeddings interpolated, its resize made to this size).", lower_bound=1)
 
 
 def define_flags() -> None:
@@ -49,6 +51,9 @@ def model_name(source: str) -> str:
 def refuse_pretrained_flags(workdir: str) -> None:
     """A one-line ValueError when a flag only a pretrained checkpoint reads is given with a training workdir."""
     given = [name for name in PRETRAINED_FLAGS if flags.FLAGS[name].present]
+    if given == ["image_size"]:
+        raise ValueError(f"--image_size applies to a pretrained checkpoint; the training workdir {workdir} runs at "
+                         f"the size it trained at")
     if given:
         raise ValueError(f"--{given[0]} applies to a pretrained checkpoint (open_clip:MODEL, a big_vision .npz, "
                          f"pickled weights), not to the training workdir {workdir}")
@@ -60,7 +65,8 @@ class LoadedModel:
     get; params: the parameters (`logit_scale`, SigLIP's `logit_bias`); name: `model_name(source)`; step: a
     workdir's checkpoint step ("" for a pretrained checkpoint); format: "mmjax" for a workdir, else
     `Pretrained.format` (`hf_clip`, `hf_siglip`, `open_clip`, `big_vision`); files: the absolute paths of the
-    `weights` and `tokenizer` files a pretrained checkpoint was loaded with (those given)."""
+    `weights` and `tokenizer` files a pretrained checkpoint was loaded with (those given); image_size: the size
+    a pretrained checkpoint was moved to (`--image_size`; None: its own)."""
 
     encoder: object
     preprocess: ImagePreprocess
@@ -69,6 +75,7 @@ class LoadedModel:
     step: str
     format: str
     files: dict[str, str] = dataclasses.field(default_factory=dict)
+    image_size: int | None = None
 
 
 def load_workdir(workdir: str, *, dtype: str | None = None, progress: bool = False, step: int | None = None,
@@ -89,9 +96,9 @@ def load_model(source: str, *, dtype: str | None = None, progress: bool = False,
                batch_size: int | None = None, files: dict[str, str] | None = None,
                image_size: int | None = None) -> LoadedModel:
     """`source` ready to embed: a workdir at checkpoint `step` (default the latest), or a pretrained checkpoint
-    (with the --weights, --tokenizer and --allow_pickle flags; `files` gives `weights` / `tokenizer` paths to
-    use where those flags are not given, e.g. the ones an index recorded), at `image_size` px when given
-    (`Pretrained.with_image_size`)."""
+    (with the --weights, --tokenizer, --allow_pickle and --image_size flags; `files` gives `weights` /
+    `tokenizer` paths and `image_size` a size to use where those flags are not given, e.g. the ones an index
+    recorded; at another size, its position embeddings are interpolated: `Pretrained.with_image_size`)."""
     from mmjax.inference import Encoder
     from mmjax.models import TwoTower
     from mmjax.pretrained import is_pretrained_source, load_pretrained
@@ -104,6 +111,7 @@ def load_model(source: str, *, dtype: str | None = None, progress: bool = False,
     files = {name: os.path.abspath(path) for name, path in
              {**(files or {}), **{name: flags.FLAGS[name].value for name in ("weights", "tokenizer")
                                   if flags.FLAGS[name].value}}.items() if path}
+    image_size = flags.FLAGS.image_size or image_size
     pretrained = load_pretrained(source, weights=files.get("weights"), tokenizer=files.get("tokenizer"),
                                  allow_pickle=flags.FLAGS.allow_pickle, image_size=image_size)
     config = pretrained.config
@@ -112,4 +120,5 @@ def load_model(source: str, *, dtype: str | None = None, progress: bool = False,
     preprocess = pretrained.preprocess
     encoder = Encoder(TwoTower(config), pretrained.params, pretrained.tokenizer, preprocess.mean, preprocess.std,
                       batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress)
-    return LoadedModel(encoder, preprocess, pretrained.params, model_name(source), "", pretrained.format, files)
+    return LoadedModel(encoder, preprocess, pretrained.params, model_name(source), "", pretrained.format, files,
+                       image_size)

@@ -28,21 +28,20 @@ def default_output(source: str, benchmark: str, image_size: int | None = None) -
     return f"eval_{benchmark_label(benchmark)}_{slug}{size}.json"
 
 
-def load(source: str, benchmark: str, *, data_dir: str | None, dtype: str | None, batch_size: int | None,
-         image_size: int | None = None):
-    """`source` as a `checkpoint_source.LoadedModel` (at `image_size` px when given), after checking `benchmark`
+def load(source: str, benchmark: str, *, data_dir: str | None, dtype: str | None, batch_size: int | None):
+    """`source` as a `checkpoint_source.LoadedModel` (at `--image_size` px when given), after checking `benchmark`
     (a benchmark that is not there is said before a download or a load)."""
     from mmjax.commands.checkpoint_source import load_model
     from mmjax.eval.benchmarks import check_benchmark
 
     check_benchmark(benchmark, data_dir)
-    return load_model(source, dtype=dtype, progress=True, batch_size=batch_size, image_size=image_size)
+    return load_model(source, dtype=dtype, progress=True, batch_size=batch_size)
 
 
 def evaluate(model, source: str, benchmark: str, *, output: str | None, data_dir: str | None,
-             max_examples: int | None, num_workers: int, image_size: int | None = None) -> None:
-    """Evaluates `model` (`load`'s, at `image_size` when it was given one) on `benchmark`, prints the table and
-    writes the results JSON (which records the image size)."""
+             max_examples: int | None, num_workers: int) -> None:
+    """Evaluates `model` (`load`'s) on `benchmark`, prints the table and writes the results JSON (which records
+    the image size)."""
     import jax
 
     from mmjax.eval import format_table, results_json, write_results
@@ -56,9 +55,9 @@ def evaluate(model, source: str, benchmark: str, *, output: str | None, data_dir
     kind = "SigLIP" if "logit_bias" in model.params else "CLIP"
     results = results_json(benchmark, source, metrics, task=task, pretrained=model.format,
                            extra={"processes": jax.process_count(), "image_size": preprocess.size})
-    output = output or default_output(source, benchmark, image_size)
+    output = output or default_output(source, benchmark, model.image_size)
     write_results(output, results)
-    size = f" at {image_size} px" if image_size else ""
+    size = f" at {model.image_size} px" if model.image_size else ""
     print(f"{source} ({model.format} {kind}{size}): {results['dataset']} ({results['task']})")
     print(format_table(metrics))
     print(f"results: {output}")

@@ -35,16 +35,16 @@ FORMAT = "mmjax-index"
 VERSION = "1"
 MODALITIES = ("image", "text")
 EXTENSIONS = (".safetensors", ".npz")
-_FIELDS = ("modality", "model", "root", "model_step", "model_weights", "model_tokenizer")
+_FIELDS = ("modality", "model", "root", "model_step", "model_weights", "model_tokenizer", "model_image_size")
 SAFETENSORS_HEADER_LIMIT = 100_000_000  # bytes; safetensors refuses a larger header
 
 
 @dataclasses.dataclass
 class Index:
     """Normalised embeddings ``[N, D]`` float32 and their ids, modality, model source, image root, the model's
-    checkpoint step (as text; "" when not known, as in indexes of earlier versions) and the files a pretrained
+    checkpoint step (as text; "" when not known, as in indexes of earlier versions), the files a pretrained
     model was loaded with (``--weights`` of an ``open_clip:MODEL``, ``--tokenizer`` of a big_vision ``.npz``;
-    absolute paths, "" when none)."""
+    absolute paths, "" when none) and the image size it was moved to (``--image_size``, as text; "": its own)."""
 
     embeddings: np.ndarray
     ids: list[str]
@@ -54,6 +54,7 @@ class Index:
     model_step: str = ""
     model_weights: str = ""
     model_tokenizer: str = ""
+    model_image_size: str = ""
 
     def __post_init__(self):
         self.embeddings = l2_normalize(self.embeddings)
@@ -152,7 +153,7 @@ def load_index(path: str | os.PathLike) -> Index:
         raise ValueError(f"{path} is not an mmjax index (written by `mmjax embed`)")
     return Index(embeddings, metadata["ids"], metadata.get("modality", ""), metadata.get("model", ""),
                  metadata.get("root", ""), metadata.get("model_step", ""), metadata.get("model_weights", ""),
-                 metadata.get("model_tokenizer", ""))
+                 metadata.get("model_tokenizer", ""), metadata.get("model_image_size", ""))
 
 
 def search(index: Index, query_emb: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
