@@ -1,6 +1,7 @@
-"""Layer-wise learning-rate decay (`config.optim.layer_decay`): each parameter's AdamW step, divided by the step
-without decay, is the factor written out by hand for the tiny models' two-layer towers, scanned or not, with
-frozen parameters, and in a training run; bad values and a changed decay on resume are one line."""
+"""Layer-wise learning-rate decay (`config.optim.layer_decay`, a tower's own `image_layer_decay` /
+`text_layer_decay`): each parameter's AdamW step, divided by the step without decay, is the factor written out by
+hand for the tiny models' two-layer towers, scanned or not, with frozen parameters, with per-tower decays, and in
+a training run; bad values and a changed decay on resume are one line."""
 
 import os
 import re
@@ -22,37 +23,41 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import clip_tiny  # noqa: E402
 
 DECAY = 0.5
-# The tiny models' towers have 2 layers each (checked below). Embeddings d³, layer 0 d², layer 1 d, the rest 1
-# (hand-derived from the rule "layer i of L steps d^(L - i), embeddings d^(L + 1)").
-FACTORS = [
-    (r"^image_encoder/(cls|patch_embed|pos_embed|ln_pre)/|^text_encoder/(token_embed|pos_embed)/", DECAY ** 3),
-    (r"^image_encoder/mask_token$", DECAY ** 3),
-    (r"^multimodal_encoder/(fusion_token|modality_embed|image_proj|text_proj)", DECAY ** 3),
-    (r"^(image|text|multimodal)_encoder/encoder/layers_0/", DECAY ** 2),
-    (r"^(image|text|multimodal)_encoder/encoder/layers_1/", DECAY),
-    (r"^image_encoder/(ln_post|map_head)/|_encoder/ln_final/|^(image|text)_proj/|^logit_|_head/", 1.0),
+# The tiny models' towers have 2 layers each (checked below). Exponents of the tower's decay d: embeddings d³,
+# layer 0 d², layer 1 d, the rest d⁰ = 1 (hand-derived from the rule "layer i of L steps d^(L - i), embeddings
+# d^(L + 1)").
+EXPONENTS = [
+    (r"^image_encoder/(cls|patch_embed|pos_embed|ln_pre)/|^text_encoder/(token_embed|pos_embed)/", 3),
+    (r"^image_encoder/mask_token$", 3),
+    (r"^multimodal_encoder/(fusion_token|modality_embed|image_proj|text_proj)", 3),
+    (r"^(image|text|multimodal)_encoder/encoder/layers_0/", 2),
+    (r"^(image|text|multimodal)_encoder/encoder/layers_1/", 1),
+    (r"^image_encoder/(ln_post|map_head)/|_encoder/ln_final/|^(image|text)_proj/|^logit_|_head/", 0),
 ]
 
 
-def _expected(path: str) -> float:
-    matched = [factor for pattern, factor in FACTORS if re.search(pattern, path)]
+def _expected(path: str, tower_decays=None) -> float:
+    """The factor of `path`: its tower's decay (`tower_decays[tower]`, else `DECAY`) to its exponent."""
+    matched = [exponent for pattern, exponent in EXPONENTS if re.search(pattern, path)]
     assert len(matched) == 1, f"{path} matches {len(matched)} of the hand-written patterns"
-    return matched[0]
+    return (tower_decays or {}).get(path.split("/")[0], DECAY) ** matched[0]
 
 
-def _optim(layer_decay: float, frozen=()):
+def _optim(layer_decay: float, frozen=(), **tower_decays):
     optim = clip_tiny.get_config("test").optim
     optim.warmup_steps, optim.layer_decay, optim.frozen = 0, layer_decay, frozen
+    for key, value in tower_decays.items():
+        optim[key] = value
     return optim
 
 
-def _one_step(model: str, layer_decay: float, frozen=(), **options) -> dict:
+def _one_step(model: str, layer_decay: float, frozen=(), tower_decays=None, **options) -> dict:
     """The first AdamW update of random parameters for random gradients, flattened by path."""
     shapes = nn.unbox(abstract_params(get_config(model, **options)))
     keys = iter(jax.random.split(jax.random.key(0), 2 * len(jax.tree.leaves(shapes))))
     params = jax.tree.map(lambda s: jax.random.normal(next(keys), s.shape), shapes)
     grads = jax.tree.map(lambda s: jax.random.normal(next(keys), s.shape), shapes)
-    tx = make_optimizer(_optim(layer_decay, frozen), total_steps=100)
+    tx = make_optimizer(_optim(layer_decay, frozen, **(tower_decays or {})), total_steps=100)
     updates, _ = tx.update(grads, tx.init(params), params)
     return flax.traverse_util.flatten_dict(jax.device_get(updates), sep="/")
 
@@ -85,6 +90,25 @@ def test_siglip_and_flava_towers_and_heads():
                                        err_msg=f"{model}: {path}")
 
 
+def test_the_image_and_text_towers_take_their_own_decays():
+    """`text_layer_decay` 0.25 and `image_layer_decay` 0.75 with `layer_decay` 0.5: each tower by its own; FLAVA's
+    multimodal encoder by `layer_decay`; an image decay of 1 leaves the image tower as it is."""
+    for model, keys, decays in [
+            ("clip-test", {"text_layer_decay": 0.25}, {"text_encoder": 0.25}),
+            ("flava-test", {"image_layer_decay": 0.75, "text_layer_decay": 0.25},
+             {"image_encoder": 0.75, "text_encoder": 0.25}),
+            ("siglip-test", {"image_layer_decay": 1.0}, {"image_encoder": 1.0})]:
+        plain, decayed = _one_step(model, 1.0), _one_step(model, DECAY, tower_decays=keys)
+        for path, update in plain.items():
+            np.testing.assert_allclose(decayed[path], _expected(path, decays) * update, rtol=1e-6,
+                                       err_msg=f"{model}: {path}")
+    only_text = _one_step("clip-test", 1.0, tower_decays={"text_layer_decay": DECAY})  # layer_decay 1: not off
+    plain = _one_step("clip-test", 1.0)
+    for path, update in plain.items():
+        factor = _expected(path) if path.startswith("text_encoder/") else 1.0
+        np.testing.assert_allclose(only_text[path], factor * update, rtol=1e-6, err_msg=path)
+
+
 def test_frozen_parameters_stay_put_and_the_others_decay():
     frozen = ("^image_encoder/", "^image_proj/")
     plain, decayed = _one_step("clip-test", 1.0, frozen), _one_step("clip-test", DECAY, frozen)
@@ -115,8 +139,8 @@ def test_a_run_with_layer_decay_moves_each_layer_its_share(tmp_path, capsys):
         return {path: trained[path] - initial[path] for path in trained}
 
     plain, decayed = moved(1.0, str(tmp_path / "plain")), moved(DECAY, str(tmp_path / "decayed"))
-    assert ("mmjax: layer decay 0.5: image_encoder (2 layers, embeddings ×0.125), text_encoder (2 layers, "
-            "embeddings ×0.125); the last layer ×0.5, final norms, heads and output projections ×1") in capsys.readouterr().err
+    assert ("mmjax: layer decay: image_encoder 0.5 (2 layers, embeddings ×0.125), text_encoder 0.5 (2 layers, "
+            "embeddings ×0.125); final norms, heads and output projections ×1") in capsys.readouterr().err
     for path, step in plain.items():
         if path.endswith("attn/key/bias"):  # its gradient is 0 (a softmax ignores a shift shared by all keys)
             continue
@@ -125,11 +149,12 @@ def test_a_run_with_layer_decay_moves_each_layer_its_share(tmp_path, capsys):
                                    err_msg=path)
 
 
+@pytest.mark.parametrize("key", ["layer_decay", "image_layer_decay", "text_layer_decay"])
 @pytest.mark.parametrize("value", [0.0, -0.5, 1.5])
-def test_a_layer_decay_outside_0_1_is_one_line(value):
+def test_a_layer_decay_outside_0_1_is_one_line(key, value):
     config = clip_tiny.get_config("test")
-    config.optim.layer_decay = value
-    with pytest.raises(ConfigError, match=re.escape(f"config.optim.layer_decay={value} must be in (0, 1]")):
+    config.optim[key] = value
+    with pytest.raises(ConfigError, match=re.escape(f"config.optim.{key}={value} must be in (0, 1]")):
         validate(config)
 
 
@@ -139,5 +164,8 @@ def test_a_run_resumed_with_another_layer_decay_is_refused(tmp_path):
     train(config, str(tmp_path), stop_after=1)
     config.optim.layer_decay = 0.8
     with pytest.raises(ConfigError, match=r"holds a run with optim.layer_decay=1.0, not 0.8"):
+        train(config, str(tmp_path))
+    config.optim.layer_decay, config.optim.text_layer_decay = 1.0, 0.8
+    with pytest.raises(ConfigError, match=r"holds a run with optim.text_layer_decay=None, not 0.8"):
         train(config, str(tmp_path))
     assert load_trained(str(tmp_path)).step == 1

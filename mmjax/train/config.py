@@ -83,7 +83,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         frozen=(),
         # Layer-wise learning-rate decay for fine-tuning (mmjax/train/layer_decay.py): layer i of a tower of L
         # layers steps layer_decay ** (L - i) as far, its embeddings layer_decay ** (L + 1); 1.0 = off.
-        layer_decay=1.0))
+        layer_decay=1.0,
+        # The image and text towers' own decays (EVA-CLIP's visual_ld / text_ld); None: layer_decay.
+        image_layer_decay=ml_collections.config_dict.placeholder(float),
+        text_layer_decay=ml_collections.config_dict.placeholder(float)))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Multi-process runs (mmjax/train/multihost.py): "auto" starts jax.distributed from these keys, the
     # MMJAX_* / JAX_* environment or a detected TPU / SLURM cluster; "" / 0 / -1 = not given here.
@@ -283,8 +286,10 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
         _require(0 <= c.optim[key] < 1, f"config.optim.{key}={c.optim[key]} must be in [0, 1)")
     _require(c.optim.eps > 0, f"config.optim.eps={c.optim.eps} must be positive (Adam divides by √v + eps)")
     _require(c.optim.weight_decay >= 0, f"config.optim.weight_decay={c.optim.weight_decay} must be ≥ 0")
-    _require(0 < c.optim.layer_decay <= 1,
-             f"config.optim.layer_decay={c.optim.layer_decay} must be in (0, 1] (1: every layer at learning_rate)")
+    for key in ("layer_decay", "image_layer_decay", "text_layer_decay"):
+        value = c.optim[key]
+        _require(value is None and key != "layer_decay" or value is not None and 0 < value <= 1,
+                 f"config.optim.{key}={value} must be in (0, 1] (1: every layer at learning_rate)")
     _require(0 <= c.optim.final_lr_ratio <= 1,
              f"config.optim.final_lr_ratio={c.optim.final_lr_ratio} must be in [0, 1] (a share of learning_rate)")
     _require(c.log_every > 0 and c.checkpoint_every > 0 and c.keep_checkpoints > 0,

@@ -10,8 +10,10 @@ With decay `d`, a tower of `L` transformer layers (`image_encoder`, `text_encode
 - whatever follows its last layer (the final norm, SigLIP's attention-pooling head) by 1,
 
 and the parameters outside the towers (output projections, logit scale and bias, FLAVA's heads) by 1. This is
-BEiT's convention (FT-CLIP's and EVA-CLIP's fine-tuning too, here with one decay for every tower), each tower
-counted by its own depth; timm's `layer_decay` differs only in giving the final norm the last layer's factor.
+BEiT's convention (FT-CLIP's and EVA-CLIP's fine-tuning too), each tower counted by its own depth; timm's
+`layer_decay` differs only in giving the final norm the last layer's factor. `config.optim.image_layer_decay` and
+`text_layer_decay`, when set, give the image and text towers their own `d` (EVA-CLIP's `visual_ld` / `text_ld`);
+every other tower (FLAVA's multimodal encoder) and an unset one take `layer_decay`.
 The update that is scaled is AdamW's whole step, weight decay included, as a PyTorch parameter group's
 learning-rate scale does.
 """
@@ -22,6 +24,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
+
 import jax
 import numpy as np
 import optax
@@ -30,6 +34,15 @@ import optax
 EMBEDDINGS = frozenset({"patch_embed", "token_embed", "pos_embed", "cls", "ln_pre", "mask_token", "fusion_token",
                         "modality_embed", "image_proj", "text_proj"})
 _NUMBERED_LAYER = re.compile(r"layers_(\d+)$")
+# The towers with a decay of their own, and the `config.optim` key that sets it.
+TOWER_DECAY_KEYS = {"image_encoder": "image_layer_decay", "text_encoder": "text_layer_decay"}
+
+
+def configured_decays(optim: ml_collections.ConfigDict) -> tuple[float, dict[str, float]]:
+    """`(decay, per_tower)`: `optim.layer_decay` and the towers whose own key (`TOWER_DECAY_KEYS`) is set. Configs
+    written before these keys existed have neither: 1.0 and none."""
+    per_tower = {tower: optim[key] for tower, key in TOWER_DECAY_KEYS.items() if optim.get(key) is not None}
+    return optim.get("layer_decay", 1.0), per_tower
 
 
 def _layers(tree: Any) -> Mapping | None:
@@ -68,25 +81,29 @@ def _scale(path: tuple[str, ...], leaf: Any, depths: dict[str, int], decay: floa
     return decay ** (depth + 1) if path[1] in EMBEDDINGS else 1.0
 
 
-def layer_scales(params: Any, decay: float) -> Any:
-    """A tree like `params` (nested dicts of arrays) with each parameter's update multiplier."""
-    depths = tower_depths(params)
+def layer_scales(params: Any, decay: float, per_tower: Mapping[str, float] | None = None) -> Any:
+    """A tree like `params` (nested dicts of arrays) with each parameter's update multiplier: tower `t` decays
+    by `per_tower[t]` where given, else by `decay`."""
+    depths, per_tower = tower_depths(params), per_tower or {}
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _scale(tuple(k.key for k in path), leaf, depths, decay), params)
+        lambda path, leaf: _scale(tuple(k.key for k in path), leaf, depths, per_tower.get(path[0].key, decay)),
+        params)
 
 
-def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
-    """Multiplies each update by `layer_scales(updates, decay)`; no state."""
+def scale_by_layer_decay(decay: float, per_tower: Mapping[str, float] | None = None) -> optax.GradientTransformation:
+    """Multiplies each update by `layer_scales(updates, decay, per_tower)`; no state."""
 
     def update(updates, state, params=None):
         del params
-        return jax.tree.map(lambda u, s: u * s, updates, layer_scales(updates, decay)), state
+        return jax.tree.map(lambda u, s: u * s, updates, layer_scales(updates, decay, per_tower)), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def describe(params: Any, decay: float) -> str:
-    """One line for the run's start: each tower's depth and its smallest multiplier (the embeddings')."""
-    towers = ", ".join(f"{name} ({depth} layers, embeddings ×{decay ** (depth + 1):.3g})"
+def describe(params: Any, decay: float, per_tower: Mapping[str, float] | None = None) -> str:
+    """One line for the run's start: each tower's decay, depth and smallest multiplier (the embeddings')."""
+    per_tower = per_tower or {}
+    towers = ", ".join(f"{name} {per_tower.get(name, decay)} ({depth} layers, embeddings "
+                       f"×{per_tower.get(name, decay) ** (depth + 1):.3g})"
                        for name, depth in tower_depths(params).items())
-    return f"layer decay {decay}: {towers}; the last layer ×{decay}, final norms, heads and output projections ×1"
+    return f"layer decay: {towers}; final norms, heads and output projections ×1"

@@ -35,7 +35,7 @@ from mmjax.train.config import ConfigError, validate, validate_frozen, validate_
 from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
                                   save_start, source_name)
-from mmjax.train.layer_decay import describe as describe_layer_decay
+from mmjax.train.layer_decay import configured_decays, describe as describe_layer_decay
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
@@ -52,10 +52,12 @@ from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_con
 # the data stream and the iterator state's layout (one per worker process), the tokenizer saved in the workdir.
 RESUME_KEYS = ("model", "model_options.scan_layers", "loss", "batch_size", "data.seed", "data.name",
                "data.num_workers", "data.tokenizer", "pretrained.weights", "pretrained.tokenizer",
-               "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen", "optim.layer_decay")
+               "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen", "optim.layer_decay",
+               "optim.image_layer_decay", "optim.text_layer_decay")
 # The values of resume keys that a run written before mmjax stored them had (frozen parameters, layer decay and
 # fine-tuning came later); other absent keys cannot be compared.
-IMPLIED_WHEN_ABSENT = {"optim.frozen": (), "optim.layer_decay": 1.0, "pretrained.weights": "",
+IMPLIED_WHEN_ABSENT = {"optim.frozen": (), "optim.layer_decay": 1.0, "optim.image_layer_decay": None,
+                       "optim.text_layer_decay": None, "pretrained.weights": "",
                        "pretrained.tokenizer": "", "pretrained.allow_pickle": False, "pretrained.image_size": 0}
 
 
@@ -222,8 +224,9 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     validate_frozen(config, shardings.params)
-    if config.optim.layer_decay != 1.0 and not resuming and jax.process_index() == 0:
-        decayed = describe_layer_decay(abstract_train_state(shardings, model, tx).params, config.optim.layer_decay)
+    decay, per_tower = configured_decays(config.optim)
+    if {decay, *per_tower.values()} != {1.0} and not resuming and jax.process_index() == 0:
+        decayed = describe_layer_decay(abstract_train_state(shardings, model, tx).params, decay, per_tower)
         print(f"mmjax: {decayed}", file=sys.stderr)
     data = prefetch_to_mesh(config_train_dataset(config.data, config.batch_size, model_config.vision.image_size,
                                                  tokenizer), mesh, config.data.prefetch_to_device)

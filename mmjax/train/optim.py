@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import optax
 
-from mmjax.train.layer_decay import scale_by_layer_decay
+from mmjax.train.layer_decay import configured_decays, scale_by_layer_decay
 from mmjax.train.patterns import decay_mask, path_matches
 
 
@@ -24,8 +24,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
     """`clip_by_global_norm(clip_norm)` then AdamW; no decay on paths matching `optim.no_decay`. Paths matching
     `optim.frozen` (e.g. `^image_encoder/` and `^image_proj/`: LiT's locked image tower) are not updated and have
     no optimizer state; the norm that is clipped is the trained parameters' (the step stops the frozen ones'
-    gradients, `stop_gradient_where`). `optim.layer_decay` < 1 scales each tower's lower layers' steps down
-    (`mmjax.train.layer_decay`)."""
+    gradients, `stop_gradient_where`). `optim.layer_decay` (or a tower's own `image_layer_decay` /
+    `text_layer_decay`) < 1 scales each tower's lower layers' steps down (`mmjax.train.layer_decay`)."""
     mask = lambda params: decay_mask(nn.unbox(params), optim.no_decay)
     adamw = optax.chain(
         optax.clip_by_global_norm(optim.clip_norm),
@@ -38,5 +38,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
         labels = lambda params: jax.tree.map(lambda matched: "frozen" if matched else "trained",
                                              path_matches(nn.unbox(params), frozen))
         tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
-    decay = optim.get("layer_decay", 1.0)
-    return tx if decay == 1.0 else optax.chain(tx, scale_by_layer_decay(decay))
+    decay, per_tower = configured_decays(optim)
+    if decay == 1.0 and all(value == 1.0 for value in per_tower.values()):
+        return tx
+    return optax.chain(tx, scale_by_layer_decay(decay, per_tower))
