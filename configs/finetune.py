@@ -1,12 +1,13 @@
 """Fine-tune a pretrained CLIP or SigLIP on your own image–caption shards (`mmjax data convert`).
 
 `config.model` names the checkpoint (what `mmjax.load_pretrained` loads); the run starts from its weights and
-trains with its tokenizer and its image mean and std (mmjax/train/finetune.py):
+trains with its tokenizer, its image mean and std, and its own loss (`loss="auto"`: CLIP's for a CLIP, the
+sigmoid loss for a SigLIP; mmjax/train/finetune.py):
 
     mmjax train --config configs/finetune.py --workdir runs/ft --config.model=hf:openai/clip-vit-base-patch32 \\
         "--config.data.sources=('data/mine',)"
     mmjax train --config configs/finetune.py --workdir runs/ft-siglip --config.model=hf:google/siglip-base-patch16-224 \\
-        --config.loss=sigmoid "--config.data.sources=('data/mine',)"
+        "--config.data.sources=('data/mine',)"
 
 An OpenCLIP model by name takes its weights file: `--config.model=open_clip:ViT-B-32-quickgelu
 --config.pretrained.weights=open_clip_model.safetensors`. `get_config("test")` shrinks the run to seconds (the
@@ -19,7 +20,7 @@ from mmjax.train.config import ConfigError, base_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = base_config("", "clip")  # the model: --config.model=CHECKPOINT
+    config = base_config("", "auto")  # the model: --config.model=CHECKPOINT; the loss: its own
     config.multi_positive = False  # real captions carry no attribute labels
     config.data.name = "arrayrecord"
     config.batch_size = 256

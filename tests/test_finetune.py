@@ -36,7 +36,7 @@ from mmjax.train import train
 from mmjax.train.config import ConfigError, validate
 from mmjax.train.optim import make_optimizer
 from mmjax.train.wise_ft import wise_ft
-from mmjax.train.workdir import load_trained, unknown_words_warning
+from mmjax.train.workdir import load_config, load_trained, unknown_words_warning
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 sys.path.insert(0, CONFIGS)
@@ -163,8 +163,9 @@ def test_the_first_step_trains_the_checkpoints_parameters_with_its_tokenizer_and
 
 @pytest.fixture(scope="module")
 def siglip_run(siglip_dir, wds_benchmark, tmp_path_factory):  # noqa: F811 - the fixture
-    """Two steps of the SigLIP with scanned layers, a grain worker, and the wds benchmark evaluated at the end."""
-    config = _finetune_config(siglip_dir, loss="sigmoid", total_steps=2)
+    """Two steps of the SigLIP with scanned layers, a grain worker, and the wds benchmark evaluated at the end; the
+    loss is configs/finetune.py's "auto"."""
+    config = _finetune_config(siglip_dir, total_steps=2)
     config.model_options.scan_layers = True
     config.data.num_workers = 1
     config.eval.benchmarks = (f"wds:{wds_benchmark[0]}",)
@@ -180,6 +181,7 @@ def test_scanned_layers_start_from_the_checkpoint_too_and_a_siglip_trains_its_si
     logged = _logged(workdir, 1)
     assert logged["loss"] == pytest.approx(_naive_first_loss(pretrained, config, "sigmoid"), rel=1e-4)
     assert logged["logit_bias"] == pytest.approx(-3.0)
+    assert config.loss == "auto" and load_config(workdir).loss == "sigmoid"  # the checkpoint's own, recorded
     trained = load_trained(workdir)
     assert isinstance(trained.tokenizer, SentencePieceTokenizer) and trained.preprocess.mode == "squash"
     np.testing.assert_array_equal(trained.tokenizer(TEXTS), pretrained.tokenizer(TEXTS))
@@ -241,7 +243,7 @@ def test_a_finetuned_run_resumes_and_converts_without_the_checkpoint(clip_dir, t
 
 def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, siglip_dir, tmp_path):
     cases = [
-        (_finetune_config(siglip_dir), "config.loss='clip' leaves"),
+        (_finetune_config(siglip_dir, loss="clip"), "config.loss='clip' leaves"),
         (_finetune_config(clip_dir, loss="sigmoid"), "config.loss='sigmoid' needs a model with a logit bias"),
         (_finetune_config("clip-tiy"), "config.model='clip-tiy' is neither a registered model"),
     ]

@@ -265,6 +265,28 @@ def test_invalid_values_are_one_line_config_errors():
         validate(config)
 
 
+def test_an_auto_loss_trains_each_model_with_its_own_and_records_it(tmp_path):
+    """clip-test has no logit bias (CLIP's loss), siglip-test one (the sigmoid loss), flava-test is FLAVA; a run of
+    siglip-test with "auto" logs SigLIP's bias and records "sigmoid", its caller's config left as it was."""
+    from mmjax.train.config import own_loss
+    from mmjax.train.workdir import load_config
+
+    assert [own_loss(models.get_config(name)) for name in ("clip-test", "siglip-test", "flava-test")] == [
+        "clip", "sigmoid", "flava"]
+    config = clip_tiny.get_config("test")
+    config.model, config.loss, config.total_steps = "siglip-test", "auto", 1
+    config.optim.warmup_steps = 0
+    train(config, str(tmp_path))
+    assert config.loss == "auto" and load_config(str(tmp_path)).loss == "sigmoid"
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert "logit_bias" in json.loads(f.readline())
+    config.total_steps = 2  # resumes: "auto" is the recorded run's loss
+    train(config, str(tmp_path))
+    config.loss = "clip"
+    with pytest.raises(ConfigError, match="config.loss='clip' leaves 'siglip-test''s logit bias untrained"):
+        train(config, str(tmp_path))
+
+
 def test_a_damaged_config_json_is_named(tmp_path):
     from mmjax.train.workdir import load_config
 

@@ -225,10 +225,10 @@ def _input(_argv: list[str]) -> None:
         os.environ["PJRT_NPROC"] = str(f.threads)
     from mmjax.bench.input import run as run_input
     from mmjax.models import get_config
-    from mmjax.train.config import base_config
+    from mmjax.train.config import base_config, own_loss
 
     model = _two_tower_model(f.model if f["model"].present else "clip-tiny")
-    config = base_config(model, "sigmoid" if get_config(model).logit_bias_init is not None else "clip")
+    config = base_config(model, own_loss(get_config(model)))
     config.batch_size = f.batch if f["batch"].present else config.batch_size
     config.data.num_workers = f.num_workers
     config.data.worker_priority = f.worker_priority

@@ -21,6 +21,7 @@ from mmjax.models import FlavaConfig, layers, registry
 from mmjax.train import multihost
 
 LOSSES = ("clip", "sigmoid", "flava")
+AUTO_LOSS = "auto"  # the model's own loss (`own_loss`): what configs/finetune.py trains a checkpoint with
 DATA_NAMES = ("synthetic", "arrayrecord", "tfds", "mixture")
 REMAT_POLICIES = tuple(layers.REMAT_POLICIES)
 DTYPES = ("float32", "bfloat16")
@@ -191,13 +192,21 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
     _require(0 <= d.max_skip_fraction <= 1, f"config.data.max_skip_fraction={d.max_skip_fraction} must be in [0, 1]")
 
 
-def _validate_flava(c: ml_collections.ConfigDict, model) -> None:
+def own_loss(model) -> str:
+    """The one loss that trains `model` (a model config): "flava" for FLAVA, "sigmoid" for a two-tower model with
+    a logit bias (SigLIP), "clip" for one without."""
+    if isinstance(model, FlavaConfig):
+        return "flava"
+    return "clip" if model.logit_bias_init is None else "sigmoid"
+
+
+def _validate_flava(c: ml_collections.ConfigDict, model, loss: str) -> None:
     """FLAVA trains with its own objective, on aligned pairs, in one pass per step."""
     _require(isinstance(model, FlavaConfig), f"config.loss='flava' needs a FLAVA model "
              f"({', '.join(n for n in registry.list_models() if n.startswith('flava'))}); {c.model!r} is a two-tower "
              f"model: use loss='clip' or 'sigmoid'")
-    _require(c.loss == "flava", f"config.model={c.model!r} is a FLAVA model: train it with config.loss='flava' "
-             f"(configs/flava_tiny.py), not {c.loss!r}")
+    _require(loss == "flava", f"config.model={c.model!r} is a FLAVA model: train it with config.loss='flava' "
+             f"(configs/flava_tiny.py), not {loss!r}")
     _require(not c.multi_positive, "config.multi_positive=True is for the two-tower losses; FLAVA's objective "
              "takes each caption as its own image's only positive: set --config.multi_positive=False")
     _require(c.accum_steps == 1, f"config.accum_steps={c.accum_steps}: FLAVA's objective has no gradient "
@@ -206,12 +215,13 @@ def _validate_flava(c: ml_collections.ConfigDict, model) -> None:
 
 def validate_model(c: ml_collections.ConfigDict, model) -> None:
     """Raise `ConfigError` (one line) when `c.loss` cannot train `model` (the config of `c.model`: a registered
-    model's, or a pretrained checkpoint's once it is loaded)."""
-    if isinstance(model, FlavaConfig) or c.loss == "flava":
-        _validate_flava(c, model)
-    _require(c.loss != "sigmoid" or model.logit_bias_init is not None,
+    model's, or a pretrained checkpoint's once it is loaded); "auto" is `own_loss(model)`."""
+    loss = own_loss(model) if c.loss == AUTO_LOSS else c.loss
+    if isinstance(model, FlavaConfig) or loss == "flava":
+        _validate_flava(c, model, loss)
+    _require(loss != "sigmoid" or model.logit_bias_init is not None,
              f"config.loss='sigmoid' needs a model with a logit bias; {c.model!r} has none (use a SigLIP model)")
-    _require(c.loss != "clip" or model.logit_bias_init is None,
+    _require(loss != "clip" or model.logit_bias_init is None,
              f"config.loss='clip' leaves {c.model!r}'s logit bias untrained, and a model with one is read as SigLIP "
              f"(sigmoid scores, SiglipModel export); use loss='sigmoid', or a CLIP model")
 
@@ -260,7 +270,7 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     """Raise `ConfigError` (one line) for a value that cannot work (for a pretrained `c.model`, those that need
     the checkpoint's config are checked by `validate_model` once it is loaded). `workdir`: where the run trains."""
     _validate_pretrained(c, workdir)
-    _require(c.loss in LOSSES, f"config.loss={c.loss!r} must be one of {LOSSES}")
+    _require(c.loss in LOSSES + (AUTO_LOSS,), f"config.loss={c.loss!r} must be one of {LOSSES + (AUTO_LOSS,)}")
     if c.model in registry.list_models():
         validate_model(c, registry.get_config(c.model))
     _require(c.model_options.remat_policy in REMAT_POLICIES,

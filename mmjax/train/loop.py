@@ -31,7 +31,7 @@ from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, c
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_count
-from mmjax.train.config import ConfigError, validate, validate_frozen, validate_model
+from mmjax.train.config import AUTO_LOSS, ConfigError, own_loss, validate, validate_frozen, validate_model
 from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
                                   save_start, source_name)
@@ -88,6 +88,8 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
             continue
         if key == "model" and old != new and is_finetuning(config) and recorded_source(workdir) == source_name(new):
             continue  # another spelling of the checkpoint's path
+        if key == "loss" and new == AUTO_LOSS:
+            continue  # a checkpoint's own loss, known once it is read: the one loss that fits the recorded model
         if old is not _ABSENT and old != new:  # a key the run's mmjax version did not write cannot be compared
             raise ConfigError(f"{workdir} holds a run with {key}={old!r}, not {new!r}: use another --workdir")
     processes = saved_process_count(workdir)
@@ -163,18 +165,20 @@ def check_batch_size(config: ml_collections.ConfigDict, mesh, process_count: int
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> TrainState:
     """Train (or resume) into `workdir` until `config.total_steps`, or until step
-    `stop_after` (a checkpoint is written there; run again to continue)."""
+    `stop_after` (a checkpoint is written there; run again to continue). `config.loss="auto"` trains with the
+    model's own loss (a checkpoint's once it is loaded), which the workdir's config.json records."""
     validate(config, workdir)
+    config = copy.deepcopy(config)  # its loss resolved, and a checkpoint's image mean and std
     initialize_distributed(config.distributed)  # before anything touches a device
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
     if not is_finetuning(config):  # a checkpoint's architecture is known once it is loaded, under the lock
         check_tensor_split(get_config(config.model, **config.model_options), mesh)
+        config.loss = own_loss(get_config(config.model)) if config.loss == AUTO_LOSS else config.loss
     saved_config = _saved_run(workdir, config)
     with workdir_lock(workdir, jax.process_index() == 0):  # before a checkpoint is loaded (or downloaded)
         finetuning = None
         if is_finetuning(config):
-            config = copy.deepcopy(config)  # its image mean and std become the checkpoint's
             finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None)
             check_tensor_split(finetuning.model, mesh)
         model_config = finetuning.model if finetuning else get_config(config.model, **config.model_options)
@@ -184,9 +188,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> Start:
     """What a run from a pretrained checkpoint starts from: the checkpoint (a new run) or the workdir's record
     of it (a resumed one). `config.data.image_mean` / `image_std` become the checkpoint's: its towers were
-    trained on images normalised with them."""
+    trained on images normalised with them; an "auto" loss becomes its own."""
     start = read_start(workdir, config.model_options) if resuming else load_start(config)
     validate_model(config, start.model)
+    config.loss = own_loss(start.model) if config.loss == AUTO_LOSS else config.loss
     mean, std = tuple(start.preprocess.mean), tuple(start.preprocess.std)
     changed = (tuple(config.data.image_mean), tuple(config.data.image_std)) != (mean, std)
     if changed and not resuming and jax.process_index() == 0:  # said when the run began
