@@ -166,6 +166,9 @@ def test_a_run_resumed_with_another_layer_decay_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"holds a run with optim.layer_decay=1.0, not 0.8"):
         train(config, str(tmp_path))
     config.optim.layer_decay, config.optim.text_layer_decay = 1.0, 0.8
-    with pytest.raises(ConfigError, match=r"holds a run with optim.text_layer_decay=None, not 0.8"):
+    with pytest.raises(ConfigError, match=r"holds a run with optim.text_layer_decay=1.0, not 0.8"):
         train(config, str(tmp_path))
     assert load_trained(str(tmp_path)).step == 1
+    config.optim.text_layer_decay = 1.0  # what the unset key meant: the run's layer_decay
+    train(config, str(tmp_path))
+    assert load_trained(str(tmp_path)).step == 2

@@ -354,8 +354,12 @@ def test_a_key_the_saved_config_lacks_is_named_as_new_not_as_changed_from_none()
     before, after = clip_tiny.get_config("test"), clip_tiny.get_config("test")
     with before.unlocked():
         del before.model_options["attention"]
+        for key in ("frozen", "layer_decay", "image_layer_decay", "text_layer_decay"):  # later keys, with the
+            del before.optim[key]                                # value every earlier run had: not a change
     after.total_steps = before.total_steps + 2
+    after.optim.text_layer_decay = 0.5
     assert sorted(_changes(before, after)) == ["model_options.attention 'xla' (not in the saved config)",
+                                               "optim.text_layer_decay None → 0.5",
                                                f"total_steps {before.total_steps} → {after.total_steps}"]
 
 

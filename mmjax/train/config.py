@@ -85,7 +85,7 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         # Layer-wise learning-rate decay for fine-tuning (mmjax/train/layer_decay.py): layer i of a tower of L
         # layers steps layer_decay ** (L - i) as far, its embeddings layer_decay ** (L + 1); 1.0 = off.
         layer_decay=1.0,
-        # The image and text towers' own decays (EVA-CLIP's visual_ld / text_ld); None: layer_decay.
+        # The image and text towers' own decays (EVA-CLIP's visual_ld / text_ld); None (the key left out): layer_decay.
         image_layer_decay=ml_collections.config_dict.placeholder(float),
         text_layer_decay=ml_collections.config_dict.placeholder(float)))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -54,6 +54,7 @@ RESUME_KEYS = ("model", "model_options.scan_layers", "loss", "batch_size", "data
                "data.num_workers", "data.tokenizer", "pretrained.weights", "pretrained.tokenizer",
                "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen", "optim.layer_decay",
                "optim.image_layer_decay", "optim.text_layer_decay")
+TOWER_DECAYS = ("optim.image_layer_decay", "optim.text_layer_decay")
 # The values of resume keys that a run written before mmjax stored them had (frozen parameters, layer decay and
 # fine-tuning came later); other absent keys cannot be compared.
 IMPLIED_WHEN_ABSENT = {"optim.frozen": (), "optim.layer_decay": 1.0, "optim.image_layer_decay": None,
@@ -84,6 +85,10 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
         old, new = (tuple(value) if isinstance(value, list) else value  # JSON gives a saved tuple back as a list
                     for value in (_lookup(before, key), _lookup(config, key)))
         old = IMPLIED_WHEN_ABSENT.get(key, old) if old is _ABSENT else old
+        if key in TOWER_DECAYS:  # a tower's decay left unset is the run's layer_decay
+            old = _lookup(before, "optim.layer_decay") if old is None else old
+            old = IMPLIED_WHEN_ABSENT["optim.layer_decay"] if old is _ABSENT else old
+            new = config.optim.layer_decay if new is None else new
         if key == "data.tokenizer" and _same_tokenizer_file(workdir, old, new):
             continue
         if key == "model" and old != new and is_finetuning(config) and recorded_source(workdir) == source_name(new):
@@ -126,8 +131,14 @@ def _changes(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict
         return flat
 
     old, new = leaves(json.loads(before.to_json())), leaves(json.loads(after.to_json()))
+    old |= {key: implied for key, implied in IMPLIED_WHEN_ABSENT.items() if key not in old}  # what the run had
     return [f"{key} {old[key]!r} → {value!r}" if key in old else f"{key} {value!r} (not in the saved config)"
-            for key, value in new.items() if key not in old or old[key] != value]
+            for key, value in new.items() if key not in old or _json_value(old[key]) != value]
+
+
+def _json_value(value):
+    """`value` as a config's JSON gives it back (a tuple as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 _ABSENT = object()
