@@ -270,7 +270,7 @@ def _embed(argv) -> None:
     else:
         index = Index(model.encoder.encode_texts(ids), ids, "text", model.name, model_step=model.step)
     index.model_weights, index.model_tokenizer = model.files.get("weights", ""), model.files.get("tokenizer", "")
-    index.model_image_size = str(model.image_size or "")
+    index.model_image_size = "" if model.format == "mmjax" else str(model.preprocess.size)
     save_index(out, index)
     print(f"{len(index)} {index.modality} embeddings ({index.dim}-d) -> {out}")
 
@@ -315,12 +315,10 @@ def _search(_argv) -> None:
             if given and os.path.abspath(given) != path:
                 print(f"mmjax: warning: the index was embedded with --{name} {path}, not {given}", file=sys.stderr)
         recorded_size = int(index.model_image_size) if index.model_image_size.isdigit() else None
-        given_size = flags.FLAGS.image_size
-        if given_size is not None and given_size != recorded_size:
-            embedded = f"at {recorded_size} px" if recorded_size else "at the checkpoint's own image size"
-            print(f"mmjax: warning: the index was embedded {embedded}, not --image_size {given_size}",
-                  file=sys.stderr)
     model = load_model(source, batch_size=flags.FLAGS.batch_size, files=recorded, image_size=recorded_size)
+    if recorded_size is not None and model.preprocess.size != recorded_size:  # --image_size said another
+        print(f"mmjax: warning: the index was embedded at {recorded_size} px, not {model.preprocess.size} px",
+              file=sys.stderr)
     if index.model == model.name and index.model_step not in ("", model.step):
         print(f"mmjax: warning: the index was embedded by {index.model} at step {index.model_step}, which has trained "
               f"on to step {model.step}: the query and the index are embedded by different weights; embed the "

@@ -162,9 +162,10 @@ def test_embed_search_and_classify_take_a_pretrained_checkpoint(siglip_dir, benc
     image_emb = pretrained.encode_image(images[:5])
     query = "a photo of a dog."
     cosine = _unit(image_emb) @ _unit(pretrained.encode_text([query]))[0]
-    found = mmjax("search", "--index", index, "--text", query, "-k", "5")
+    found = mmjax("search", "--index", index, "--text", query, "-k", "5", "--image_size", "16")
     assert found.returncode == 0, found.stderr
-    assert "warning" not in found.stderr  # the index records the directory it was embedded by
+    assert "warning" not in found.stderr  # the index records the directory it was embedded by, and its 16 px
+    assert load_index(index).model_image_size == "16"
     hits = [line.split() for line in found.stdout.strip().splitlines()]
     assert [hit[2] for hit in hits] == [f"{i}.png" for i in np.argsort(-cosine)]
     np.testing.assert_allclose([float(hit[1]) for hit in hits], np.sort(cosine)[::-1], atol=1e-4)
@@ -211,7 +212,7 @@ def test_embed_search_and_classify_run_a_pretrained_checkpoint_at_another_image_
     np.testing.assert_allclose([float(hit[1]) for hit in hits], np.sort(cosine)[::-1], atol=1e-4)
     other = mmjax("search", "--index", index, "--text", "a cat", "--image_size", "16")
     assert other.returncode == 0, other.stderr
-    assert "mmjax: warning: the index was embedded at 24 px, not --image_size 16" in other.stderr
+    assert "mmjax: warning: the index was embedded at 24 px, not 16 px" in other.stderr
 
     labels = ["a cat", "a fish"]
     classified = mmjax("classify", "--model", siglip_dir, "--labels", ",".join(labels), "--image_size", "24",

@@ -338,7 +338,16 @@ def test_decoding_is_causal_self_attention_within_the_cache():
         layers.MultiHeadAttention(2, causal=True).init(jax.random.key(0), np.zeros((1, 5, 8), np.float32),
                                                        decode=step)
     model, media = Flamingo(CONFIG), images(4)
-    params = nn.unbox(model.init(jax.random.key(0), media, IDS))["params"]
+    params = _moved_params(model, media)
+    full = np.asarray(model.apply({"params": params}, media, IDS))
+    latents = model.apply({"params": params}, media)
+    four = jax.jit(lambda variables, t: model.apply(variables, None, IDS, latents=latents, decode_index=t,
+                                                    decode_span=4, mutable=["cache"]))
+    _, cache = model.apply({"params": params}, None, IDS, latents=latents, decode_index=0, decode_span=10,
+                           mutable=["cache"])
+    for traced, clamped in [(9, 6), (-2, 0)]:  # a traced index out of range is clamped to one in range
+        logits, _ = four({"params": params, **cache}, traced)
+        np.testing.assert_allclose(logits, full[:, clamped:clamped + 4], rtol=1e-5, atol=1e-5, err_msg=str(traced))
     for index, span, message in [(8, 3, "decode_index 8 and decode_span 3 do not lie within the 10 tokens"),
                                  (0, 11, r"decode_span 11 needs a decode_index and must lie in \[1, 10\]"),
                                  (None, 2, "decode_span 2 needs a decode_index")]:

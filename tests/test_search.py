@@ -306,6 +306,10 @@ def test_cli_embed_search_sheet_and_classify(trained_workdir, tmp_path):
     assert image_to_text.returncode == 0, image_to_text.stderr
     assert sorted(line.split(None, 2)[2] for line in image_to_text.stdout.splitlines()) == [
         "a blue square", "a green triangle", "a red circle"]
+    resized = mmjax("search", "--index", text_index, "--text", "a cat", "--image_size", "24")
+    assert resized.returncode == 2 and resized.stderr.strip().splitlines() == [  # the refusal alone
+        f"mmjax: error: --image_size applies to a pretrained checkpoint; the training workdir {trained_workdir} runs "
+        f"at the size it trained at"]
 
     # a directory as --out is refused before anything is embedded
     (tmp_path / "folder.npz").mkdir()

@@ -44,7 +44,8 @@ class Index:
     """Normalised embeddings ``[N, D]`` float32 and their ids, modality, model source, image root, the model's
     checkpoint step (as text; "" when not known, as in indexes of earlier versions), the files a pretrained
     model was loaded with (``--weights`` of an ``open_clip:MODEL``, ``--tokenizer`` of a big_vision ``.npz``;
-    absolute paths, "" when none) and the image size it was moved to (``--image_size``, as text; "": its own)."""
+    absolute paths, "" when none) and the image size a pretrained checkpoint embedded at (its own or
+    ``--image_size``, as text; "" for a workdir, whose size is its run's, and in indexes of earlier versions)."""
 
     embeddings: np.ndarray
     ids: list[str]

@@ -152,8 +152,8 @@ class Flamingo(nn.Module):
     model's key-value cache of the positions before them (the `cache` collection: apply with
     `mutable=["cache"]`, starting at 0 without one), which this call writes at those positions. `token_ids` is
     the whole `[B, L]` buffer; only its tokens up to the span's end are read. A span of several positions fills
-    the cache with a prompt in one pass (`mmjax.models.generation`). A traced index past `L − decode_span` is
-    clamped to it (`lax.dynamic_slice`); a Python int there is an error."""
+    the cache with a prompt in one pass (`mmjax.models.generation`). A traced index outside `[0, L − decode_span]`
+    is clamped into it; a Python int there is an error."""
 
     config: FlamingoConfig
 
@@ -191,7 +191,8 @@ class Flamingo(nn.Module):
             raise ValueError(f"decode_index {decode_index} and decode_span {decode_span} do not lie within the "
                              f"{context} tokens")
         if decode_index is not None:  # the span's rows of each (cheap) whole-buffer tensor
-            decode = layers.DecodeStep(jnp.asarray(decode_index, jnp.int32), context)
+            index = jnp.clip(jnp.asarray(decode_index, jnp.int32), 0, context - decode_span)
+            decode = layers.DecodeStep(index, context)
             x, mask, sees_media = (jax.lax.dynamic_slice_in_dim(a, decode.index, decode_span, axis=1)
                                    for a in (x, mask, sees_media))
         gated = layers.rematerialised(GatedCrossAttentionBlock, opts)
