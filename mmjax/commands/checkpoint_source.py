@@ -66,7 +66,7 @@ class LoadedModel:
     workdir's checkpoint step ("" for a pretrained checkpoint); format: "mmjax" for a workdir, else
     `Pretrained.format` (`hf_clip`, `hf_siglip`, `open_clip`, `big_vision`); files: the absolute paths of the
     `weights` and `tokenizer` files a pretrained checkpoint was loaded with (those given); image_size: the size
-    a pretrained checkpoint was moved to (`--image_size`; None: its own)."""
+    a pretrained checkpoint was asked to run at (`--image_size`, or the size an index recorded; None: its own)."""
 
     encoder: object
     preprocess: ImagePreprocess
