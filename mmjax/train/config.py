@@ -200,6 +200,11 @@ def own_loss(model) -> str:
     return "clip" if model.logit_bias_init is None else "sigmoid"
 
 
+def resolved_loss(loss: str, model) -> str:
+    """`loss`, with "auto" replaced by `own_loss(model)`."""
+    return own_loss(model) if loss == AUTO_LOSS else loss
+
+
 def _validate_flava(c: ml_collections.ConfigDict, model, loss: str) -> None:
     """FLAVA trains with its own objective, on aligned pairs, in one pass per step."""
     _require(isinstance(model, FlavaConfig), f"config.loss='flava' needs a FLAVA model "
@@ -216,7 +221,7 @@ def _validate_flava(c: ml_collections.ConfigDict, model, loss: str) -> None:
 def validate_model(c: ml_collections.ConfigDict, model) -> None:
     """Raise `ConfigError` (one line) when `c.loss` cannot train `model` (the config of `c.model`: a registered
     model's, or a pretrained checkpoint's once it is loaded); "auto" is `own_loss(model)`."""
-    loss = own_loss(model) if c.loss == AUTO_LOSS else c.loss
+    loss = resolved_loss(c.loss, model)
     if isinstance(model, FlavaConfig) or loss == "flava":
         _validate_flava(c, model, loss)
     _require(loss != "sigmoid" or model.logit_bias_init is not None,

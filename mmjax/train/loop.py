@@ -31,7 +31,8 @@ from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, c
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_count
-from mmjax.train.config import AUTO_LOSS, ConfigError, own_loss, validate, validate_frozen, validate_model
+from mmjax.train.config import (AUTO_LOSS, ConfigError, resolved_loss, validate, validate_frozen,
+                                validate_model)
 from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
                                   save_start, source_name)
@@ -184,8 +185,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
     if not is_finetuning(config):  # a checkpoint's architecture is known once it is loaded, under the lock
-        check_tensor_split(get_config(config.model, **config.model_options), mesh)
-        config.loss = own_loss(get_config(config.model)) if config.loss == AUTO_LOSS else config.loss
+        model_config = get_config(config.model, **config.model_options)
+        check_tensor_split(model_config, mesh)
+        config.loss = resolved_loss(config.loss, model_config)
     saved_config = _saved_run(workdir, config)
     with workdir_lock(workdir, jax.process_index() == 0):  # before a checkpoint is loaded (or downloaded)
         finetuning = None
@@ -202,7 +204,7 @@ def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming:
     trained on images normalised with them; an "auto" loss becomes its own."""
     start = read_start(workdir, config.model_options) if resuming else load_start(config)
     validate_model(config, start.model)
-    config.loss = own_loss(start.model) if config.loss == AUTO_LOSS else config.loss
+    config.loss = resolved_loss(config.loss, start.model)
     mean, std = tuple(start.preprocess.mean), tuple(start.preprocess.std)
     changed = (tuple(config.data.image_mean), tuple(config.data.image_std)) != (mean, std)
     if changed and not resuming and jax.process_index() == 0:  # said when the run began
