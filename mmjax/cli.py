@@ -8,6 +8,7 @@
     mmjax embed    --model runs/demo (--images DIR | --texts FILE) --out index.safetensors
     mmjax search   --index index.safetensors (--text "a red circle" | --image q.png) -k 10 [--sheet hits.png]
     mmjax classify --model runs/demo --labels "a red circle,a blue square" IMAGE...
+    mmjax caption  --model runs/flamingo [--prompt "a red"] [--temperature 0.7 --top_k 20] IMAGE...
     (--model of eval, embed, search, classify and data filter: a workdir or a pretrained checkpoint)
     mmjax data     convert SOURCE --out DIR | filter DIR --model WORKDIR --out DIR2 … | info DIR
     mmjax convert  SOURCE --to hf|open_clip --out DIR
@@ -360,6 +361,43 @@ def _classify(argv) -> None:
         print("\n".join(f"  {row[j]:.4f}  {labels[j]}" for j in sorted(range(len(labels)), key=lambda j: -row[j])))
 
 
+def _define_caption_flags() -> None:
+    flags.DEFINE_string("model", None, "A Flamingo training workdir (configs/flamingo_tiny.py).")
+    flags.DEFINE_string("prompt", "", "The words each caption starts with.")
+    flags.DEFINE_integer("num_tokens", None, "The most tokens written after the prompt (default: to the end of "
+                         "the model's context).", lower_bound=0)
+    flags.DEFINE_float("temperature", 0.0, "0: the likeliest token each time (greedy); above: sampled.",
+                       lower_bound=0.0)
+    flags.DEFINE_integer("top_k", 0, "Sample from the k likeliest tokens only (0: all).", lower_bound=0)
+    flags.DEFINE_integer("seed", 0, "The draws of a sampled caption.")
+    flags.DEFINE_integer("batch_size", None, "Images per generate call (default: the run's config.eval.batch_size).",
+                         lower_bound=1)
+    flags.mark_flags_as_required(["model"])
+
+
+def _caption(argv) -> None:
+    from mmjax.captioner import Captioner
+    from mmjax.eval.images import load_images
+    from mmjax.models import get_config
+    from mmjax.train.workdir import check_kind, check_trained, load_config, load_trained
+
+    if len(argv) < 2:
+        raise ValueError("usage: mmjax caption --model WORKDIR [--prompt TEXT] IMAGE...")
+    workdir = flags.FLAGS.model
+    step = check_trained(workdir)
+    check_kind(workdir, captioner=True)
+    size = get_config(load_config(workdir).model).vision.image_size
+    images, ids = load_images(argv[1:], size)  # resized and centre-cropped as the run's images; read before loading
+    trained = load_trained(workdir, step=step)
+    data = trained.config.data
+    captioner = Captioner(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
+                          batch_size=flags.FLAGS.batch_size or trained.config.eval.batch_size)
+    captions = captioner.caption(images, flags.FLAGS.prompt, flags.FLAGS.num_tokens, flags.FLAGS.temperature,
+                                 flags.FLAGS.top_k, flags.FLAGS.seed)
+    for image_id, caption in zip(ids, captions):
+        print(f"{image_id}\t{caption}")
+
+
 def _module_command(name: str):
     """A subcommand living in `mmjax/commands/NAME.py`, which defines `define_flags()` and `run(argv)`."""
     import importlib
@@ -382,6 +420,7 @@ COMMANDS = {
     "embed": (_define_embed_flags, _embed),
     "search": (_define_search_flags, _search),
     "classify": (_define_classify_flags, _classify),
+    "caption": (_define_caption_flags, _caption),
     **{name: _module_command(name) for name in MODULE_COMMANDS},
 }
 

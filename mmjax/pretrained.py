@@ -174,8 +174,9 @@ def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
 
 def _load_workdir(workdir: str) -> Pretrained:
     from mmjax.convert.layout import to_numpy, unscan
-    from mmjax.train.workdir import load_trained
+    from mmjax.train.workdir import check_kind, load_trained
 
+    check_kind(workdir, captioner=False)
     trained = load_trained(workdir)
     config = trained.model.config
     if not isinstance(config, TwoTowerConfig):

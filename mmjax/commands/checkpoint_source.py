@@ -83,8 +83,9 @@ def load_workdir(workdir: str, *, dtype: str | None = None, progress: bool = Fal
     """`(Encoder, TrainedModel)` of a training workdir at checkpoint `step` (default the latest), with its data's
     mean and std and `batch_size` (default its config.eval.batch_size)."""
     from mmjax.inference import Encoder
-    from mmjax.train.workdir import load_trained
+    from mmjax.train.workdir import check_kind, load_trained
 
+    check_kind(workdir, captioner=False)
     trained = load_trained(workdir, dtype=dtype, step=step)
     data = trained.config.data
     encoder = Encoder(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,

@@ -94,6 +94,12 @@ class Tokenizer:
         return np.array([encoding.ids for encoding in encodings], np.int32).reshape(
             len(encodings), self.context_length)
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids `[N]`, without the ids an empty text encodes to (start and end of text,
+        padding); a word-level vocabulary joins its words with spaces."""
+        frame = set(self([""])[0].tolist())
+        return self.backend.decode([int(i) for i in ids if int(i) not in frame])
+
     def unknown_fraction(self, ids: np.ndarray) -> float:
         """The fraction of the word tokens in `ids` `[N, L]` that are the unknown token (0 for a vocabulary
         without one). Word tokens are all but the special ones (start and end of text, padding)."""

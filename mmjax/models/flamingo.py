@@ -9,8 +9,8 @@
    `cross_attention_every`-th block. There, each text token attends to the latents of the *last image placed at
    or before it* — the image whose `media_token_id` token is the latest one up to and including its position
    (Flamingo's "only the immediately preceding image"). Tokens before the first image see no image.
-4. Each gated block adds `tanh(gate) · cross_attention` and `tanh(gate) · MLP`. The gates start at 0, so an
-   untrained Flamingo *is* its language model.
+4. Each gated block adds `tanh(gate) · cross_attention` and `tanh(gate) · MLP`. The gates start at 0
+   (`gate_init`), so an untrained Flamingo *is* its language model.
 
 Flamingo trains the resampler and the gated blocks only (`trainable_mask`); the ViT and the language model
 stay as pre-trained. The loss is `mmjax.losses.captioning_loss` with `ignore_ids=(media_token_id,)`.
@@ -39,7 +39,10 @@ class FlamingoConfig:
     """vision: the image encoder (its pooling is not used). text: the causal language model's shape (`causal`
     must be True). media_token_id: the token that marks where an image stands in the text. num_latents,
     resampler_depth: the Perceiver resampler's R and depth (its heads and MLP are the vision tower's).
-    cross_attention_every: a gated cross-attention block before blocks 0, k, 2k, … of the language model."""
+    cross_attention_every: a gated cross-attention block before blocks 0, k, 2k, … of the language model.
+    gate_init: the gates' first value, 0 as Flamingo's (the pretrained language model at first untouched). A model
+    trained from scratch needs them open: behind closed gates its vision tower and resampler get no gradient, and
+    they stay closed (the registry's `flamingo-*` models start at 0.5)."""
 
     vision: VisionConfig
     text: TextConfig
@@ -47,6 +50,7 @@ class FlamingoConfig:
     num_latents: int = 64
     resampler_depth: int = 2
     cross_attention_every: int = 1
+    gate_init: float = 0.0
     options: layers.BlockOptions = layers.BlockOptions()
 
     def __post_init__(self):
@@ -120,19 +124,20 @@ def media_attention_mask(token_ids: jax.Array, media_token_id: int, num_media: i
 class GatedCrossAttentionBlock(nn.Module):
     """`x [B, L, D]`, `latents [B, M·R, Dv]`, `mask [B, L, M·R]`, `sees_media [B, L]` → `[B, L, D]`:
     `x + tanh(α) · cross_attn(ln(x), latents)` (0 for tokens that see no image), then
-    `x + tanh(β) · mlp(ln(x))`; α and β start at 0. The cross-attention, with its per-token image mask, runs on
+    `x + tanh(β) · mlp(ln(x))`; α and β start at `gate_init`. The cross-attention, with its per-token image mask, runs on
     XLA's attention whatever `options.attention` says (cuDNN's with a general mask is untested here)."""
 
     num_heads: int
     mlp_dim: int
     options: layers.BlockOptions
+    gate_init: float = 0.0
 
     @nn.compact
     def __call__(self, x, latents, mask, sees_media):
         opts = self.options
         dtype = jnp.dtype(opts.dtype)
         gate = lambda name: jnp.tanh(self.param(name, nn.with_logical_partitioning(  # noqa: E731
-            nn.initializers.zeros_init(), ()), ())).astype(dtype)
+            nn.initializers.constant(self.gate_init), ()), ())).astype(dtype)
         y = layers.layer_norm(opts.norm_eps, dtype, "ln_cross")(x)
         y = layers.MultiHeadAttention(self.num_heads, dtype, name="cross_attn")(y, latents.astype(dtype), mask=mask)
         x = x + gate("attn_gate") * jnp.where(sees_media[..., None], y, 0)
@@ -199,8 +204,8 @@ class Flamingo(nn.Module):
         block = layers.rematerialised(layers.TransformerBlock, opts)
         for i in range(cfg.text.depth):
             if i % cfg.cross_attention_every == 0:
-                x = gated(cfg.text.num_heads, cfg.text.mlp_dim, opts, name=f"gated_xattn_{i}")(x, latents, mask,
-                                                                                              sees_media)
+                x = gated(cfg.text.num_heads, cfg.text.mlp_dim, opts, cfg.gate_init, name=f"gated_xattn_{i}")(
+                    x, latents, mask, sees_media)
             x = block(cfg.text, opts, causal=True, name=f"layers_{i}")(x, None, decode)
         x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
         return layers.dense(cfg.text.vocab_size, (axes.EMBED, axes.VOCAB), name="lm_head")(x.astype(jnp.float32))

@@ -1,8 +1,8 @@
 """Named model sizes: a size is a registry entry, never a new class.
 
-`list_models()` gives the names, `get_config(name)` the frozen config (a `TwoTowerConfig`, or a `FlavaConfig`
-for the `flava-*` entries), `create_model(name)` the module and `param_count(name)` counts parameters by an
-abstract `init` (nothing is allocated, nothing is stored).
+`list_models()` gives the names, `get_config(name)` the frozen config (a `TwoTowerConfig`; a `FlavaConfig` for
+the `flava-*` entries, a `FlamingoConfig` for the `flamingo-*` ones), `create_model(name)` the module and
+`param_count(name)` counts parameters by an abstract `init` (nothing is allocated, nothing is stored).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.models.flamingo import Flamingo, FlamingoConfig
 from mmjax.models.flava import Flava, FlavaConfig
 from mmjax.models.layers import BlockOptions, TransformerSpec
 from mmjax.models.text import TextConfig
@@ -66,7 +67,23 @@ def _flava(image_size, patch_size, tower, embed_dim, vocab_size, context_length)
     )
 
 
-ModelConfig = TwoTowerConfig | FlavaConfig
+def _flamingo(image_size, patch_size, vision, text, vocab_size, context_length, num_latents) -> FlamingoConfig:
+    """A Flamingo trained from scratch on image–caption pairs (`config.loss="captioning"`): a ViT read at all
+    its tokens, a Perceiver resampler of one block, a gated cross-attention block before every block of a causal
+    language model, its gates open at 0.5 (closed gates would leave the vision tower untrained). The image token
+    (`media_token_id`, put before each caption) is the vocabulary's last id, which the tokenizer must never emit."""
+    return FlamingoConfig(
+        vision=VisionConfig(image_size=image_size, patch_size=patch_size, **vision),
+        text=TextConfig(vocab_size=vocab_size, context_length=context_length, **text),
+        media_token_id=vocab_size - 1,
+        num_latents=num_latents,
+        resampler_depth=1,
+        gate_init=0.5,
+        options=BlockOptions(activation="gelu", norm_eps=1e-5),
+    )
+
+
+ModelConfig = TwoTowerConfig | FlavaConfig | FlamingoConfig
 
 
 def _build_registry() -> dict[str, ModelConfig]:
@@ -101,6 +118,11 @@ def _build_registry() -> dict[str, ModelConfig]:
     # configs/flava_captions.py's: OpenAI CLIP's BPE (49 408 ids) and [MASK] (49 408), at 64 px as clip-tiny-bpe.
     registry["flava-tiny-bpe"] = _flava(64, 8, _tower(128, 2, 4), 128, vocab_size=49_409, context_length=32)
     registry["flava-test-bpe"] = _flava(16, 8, test_tower, 16, vocab_size=49_409, context_length=8)
+    # configs/flamingo_tiny.py's captioner: the demo's data and tokenizer (its 128th id is the image token).
+    registry["flamingo-tiny"] = _flamingo(32, 8, tiny_vision, tiny_text, vocab_size=128, context_length=16,
+                                          num_latents=8)
+    registry["flamingo-test"] = _flamingo(16, 8, test_tower, test_tower, vocab_size=64, context_length=8,
+                                          num_latents=4)
     return registry
 
 
@@ -126,29 +148,36 @@ def get_config(name: str, **options) -> ModelConfig:
     return dataclasses.replace(cfg, options=dataclasses.replace(cfg.options, **options)) if options else cfg
 
 
+def kind(config: ModelConfig) -> str:
+    """What a model config is, in words: "FLAVA", "Flamingo" or "two-tower"."""
+    return {FlavaConfig: "FLAVA", FlamingoConfig: "Flamingo"}.get(type(config), "two-tower")
+
+
 def check_two_tower(name: str, purpose: str) -> None:
     """A one-line ValueError when registered model `name` is not a two-tower model; `purpose` completes the
     sentence "…; <purpose> the two-tower models" (e.g. "the benchmarks time")."""
-    if not isinstance(get_config(name), TwoTowerConfig):
-        raise ValueError(f"--model={name} is a FLAVA model; {purpose} the two-tower models (CLIP, SigLIP)")
+    config = get_config(name)
+    if not isinstance(config, TwoTowerConfig):
+        raise ValueError(f"--model={name} is a {kind(config)} model; {purpose} the two-tower models (CLIP, SigLIP)")
 
 
-def build_model(config: ModelConfig) -> TwoTower | Flava:
-    """The (unbound) Flax module of a registry config. Both take `(images, token_ids)` and have `encode_image` /
-    `encode_text`."""
-    return Flava(config) if isinstance(config, FlavaConfig) else TwoTower(config)
+def build_model(config: ModelConfig) -> TwoTower | Flava | Flamingo:
+    """The (unbound) Flax module of a registry config. Each takes `(images, token_ids)`; `TwoTower` and `Flava`
+    have `encode_image` / `encode_text`, `Flamingo` returns next-token logits."""
+    return {FlavaConfig: Flava, FlamingoConfig: Flamingo}.get(type(config), TwoTower)(config)
 
 
-def create_model(name: str, **options) -> TwoTower | Flava:
+def create_model(name: str, **options) -> TwoTower | Flava | Flamingo:
     """The (unbound) Flax module of model `name`."""
     return build_model(get_config(name, **options))
 
 
 def example_inputs(config: ModelConfig, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
-    """Zero images `[B, H, W, 3]` and token ids `[B, L]` of the shapes the model takes."""
+    """Zero images and token ids `[B, L]` of the shapes the model takes: images `[B, H, W, 3]`, or `[B, 1, H, W, 3]`
+    (one image per caption) for Flamingo."""
     size = config.vision.image_size
-    return (jnp.zeros((batch_size, size, size, 3), jnp.float32),
-            jnp.zeros((batch_size, config.text.context_length), jnp.int32))
+    images = (batch_size, 1, size, size, 3) if isinstance(config, FlamingoConfig) else (batch_size, size, size, 3)
+    return (jnp.zeros(images, jnp.float32), jnp.zeros((batch_size, config.text.context_length), jnp.int32))
 
 
 def abstract_params(config: ModelConfig):

@@ -17,10 +17,10 @@ from mmjax.data import synthetic
 from mmjax.data.mixture import usable_weights
 from mmjax.data.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmjax.data.workers import WORKER_PRIORITIES
-from mmjax.models import FlavaConfig, layers, registry
+from mmjax.models import FlamingoConfig, FlavaConfig, layers, registry
 from mmjax.train import multihost
 
-LOSSES = ("clip", "sigmoid", "flava")
+LOSSES = ("clip", "sigmoid", "flava", "captioning")
 AUTO_LOSS = "auto"  # the model's own loss (`own_loss`): what configs/finetune.py trains a checkpoint with
 DATA_NAMES = ("synthetic", "arrayrecord", "tfds", "mixture")
 REMAT_POLICIES = tuple(layers.REMAT_POLICIES)
@@ -193,10 +193,12 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
 
 
 def own_loss(model) -> str:
-    """The one loss that trains `model` (a model config): "flava" for FLAVA, "sigmoid" for a two-tower model with
-    a logit bias (SigLIP), "clip" for one without."""
+    """The one loss that trains `model` (a model config): "flava" for FLAVA, "captioning" for Flamingo, "sigmoid"
+    for a two-tower model with a logit bias (SigLIP), "clip" for one without."""
     if isinstance(model, FlavaConfig):
         return "flava"
+    if isinstance(model, FlamingoConfig):
+        return "captioning"
     return "clip" if model.logit_bias_init is None else "sigmoid"
 
 
@@ -218,10 +220,33 @@ def _validate_flava(c: ml_collections.ConfigDict, model, loss: str) -> None:
              f"accumulation (its matching and masked passes need the whole batch); use accum_steps=1")
 
 
+def _validate_captioning(c: ml_collections.ConfigDict, model, loss: str) -> None:
+    """Flamingo learns to caption: the next-token loss of each caption after its image token, one pass per step,
+    its language model's layers in no tower that `optim.layer_decay` knows."""
+    _require(isinstance(model, FlamingoConfig), f"config.loss='captioning' needs a Flamingo model "
+             f"({', '.join(n for n in registry.list_models() if n.startswith('flamingo'))}); {c.model!r} is a "
+             f"{registry.kind(model)} model: use loss={own_loss(model)!r}")
+    _require(loss == "captioning", f"config.model={c.model!r} is a Flamingo model: train it with "
+             f"config.loss='captioning' (configs/flamingo_tiny.py), not {loss!r}")
+    _require(not c.multi_positive, "config.multi_positive=True is for the two-tower losses; a captioner learns each "
+             "image's own caption: set --config.multi_positive=False")
+    _require(c.accum_steps == 1, f"config.accum_steps={c.accum_steps}: the captioning step has no gradient "
+             f"accumulation; use accum_steps=1 and a batch that fits")
+    _require(not c.eval.benchmarks, f"config.eval.benchmarks={tuple(c.eval.benchmarks)}: the benchmarks classify "
+             f"and retrieve by embeddings, which a captioner has none of; caption images with mmjax caption")
+    decays = {key: c.optim[key] for key in ("layer_decay", "image_layer_decay", "text_layer_decay")}
+    _require(all(value in (None, 1.0) for value in decays.values()),
+             f"config.optim layer decay {', '.join(f'{k}={v}' for k, v in decays.items() if v not in (None, 1.0))} "
+             f"applies to the towers of CLIP, SigLIP and FLAVA, not to {c.model!r}: leave it at 1")
+
+
 def validate_model(c: ml_collections.ConfigDict, model) -> None:
     """Raise `ConfigError` (one line) when `c.loss` cannot train `model` (the config of `c.model`: a registered
     model's, or a pretrained checkpoint's once it is loaded); "auto" is `own_loss(model)`."""
     loss = resolved_loss(c.loss, model)
+    if isinstance(model, FlamingoConfig) or loss == "captioning":
+        _validate_captioning(c, model, loss)
+        return
     if isinstance(model, FlavaConfig) or loss == "flava":
         _validate_flava(c, model, loss)
     _require(loss != "sigmoid" or model.logit_bias_init is not None,

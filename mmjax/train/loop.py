@@ -26,7 +26,7 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.shards import data_files
 from mmjax.data.skips import SkipMonitor
 from mmjax.data.tokenizers import Tokenizer
-from mmjax.models import FlavaConfig, build_model, get_config
+from mmjax.models import FlamingoConfig, FlavaConfig, build_model, get_config
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, check_tensor_split, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
@@ -44,7 +44,7 @@ from mmjax.train.preemption import Preempted, PreemptionNotice
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import (TrainState, abstract_train_state, create_train_state, state_shardings,
                                train_state_from_params)
-from mmjax.train.step import jit_train_step, make_train_step
+from mmjax.train.step import CAPTION_PAD_ID, jit_train_step, make_train_step
 from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_config, save_config,
                                   unknown_words_warning, workdir_lock, workdir_tokenizer)
 
@@ -353,24 +353,30 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
         raise Preempted(preempted_at, os.path.join(workdir, "checkpoints", str(preempted_at)))
     writer.close()  # the progress bar ends before the closing line
     if end > start and jax.process_index() == 0:
-        print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start))
+        print(_closing_line(workdir, start, end, config.total_steps, time.perf_counter() - run_start,
+                            isinstance(model_config, FlamingoConfig)))
     return state
 
 
 def check_tokenizer(tokenizer: Tokenizer, model_config, model: str) -> None:
-    """A one-line `ConfigError` unless the tokenizer's ids fit model `model`'s vocabulary and, for FLAVA, it pads
-    with the model's pad id (the caption lengths are read from the padding) and never emits its [MASK] id."""
+    """A one-line `ConfigError` unless the tokenizer's ids fit model `model`'s vocabulary and, for FLAVA and
+    Flamingo, it pads with the model's pad id (the caption lengths are read from the padding) and never emits the
+    id the model keeps for itself (FLAVA's [MASK], Flamingo's image token)."""
     if tokenizer.vocab_size > model_config.text.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {model} only "
                           f"{model_config.text.vocab_size}")
-    if not isinstance(model_config, FlavaConfig):
+    if isinstance(model_config, FlavaConfig):
+        pad_id, (reserved, name) = model_config.pad_id, (model_config.mask_token_id, "[MASK]")
+    elif isinstance(model_config, FlamingoConfig):
+        pad_id, (reserved, name) = CAPTION_PAD_ID, (model_config.media_token_id, "image token")
+    else:
         return
-    if tokenizer.pad_id != model_config.pad_id:
+    if tokenizer.pad_id != pad_id:
         raise ConfigError(f"the tokenizer pads with id {tokenizer.pad_id} but model {model} reads its captions' "
-                          f"lengths from pad id {model_config.pad_id}")
-    if tokenizer.vocab_size > model_config.mask_token_id:
-        raise ConfigError(f"the tokenizer's {tokenizer.vocab_size} ids include model {model}'s [MASK] id "
-                          f"{model_config.mask_token_id}, which must be an id the tokenizer never emits")
+                          f"lengths from pad id {pad_id}")
+    if tokenizer.vocab_size > reserved:
+        raise ConfigError(f"the tokenizer's {tokenizer.vocab_size} ids include model {model}'s {name} id "
+                          f"{reserved}, which must be an id the tokenizer never emits")
 
 
 def _evaluate(evaluation: PeriodicEval, state: TrainState, step: int, writer: MetricsWriter) -> float:
@@ -394,12 +400,15 @@ def stop_if_diverged(step: int, metrics: dict, checkpoints: Checkpoints) -> None
                          f"config.optim.learning_rate or lengthen its warmup, and train again in a new --workdir")
 
 
-def _closing_line(workdir: str, start: int, end: int, total_steps: int, seconds: float) -> str:
+def _closing_line(workdir: str, start: int, end: int, total_steps: int, seconds: float,
+                  captioner: bool = False) -> str:
     """What the run did and what to run next, e.g. `trained runs/demo from step 0 to 1000 (of 1000) in 2 min 45 s;
-    checkpoint runs/demo/checkpoints/1000; next: mmjax eval --model runs/demo`."""
+    checkpoint runs/demo/checkpoints/1000; next: mmjax eval --model runs/demo` (`mmjax caption --model runs/demo
+    IMAGE...` for a `captioner`)."""
     minutes, secs = divmod(round(seconds), 60)
     took = f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
-    following = (f"mmjax eval --model {workdir}" if end == total_steps
+    finished = f"mmjax caption --model {workdir} IMAGE..." if captioner else f"mmjax eval --model {workdir}"
+    following = (finished if end == total_steps
                  else f"train with the same config and workdir to go on to step {total_steps}")
     return (f"trained {workdir} from step {start} to {end} (of {total_steps}) in {took}; "
             f"checkpoint {os.path.join(workdir, 'checkpoints', str(end))}; next: {following}")

@@ -2,7 +2,8 @@
 
 Shardings and buffer donation are attached where it is jitted (`jit_train_step`). The two-tower losses run
 under `shard_map` over the batch axes of the mesh; FLAVA's objective (`Flava.losses`) is one jitted program that
-the compiler partitions, its random masks and hard negatives drawn from `fold_in(key(seed), step)`.
+the compiler partitions, its random masks and hard negatives drawn from `fold_in(key(seed), step)`; so is
+Flamingo's captioning loss (`captioning_inputs`).
 """
 
 from __future__ import annotations
@@ -18,41 +19,45 @@ from jax.sharding import Mesh
 
 from mmjax.data.transforms import normalize_images
 from mmjax.losses import CLIP_MAX_SCALE, clip_scale, sharded_clip_loss, sharded_sigmoid_loss
-from mmjax.models import Flava, TwoTower
+from mmjax.losses.cross_entropy import negative_log_likelihood, weighted_mean
+from mmjax.models import Flamingo, Flava, TwoTower
 from mmjax.parallel import batch_sharding, replicated
 from mmjax.train.accumulation import make_value_and_grad
 from mmjax.train.patterns import stop_gradient_where
 from mmjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
+CAPTION_PAD_ID = 0  # the padding after a caption, as mmjax's tokenizers pad: its length for the captioning loss
 
 
-def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
-                    *, loss: str, multi_positive: bool, image_mean, image_std, accum_steps: int = 1,
+def make_train_step(model: TwoTower | Flava | Flamingo, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    mesh: Mesh, *, loss: str, multi_positive: bool, image_mean, image_std, accum_steps: int = 1,
                     seed: int = 0, frozen: Sequence[str] = ()) -> Callable:
-    """A step for `loss`: "clip" or "sigmoid" (a `TwoTower`), or "flava" (a `Flava`, with `multi_positive=False`
-    and `accum_steps=1`; `seed` picks its masks and negatives).
+    """A step for `loss`: "clip" or "sigmoid" (a `TwoTower`), "flava" (a `Flava`; `seed` picks its masks and
+    negatives) or "captioning" (a `Flamingo`); the last two with `multi_positive=False` and `accum_steps=1`.
 
     batch: `image` uint8 `[B, H, W, 3]`, `text` int32 `[B, L]` and, when
     `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`. With `accum_steps > 1`
     the towers run on `accum_steps` micro-batches and the gradient still equals the
     full-batch one (`mmjax.train.accumulation`). With the CLIP and FLAVA losses the `logit_scale` parameter is
     clamped to [0, log 100] after each update, as OpenCLIP does. Metrics: `loss`, `grad_norm`, `learning_rate`,
-    `scale`, and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`. `frozen`: path patterns of
+    `scale` (not for captioning), and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`. `frozen`: path patterns of
     parameters whose gradients are stopped (`grad_norm` is then the trained parameters'); the optimizer leaves
     them as they are (`make_optimizer`, `optim.frozen`).
     """
+    if loss in ("flava", "captioning") and (multi_positive or accum_steps != 1):
+        raise ValueError(f"loss={loss!r} takes multi_positive=False and accum_steps=1, got {multi_positive} and "
+                         f"{accum_steps}")
     if loss == "flava":
-        if multi_positive or accum_steps != 1:
-            raise ValueError(f"loss='flava' takes multi_positive=False and accum_steps=1, got {multi_positive} and "
-                             f"{accum_steps}")
         value_and_grad = _flava_value_and_grad(model, image_mean, image_std, seed, frozen)
+    elif loss == "captioning":
+        value_and_grad = _captioning_value_and_grad(model, image_mean, image_std, frozen)
     else:
         value_and_grad = _contrastive_value_and_grad(model, mesh, loss, multi_positive, image_mean, image_std,
                                                      accum_steps, frozen)
 
     # a frozen logit_scale stays as it is, even where it lies past the clamp (OpenAI's 4.6052 > log 100)
-    clamp_scale = loss != "sigmoid" and not any(re.search(pattern, "logit_scale") for pattern in frozen)
+    clamp_scale = loss in ("clip", "flava") and not any(re.search(pattern, "logit_scale") for pattern in frozen)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         (value, aux), grads = value_and_grad(state.params, batch, state.step)
@@ -63,9 +68,10 @@ def make_train_step(model: TwoTower | Flava, tx: optax.GradientTransformation, s
             params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, math.log(CLIP_MAX_SCALE))}
         # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
         aux = dict(aux)
-        scale = jnp.exp(aux.pop("logit_scale")) if loss == "sigmoid" else clip_scale(aux.pop("logit_scale"))
-        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
-                   "scale": scale, **aux}
+        if "logit_scale" in aux:
+            scale = jnp.exp(aux.pop("logit_scale")) if loss == "sigmoid" else clip_scale(aux.pop("logit_scale"))
+            aux["scale"] = scale
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step), **aux}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -105,6 +111,27 @@ def _flava_value_and_grad(model: Flava, image_mean, image_std, seed: int, frozen
                              method="losses")
         total = losses.pop("total")
         return total, {"logit_scale": params["logit_scale"], **{f"loss_{name}": v for name, v in losses.items()}}
+
+    return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+def captioning_inputs(text: jax.Array, media_token_id: int) -> jax.Array:
+    """The token ids a captioner reads for tokenized captions `text [B, L]`: each caption after its image's token,
+    `[media, text[:, :L − 1]]` `[B, L]`; the logits at position t predict `text[:, t]`."""
+    return jnp.concatenate([jnp.full_like(text[:, :1], media_token_id), text[:, :-1]], axis=1)
+
+
+def _captioning_value_and_grad(model: Flamingo, image_mean, image_std, frozen: Sequence[str]) -> Callable:
+    """`(params, batch, step) -> ((loss, {}), grads)`: the mean next-token cross-entropy of every caption token
+    (the padding after it, `CAPTION_PAD_ID`, not counted) read after its image's token (`captioning_inputs`)."""
+    media = model.config.media_token_id
+
+    @jax.named_scope("loss")
+    def loss_fn(params, batch: Batch, step):
+        images = normalize_images(batch["image"], image_mean, image_std)[:, None]  # one image per caption
+        text = batch["text"]
+        logits = model.apply({"params": stop_gradient_where(params, frozen)}, images, captioning_inputs(text, media))
+        return weighted_mean(negative_log_likelihood(logits, text), text != CAPTION_PAD_ID), {}
 
     return jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -32,7 +32,8 @@ from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizer_record import SENTENCEPIECE_FILE
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.files import write_text_atomically
-from mmjax.models import Flava, TwoTower, abstract_params, build_model, get_config
+from mmjax.models import (Flamingo, FlamingoConfig, Flava, TwoTower, abstract_params, build_model, get_config,
+                          list_models)
 from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.checkpoint import Checkpoints, latest_saved_step
@@ -131,12 +132,25 @@ class TrainedModel:
     its images get when it is evaluated (a run fine-tuned from a pretrained checkpoint: the checkpoint's own
     resize and crop; any other: the centre crop of its evaluations)."""
 
-    model: TwoTower | Flava
+    model: TwoTower | Flava | Flamingo
     params: dict
     tokenizer: Tokenizer
     config: ml_collections.ConfigDict
     step: int
     preprocess: ImagePreprocess
+
+
+def check_kind(workdir: str, captioner: bool) -> None:
+    """A one-line ValueError unless the run in `workdir` is a captioner (a Flamingo) when `captioner`, or one with
+    embeddings (CLIP, SigLIP, FLAVA) when not: said from its config.json, before anything is restored."""
+    model = load_config(workdir).model
+    is_captioner = model in list_models() and isinstance(get_config(model), FlamingoConfig)
+    if is_captioner and not captioner:
+        raise ValueError(f"{workdir} holds a Flamingo run ({model}), a captioner without image or text "
+                         f"embeddings: caption images with mmjax caption --model {workdir} IMAGE...")
+    if captioner and not is_captioner:
+        raise ValueError(f"{workdir} holds a {model} run, which does not write captions: mmjax caption takes a "
+                         f"Flamingo run (configs/flamingo_tiny.py)")
 
 
 def check_trained(workdir: str) -> int:

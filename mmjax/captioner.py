@@ -1,0 +1,73 @@
+"""Captions for images from a Flamingo trained to caption (`config.loss="captioning"`, configs/flamingo_tiny.py).
+
+A caption is what the model writes after an image's token and the start of text, as it was trained
+(`mmjax.train.step.captioning_inputs`): `[<image>, <start>, prompt words…]` continued by
+`mmjax.models.generation.generate` until the end-of-text token or the end of the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from mmjax.data.tokenizers import Tokenizer
+from mmjax.data.transforms import normalize_images
+from mmjax.inference import check_batch_size
+from mmjax.models import Flamingo
+from mmjax.models.generation import generate
+from mmjax.train.step import captioning_inputs
+
+
+class Captioner:
+    """Writes captions for uint8 images `[N, H, W, 3]` in batches of `batch_size` (each batch one `generate` call,
+    its parameters on this process's default device)."""
+
+    def __init__(self, model: Flamingo, params, tokenizer: Tokenizer, image_mean: Sequence[float],
+                 image_std: Sequence[float], batch_size: int = 64):
+        check_batch_size(batch_size)
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.params = jax.device_put(params)
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        size = model.config.vision.image_size
+        self.image_shape = (size, size, 3)
+
+    def prompt(self, text: str = "") -> tuple[np.ndarray, int]:
+        """`(token ids [L], length)`: the image token, the start of text and `text`'s tokens, without its end. A
+        ValueError when they leave no position to write into."""
+        tokens = self.tokenizer([text])
+        ids = captioning_inputs(tokens, self.model.config.media_token_id)
+        context = ids.shape[1]
+        ends = np.flatnonzero(tokens[0] == self.tokenizer.eot_id)
+        length = int(ends[0]) + 1 if len(ends) else context  # the image token, then the text up to its end
+        if length >= context:
+            raise ValueError(f"the prompt {text!r} fills the model's {context}-token context; shorten it")
+        return np.asarray(ids[0]), length
+
+    def caption(self, images: np.ndarray, prompt: str = "", num_tokens: int | None = None, temperature: float = 0.0,
+                top_k: int = 0, seed: int = 0) -> list[str]:
+        """One caption per image, `prompt`'s words first. `num_tokens`: the most tokens written after the prompt
+        (None: up to the end of the context). `temperature` 0 is greedy; otherwise batch `i` draws with seed
+        `seed + i`."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != self.image_shape or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [N, {', '.join(map(str, self.image_shape))}], "
+                             f"got {images.dtype} {list(images.shape)}")
+        ids, length = self.prompt(prompt)
+        num_tokens = len(ids) - length if num_tokens is None else num_tokens
+        captions = []
+        for i, start in enumerate(range(0, len(images), self.batch_size)):
+            chunk = images[start:start + self.batch_size]
+            normalized = normalize_images(chunk, self.image_mean, self.image_std)[:, None]  # one image each
+            written = generate(self.model, self.params, normalized, np.tile(ids, (len(chunk), 1)),
+                               np.full(len(chunk), length), num_tokens, eos_id=self.tokenizer.eot_id,
+                               pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k, seed=seed + i)
+            captions += [self.decode(row) for row in written]
+        return captions
+
+    def decode(self, ids: np.ndarray) -> str:
+        """The text of a written row `[L]` (`generate` pads it after the end of text): its tokens after the image
+        token, ids the tokenizer does not have (the image token) left out."""
+        ids = np.asarray(ids)[1:]
+        return self.tokenizer.decode(ids[ids < self.tokenizer.vocab_size])

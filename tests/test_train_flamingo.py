@@ -1,0 +1,212 @@
+"""Training Flamingo to caption with `mmjax train` (`config.loss="captioning"`): sharded steps equal a plain loop
+whose loss is written out with NumPy's indexing, an exact resume, `mmjax caption` writing what greedy decoding
+writes, and one-line refusals."""
+
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mmjax.models as models
+from mmjax.captioner import Captioner
+from mmjax.data import Tokenizer
+from mmjax.models.generation import generate
+from mmjax.parallel import make_mesh
+from mmjax.train.config import ConfigError, own_loss, validate
+from mmjax.train.loop import check_tokenizer, train
+from mmjax.train.optim import make_optimizer
+from mmjax.train.step import captioning_inputs, make_train_step
+from mmjax.train.workdir import load_trained
+from test_train import _batches, sharded_params
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import flamingo_tiny  # noqa: E402
+
+MEAN_STD = (0.5,) * 3
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _np_caption_loss(logits, text, media, pad=0):
+    """The mean next-token cross-entropy of captions after their image's token, written out per row: the model
+    read `[media, text[:-1]]`; position t predicts text[t] for each caption token t (padding not counted)."""
+    logits = np.asarray(logits, np.float64)
+    total, count = 0.0, 0
+    for row, tokens in zip(logits, np.asarray(text)):
+        for t, token in enumerate(tokens):
+            if token == pad:
+                break
+            log_probs = row[t] - row[t].max() - np.log(np.exp(row[t] - row[t].max()).sum())
+            total, count = total - log_probs[token], count + 1
+    return total / count
+
+
+def _reference(config, batches):
+    """A plain unsharded loop: the logits of `[media, text[:, :-1]]`, the loss above, AdamW."""
+    model = models.create_model(config.model)
+    media = model.config.media_token_id
+    tx = make_optimizer(config.optim, config.total_steps)
+    params = nn.unbox(model.init(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"]
+    opt_state = tx.init(params)
+
+    def logits_of(params, batch):
+        images = (batch["image"].astype(jnp.float32) / 255 - 0.5) / 0.5
+        ids = jnp.concatenate([jnp.full((len(batch["text"]), 1), media, jnp.int32), batch["text"][:, :-1]], axis=1)
+        return model.apply({"params": params}, images[:, None], ids)
+
+    def loss_fn(params, batch):
+        log_probs = jax.nn.log_softmax(logits_of(params, batch))
+        picked = jnp.take_along_axis(log_probs, batch["text"][..., None], axis=-1)[..., 0]
+        counted = batch["text"] != 0
+        return -(picked * counted).sum() / counted.sum()
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    losses = []
+    for batch in batches:
+        value, grads = grad_fn(params, batch)
+        losses.append(float(value))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(losses[0], _np_caption_loss(jax.jit(logits_of)(
+        nn.unbox(model.init(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"],
+        batches[0]), batches[0]["text"], media), rtol=1e-5)
+    return params, losses
+
+
+def test_sharded_captioning_steps_equal_a_plain_single_device_loop():
+    config = flamingo_tiny.get_config("test")
+    batches = _batches(config, 3)
+    assert (batches[0]["text"][:, -1] != 0).any()  # captions that fill the context: their last token counts too
+    want, losses = _reference(config, batches)
+    for shape in [(8, 1, 1), (2, 2, 2)]:
+        got, metrics = sharded_params(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
+        assert float(metrics["loss"]) == pytest.approx(losses[-1], rel=1e-5)
+        assert set(metrics) == {"loss", "grad_norm", "learning_rate"}
+
+
+def test_captioning_inputs_put_the_image_token_first():
+    text = np.array([[2, 7, 8, 3, 0, 0], [2, 5, 6, 7, 8, 3]], np.int32)
+    np.testing.assert_array_equal(captioning_inputs(jnp.asarray(text), 9), [[9, 2, 7, 8, 3, 0], [9, 2, 5, 6, 7, 8]])
+
+
+def test_a_resumed_flamingo_run_ends_with_the_uninterrupted_parameters_and_captions(tmp_path, capsys):
+    config = flamingo_tiny.get_config("test")
+    config.total_steps, config.optim.learning_rate = 12, 1e-2
+    straight = train(config, str(tmp_path / "straight"))
+    assert capsys.readouterr().out.strip().endswith(
+        f"next: mmjax caption --model {tmp_path / 'straight'} IMAGE...")
+    train(config, str(tmp_path / "resumed"), stop_after=6)
+    resumed = train(config, str(tmp_path / "resumed"))
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+
+    trained = load_trained(str(tmp_path / "straight"))
+    tokenizer, model = trained.tokenizer, trained.model
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    captioner = Captioner(model, trained.params, tokenizer, MEAN_STD, MEAN_STD, batch_size=2)
+    got = captioner.caption(pixels, prompt="a small")
+    # written out: [image, start, "a", "small"], greedy to the end of text, the words after the image token
+    vocab = {i: w for w, i in tokenizer.backend.get_vocab().items()}
+    prompt = [model.config.media_token_id, tokenizer.backend.token_to_id("<|startoftext|>"),
+              tokenizer.backend.token_to_id("a"), tokenizer.backend.token_to_id("small")]
+    buffer = np.zeros((3, 8), np.int32)
+    buffer[:, :4] = prompt
+    written = generate(model, trained.params, ((pixels / 255 - 0.5) / 0.5)[:, None].astype(np.float32), buffer,
+                       np.full(3, 4), num_tokens=4, eos_id=tokenizer.eot_id)
+    want = []
+    for row in written:
+        words = []
+        for token in row[2:]:
+            if token in (tokenizer.eot_id, 0):
+                break
+            words.append(vocab[int(token)])
+        want.append(" ".join(words))
+    assert got == want and all(caption.startswith("a small") for caption in got)
+
+
+def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_path):
+    from PIL import Image
+
+    config = flamingo_tiny.get_config("test")
+    train(config, str(tmp_path / "run"))
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"image{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(paths[-1])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+
+    def mmjax(*args):
+        return subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+
+    done = mmjax("caption", "--model", str(tmp_path / "run"), *paths)
+    assert done.returncode == 0, done.stderr
+    trained = load_trained(str(tmp_path / "run"))
+    from mmjax.eval.images import load_images
+    pixels, _ = load_images(paths, 16)
+    want = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD).caption(pixels)
+    assert done.stdout.splitlines() == [f"{path}\t{caption}" for path, caption in zip(paths, want)]
+
+    errors = {
+        ("caption", "--model", str(tmp_path / "run"), str(tmp_path / "broken.png")):
+            f"cannot read image {tmp_path / 'broken.png'}",
+        ("caption", "--model", str(tmp_path / "run"), "--prompt", "a " * 10, paths[0]):
+            "fills the model's 8-token context; shorten it",
+        ("eval", "--model", str(tmp_path / "run")):
+            f"{tmp_path / 'run'} holds a Flamingo run (flamingo-test), a captioner without image or text embeddings",
+        ("classify", "--model", str(tmp_path / "run"), "--labels", "a,b", paths[0]): "holds a Flamingo run",
+        ("convert", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "hf")): "holds a Flamingo run",
+    }
+    for args, message in errors.items():
+        done = mmjax(*args)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
+            args, done.stderr)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(model="clip-test"), r"config.loss='captioning' needs a Flamingo model \(flamingo-test, flamingo-tiny\); "
+     r"'clip-test' is a two-tower model: use loss='clip'"),
+    (dict(loss="clip"), "config.model='flamingo-test' is a Flamingo model: train it with config.loss='captioning'"),
+    (dict(multi_positive=True), "config.multi_positive=True is for the two-tower losses; a captioner"),
+    (dict(accum_steps=2), "config.accum_steps=2: the captioning step has no gradient accumulation"),
+    (dict(eval=dict(benchmarks=("synthetic",))), "a captioner has none of; caption images with mmjax caption"),
+    (dict(optim=dict(layer_decay=0.5)), "config.optim layer decay layer_decay=0.5 applies to the towers of CLIP"),
+])
+def test_flamingo_configs_that_cannot_work_are_one_line_errors(changes, message):
+    config = flamingo_tiny.get_config("test")
+    with config.unlocked():
+        for key, value in changes.items():
+            if isinstance(value, dict):
+                config[key].update(value)
+            else:
+                config[key] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_auto_is_captioning_and_the_tokenizer_must_not_emit_the_image_token():
+    model_config = models.get_config("flamingo-test")  # vocabulary 64, image token 63
+    assert own_loss(model_config) == "captioning" and model_config.media_token_id == 63
+    check_tokenizer(Tokenizer.for_synthetic(8), model_config, "flamingo-test")
+    sixty_four = Tokenizer.from_corpus([" ".join(f"w{i}" for i in range(60))], 8)  # + pad, unk, start, end
+    with pytest.raises(ConfigError, match="the tokenizer's 64 ids include model flamingo-test's image token id 63"):
+        check_tokenizer(sixty_four, model_config, "flamingo-test")
+
+
+def test_the_captioning_step_and_the_benchmarks_refuse_what_they_cannot_do():
+    from mmjax.commands.bench import _two_tower_model
+
+    model, tx = models.create_model("flamingo-test"), optax.sgd(0.1)
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="loss='captioning' takes multi_positive=False and accum_steps=1"):
+        make_train_step(model, tx, optax.constant_schedule(0.1), mesh, loss="captioning", multi_positive=True,
+                        image_mean=MEAN_STD, image_std=MEAN_STD)
+    with pytest.raises(ValueError, match="--model=flamingo-tiny is a Flamingo model; the benchmarks time"):
+        _two_tower_model("flamingo-tiny")
