@@ -1,7 +1,6 @@
-"""Flamingo (~1.5 M parameters) learning to caption the embedded synthetic shapes data: each caption follows its
+"""Flamingo (~1.7 M parameters) learning to caption the embedded synthetic shapes data: each caption follows its
 image's token, and the next-token loss trains the whole model from scratch (the ViT and the language model
-included; to train only the resampler and the gated cross-attention of a pretrained model, freeze the rest with
-config.optim.frozen).
+included).
 
     mmjax train --config configs/flamingo_tiny.py --workdir runs/flamingo
     mmjax caption --model runs/flamingo image.png                  # greedy captions

@@ -210,3 +210,34 @@ def test_the_captioning_step_and_the_benchmarks_refuse_what_they_cannot_do():
                         image_mean=MEAN_STD, image_std=MEAN_STD)
     with pytest.raises(ValueError, match="--model=flamingo-tiny is a Flamingo model; the benchmarks time"):
         _two_tower_model("flamingo-tiny")
+
+
+def test_a_captioner_trains_on_converted_captions_with_clip_bpe_and_writes_words(tmp_path):
+    """configs/flamingo_captions.py: ArrayRecord shards, OpenCLIP's BPE (49 408 ids), the image token 49 408; a
+    caption decodes the ids greedy decoding writes as OpenCLIP's SimpleTokenizer decodes them."""
+    open_clip = pytest.importorskip("open_clip")
+    import flamingo_captions
+    from test_data_train import REAL_CAPTIONS, write_pairs
+
+    write_pairs(tmp_path / "data", 50, pool=REAL_CAPTIONS)
+    config = flamingo_captions.get_config("test")
+    config.data.sources = (str(tmp_path / "data"),)
+    config.optim.learning_rate = 1e-2
+    assert models.get_config(config.model).media_token_id == 49_408
+    train(config, str(tmp_path / "run"))
+    trained = load_trained(str(tmp_path / "run"))
+    mean, std = trained.config.data.image_mean, trained.config.data.image_std
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    got = Captioner(trained.model, trained.params, trained.tokenizer, mean, std).caption(pixels, prompt="a dog")
+
+    reference = open_clip.tokenizer.SimpleTokenizer()
+    sot, eot = reference.encoder["<start_of_text>"], reference.encoder["<end_of_text>"]
+    prompt = [49_408, sot, *reference.encode("a dog")]
+    buffer = np.zeros((2, 8), np.int32)
+    buffer[:, :len(prompt)] = prompt
+    images = ((pixels / 255 - np.array(mean)) / np.array(std)).astype(np.float32)[:, None]
+    written = generate(trained.model, trained.params, images, buffer, np.full(2, len(prompt)),
+                       num_tokens=8 - len(prompt), eos_id=eot)
+    want = [reference.decode([int(i) for i in row[2:] if i not in (eot, 0)]) for row in written]
+    assert [" ".join(caption.split()) for caption in got] == [" ".join(text.split()) for text in want]
+    assert all(caption.startswith("a dog") for caption in got)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import regex
 import tokenizers
-from tokenizers import Regex, models, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
 
 from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
 
@@ -83,6 +83,8 @@ class ClipBpeTokenizer(Tokenizer):
             raise ValueError(f"OpenCLIP clean={open_clip_clean!r} is not one of {OPEN_CLIP_CLEANS}")
         backend.enable_truncation(context_length)
         backend.enable_padding(pad_id=pad_id, pad_token=backend.id_to_token(pad_id) or "", length=context_length)
+        # ids back to text as OpenCLIP's SimpleTokenizer.decode: the bytes of each piece, "</w>" ending a word
+        backend.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace("</w>", " ")])
         super().__init__(backend, eot_token)
         self.open_clip_clean = open_clip_clean
         if open_clip_clean is not None:  # the same tokenizer for words OPEN_CLIP_WORDS has already split

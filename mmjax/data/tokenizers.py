@@ -96,9 +96,9 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of token ids `[N]`, without the ids an empty text encodes to (start and end of text,
-        padding); a word-level vocabulary joins its words with spaces."""
+        padding), and without spaces at its ends; a word-level vocabulary joins its words with spaces."""
         frame = set(self([""])[0].tolist())
-        return self.backend.decode([int(i) for i in ids if int(i) not in frame])
+        return self.backend.decode([int(i) for i in ids if int(i) not in frame]).strip()
 
     def unknown_fraction(self, ids: np.ndarray) -> float:
         """The fraction of the word tokens in `ids` `[N, L]` that are the unknown token (0 for a vocabulary

@@ -123,6 +123,11 @@ def _build_registry() -> dict[str, ModelConfig]:
                                           num_latents=8)
     registry["flamingo-test"] = _flamingo(16, 8, test_tower, test_tower, vocab_size=64, context_length=8,
                                           num_latents=4)
+    # configs/flamingo_captions.py's: OpenAI CLIP's BPE (49 408 ids) and the image token (49 408), at 64 px.
+    registry["flamingo-tiny-bpe"] = _flamingo(64, 8, tiny_vision, tiny_text, vocab_size=49_409, context_length=32,
+                                              num_latents=8)
+    registry["flamingo-test-bpe"] = _flamingo(16, 8, test_tower, test_tower, vocab_size=49_409, context_length=8,
+                                              num_latents=4)
     return registry
 
 
