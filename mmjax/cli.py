@@ -183,6 +183,9 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
     from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
     from mmjax.eval.benchmarks import run_benchmark
 
+    if _is_captioner(workdir):
+        _evaluate_captioner(workdir, benchmark, step)
+        return
     encoder, trained = load_workdir(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None, step=step,
                                     batch_size=flags.FLAGS.batch_size)
     config, image_size = trained.config, trained.model.config.vision.image_size
@@ -207,6 +210,44 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
     print(f"results: {output}")
     if flags.FLAGS.figure:
         _write_demo_figure(flags.FLAGS.figure, workdir, encoder, config, image_size)
+
+
+def _is_captioner(workdir: str) -> bool:
+    from mmjax.train.workdir import check_kind
+
+    try:
+        check_kind(workdir, captioner=True)
+    except ValueError:
+        return False
+    return True
+
+
+def _evaluate_captioner(workdir: str, benchmark: str | None, step: int) -> None:
+    """`mmjax eval` of a Flamingo run: its greedy captions of the synthetic retrieval images, read for the
+    attributes they name (`mmjax.eval.synthetic_captions`)."""
+    from mmjax.captioner import Captioner
+    from mmjax.eval import format_table, write_results
+    from mmjax.eval.report import results_json
+    from mmjax.eval.synthetic_captions import CAPTIONING_TASK, evaluate_synthetic_captions
+    from mmjax.train.workdir import load_trained
+
+    if benchmark is not None or flags.FLAGS.figure:
+        raise ValueError(f"{workdir} holds a Flamingo run, a captioner: mmjax eval reads its captions of the synthetic "
+                         f"images; --{'benchmark' if benchmark is not None else 'figure'} is for models with "
+                         f"embeddings")
+    trained = load_trained(workdir, dtype=flags.FLAGS.dtype, step=step)
+    config = trained.config
+    captioner = Captioner(trained.model, trained.params, trained.tokenizer, config.data.image_mean,
+                          config.data.image_std, batch_size=flags.FLAGS.batch_size or config.eval.batch_size)
+    metrics = evaluate_synthetic_captions(captioner.caption, seed=config.data.seed,
+                                          image_size=trained.model.config.vision.image_size,
+                                          num_images=config.eval.num_retrieval)
+    output = flags.FLAGS.output or os.path.join(workdir, "synthetic_captions.json")
+    write_results(output, results_json("synthetic-shapes", config.model, metrics, task=CAPTIONING_TASK,
+                                       pretrained=workdir, extra={"step": trained.step}))
+    print(f"{config.model} trained {trained.step} steps in {workdir}: synthetic-shapes ({CAPTIONING_TASK})")
+    print(format_table(metrics))
+    print(f"results: {output}")
 
 
 def _write_demo_figure(path: str, workdir: str, encoder, config, image_size: int) -> None:

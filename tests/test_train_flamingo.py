@@ -2,6 +2,7 @@
 whose loss is written out with NumPy's indexing, an exact resume, `mmjax caption` writing what greedy decoding
 writes, and one-line refusals."""
 
+import json
 import math
 import os
 import subprocess
@@ -16,7 +17,8 @@ import pytest
 
 import mmjax.models as models
 from mmjax.captioner import Captioner
-from mmjax.data import Tokenizer
+from mmjax.data import Tokenizer, synthetic
+from mmjax.eval.synthetic_captions import caption_metrics, named_attributes
 from mmjax.models.generation import generate
 from mmjax.parallel import make_mesh
 from mmjax.train.config import ConfigError, own_loss, validate
@@ -84,7 +86,7 @@ def test_sharded_captioning_steps_equal_a_plain_single_device_loop():
     batches = _batches(config, 3)
     assert (batches[0]["text"][:, -1] != 0).any()  # captions that fill the context: their last token counts too
     want, losses = _reference(config, batches)
-    for shape in [(8, 1, 1), (2, 2, 2)]:
+    for shape in [(2, 2, 2)]:  # data, FSDP and tensor parallel at once
         got, metrics = sharded_params(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
         assert float(metrics["loss"]) == pytest.approx(losses[-1], rel=1e-5)
@@ -134,6 +136,7 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_
     from PIL import Image
 
     config = flamingo_tiny.get_config("test")
+    config.total_steps, config.checkpoint_every, config.optim.learning_rate = 30, 30, 1e-2  # captions naming sizes
     train(config, str(tmp_path / "run"))
     rng = np.random.default_rng(1)
     paths = []
@@ -159,11 +162,25 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_
             f"cannot read image {tmp_path / 'broken.png'}",
         ("caption", "--model", str(tmp_path / "run"), "--prompt", "a " * 10, paths[0]):
             "fills the model's 8-token context; shorten it",
-        ("eval", "--model", str(tmp_path / "run")):
+        ("embed", "--model", str(tmp_path / "run"), "--images", str(tmp_path), "--out", str(tmp_path / "i.npz")):
             f"{tmp_path / 'run'} holds a Flamingo run (flamingo-test), a captioner without image or text embeddings",
+        ("eval", "--model", str(tmp_path / "run"), "--benchmark", "cifar10"):
+            "mmjax eval reads its captions of the synthetic images; --benchmark is for models with embeddings",
         ("classify", "--model", str(tmp_path / "run"), "--labels", "a,b", paths[0]): "holds a Flamingo run",
         ("convert", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "hf")): "holds a Flamingo run",
     }
+    done = mmjax("eval", "--model", str(tmp_path / "run"), "--output", str(tmp_path / "captions.json"))
+    assert done.returncode == 0, done.stderr
+    assert "synthetic-shapes (captioning)" in done.stdout and "shape_accuracy" in done.stdout
+    with open(tmp_path / "captions.json") as f:  # NaN is written as null
+        got = {name: math.nan if value is None else value for name, value in json.load(f)["metrics"].items()}
+    # the run's own 32 retrieval images (config.eval.num_retrieval), captioned and read here
+    source = synthetic.SyntheticSource("retrieval", 0, 32)
+    labels = np.stack([source[i]["image_labels"] for i in range(32)])
+    pixels = synthetic.render_images(labels, np.stack([source[i]["key"] for i in range(32)]), 16)
+    want = caption_metrics(Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD)
+                           .caption(pixels), labels)
+    assert got == pytest.approx(want | {"num_images": 32}, nan_ok=True) and got["size_named"] > 0
     for args, message in errors.items():
         done = mmjax(*args)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
@@ -171,12 +188,12 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(model="clip-test"), r"config.loss='captioning' needs a Flamingo model \(flamingo-test, flamingo-tiny\); "
-     r"'clip-test' is a two-tower model: use loss='clip'"),
+    (dict(model="clip-test"), r"config.loss='captioning' needs a Flamingo model \(flamingo-test, flamingo-test-bpe, "
+     r"flamingo-tiny, flamingo-tiny-bpe\); 'clip-test' is a two-tower model: use loss='clip'"),
     (dict(loss="clip"), "config.model='flamingo-test' is a Flamingo model: train it with config.loss='captioning'"),
     (dict(multi_positive=True), "config.multi_positive=True is for the two-tower losses; a captioner"),
     (dict(accum_steps=2), "config.accum_steps=2: the captioning step has no gradient accumulation"),
-    (dict(eval=dict(benchmarks=("synthetic",))), "a captioner has none of; caption images with mmjax caption"),
+    (dict(eval=dict(benchmarks=("synthetic",))), "a captioner has none of; evaluate its captions after training"),
     (dict(optim=dict(layer_decay=0.5)), "config.optim layer decay layer_decay=0.5 applies to the towers of CLIP"),
 ])
 def test_flamingo_configs_that_cannot_work_are_one_line_errors(changes, message):
@@ -241,3 +258,18 @@ def test_a_captioner_trains_on_converted_captions_with_clip_bpe_and_writes_words
     want = [reference.decode([int(i) for i in row[2:] if i not in (eot, 0)]) for row in written]
     assert [" ".join(caption.split()) for caption in got] == [" ".join(text.split()) for text in want]
     assert all(caption.startswith("a dog") for caption in got)
+
+
+def test_captions_are_read_for_the_attributes_they_name():
+    assert named_attributes("a photo of a small red circle at the top left.") == (0, 0, 0, 0)
+    assert named_attributes("there is a large pink star at the bottom right") == (5, 6, 2, 8)
+    assert named_attributes("a cyan shape in the center") == (-1, 3, -1, 4)
+    assert named_attributes("a shape on the left, at the top") == (-1, -1, -1, 3)  # the first phrase
+    labels = np.array([[0, 0, 0, 0], [5, 6, 2, 8], [1, 3, 1, 4]])  # circle red small top-left; …; square cyan …
+    metrics = caption_metrics(["a small red circle at the top left", "a large pink cross at the bottom right",
+                               "a cyan shape"], labels)
+    assert metrics["shape_named"] == pytest.approx(2 / 3) and metrics["shape_accuracy"] == 0.5
+    assert metrics["colour_named"] == 1.0 and metrics["colour_accuracy"] == 1.0
+    assert metrics["size_named"] == pytest.approx(2 / 3) and metrics["size_accuracy"] == 1.0
+    assert metrics["position_named"] == pytest.approx(2 / 3) and metrics["chance_position_accuracy"] == 1 / 9
+    assert np.isnan(caption_metrics(["a shape"], labels[:1])["shape_accuracy"])

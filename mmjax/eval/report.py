@@ -108,13 +108,14 @@ def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
     return None
 
 
-FRACTION_METRIC = re.compile(r"acc\d+|mean_per_class_recall|.*recall@\d+")
+FRACTION_METRIC = re.compile(r"acc\d+|mean_per_class_recall|.*recall@\d+|.*_named|.*_accuracy")
 
 
 def format_table(metrics: Mapping[str, float]) -> str:
     """An aligned text table: one row per metric, fractions in %, chance level where known.
 
-    Fractions are the accuracies and recalls (``acc<k>``, ``mean_per_class_recall``, ``*recall@<k>``).
+    Fractions are the accuracies and recalls (``acc<k>``, ``mean_per_class_recall``, ``*recall@<k>``) and a
+    captioner's ``*_named`` / ``*_accuracy``.
     Integer entries (counts) are printed as they are, other floats (``images_per_s``) with two
     decimals; ``chance_*`` entries fill the chance column of the metrics they belong to instead of
     getting rows of their own.

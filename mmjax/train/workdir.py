@@ -147,7 +147,8 @@ def check_kind(workdir: str, captioner: bool) -> None:
     is_captioner = model in list_models() and isinstance(get_config(model), FlamingoConfig)
     if is_captioner and not captioner:
         raise ValueError(f"{workdir} holds a Flamingo run ({model}), a captioner without image or text "
-                         f"embeddings: caption images with mmjax caption --model {workdir} IMAGE...")
+                         f"embeddings: caption images with mmjax caption --model {workdir} IMAGE..., evaluate it "
+                         f"with mmjax eval --model {workdir}")
     if captioner and not is_captioner:
         raise ValueError(f"{workdir} holds a {model} run, which does not write captions: mmjax caption takes a "
                          f"Flamingo run (configs/flamingo_tiny.py)")
