@@ -45,6 +45,13 @@ class Captioner:
             raise ValueError(f"the prompt {text!r} fills the model's {context}-token context; shorten it")
         return np.asarray(ids[0]), length
 
+    def unknown_prompt_words(self, text: str) -> list[str]:
+        """The words of `text` the tokenizer reads as its unknown token (none for a byte-level BPE)."""
+        if self.tokenizer.unk_id is None:
+            return []
+        encoding = self.tokenizer.backend.encode(text)
+        return [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == self.tokenizer.unk_id]
+
     def caption(self, images: np.ndarray, prompt: str = "", num_tokens: int | None = None, temperature: float = 0.0,
                 top_k: int = 0, seed: int = 0) -> list[str]:
         """One caption per image, `prompt`'s words first. `num_tokens`: the most tokens written after the prompt
@@ -67,7 +74,7 @@ class Captioner:
         return captions
 
     def decode(self, ids: np.ndarray) -> str:
-        """The text of a written row `[L]` (`generate` pads it after the end of text): its tokens after the image
-        token, ids the tokenizer does not have (the image token) left out."""
+        """The text of a written row `[L]`: its tokens after the image token up to the end of text, ids the
+        tokenizer does not have (the image token) left out."""
         ids = np.asarray(ids)[1:]
         return self.tokenizer.decode(ids[ids < self.tokenizer.vocab_size])

@@ -420,11 +420,15 @@ def _caption(argv) -> None:
     from mmjax.captioner import Captioner
     from mmjax.eval.images import load_images
     from mmjax.models import get_config
+    from mmjax.pretrained import is_pretrained_source
     from mmjax.train.workdir import check_kind, check_trained, load_config, load_trained
 
     if len(argv) < 2:
         raise ValueError("usage: mmjax caption --model WORKDIR [--prompt TEXT] IMAGE...")
     workdir = flags.FLAGS.model
+    if is_pretrained_source(workdir):
+        raise ValueError(f"mmjax caption takes a Flamingo training workdir (configs/flamingo_tiny.py); {workdir} is a "
+                         f"pretrained checkpoint")
     step = check_trained(workdir)
     check_kind(workdir, captioner=True)
     size = get_config(load_config(workdir).model).vision.image_size
@@ -433,6 +437,10 @@ def _caption(argv) -> None:
     data = trained.config.data
     captioner = Captioner(trained.model, trained.params, trained.tokenizer, data.image_mean, data.image_std,
                           batch_size=flags.FLAGS.batch_size or trained.config.eval.batch_size)
+    unknown = captioner.unknown_prompt_words(flags.FLAGS.prompt)
+    if unknown:
+        print(f"mmjax: warning: the tokenizer of {workdir} does not know the prompt's {', '.join(map(repr, unknown))}: "
+              f"the model reads <unk> there", file=sys.stderr)
     captions = captioner.caption(images, flags.FLAGS.prompt, flags.FLAGS.num_tokens, flags.FLAGS.temperature,
                                  flags.FLAGS.top_k, flags.FLAGS.seed)
     for image_id, caption in zip(ids, captions):

@@ -65,15 +65,17 @@ def _reference_params(config, batches):
     return params
 
 
-def sharded_params(config, batches, mesh):
-    """`(params, last metrics)` after `mmjax train`'s jitted step on `batches`, split over `mesh`."""
+def sharded_params(config, batches, mesh, **step_options):
+    """`(params, last metrics)` after `mmjax train`'s jitted step on `batches`, split over `mesh` (`step_options`:
+    more keyword arguments of `make_train_step`)."""
     model = models.create_model(config.model)
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
     step = jit_train_step(make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
                                           loss=config.loss, multi_positive=config.multi_positive,
-                                          image_mean=(0.5,) * 3, image_std=(0.5,) * 3, seed=config.seed),
+                                          image_mean=(0.5,) * 3, image_std=(0.5,) * 3, seed=config.seed,
+                                          **step_options),
                           shardings, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         for batch in batches:

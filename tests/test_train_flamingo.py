@@ -35,21 +35,21 @@ MEAN_STD = (0.5,) * 3
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _np_caption_loss(logits, text, media, pad=0):
+def _np_caption_loss(logits, text, eot):
     """The mean next-token cross-entropy of captions after their image's token, written out per row: the model
-    read `[media, text[:-1]]`; position t predicts text[t] for each caption token t (padding not counted)."""
+    read `[media, text[:-1]]`; position t predicts text[t] for each caption token t up to the end of text."""
     logits = np.asarray(logits, np.float64)
     total, count = 0.0, 0
     for row, tokens in zip(logits, np.asarray(text)):
         for t, token in enumerate(tokens):
-            if token == pad:
-                break
             log_probs = row[t] - row[t].max() - np.log(np.exp(row[t] - row[t].max()).sum())
             total, count = total - log_probs[token], count + 1
+            if token == eot:
+                break
     return total / count
 
 
-def _reference(config, batches):
+def _reference(config, batches, eot):
     """A plain unsharded loop: the logits of `[media, text[:, :-1]]`, the loss above, AdamW."""
     model = models.create_model(config.model)
     media = model.config.media_token_id
@@ -65,7 +65,8 @@ def _reference(config, batches):
     def loss_fn(params, batch):
         log_probs = jax.nn.log_softmax(logits_of(params, batch))
         picked = jnp.take_along_axis(log_probs, batch["text"][..., None], axis=-1)[..., 0]
-        counted = batch["text"] != 0
+        ended = np.cumsum(batch["text"] == eot, axis=1) - (batch["text"] == eot)  # end of texts before t
+        counted = ended == 0
         return -(picked * counted).sum() / counted.sum()
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))
@@ -77,20 +78,37 @@ def _reference(config, batches):
         params = optax.apply_updates(params, updates)
     np.testing.assert_allclose(losses[0], _np_caption_loss(jax.jit(logits_of)(
         nn.unbox(model.init(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"],
-        batches[0]), batches[0]["text"], media), rtol=1e-5)
+        batches[0]), batches[0]["text"], eot), rtol=1e-5)
     return params, losses
 
 
 def test_sharded_captioning_steps_equal_a_plain_single_device_loop():
     config = flamingo_tiny.get_config("test")
-    batches = _batches(config, 3)
-    assert (batches[0]["text"][:, -1] != 0).any()  # captions that fill the context: their last token counts too
-    want, losses = _reference(config, batches)
+    eot = Tokenizer.for_synthetic(8).eot_id
+    batches = [dict(batch, text=np.array(batch["text"])) for batch in _batches(config, 3)]
+    assert (batches[0]["text"][:, -1] == eot).all()  # captions that fill the context: their last token counts too
+    for batch in batches:  # a short caption, and one holding the padding's id as a word (OpenCLIP's "!")
+        batch["text"][0, 3:] = [eot, 0, 0, 0, 0]
+        batch["text"][1, 2] = 0
+    want, losses = _reference(config, batches, eot)
     for shape in [(2, 2, 2)]:  # data, FSDP and tensor parallel at once
-        got, metrics = sharded_params(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]))
+        got, metrics = sharded_params(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]),
+                                      eot_id=eot)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
         assert float(metrics["loss"]) == pytest.approx(losses[-1], rel=1e-5)
         assert set(metrics) == {"loss", "grad_norm", "learning_rate"}
+
+
+def test_a_caption_ends_at_its_end_of_text_whatever_pads_it():
+    """OpenCLIP's BPE pads with id 0, the token "!": a "!" inside a caption is one of its tokens."""
+    from mmjax.data.clip_bpe import ClipBpeTokenizer
+    from mmjax.train.step import caption_tokens
+
+    tokenizer = ClipBpeTokenizer.open_clip(context_length=10)
+    text = tokenizer(["a!$ b", "hi"])
+    np.testing.assert_array_equal(text[0], [49406, 320, 0, 259, 321, 49407, 0, 0, 0, 0])  # "!" is id 0 here
+    np.testing.assert_array_equal(caption_tokens(jnp.asarray(text), 49407), [[1] * 6 + [0] * 4, [1] * 3 + [0] * 7])
+    assert [tokenizer.decode(row) for row in text] == ["a !$ b", "hi"]
 
 
 def test_captioning_inputs_put_the_image_token_first():
@@ -164,11 +182,17 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_
             "fills the model's 8-token context; shorten it",
         ("embed", "--model", str(tmp_path / "run"), "--images", str(tmp_path), "--out", str(tmp_path / "i.npz")):
             f"{tmp_path / 'run'} holds a Flamingo run (flamingo-test), a captioner without image or text embeddings",
+        ("caption", "--model", "hf:google/siglip-base-patch16-224", paths[0]):
+            "mmjax caption takes a Flamingo training workdir (configs/flamingo_tiny.py); hf:google/siglip-base",
         ("eval", "--model", str(tmp_path / "run"), "--benchmark", "cifar10"):
             "mmjax eval reads its captions of the synthetic images; --benchmark is for models with embeddings",
         ("classify", "--model", str(tmp_path / "run"), "--labels", "a,b", paths[0]): "holds a Flamingo run",
         ("convert", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "hf")): "holds a Flamingo run",
     }
+    done = mmjax("caption", "--model", str(tmp_path / "run"), "--prompt", "A zebra, grazing", paths[0])
+    assert done.returncode == 0 and done.stderr.strip() == (
+        f"mmjax: warning: the tokenizer of {tmp_path / 'run'} does not know the prompt's 'zebra', ',', 'grazing': the "
+        f"model reads <unk> there")
     done = mmjax("eval", "--model", str(tmp_path / "run"), "--output", str(tmp_path / "captions.json"))
     assert done.returncode == 0, done.stderr
     assert "synthetic-shapes (captioning)" in done.stdout and "shape_accuracy" in done.stdout
@@ -224,6 +248,9 @@ def test_the_captioning_step_and_the_benchmarks_refuse_what_they_cannot_do():
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     with pytest.raises(ValueError, match="loss='captioning' takes multi_positive=False and accum_steps=1"):
         make_train_step(model, tx, optax.constant_schedule(0.1), mesh, loss="captioning", multi_positive=True,
+                        image_mean=MEAN_STD, image_std=MEAN_STD, eot_id=3)
+    with pytest.raises(ValueError, match="loss='captioning' needs eot_id"):
+        make_train_step(model, tx, optax.constant_schedule(0.1), mesh, loss="captioning", multi_positive=False,
                         image_mean=MEAN_STD, image_std=MEAN_STD)
     with pytest.raises(ValueError, match="--model=flamingo-tiny is a Flamingo model; the benchmarks time"):
         _two_tower_model("flamingo-tiny")

@@ -95,10 +95,15 @@ class Tokenizer:
             len(encodings), self.context_length)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of token ids `[N]`, without the ids an empty text encodes to (start and end of text,
-        padding), and without spaces at its ends; a word-level vocabulary joins its words with spaces."""
-        frame = set(self([""])[0].tolist())
-        return self.backend.decode([int(i) for i in ids if int(i) not in frame]).strip()
+        """The text of token ids `[N]` as the tokenizer wrote them (`__call__`'s row): the start of text and the end
+        of text and all after it left out, and no spaces at its ends; a word-level vocabulary joins its words with
+        spaces."""
+        ids = [int(i) for i in ids]
+        ids = ids[:ids.index(self.eot_id)] if self.eot_id in ids else ids
+        empty = [int(i) for i in self([""])[0]]
+        start = empty[:empty.index(self.eot_id)]  # what every text starts with ([<start of text>], or nothing)
+        ids = ids[len(start):] if ids[:len(start)] == start else ids
+        return self.backend.decode(ids).strip()
 
     def unknown_fraction(self, ids: np.ndarray) -> float:
         """The fraction of the word tokens in `ids` `[N, L]` that are the unknown token (0 for a vocabulary

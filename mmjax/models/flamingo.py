@@ -13,7 +13,9 @@
    (`gate_init`), so an untrained Flamingo *is* its language model.
 
 Flamingo trains the resampler and the gated blocks only (`trainable_mask`); the ViT and the language model
-stay as pre-trained. The loss is `mmjax.losses.captioning_loss` with `ignore_ids=(media_token_id,)`.
+stay as pre-trained. The loss of interleaved text is `mmjax.losses.captioning_loss` with
+`ignore_ids=(media_token_id,)`. `mmjax train` (`config.loss="captioning"`) trains a whole model from scratch on
+image–caption pairs instead, each caption after its image's token (`mmjax.train.step`).
 `options.remat_policy` rematerialises every block; `scan_layers` is refused (the language model's blocks
 alternate with gated ones, so they are not one repeated layer). Shapes: B = batch, M = images per sample,
 L = text length, R = latents per image, D = language-model width, Dv = vision width.
@@ -41,8 +43,9 @@ class FlamingoConfig:
     resampler_depth: the Perceiver resampler's R and depth (its heads and MLP are the vision tower's).
     cross_attention_every: a gated cross-attention block before blocks 0, k, 2k, … of the language model.
     gate_init: the gates' first value, 0 as Flamingo's (the pretrained language model at first untouched). A model
-    trained from scratch needs them open: behind closed gates its vision tower and resampler get no gradient, and
-    they stay closed (the registry's `flamingo-*` models start at 0.5)."""
+    trained from scratch needs them open: behind closed gates its vision tower and resampler get no gradient until
+    the gates move, and in mmjax's runs they hardly did (flamingo-tiny, 500 steps: one caption for every image).
+    The registry's `flamingo-*` models start at 0.5."""
 
     vision: VisionConfig
     text: TextConfig

@@ -44,9 +44,9 @@ from mmjax.train.preemption import Preempted, PreemptionNotice
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import (TrainState, abstract_train_state, create_train_state, state_shardings,
                                train_state_from_params)
-from mmjax.train.step import CAPTION_PAD_ID, jit_train_step, make_train_step
-from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, TOKENIZER_FILE, load_config, save_config,
-                                  unknown_words_warning, workdir_lock, workdir_tokenizer)
+from mmjax.train.step import jit_train_step, make_train_step
+from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, REAL_CAPTIONS_CONFIGS, TOKENIZER_FILE, load_config,
+                                  save_config, unknown_words_warning, workdir_lock, workdir_tokenizer)
 
 
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
@@ -267,7 +267,8 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
         make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
                         loss=config.loss, multi_positive=config.multi_positive,
                         image_mean=config.data.image_mean, image_std=config.data.image_std,
-                        accum_steps=config.accum_steps, seed=config.seed, frozen=tuple(config.optim.frozen)),
+                        accum_steps=config.accum_steps, seed=config.seed, frozen=tuple(config.optim.frozen),
+                        eot_id=tokenizer.eot_id),
         shardings, mesh)
 
     start = int(state.step)
@@ -295,7 +296,8 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
             if step == start + 1:  # compile ahead of time to read the program's bytes per device
                 local_text = np.concatenate([shard.data for shard in batch["text"].addressable_shards])
                 warning = unknown_words_warning(tokenizer, local_text, config.data.tokenizer,
-                                                checkpoint=config.model if finetuning else None)
+                                                checkpoint=config.model if finetuning else None,
+                                                captions_config=REAL_CAPTIONS_CONFIGS[type(model_config)])
                 if warning and jax.process_index() == 0:
                     print(warning, file=sys.stderr)
                 step_fn = step_fn.lower(state, batch).compile()
@@ -359,21 +361,21 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
 
 
 def check_tokenizer(tokenizer: Tokenizer, model_config, model: str) -> None:
-    """A one-line `ConfigError` unless the tokenizer's ids fit model `model`'s vocabulary and, for FLAVA and
-    Flamingo, it pads with the model's pad id (the caption lengths are read from the padding) and never emits the
-    id the model keeps for itself (FLAVA's [MASK], Flamingo's image token)."""
+    """A one-line `ConfigError` unless the tokenizer's ids fit model `model`'s vocabulary; for FLAVA, unless it pads
+    with the model's pad id (the caption lengths are read from the padding) and never emits its [MASK] id; for
+    Flamingo, unless it never emits the image token's id."""
     if tokenizer.vocab_size > model_config.text.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model {model} only "
                           f"{model_config.text.vocab_size}")
     if isinstance(model_config, FlavaConfig):
-        pad_id, (reserved, name) = model_config.pad_id, (model_config.mask_token_id, "[MASK]")
+        if tokenizer.pad_id != model_config.pad_id:
+            raise ConfigError(f"the tokenizer pads with id {tokenizer.pad_id} but model {model} reads its captions' "
+                              f"lengths from pad id {model_config.pad_id}")
+        reserved, name = model_config.mask_token_id, "[MASK]"
     elif isinstance(model_config, FlamingoConfig):
-        pad_id, (reserved, name) = CAPTION_PAD_ID, (model_config.media_token_id, "image token")
+        reserved, name = model_config.media_token_id, "image token"
     else:
         return
-    if tokenizer.pad_id != pad_id:
-        raise ConfigError(f"the tokenizer pads with id {tokenizer.pad_id} but model {model} reads its captions' "
-                          f"lengths from pad id {pad_id}")
     if tokenizer.vocab_size > reserved:
         raise ConfigError(f"the tokenizer's {tokenizer.vocab_size} ids include model {model}'s {name} id "
                           f"{reserved}, which must be an id the tokenizer never emits")

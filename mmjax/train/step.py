@@ -27,14 +27,14 @@ from mmjax.train.patterns import stop_gradient_where
 from mmjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-CAPTION_PAD_ID = 0  # the padding after a caption, as mmjax's tokenizers pad: its length for the captioning loss
 
 
 def make_train_step(model: TwoTower | Flava | Flamingo, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     mesh: Mesh, *, loss: str, multi_positive: bool, image_mean, image_std, accum_steps: int = 1,
-                    seed: int = 0, frozen: Sequence[str] = ()) -> Callable:
+                    seed: int = 0, frozen: Sequence[str] = (), eot_id: int | None = None) -> Callable:
     """A step for `loss`: "clip" or "sigmoid" (a `TwoTower`), "flava" (a `Flava`; `seed` picks its masks and
-    negatives) or "captioning" (a `Flamingo`); the last two with `multi_positive=False` and `accum_steps=1`.
+    negatives) or "captioning" (a `Flamingo`; `eot_id`: the tokenizer's end of text, where each caption ends);
+    the last two with `multi_positive=False` and `accum_steps=1`.
 
     batch: `image` uint8 `[B, H, W, 3]`, `text` int32 `[B, L]` and, when
     `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`. With `accum_steps > 1`
@@ -48,10 +48,12 @@ def make_train_step(model: TwoTower | Flava | Flamingo, tx: optax.GradientTransf
     if loss in ("flava", "captioning") and (multi_positive or accum_steps != 1):
         raise ValueError(f"loss={loss!r} takes multi_positive=False and accum_steps=1, got {multi_positive} and "
                          f"{accum_steps}")
+    if loss == "captioning" and eot_id is None:
+        raise ValueError("loss='captioning' needs eot_id, the tokenizer's end-of-text id")
     if loss == "flava":
         value_and_grad = _flava_value_and_grad(model, image_mean, image_std, seed, frozen)
     elif loss == "captioning":
-        value_and_grad = _captioning_value_and_grad(model, image_mean, image_std, frozen)
+        value_and_grad = _captioning_value_and_grad(model, image_mean, image_std, frozen, eot_id)
     else:
         value_and_grad = _contrastive_value_and_grad(model, mesh, loss, multi_positive, image_mean, image_std,
                                                      accum_steps, frozen)
@@ -121,9 +123,17 @@ def captioning_inputs(text: jax.Array, media_token_id: int) -> jax.Array:
     return jnp.concatenate([jnp.full_like(text[:, :1], media_token_id), text[:, :-1]], axis=1)
 
 
-def _captioning_value_and_grad(model: Flamingo, image_mean, image_std, frozen: Sequence[str]) -> Callable:
+def caption_tokens(text: jax.Array, eot_id: int) -> jax.Array:
+    """bool `[B, L]`: the tokens of each caption in `text [B, L]`, up to and including its first `eot_id` (what
+    follows is padding, whatever id pads it: OpenCLIP's BPE pads with id 0, the token "!")."""
+    ends = jnp.cumsum(text == eot_id, axis=1)
+    return (ends == 0) | ((ends == 1) & (text == eot_id))
+
+
+def _captioning_value_and_grad(model: Flamingo, image_mean, image_std, frozen: Sequence[str],
+                               eot_id: int) -> Callable:
     """`(params, batch, step) -> ((loss, {}), grads)`: the mean next-token cross-entropy of every caption token
-    (the padding after it, `CAPTION_PAD_ID`, not counted) read after its image's token (`captioning_inputs`)."""
+    (`caption_tokens`) read after its image's token (`captioning_inputs`)."""
     media = model.config.media_token_id
 
     @jax.named_scope("loss")
@@ -131,7 +141,7 @@ def _captioning_value_and_grad(model: Flamingo, image_mean, image_std, frozen: S
         images = normalize_images(batch["image"], image_mean, image_std)[:, None]  # one image per caption
         text = batch["text"]
         logits = model.apply({"params": stop_gradient_where(params, frozen)}, images, captioning_inputs(text, media))
-        return weighted_mean(negative_log_likelihood(logits, text), text != CAPTION_PAD_ID), {}
+        return weighted_mean(negative_log_likelihood(logits, text), caption_tokens(text, eot_id)), {}
 
     return jax.value_and_grad(loss_fn, has_aux=True)
 

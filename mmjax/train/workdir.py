@@ -32,8 +32,8 @@ from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizer_record import SENTENCEPIECE_FILE
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.files import write_text_atomically
-from mmjax.models import (Flamingo, FlamingoConfig, Flava, TwoTower, abstract_params, build_model, get_config,
-                          list_models)
+from mmjax.models import (Flamingo, FlamingoConfig, Flava, FlavaConfig, TwoTower, TwoTowerConfig, abstract_params,
+                          build_model, get_config, list_models)
 from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.checkpoint import Checkpoints, latest_saved_step
@@ -108,7 +108,12 @@ def workdir_tokenizer(workdir: str, context_length: int, spec: str = "", *, fres
 UNKNOWN_WORDS_LIMIT = 0.1
 
 
-def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str, checkpoint: str | None = None) -> str | None:
+REAL_CAPTIONS_CONFIGS = {TwoTowerConfig: "configs/clip_captions.py", FlavaConfig: "configs/flava_captions.py",
+                         FlamingoConfig: "configs/flamingo_captions.py"}  # each model kind's config for real captions
+
+
+def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str, checkpoint: str | None = None,
+                          captions_config: str = REAL_CAPTIONS_CONFIGS[TwoTowerConfig]) -> str | None:
     """A one-line warning when more than 10 % of the words in token ids `[N, L]` are `<unk>`, else None:
     captions the tokenizer cannot spell (real captions with the synthetic world's words) teach the text tower
     nothing. `checkpoint`: the pretrained checkpoint (or workdir) a fine-tuning run took the tokenizer from."""
@@ -122,7 +127,7 @@ def unknown_words_warning(tokenizer: Tokenizer, ids, spec: str, checkpoint: str 
         return (f"{start} of {checkpoint}, which this run fine-tunes; a checkpoint trained on the synthetic world's "
                 f"words cannot spell real captions: start from one with a real tokenizer (CLIP's BPE, SentencePiece)")
     which = f"config.data.tokenizer={spec!r}" + ("" if spec else " (the synthetic world's words)")
-    return (f"{start}, {which}; for real captions use configs/clip_captions.py (OpenAI CLIP's BPE, "
+    return (f"{start}, {which}; for real captions use {captions_config} (OpenAI CLIP's BPE, "
             f"data.tokenizer='clip-bpe')")
 
 
