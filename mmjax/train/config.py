@@ -207,31 +207,37 @@ def resolved_loss(loss: str, model) -> str:
     return own_loss(model) if loss == AUTO_LOSS else loss
 
 
+def _validate_own_objective(c: ml_collections.ConfigDict, model, loss: str, *, objective: str, model_class: type,
+                            kind: str, example: str, positives: str, accumulation: str) -> None:
+    """A model trained by an objective of its own (`objective`, of a `model_class` model): that objective and that
+    model together, one positive per caption (`positives` says why), one pass per step (`accumulation` says why)."""
+    prefix = kind.lower()
+    _require(isinstance(model, model_class), f"config.loss={objective!r} needs a {kind} model "
+             f"({', '.join(n for n in registry.list_models() if n.startswith(prefix))}); {c.model!r} is a "
+             f"{registry.kind(model)} model: use loss={own_loss(model)!r}")
+    _require(loss == objective, f"config.model={c.model!r} is a {kind} model: train it with config.loss={objective!r} "
+             f"({example}), not {loss!r}")
+    _require(not c.multi_positive, f"config.multi_positive=True is for the two-tower losses; {positives}: set "
+             f"--config.multi_positive=False")
+    _require(c.accum_steps == 1, f"config.accum_steps={c.accum_steps}: {accumulation}; use accum_steps=1")
+
+
 def _validate_flava(c: ml_collections.ConfigDict, model, loss: str) -> None:
     """FLAVA trains with its own objective, on aligned pairs, in one pass per step."""
-    _require(isinstance(model, FlavaConfig), f"config.loss='flava' needs a FLAVA model "
-             f"({', '.join(n for n in registry.list_models() if n.startswith('flava'))}); {c.model!r} is a two-tower "
-             f"model: use loss='clip' or 'sigmoid'")
-    _require(loss == "flava", f"config.model={c.model!r} is a FLAVA model: train it with config.loss='flava' "
-             f"(configs/flava_tiny.py), not {loss!r}")
-    _require(not c.multi_positive, "config.multi_positive=True is for the two-tower losses; FLAVA's objective "
-             "takes each caption as its own image's only positive: set --config.multi_positive=False")
-    _require(c.accum_steps == 1, f"config.accum_steps={c.accum_steps}: FLAVA's objective has no gradient "
-             f"accumulation (its matching and masked passes need the whole batch); use accum_steps=1")
+    _validate_own_objective(c, model, loss, objective="flava", model_class=FlavaConfig, kind="FLAVA",
+                            example="configs/flava_tiny.py",
+                            positives="FLAVA's objective takes each caption as its own image's only positive",
+                            accumulation="FLAVA's objective has no gradient accumulation (its matching and masked "
+                                         "passes need the whole batch)")
 
 
 def _validate_captioning(c: ml_collections.ConfigDict, model, loss: str) -> None:
     """Flamingo learns to caption: the next-token loss of each caption after its image token, one pass per step,
     its language model's layers in no tower that `optim.layer_decay` knows."""
-    _require(isinstance(model, FlamingoConfig), f"config.loss='captioning' needs a Flamingo model "
-             f"({', '.join(n for n in registry.list_models() if n.startswith('flamingo'))}); {c.model!r} is a "
-             f"{registry.kind(model)} model: use loss={own_loss(model)!r}")
-    _require(loss == "captioning", f"config.model={c.model!r} is a Flamingo model: train it with "
-             f"config.loss='captioning' (configs/flamingo_tiny.py), not {loss!r}")
-    _require(not c.multi_positive, "config.multi_positive=True is for the two-tower losses; a captioner learns each "
-             "image's own caption: set --config.multi_positive=False")
-    _require(c.accum_steps == 1, f"config.accum_steps={c.accum_steps}: the captioning step has no gradient "
-             f"accumulation; use accum_steps=1 and a batch that fits")
+    _validate_own_objective(c, model, loss, objective="captioning", model_class=FlamingoConfig, kind="Flamingo",
+                            example="configs/flamingo_tiny.py",
+                            positives="a captioner learns each image's own caption",
+                            accumulation="the captioning step has no gradient accumulation")
     _require(not c.eval.benchmarks, f"config.eval.benchmarks={tuple(c.eval.benchmarks)}: the benchmarks classify "
              f"and retrieve by embeddings, which a captioner has none of; evaluate its captions after training with "
              f"mmjax eval --model WORKDIR")
