@@ -182,8 +182,9 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
     from mmjax.commands.checkpoint_source import load_workdir
     from mmjax.eval import evaluate_synthetic, format_table, results_file_name, results_json, write_results
     from mmjax.eval.benchmarks import run_benchmark
+    from mmjax.train.workdir import is_captioner_run
 
-    if _is_captioner(workdir):
+    if is_captioner_run(workdir):
         _evaluate_captioner(workdir, benchmark, step)
         return
     encoder, trained = load_workdir(workdir, dtype=flags.FLAGS.dtype, progress=benchmark is not None, step=step,
@@ -210,16 +211,6 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
     print(f"results: {output}")
     if flags.FLAGS.figure:
         _write_demo_figure(flags.FLAGS.figure, workdir, encoder, config, image_size)
-
-
-def _is_captioner(workdir: str) -> bool:
-    from mmjax.train.workdir import check_kind
-
-    try:
-        check_kind(workdir, captioner=True)
-    except ValueError:
-        return False
-    return True
 
 
 def _evaluate_captioner(workdir: str, benchmark: str | None, step: int) -> None:

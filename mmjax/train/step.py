@@ -41,9 +41,9 @@ def make_train_step(model: TwoTower | Flava | Flamingo, tx: optax.GradientTransf
     the towers run on `accum_steps` micro-batches and the gradient still equals the
     full-batch one (`mmjax.train.accumulation`). With the CLIP and FLAVA losses the `logit_scale` parameter is
     clamped to [0, log 100] after each update, as OpenCLIP does. Metrics: `loss`, `grad_norm`, `learning_rate`,
-    `scale` (not for captioning), and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`. `frozen`: path patterns of
-    parameters whose gradients are stopped (`grad_norm` is then the trained parameters'); the optimizer leaves
-    them as they are (`make_optimizer`, `optim.frozen`).
+    `scale` (not for captioning), and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`. `frozen`: path
+    patterns of parameters whose gradients are stopped (`grad_norm` is then the trained parameters'); the optimizer
+    leaves them as they are (`make_optimizer`, `optim.frozen`).
     """
     if loss in ("flava", "captioning") and (multi_positive or accum_steps != 1):
         raise ValueError(f"loss={loss!r} takes multi_positive=False and accum_steps=1, got {multi_positive} and "
@@ -70,10 +70,11 @@ def make_train_step(model: TwoTower | Flava | Flamingo, tx: optax.GradientTransf
             params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, math.log(CLIP_MAX_SCALE))}
         # scale: what the loss multiplies the cosine similarities by (1 / temperature), clamped as the loss clamps it
         aux = dict(aux)
-        if "logit_scale" in aux:
-            scale = jnp.exp(aux.pop("logit_scale")) if loss == "sigmoid" else clip_scale(aux.pop("logit_scale"))
-            aux["scale"] = scale
-        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step), **aux}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
+        if "logit_scale" in aux:  # not the captioner's
+            logit_scale = aux.pop("logit_scale")
+            metrics["scale"] = jnp.exp(logit_scale) if loss == "sigmoid" else clip_scale(logit_scale)
+        metrics |= aux
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

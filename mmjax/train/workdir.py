@@ -145,11 +145,16 @@ class TrainedModel:
     preprocess: ImagePreprocess
 
 
+def is_captioner_run(workdir: str) -> bool:
+    """Whether `workdir` holds a Flamingo run (read from its config.json)."""
+    model = load_config(workdir).model
+    return model in list_models() and isinstance(get_config(model), FlamingoConfig)
+
+
 def check_kind(workdir: str, captioner: bool) -> None:
     """A one-line ValueError unless the run in `workdir` is a captioner (a Flamingo) when `captioner`, or one with
     embeddings (CLIP, SigLIP, FLAVA) when not: said from its config.json, before anything is restored."""
-    model = load_config(workdir).model
-    is_captioner = model in list_models() and isinstance(get_config(model), FlamingoConfig)
+    model, is_captioner = load_config(workdir).model, is_captioner_run(workdir)
     if is_captioner and not captioner:
         raise ValueError(f"{workdir} holds a Flamingo run ({model}), a captioner without image or text "
                          f"embeddings: caption images with mmjax caption --model {workdir} IMAGE..., evaluate it "
