@@ -1,7 +1,7 @@
 """Captions for images from a Flamingo trained to caption (`config.loss="captioning"`, configs/flamingo_tiny.py).
 
 A caption is what the model writes after an image's token and the start of text, as it was trained
-(`mmjax.train.step.captioning_inputs`): `[<image>, <start>, prompt words…]` continued by
+(`mmjax.models.flamingo.captioning_inputs`): `[<image>, <start>, prompt words…]` continued by
 `mmjax.models.generation.generate` until the end-of-text token or the end of the context.
 """
 
@@ -16,8 +16,8 @@ from mmjax.data.tokenizers import Tokenizer
 from mmjax.data.transforms import normalize_images
 from mmjax.inference import check_batch_size
 from mmjax.models import Flamingo
+from mmjax.models.flamingo import captioning_inputs
 from mmjax.models.generation import generate
-from mmjax.train.step import captioning_inputs
 
 
 class Captioner:

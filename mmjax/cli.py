@@ -60,7 +60,8 @@ def _define_eval_flags() -> None:
     flags.DEFINE_string("model", None, "A training workdir, or a pretrained checkpoint: hf:ORG/NAME, a Hugging Face "
                         "or OpenCLIP directory, open_clip:MODEL (with --weights), a big_vision .npz.")
     flags.DEFINE_string("benchmark", None, "A TFDS benchmark (cifar10, imagenet2012, coco_captions, …), wds:DIR, "
-                        "or synthetic (a workdir's default): the synthetic benchmark of the run's data.")
+                        "or synthetic (a workdir's default): the synthetic benchmark of the run's data. A Flamingo "
+                        "run's captions are scored (BLEU, CIDEr-D) on coco_captions or a wds:DIR of captioned images.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_integer("max_examples", None, "Evaluate only the first N images of a benchmark.", lower_bound=0)
     flags.DEFINE_integer("num_workers", 0, "grain worker processes decoding benchmark images (0: in this process).",
@@ -215,28 +216,43 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
 
 def _evaluate_captioner(workdir: str, benchmark: str | None, step: int) -> None:
     """`mmjax eval` of a Flamingo run: its greedy captions of the synthetic retrieval images, read for the
-    attributes they name (`mmjax.eval.synthetic_captions`)."""
+    attributes they name (`mmjax.eval.synthetic_captions`), or of an image–text benchmark's images, scored
+    against its reference captions (`mmjax.eval.captioning`)."""
+    import jax
+
     from mmjax.captioner import Captioner
-    from mmjax.eval import format_table, write_results
+    from mmjax.eval import format_table, results_file_name, write_results
+    from mmjax.eval.captioning import caption_benchmark
     from mmjax.eval.report import results_json
     from mmjax.eval.synthetic_captions import CAPTIONING_TASK, evaluate_synthetic_captions
     from mmjax.train.workdir import load_trained
 
-    if benchmark is not None or flags.FLAGS.figure:
-        raise ValueError(f"{workdir} holds a Flamingo run, a captioner: mmjax eval reads its captions of the synthetic "
-                         f"images; --{'benchmark' if benchmark is not None else 'figure'} is for models with "
-                         f"embeddings")
+    if flags.FLAGS.figure:
+        raise ValueError(f"{workdir} holds a Flamingo run, a captioner: --figure draws the retrievals of a model "
+                         f"with embeddings")
     trained = load_trained(workdir, dtype=flags.FLAGS.dtype, step=step)
-    config = trained.config
+    config, image_size = trained.config, trained.model.config.vision.image_size
+    batch_size = flags.FLAGS.batch_size or config.eval.batch_size
     captioner = Captioner(trained.model, trained.params, trained.tokenizer, config.data.image_mean,
-                          config.data.image_std, batch_size=flags.FLAGS.batch_size or config.eval.batch_size)
-    metrics = evaluate_synthetic_captions(captioner.caption, seed=config.data.seed,
-                                          image_size=trained.model.config.vision.image_size,
-                                          num_images=config.eval.num_retrieval)
-    output = flags.FLAGS.output or os.path.join(workdir, "synthetic_captions.json")
-    write_results(output, results_json("synthetic-shapes", config.model, metrics, task=CAPTIONING_TASK,
-                                       pretrained=workdir, extra={"step": trained.step}))
-    print(f"{config.model} trained {trained.step} steps in {workdir}: synthetic-shapes ({CAPTIONING_TASK})")
+                          config.data.image_std, batch_size=batch_size)
+    extra = {"step": trained.step, "processes": jax.process_count()}
+    if benchmark is None:
+        dataset = "synthetic-shapes"
+        metrics = evaluate_synthetic_captions(captioner.caption, seed=config.data.seed, image_size=image_size,
+                                              num_images=config.eval.num_retrieval)
+        default_output = "synthetic_captions.json"
+    else:
+        dataset = benchmark
+        metrics, captions = caption_benchmark(benchmark, captioner.caption, image_size=image_size,
+                                              data_dir=flags.FLAGS.data_dir, batch_size=batch_size,
+                                              max_examples=flags.FLAGS.max_examples,
+                                              num_workers=flags.FLAGS.num_workers, progress=True)
+        extra["captions"] = captions
+        default_output = results_file_name(benchmark)
+    output = flags.FLAGS.output or os.path.join(workdir, default_output)
+    write_results(output, results_json(dataset, config.model, metrics, task=CAPTIONING_TASK, pretrained=workdir,
+                                       extra=extra))
+    print(f"{config.model} trained {trained.step} steps in {workdir}: {dataset} ({CAPTIONING_TASK})")
     print(format_table(metrics))
     print(f"results: {output}")
 

@@ -1,4 +1,5 @@
-"""Benchmark evaluation split over two JAX processes (gloo on CPU) gives one process's metrics."""
+"""Benchmark evaluation (embeddings and captions) split over two JAX processes (gloo on CPU) gives one process's
+metrics."""
 from __future__ import annotations
 
 import io
@@ -18,8 +19,10 @@ from PIL import Image
 from test_benchmarks import write_shard
 
 from mmjax import models
+from mmjax.captioner import Captioner
 from mmjax.data import Tokenizer
 from mmjax.eval.benchmarks import run_benchmark
+from mmjax.eval.captioning import caption_benchmark
 from mmjax.inference import Encoder
 from mmjax.parallel import make_mesh
 from mmjax.parallel.distributed import gather_batches
@@ -89,7 +92,15 @@ def evaluate(benchmarks: list[str], devices) -> dict[str, dict[str, float]]:
                                           image_size=config.vision.image_size, batch_size=BATCH_SIZE)[1]
         except ValueError as error:
             results[name] = {"error": str(error)}
-    return results
+    # a random-init flamingo-test's captions of the image–text benchmark, batch i written by process i % 2
+    captioning = models.get_config("flamingo-test")
+    flamingo = models.build_model(captioning)
+    params = nn.unbox(flamingo.init(jax.random.key(0), *models.example_inputs(captioning)))["params"]
+    captioner = Captioner(flamingo, params, Tokenizer.for_synthetic(captioning.text.context_length), (0.5,) * 3,
+                          (0.5,) * 3)
+    metrics, captions = caption_benchmark(benchmarks[1], captioner.caption, image_size=captioning.vision.image_size,
+                                          batch_size=BATCH_SIZE)
+    return results | {"captioning": metrics | {"captions": captions}}
 
 
 def free_port() -> int:
@@ -148,9 +159,10 @@ def test_two_processes_give_single_process_metrics(tmp_path):
     assert "cannot decode image b4.png" in error
     # process 1 read the bad sample and says so; process 0, which did not, names process 1
     assert [got[names[2]] for got in outputs] == [{"error": f"process 1: {error}"}, {"error": error}]
+    assert len(want["captioning"]["captions"]) == 7 and want["captioning"]["num_texts"] == 13
     for got in outputs:
         assert got.keys() == want.keys()
-        for name in names[:2]:
+        for name in [*names[:2], "captioning"]:
             assert got[name].keys() == want[name].keys()
             for key, value in want[name].items():
                 if key != "images_per_s":
@@ -175,12 +187,12 @@ def test_any_error_in_one_process_fails_the_other_with_its_type_and_message(monk
         raise RuntimeError("device lost")
 
     with np.testing.assert_raises_regex(RuntimeError, "^device lost$"):  # process 1: its own error, unchanged
-        benchmarks._for_each_batch(iter([(np.zeros(1), None)]), embed_fails, process_count=2)
+        benchmarks.for_each_batch(iter([(np.zeros(1), None)]), embed_fails, process_count=2)
     process_1_report = sent[-1]
     monkeypatch.setattr(distributed, "allgather_rows",
                         lambda rows, count: [rows, process_1_report])
     with np.testing.assert_raises_regex(ValueError, "^process 1: RuntimeError: device lost$"):
-        benchmarks._for_each_batch(iter([(np.zeros(1), None)]), lambda images, targets: None, process_count=2)
+        benchmarks.for_each_batch(iter([(np.zeros(1), None)]), lambda images, targets: None, process_count=2)
     # bad data (ValueError, OSError) is reported with its plain message, as the two-process test sees it
     monkeypatch.setattr(distributed, "allgather_rows", gather_own)
     with np.testing.assert_raises_regex(OSError, "disk gone"):

@@ -2,6 +2,7 @@
 whose loss is written out with NumPy's indexing, an exact resume, `mmjax caption` writing what greedy decoding
 writes, and one-line refusals."""
 
+import io
 import json
 import math
 import os
@@ -14,19 +15,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_train import _batches, sharded_params
 
 import mmjax.models as models
 from mmjax.captioner import Captioner
 from mmjax.data import Tokenizer, synthetic
 from mmjax.eval.synthetic_captions import caption_metrics, named_attributes
+from mmjax.models.flamingo import captioning_inputs
 from mmjax.models.generation import generate
 from mmjax.parallel import make_mesh
 from mmjax.train.config import ConfigError, own_loss, validate
 from mmjax.train.loop import check_tokenizer, train
 from mmjax.train.optim import make_optimizer
-from mmjax.train.step import captioning_inputs, make_train_step
+from mmjax.train.step import make_train_step
 from mmjax.train.workdir import load_trained
-from test_train import _batches, sharded_params
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import flamingo_tiny  # noqa: E402
@@ -150,12 +152,25 @@ def test_a_resumed_flamingo_run_ends_with_the_uninterrupted_parameters_and_capti
     assert got == want and all(caption.startswith("a small") for caption in got)
 
 
-def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_path):
+@pytest.fixture(scope="module")
+def captioner_run(tmp_path_factory):
+    """A flamingo-test workdir trained 30 steps: captions that name sizes."""
+    run = tmp_path_factory.mktemp("captioner") / "run"
+    config = flamingo_tiny.get_config("test")
+    config.total_steps, config.checkpoint_every, config.optim.learning_rate = 30, 30, 1e-2
+    train(config, str(run))
+    return run
+
+
+def mmjax(*args):
+    return subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(captioner_run, tmp_path):
     from PIL import Image
 
-    config = flamingo_tiny.get_config("test")
-    config.total_steps, config.checkpoint_every, config.optim.learning_rate = 30, 30, 1e-2  # captions naming sizes
-    train(config, str(tmp_path / "run"))
+    run = captioner_run
     rng = np.random.default_rng(1)
     paths = []
     for i in range(2):
@@ -163,37 +178,35 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(paths[-1])
     (tmp_path / "broken.png").write_bytes(b"not a png")
 
-    def mmjax(*args):
-        return subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
-                              timeout=300, cwd=ROOT)
-
-    done = mmjax("caption", "--model", str(tmp_path / "run"), *paths)
+    done = mmjax("caption", "--model", str(run), *paths)
     assert done.returncode == 0, done.stderr
-    trained = load_trained(str(tmp_path / "run"))
+    trained = load_trained(str(run))
     from mmjax.eval.images import load_images
     pixels, _ = load_images(paths, 16)
     want = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD).caption(pixels)
     assert done.stdout.splitlines() == [f"{path}\t{caption}" for path, caption in zip(paths, want)]
 
     errors = {
-        ("caption", "--model", str(tmp_path / "run"), str(tmp_path / "broken.png")):
+        ("caption", "--model", str(run), str(tmp_path / "broken.png")):
             f"cannot read image {tmp_path / 'broken.png'}",
-        ("caption", "--model", str(tmp_path / "run"), "--prompt", "a " * 10, paths[0]):
+        ("caption", "--model", str(run), "--prompt", "a " * 10, paths[0]):
             "fills the model's 8-token context; shorten it",
-        ("embed", "--model", str(tmp_path / "run"), "--images", str(tmp_path), "--out", str(tmp_path / "i.npz")):
-            f"{tmp_path / 'run'} holds a Flamingo run (flamingo-test), a captioner without image or text embeddings",
+        ("embed", "--model", str(run), "--images", str(tmp_path), "--out", str(tmp_path / "i.npz")):
+            f"{run} holds a Flamingo run (flamingo-test), a captioner without image or text embeddings",
         ("caption", "--model", "hf:google/siglip-base-patch16-224", paths[0]):
             "mmjax caption takes a Flamingo training workdir (configs/flamingo_tiny.py); hf:google/siglip-base",
-        ("eval", "--model", str(tmp_path / "run"), "--benchmark", "cifar10"):
-            "mmjax eval reads its captions of the synthetic images; --benchmark is for models with embeddings",
-        ("classify", "--model", str(tmp_path / "run"), "--labels", "a,b", paths[0]): "holds a Flamingo run",
-        ("convert", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "hf")): "holds a Flamingo run",
+        ("eval", "--model", str(run), "--benchmark", "cifar10"):
+            "cifar10 is a classification benchmark, without reference captions to score captions against",
+        ("eval", "--model", str(run), "--figure", str(tmp_path / "f.png")):
+            "holds a Flamingo run, a captioner: --figure draws the retrievals of a model with embeddings",
+        ("classify", "--model", str(run), "--labels", "a,b", paths[0]): "holds a Flamingo run",
+        ("convert", str(run), "--to", "hf", "--out", str(tmp_path / "hf")): "holds a Flamingo run",
     }
-    done = mmjax("caption", "--model", str(tmp_path / "run"), "--prompt", "A zebra, grazing", paths[0])
+    done = mmjax("caption", "--model", str(run), "--prompt", "A zebra, grazing", paths[0])
     assert done.returncode == 0 and done.stderr.strip() == (
-        f"mmjax: warning: the tokenizer of {tmp_path / 'run'} does not know the prompt's 'zebra', ',', 'grazing': the "
+        f"mmjax: warning: the tokenizer of {run} does not know the prompt's 'zebra', ',', 'grazing': the "
         f"model reads <unk> there")
-    done = mmjax("eval", "--model", str(tmp_path / "run"), "--output", str(tmp_path / "captions.json"))
+    done = mmjax("eval", "--model", str(run), "--output", str(tmp_path / "captions.json"))
     assert done.returncode == 0, done.stderr
     assert "synthetic-shapes (captioning)" in done.stdout and "shape_accuracy" in done.stdout
     with open(tmp_path / "captions.json") as f:  # NaN is written as null
@@ -211,13 +224,89 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(tmp_
             args, done.stderr)
 
 
+def write_synthetic_pairs(directory, count: int) -> tuple[np.ndarray, list[list[str]]]:
+    """The first `count` synthetic retrieval images (16 px PNGs) with two captions each, as a clip_benchmark
+    webdataset image–text benchmark in `directory`; the images uint8 `[count, 16, 16, 3]` and their captions."""
+    from PIL import Image
+    from test_benchmarks import write_shard
+
+    def png_bytes(image):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    source = synthetic.SyntheticSource("retrieval", 0, count)
+    labels = np.stack([source[i]["image_labels"] for i in range(count)])
+    pixels = synthetic.render_images(labels, np.stack([source[i]["key"] for i in range(count)]), 16)
+    references = [[synthetic.caption(row, template) for template in (0, 1)] for row in labels]
+    (directory / "test").mkdir(parents=True)
+    write_shard(directory / "test" / "0.tar", [(f"k{i}", {"png": png_bytes(image), "txt": "\n".join(
+        texts).encode()}) for i, (image, texts) in enumerate(zip(pixels, references))])
+    return pixels, references
+
+
+def test_mmjax_eval_scores_a_runs_captions_of_an_image_text_benchmark(captioner_run, tmp_path):
+    """`mmjax eval --benchmark wds:DIR` on a captioner: the synthetic retrieval images (16 px PNGs, no resizing)
+    with two captions each as references; the run's greedy captions of them, scored by `caption_scores` (checked
+    against pycocoevalcap in test_eval_captioning)."""
+    from mmjax.eval.caption_scores import caption_scores
+
+    pixels, references = write_synthetic_pairs(tmp_path / "pairs", 6)
+    done = mmjax("eval", "--model", str(captioner_run), "--benchmark", f"wds:{tmp_path / 'pairs'}", "--output",
+                 str(tmp_path / "scores.json"), "--batch_size", "4")
+    assert done.returncode == 0, done.stderr
+    assert f"wds:{tmp_path / 'pairs'} (captioning)" in done.stdout and "cider" in done.stdout
+    with open(tmp_path / "scores.json") as f:
+        results = json.load(f)
+    trained = load_trained(str(captioner_run))
+    want = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD).caption(pixels)
+    assert results["captions"] == [{"caption": c, "references": r} for c, r in zip(want, references)]
+    metrics = results["metrics"]
+    assert metrics == pytest.approx(caption_scores(want, references) | {
+        "num_images": 6, "num_texts": 12, "images_per_s": metrics["images_per_s"]})
+    assert metrics["bleu_1"] > 0.1 and results["task"] == "captioning" and results["step"] == 30
+
+
+def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
+    """config.eval.benchmarks of a Flamingo run: the synthetic captions read, an image–text benchmark scored; the
+    last step's records equal the evaluations of its checkpoint. A classification benchmark is refused first."""
+    from test_benchmarks import write_classification
+
+    from mmjax.eval.captioning import caption_benchmark
+    from mmjax.eval.synthetic_captions import evaluate_synthetic_captions
+
+    write_synthetic_pairs(tmp_path / "pairs", 5)
+    config = flamingo_tiny.get_config("test")
+    config.total_steps, config.optim.learning_rate = 4, 1e-2
+    config.eval.every, config.eval.num_retrieval, config.eval.batch_size = 2, 8, 4
+    config.eval.benchmarks = ("synthetic", f"wds:{tmp_path / 'pairs'}")
+    train(config, str(tmp_path / "run"))
+    with open(tmp_path / "run" / "eval_metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [record["step"] for record in records] == [2, 4]
+    trained = load_trained(str(tmp_path / "run"))
+    captioner = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD)
+    want = {f"synthetic/{name}": value for name, value in evaluate_synthetic_captions(
+        captioner.caption, seed=0, image_size=16, num_images=8).items()}
+    scores, _ = caption_benchmark(f"wds:{tmp_path / 'pairs'}", captioner.caption, image_size=16)
+    want |= {f"wds_pairs/{name}": value for name, value in scores.items()}
+    got = {name: math.nan if value is None else value for name, value in records[-1].items()}
+    assert got.keys() == want.keys() | {"step", "eval_s"}
+    for name, value in want.items():
+        if not name.endswith("images_per_s"):
+            assert got[name] == pytest.approx(value, nan_ok=True), name
+
+    config.eval.benchmarks = (write_classification(tmp_path / "classes", [[0, 1]]),)
+    with pytest.raises(ConfigError, match="is a classification benchmark; a captioner is scored on an image–text"):
+        train(config, str(tmp_path / "refused"))
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(model="clip-test"), r"config.loss='captioning' needs a Flamingo model \(flamingo-test, flamingo-test-bpe, "
      r"flamingo-tiny, flamingo-tiny-bpe\); 'clip-test' is a two-tower model: use loss='clip'"),
     (dict(loss="clip"), "config.model='flamingo-test' is a Flamingo model: train it with config.loss='captioning'"),
     (dict(multi_positive=True), "config.multi_positive=True is for the two-tower losses; a captioner"),
     (dict(accum_steps=2), "config.accum_steps=2: the captioning step has no gradient accumulation"),
-    (dict(eval=dict(benchmarks=("synthetic",))), "a captioner has none of; evaluate its captions after training"),
     (dict(optim=dict(layer_decay=0.5)), "config.optim layer decay layer_decay=0.5 applies to the towers of CLIP"),
 ])
 def test_flamingo_configs_that_cannot_work_are_one_line_errors(changes, message):

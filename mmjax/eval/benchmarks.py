@@ -82,9 +82,9 @@ def benchmark_names() -> list[str]:
     return sorted(sources.TFDS_BENCHMARKS)
 
 
-def _open(name_or_path: str, data_dir: str | None, max_examples: int | None, resize: sources.Resize,
-          batch_size: int, num_workers: int, process: tuple[int, int] = (0, 1)
-          ) -> tuple[str, Iterator[tuple[np.ndarray, Any]], list[str] | None, list[str] | None]:
+def open_benchmark(name_or_path: str, data_dir: str | None, max_examples: int | None, resize: sources.Resize,
+                   batch_size: int, num_workers: int, process: tuple[int, int] = (0, 1)
+                   ) -> tuple[str, Iterator[tuple[np.ndarray, Any]], list[str] | None, list[str] | None]:
     """``(task, batches, classnames, templates)`` of a benchmark (names None for retrieval); the batches
     are process ``process[0]``'s of ``process[1]``."""
     if name_or_path.startswith(WDS_PREFIX):
@@ -123,7 +123,7 @@ def check_benchmark(name_or_path: str, data_dir: str | None = None) -> str:
     """The task of a benchmark, after the checks :func:`run_benchmark` makes before it reads images:
     a known name, a prepared TFDS data set, a readable webdataset directory, class names that fit.
     Raises as :func:`run_benchmark` does."""
-    task, batches, _, _ = _open(name_or_path, data_dir, None, ImagePreprocess(1).resized, 1, 0)
+    task, batches, _, _ = open_benchmark(name_or_path, data_dir, None, ImagePreprocess(1).resized, 1, 0)
     batches.close()
     return task
 
@@ -169,15 +169,9 @@ def run_benchmark(
       FileNotFoundError: a TFDS data set that is not prepared, a missing webdataset file.
       ValueError: bad data (empty shard, undecodable image, class names not fitting labels).
     """
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if max_examples is not None and max_examples < 0:
-        raise ValueError(f"max_examples must be >= 0, got {max_examples}")
-    preprocess = ImagePreprocess(image_size) if preprocess is None else preprocess
-    if preprocess.size != image_size:
-        raise ValueError(f"preprocess makes {preprocess.size} px images, not image_size {image_size}")
+    preprocess = checked_preprocess(image_size, preprocess, num_workers, max_examples)
     process = default_process(process_index, process_count)
-    task, batches, classnames, templates = _open(name_or_path, data_dir, max_examples,
+    task, batches, classnames, templates = open_benchmark(name_or_path, data_dir, max_examples,
                                                  preprocess.resized, batch_size, num_workers, process)
     progress = progress and process[0] == 0  # one process's bars speak for all
     with tqdm.tqdm(batches, unit="batch", desc=name_or_path, disable=not progress) as mine:  # ends its line on errors
@@ -187,7 +181,21 @@ def run_benchmark(
         return task, _retrieval(mine, encode_images, encode_texts, batch_size, process, progress)
 
 
-def _for_each_batch(batches: Iterator[tuple[np.ndarray, Any]], add: Callable[[np.ndarray, Any], None],
+def checked_preprocess(image_size: int, preprocess: ImagePreprocess | None, num_workers: int,
+                       max_examples: int | None) -> ImagePreprocess:
+    """The resize and crop of a benchmark's images (`preprocess`, default an mmjax model's), after the checks
+    of the reading arguments :func:`run_benchmark` takes."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if max_examples is not None and max_examples < 0:
+        raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+    preprocess = ImagePreprocess(image_size) if preprocess is None else preprocess
+    if preprocess.size != image_size:
+        raise ValueError(f"preprocess makes {preprocess.size} px images, not image_size {image_size}")
+    return preprocess
+
+
+def for_each_batch(batches: Iterator[tuple[np.ndarray, Any]], add: Callable[[np.ndarray, Any], None],
                     process_count: int) -> None:
     """``add(images, targets)`` for each of this process's batches; an error in one process (bad data, or any
     other ``Exception``) fails every process together (:func:`~mmjax.parallel.distributed.raise_if_any_failed`)
@@ -214,7 +222,7 @@ def _classification(batches, classnames, templates, encode_images, encode_texts,
         predictions.append(logits.argmax(axis=1))
         labels.append(np.asarray(batch_labels))
 
-    _for_each_batch(batches, add, process[1])
+    for_each_batch(batches, add, process[1])
     seconds = process_max(time.perf_counter() - start, process[1])
     empty = np.zeros(0, np.int32)
     ranks, predictions, labels = (gather_batches(x, *process, empty)
@@ -242,7 +250,7 @@ def _retrieval(batches, encode_images, encode_texts, batch_size, process, progre
         captions_per_image.append(np.asarray([len(c) for c in batch_captions], np.int32))
         captions.extend(caption for image_captions in batch_captions for caption in image_captions)
 
-    _for_each_batch(batches, add, process[1])
+    for_each_batch(batches, add, process[1])
     seconds = process_max(time.perf_counter() - start, process[1])
     no_embeddings = np.zeros((0, 0), np.float32)
     text_embeddings = np.concatenate([

@@ -109,6 +109,7 @@ def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:
 
 
 FRACTION_METRIC = re.compile(r"acc\d+|mean_per_class_recall|.*recall@\d+|.*_named|.*_accuracy")
+CAPTION_SCORE = re.compile(r"bleu_\d+|cider")
 
 
 def format_table(metrics: Mapping[str, float]) -> str:
@@ -116,7 +117,8 @@ def format_table(metrics: Mapping[str, float]) -> str:
 
     Fractions are the accuracies and recalls (``acc<k>``, ``mean_per_class_recall``, ``*recall@<k>``) and a
     captioner's ``*_named`` / ``*_accuracy``.
-    Integer entries (counts) are printed as they are, other floats (``images_per_s``) with two
+    Integer entries (counts) are printed as they are, caption scores (``bleu_<n>``, ``cider``) with four
+    decimals as pycocoevalcap prints them (papers quote them times 100), other floats (``images_per_s``) with two
     decimals; ``chance_*`` entries fill the chance column of the metrics they belong to instead of
     getting rows of their own.
     """
@@ -128,7 +130,7 @@ def format_table(metrics: Mapping[str, float]) -> str:
             rows.append((name, str(value), ""))
             continue
         if not FRACTION_METRIC.fullmatch(name):
-            rows.append((name, f"{value:.2f}", ""))
+            rows.append((name, f"{value:.{4 if CAPTION_SCORE.fullmatch(name) else 2}f}", ""))
             continue
         if math.isnan(value):  # undefined (acc5 of fewer than 5 classes): no value, no chance level
             rows.append((name, "n/a", ""))

@@ -214,6 +214,12 @@ class Flamingo(nn.Module):
         return layers.dense(cfg.text.vocab_size, (axes.EMBED, axes.VOCAB), name="lm_head")(x.astype(jnp.float32))
 
 
+def captioning_inputs(text: jax.Array, media_token_id: int) -> jax.Array:
+    """The token ids a captioner reads for tokenized captions `text [B, L]`: each caption after its image's token,
+    `[media, text[:, :L − 1]]` `[B, L]`; the logits at position t predict `text[:, t]`."""
+    return jnp.concatenate([jnp.full_like(text[:, :1], media_token_id), text[:, :-1]], axis=1)
+
+
 def trainable_mask(params) -> dict:
     """A pytree of bools over Flamingo's `params`: True for the resampler and the gated cross-attention blocks,
     the parameters Flamingo trains. Freeze the rest with

@@ -238,9 +238,6 @@ def _validate_captioning(c: ml_collections.ConfigDict, model, loss: str) -> None
                             example="configs/flamingo_tiny.py",
                             positives="a captioner learns each image's own caption",
                             accumulation="the captioning step has no gradient accumulation")
-    _require(not c.eval.benchmarks, f"config.eval.benchmarks={tuple(c.eval.benchmarks)}: the benchmarks classify "
-             f"and retrieve by embeddings, which a captioner has none of; evaluate its captions after training with "
-             f"mmjax eval --model WORKDIR")
     decays = {key: c.optim[key] for key in ("layer_decay", "image_layer_decay", "text_layer_decay")}
     _require(all(value in (None, 1.0) for value in decays.values()),
              f"config.optim layer decay {', '.join(f'{k}={v}' for k, v in decays.items() if v not in (None, 1.0))} "

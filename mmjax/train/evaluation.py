@@ -1,13 +1,18 @@
-"""Zero-shot benchmarks during training: every `config.eval.every` steps and at the last step.
+"""Benchmarks during training: every `config.eval.every` steps and at the last step.
 
 `config.eval.benchmarks` names them as `mmjax eval --benchmark` does: "synthetic" (the built-in
-synthetic benchmark), a TFDS benchmark or "wds:DIR". They are checked when training starts, before anything compiles, so a
-misspelt name or an unprepared data set is one line then, not an error hours later. The
+synthetic benchmark), a TFDS benchmark or "wds:DIR". They are checked when training starts, before anything
+compiles, so a misspelt name or an unprepared data set is one line then, not an error hours later. The
 current parameters are replicated over the training mesh (one program, so FSDP- and
 tensor-sharded states on any number of processes work), copied to the host and embedded by
 one :class:`~mmjax.inference.Encoder` on this process's devices, compiled once per run. Every
 process runs every benchmark and gets the same metrics
 (:func:`~mmjax.eval.benchmarks.run_benchmark` divides the embedding between processes).
+
+A captioner (a Flamingo run, `config.loss="captioning"`) is evaluated on its captions instead, written by one
+:class:`~mmjax.captioner.Captioner` on this process's default device: "synthetic" reads them for the attributes
+they name (:mod:`mmjax.eval.synthetic_captions`), an image–text benchmark scores them against its references
+(BLEU, CIDEr-D: :mod:`mmjax.eval.captioning`); a classification benchmark is refused when training starts.
 
 Benchmark images are decoded in `config.eval.num_workers` grain processes (0: in this process,
 as `mmjax eval --num_workers` by default).
@@ -19,21 +24,27 @@ leave the other processes waiting in the benchmark's gathers.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from mmjax.captioner import Captioner
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.eval import evaluate_synthetic
 from mmjax.eval.benchmarks import check_benchmark, run_benchmark
+from mmjax.eval.captioning import caption_benchmark
 from mmjax.eval.report import benchmark_label
+from mmjax.eval.sources import RETRIEVAL
+from mmjax.eval.synthetic_captions import evaluate_synthetic_captions
 from mmjax.inference import Encoder
-from mmjax.models import Flava, TwoTower
+from mmjax.models import Flamingo, Flava, TwoTower
 from mmjax.parallel import make_mesh, replicated
 from mmjax.train.config import ConfigError
 
@@ -48,7 +59,8 @@ class PeriodicEval:
     `eval_s`, the seconds the evaluation took.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, model: TwoTower | Flava, tokenizer: Tokenizer, mesh: Mesh,
+    def __init__(self, config: ml_collections.ConfigDict, model: TwoTower | Flava | Flamingo, tokenizer: Tokenizer,
+                 mesh: Mesh,
                  preprocess: ImagePreprocess | None = None):
         """`preprocess`: the resize and crop of the benchmarks' images (a fine-tuned checkpoint's own; None: the
         centre crop)."""
@@ -58,6 +70,7 @@ class PeriodicEval:
         self._replicate = jax.jit(lambda x: x, out_shardings=replicated(mesh))
         self._local_mesh = make_mesh(data=-1, devices=jax.local_devices())  # the Encoder's
         self.benchmarks = tuple(config.eval.benchmarks)
+        self.captioner = isinstance(model, Flamingo)
         self.data_dir = config.data.tfds_data_dir or None
         labels = [benchmark_label(None if name == SYNTHETIC else name) for name in self.benchmarks]
         repeated = next((label for label in labels if labels.count(label) > 1), None)
@@ -69,9 +82,13 @@ class PeriodicEval:
             if name == SYNTHETIC:
                 continue
             try:
-                check_benchmark(name, self.data_dir)
+                task = check_benchmark(name, self.data_dir)
             except (ValueError, KeyError, OSError) as error:
                 raise ConfigError(f"config.eval.benchmarks: {_message(error)}") from None
+            if self.captioner and task != RETRIEVAL:
+                raise ConfigError(f"config.eval.benchmarks: {name} is a classification benchmark; a captioner is "
+                                  f"scored on an image–text one (coco_captions, a wds:DIR of images with .txt "
+                                  f"captions) or 'synthetic'")
         self._encoder: Encoder | None = None
 
     def due(self, step: int) -> bool:
@@ -84,6 +101,11 @@ class PeriodicEval:
         jax.block_until_ready(params)  # the training steps still running are not the evaluation's time
         start = time.perf_counter()
         host_params = jax.tree.map(lambda x: np.asarray(self._replicate(x).addressable_data(0)), params)
+        metrics = self._captions_of(host_params) if self.captioner else self._embeddings_of(host_params)
+        metrics["eval_s"] = time.perf_counter() - start
+        return metrics
+
+    def _embeddings_of(self, host_params) -> dict[str, float]:
         metrics = {}
         with jax.set_mesh(self._local_mesh):  # not the training mesh, which spans every process
             if self._encoder is None:
@@ -94,16 +116,27 @@ class PeriodicEval:
                 self._encoder.set_params(host_params)
             try:
                 for name in self.benchmarks:
-                    metrics |= self._evaluate_or_warn(name)
+                    metrics |= self._evaluate_or_warn(name, self._evaluate)
             finally:
                 self._encoder.params = None  # the devices' memory goes back to training
-        metrics["eval_s"] = time.perf_counter() - start
         return metrics
 
-    def _evaluate_or_warn(self, name: str) -> dict[str, float]:
+    def _captions_of(self, host_params) -> dict[str, float]:
+        data = self.config.data
+        captioner = Captioner(self.model, host_params, self.tokenizer, data.image_mean, data.image_std,
+                              batch_size=self.config.eval.batch_size)  # dropped, with its device copy, on return
+        evaluate = functools.partial(self._captions_evaluated, captioner=captioner)
+        metrics = {}
+        for name in self.benchmarks:
+            metrics |= self._evaluate_or_warn(name, evaluate)
+        return metrics
+
+    def _evaluate_or_warn(self, name: str, evaluate: Callable[[str], dict[str, float]]) -> dict[str, float]:
+        """`evaluate(name)`'s metrics, named `<label>/<metric>`; a one-line warning and none when it fails on bad
+        data in a single-process run."""
         label = benchmark_label(None if name == SYNTHETIC else name)
         try:
-            results = self._evaluate(name)
+            results = evaluate(name)
         except (ValueError, OSError) as error:  # what run_benchmark raises for bad data
             if jax.process_count() > 1:
                 raise
@@ -123,6 +156,17 @@ class PeriodicEval:
                                    data_dir=self.data_dir, batch_size=encoder.batch_size,
                                    max_examples=eval_config.max_examples or None,
                                    num_workers=eval_config.num_workers, preprocess=self.preprocess)
+        return metrics
+
+
+    def _captions_evaluated(self, name: str, captioner: Captioner) -> dict[str, float]:
+        image_size, eval_config = self.model.config.vision.image_size, self.config.eval
+        if name == SYNTHETIC:
+            return evaluate_synthetic_captions(captioner.caption, seed=self.config.data.seed, image_size=image_size,
+                                               num_images=eval_config.num_retrieval)
+        metrics, _ = caption_benchmark(name, captioner.caption, image_size=image_size, data_dir=self.data_dir,
+                                       batch_size=captioner.batch_size, max_examples=eval_config.max_examples or None,
+                                       num_workers=eval_config.num_workers, preprocess=self.preprocess)
         return metrics
 
 

@@ -14,7 +14,8 @@ from mmjax.eval.report import finite_or_none
 from mmjax.files import write_text_atomically
 
 # The evaluation metrics printed during training; every metric goes to eval_metrics.jsonl and TensorBoard.
-HEADLINE_METRICS = ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1")
+HEADLINE_METRICS = ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1", "shape_accuracy")  # in %
+HEADLINE_SCORES = ("bleu_4", "cider")  # a captioner's, as they are
 
 
 def _drop_records_after(path: str, step: int) -> None:
@@ -100,8 +101,8 @@ class MetricsWriter:
         for name, value in metrics.items():
             if not name.rpartition("/")[2].startswith(("chance_", "num_")):  # constants stay in the JSON lines
                 self.tensorboard.add_scalar(f"eval/{tensorboard_tag(name)}", value, step)
-        shown = [f"{name} {100 * value:.2f} %" for name, value in metrics.items()
-                 if name.rpartition("/")[2] in HEADLINE_METRICS]
+        shown = [f"{name} {100 * value:.2f} %" if name.rpartition("/")[2] in HEADLINE_METRICS else f"{name} {value:.4f}"
+                 for name, value in metrics.items() if name.rpartition("/")[2] in HEADLINE_METRICS + HEADLINE_SCORES]
         self.progress.write(f"eval {step:6d}  " + "  ".join(shown + [f"eval_s {metrics['eval_s']:.3g}"]))
         sys.stdout.flush()
 

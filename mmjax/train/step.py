@@ -3,7 +3,7 @@
 Shardings and buffer donation are attached where it is jitted (`jit_train_step`). The two-tower losses run
 under `shard_map` over the batch axes of the mesh; FLAVA's objective (`Flava.losses`) is one jitted program that
 the compiler partitions, its random masks and hard negatives drawn from `fold_in(key(seed), step)`; so is
-Flamingo's captioning loss (`captioning_inputs`).
+Flamingo's captioning loss (`mmjax.models.flamingo.captioning_inputs`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mmjax.data.transforms import normalize_images
 from mmjax.losses import CLIP_MAX_SCALE, clip_scale, sharded_clip_loss, sharded_sigmoid_loss
 from mmjax.losses.cross_entropy import negative_log_likelihood, weighted_mean
 from mmjax.models import Flamingo, Flava, TwoTower
+from mmjax.models.flamingo import captioning_inputs
 from mmjax.parallel import batch_sharding, replicated
 from mmjax.train.accumulation import make_value_and_grad
 from mmjax.train.patterns import stop_gradient_where
@@ -116,12 +117,6 @@ def _flava_value_and_grad(model: Flava, image_mean, image_std, seed: int, frozen
         return total, {"logit_scale": params["logit_scale"], **{f"loss_{name}": v for name, v in losses.items()}}
 
     return jax.value_and_grad(loss_fn, has_aux=True)
-
-
-def captioning_inputs(text: jax.Array, media_token_id: int) -> jax.Array:
-    """The token ids a captioner reads for tokenized captions `text [B, L]`: each caption after its image's token,
-    `[media, text[:, :L − 1]]` `[B, L]`; the logits at position t predict `text[:, t]`."""
-    return jnp.concatenate([jnp.full_like(text[:, :1], media_token_id), text[:, :-1]], axis=1)
 
 
 def caption_tokens(text: jax.Array, eot_id: int) -> jax.Array:
