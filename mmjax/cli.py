@@ -136,11 +136,19 @@ def _check_eval_arguments() -> tuple[str, str | None, int]:
     """`(workdir, benchmark, checkpoint step)` of `mmjax eval` on a training workdir, after every check that needs
     no model (benchmark None: the synthetic one)."""
     from mmjax.commands.checkpoint_source import refuse_pretrained_flags
-    from mmjax.train.workdir import check_trained
+    from mmjax.eval.captioning import check_captioning_benchmark
+    from mmjax.train.workdir import check_trained, is_captioner_run
 
     workdir = flags.FLAGS.model
     refuse_pretrained_flags(workdir)
-    return workdir, _check_benchmark_arguments(workdir), check_trained(workdir)
+    benchmark, step = _check_benchmark_arguments(workdir), check_trained(workdir)
+    if is_captioner_run(workdir):
+        if flags.FLAGS.figure:
+            raise ValueError(f"{workdir} holds a Flamingo run, a captioner: --figure draws the retrievals of a model "
+                             f"with embeddings")
+        if benchmark is not None:
+            check_captioning_benchmark(benchmark, flags.FLAGS.data_dir)
+    return workdir, benchmark, step
 
 
 def _check_benchmark_arguments(workdir: str | None) -> str | None:
@@ -227,9 +235,6 @@ def _evaluate_captioner(workdir: str, benchmark: str | None, step: int) -> None:
     from mmjax.eval.synthetic_captions import CAPTIONING_TASK, evaluate_synthetic_captions
     from mmjax.train.workdir import load_trained
 
-    if flags.FLAGS.figure:
-        raise ValueError(f"{workdir} holds a Flamingo run, a captioner: --figure draws the retrievals of a model "
-                         f"with embeddings")
     trained = load_trained(workdir, dtype=flags.FLAGS.dtype, step=step)
     config, image_size = trained.config, trained.model.config.vision.image_size
     batch_size = flags.FLAGS.batch_size or config.eval.batch_size

@@ -2,6 +2,7 @@
 and `caption_benchmark` on webdataset and TFDS image–text benchmarks written here."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -34,9 +35,8 @@ def test_bleu_and_cider_d_equal_pycocoevalcap_on_random_corpora():
         res = {i: [" ".join(candidate)] for i, candidate in enumerate(candidates)}
         want_bleu, _ = from_bleu.Bleu(4).compute_score(gts, res, verbose=0)
         np.testing.assert_allclose(bleu(candidates, references), want_bleu, rtol=1e-12)
-        if num_images > 1:  # pycocoevalcap's Cider asserts on one image (every idf is 0)
-            _, want_cider = from_cider.Cider().compute_score(gts, res)
-            np.testing.assert_allclose(cider_d(candidates, references), want_cider, rtol=1e-10, atol=1e-12)
+        _, want_cider = from_cider.Cider().compute_score(gts, res)  # 0 for one image: every idf is 0
+        np.testing.assert_allclose(cider_d(candidates, references), want_cider, rtol=1e-10, atol=1e-12)
 
 
 def test_scores_derived_by_hand():
@@ -57,12 +57,46 @@ def test_scores_derived_by_hand():
     np.testing.assert_allclose(longer, [10 * (2 / math.sqrt(2)) / 4 * math.exp(-1 / 72), 5.0], rtol=1e-12)
 
 
+# Captions with what PTB tokenizes specially; the expected words are CoreNLP 3.4.1's (-lowerCase), read by
+# pycocoevalcap's punctuation filter.
+PTB_CASES = {
+    "A man (in a suit) walks.": "a man -lrb- in a suit -rrb- walks",
+    "A dog sits next to a t.v. in the room": "a dog sits next to a t.v. in the room",
+    "A sign on Washington St. near the park": "a sign on washington st. near the park",
+    "Bananas, apples, oranges, etc.": "bananas apples oranges etc.",
+    "He cannot go, gonna stay": "he can not go gon na stay",
+    "Some 1,000 birds at 5:30 pm": "some 1,000 birds at 5:30 pm",
+    "A tie/scarf at 3 o'clock": "a tie/scarf at 3 o'clock",
+    "A “quoted” word and a cat… and — dash": "a quoted word and a cat and dash",
+    "It's a man's dog, isn't it?": "it 's a man 's dog is n't it",
+    "They're [sic] HERE; really!": "they 're -lsb- sic -rsb- here really",
+    "A black-and-white photo of a 3.5 inch thing": "a black-and-white photo of a 3.5 inch thing",
+    "Two people on the U.S. flag.": "two people on the u.s. flag",
+    "A $5 bill & 10% off #1": "a $ 5 bill & 10 % off # 1",
+    "A woman's hat and the dogs' toys": "a woman 's hat and the dogs toys",
+    "A sign that says STOP!!": "a sign that says stop !!",
+    "A train at 10:00 a.m.": "a train at 10:00 a.m.",
+    "I can't, won't, don't": "i ca n't wo n't do n't",
+    "A plate w/ food on a bike... -- riding": "a plate w / food on a bike riding",
+    "a 5.5. and 5. and 5.x and e-mail and -cold": "a 5.5 and 5 and 5.x and e-mail and cold",
+    "A Mr. Smith and Dr. Who": "a mr. smith and dr. who",
+    "Pizza with 'quotes', a man said \"hello\"": "pizza with quotes a man said hello",
+}
+
+
 def test_the_tokenizer_splits_and_drops_as_ptb_does():
-    assert tokenize("A man's dog, isn't it?") == ["a", "man", "'s", "dog", "is", "n't", "it"]
-    assert tokenize('Two "black-and-white" cats (3.5 kg) on a mat...') == [
-        "two", "black-and-white", "cats", "3.5", "kg", "on", "a", "mat"]
-    assert tokenize("They're [sic] HERE; really!") == ["they", "'re", "-lsb-", "sic", "-rsb-", "here", "really"]
+    assert {caption: " ".join(tokenize(caption)) for caption in PTB_CASES} == PTB_CASES
     assert tokenize("  ") == []
+
+
+def test_the_tokenizer_equals_the_java_ptb_tokenizer_pycocoevalcap_runs():
+    """pycocoevalcap's own PTBTokenizer (Stanford CoreNLP through Java), where Java is installed."""
+    ptbtokenizer = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    if shutil.which("java") is None:
+        pytest.skip("no java to run pycocoevalcap's PTB tokenizer")
+    captions = {i: [{"caption": caption}] for i, caption in enumerate(PTB_CASES)}
+    want = ptbtokenizer.PTBTokenizer().tokenize(captions)
+    assert {i: [" ".join(tokenize(caption))] for i, caption in enumerate(PTB_CASES)} == want
 
 
 def test_caption_scores_refuse_what_cannot_be_scored():
@@ -107,7 +141,7 @@ def test_a_webdataset_benchmark_is_captioned_in_order_and_scored_against_its_ref
     assert captions == [{"caption": f"a {c} square", "references": REFERENCES[c]} for c in order]
     assert seen == [4, 2] and metrics["num_images"] == 6 and metrics["num_texts"] == 11
     pycocoevalcap = pytest.importorskip("pycocoevalcap.bleu.bleu")
-    tokenized = {i: [" ".join(tokenize(r)) for r in REFERENCES[c]] for i, c in enumerate(order)}
+    tokenized = {i: [r.lower().rstrip(".") for r in REFERENCES[c]] for i, c in enumerate(order)}  # by hand
     written = {i: [f"a {c} square"] for i, c in enumerate(order)}
     want, _ = pycocoevalcap.Bleu(4).compute_score(tokenized, written, verbose=0)
     assert [metrics[f"bleu_{n}"] for n in range(1, 5)] == pytest.approx(want, rel=1e-12)

@@ -15,7 +15,7 @@ import pytest
 
 from mmjax.models import abstract_params, build_model, example_inputs, get_config
 from mmjax.train import train
-from mmjax.train.config import ConfigError, validate
+from mmjax.train.config import ConfigError, registered_model, validate
 from mmjax.train.optim import make_optimizer
 from mmjax.train.workdir import load_trained
 
@@ -121,7 +121,7 @@ def test_frozen_parameters_stay_put_and_the_others_decay():
 
 def _initial_params(config) -> dict:
     """The parameters a fresh run of `config` starts from (its seed's init), flattened by path."""
-    model_config = get_config(config.model, **config.model_options)
+    model_config = registered_model(config)
     images, tokens = example_inputs(model_config)
     params = build_model(model_config).init(jax.random.key(config.seed), images, tokens)["params"]
     return flax.traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/")

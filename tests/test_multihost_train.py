@@ -4,6 +4,7 @@ does; multi-process settings come from the config or the environment."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -165,16 +166,18 @@ def _assert_saved_params_equal(workdir, config, want) -> None:
                  jax.device_get(want))
 
 
-FLAVA_WORKER = """
+OWN_OBJECTIVE_WORKER = """
+import importlib
 import sys
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
 sys.path.insert(0, sys.argv[2])
-import flava_tiny
 from mmjax.train.loop import train
-config = flava_tiny.get_config("test")
+config = importlib.import_module(sys.argv[3]).get_config("test")
 config.mesh = dict(data=4, fsdp=2, tensor=1)
 config.batch_size = 8
+config.eval.benchmarks = tuple(sys.argv[4:])
+config.eval.num_retrieval, config.eval.batch_size = 8, 4
 state = train(config, sys.argv[1])
 print("trained", int(state.step))
 """
@@ -187,11 +190,40 @@ def test_two_processes_train_flava_to_the_parameters_of_one_process(tmp_path):
     import flava_tiny
 
     config = flava_tiny.get_config("test")
-    shared = _train_in_two_processes(tmp_path, FLAVA_WORKER, config)
+    shared = _train_in_two_processes(tmp_path, OWN_OBJECTIVE_WORKER, config, "flava_tiny")
     config.mesh = dict(data=4, fsdp=2, tensor=1)
     config.batch_size = 8
     want = train(config, str(tmp_path / "one_process"))
     _assert_saved_params_equal(shared, config, want.params)
+
+
+@pytest.mark.slow  # ~60 s: two processes
+def test_two_processes_evaluate_a_captioner_as_one_process_evaluates_its_checkpoint(tmp_path):
+    """A Flamingo trained over two processes (4 devices each, FSDP across them) is evaluated on its captions at the
+    last step, each process writing its share of the benchmark's: the records equal the evaluation of the saved
+    checkpoint in this one process."""
+    import flamingo_tiny
+    from test_train_flamingo import MEAN_STD, write_synthetic_pairs
+
+    from mmjax.captioner import Captioner
+    from mmjax.eval.captioning import caption_benchmark
+    from mmjax.eval.synthetic_captions import evaluate_synthetic_captions
+    from mmjax.train.workdir import load_trained
+
+    write_synthetic_pairs(tmp_path / "pairs", 7)  # two batches of 4: one for each process, the second short
+    config = flamingo_tiny.get_config("test")
+    shared = _train_in_two_processes(tmp_path, OWN_OBJECTIVE_WORKER, config, "flamingo_tiny", "synthetic",
+                                     f"wds:{tmp_path / 'pairs'}")
+    got = {name: math.nan if value is None else value  # NaN is written as null
+           for name, value in json.loads((shared / "eval_metrics.jsonl").read_text()).items()}
+    trained = load_trained(str(shared))
+    captioner = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD, batch_size=4)
+    want = {f"synthetic/{name}": value for name, value in evaluate_synthetic_captions(
+        captioner.caption, seed=0, image_size=16, num_images=8).items()}
+    scores, _ = caption_benchmark(f"wds:{tmp_path / 'pairs'}", captioner.caption, image_size=16, batch_size=4)
+    want |= {f"wds_pairs/{name}": value for name, value in scores.items() if name != "images_per_s"}
+    assert {name: got[name] for name in want} == pytest.approx(want, nan_ok=True)
+    assert got["step"] == config.total_steps and want["wds_pairs/num_images"] == 7
 
 
 @pytest.mark.slow  # ~45 s: two processes start twice. The only test of a preemption notice across processes.

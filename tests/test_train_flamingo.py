@@ -169,6 +169,7 @@ def mmjax(*args):
 
 def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(captioner_run, tmp_path):
     from PIL import Image
+    from test_benchmarks import write_classification
 
     run = captioner_run
     rng = np.random.default_rng(1)
@@ -197,6 +198,8 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(capt
             "mmjax caption takes a Flamingo training workdir (configs/flamingo_tiny.py); hf:google/siglip-base",
         ("eval", "--model", str(run), "--benchmark", "cifar10"):
             "cifar10 is a classification benchmark, without reference captions to score captions against",
+        ("eval", "--model", str(run), "--benchmark", write_classification(tmp_path / "classes", [[0, 1]])):
+            "is a classification benchmark, without reference captions to score captions against",
         ("eval", "--model", str(run), "--figure", str(tmp_path / "f.png")):
             "holds a Flamingo run, a captioner: --figure draws the retrievals of a model with embeddings",
         ("classify", "--model", str(run), "--labels", "a,b", paths[0]): "holds a Flamingo run",
@@ -297,7 +300,8 @@ def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
             assert got[name] == pytest.approx(value, nan_ok=True), name
 
     config.eval.benchmarks = (write_classification(tmp_path / "classes", [[0, 1]]),)
-    with pytest.raises(ConfigError, match="is a classification benchmark; a captioner is scored on an image–text"):
+    with pytest.raises(ConfigError, match="config.eval.benchmarks: wds:.* is a classification benchmark, without "
+                                          "reference captions to score"):
         train(config, str(tmp_path / "refused"))
 
 

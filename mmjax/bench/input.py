@@ -40,8 +40,9 @@ from mmjax.data import shards, synthetic
 from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.records import Sample
 from mmjax.data.tokenizers import Tokenizer
-from mmjax.models import TwoTower, get_config
+from mmjax.models import TwoTower
 from mmjax.parallel import DEFAULT_RULES, make_mesh
+from mmjax.train.config import registered_model
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import create_train_state, state_shardings
@@ -107,7 +108,7 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
     """Time `rounds` alternating rounds of `steps` steps of `config`'s model fed from memory and from ArrayRecord
     shards (written to a temporary directory), or from the demo's synthetic stream (`synthetic_stream`); returns the
     medians and their ratio."""
-    model_config = get_config(config.model, **config.model_options)
+    model_config = registered_model(config)
     source_px = None if synthetic_stream else source_px or model_config.vision.image_size
     mesh, model = make_mesh(**config.mesh), TwoTower(model_config)
     check_batch(config.batch_size, mesh)  # before the shards are written

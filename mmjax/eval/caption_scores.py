@@ -13,11 +13,16 @@ Each image has one candidate caption and one or more references. Captions are fi
   frequencies counted over the references of the evaluated images — with a Gaussian length penalty
   (σ = 6), averaged over the references and times 10; the metric is the mean over images.
 
-``tokenize`` stands in for the Stanford PTB tokenizer pycocoevalcap runs through Java: lower case, the
-clitics ``n't`` and ``'s``/``'re``/``'ve``/``'ll``/``'d``/``'m`` split off, punctuation split off and PTB's
-punctuation tokens dropped (brackets become ``-lsb-``/``-rsb-`` and stay, as there). Words with inner hyphens
-or periods (``black-and-white``, ``3.5``) stay whole. It differs from PTB on abbreviations ending in a period
-(``u.s.`` → ``u.s``), which COCO captions rarely hold.
+``tokenize`` stands in for the Stanford PTB tokenizer (CoreNLP 3.4.1, ``-lowerCase``) that pycocoevalcap runs
+through Java, then drops PTB's punctuation tokens as pycocoevalcap does: lower case; the clitics ``n't``,
+``'s``, ``'re``, ``'ve``, ``'ll``, ``'d``, ``'m`` and the halves of ``cannot``, ``gonna``, ``wanna``… split
+off; words kept whole with inner hyphens, periods, slashes and apostrophes (``black-and-white``, ``o'clock``,
+``and/or``, ``3.5``) and numbers with inner commas and colons (``1,000``, ``5:30``); initialisms and common
+abbreviations keep their period (``t.v.``, ``a.m.``, ``st.``, ``etc.``); brackets become ``-lrb-``, ``-rrb-``,
+``-lcb-``, ``-rcb-``, ``-lsb-``, ``-rsb-`` and stay (pycocoevalcap drops only the upper-case forms, which
+``-lowerCase`` never writes); typographic quotes, dashes and ellipses are dropped as their ASCII forms are.
+tests/test_eval_captioning.py compares it with the Java tokenizer where Java is installed. It differs on rare
+forms: ``rock'n'roll``, ``y'all``, ``'90s``, ``no.`` before a number, ``<`` and ``>`` next to words.
 """
 
 from __future__ import annotations
@@ -32,19 +37,40 @@ import numpy as np
 MAX_N = 4
 CIDER_SIGMA = 6.0
 _TINY, _SMALL = 1e-15, 1e-9  # pycocoevalcap's smoothing of the BLEU precisions and length ratio
-# PTB's tokens for punctuation, which pycocoevalcap drops after tokenizing
-_DROPPED = frozenset(["''", "'", "``", "`", '"', "(", ")", "{", "}", ".", "?", "!", ",", ":", "-", "--", "...", ";"])
-_BRACKETS = {"[": "-lsb-", "]": "-rsb-"}
+# PTB's tokens for punctuation, which pycocoevalcap drops after tokenizing ("!!", "?!" stay)
+_DROPPED = frozenset(["''", "'", "``", "`", '"', ".", "?", "!", ",", ":", "-", "--", "...", ";"])
+_NAMED = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-"}  # lower-cased PTB
+_TYPOGRAPHIC = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "…": "...", "–": "--", "—": "--"})
+_TWO_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna": "wan na", "gimme": "gim me",
+              "lemme": "lem me"}
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof st mt ft ave rd blvd jr sr gen sgt capt col lt gov sen rep co corp "
+                           "inc ltd bros vs etc jan feb mar apr jun jul aug sep sept oct nov dec".split())
 _CLITIC = re.compile(r"(?<=\w)(n't|'(?:s|re|ve|ll|d|m))\b")
-_TOKEN = re.compile(r"n't|'(?:s|re|ve|ll|d|m)\b|[^\W_]+(?:[-.][^\W_]+)*|\.\.\.|--|\S")
+_TOKEN = re.compile(r"""
+    n't | '(?:s|re|ve|ll|d|m)\b                      # clitics, split off their words first
+  | [a-z](?:\.[a-z])+\.?(?![a-z])                     # initialisms: t.v., u.s.a., e.g., a.m
+  | (?P<word>[^\W_]+(?:(?:[-.'/]|(?<=\d)[,:](?=\d))[^\W_]+)*)(?P<period>\.(?!\.))?
+                                                      # black-and-white, o'clock, tie/scarf, 3.5, 1,000, 5:30
+  | \.{2,} | -{2,} | [!?]+ | \S
+""", re.VERBOSE)
 
 Tokens = Sequence[str]
 
 
 def tokenize(caption: str) -> list[str]:
     """The words of `caption` as pycocoevalcap's PTB tokenizer leaves them (see the module docstring)."""
-    text = _CLITIC.sub(r" \1", caption.lower().replace("’", "'"))
-    return [_BRACKETS.get(token, token) for token in _TOKEN.findall(text) if token not in _DROPPED]
+    text = _CLITIC.sub(r" \1", caption.lower().translate(_TYPOGRAPHIC))
+    tokens = []
+    for match in _TOKEN.finditer(text):
+        word, period = match["word"], match["period"]
+        if word is None:
+            token = match[0]
+            tokens.append("..." if token.startswith("..") else "--" if token.startswith("--") else token)
+        elif period and word in _ABBREVIATIONS:
+            tokens.append(word + period)
+        else:
+            tokens += _TWO_WORDS.get(word, word).split() + ([period] if period else [])
+    return [_NAMED.get(token, token) for token in tokens if token not in _DROPPED]
 
 
 def ngram_counts(words: Tokens, max_n: int = MAX_N) -> Counter:

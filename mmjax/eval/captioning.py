@@ -23,7 +23,7 @@ import tqdm
 
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.eval import sources
-from mmjax.eval.benchmarks import checked_preprocess, for_each_batch, open_benchmark
+from mmjax.eval.benchmarks import check_benchmark, checked_preprocess, for_each_batch, open_benchmark
 from mmjax.eval.caption_scores import caption_scores
 from mmjax.parallel.distributed import default_process, gather_batches, process_max
 
@@ -60,9 +60,7 @@ def caption_benchmark(
     """
     preprocess = checked_preprocess(image_size, preprocess, num_workers, max_examples)
     process = default_process(process_index, process_count)
-    tfds_benchmark = sources.TFDS_BENCHMARKS.get(name_or_path)
-    if tfds_benchmark is not None and tfds_benchmark.task != sources.RETRIEVAL:  # said before looking for its data
-        _refuse_classification(name_or_path)
+    _refuse_a_known_classification(name_or_path)
     task, batches, _, _ = open_benchmark(name_or_path, data_dir, max_examples, preprocess.resized, batch_size,
                                          num_workers, process)
     if task != sources.RETRIEVAL:
@@ -91,6 +89,21 @@ def caption_benchmark(
         "num_texts": sum(map(len, references))}
     return metrics, [{"caption": caption, "references": image_references}
                      for caption, image_references in zip(captions, references)]
+
+
+def check_captioning_benchmark(name_or_path: str, data_dir: str | None = None) -> None:
+    """The checks :func:`caption_benchmark` makes before it reads images: a benchmark with reference captions (a
+    classification one is refused before its data is looked for), and readable (as
+    :func:`~mmjax.eval.benchmarks.check_benchmark`)."""
+    _refuse_a_known_classification(name_or_path)
+    if check_benchmark(name_or_path, data_dir) != sources.RETRIEVAL:
+        _refuse_classification(name_or_path)
+
+
+def _refuse_a_known_classification(name_or_path: str) -> None:
+    tfds_benchmark = sources.TFDS_BENCHMARKS.get(name_or_path)
+    if tfds_benchmark is not None and tfds_benchmark.task != sources.RETRIEVAL:
+        _refuse_classification(name_or_path)
 
 
 def _refuse_classification(name_or_path: str) -> None:

@@ -44,8 +44,13 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     """Defaults for contrastive training of `model` with `loss` on the synthetic data."""
     c = ml_collections.ConfigDict()
     c.model = model
+    # How the blocks compute (`mmjax.models.layers.BlockOptions`); activation "" and norm_eps 0 keep the registered
+    # model's own (a pretrained checkpoint always keeps its own).
     c.model_options = ml_collections.ConfigDict(
-        dict(scan_layers=False, remat_policy="none", dtype="float32", attention="xla"))
+        dict(scan_layers=False, remat_policy="none", dtype="float32", attention="xla", activation="", norm_eps=0.0))
+    # A Flamingo's vision tower starts from this checkpoint's image tower (an mmjax workdir, hf:ORG/NAME, a Hugging
+    # Face or OpenCLIP directory, a big_vision .npz; mmjax/train/vision_tower.py); "": from scratch.
+    c.init_vision = ""
     # A pretrained `model` (fine-tuning, mmjax/train/finetune.py): the weights of open_clip:MODEL, the SentencePiece
     # model of a big_vision .npz (default: the .model beside it), pickled .bin/.pt weights allowed, and the image
     # size to train at (0: the checkpoint's; another interpolates its position embeddings).
@@ -207,6 +212,24 @@ def resolved_loss(loss: str, model) -> str:
     return own_loss(model) if loss == AUTO_LOSS else loss
 
 
+def _validate_init_vision(c: ml_collections.ConfigDict, workdir: str | None) -> None:
+    """`init_vision` starts a registered Flamingo's vision tower (read by a new run only: a run `workdir` resumes
+    needs it no more); a pretrained checkpoint keeps its own activation and norm epsilon."""
+    from mmjax.train.checkpoint import has_checkpoint
+
+    registered = c.model in registry.list_models()
+    _require(not c.init_vision or (registered and isinstance(registry.get_config(c.model), FlamingoConfig)),
+             f"config.init_vision={c.init_vision!r} starts the vision tower of a registered Flamingo model "
+             f"(flamingo-tiny, …), not of {c.model!r}")
+    resuming = workdir is not None and has_checkpoint(workdir)
+    _require(not c.init_vision or resuming or c.init_vision.startswith(("hf:", "open_clip:"))
+             or os.path.exists(c.init_vision),
+             f"config.init_vision={c.init_vision!r}: there is no such checkpoint file or directory")
+    overridden = [f"{key}={c.model_options[key]!r}" for key in ("activation", "norm_eps") if c.model_options[key]]
+    _require(registered or not overridden, f"config.model_options.{', '.join(overridden)}: a model fine-tuned from "
+             f"{c.model} computes with the checkpoint's own; leave them at '' and 0")
+
+
 def _validate_own_objective(c: ml_collections.ConfigDict, model, loss: str, *, objective: str, model_class: type,
                             kind: str, example: str, positives: str, accumulation: str) -> None:
     """A model trained by an objective of its own (`objective`, of a `model_class` model): that objective and that
@@ -300,6 +323,18 @@ def _validate_pretrained(c: ml_collections.ConfigDict, workdir: str | None) -> N
              f"tokenizer's ids; leave data.tokenizer=''")
 
 
+def block_options(model_options: ml_collections.ConfigDict) -> dict:
+    """The `BlockOptions` fields `model_options` sets: all but an empty activation and a zero norm_eps (the
+    model's own). A config saved before these two existed has neither."""
+    return {key: value for key, value in model_options.items()
+            if not (key in ("activation", "norm_eps") and not value)}
+
+
+def registered_model(c: ml_collections.ConfigDict):
+    """The config of the registered model `c.model`, with `c.model_options`."""
+    return registry.get_config(c.model, **block_options(c.model_options))
+
+
 def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     """Raise `ConfigError` (one line) for a value that cannot work (for a pretrained `c.model`, those that need
     the checkpoint's config are checked by `validate_model` once it is loaded). `workdir`: where the run trains."""
@@ -317,6 +352,12 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
              f"{list(layers.ATTENTION_IMPLEMENTATIONS)}")
     _require(c.model_options.attention != "cudnn" or c.model_options.dtype != "float32",
              "config.model_options.attention='cudnn' needs config.model_options.dtype='bfloat16'")
+    _require(not c.model_options.activation or c.model_options.activation in layers.ACTIVATIONS,
+             f"config.model_options.activation={c.model_options.activation!r} must be one of "
+             f"{sorted(layers.ACTIVATIONS)} ('': the model's own)")
+    _require(c.model_options.norm_eps >= 0, f"config.model_options.norm_eps={c.model_options.norm_eps} must be ≥ 0 "
+             f"(0: the model's own)")
+    _validate_init_vision(c, workdir)
     _validate_data(c)
     _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be positive")
     _require(c.accum_steps > 0 and c.batch_size % c.accum_steps == 0,

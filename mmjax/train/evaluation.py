@@ -10,7 +10,7 @@ process runs every benchmark and gets the same metrics
 (:func:`~mmjax.eval.benchmarks.run_benchmark` divides the embedding between processes).
 
 A captioner (a Flamingo run, `config.loss="captioning"`) is evaluated on its captions instead, written by one
-:class:`~mmjax.captioner.Captioner` on this process's default device: "synthetic" reads them for the attributes
+:class:`~mmjax.captioner.Captioner` on this process's devices (not the training mesh): "synthetic" reads them for the attributes
 they name (:mod:`mmjax.eval.synthetic_captions`), an image–text benchmark scores them against its references
 (BLEU, CIDEr-D: :mod:`mmjax.eval.captioning`); a classification benchmark is refused when training starts.
 
@@ -39,9 +39,8 @@ from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.eval import evaluate_synthetic
 from mmjax.eval.benchmarks import check_benchmark, run_benchmark
-from mmjax.eval.captioning import caption_benchmark
+from mmjax.eval.captioning import caption_benchmark, check_captioning_benchmark
 from mmjax.eval.report import benchmark_label
-from mmjax.eval.sources import RETRIEVAL
 from mmjax.eval.synthetic_captions import evaluate_synthetic_captions
 from mmjax.inference import Encoder
 from mmjax.models import Flamingo, Flava, TwoTower
@@ -82,13 +81,9 @@ class PeriodicEval:
             if name == SYNTHETIC:
                 continue
             try:
-                task = check_benchmark(name, self.data_dir)
+                (check_captioning_benchmark if self.captioner else check_benchmark)(name, self.data_dir)
             except (ValueError, KeyError, OSError) as error:
                 raise ConfigError(f"config.eval.benchmarks: {_message(error)}") from None
-            if self.captioner and task != RETRIEVAL:
-                raise ConfigError(f"config.eval.benchmarks: {name} is a classification benchmark; a captioner is "
-                                  f"scored on an image–text one (coco_captions, a wds:DIR of images with .txt "
-                                  f"captions) or 'synthetic'")
         self._encoder: Encoder | None = None
 
     def due(self, step: int) -> bool:
@@ -123,12 +118,13 @@ class PeriodicEval:
 
     def _captions_of(self, host_params) -> dict[str, float]:
         data = self.config.data
-        captioner = Captioner(self.model, host_params, self.tokenizer, data.image_mean, data.image_std,
-                              batch_size=self.config.eval.batch_size)  # dropped, with its device copy, on return
-        evaluate = functools.partial(self._captions_evaluated, captioner=captioner)
-        metrics = {}
-        for name in self.benchmarks:
-            metrics |= self._evaluate_or_warn(name, evaluate)
+        with jax.set_mesh(self._local_mesh):  # each process writes its own captions, not the training mesh's
+            captioner = Captioner(self.model, host_params, self.tokenizer, data.image_mean, data.image_std,
+                                  batch_size=self.config.eval.batch_size)  # dropped, with its device copy, on return
+            evaluate = functools.partial(self._captions_evaluated, captioner=captioner)
+            metrics = {}
+            for name in self.benchmarks:
+                metrics |= self._evaluate_or_warn(name, evaluate)
         return metrics
 
     def _evaluate_or_warn(self, name: str, evaluate: Callable[[str], dict[str, float]]) -> dict[str, float]:

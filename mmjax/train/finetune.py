@@ -37,6 +37,7 @@ from mmjax.models.layers import BlockOptions
 from mmjax.models.text import TextConfig
 from mmjax.models.vit import VisionConfig
 from mmjax.parallel.distributed import raise_if_any_failed
+from mmjax.train.config import block_options
 
 PRETRAINED_FILE = "pretrained.json"
 
@@ -98,7 +99,7 @@ def recorded_source(workdir: str) -> str | None:
 
 def with_options(model: TwoTowerConfig, model_options: ml_collections.ConfigDict) -> TwoTowerConfig:
     """`model` with the run's `model_options` in place of its own scan, remat, dtype and attention."""
-    return dataclasses.replace(model, options=dataclasses.replace(model.options, **dict(model_options.items())))
+    return dataclasses.replace(model, options=dataclasses.replace(model.options, **block_options(model_options)))
 
 
 def save_start(workdir: str, start: Start) -> None:

@@ -26,14 +26,15 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.shards import data_files
 from mmjax.data.skips import SkipMonitor
 from mmjax.data.tokenizers import Tokenizer
-from mmjax.models import FlamingoConfig, FlavaConfig, build_model, get_config
+from mmjax.models import FlamingoConfig, FlavaConfig, build_model
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, check_tensor_split, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_count
-from mmjax.train.config import (AUTO_LOSS, ConfigError, resolved_loss, validate, validate_frozen,
-                                validate_model)
+from mmjax.train.config import (AUTO_LOSS, ConfigError, registered_model, resolved_loss, validate,
+                                validate_frozen, validate_model)
 from mmjax.train.evaluation import PeriodicEval
+from mmjax.train.vision_tower import load_vision_tower, with_vision_tower
 from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
                                   save_start, source_name)
 from mmjax.train.layer_decay import configured_decays, describe as describe_layer_decay
@@ -51,14 +52,16 @@ from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, REAL_CAPTIONS_CONFIGS, T
 
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
 # the data stream and the iterator state's layout (one per worker process), the tokenizer saved in the workdir.
-RESUME_KEYS = ("model", "model_options.scan_layers", "loss", "batch_size", "data.seed", "data.name",
+RESUME_KEYS = ("model", "model_options.scan_layers", "model_options.activation", "model_options.norm_eps",
+               "init_vision", "loss", "batch_size", "data.seed", "data.name",
                "data.num_workers", "data.tokenizer", "pretrained.weights", "pretrained.tokenizer",
                "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen", "optim.layer_decay",
                "optim.image_layer_decay", "optim.text_layer_decay")
 TOWER_DECAYS = ("optim.image_layer_decay", "optim.text_layer_decay")
-# The values of resume keys that a run written before mmjax stored them had (frozen parameters, layer decay and
-# fine-tuning came later); other absent keys cannot be compared.
-IMPLIED_WHEN_ABSENT = {"optim.frozen": (), "optim.layer_decay": 1.0, "optim.image_layer_decay": None,
+# The values of resume keys that a run written before mmjax stored them had (frozen parameters, layer decay,
+# fine-tuning, the activation and norm options and init_vision came later); other absent keys cannot be compared.
+IMPLIED_WHEN_ABSENT = {"model_options.activation": "", "model_options.norm_eps": 0.0, "init_vision": "",
+                       "optim.frozen": (), "optim.layer_decay": 1.0, "optim.image_layer_decay": None,
                        "optim.text_layer_decay": None, "pretrained.weights": "",
                        "pretrained.tokenizer": "", "pretrained.allow_pickle": False, "pretrained.image_size": 0}
 
@@ -185,7 +188,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     mesh = make_mesh(**config.mesh)
     check_batch_size(config, mesh, jax.process_count())
     if not is_finetuning(config):  # a checkpoint's architecture is known once it is loaded, under the lock
-        model_config = get_config(config.model, **config.model_options)
+        model_config = registered_model(config)
         check_tensor_split(model_config, mesh)
         config.loss = resolved_loss(config.loss, model_config)
     saved_config = _saved_run(workdir, config)
@@ -194,8 +197,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         if is_finetuning(config):
             finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None)
             check_tensor_split(finetuning.model, mesh)
-        model_config = finetuning.model if finetuning else get_config(config.model, **config.model_options)
-        return _train(config, workdir, stop_after, mesh, model_config, saved_config, finetuning)
+        model_config = finetuning.model if finetuning else registered_model(config)
+        vision_tower = load_vision_tower(config, model_config) if config.init_vision and saved_config is None else None
+        return _train(config, workdir, stop_after, mesh, model_config, saved_config, finetuning, vision_tower)
 
 
 def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> Start:
@@ -215,17 +219,21 @@ def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, mesh,
-           model_config, saved_config: ml_collections.ConfigDict | None, finetuning: Start | None) -> TrainState:
+           model_config, saved_config: ml_collections.ConfigDict | None, finetuning: Start | None,
+           vision_tower: dict | None) -> TrainState:
     """`train` once the workdir is this process's (`workdir_lock`)."""
     with contextlib.ExitStack() as cleanup:
-        return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config, finetuning)
+        return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config, finetuning,
+                              vision_tower)
 
 
 def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigDict, workdir: str,
                    stop_after: int | None, mesh, model_config,
-                   saved_config: ml_collections.ConfigDict | None, finetuning: Start | None) -> TrainState:
+                   saved_config: ml_collections.ConfigDict | None, finetuning: Start | None,
+                   vision_tower: dict | None) -> TrainState:
     """`_train`'s work; what it opens (data workers, checkpoints, metric writers) is closed by `cleanup`, also
-    when it stops with an error before training."""
+    when it stops with an error before training. `vision_tower`: a new Flamingo's `vision` parameters
+    (`config.init_vision`)."""
     notice = cleanup.enter_context(PreemptionNotice())  # from here on a SIGTERM saves the run and stops it
     resuming = saved_config is not None
     tokenizer = finetuning.tokenizer if finetuning else workdir_tokenizer(
@@ -263,6 +271,8 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
         finetuning.params = None  # the host copy, as large as the model
     else:
         state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
+        if vision_tower is not None:
+            state = with_vision_tower(state, vision_tower, tx, shardings)
     step_fn = jit_train_step(
         make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
                         loss=config.loss, multi_positive=config.multi_positive,

@@ -37,7 +37,7 @@ from mmjax.models import (Flamingo, FlamingoConfig, Flava, FlavaConfig, TwoTower
 from mmjax.parallel import logical_shardings, make_mesh
 from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.checkpoint import Checkpoints, latest_saved_step
-from mmjax.train.config import ConfigError
+from mmjax.train.config import ConfigError, registered_model
 from mmjax.train.finetune import PRETRAINED_FILE, is_finetuning, read_start
 
 CONFIG_FILE = "config.json"
@@ -199,7 +199,7 @@ def load_trained(workdir: str, dtype: str | None = None, step: int | None = None
         start = read_start(workdir, config.model_options)
         model_config, tokenizer, preprocess = start.model, start.tokenizer, start.preprocess
     else:
-        model_config = get_config(config.model, **config.model_options)
+        model_config = registered_model(config)
         tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
         preprocess = ImagePreprocess(model_config.vision.image_size, tuple(config.data.image_mean),
                                      tuple(config.data.image_std))
