@@ -4,7 +4,7 @@ a contrastively trained image encoder, frozen, under a resampler and a language 
     mmjax train --config configs/flamingo_tiny.py --workdir runs/flamingo_clip --config.init_vision=runs/demo \
         --config.model_options.activation=quick_gelu "--config.optim.frozen=('^vision/',)"
 
-The source is what `mmjax.load_pretrained` loads without extra files: an mmjax CLIP or SigLIP workdir,
+The source is what `mmjax.load_pretrained` loads without extra files: an mmjax CLIP workdir,
 `hf:ORG/NAME`, a Hugging Face or OpenCLIP directory, a big_vision `.npz` with its `.model` beside it. Its image
 tower (`image_encoder`) replaces the freshly initialised `vision` parameters. It must have the Flamingo's vision
 shape (`VisionConfig`; position embeddings are interpolated to the Flamingo's image size), compute with the same
