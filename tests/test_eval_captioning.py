@@ -80,6 +80,7 @@ PTB_CASES = {
     "A plate w/ food on a bike... -- riding": "a plate w / food on a bike riding",
     "a 5.5. and 5. and 5.x and e-mail and -cold": "a 5.5 and 5 and 5.x and e-mail and cold",
     "A Mr. Smith and Dr. Who": "a mr. smith and dr. who",
+    "Photo by J. Smith of plan B. and a_b": "photo by j. smith of plan b. and a_b",
     "Pizza with 'quotes', a man said \"hello\"": "pizza with quotes a man said hello",
 }
 

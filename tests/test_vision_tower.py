@@ -57,10 +57,9 @@ def test_a_flamingo_starts_from_a_clip_runs_image_tower_and_keeps_it_frozen(clip
     initial = nn.unbox(flamingo.model.init(jax.random.key(0), *models.example_inputs(model_config)))["params"]
     assert not np.array_equal(initial["vision"]["cls"]["token"], clip.params["image_encoder"]["cls"]["token"])
     assert not np.array_equal(initial["resampler"]["latents"], flamingo.params["resampler"]["latents"])
-    # a resumed run restores its checkpoint and never reads the source again: it may be gone
+    # a resumed run restores its checkpoint and never reads the source again: it may be gone, or left unnamed
     shutil.rmtree(source)
-    train(flamingo_config(init_vision=str(source), total_steps=4, checkpoint_every=4, **options),
-          str(tmp_path / "run"))
+    train(flamingo_config(total_steps=4, checkpoint_every=4, **options), str(tmp_path / "run"))
     assert load_trained(str(tmp_path / "run")).step == 4
 
 
@@ -83,13 +82,28 @@ def test_an_image_tower_that_cannot_stand_in_is_one_line_before_anything_compile
         train(flamingo_config(init_vision=str(tmp_path / "siglip")), str(tmp_path / "c"))
     with pytest.raises(ConfigError, match=f"config.init_vision='{tmp_path / 'none'}': there is no such checkpoint"):
         train(flamingo_config(init_vision=str(tmp_path / "none")), str(tmp_path / "d"))
-    assert not any((tmp_path / name).exists() for name in "abcd")  # nothing written for a refused run
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=f"config.init_vision='{tmp_path / 'empty'}': {tmp_path / 'empty'} has "
+                                          f"neither config.json"):
+        train(flamingo_config(init_vision=str(tmp_path / "empty")), str(tmp_path / "e"))
+    assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written for a refused run
+
+
+def test_a_run_resumes_with_its_models_own_activation_spelled_out_and_not_with_another(tmp_path):
+    train(flamingo_config(), str(tmp_path / "run"))  # activation "" and norm_eps 0: flamingo-test's gelu, 1e-5
+    train(flamingo_config(total_steps=4, checkpoint_every=4,
+                          **{"model_options.activation": "gelu", "model_options.norm_eps": 1e-5}), str(tmp_path / "run"))
+    assert load_trained(str(tmp_path / "run")).step == 4
+    with pytest.raises(ConfigError, match="holds a run with model_options.activation='gelu', not 'quick_gelu'"):
+        train(flamingo_config(total_steps=5, **{"model_options.activation": "quick_gelu"}), str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("make, changes, message", [
     (clip_tiny.get_config, {"init_vision": "runs/demo"},
      r"config.init_vision='runs/demo' starts the vision tower of a registered Flamingo model \(flamingo-tiny, …\), "
      r"not of 'clip-test'"),
+    (flamingo_tiny.get_config, {"init_vision": "open_clip:ViT-B-32"},
+     r"config.init_vision='open_clip:ViT-B-32': an OpenCLIP model by name needs a weights file"),
     (clip_tiny.get_config, {"model_options.activation": "relu6"},
      r"config.model_options.activation='relu6' must be one of \["),
     (clip_tiny.get_config, {"model_options.norm_eps": -1.0}, r"config.model_options.norm_eps=-1.0 must be ≥ 0"),

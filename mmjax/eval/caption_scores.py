@@ -17,12 +17,14 @@ Each image has one candidate caption and one or more references. Captions are fi
 through Java, then drops PTB's punctuation tokens as pycocoevalcap does: lower case; the clitics ``n't``,
 ``'s``, ``'re``, ``'ve``, ``'ll``, ``'d``, ``'m`` and the halves of ``cannot``, ``gonna``, ``wanna``… split
 off; words kept whole with inner hyphens, periods, slashes and apostrophes (``black-and-white``, ``o'clock``,
-``and/or``, ``3.5``) and numbers with inner commas and colons (``1,000``, ``5:30``); initialisms and common
-abbreviations keep their period (``t.v.``, ``a.m.``, ``st.``, ``etc.``); brackets become ``-lrb-``, ``-rrb-``,
-``-lcb-``, ``-rcb-``, ``-lsb-``, ``-rsb-`` and stay (pycocoevalcap drops only the upper-case forms, which
-``-lowerCase`` never writes); typographic quotes, dashes and ellipses are dropped as their ASCII forms are.
+``and/or``, ``3.5``) and numbers with inner commas and colons (``1,000``, ``5:30``); initialisms, common
+abbreviations and single letters keep their period (``t.v.``, ``a.m.``, ``st.``, ``etc.``, ``j. smith``);
+brackets become ``-lrb-``, ``-rrb-``, ``-lcb-``, ``-rcb-``, ``-lsb-``, ``-rsb-`` and stay (pycocoevalcap drops
+only the upper-case forms, which ``-lowerCase`` never writes); typographic quotes, dashes and ellipses are
+dropped as their ASCII forms are.
 tests/test_eval_captioning.py compares it with the Java tokenizer where Java is installed. It differs on rare
-forms: ``rock'n'roll``, ``y'all``, ``'90s``, ``no.`` before a number, ``<`` and ``>`` next to words.
+forms: ``rock'n'roll``, ``y'all``, ``'90s``, ``no.`` before a number, ``etc...``, ``<`` and ``>`` next to
+words, and symbols such as emoji, which PTB drops and ``tokenize`` keeps.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ _CLITIC = re.compile(r"(?<=\w)(n't|'(?:s|re|ve|ll|d|m))\b")
 _TOKEN = re.compile(r"""
     n't | '(?:s|re|ve|ll|d|m)\b                      # clitics, split off their words first
   | [a-z](?:\.[a-z])+\.?(?![a-z])                     # initialisms: t.v., u.s.a., e.g., a.m
-  | (?P<word>[^\W_]+(?:(?:[-.'/]|(?<=\d)[,:](?=\d))[^\W_]+)*)(?P<period>\.(?!\.))?
+  | (?P<word>\w+(?:(?:[-.'/]|(?<=\d)[,:](?=\d))\w+)*)(?P<period>\.(?!\.))?
                                                       # black-and-white, o'clock, tie/scarf, 3.5, 1,000, 5:30
   | \.{2,} | -{2,} | [!?]+ | \S
 """, re.VERBOSE)
@@ -66,7 +68,7 @@ def tokenize(caption: str) -> list[str]:
         if word is None:
             token = match[0]
             tokens.append("..." if token.startswith("..") else "--" if token.startswith("--") else token)
-        elif period and word in _ABBREVIATIONS:
+        elif period and (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())):  # "st.", "j. smith"
             tokens.append(word + period)
         else:
             tokens += _TWO_WORDS.get(word, word).split() + ([period] if period else [])

@@ -221,9 +221,11 @@ def _validate_init_vision(c: ml_collections.ConfigDict, workdir: str | None) -> 
     _require(not c.init_vision or (registered and isinstance(registry.get_config(c.model), FlamingoConfig)),
              f"config.init_vision={c.init_vision!r} starts the vision tower of a registered Flamingo model "
              f"(flamingo-tiny, …), not of {c.model!r}")
+    _require(not c.init_vision.startswith("open_clip:"), f"config.init_vision={c.init_vision!r}: an OpenCLIP model "
+             f"by name needs a weights file, which init_vision cannot take; name an OpenCLIP directory "
+             f"(open_clip_config.json beside the weights)")
     resuming = workdir is not None and has_checkpoint(workdir)
-    _require(not c.init_vision or resuming or c.init_vision.startswith(("hf:", "open_clip:"))
-             or os.path.exists(c.init_vision),
+    _require(not c.init_vision or resuming or c.init_vision.startswith("hf:") or os.path.exists(c.init_vision),
              f"config.init_vision={c.init_vision!r}: there is no such checkpoint file or directory")
     overridden = [f"{key}={c.model_options[key]!r}" for key in ("activation", "norm_eps") if c.model_options[key]]
     _require(registered or not overridden, f"config.model_options.{', '.join(overridden)}: a model fine-tuned from "

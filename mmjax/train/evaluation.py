@@ -10,9 +10,10 @@ process runs every benchmark and gets the same metrics
 (:func:`~mmjax.eval.benchmarks.run_benchmark` divides the embedding between processes).
 
 A captioner (a Flamingo run, `config.loss="captioning"`) is evaluated on its captions instead, written by one
-:class:`~mmjax.captioner.Captioner` on this process's devices (not the training mesh): "synthetic" reads them for the attributes
-they name (:mod:`mmjax.eval.synthetic_captions`), an image–text benchmark scores them against its references
-(BLEU, CIDEr-D: :mod:`mmjax.eval.captioning`); a classification benchmark is refused when training starts.
+:class:`~mmjax.captioner.Captioner` on this process's devices (not the training mesh): "synthetic" reads them
+for the attributes they name (:mod:`mmjax.eval.synthetic_captions`), an image–text benchmark scores them against
+its references (BLEU, CIDEr-D: :mod:`mmjax.eval.captioning`); a classification benchmark is refused when
+training starts.
 
 Benchmark images are decoded in `config.eval.num_workers` grain processes (0: in this process,
 as `mmjax eval --num_workers` by default).

@@ -26,7 +26,7 @@ from mmjax.data.pipeline import config_train_dataset
 from mmjax.data.shards import data_files
 from mmjax.data.skips import SkipMonitor
 from mmjax.data.tokenizers import Tokenizer
-from mmjax.models import FlamingoConfig, FlavaConfig, build_model
+from mmjax.models import FlamingoConfig, FlavaConfig, build_model, get_config, list_models
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, batch_size_multiple, check_tensor_split, make_mesh
 from mmjax.parallel.distributed import wait_for_all_processes
 from mmjax.parallel.memory import memory_per_device
@@ -52,15 +52,16 @@ from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, REAL_CAPTIONS_CONFIGS, T
 
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
 # the data stream and the iterator state's layout (one per worker process), the tokenizer saved in the workdir.
-RESUME_KEYS = ("model", "model_options.scan_layers", "model_options.activation", "model_options.norm_eps",
-               "init_vision", "loss", "batch_size", "data.seed", "data.name",
-               "data.num_workers", "data.tokenizer", "pretrained.weights", "pretrained.tokenizer",
-               "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen", "optim.layer_decay",
-               "optim.image_layer_decay", "optim.text_layer_decay")
+RESUME_KEYS = ("model", "model_options.scan_layers", "model_options.activation", "model_options.norm_eps", "loss",
+               "batch_size", "data.seed", "data.name", "data.num_workers", "data.tokenizer", "pretrained.weights",
+               "pretrained.tokenizer", "pretrained.allow_pickle", "pretrained.image_size", "optim.frozen",
+               "optim.layer_decay", "optim.image_layer_decay", "optim.text_layer_decay")
+OWN_WHEN_EMPTY = ("model_options.activation", "model_options.norm_eps")
 TOWER_DECAYS = ("optim.image_layer_decay", "optim.text_layer_decay")
 # The values of resume keys that a run written before mmjax stored them had (frozen parameters, layer decay,
-# fine-tuning, the activation and norm options and init_vision came later); other absent keys cannot be compared.
-IMPLIED_WHEN_ABSENT = {"model_options.activation": "", "model_options.norm_eps": 0.0, "init_vision": "",
+# fine-tuning, the activation and norm options came later); other absent keys cannot be compared.
+# (`init_vision` is not one: only a new run reads it.)
+IMPLIED_WHEN_ABSENT = {"model_options.activation": "", "model_options.norm_eps": 0.0,
                        "optim.frozen": (), "optim.layer_decay": 1.0, "optim.image_layer_decay": None,
                        "optim.text_layer_decay": None, "pretrained.weights": "",
                        "pretrained.tokenizer": "", "pretrained.allow_pickle": False, "pretrained.image_size": 0}
@@ -95,6 +96,9 @@ def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collection
             new = config.optim.layer_decay if new is None else new
         if key == "data.tokenizer" and _same_tokenizer_file(workdir, old, new):
             continue
+        if key in OWN_WHEN_EMPTY and config.model in list_models():  # "" or 0: the registered model's own
+            own = getattr(get_config(config.model).options, key.rpartition(".")[2])
+            old, new = old or own, new or own
         if key == "model" and old != new and is_finetuning(config) and recorded_source(workdir) == source_name(new):
             continue  # another spelling of the checkpoint's path
         if key == "loss" and new == AUTO_LOSS:
@@ -239,14 +243,14 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     tokenizer = finetuning.tokenizer if finetuning else workdir_tokenizer(
         workdir, model_config.text.context_length, config.data.tokenizer, fresh=not resuming)
     check_tokenizer(tokenizer, model_config, config.model)
+    model = build_model(model_config)
+    evaluation = PeriodicEval(config, model, tokenizer, mesh,  # checks the benchmarks before anything compiles
+                              finetuning.preprocess if finetuning else None)  # and before config.json is written
     if jax.process_index() == 0 and not resuming:
         save_config(workdir, config)
         if finetuning:
             save_start(workdir, finetuning)
 
-    model = build_model(model_config)
-    evaluation = PeriodicEval(config, model, tokenizer, mesh,  # checks the benchmarks before anything compiles
-                              finetuning.preprocess if finetuning else None)
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     validate_frozen(config, shardings.params)

@@ -37,7 +37,10 @@ def load_vision_tower(config: ml_collections.ConfigDict, model: FlamingoConfig) 
 
     params, error = None, None
     try:
-        pretrained = load_pretrained(config.init_vision, image_size=model.vision.image_size)
+        try:
+            pretrained = load_pretrained(config.init_vision, image_size=model.vision.image_size)
+        except (ValueError, OSError) as failed:  # the checkpoint's own message, said to be init_vision's
+            raise ConfigError(f"config.init_vision={config.init_vision!r}: {failed}") from None
         check_vision_tower(pretrained, model, config)
         params = pretrained.params["image_encoder"]
     except Exception as caught:  # reported by every process alike, below
