@@ -213,8 +213,8 @@ def resolved_loss(loss: str, model) -> str:
 
 
 def _validate_init_vision(c: ml_collections.ConfigDict, workdir: str | None) -> None:
-    """`init_vision` starts a registered Flamingo's vision tower (read by a new run only: a run `workdir` resumes
-    needs it no more); a pretrained checkpoint keeps its own activation and norm epsilon."""
+    """`init_vision` starts a registered Flamingo's vision tower (only a new run reads it: a run resumed in
+    `workdir` no longer needs it); a pretrained checkpoint keeps its own activation and norm epsilon."""
     from mmjax.train.checkpoint import has_checkpoint
 
     registered = c.model in registry.list_models()

@@ -34,7 +34,6 @@ from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_co
 from mmjax.train.config import (AUTO_LOSS, ConfigError, registered_model, resolved_loss, validate,
                                 validate_frozen, validate_model)
 from mmjax.train.evaluation import PeriodicEval
-from mmjax.train.vision_tower import load_vision_tower, with_vision_tower
 from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
                                   save_start, source_name)
 from mmjax.train.layer_decay import configured_decays, describe as describe_layer_decay
@@ -46,6 +45,7 @@ from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import (TrainState, abstract_train_state, create_train_state, state_shardings,
                                train_state_from_params)
 from mmjax.train.step import jit_train_step, make_train_step
+from mmjax.train.vision_tower import load_vision_tower, with_vision_tower
 from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, REAL_CAPTIONS_CONFIGS, TOKENIZER_FILE, load_config,
                                   save_config, unknown_words_warning, workdir_lock, workdir_tokenizer)
 
