@@ -8,7 +8,7 @@
     mmjax embed    --model runs/demo (--images DIR | --texts FILE) --out index.safetensors
     mmjax search   --index index.safetensors (--text "a red circle" | --image q.png) -k 10 [--sheet hits.png]
     mmjax classify --model runs/demo --labels "a red circle,a blue square" IMAGE...
-    mmjax caption  --model runs/flamingo [--prompt "a red"] [--temperature 0.7 --top_k 20] IMAGE...
+    mmjax caption  --model runs/flamingo [--prompt "a red"] [--temperature 0.7 --top_k 20 | --num_beams 3] IMAGE...
     (--model of eval, embed, search, classify and data filter: a workdir or a pretrained checkpoint)
     mmjax data     convert SOURCE --out DIR | filter DIR --model WORKDIR --out DIR2 … | info DIR
     mmjax convert  SOURCE --to hf|open_clip --out DIR
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging as py_logging
 import os
@@ -73,8 +74,33 @@ def _define_eval_flags() -> None:
                         "text→image retrievals.")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the one the run trained with, "
                       "float32 for a pretrained checkpoint).")
+    _define_beam_flags()
     checkpoint_source.define_flags()
     flags.mark_flags_as_required(["model"])
+
+
+def _define_beam_flags() -> None:
+    flags.DEFINE_integer("num_beams", 1, "A Flamingo's captions: the best of a beam search over this many beams (1: "
+                         "greedy decoding; captioning papers report 3 to 5).", lower_bound=1)
+    flags.DEFINE_float("length_penalty", 1.0, "With --num_beams: a finished caption's log-probability is divided by "
+                       "its length to this power (0: the likeliest whatever its length).", lower_bound=0.0)
+
+
+def _decoding() -> dict:
+    """The beam flags, as keyword arguments of `Captioner.caption`; a one-line ValueError for a length penalty
+    without beams."""
+    if flags.FLAGS.num_beams == 1 and flags.FLAGS.length_penalty != 1.0:
+        raise ValueError(f"--length_penalty={flags.FLAGS.length_penalty} scores the captions of a beam search: add "
+                         f"--num_beams (3, say)")
+    return {"num_beams": flags.FLAGS.num_beams, "length_penalty": flags.FLAGS.length_penalty}
+
+
+def _refuse_beam_flags(model: str) -> None:
+    """A one-line ValueError when `--num_beams` / `--length_penalty` are given for a model that writes no captions."""
+    given = [f"--{name}" for name, default in (("num_beams", 1), ("length_penalty", 1.0))
+             if flags.FLAGS[name].value != default]
+    if given:
+        raise ValueError(f"{' and '.join(given)}: for a Flamingo's captions; {model} is a model with embeddings")
 
 
 @contextlib.contextmanager
@@ -120,6 +146,7 @@ def _eval(_argv) -> None:
         from mmjax.commands import eval_pretrained
 
         with _checked_in_every_process():  # a host that cannot load the checkpoint stops every host
+            _refuse_beam_flags(flags.FLAGS.model)
             benchmark = _check_benchmark_arguments(workdir=None)
             model = eval_pretrained.load(flags.FLAGS.model, benchmark, data_dir=flags.FLAGS.data_dir,
                                          dtype=flags.FLAGS.dtype, batch_size=flags.FLAGS.batch_size)
@@ -148,6 +175,9 @@ def _check_eval_arguments() -> tuple[str, str | None, int]:
                              f"with embeddings")
         if benchmark is not None:
             check_captioning_benchmark(benchmark, flags.FLAGS.data_dir)
+        _decoding()  # checked before the model loads
+    else:
+        _refuse_beam_flags(workdir)
     return workdir, benchmark, step
 
 
@@ -240,15 +270,16 @@ def _evaluate_captioner(workdir: str, benchmark: str | None, step: int) -> None:
     batch_size = flags.FLAGS.batch_size or config.eval.batch_size
     captioner = Captioner(trained.model, trained.params, trained.tokenizer, config.data.image_mean,
                           config.data.image_std, batch_size=batch_size)
-    extra = {"step": trained.step, "processes": jax.process_count()}
+    extra = {"step": trained.step, "processes": jax.process_count(), **_decoding()}
+    caption = functools.partial(captioner.caption, **_decoding())
     if benchmark is None:
         dataset = "synthetic-shapes"
-        metrics = evaluate_synthetic_captions(captioner.caption, seed=config.data.seed, image_size=image_size,
+        metrics = evaluate_synthetic_captions(caption, seed=config.data.seed, image_size=image_size,
                                               num_images=config.eval.num_retrieval)
         default_output = "synthetic_captions.json"
     else:
         dataset = benchmark
-        metrics, captions = caption_benchmark(benchmark, captioner.caption, image_size=image_size,
+        metrics, captions = caption_benchmark(benchmark, caption, image_size=image_size,
                                               data_dir=flags.FLAGS.data_dir, batch_size=batch_size,
                                               max_examples=flags.FLAGS.max_examples,
                                               num_workers=flags.FLAGS.num_workers, progress=True)
@@ -425,6 +456,7 @@ def _define_caption_flags() -> None:
     flags.DEFINE_integer("seed", 0, "The draws of a sampled caption.")
     flags.DEFINE_integer("batch_size", None, "Images per generate call (default: the run's config.eval.batch_size).",
                          lower_bound=1)
+    _define_beam_flags()
     flags.mark_flags_as_required(["model"])
 
 
@@ -443,6 +475,7 @@ def _caption(argv) -> None:
                          f"pretrained checkpoint")
     step = check_trained(workdir)
     check_kind(workdir, captioner=True)
+    decoding = _decoding()
     size = get_config(load_config(workdir).model).vision.image_size
     images, ids = load_images(argv[1:], size)  # resized and centre-cropped as the run's images; read before loading
     trained = load_trained(workdir, step=step)
@@ -454,7 +487,7 @@ def _caption(argv) -> None:
         print(f"mmjax: warning: the tokenizer of {workdir} does not know the prompt's {', '.join(map(repr, unknown))}: "
               f"the model reads <unk> there", file=sys.stderr)
     captions = captioner.caption(images, flags.FLAGS.prompt, flags.FLAGS.num_tokens, flags.FLAGS.temperature,
-                                 flags.FLAGS.top_k, flags.FLAGS.seed)
+                                 flags.FLAGS.top_k, flags.FLAGS.seed, **decoding)
     for image_id, caption in zip(ids, captions):
         print(f"{image_id}\t{caption}")
 

@@ -1,6 +1,7 @@
-"""GradCache accumulation: the gradient over micro-batches equals a plain full-batch gradient (naive
+"""Gradient accumulation: the gradient over micro-batches equals a plain full-batch gradient (naive
 loss written here) on the clip-test and siglip-test models, alone and through the sharded train
-step on 8 fake CPU devices; the compiled step's memory follows the micro-batch."""
+step on 8 fake CPU devices; the compiled step's memory follows the micro-batch. Flamingo's summed loss
+and FLAVA's objective against one pass too."""
 
 import functools
 
@@ -15,7 +16,8 @@ import mmjax.models as models
 from mmjax.data.transforms import normalize_images
 from mmjax.losses import clip_loss, sigmoid_loss
 from mmjax.parallel import DEFAULT_RULES, batch_sharding, make_mesh
-from mmjax.train.accumulation import make_value_and_grad, merge_micro_batches, split_micro_batches
+from mmjax.train.accumulation import (make_summed_value_and_grad, make_value_and_grad, merge_micro_batches,
+                                      split_micro_batches)
 from mmjax.train.config import ConfigError, base_config, small_for_tests, validate
 from mmjax.train.state import TrainState, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
@@ -170,3 +172,60 @@ def test_bad_accumulation_is_a_one_line_error():
     config.accum_steps = 3
     with pytest.raises(ConfigError, match=r"config.accum_steps=3 must divide config.batch_size=16"):
         validate(config)
+
+
+def test_summed_accumulation_keeps_one_micro_batch_of_a_captioner_alive():
+    """Flamingo's caption loss (`make_summed_value_and_grad`): the same value and gradient as one pass, computed in
+    8 micro-batches whose activations are alive one at a time (batch 128)."""
+    model = models.create_model("flamingo-test")
+    config, rng = model.config, np.random.default_rng(0)
+    images, tokens = models.example_inputs(config, 128)
+    images = jnp.asarray(rng.normal(size=images.shape), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, config.media_token_id, size=tokens.shape), jnp.int32)
+    params = nn.unbox(model.init(jax.random.key(0), images[:1], tokens[:1]))["params"]
+
+    def term(params, batch):  # each token's log-likelihood, divided by the whole batch's token count
+        logits = model.apply({"params": params}, batch["image"], batch["text"])
+        picked = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["text"][..., None], axis=-1)
+        return -picked.sum() / tokens.size
+
+    def compiled(accum_steps):
+        return jax.jit(make_summed_value_and_grad(term, accum_steps)).lower(
+            params, {"image": images, "text": tokens}).compile()
+
+    full, accumulated = compiled(1), compiled(8)
+    (want, want_grads), (got, grads) = (step(params, {"image": images, "text": tokens}) for step in (full, accumulated))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert_tree_close(grads, want_grads)
+    temp = [step.memory_analysis().temp_size_in_bytes for step in (full, accumulated)]
+    assert temp[1] < temp[0] / 3, temp
+
+
+def test_flava_accumulation_keeps_one_micro_batch_alive_and_the_objective():
+    """FLAVA's objective in 8 micro-batches (`flava_accumulated_value_and_grad`) against `Flava.losses` in one
+    pass at batch 128: the same value and gradient, and the temporaries of a micro-batch."""
+    from mmjax.train.flava_accumulation import flava_accumulated_value_and_grad
+
+    model = models.create_model("flava-test")
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (128, 16, 16, 3)).astype(np.uint8),
+             "text": rng.integers(1, 60, (128, 8)).astype(np.int32)}
+    params = nn.unbox(model.init(jax.random.key(0), *models.example_inputs(model.config)))["params"]
+
+    def one_pass(params, batch, step):
+        def total(params):
+            images = normalize_images(batch["image"], MEAN, STD)
+            return model.apply({"params": params}, images, batch["text"], None,
+                               jax.random.fold_in(jax.random.key(0), step), method="losses")["total"]
+
+        return jax.value_and_grad(total)(params)
+
+    full = jax.jit(one_pass).lower(params, batch, 3).compile()
+    accumulated = jax.jit(flava_accumulated_value_and_grad(model, MEAN, STD, 0, (), 8)).lower(
+        params, batch, 3).compile()
+    want, want_grads = full(params, batch, 3)
+    (got, _), grads = accumulated(params, batch, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert_tree_close(grads, want_grads)
+    temp = [step.memory_analysis().temp_size_in_bytes for step in (full, accumulated)]
+    assert temp[1] < temp[0] / 4, temp

@@ -437,6 +437,7 @@ def test_frozen_patterns_that_match_nothing_or_everything_are_one_line(tmp_path)
     config.optim.frozen = ("encoder/", "proj/", "logit")
     with pytest.raises(ConfigError, match="freezes every parameter of clip-test: nothing would train"):
         train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before its config.json and tokenizer.json were written
 
     config.optim.frozen = ()  # a run written before mmjax stored optim.frozen trained every parameter
     train(config, str(tmp_path / "run"), stop_after=1)

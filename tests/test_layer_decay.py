@@ -109,6 +109,20 @@ def test_the_image_and_text_towers_take_their_own_decays():
         np.testing.assert_allclose(only_text[path], factor * update, rtol=1e-6, err_msg=path)
 
 
+def test_a_flamingos_vision_tower_takes_the_image_decay_and_nothing_else_decays():
+    """Flamingo's `vision` is an image tower (embeddings d³, layer 0 d², layer 1 d, its final norm 1); its
+    resampler, gated blocks and language model step as they would without decay."""
+    assert get_config("flamingo-test").vision.depth == 2
+    plain = _one_step("flamingo-test", 1.0)
+    decayed = _one_step("flamingo-test", 1.0, tower_decays={"image_layer_decay": DECAY})
+    exponents = [(r"^vision/(cls|patch_embed|pos_embed|ln_pre)/", 3), (r"^vision/encoder/layers_0/", 2),
+                 (r"^vision/encoder/layers_1/", 1)]
+    for path, update in plain.items():
+        exponent = sum(e for pattern, e in exponents if re.search(pattern, path))
+        np.testing.assert_allclose(decayed[path], DECAY ** exponent * update, rtol=1e-6, err_msg=path)
+    assert any(path.startswith("vision/ln_post/") for path in plain)
+
+
 def test_frozen_parameters_stay_put_and_the_others_decay():
     frozen = ("^image_encoder/", "^image_proj/")
     plain, decayed = _one_step("clip-test", 1.0, frozen), _one_step("clip-test", DECAY, frozen)
@@ -140,7 +154,7 @@ def test_a_run_with_layer_decay_moves_each_layer_its_share(tmp_path, capsys):
 
     plain, decayed = moved(1.0, str(tmp_path / "plain")), moved(DECAY, str(tmp_path / "decayed"))
     assert ("mmjax: layer decay: image_encoder 0.5 (2 layers, embeddings ×0.125), text_encoder 0.5 (2 layers, "
-            "embeddings ×0.125); final norms, heads and output projections ×1") in capsys.readouterr().err
+            "embeddings ×0.125); final norms, heads, output projections and the rest ×1") in capsys.readouterr().err
     for path, step in plain.items():
         if path.endswith("attn/key/bias"):  # its gradient is 0 (a softmax ignores a shift shared by all keys)
             continue

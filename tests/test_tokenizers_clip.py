@@ -3,6 +3,7 @@ transformers' CLIPTokenizer, built from the real 49 408-token vocabulary the ope
 
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
@@ -112,7 +113,7 @@ def test_training_tokenizer_choices(tmp_path):
     """`config.data.tokenizer`: "clip-bpe" is OpenCLIP's tokenizer; a file is copied into the workdir and must pad
     to the model's context length; a missing file is one clear error."""
     from mmjax.data.tokenizers import Tokenizer
-    from mmjax.train.workdir import workdir_tokenizer
+    from mmjax.train.workdir import save_tokenizer, workdir_tokenizer
 
     texts = _strings()[:40]
     clip = workdir_tokenizer(str(tmp_path / "a"), 32, "clip-bpe")
@@ -120,9 +121,13 @@ def test_training_tokenizer_choices(tmp_path):
     spec = str(tmp_path / "words.json")
     Tokenizer.from_corpus(["a red circle", "a blue square"], context_length=8).save(spec)
     (tmp_path / "b").mkdir()
-    copied = workdir_tokenizer(str(tmp_path / "b"), 8, spec)
+    copied = workdir_tokenizer(str(tmp_path / "b"), 8, spec, fresh=True)
     assert copied(["a red square"]).tolist() == [[2, 3, 6, 7, 8, 0, 0, 0]]  # pad 0, unk 1, sot 2, words, eot last
-    assert (tmp_path / "b" / "tokenizer.json").exists()
+    assert not os.listdir(tmp_path / "b")  # written once the run's checks pass
+    save_tokenizer(str(tmp_path / "b"), copied)
+    assert workdir_tokenizer(str(tmp_path / "b"), 8, "")(["a red square"]).tolist() == [[2, 3, 6, 7, 8, 0, 0, 0]]
+    save_tokenizer(str(tmp_path / "b"), clip)  # a replaced run's file would describe another tokenizer
+    assert not os.listdir(tmp_path / "b")
     with pytest.raises(ValueError, match="pads to 8 tokens but the model reads 16"):
         workdir_tokenizer(str(tmp_path / "c"), 16, spec)
     with pytest.raises(FileNotFoundError, match="no such file"):

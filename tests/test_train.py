@@ -218,13 +218,17 @@ def test_schedule_is_linear_warmup_then_cosine_to_the_floor():
         assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-9), step
 
 
-def test_weight_decay_skips_biases_norms_positions_and_logit_parameters():
-    params = nn.unbox(models.abstract_params(models.get_config("siglip-test")))
+@pytest.mark.parametrize("name", ["siglip-test", "clip-test", "flava-test", "flamingo-test"])
+def test_weight_decay_skips_all_but_kernels_and_token_embeddings(name):
+    """Biases, norms, positions, learned tokens, logit parameters, latents and gates (OpenFlamingo's `apply_decay`
+    leaves out `attn_gate` / `ff_gate`) get no weight decay."""
+    params = nn.unbox(models.abstract_params(models.get_config(name)))
     mask = flax.traverse_util.flatten_dict(decay_mask(params, base_config("x", "clip").optim.no_decay), sep="/")
     decayed = {path for path, on in mask.items() if on}
     expected = {path for path in mask
                 if path.endswith("kernel") or path.endswith("token_embed/embedding")}
     assert decayed == expected
+    assert len(expected) < len(mask)
 
 
 def test_invalid_values_are_one_line_config_errors():

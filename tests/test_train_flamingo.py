@@ -2,6 +2,7 @@
 whose loss is written out with NumPy's indexing, an exact resume, `mmjax caption` writing what greedy decoding
 writes, and one-line refusals."""
 
+import functools
 import io
 import json
 import math
@@ -84,7 +85,10 @@ def _reference(config, batches, eot):
     return params, losses
 
 
-def test_sharded_captioning_steps_equal_a_plain_single_device_loop():
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_sharded_captioning_steps_equal_a_plain_single_device_loop(accum_steps):
+    """With `accum_steps=2` each micro-batch holds captions of other lengths than the other's: its sum is divided
+    by the whole batch's token count, not averaged per micro-batch."""
     config = flamingo_tiny.get_config("test")
     eot = Tokenizer.for_synthetic(8).eot_id
     batches = [dict(batch, text=np.array(batch["text"])) for batch in _batches(config, 3)]
@@ -95,7 +99,7 @@ def test_sharded_captioning_steps_equal_a_plain_single_device_loop():
     want, losses = _reference(config, batches, eot)
     for shape in [(2, 2, 2)]:  # data, FSDP and tensor parallel at once
         got, metrics = sharded_params(config, batches, make_mesh(*shape, devices=jax.devices()[:math.prod(shape)]),
-                                      eot_id=eot)
+                                      eot_id=eot, accum_steps=accum_steps)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
         assert float(metrics["loss"]) == pytest.approx(losses[-1], rel=1e-5)
         assert set(metrics) == {"loss", "grad_norm", "learning_rate"}
@@ -162,6 +166,26 @@ def captioner_run(tmp_path_factory):
     return run
 
 
+def test_a_captioner_splits_its_batches_over_the_devices_and_writes_what_one_device_writes(captioner_run):
+    """11 images in batches of 5, each filled up to 8 rows over the 8 test devices, against one device: greedy
+    and sampled (batch i draws with seed + i: the batches must be one device's)."""
+    trained = load_trained(str(captioner_run))
+    pixels = np.random.default_rng(2).integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
+    sharded = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD, batch_size=5)
+    assert len(sharded.params["resampler"]["latents"].sharding.device_set) == 8
+    one_device = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD, batch_size=5,
+                           mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    got, want = sharded.caption(pixels, prompt="a"), one_device.caption(pixels, prompt="a")
+    assert got == want and len(set(got)) > 1, got
+    assert sharded.caption(pixels[:3], prompt="a") == want[:3]
+    sample = dict(prompt="a", temperature=1.5, seed=1)
+    assert sharded.caption(pixels, **sample) == one_device.caption(pixels, **sample) != got
+    short = dict(prompt="a", num_tokens=2)  # where this model's beams and greedy captions differ
+    beams = sharded.caption(pixels, num_beams=3, **short)
+    assert beams == one_device.caption(pixels, num_beams=3, **short) != sharded.caption(pixels, **short), beams
+    assert not any("<pad>" in caption for caption in beams)  # cut short by num_tokens: no padding words
+
+
 def mmjax(*args):
     return subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
@@ -184,10 +208,21 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(capt
     trained = load_trained(str(run))
     from mmjax.eval.images import load_images
     pixels, _ = load_images(paths, 16)
-    want = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD).caption(pixels)
-    assert done.stdout.splitlines() == [f"{path}\t{caption}" for path, caption in zip(paths, want)]
+    captioner = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD)
+    assert done.stdout.splitlines() == [f"{path}\t{caption}" for path, caption in zip(paths, captioner.caption(pixels))]
+    done = mmjax("caption", "--model", str(run), "--num_beams", "3", "--length_penalty", "0.5", "--prompt", "a",
+                 "--num_tokens", "2", *paths)
+    want = captioner.caption(pixels, "a", 2, num_beams=3, length_penalty=0.5)
+    assert want != captioner.caption(pixels, "a", 2)  # the beams were searched
+    assert done.stdout.splitlines() == [f"{path}\t{caption}" for path, caption in zip(paths, want)], done.stderr
 
     errors = {
+        ("caption", "--model", str(run), "--num_beams", "3", "--temperature", "0.5", paths[0]):
+            "beam search (num_beams=3) chooses the likeliest captions: use temperature 0, not 0.5",
+        ("eval", "--model", str(run), "--length_penalty", "0"):
+            "--length_penalty=0.0 scores the captions of a beam search: add --num_beams (3, say)",
+        ("eval", "--model", "hf:google/siglip-base-patch16-224", "--benchmark", "cifar10", "--num_beams", "3"):
+            "--num_beams: for a Flamingo's captions; hf:google/siglip-base-patch16-224 is a model with embeddings",
         ("caption", "--model", str(run), str(tmp_path / "broken.png")):
             f"cannot read image {tmp_path / 'broken.png'}",
         ("caption", "--model", str(run), "--prompt", "a " * 10, paths[0]):
@@ -271,8 +306,9 @@ def test_mmjax_eval_scores_a_runs_captions_of_an_image_text_benchmark(captioner_
 
 
 def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
-    """config.eval.benchmarks of a Flamingo run: the synthetic captions read, an image–text benchmark scored; the
-    last step's records equal the evaluations of its checkpoint. A classification benchmark is refused first."""
+    """config.eval.benchmarks of a Flamingo run: the synthetic captions read, an image–text benchmark scored, by
+    beam search (`eval.num_beams`); the last step's records equal the evaluations of its checkpoint. A
+    classification benchmark is refused first."""
     from test_benchmarks import write_classification
 
     from mmjax.eval.captioning import caption_benchmark
@@ -282,16 +318,17 @@ def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
     config = flamingo_tiny.get_config("test")
     config.total_steps, config.optim.learning_rate = 4, 1e-2
     config.eval.every, config.eval.num_retrieval, config.eval.batch_size = 2, 8, 4
-    config.eval.benchmarks = ("synthetic", f"wds:{tmp_path / 'pairs'}")
+    config.eval.benchmarks, config.eval.num_beams = ("synthetic", f"wds:{tmp_path / 'pairs'}"), 2
     train(config, str(tmp_path / "run"))
     with open(tmp_path / "run" / "eval_metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert [record["step"] for record in records] == [2, 4]
     trained = load_trained(str(tmp_path / "run"))
     captioner = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD)
+    caption = functools.partial(captioner.caption, num_beams=2)
     want = {f"synthetic/{name}": value for name, value in evaluate_synthetic_captions(
-        captioner.caption, seed=0, image_size=16, num_images=8).items()}
-    scores, _ = caption_benchmark(f"wds:{tmp_path / 'pairs'}", captioner.caption, image_size=16)
+        caption, seed=0, image_size=16, num_images=8).items()}
+    scores, _ = caption_benchmark(f"wds:{tmp_path / 'pairs'}", caption, image_size=16)
     want |= {f"wds_pairs/{name}": value for name, value in scores.items()}
     got = {name: math.nan if value is None else value for name, value in records[-1].items()}
     assert got.keys() == want.keys() | {"step", "eval_s"}
@@ -310,8 +347,12 @@ def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
      r"flamingo-tiny, flamingo-tiny-bpe\); 'clip-test' is a two-tower model: use loss='clip'"),
     (dict(loss="clip"), "config.model='flamingo-test' is a Flamingo model: train it with config.loss='captioning'"),
     (dict(multi_positive=True), "config.multi_positive=True is for the two-tower losses; a captioner"),
-    (dict(accum_steps=2), "config.accum_steps=2: the captioning step has no gradient accumulation"),
-    (dict(optim=dict(layer_decay=0.5)), "config.optim layer decay layer_decay=0.5 applies to the towers of CLIP"),
+    (dict(eval=dict(num_beams=0)), r"config.eval.num_beams=0 must be ≥ 1 \(1: greedy captions\)"),
+    (dict(model="clip-test", loss="clip", eval=dict(num_beams=3)),
+     "config.eval.num_beams=3 decodes a Flamingo's captions; 'clip-test' is a two-tower model, with embeddings"),
+    (dict(optim=dict(layer_decay=0.5)), "config.optim.layer_decay=0.5: 'flamingo-test''s language model is no "
+     "tower that layer decay knows; its vision tower takes --config.optim.image_layer_decay"),
+    (dict(optim=dict(text_layer_decay=0.5)), "config.optim.text_layer_decay=0.5: 'flamingo-test'"),
 ])
 def test_flamingo_configs_that_cannot_work_are_one_line_errors(changes, message):
     config = flamingo_tiny.get_config("test")
@@ -325,13 +366,19 @@ def test_flamingo_configs_that_cannot_work_are_one_line_errors(changes, message)
         validate(config)
 
 
-def test_auto_is_captioning_and_the_tokenizer_must_not_emit_the_image_token():
+def test_auto_is_captioning_and_the_tokenizer_must_not_emit_the_image_token(tmp_path):
     model_config = models.get_config("flamingo-test")  # vocabulary 64, image token 63
     assert own_loss(model_config) == "captioning" and model_config.media_token_id == 63
     check_tokenizer(Tokenizer.for_synthetic(8), model_config, "flamingo-test")
     sixty_four = Tokenizer.from_corpus([" ".join(f"w{i}" for i in range(60))], 8)  # + pad, unk, start, end
     with pytest.raises(ConfigError, match="the tokenizer's 64 ids include model flamingo-test's image token id 63"):
         check_tokenizer(sixty_four, model_config, "flamingo-test")
+    sixty_four.save(str(tmp_path / "sixty_four.json"))
+    config = flamingo_tiny.get_config("test")
+    config.data.tokenizer = str(tmp_path / "sixty_four.json")
+    with pytest.raises(ConfigError, match="the tokenizer's 64 ids include"):
+        train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # it held no config.json, no tokenizer.json: the lock removed it
 
 
 def test_the_captioning_step_and_the_benchmarks_refuse_what_they_cannot_do():
@@ -339,7 +386,7 @@ def test_the_captioning_step_and_the_benchmarks_refuse_what_they_cannot_do():
 
     model, tx = models.create_model("flamingo-test"), optax.sgd(0.1)
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    with pytest.raises(ValueError, match="loss='captioning' takes multi_positive=False and accum_steps=1"):
+    with pytest.raises(ValueError, match="loss='captioning' takes multi_positive=False"):
         make_train_step(model, tx, optax.constant_schedule(0.1), mesh, loss="captioning", multi_positive=True,
                         image_mean=MEAN_STD, image_std=MEAN_STD, eot_id=3)
     with pytest.raises(ValueError, match="loss='captioning' needs eot_id"):

@@ -57,13 +57,15 @@ def prediction_positions(weights: jax.Array, count: int) -> jax.Array:
     return jnp.argsort(-weights, axis=1, stable=True)[:, :count].astype(jnp.int32)
 
 
-def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                   total: jax.Array | None = None) -> jax.Array:
     """Cross-entropy of `logits [B, L, V]` against `targets [B, L]`, averaged over the positions with weight
-    `weights [B, L]` (0 where nothing was chosen: the loss is then 0), in float32."""
+    `weights [B, L]` (0 where nothing was chosen: the loss is then 0), in float32. `total`: divide by it instead
+    of `Σ weights` (`weighted_mean`: a micro-batch's share of a larger batch's loss)."""
     if logits.shape[:-1] != targets.shape or weights.shape != targets.shape:
         raise ValueError(f"masked_lm_loss needs logits [B, L, V], targets [B, L] and weights [B, L], got "
                          f"{list(logits.shape)}, {list(targets.shape)} and {list(weights.shape)}")
-    return weighted_mean(negative_log_likelihood(logits, targets), weights)
+    return weighted_mean(negative_log_likelihood(logits, targets), weights, total)
 
 
 def random_patch_mask(key: jax.Array, batch: int, num_patches: int, mask_ratio: float) -> jax.Array:
@@ -88,11 +90,12 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
 
 
 def masked_patch_loss(predictions: jax.Array, targets: jax.Array, mask: jax.Array,
-                      normalize_targets: bool = True) -> jax.Array:
+                      normalize_targets: bool = True, total: jax.Array | None = None) -> jax.Array:
     """Mean squared error of `predictions [B, N, P]` against `targets [B, N, P]` (`patchify` of the images),
     per patch averaged over its P values, then over the patches `mask [B, N]` marks (0 when none is). With
     `normalize_targets` each target patch is first standardised by its own mean and unbiased variance (MAE's
-    `norm_pix_loss`, eps 1e-6)."""
+    `norm_pix_loss`, eps 1e-6). `total`: divide by it instead of the number of masked patches
+    (`weighted_mean`)."""
     if predictions.shape != targets.shape or mask.shape != targets.shape[:2]:
         raise ValueError(f"masked_patch_loss needs predictions and targets [B, N, P] and mask [B, N], got "
                          f"{list(predictions.shape)}, {list(targets.shape)} and {list(mask.shape)}")
@@ -101,4 +104,4 @@ def masked_patch_loss(predictions: jax.Array, targets: jax.Array, mask: jax.Arra
         mean = targets.mean(axis=-1, keepdims=True)
         variance = targets.var(axis=-1, ddof=1, keepdims=True)  # unbiased, as MAE's `torch.var`
         targets = (targets - mean) * jax.lax.rsqrt(variance + 1e-6)
-    return weighted_mean(jnp.mean((predictions.astype(jnp.float32) - targets) ** 2, axis=-1), mask)
+    return weighted_mean(jnp.mean((predictions.astype(jnp.float32) - targets) ** 2, axis=-1), mask, total)

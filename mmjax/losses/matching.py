@@ -75,10 +75,11 @@ def matching_pairs(negative_text: jax.Array, negative_image: jax.Array, offset: 
     return image_index, text_index, labels
 
 
-def itm_loss(match_logits: jax.Array, labels: jax.Array) -> jax.Array:
+def itm_loss(match_logits: jax.Array, labels: jax.Array, total: int | None = None) -> jax.Array:
     """Mean cross-entropy of `match_logits [N, 2]` (index 1: the pair matches) against `labels [N]` (1 or 0),
-    in float32. Labels other than 0 and 1 are refused when they are a NumPy array or a list; inside `jit` they
-    cannot be seen (`matching_pairs` gives only 0 and 1)."""
+    in float32; `total`: the sum divided by it instead of N (a chunk's share of a larger set of pairs). Labels
+    other than 0 and 1 are refused when they are a NumPy array or a list; inside `jit` they cannot be seen
+    (`matching_pairs` gives only 0 and 1)."""
     if isinstance(labels, (list, tuple, np.ndarray)):
         labels = np.asarray(labels)
         if labels.size and not np.isin(labels, (0, 1)).all():
@@ -87,4 +88,5 @@ def itm_loss(match_logits: jax.Array, labels: jax.Array) -> jax.Array:
     if match_logits.ndim != 2 or match_logits.shape[-1] != 2 or labels.shape != match_logits.shape[:1]:
         raise ValueError(f"itm_loss needs match_logits [N, 2] and labels [N], got {list(match_logits.shape)} and "
                          f"{list(labels.shape)}")
-    return jnp.mean(negative_log_likelihood(match_logits, labels))
+    nll = negative_log_likelihood(match_logits, labels)
+    return jnp.mean(nll) if total is None else jnp.sum(nll) / total

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -89,6 +90,39 @@ def padded_lengths(token_ids: jax.Array, pad_id: int) -> jax.Array:
     return jnp.where(text.any(axis=1), last, 1).astype(jnp.int32)
 
 
+class MaskDraws(NamedTuple):
+    """A step's random draws, from its key alone (`draw_masks`): the keys of the hard negatives, and the masked
+    pass's ids `[B, L]`, their weights `[B, L]` (1 where a token was chosen) and the masked patches `[B, N]`."""
+    text_key: jax.Array
+    image_key: jax.Array
+    masked_ids: jax.Array
+    weights: jax.Array
+    patch_mask: jax.Array
+
+    def pairs(self, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The 3B ITM pairs (`matching_pairs`) mined from the contrastive `logits [B, B]`."""
+        return matching_pairs(hard_negatives(logits, self.text_key), hard_negatives(logits.T, self.image_key))
+
+    def totals(self) -> dict[str, jax.Array]:
+        """The masked losses' divisors over the whole batch: chosen tokens (`mlm`, MMM's too), masked patches
+        (`mim`)."""
+        return {"mlm": jnp.sum(self.weights), "mim": jnp.sum(self.patch_mask.astype(jnp.float32))}
+
+
+def draw_masks(config: FlavaConfig, token_ids: jax.Array, text_lengths: jax.Array, key: jax.Array) -> MaskDraws:
+    """The draws of `Flava.losses` for a batch `token_ids [B, L]` with `text_lengths [B]`: every row's are those
+    of the whole batch, so micro-batches of it (rows taken from these) draw what the batch draws."""
+    mining_key, text_mask_key, patch_mask_key = jax.random.split(key, 3)
+    text_key, image_key = jax.random.split(mining_key)
+    positions = jnp.arange(token_ids.shape[1])[None, :]
+    maskable = (positions >= 1) & (positions < text_lengths[:, None] - 1)
+    masked_ids, weights = mask_tokens(token_ids, text_mask_key, mask_id=config.mask_token_id,
+                                      vocab_size=config.text.vocab_size, mask_prob=config.mask_prob,
+                                      maskable=maskable, max_predictions=config.predictions)
+    patch_mask = random_patch_mask(patch_mask_key, token_ids.shape[0], config.vision.num_patches, config.mim_ratio)
+    return MaskDraws(text_key, image_key, masked_ids, weights, patch_mask)
+
+
 class Flava(nn.Module):
     config: FlavaConfig
 
@@ -144,51 +178,61 @@ class Flava(nn.Module):
                 "mmm_logits": self.mmm_head(tokens[:, 1 + image_tokens.shape[1]:].astype(jnp.float32)),
                 "mim_pixels": self.mim_head(image_tokens[:, 1:].astype(jnp.float32))}
 
+    def contrastive(self, image_tokens, text_tokens) -> tuple[jax.Array, jax.Array]:
+        """`(clip_loss of the embeddings, logits [B, B])`: the logits the hard negatives are mined from, without
+        gradient."""
+        image_emb, text_emb = self.embed(image_tokens, text_tokens)
+        logits = jax.lax.stop_gradient(clip_scale(self.logit_scale) * image_emb @ text_emb.T)
+        return clip_loss(image_emb, text_emb, self.logit_scale), logits
+
+    def matching(self, image_tokens, text_tokens, text_lengths, pairs, total: int | None = None) -> jax.Array:
+        """`itm_loss` of the pairs `(image_index, text_index, labels)` (`matching_pairs`) of the tokens
+        `[B, …]`; `total`: the number of pairs it is the mean over, when these are a chunk of them."""
+        image_index, text_index, labels = pairs
+        pooled, _ = self.fuse(image_tokens[image_index], text_tokens[text_index], text_lengths[text_index])
+        return itm_loss(self.itm_head(pooled), labels, total)
+
+    def masked(self, images, token_ids, text_lengths, draws: MaskDraws,
+               totals: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        """`{"mlm", "mim", "mmm"}` of the masked pass (`draws`'s masked ids and patches); `totals`: the divisors of
+        a larger batch these rows are a micro-batch of (`MaskDraws.totals`), else this batch's own."""
+        cfg, totals = self.config, totals or {}
+        image_tokens, text_tokens = self.encode(images, draws.masked_ids, text_lengths, draws.patch_mask)
+        _, fused = self.fuse(image_tokens, text_tokens, text_lengths)
+        predicted = prediction_positions(draws.weights, cfg.predictions)
+
+        def at_positions(x):  # [B, L, ...] → [B, predictions, ...]
+            return jnp.take_along_axis(x, predicted.reshape(*predicted.shape, *[1] * (x.ndim - 2)), axis=1)
+
+        targets, weights = at_positions(token_ids), at_positions(draws.weights)
+        text_logits = self.mlm_head(at_positions(text_tokens).astype(jnp.float32))
+        fused_logits = self.mmm_head(at_positions(fused[:, 1 + image_tokens.shape[1]:]).astype(jnp.float32))
+        pixels = self.mim_head(image_tokens[:, 1:].astype(jnp.float32))
+        return {"mlm": masked_lm_loss(text_logits, targets, weights, totals.get("mlm")),
+                "mim": masked_patch_loss(pixels, patchify(images, cfg.vision.patch_size), draws.patch_mask,
+                                         total=totals.get("mim")),
+                "mmm": masked_lm_loss(fused_logits, targets, weights, totals.get("mlm"))}
+
     def losses(self, images, token_ids, text_lengths, key) -> dict[str, jax.Array]:
         """FLAVA's objective on a batch of aligned pairs: `{"contrastive", "itm", "mlm", "mim", "mmm", "total"}`
         (total: the plain sum), float32 scalars. `text_lengths [B]`, or None: `padded_lengths(token_ids, pad_id)`.
 
         - Clean pass: the contrastive loss (`clip_loss`) of the embeddings, and ITM on the B pairs plus a
           hard negative caption per image and a hard negative image per caption (`matching`).
-        - Masked pass: `mask_tokens` on the caption tokens between the first and the end-of-text
+        - Masked pass (`draw_masks`): `mask_tokens` on the caption tokens between the first and the end-of-text
           (`text_lengths[b] − 1`, at most `config.predictions` of them), `random_patch_mask` on the patches. MLM
           from the text encoder, MMM from the multimodal encoder's text positions, both with their heads on the
           masked positions alone (`prediction_positions`: the logits are `[B, predictions, V]`, not
           `[B, L, V]`); MIM from the image encoder's masked patches (`masked_patch_loss` against
-          `patchify(images)`)."""
-        cfg = self.config
+          `patchify(images)`).
+
+        `mmjax.train.flava_accumulation` computes the same objective in micro-batches from these pieces."""
         token_ids = jnp.asarray(token_ids)
-        text_lengths = padded_lengths(token_ids, cfg.pad_id) if text_lengths is None else jnp.asarray(text_lengths)
-        mining_key, text_mask_key, patch_mask_key = jax.random.split(key, 3)
+        text_lengths = (padded_lengths(token_ids, self.config.pad_id) if text_lengths is None
+                        else jnp.asarray(text_lengths))
+        draws = draw_masks(self.config, token_ids, text_lengths, key)
         image_tokens, text_tokens = self.encode(images, token_ids, text_lengths)
-        image_emb, text_emb = self.embed(image_tokens, text_tokens)
-        contrastive = clip_loss(image_emb, text_emb, self.logit_scale)
-        logits = jax.lax.stop_gradient(clip_scale(self.logit_scale) * image_emb @ text_emb.T)
-        text_key, image_key = jax.random.split(mining_key)
-        image_index, text_index, labels = matching_pairs(hard_negatives(logits, text_key),
-                                                         hard_negatives(logits.T, image_key))
-        pooled, _ = self.fuse(image_tokens[image_index], text_tokens[text_index], text_lengths[text_index])
-        itm = itm_loss(self.itm_head(pooled), labels)
-
-        positions = jnp.arange(token_ids.shape[1])[None, :]
-        maskable = (positions >= 1) & (positions < text_lengths[:, None] - 1)
-        masked_ids, weights = mask_tokens(token_ids, text_mask_key, mask_id=cfg.mask_token_id,
-                                          vocab_size=cfg.text.vocab_size, mask_prob=cfg.mask_prob, maskable=maskable,
-                                          max_predictions=cfg.predictions)
-        patch_mask = random_patch_mask(patch_mask_key, images.shape[0], cfg.vision.num_patches, cfg.mim_ratio)
-        image_tokens, text_tokens = self.encode(images, masked_ids, text_lengths, patch_mask)
-        _, fused = self.fuse(image_tokens, text_tokens, text_lengths)
-        predicted = prediction_positions(weights, cfg.predictions)
-
-        def at_positions(x):  # [B, L, ...] → [B, predictions, ...]
-            return jnp.take_along_axis(x, predicted.reshape(*predicted.shape, *[1] * (x.ndim - 2)), axis=1)
-
-        targets, weights = at_positions(token_ids), at_positions(weights)
-        text_logits = self.mlm_head(at_positions(text_tokens).astype(jnp.float32))
-        fused_logits = self.mmm_head(at_positions(fused[:, 1 + image_tokens.shape[1]:]).astype(jnp.float32))
-        pixels = self.mim_head(image_tokens[:, 1:].astype(jnp.float32))
-        losses = {"contrastive": contrastive, "itm": itm,
-                  "mlm": masked_lm_loss(text_logits, targets, weights),
-                  "mim": masked_patch_loss(pixels, patchify(images, cfg.vision.patch_size), patch_mask),
-                  "mmm": masked_lm_loss(fused_logits, targets, weights)}
+        contrastive, logits = self.contrastive(image_tokens, text_tokens)
+        itm = self.matching(image_tokens, text_tokens, text_lengths, draws.pairs(logits))
+        losses = {"contrastive": contrastive, "itm": itm, **self.masked(images, token_ids, text_lengths, draws)}
         return {**losses, "total": sum(losses.values())}

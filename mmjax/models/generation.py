@@ -35,23 +35,35 @@ def generate(model: Flamingo, params, images, prompts, prompt_lengths, num_token
     """`images [B, M, H, W, 3]` (normalised), `prompts [B, L]` int, `prompt_lengths [B]` (each in [1, L]) →
     int32 `[B, L]`: the prompts followed by up to `num_tokens` generated tokens each. `temperature` 0 is greedy;
     `seed` picks the draws of a sampled decoding (each row draws independently)."""
-    prompts, lengths = np.asarray(prompts, np.int32), np.asarray(prompt_lengths, np.int32)
+    prompts, lengths = check_prompts(model, prompts, prompt_lengths, num_tokens)
     context, vocab = model.config.text.context_length, model.config.text.vocab_size
+    if not temperature >= 0 or not 0 <= top_k <= vocab:  # NaN too
+        raise ValueError(f"temperature must be ≥ 0 and top_k in [0, {vocab}], got {temperature} and {top_k}")
+    positions = np.arange(context)
+    buffer = np.where(positions[None] < lengths[:, None], prompts, pad_id).astype(np.int32)
+    first = int(lengths.min()) - 1  # the first position whose logits any row needs
+    return np.asarray(_decode(model, temperature == 0, int(top_k), prefill_span(first, context), params,
+                              jnp.asarray(images), buffer, lengths, first, num_tokens, -1 if eos_id is None else eos_id,
+                              jnp.float32(temperature or 1.0), jax.random.key(seed)))
+
+
+def check_prompts(model: Flamingo, prompts, prompt_lengths, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(prompts, prompt_lengths)` as int32 NumPy arrays; a one-line ValueError unless `prompts` is `[B, L]`
+    (`L` the context length), each length lies in `[1, L]` and `num_tokens ≥ 0`."""
+    prompts, lengths = np.asarray(prompts, np.int32), np.asarray(prompt_lengths, np.int32)
+    context = model.config.text.context_length
     if prompts.ndim != 2 or prompts.shape[1] != context:
         raise ValueError(f"prompts must be [B, {context}] (the context length), got {list(prompts.shape)}")
     if lengths.shape != (len(prompts),) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > context:
         raise ValueError(f"prompt_lengths must be {len(prompts)} lengths in [1, {context}], got {lengths.tolist()}")
     if num_tokens < 0:
         raise ValueError(f"num_tokens must be ≥ 0, got {num_tokens}")
-    if not temperature >= 0 or not 0 <= top_k <= vocab:  # NaN too
-        raise ValueError(f"temperature must be ≥ 0 and top_k in [0, {vocab}], got {temperature} and {top_k}")
-    positions = np.arange(context)
-    buffer = np.where(positions[None] < lengths[:, None], prompts, pad_id).astype(np.int32)
-    first = int(lengths.min()) - 1  # the first position whose logits any row needs
-    prefill = 0 if first == 0 else min(1 << (first - 1).bit_length(), context)
-    return np.asarray(_decode(model, temperature == 0, int(top_k), prefill, params, jnp.asarray(images), buffer,
-                              lengths, first, num_tokens, -1 if eos_id is None else eos_id,
-                              jnp.float32(temperature or 1.0), jax.random.key(seed)))
+    return prompts, lengths
+
+
+def prefill_span(first: int, context: int) -> int:
+    """The positions cached in one pass before position `first`: the next power of two ≥ `first` (0: none)."""
+    return 0 if first == 0 else min(1 << (first - 1).bit_length(), context)
 
 
 def _choose(greedy: bool, top_k: int, logits: jax.Array, temperature: jax.Array, key: jax.Array) -> jax.Array:

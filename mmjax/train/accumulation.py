@@ -1,4 +1,4 @@
-"""Gradient accumulation that equals the full-batch gradient of a contrastive loss (GradCache).
+"""Gradient accumulation that equals the full-batch gradient: of a contrastive loss (GradCache), of a summed loss.
 
 A contrastive loss couples every image with every caption of the batch, so summing the
 gradients of per-micro-batch losses optimises a different (smaller-batch) objective.
@@ -16,6 +16,10 @@ The towers' activations are alive for one micro-batch at a time (pass 3 is one f
 and one backward per micro-batch, so the step costs one extra forward pass). The result
 equals the full-batch gradient up to float rounding.
 
+A loss that is a sum of per-example terms (the captioner's next-token loss, its sum divided by
+the whole batch's token count) needs no cache: `make_summed_value_and_grad` adds each
+micro-batch's value and gradient.
+
 Micro-batch `k` takes rows `k, k + A, k + 2A, …` of the batch (`A = accum_steps`): with the
 batch split over devices in contiguous slices, every micro-batch keeps `B / (A n)` rows
 on each of the `n` devices, so no rows move between devices.
@@ -23,6 +27,7 @@ on each of the `n` devices, so no rows move between devices.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +62,30 @@ def _batch_devices(sharding: NamedSharding | None) -> int:
     return math.prod(sharding.mesh.shape[axis] for axis in axes)
 
 
+def _constrain(tree: Any, sharding: NamedSharding | None) -> Any:
+    """Every `[A, B / A, ...]` leaf of `tree` with its micro-batch dim split as `sharding` splits a batch."""
+    if sharding is None:
+        return tree
+    micro_batch_sharding = NamedSharding(sharding.mesh, P(None, *sharding.spec))
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, micro_batch_sharding), tree)
+
+
+def micro_batches(batch: Batch, accum_steps: int, sharding: NamedSharding | None = None) -> Batch:
+    """`batch` as `accum_steps` micro-batches (`split_micro_batches`), each split over the batch devices."""
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    devices = _batch_devices(sharding)
+    if batch_size % (accum_steps * devices):
+        raise ValueError(f"batch size {batch_size} must be a multiple of accum_steps={accum_steps} × "
+                         f"{devices} devices (each micro-batch is split over the batch devices)")
+    return _constrain(split_micro_batches(batch, accum_steps), sharding)
+
+
+def check_accum_steps(accum_steps: int) -> None:
+    """A one-line ValueError unless `accum_steps` is a positive int."""
+    if not isinstance(accum_steps, int) or accum_steps < 1:
+        raise ValueError(f"accum_steps={accum_steps!r} must be a positive int")
+
+
 def make_value_and_grad(embed_fn: EmbedFn, loss_fn: LossFn, accum_steps: int = 1,
                         micro_batch_sharding: NamedSharding | None = None) -> Callable:
     """`(params, batch) -> ((loss, aux), grads)`, the full-batch value and gradient of
@@ -75,8 +104,7 @@ def make_value_and_grad(embed_fn: EmbedFn, loss_fn: LossFn, accum_steps: int = 1
     Returns:
       A function of `(params, batch)`, for use inside `jax.jit`.
     """
-    if not isinstance(accum_steps, int) or accum_steps < 1:
-        raise ValueError(f"accum_steps={accum_steps!r} must be a positive int")
+    check_accum_steps(accum_steps)
 
     def full_batch(params, batch: Batch):
         def objective(params):
@@ -88,23 +116,13 @@ def make_value_and_grad(embed_fn: EmbedFn, loss_fn: LossFn, accum_steps: int = 1
     if accum_steps == 1:
         return full_batch
 
-    def constrain(tree):
-        if micro_batch_sharding is None:
-            return tree
-        spec = P(None, *micro_batch_sharding.spec)
-        sharding = NamedSharding(micro_batch_sharding.mesh, spec)
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+    constrain = functools.partial(_constrain, sharding=micro_batch_sharding)
 
     def accumulated(params, batch: Batch):
-        batch_size = jax.tree.leaves(batch)[0].shape[0]
-        devices = _batch_devices(micro_batch_sharding)
-        if batch_size % (accum_steps * devices):
-            raise ValueError(f"batch size {batch_size} must be a multiple of accum_steps={accum_steps} × "
-                             f"{devices} devices (each micro-batch is split over the batch devices)")
-        micro_batches = constrain(split_micro_batches(batch, accum_steps))
+        micro_batched = micro_batches(batch, accum_steps, micro_batch_sharding)
 
         # Pass 1: embeddings of every micro-batch, no activations kept.
-        image_emb, text_emb, aux = jax.lax.map(lambda micro: embed_fn(params, micro), micro_batches)
+        image_emb, text_emb, aux = jax.lax.map(lambda micro: embed_fn(params, micro), micro_batched)
         image_emb, text_emb = merge_micro_batches(constrain((image_emb, text_emb)))
         aux = jax.tree.map(lambda x: x[0], aux)
 
@@ -123,7 +141,33 @@ def make_value_and_grad(embed_fn: EmbedFn, loss_fn: LossFn, accum_steps: int = 1
             return jax.tree.map(jnp.add, grads, micro_grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, _ = jax.lax.scan(pull_back, zeros, (jnp.arange(accum_steps), micro_batches, d_image, d_text))
+        grads, _ = jax.lax.scan(pull_back, zeros, (jnp.arange(accum_steps), micro_batched, d_image, d_text))
         return (value, aux), grads
+
+    return accumulated
+
+
+def make_summed_value_and_grad(term_fn: Callable[[Any, Batch], jax.Array], accum_steps: int = 1,
+                               micro_batch_sharding: NamedSharding | None = None) -> Callable:
+    """`(params, batch) -> (value, grads)` of a loss that is a sum of per-example terms, `term_fn(params, batch)`
+    (a scalar; e.g. a token-level loss's sum divided by the whole batch's token count, which the caller computes
+    first): the sum of `term_fn` over the `accum_steps` micro-batches of `batch` and its gradient, one micro-batch's
+    activations alive at a time (`lax.scan`). Unlike a contrastive loss, nothing couples the examples, so this is
+    the full-batch value and gradient, up to float rounding, without GradCache's extra forward pass.
+    `micro_batch_sharding` as in `make_value_and_grad`."""
+    check_accum_steps(accum_steps)
+    value_and_grad = jax.value_and_grad(term_fn)
+    if accum_steps == 1:
+        return value_and_grad
+
+    def accumulated(params, batch: Batch):
+        def add_micro_batch(carry, micro):
+            value, grads = value_and_grad(params, micro)
+            return jax.tree.map(jnp.add, carry, (value, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (value, grads), _ = jax.lax.scan(add_micro_batch, zeros,
+                                         micro_batches(batch, accum_steps, micro_batch_sharding))
+        return value, grads
 
     return accumulated

@@ -74,16 +74,19 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
         prefetch_to_device=2))
     c.seed = 0
     c.batch_size = 256
-    # Micro-batches per step: the towers run on batch_size / accum_steps examples at a time and the
-    # gradient still equals the full batch's (GradCache, mmjax/train/accumulation.py).
+    # Micro-batches per step: the towers (a captioner) run on batch_size / accum_steps examples at a time and
+    # the gradient still equals the full batch's (GradCache for CLIP / SigLIP, mmjax/train/accumulation.py;
+    # mmjax/train/flava_accumulation.py).
     c.accum_steps = 1
     c.total_steps = 1000
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=2e-3, warmup_steps=100, final_lr_ratio=0.0,
         b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, clip_norm=1.0,
-        # Parameter-path patterns (regular expressions, searched in "a/b/c" paths) without weight decay:
-        # biases, norm scales, logit scale/bias, positional embeddings, class token, MAP probe.
-        no_decay=("bias$", "scale$", "pos_embed/", "cls/token$", "probe$"),
+        # Parameter-path patterns (regular expressions, searched in "a/b/c" paths) without weight decay: biases,
+        # norm scales, logit scale/bias, positional and modality embeddings, learned tokens (class, fusion, mask),
+        # MAP probe, Perceiver latents, Flamingo's gates (as OpenFlamingo). Only the kernels and the token
+        # embeddings decay.
+        no_decay=("bias$", "scale$", "pos_embed/", "modality_embed$", "token$", "probe$", "latents$", "_gate$"),
         # Parameter-path patterns of parameters left as they are (no gradient, no update, no optimizer state), e.g.
         # LiT's locked image tower: ("^image_encoder/", "^image_proj/").
         frozen=(),
@@ -104,9 +107,10 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     # at its last step (mmjax/train/evaluation.py): "synthetic", a TFDS benchmark (read from
     # data.tfds_data_dir) or "wds:DIR"; `max_examples` > 0 evaluates only the first images of each TFDS or
     # wds benchmark (the synthetic one uses num_heldout / num_retrieval), and `num_workers` grain processes
-    # decode them (0: in the training process).
+    # decode them (0: in the training process); a Flamingo's captions are the best of a beam search over
+    # `num_beams` beams (1: greedy, mmjax/models/beam_search.py).
     c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500, every=0,
-                                            benchmarks=(), max_examples=0, num_workers=0))
+                                            benchmarks=(), max_examples=0, num_workers=0, num_beams=1))
     return c
 
 
@@ -233,9 +237,9 @@ def _validate_init_vision(c: ml_collections.ConfigDict, workdir: str | None) -> 
 
 
 def _validate_own_objective(c: ml_collections.ConfigDict, model, loss: str, *, objective: str, model_class: type,
-                            kind: str, example: str, positives: str, accumulation: str) -> None:
+                            kind: str, example: str, positives: str) -> None:
     """A model trained by an objective of its own (`objective`, of a `model_class` model): that objective and that
-    model together, one positive per caption (`positives` says why), one pass per step (`accumulation` says why)."""
+    model together, one positive per caption (`positives` says why)."""
     prefix = kind.lower()
     _require(isinstance(model, model_class), f"config.loss={objective!r} needs a {kind} model "
              f"({', '.join(n for n in registry.list_models() if n.startswith(prefix))}); {c.model!r} is a "
@@ -244,29 +248,27 @@ def _validate_own_objective(c: ml_collections.ConfigDict, model, loss: str, *, o
              f"({example}), not {loss!r}")
     _require(not c.multi_positive, f"config.multi_positive=True is for the two-tower losses; {positives}: set "
              f"--config.multi_positive=False")
-    _require(c.accum_steps == 1, f"config.accum_steps={c.accum_steps}: {accumulation}; use accum_steps=1")
 
 
 def _validate_flava(c: ml_collections.ConfigDict, model, loss: str) -> None:
-    """FLAVA trains with its own objective, on aligned pairs, in one pass per step."""
+    """FLAVA trains with its own objective, on aligned pairs."""
     _validate_own_objective(c, model, loss, objective="flava", model_class=FlavaConfig, kind="FLAVA",
                             example="configs/flava_tiny.py",
-                            positives="FLAVA's objective takes each caption as its own image's only positive",
-                            accumulation="FLAVA's objective has no gradient accumulation (its matching and masked "
-                                         "passes need the whole batch)")
+                            positives="FLAVA's objective takes each caption as its own image's only positive")
 
 
 def _validate_captioning(c: ml_collections.ConfigDict, model, loss: str) -> None:
-    """Flamingo learns to caption: the next-token loss of each caption after its image token, one pass per step,
-    its language model's layers in no tower that `optim.layer_decay` knows."""
+    """Flamingo learns to caption: the next-token loss of each caption after its image token. Its vision tower
+    takes `optim.image_layer_decay` (a pretrained one, `init_vision`, fine-tuned); its language model's layers are
+    in no tower that `optim.layer_decay` knows."""
     _validate_own_objective(c, model, loss, objective="captioning", model_class=FlamingoConfig, kind="Flamingo",
                             example="configs/flamingo_tiny.py",
-                            positives="a captioner learns each image's own caption",
-                            accumulation="the captioning step has no gradient accumulation")
-    decays = {key: c.optim[key] for key in ("layer_decay", "image_layer_decay", "text_layer_decay")}
+                            positives="a captioner learns each image's own caption")
+    decays = {key: c.optim[key] for key in ("layer_decay", "text_layer_decay")}
     _require(all(value in (None, 1.0) for value in decays.values()),
-             f"config.optim layer decay {', '.join(f'{k}={v}' for k, v in decays.items() if v not in (None, 1.0))} "
-             f"applies to the towers of CLIP, SigLIP and FLAVA, not to {c.model!r}: leave it at 1")
+             f"config.optim.{', '.join(f'{k}={v}' for k, v in decays.items() if v not in (None, 1.0))}: "
+             f"{c.model!r}'s language model is no tower that layer decay knows; its vision tower takes "
+             f"--config.optim.image_layer_decay")
 
 
 def validate_model(c: ml_collections.ConfigDict, model) -> None:
@@ -276,6 +278,8 @@ def validate_model(c: ml_collections.ConfigDict, model) -> None:
     if isinstance(model, FlamingoConfig) or loss == "captioning":
         _validate_captioning(c, model, loss)
         return
+    _require(c.eval.num_beams == 1, f"config.eval.num_beams={c.eval.num_beams} decodes a Flamingo's captions; "
+             f"{c.model!r} is a {registry.kind(model)} model, with embeddings")
     if isinstance(model, FlavaConfig) or loss == "flava":
         _validate_flava(c, model, loss)
     _require(loss != "sigmoid" or model.logit_bias_init is not None,
@@ -408,3 +412,4 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
              f"(name some, e.g. \"--config.eval.benchmarks=('synthetic',)\")")
     _require(c.eval.max_examples >= 0, f"config.eval.max_examples={c.eval.max_examples} must be ≥ 0 (0: all)")
     _require(c.eval.num_workers >= 0, f"config.eval.num_workers={c.eval.num_workers} must be ≥ 0")
+    _require(c.eval.num_beams >= 1, f"config.eval.num_beams={c.eval.num_beams} must be ≥ 1 (1: greedy captions)")

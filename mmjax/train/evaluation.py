@@ -121,7 +121,8 @@ class PeriodicEval:
         data = self.config.data
         with jax.set_mesh(self._local_mesh):  # each process writes its own captions, not the training mesh's
             captioner = Captioner(self.model, host_params, self.tokenizer, data.image_mean, data.image_std,
-                                  batch_size=self.config.eval.batch_size)  # dropped, with its device copy, on return
+                                  batch_size=self.config.eval.batch_size,  # dropped, with its device copy, on return
+                                  mesh=self._local_mesh)
             evaluate = functools.partial(self._captions_evaluated, captioner=captioner)
             metrics = {}
             for name in self.benchmarks:
@@ -158,10 +159,11 @@ class PeriodicEval:
 
     def _captions_evaluated(self, name: str, captioner: Captioner) -> dict[str, float]:
         image_size, eval_config = self.model.config.vision.image_size, self.config.eval
+        caption = functools.partial(captioner.caption, num_beams=eval_config.num_beams)
         if name == SYNTHETIC:
-            return evaluate_synthetic_captions(captioner.caption, seed=self.config.data.seed, image_size=image_size,
+            return evaluate_synthetic_captions(caption, seed=self.config.data.seed, image_size=image_size,
                                                num_images=eval_config.num_retrieval)
-        metrics, _ = caption_benchmark(name, captioner.caption, image_size=image_size, data_dir=self.data_dir,
+        metrics, _ = caption_benchmark(name, caption, image_size=image_size, data_dir=self.data_dir,
                                        batch_size=captioner.batch_size, max_examples=eval_config.max_examples or None,
                                        num_workers=eval_config.num_workers, preprocess=self.preprocess)
         return metrics

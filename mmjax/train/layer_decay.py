@@ -2,18 +2,20 @@
 which hold the most general features, move least.
 
 With decay `d`, a tower of `L` transformer layers (`image_encoder`, `text_encoder`, FLAVA's
-`multimodal_encoder`) scales the updates of
+`multimodal_encoder`, Flamingo's `vision`) scales the updates of
 
 - its embeddings (patch / token / position embeddings, class and mask tokens, the pre-norm; the multimodal
   encoder's input projections, fusion token and modality embeddings) by `d ** (L + 1)`,
 - its layer `i` (0-based) by `d ** (L - i)`: the last layer by `d`,
 - whatever follows its last layer (the final norm, SigLIP's attention-pooling head) by 1,
 
-and the parameters outside the towers (output projections, logit scale and bias, FLAVA's heads) by 1. This is
+and the parameters outside the towers (output projections, logit scale and bias, FLAVA's heads, Flamingo's
+resampler, gated blocks and language model) by 1. This is
 BEiT's convention (FT-CLIP's and EVA-CLIP's fine-tuning too), each tower counted by its own depth; timm's
 `layer_decay` differs only in giving the final norm the last layer's factor. `config.optim.image_layer_decay` and
-`text_layer_decay`, when set, give the image and text towers their own `d` (EVA-CLIP's `visual_ld` / `text_ld`);
-every other tower (FLAVA's multimodal encoder) and an unset one take `layer_decay`.
+`text_layer_decay`, when set, give the image and text towers their own `d` (EVA-CLIP's `visual_ld` / `text_ld`;
+Flamingo's vision tower is an image tower); every other tower (FLAVA's multimodal encoder) and an unset one take
+`layer_decay`.
 The update that is scaled is AdamW's whole step, weight decay included, as a PyTorch parameter group's
 learning-rate scale does.
 """
@@ -35,7 +37,8 @@ EMBEDDINGS = frozenset({"patch_embed", "token_embed", "pos_embed", "cls", "ln_pr
                         "modality_embed", "image_proj", "text_proj"})
 _NUMBERED_LAYER = re.compile(r"layers_(\d+)$")
 # The towers with a decay of their own, and the `config.optim` key that sets it.
-TOWER_DECAY_KEYS = {"image_encoder": "image_layer_decay", "text_encoder": "text_layer_decay"}
+TOWER_DECAY_KEYS = {"image_encoder": "image_layer_decay", "vision": "image_layer_decay",
+                    "text_encoder": "text_layer_decay"}
 
 
 def configured_decays(optim: ml_collections.ConfigDict) -> tuple[float, dict[str, float]]:
@@ -106,4 +109,4 @@ def describe(params: Any, decay: float, per_tower: Mapping[str, float] | None = 
     towers = ", ".join(f"{name} {per_tower.get(name, decay)} ({depth} layers, embeddings "
                        f"×{per_tower.get(name, decay) ** (depth + 1):.3g})"
                        for name, depth in tower_depths(params).items())
-    return f"layer decay: {towers}; final norms, heads and output projections ×1"
+    return f"layer decay: {towers}; final norms, heads, output projections and the rest ×1"

@@ -47,7 +47,8 @@ from mmjax.train.state import (TrainState, abstract_train_state, create_train_st
 from mmjax.train.step import jit_train_step, make_train_step
 from mmjax.train.vision_tower import load_vision_tower, with_vision_tower
 from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, REAL_CAPTIONS_CONFIGS, TOKENIZER_FILE, load_config,
-                                  save_config, unknown_words_warning, workdir_lock, workdir_tokenizer)
+                                  save_config, save_tokenizer, unknown_words_warning, workdir_lock,
+                                  workdir_tokenizer)
 
 
 # What a resumed run must share with the run its workdir holds: the model and its parameter layout, the loss,
@@ -246,14 +247,15 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
     model = build_model(model_config)
     evaluation = PeriodicEval(config, model, tokenizer, mesh,  # checks the benchmarks before anything compiles
                               finetuning.preprocess if finetuning else None)  # and before config.json is written
-    if jax.process_index() == 0 and not resuming:
-        save_config(workdir, config)
-        if finetuning:
-            save_start(workdir, finetuning)
-
     tx = make_optimizer(config.optim, config.total_steps)
     shardings = state_shardings(model, tx, mesh)
     validate_frozen(config, shardings.params)
+    if jax.process_index() == 0 and not resuming:  # the run's checks passed: its files
+        save_config(workdir, config)
+        if finetuning:
+            save_start(workdir, finetuning)
+        else:
+            save_tokenizer(workdir, tokenizer)
     decay, per_tower = configured_decays(config.optim)
     if {decay, *per_tower.values()} != {1.0} and not resuming and jax.process_index() == 0:
         decayed = describe_layer_decay(abstract_train_state(shardings, model, tx).params, decay, per_tower)

@@ -19,11 +19,12 @@ from jax.sharding import Mesh
 
 from mmjax.data.transforms import normalize_images
 from mmjax.losses import CLIP_MAX_SCALE, clip_scale, sharded_clip_loss, sharded_sigmoid_loss
-from mmjax.losses.cross_entropy import negative_log_likelihood, weighted_mean
+from mmjax.losses.cross_entropy import negative_log_likelihood
 from mmjax.models import Flamingo, Flava, TwoTower
 from mmjax.models.flamingo import captioning_inputs
 from mmjax.parallel import batch_sharding, replicated
-from mmjax.train.accumulation import make_value_and_grad
+from mmjax.train.accumulation import check_accum_steps, make_summed_value_and_grad, make_value_and_grad
+from mmjax.train.flava_accumulation import flava_accumulated_value_and_grad
 from mmjax.train.patterns import stop_gradient_where
 from mmjax.train.state import TrainState
 
@@ -35,26 +36,29 @@ def make_train_step(model: TwoTower | Flava | Flamingo, tx: optax.GradientTransf
                     seed: int = 0, frozen: Sequence[str] = (), eot_id: int | None = None) -> Callable:
     """A step for `loss`: "clip" or "sigmoid" (a `TwoTower`), "flava" (a `Flava`; `seed` picks its masks and
     negatives) or "captioning" (a `Flamingo`; `eot_id`: the tokenizer's end of text, where each caption ends);
-    the last two with `multi_positive=False` and `accum_steps=1`.
+    the last two with `multi_positive=False`.
 
     batch: `image` uint8 `[B, H, W, 3]`, `text` int32 `[B, L]` and, when
-    `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`. With `accum_steps > 1`
-    the towers run on `accum_steps` micro-batches and the gradient still equals the
-    full-batch one (`mmjax.train.accumulation`). With the CLIP and FLAVA losses the `logit_scale` parameter is
-    clamped to [0, log 100] after each update, as OpenCLIP does. Metrics: `loss`, `grad_norm`, `learning_rate`,
-    `scale` (not for captioning), and `logit_bias` (SigLIP) or each FLAVA loss as `loss_<name>`. `frozen`: path
-    patterns of parameters whose gradients are stopped (`grad_norm` is then the trained parameters'); the optimizer
-    leaves them as they are (`make_optimizer`, `optim.frozen`).
+    `multi_positive`, `image_labels` / `text_labels` int32 `[B, K]`. With `accum_steps > 1` the towers (FLAVA's
+    encoders, the captioner) run on `accum_steps` micro-batches and the gradient still equals the full-batch one
+    (`mmjax.train.accumulation`, `mmjax.train.flava_accumulation`). With the CLIP and FLAVA losses the
+    `logit_scale` parameter is clamped to [0, log 100] after each update, as OpenCLIP does. Metrics: `loss`,
+    `grad_norm`, `learning_rate`, `scale` (not for captioning), and `logit_bias` (SigLIP) or each FLAVA loss as
+    `loss_<name>`. `frozen`: path patterns of parameters whose gradients are stopped (`grad_norm` is then the
+    trained parameters'); the optimizer leaves them as they are (`make_optimizer`, `optim.frozen`).
     """
-    if loss in ("flava", "captioning") and (multi_positive or accum_steps != 1):
-        raise ValueError(f"loss={loss!r} takes multi_positive=False and accum_steps=1, got {multi_positive} and "
-                         f"{accum_steps}")
+    if loss in ("flava", "captioning") and multi_positive:
+        raise ValueError(f"loss={loss!r} takes multi_positive=False")
     if loss == "captioning" and eot_id is None:
         raise ValueError("loss='captioning' needs eot_id, the tokenizer's end-of-text id")
-    if loss == "flava":
+    check_accum_steps(accum_steps)
+    if loss == "flava" and accum_steps > 1:
+        value_and_grad = flava_accumulated_value_and_grad(model, image_mean, image_std, seed, frozen, accum_steps,
+                                                          batch_sharding(mesh))
+    elif loss == "flava":
         value_and_grad = _flava_value_and_grad(model, image_mean, image_std, seed, frozen)
     elif loss == "captioning":
-        value_and_grad = _captioning_value_and_grad(model, image_mean, image_std, frozen, eot_id)
+        value_and_grad = _captioning_value_and_grad(model, mesh, image_mean, image_std, accum_steps, frozen, eot_id)
     else:
         value_and_grad = _contrastive_value_and_grad(model, mesh, loss, multi_positive, image_mean, image_std,
                                                      accum_steps, frozen)
@@ -126,20 +130,28 @@ def caption_tokens(text: jax.Array, eot_id: int) -> jax.Array:
     return (ends == 0) | ((ends == 1) & (text == eot_id))
 
 
-def _captioning_value_and_grad(model: Flamingo, image_mean, image_std, frozen: Sequence[str],
-                               eot_id: int) -> Callable:
+def _captioning_value_and_grad(model: Flamingo, mesh: Mesh, image_mean, image_std, accum_steps: int,
+                               frozen: Sequence[str], eot_id: int) -> Callable:
     """`(params, batch, step) -> ((loss, {}), grads)`: the mean next-token cross-entropy of every caption token
-    (`caption_tokens`) read after its image's token (`captioning_inputs`)."""
+    (`caption_tokens`) read after its image's token (`captioning_inputs`): the sum over the batch's caption tokens
+    divided by their count, summed over `accum_steps` micro-batches (`make_summed_value_and_grad`)."""
     media = model.config.media_token_id
 
     @jax.named_scope("loss")
-    def loss_fn(params, batch: Batch, step):
+    def summed_loss(params, batch: Batch, token_count):
         images = normalize_images(batch["image"], image_mean, image_std)[:, None]  # one image per caption
         text = batch["text"]
         logits = model.apply({"params": stop_gradient_where(params, frozen)}, images, captioning_inputs(text, media))
-        return weighted_mean(negative_log_likelihood(logits, text), caption_tokens(text, eot_id)), {}
+        counted = caption_tokens(text, eot_id).astype(jnp.float32)
+        return jnp.sum(negative_log_likelihood(logits, text) * counted) / token_count
 
-    return jax.value_and_grad(loss_fn, has_aux=True)
+    def value_and_grad(params, batch: Batch, step):
+        token_count = jnp.maximum(jnp.sum(caption_tokens(batch["text"], eot_id)), 1).astype(jnp.float32)
+        value, grads = make_summed_value_and_grad(lambda p, micro: summed_loss(p, micro, token_count), accum_steps,
+                                                  batch_sharding(mesh))(params, batch)
+        return (value, {}), grads
+
+    return value_and_grad
 
 
 def jit_train_step(train_step: Callable, state_sharding: TrainState, mesh: Mesh) -> Callable:

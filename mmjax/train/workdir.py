@@ -78,18 +78,16 @@ CLIP_BPE = "clip-bpe"
 def workdir_tokenizer(workdir: str, context_length: int, spec: str = "", *, fresh: bool = False) -> Tokenizer:
     """The run's tokenizer, chosen by `config.data.tokenizer` (`spec`):
 
-    - `""`: the synthetic world's word-level tokenizer, built once and saved as `WORKDIR/tokenizer.json`;
+    - `""`: the synthetic world's word-level tokenizer;
     - `"clip-bpe"`: OpenAI CLIP's BPE as OpenCLIP applies it (vocabulary shipped with mmjax), rebuilt on
       every load because its ftfy/HTML clean-up runs in Python, outside tokenizer.json;
-    - a path: a fixed-length tokenizer.json (as `Tokenizer.save` writes), copied into the workdir.
+    - a path: a fixed-length tokenizer.json (as `Tokenizer.save` writes).
 
     The saved `WORKDIR/tokenizer.json` is read back unless `fresh` (a run starting without a checkpoint),
-    which builds it from `spec` and overwrites it.
+    which builds the tokenizer from `spec`; `save_tokenizer` writes it once the new run's checks have passed.
     """
     path = os.path.join(workdir, TOKENIZER_FILE)
     if spec == CLIP_BPE:
-        if fresh and os.path.exists(path) and jax.process_index() == 0:
-            os.remove(path)  # left by a replaced run: it would describe another tokenizer
         return ClipBpeTokenizer.open_clip(context_length=context_length)
     if os.path.exists(path) and not fresh:
         return Tokenizer.load(path)
@@ -100,9 +98,18 @@ def workdir_tokenizer(workdir: str, context_length: int, spec: str = "", *, fres
     if tokenizer.context_length != context_length:
         raise ValueError(f"config.data.tokenizer pads to {tokenizer.context_length} tokens but the model reads "
                          f"{context_length}")
-    if jax.process_index() == 0:
-        tokenizer.save(path)
     return tokenizer
+
+
+def save_tokenizer(workdir: str, tokenizer: Tokenizer) -> None:
+    """Write a new run's tokenizer as `WORKDIR/tokenizer.json`, where the run and `mmjax eval` read it back; for
+    CLIP's BPE, rebuilt on every load, remove one that a replaced run left (it would describe another
+    tokenizer)."""
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if not isinstance(tokenizer, ClipBpeTokenizer):
+        tokenizer.save(path)
+    elif os.path.exists(path):
+        os.remove(path)
 
 
 UNKNOWN_WORDS_LIMIT = 0.1
