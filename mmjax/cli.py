@@ -88,10 +88,14 @@ def _define_beam_flags() -> None:
 
 def _decoding() -> dict:
     """The beam flags, as keyword arguments of `Captioner.caption`; a one-line ValueError for a length penalty
-    without beams."""
+    without beams, or beams with a sampling temperature (`mmjax caption`'s)."""
     if flags.FLAGS.num_beams == 1 and flags.FLAGS.length_penalty != 1.0:
         raise ValueError(f"--length_penalty={flags.FLAGS.length_penalty} scores the captions of a beam search: add "
                          f"--num_beams (3, say)")
+    temperature = flags.FLAGS["temperature"].value if "temperature" in flags.FLAGS else 0.0
+    if flags.FLAGS.num_beams != 1 and temperature:
+        raise ValueError(f"--num_beams={flags.FLAGS.num_beams} chooses the likeliest captions, "
+                         f"--temperature={temperature} samples them: give one of the two")
     return {"num_beams": flags.FLAGS.num_beams, "length_penalty": flags.FLAGS.length_penalty}
 
 

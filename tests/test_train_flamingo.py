@@ -218,7 +218,7 @@ def test_mmjax_caption_prints_each_image_and_refuses_other_runs_in_one_line(capt
 
     errors = {
         ("caption", "--model", str(run), "--num_beams", "3", "--temperature", "0.5", paths[0]):
-            "beam search (num_beams=3) chooses the likeliest captions: use temperature 0, not 0.5",
+            "--num_beams=3 chooses the likeliest captions, --temperature=0.5 samples them: give one of the two",
         ("eval", "--model", str(run), "--length_penalty", "0"):
             "--length_penalty=0.0 scores the captions of a beam search: add --num_beams (3, say)",
         ("eval", "--model", "hf:google/siglip-base-patch16-224", "--benchmark", "cifar10", "--num_beams", "3"):
@@ -307,7 +307,7 @@ def test_mmjax_eval_scores_a_runs_captions_of_an_image_text_benchmark(captioner_
 
 def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
     """config.eval.benchmarks of a Flamingo run: the synthetic captions read, an image–text benchmark scored, by
-    beam search (`eval.num_beams`); the last step's records equal the evaluations of its checkpoint. A
+    beam search (`eval.num_beams`, `eval.length_penalty`); the last step's records equal the evaluations of its checkpoint. A
     classification benchmark is refused first."""
     from test_benchmarks import write_classification
 
@@ -318,14 +318,15 @@ def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
     config = flamingo_tiny.get_config("test")
     config.total_steps, config.optim.learning_rate = 4, 1e-2
     config.eval.every, config.eval.num_retrieval, config.eval.batch_size = 2, 8, 4
-    config.eval.benchmarks, config.eval.num_beams = ("synthetic", f"wds:{tmp_path / 'pairs'}"), 2
+    config.eval.benchmarks, config.eval.num_beams = ("synthetic", f"wds:{tmp_path / 'pairs'}"), 3
+    config.eval.length_penalty = 0.0  # short captions, here scored otherwise than length penalty 1's
     train(config, str(tmp_path / "run"))
     with open(tmp_path / "run" / "eval_metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert [record["step"] for record in records] == [2, 4]
     trained = load_trained(str(tmp_path / "run"))
     captioner = Captioner(trained.model, trained.params, trained.tokenizer, MEAN_STD, MEAN_STD)
-    caption = functools.partial(captioner.caption, num_beams=2)
+    caption = functools.partial(captioner.caption, num_beams=3, length_penalty=0.0)
     want = {f"synthetic/{name}": value for name, value in evaluate_synthetic_captions(
         caption, seed=0, image_size=16, num_images=8).items()}
     scores, _ = caption_benchmark(f"wds:{tmp_path / 'pairs'}", caption, image_size=16)
@@ -350,6 +351,11 @@ def test_a_captioner_is_evaluated_on_its_captions_during_training(tmp_path):
     (dict(eval=dict(num_beams=0)), r"config.eval.num_beams=0 must be ≥ 1 \(1: greedy captions\)"),
     (dict(model="clip-test", loss="clip", eval=dict(num_beams=3)),
      "config.eval.num_beams=3 decodes a Flamingo's captions; 'clip-test' is a two-tower model, with embeddings"),
+    (dict(model="clip-test", loss="clip", eval=dict(length_penalty=0.5)),
+     "config.eval.length_penalty=0.5 decodes a Flamingo's captions; 'clip-test' is a two-tower model"),
+    (dict(eval=dict(length_penalty=0.5)),
+     r"config.eval.length_penalty=0.5 scores the captions of a beam search: set config.eval.num_beams \(3, say\)"),
+    (dict(eval=dict(num_beams=3, length_penalty=-1.0)), "config.eval.length_penalty=-1.0 must be ≥ 0"),
     (dict(optim=dict(layer_decay=0.5)), "config.optim.layer_decay=0.5: 'flamingo-test''s language model is no "
      "tower that layer decay knows; its vision tower takes --config.optim.image_layer_decay"),
     (dict(optim=dict(text_layer_decay=0.5)), "config.optim.text_layer_decay=0.5: 'flamingo-test'"),

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models.flamingo import Flamingo
-from mmjax.models.generation import check_prompts, prefill_span
+from mmjax.models.generation import cached_decoder, check_prompts, prefill_span, prefilled_cache
 
 
 def beam_search(model: Flamingo, params, images, prompts, prompt_lengths, num_tokens: int, *, num_beams: int,
@@ -69,16 +69,9 @@ def _search(model: Flamingo, beams: int, prefill: int, steps: int, params, image
     """`beam_search`'s loop, jitted: `steps` ≥ 1 tokens at most after prompts of `length` tokens."""
     batch, context = buffer.shape
     first = length - 1  # the first position whose logits are needed
-
-    def at(t, tokens, latents, cache, span=1):
-        return model.apply({"params": params, "cache": cache}, None, tokens, latents=latents, decode_index=t,
-                           decode_span=span, mutable=["cache"])
-
+    at = cached_decoder(model, params)
     latents = model.apply({"params": params}, images)
-    shapes = jax.eval_shape(lambda b: at(0, b, latents, {})[1]["cache"], buffer)
-    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    if prefill:
-        cache = at(0, buffer, latents, cache, prefill)[1]["cache"]
+    cache = prefilled_cache(at, latents, buffer, prefill)
     # every row's beams start from its prompt: its cache, latents and tokens repeated
     cache = jax.tree.map(lambda c: jnp.repeat(c, beams, axis=0), cache)
     latents = jnp.repeat(latents, beams, axis=0)
@@ -89,7 +82,7 @@ def _search(model: Flamingo, beams: int, prefill: int, steps: int, params, image
 
     def step(carry):
         t, alive, alive_scores, finished, finished_scores, cache = carry
-        logits, updated = at(t, alive.reshape(batch * beams, context), latents, cache)
+        logits, cache = at(t, alive.reshape(batch * beams, context), latents, cache)
         log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)).reshape(batch, beams, -1)
         vocab = log_probs.shape[-1]
         scores, index = jax.lax.top_k((alive_scores[..., None] + log_probs).reshape(batch, -1), 2 * beams)
@@ -102,7 +95,7 @@ def _search(model: Flamingo, beams: int, prefill: int, steps: int, params, image
         alive_scores, keep = jax.lax.top_k(jnp.where(ends, -jnp.inf, scores), beams)
         alive = _gather_beams(candidates, keep)
         rows = jnp.arange(batch)[:, None] * beams + _gather_beams(parents, keep)
-        cache = jax.tree.map(lambda c: c[rows.reshape(-1)], updated["cache"])
+        cache = jax.tree.map(lambda c: c[rows.reshape(-1)], cache)
 
         pool_scores = jnp.concatenate([finished_scores, jnp.where(hypotheses, scores / written ** length_penalty,
                                                                   -jnp.inf)], axis=1)

@@ -66,6 +66,24 @@ def prefill_span(first: int, context: int) -> int:
     return 0 if first == 0 else min(1 << (first - 1).bit_length(), context)
 
 
+def cached_decoder(model: Flamingo, params):
+    """`at(t, tokens, latents, cache, span=1)` → `(logits [B, span, V], cache)`: the language model's logits at
+    positions `t … t + span − 1` of `tokens [B, L]` against `latents`, from and into the key-value `cache`."""
+    def at(t, tokens, latents, cache, span=1):
+        logits, updated = model.apply({"params": params, "cache": cache}, None, tokens, latents=latents,
+                                      decode_index=t, decode_span=span, mutable=["cache"])
+        return logits, updated["cache"]
+    return at
+
+
+def prefilled_cache(at, latents, buffer, prefill: int):
+    """The key-value cache of `buffer [B, L]`'s positions `[0, prefill)`, filled in one pass of `at`
+    (`cached_decoder`); zeros elsewhere. The pass's logits are not used: XLA leaves them out."""
+    shapes = jax.eval_shape(lambda b: at(0, b, latents, {})[1], buffer)
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return at(0, buffer, latents, cache, prefill)[1] if prefill else cache
+
+
 def _choose(greedy: bool, top_k: int, logits: jax.Array, temperature: jax.Array, key: jax.Array) -> jax.Array:
     """`logits [B, V]` → int32 `[B]`: the largest, or one draw per row from the softmax of `logits /
     temperature` over exactly the `top_k` largest (ties at the k-th broken towards lower ids, as `lax.top_k`)."""
@@ -86,23 +104,16 @@ def _decode(model: Flamingo, greedy: bool, top_k: int, prefill: int, params, ima
     cached position per step from `first` on until every row is done."""
     latents = model.apply({"params": params}, images)
     context = buffer.shape[1]
-
-    def at(t, buffer, cache, span=1):
-        return model.apply({"params": params, "cache": cache}, None, buffer, latents=latents, decode_index=t,
-                           decode_span=span, mutable=["cache"])
-
-    shapes = jax.eval_shape(lambda b: at(0, b, {})[1]["cache"], buffer)  # the cache: zeros of its shapes
-    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    if prefill:  # its logits are not used: XLA leaves them out
-        cache = at(0, buffer, cache, prefill)[1]["cache"]
+    at = cached_decoder(model, params)
+    cache = prefilled_cache(at, latents, buffer, prefill)
 
     def step(carry):
         t, buffer, cache, done = carry
-        logits, updated = at(t, buffer, cache)
+        logits, cache = at(t, buffer, latents, cache)
         token = _choose(greedy, top_k, logits[:, 0], temperature, jax.random.fold_in(key, t))
         write = ~done & (t >= lengths - 1) & (t + 1 < lengths + num_tokens)  # past the prompt, within budget
         buffer = buffer.at[:, t + 1].set(jnp.where(write, token, buffer[:, t + 1]))
-        return t + 1, buffer, updated["cache"], done | (write & (token == eos_id))
+        return t + 1, buffer, cache, done | (write & (token == eos_id))
 
     def unfinished(carry):  # the last position is never fed: nothing follows it
         t, _, _, done = carry

@@ -108,9 +108,11 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     # data.tfds_data_dir) or "wds:DIR"; `max_examples` > 0 evaluates only the first images of each TFDS or
     # wds benchmark (the synthetic one uses num_heldout / num_retrieval), and `num_workers` grain processes
     # decode them (0: in the training process); a Flamingo's captions are the best of a beam search over
-    # `num_beams` beams (1: greedy, mmjax/models/beam_search.py).
+    # `num_beams` beams (1: greedy, mmjax/models/beam_search.py), each finished caption scored by its
+    # log-probability over its length ** `length_penalty`.
     c.eval = ml_collections.ConfigDict(dict(num_heldout=1000, num_retrieval=1000, batch_size=500, every=0,
-                                            benchmarks=(), max_examples=0, num_workers=0, num_beams=1))
+                                            benchmarks=(), max_examples=0, num_workers=0, num_beams=1,
+                                            length_penalty=1.0))
     return c
 
 
@@ -278,8 +280,9 @@ def validate_model(c: ml_collections.ConfigDict, model) -> None:
     if isinstance(model, FlamingoConfig) or loss == "captioning":
         _validate_captioning(c, model, loss)
         return
-    _require(c.eval.num_beams == 1, f"config.eval.num_beams={c.eval.num_beams} decodes a Flamingo's captions; "
-             f"{c.model!r} is a {registry.kind(model)} model, with embeddings")
+    for key, default in (("num_beams", 1), ("length_penalty", 1.0)):
+        _require(c.eval[key] == default, f"config.eval.{key}={c.eval[key]} decodes a Flamingo's captions; "
+                 f"{c.model!r} is a {registry.kind(model)} model, with embeddings")
     if isinstance(model, FlavaConfig) or loss == "flava":
         _validate_flava(c, model, loss)
     _require(loss != "sigmoid" or model.logit_bias_init is not None,
@@ -413,3 +416,7 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     _require(c.eval.max_examples >= 0, f"config.eval.max_examples={c.eval.max_examples} must be ≥ 0 (0: all)")
     _require(c.eval.num_workers >= 0, f"config.eval.num_workers={c.eval.num_workers} must be ≥ 0")
     _require(c.eval.num_beams >= 1, f"config.eval.num_beams={c.eval.num_beams} must be ≥ 1 (1: greedy captions)")
+    _require(c.eval.length_penalty >= 0, f"config.eval.length_penalty={c.eval.length_penalty} must be ≥ 0")
+    _require(c.eval.num_beams > 1 or c.eval.length_penalty == 1.0,
+             f"config.eval.length_penalty={c.eval.length_penalty} scores the captions of a beam search: set "
+             f"config.eval.num_beams (3, say)")

@@ -159,7 +159,8 @@ class PeriodicEval:
 
     def _captions_evaluated(self, name: str, captioner: Captioner) -> dict[str, float]:
         image_size, eval_config = self.model.config.vision.image_size, self.config.eval
-        caption = functools.partial(captioner.caption, num_beams=eval_config.num_beams)
+        caption = functools.partial(captioner.caption, num_beams=eval_config.num_beams,
+                                    length_penalty=eval_config.length_penalty)
         if name == SYNTHETIC:
             return evaluate_synthetic_captions(caption, seed=self.config.data.seed, image_size=image_size,
                                                num_images=eval_config.num_retrieval)
