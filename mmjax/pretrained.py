@@ -128,7 +128,9 @@ class Pretrained:
         return dataclasses.replace(self, config=config, params=params, preprocess=self.preprocess.with_size(image_size))
 
 
-def _download(repo: str, allow_pickle: bool) -> str:
+def download_hf(repo: str, allow_pickle: bool = False) -> str:
+    """The local directory of Hugging Face Hub repository `repo` (`ORG/NAME[@REVISION]`), downloaded with
+    huggingface_hub: its configs, tokenizer files and weights (pickled ones only with `allow_pickle`)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -225,7 +227,7 @@ def load_pretrained(source: str, *, image_size: int | None = None, allow_pickle:
     if tokenizer is not None and not source.endswith(".npz"):
         raise ValueError("tokenizer= is only for big_vision .npz sources")
     if source.startswith("hf:"):
-        pretrained = _load_directory(_download(source[3:], allow_pickle), allow_pickle)
+        pretrained = _load_directory(download_hf(source[3:], allow_pickle), allow_pickle)
     elif source.startswith("open_clip:"):
         from mmjax.convert import open_clip
         if weights is None:

@@ -320,12 +320,13 @@ def test_a_prefilled_span_and_the_steps_after_it_give_the_logits_of_the_whole_fo
     logits, cache = model.apply({"params": params}, None, stale, latents=latents, decode_index=0, decode_span=span,
                                 mutable=["cache"])
     assert logits.shape == (2, span, TEXT.vocab_size)
-    np.testing.assert_allclose(logits[:, :start], full[:, :start], rtol=1e-5, atol=1e-5)
+    # logits reach 15: a span's other matmul shapes round otherwise, by up to 1.3e-5 on some CPUs
+    np.testing.assert_allclose(logits[:, :start], full[:, :start], rtol=1e-5, atol=1e-4)
     decode = jax.jit(lambda variables, t: model.apply(variables, None, IDS, latents=latents, decode_index=t,
                                                       mutable=["cache"]))
     for t in range(start, TEXT.context_length):
         logits, cache = decode({"params": params, **cache}, t)
-        np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5, err_msg=f"position {t}")
+        np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-4, err_msg=f"position {t}")
 
 
 def test_decoding_is_causal_self_attention_within_the_cache():

@@ -45,7 +45,9 @@ class FlamingoConfig:
     gate_init: the gates' first value, 0 as Flamingo's (the pretrained language model at first untouched). A model
     trained from scratch needs them open: behind closed gates its vision tower and resampler get no gradient until
     the gates move, and in mmjax's runs they hardly did (flamingo-tiny, 500 steps: one caption for every image).
-    The registry's `flamingo-*` models start at 0.5."""
+    The registry's `flamingo-*` models start at 0.5. language_activation, language_norm_eps: what the language
+    model's blocks, the gated blocks and `ln_final` compute with when it is not `options`' (None): a pretrained
+    language model's own (GPT-2's `gelu_tanh` beside a CLIP tower's `quick_gelu`, `mmjax.convert.hf_gpt2`)."""
 
     vision: VisionConfig
     text: TextConfig
@@ -55,8 +57,20 @@ class FlamingoConfig:
     cross_attention_every: int = 1
     gate_init: float = 0.0
     options: layers.BlockOptions = layers.BlockOptions()
+    language_activation: str | None = None
+    language_norm_eps: float | None = None
+
+    @property
+    def language_options(self) -> layers.BlockOptions:
+        """The `BlockOptions` of the language model, its gated blocks and its final norm."""
+        return dataclasses.replace(
+            self.options, activation=self.language_activation or self.options.activation,
+            norm_eps=self.options.norm_eps if self.language_norm_eps is None else self.language_norm_eps)
 
     def __post_init__(self):
+        if self.language_activation not in (None, *layers.ACTIVATIONS):
+            raise ValueError(f"FlamingoConfig: language_activation {self.language_activation!r} is not one of "
+                             f"{sorted(layers.ACTIVATIONS)}")
         if not self.text.causal:
             raise ValueError("FlamingoConfig: the language model must be causal (text.causal=True)")
         if not 0 <= self.media_token_id < self.text.vocab_size:
@@ -203,14 +217,15 @@ class Flamingo(nn.Module):
             decode = layers.DecodeStep(index, context)
             x, mask, sees_media = (jax.lax.dynamic_slice_in_dim(a, decode.index, decode_span, axis=1)
                                    for a in (x, mask, sees_media))
-        gated = layers.rematerialised(GatedCrossAttentionBlock, opts)
-        block = layers.rematerialised(layers.TransformerBlock, opts)
+        language = cfg.language_options
+        gated = layers.rematerialised(GatedCrossAttentionBlock, language)
+        block = layers.rematerialised(layers.TransformerBlock, language)
         for i in range(cfg.text.depth):
             if i % cfg.cross_attention_every == 0:
-                x = gated(cfg.text.num_heads, cfg.text.mlp_dim, opts, cfg.gate_init, name=f"gated_xattn_{i}")(
+                x = gated(cfg.text.num_heads, cfg.text.mlp_dim, language, cfg.gate_init, name=f"gated_xattn_{i}")(
                     x, latents, mask, sees_media)
-            x = block(cfg.text, opts, causal=True, name=f"layers_{i}")(x, None, decode)
-        x = layers.layer_norm(opts.norm_eps, dtype, "ln_final")(x)
+            x = block(cfg.text, language, causal=True, name=f"layers_{i}")(x, None, decode)
+        x = layers.layer_norm(language.norm_eps, dtype, "ln_final")(x)
         return layers.dense(cfg.text.vocab_size, (axes.EMBED, axes.VOCAB), name="lm_head")(x.astype(jnp.float32))
 
 
