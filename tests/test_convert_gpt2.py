@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 
 import flax.linen as nn
 import jax
@@ -128,6 +129,8 @@ def test_bad_gpt2_directories_are_one_line_errors(gpt2_dir, tmp_path):
         directory("relu", {"activation_function": "relu"}): "activation_function 'relu' is not one of",
         directory("scaled", {"scale_attn_by_inverse_layer_idx": True}): "scale_attn_by_inverse_layer_idx=True is "
                                                                          "not supported",
+        directory("decoder", {"add_cross_attention": True}): "add_cross_attention=True is not supported",
+        directory("eps", {"layer_norm_epsilon": "1e-5"}): "layer_norm_epsilon '1e-5' is not a number ≥ 0",
         directory("wide", {"n_embd": 32}): "tensor transformer.wte.weight has shape (",
         directory("missing", drop="transformer.h.1.mlp.c_fc.bias"): "tensor transformer.h.1.mlp.c_fc.bias is missing",
         directory("deeper", extra={"transformer.h.2.ln_1.weight": np.ones(16, np.float32)}):
@@ -140,6 +143,11 @@ def test_bad_gpt2_directories_are_one_line_errors(gpt2_dir, tmp_path):
         hf_gpt2.load(str(gpt2_dir), 25)
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         hf_gpt2.load(str(tmp_path), 12)
+    padded = directory("padded", {"vocab_size": config["vocab_size"] + 3})  # a model padded past its tokenizer
+    shutil.copy(gpt2_dir / "tokenizer.json", padded)
+    with pytest.raises(ValueError, match=rf"tokenizer.json has {config['vocab_size']} tokens, .*config.json "
+                                         rf"vocab_size {config['vocab_size'] + 3}: <image> \(id"):
+        hf_gpt2.load_tokenizer(padded, 12)
 
     language = hf_gpt2.load(str(gpt2_dir), 12)
     _, small, _ = flamingo(gpt2_dir, context_length=8)

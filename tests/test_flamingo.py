@@ -142,6 +142,8 @@ def test_trainable_mask_selects_the_resampler_and_the_gated_blocks():
                           causal=False)), "the language model must be causal"),
     (dict(media_token_id=20), r"media_token_id 20 is not in the vocabulary \[0, 20\)"),
     (dict(cross_attention_every=0), "must be ≥ 1"),
+    (dict(language_activation="relu"), r"language_activation 'relu' is not one of \['gelu', 'gelu_tanh'"),
+    (dict(language_norm_eps="1e-5"), "language_norm_eps '1e-5' is not a number ≥ 0"),
 ])
 def test_bad_configs_are_one_line_errors(change, message):
     fields = dict(vision=VISION, text=TEXT, media_token_id=1, num_latents=3, resampler_depth=1) | change

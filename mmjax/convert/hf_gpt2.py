@@ -37,7 +37,7 @@ from mmjax.models import FlamingoConfig, TextConfig, VisionConfig
 MEDIA_TOKEN = "<image>"
 END_OF_TEXT = "<|endoftext|>"
 # GPT-2 options whose non-default values compute otherwise than mmjax's blocks
-_DEFAULTS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
+_DEFAULTS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +84,9 @@ def text_config_from_hf(hf: dict, where: str, context_length: int) -> tuple[Text
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation_function {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    norm_eps = hf.get("layer_norm_epsilon", 1e-5)
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not norm_eps >= 0:
+        raise ValueError(f"layer_norm_epsilon {norm_eps!r} is not a number ≥ 0")
     positions = hf.get("n_positions", 1024)
     if not 1 <= context_length <= positions:
         raise ValueError(f"context_length {context_length} must lie in [1, {positions}] (its n_positions)")
@@ -91,7 +94,7 @@ def text_config_from_hf(hf: dict, where: str, context_length: int) -> tuple[Text
     text = TextConfig(width=width, depth=hf.get("n_layer", 12), num_heads=hf.get("n_head", 12),
                       mlp_dim=hf.get("n_inner") or 4 * width, vocab_size=hf.get("vocab_size", 50257) + 1,
                       context_length=context_length)
-    return text, ACTIVATIONS[activation], hf.get("layer_norm_epsilon", 1e-5), positions
+    return text, ACTIVATIONS[activation], float(norm_eps), positions
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], text: TextConfig, positions: int, where: str) -> dict:
@@ -153,14 +156,20 @@ def _directory(source: str, allow_pickle: bool) -> str:
     return path
 
 
+def _config(path: str) -> tuple[dict, str]:
+    """`(config.json's dict, its path)` of GPT-2 directory `path`."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path} has no config.json (a transformers GPT-2 directory)")
+    return read_json(config_path), config_path
+
+
 def load(source: str, context_length: int, *, allow_pickle: bool = False) -> LanguageModel:
     """The GPT-2 of `source` (a transformers directory or `hf:ORG/NAME`) as a Flamingo's language model reading
     `context_length` tokens."""
     path = _directory(source, allow_pickle)
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{path} has no config.json (a transformers GPT-2 directory)")
-    text, activation, norm_eps, positions = text_config_from_hf(read_json(config_path), config_path, context_length)
+    hf, config_path = _config(path)
+    text, activation, norm_eps, positions = text_config_from_hf(hf, config_path, context_length)
     tensors, where = read_transformers_weights(path, allow_pickle=allow_pickle)
     return LanguageModel(text, text.vocab_size - 1, activation, norm_eps,
                          params_from_hf(tensors, text, positions, where))
@@ -169,14 +178,22 @@ def load(source: str, context_length: int, *, allow_pickle: bool = False) -> Lan
 def load_tokenizer(source: str, context_length: int) -> Tokenizer:
     """GPT-2's byte-level BPE from `source`'s tokenizer.json, with `<image>` as the next id (the
     `LanguageModel`'s `media_token_id`): each text is its tokens then `<|endoftext|>`, padded with
-    `<|endoftext|>` (GPT-2 has no padding token) to `context_length`."""
-    path = os.path.join(_directory(source, allow_pickle=False), "tokenizer.json")
+    `<|endoftext|>` (GPT-2 has no padding token) to `context_length`. A one-line ValueError when its vocabulary
+    is not the size of config.json's `vocab_size` (a model padded past its tokenizer): `<image>` would not be the
+    model's image token."""
+    directory = _directory(source, allow_pickle=False)
+    path = os.path.join(directory, "tokenizer.json")
     with reading_tokenizer_file(path):
         backend = tokenizers.Tokenizer.from_file(path)
     end = backend.token_to_id(END_OF_TEXT)
     if end is None:
         raise ValueError(f"{path}: the vocabulary has no {END_OF_TEXT}")
     vocab = backend.get_vocab_size()
+    hf, config_path = _config(directory)
+    if vocab != hf.get("vocab_size", 50257):
+        raise ValueError(f"{path} has {vocab} tokens, {config_path} vocab_size {hf.get('vocab_size', 50257)}: "
+                         f"{MEDIA_TOKEN} (id {vocab}) would not be the model's image token "
+                         f"(id {hf.get('vocab_size', 50257)})")
     backend.add_special_tokens([MEDIA_TOKEN])
     if backend.token_to_id(MEDIA_TOKEN) != vocab:
         raise ValueError(f"{path}: {MEDIA_TOKEN} is already a token (id {backend.token_to_id(MEDIA_TOKEN)})")

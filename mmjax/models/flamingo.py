@@ -71,6 +71,9 @@ class FlamingoConfig:
         if self.language_activation not in (None, *layers.ACTIVATIONS):
             raise ValueError(f"FlamingoConfig: language_activation {self.language_activation!r} is not one of "
                              f"{sorted(layers.ACTIVATIONS)}")
+        eps = self.language_norm_eps
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0):
+            raise ValueError(f"FlamingoConfig: language_norm_eps {self.language_norm_eps!r} is not a number ≥ 0")
         if not self.text.causal:
             raise ValueError("FlamingoConfig: the language model must be causal (text.causal=True)")
         if not 0 <= self.media_token_id < self.text.vocab_size:
