@@ -21,42 +21,14 @@ from mmjax.captioner import Captioner  # noqa: E402
 from mmjax.convert import hf_gpt2  # noqa: E402
 from mmjax.convert.tensors import read_tensors, write_safetensors  # noqa: E402
 from mmjax.models import Flamingo, VisionConfig  # noqa: E402
+from tiny_gpt2 import torch_logits, write_tiny_gpt2  # noqa: E402
 
 VISION = VisionConfig(width=16, depth=1, num_heads=2, mlp_dim=32, image_size=8, patch_size=4)
-CORPUS = ["a red square on a blue circle", "two green triangles", "the small yellow star", "a big red circle"] * 20
 
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    """A tiny random GPT2LMHeadModel saved as on the Hub, with a byte-level BPE trained on `CORPUS`; every
-    parameter drawn at random (GPT-2 starts its norms at 1 and its biases at 0), the position table wide enough
-    that greedy decoding does not repeat one token."""
-    backend = tokenizers.Tokenizer(tokenizers.models.BPE())
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = tokenizers.decoders.ByteLevel()
-    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
-    backend.train_from_iterator(CORPUS, tokenizers.trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet))
-    config = transformers.GPT2Config(vocab_size=backend.get_vocab_size(), n_positions=24, n_embd=16, n_layer=2,
-                                     n_head=2, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                                     bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.3)
-        model.transformer.wpe.weight.normal_(0.0, 1.0)
-    path = tmp_path_factory.mktemp("gpt2")
-    model.save_pretrained(path)
-    backend.save(str(path / "tokenizer.json"))
-    return path
-
-
-def torch_logits(path, embeddings: np.ndarray) -> np.ndarray:
-    """GPT-2's logits `[B, L, V]` for input embeddings `[B, L, D]`."""
-    model = transformers.GPT2LMHeadModel.from_pretrained(path).eval()
-    with torch.no_grad():
-        return model(inputs_embeds=torch.from_numpy(embeddings)).logits.numpy()
+    return write_tiny_gpt2(tmp_path_factory.mktemp("gpt2"))
 
 
 def flamingo(path, context_length=12):

@@ -52,12 +52,17 @@ class LanguageModel:
     norm_eps: float
     params: dict
 
+    @property
+    def flamingo_fields(self) -> dict:
+        """The `FlamingoConfig` fields this language model sets: its text shape, the image token and the
+        activation and norm epsilon it computes with."""
+        return dict(text=self.text, media_token_id=self.media_token_id, language_activation=self.activation,
+                    language_norm_eps=self.norm_eps)
+
     def flamingo_config(self, vision: VisionConfig, **fields) -> FlamingoConfig:
         """A `FlamingoConfig` around this language model: `vision` and `fields` (num_latents, gate_init,
-        options, …) the caller's; the text shape, the image token and the language model's activation and norm
-        epsilon its own."""
-        return FlamingoConfig(vision, self.text, self.media_token_id, language_activation=self.activation,
-                              language_norm_eps=self.norm_eps, **fields)
+        options, …) the caller's, `flamingo_fields` its own."""
+        return FlamingoConfig(vision, **self.flamingo_fields, **fields)
 
     def into(self, params: dict) -> dict:
         """A Flamingo's `params` (`flamingo_config`'s model; as `init` returns them, or unboxed) with this language
@@ -175,12 +180,13 @@ def load(source: str, context_length: int, *, allow_pickle: bool = False) -> Lan
                          params_from_hf(tensors, text, positions, where))
 
 
-def load_tokenizer(source: str, context_length: int) -> Tokenizer:
+def load_tokenizer(source: str, context_length: int, *, media_token: bool = True) -> Tokenizer:
     """GPT-2's byte-level BPE from `source`'s tokenizer.json, with `<image>` as the next id (the
-    `LanguageModel`'s `media_token_id`): each text is its tokens then `<|endoftext|>`, padded with
-    `<|endoftext|>` (GPT-2 has no padding token) to `context_length`. A one-line ValueError when its vocabulary
-    is not the size of config.json's `vocab_size` (a model padded past its tokenizer): `<image>` would not be the
-    model's image token."""
+    `LanguageModel`'s `media_token_id`; without `media_token`, a tokenizer that never emits that id, for captions
+    that `captioning_inputs` puts after their image's token): each text is its tokens then `<|endoftext|>`,
+    padded with `<|endoftext|>` (GPT-2 has no padding token) to `context_length`. A one-line ValueError when its
+    vocabulary is not the size of config.json's `vocab_size` (a model padded past its tokenizer): `<image>` would
+    not be the model's image token."""
     directory = _directory(source, allow_pickle=False)
     path = os.path.join(directory, "tokenizer.json")
     with reading_tokenizer_file(path):
@@ -194,8 +200,9 @@ def load_tokenizer(source: str, context_length: int) -> Tokenizer:
         raise ValueError(f"{path} has {vocab} tokens, {config_path} vocab_size {hf.get('vocab_size', 50257)}: "
                          f"{MEDIA_TOKEN} (id {vocab}) would not be the model's image token "
                          f"(id {hf.get('vocab_size', 50257)})")
-    backend.add_special_tokens([MEDIA_TOKEN])
-    if backend.token_to_id(MEDIA_TOKEN) != vocab:
+    if media_token:
+        backend.add_special_tokens([MEDIA_TOKEN])
+    if media_token and backend.token_to_id(MEDIA_TOKEN) != vocab:
         raise ValueError(f"{path}: {MEDIA_TOKEN} is already a token (id {backend.token_to_id(MEDIA_TOKEN)})")
     backend.post_processor = processors.TemplateProcessing(single=f"$A {END_OF_TEXT}",
                                                            special_tokens=[(END_OF_TEXT, end)])

@@ -51,6 +51,9 @@ def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
     # A Flamingo's vision tower starts from this checkpoint's image tower (an mmjax workdir, hf:ORG/NAME, a Hugging
     # Face or OpenCLIP directory, a big_vision .npz; mmjax/train/vision_tower.py); "": from scratch.
     c.init_vision = ""
+    # A Flamingo's language model: this GPT-2 (a transformers directory or hf:ORG/NAME), its shape, weights and BPE
+    # (mmjax/train/language_model.py); "": the registered model's, from scratch.
+    c.init_language = ""
     # A pretrained `model` (fine-tuning, mmjax/train/finetune.py): the weights of open_clip:MODEL, the SentencePiece
     # model of a big_vision .npz (default: the .model beside it), pickled .bin/.pt weights allowed, and the image
     # size to train at (0: the checkpoint's; another interpolates its position embeddings).
@@ -218,21 +221,33 @@ def resolved_loss(loss: str, model) -> str:
     return own_loss(model) if loss == AUTO_LOSS else loss
 
 
-def _validate_init_vision(c: ml_collections.ConfigDict, workdir: str | None) -> None:
-    """`init_vision` starts a registered Flamingo's vision tower (only a new run reads it: a run resumed in
-    `workdir` no longer needs it); a pretrained checkpoint keeps its own activation and norm epsilon."""
+def _validate_flamingo_part(c: ml_collections.ConfigDict, key: str, part: str, resuming: bool) -> None:
+    """`config.<key>` starts `part` of a registered Flamingo from a checkpoint that exists (an `hf:` one is
+    downloaded); a resumed run no longer needs it."""
+    source = c[key]
+    registered = c.model in registry.list_models()
+    _require(not source or (registered and isinstance(registry.get_config(c.model), FlamingoConfig)),
+             f"config.{key}={source!r} starts the {part} of a registered Flamingo model (flamingo-tiny, …), not of "
+             f"{c.model!r}")
+    _require(not source or resuming or source.startswith("hf:") or os.path.exists(source),
+             f"config.{key}={source!r}: there is no such checkpoint file or directory")
+
+
+def _validate_init_parts(c: ml_collections.ConfigDict, workdir: str | None) -> None:
+    """`init_vision` and `init_language` start a registered Flamingo's towers (only a new run reads them: a run
+    resumed in `workdir` no longer needs them); a pretrained checkpoint keeps its own activation and norm epsilon;
+    a language model brings its own tokenizer."""
     from mmjax.train.checkpoint import has_checkpoint
 
-    registered = c.model in registry.list_models()
-    _require(not c.init_vision or (registered and isinstance(registry.get_config(c.model), FlamingoConfig)),
-             f"config.init_vision={c.init_vision!r} starts the vision tower of a registered Flamingo model "
-             f"(flamingo-tiny, …), not of {c.model!r}")
+    resuming = workdir is not None and has_checkpoint(workdir)
     _require(not c.init_vision.startswith("open_clip:"), f"config.init_vision={c.init_vision!r}: an OpenCLIP model "
              f"by name needs a weights file, which init_vision cannot take; name an OpenCLIP directory "
              f"(open_clip_config.json beside the weights)")
-    resuming = workdir is not None and has_checkpoint(workdir)
-    _require(not c.init_vision or resuming or c.init_vision.startswith("hf:") or os.path.exists(c.init_vision),
-             f"config.init_vision={c.init_vision!r}: there is no such checkpoint file or directory")
+    _validate_flamingo_part(c, "init_vision", "vision tower", resuming)
+    _validate_flamingo_part(c, "init_language", "language model", resuming)
+    _require(not c.init_language or not c.data.tokenizer, f"config.init_language={c.init_language!r} reads "
+             f"captions with its own tokenizer: leave config.data.tokenizer at '' (not {c.data.tokenizer!r})")
+    registered = c.model in registry.list_models()
     overridden = [f"{key}={c.model_options[key]!r}" for key in ("activation", "norm_eps") if c.model_options[key]]
     _require(registered or not overridden, f"config.model_options.{', '.join(overridden)}: a model fine-tuned from "
              f"{c.model} computes with the checkpoint's own; leave them at '' and 0")
@@ -366,7 +381,7 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
              f"{sorted(layers.ACTIVATIONS)} ('': the model's own)")
     _require(c.model_options.norm_eps >= 0, f"config.model_options.norm_eps={c.model_options.norm_eps} must be ≥ 0 "
              f"(0: the model's own)")
-    _validate_init_vision(c, workdir)
+    _validate_init_parts(c, workdir)
     _validate_data(c)
     _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be positive")
     _require(c.accum_steps > 0 and c.batch_size % c.accum_steps == 0,

@@ -38,6 +38,7 @@ from mmjax.models.text import TextConfig
 from mmjax.models.vit import VisionConfig
 from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.config import block_options
+from mmjax.train.state import TrainState, train_state_from_params
 
 PRETRAINED_FILE = "pretrained.json"
 
@@ -146,3 +147,10 @@ def place_params(params: dict, abstract) -> dict:
         lambda target, value: jax.make_array_from_callback(
             target.shape, target.sharding, lambda index: np.asarray(value[index], target.dtype)),
         abstract, params)
+
+
+def with_pretrained_params(state: TrainState, pretrained: dict, tx, shardings: TrainState) -> TrainState:
+    """The step-0 `state` with `pretrained` (NumPy subtrees by top-level name: a Flamingo's `vision`, its language
+    model's) in place of its own parameters, placed as they are sharded, and a fresh optimizer state."""
+    params = {**state.params, **{name: place_params(value, state.params[name]) for name, value in pretrained.items()}}
+    return train_state_from_params(params, tx, shardings)

@@ -35,7 +35,9 @@ from mmjax.train.config import (AUTO_LOSS, ConfigError, registered_model, resolv
                                 validate_frozen, validate_model)
 from mmjax.train.evaluation import PeriodicEval
 from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
-                                  save_start, source_name)
+                                  save_start, source_name, with_pretrained_params)
+from mmjax.train.language_model import (LanguageStart, load_language_model, recorded_language_model,
+                                        save_language_model)
 from mmjax.train.layer_decay import configured_decays, describe as describe_layer_decay
 from mmjax.train.metrics import MetricsWriter
 from mmjax.train.multihost import initialize_distributed
@@ -45,7 +47,7 @@ from mmjax.train.prefetch import prefetch_to_mesh
 from mmjax.train.state import (TrainState, abstract_train_state, create_train_state, state_shardings,
                                train_state_from_params)
 from mmjax.train.step import jit_train_step, make_train_step
-from mmjax.train.vision_tower import load_vision_tower, with_vision_tower
+from mmjax.train.vision_tower import load_vision_tower
 from mmjax.train.workdir import (CLIP_BPE, CONFIG_FILE, REAL_CAPTIONS_CONFIGS, TOKENIZER_FILE, load_config,
                                   save_config, save_tokenizer, unknown_words_warning, workdir_lock,
                                   workdir_tokenizer)
@@ -201,10 +203,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         finetuning = None
         if is_finetuning(config):
             finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None)
-            check_tensor_split(finetuning.model, mesh)
         model_config = finetuning.model if finetuning else registered_model(config)
         vision_tower = load_vision_tower(config, model_config) if config.init_vision and saved_config is None else None
-        return _train(config, workdir, stop_after, mesh, model_config, saved_config, finetuning, vision_tower)
+        language = load_language_model(config, model_config) if config.init_language and saved_config is None else None
+        if language:
+            model_config = language.model(model_config)
+        elif saved_config is not None and not finetuning:
+            model_config = recorded_language_model(workdir, model_config)
+        check_tensor_split(model_config, mesh)
+        return _train(config, workdir, stop_after, mesh, model_config, saved_config, finetuning, vision_tower,
+                      language)
 
 
 def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> Start:
@@ -225,23 +233,23 @@ def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming:
 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, mesh,
            model_config, saved_config: ml_collections.ConfigDict | None, finetuning: Start | None,
-           vision_tower: dict | None) -> TrainState:
+           vision_tower: dict | None, language: LanguageStart | None) -> TrainState:
     """`train` once the workdir is this process's (`workdir_lock`)."""
     with contextlib.ExitStack() as cleanup:
         return _train_closing(cleanup, config, workdir, stop_after, mesh, model_config, saved_config, finetuning,
-                              vision_tower)
+                              vision_tower, language)
 
 
 def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigDict, workdir: str,
                    stop_after: int | None, mesh, model_config,
                    saved_config: ml_collections.ConfigDict | None, finetuning: Start | None,
-                   vision_tower: dict | None) -> TrainState:
+                   vision_tower: dict | None, language: LanguageStart | None) -> TrainState:
     """`_train`'s work; what it opens (data workers, checkpoints, metric writers) is closed by `cleanup`, also
     when it stops with an error before training. `vision_tower`: a new Flamingo's `vision` parameters
-    (`config.init_vision`)."""
+    (`config.init_vision`); `language`: its language model and tokenizer (`config.init_language`)."""
     notice = cleanup.enter_context(PreemptionNotice())  # from here on a SIGTERM saves the run and stops it
     resuming = saved_config is not None
-    tokenizer = finetuning.tokenizer if finetuning else workdir_tokenizer(
+    tokenizer = finetuning.tokenizer if finetuning else language.tokenizer if language else workdir_tokenizer(
         workdir, model_config.text.context_length, config.data.tokenizer, fresh=not resuming)
     check_tokenizer(tokenizer, model_config, config.model)
     model = build_model(model_config)
@@ -256,6 +264,7 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
             save_start(workdir, finetuning)
         else:
             save_tokenizer(workdir, tokenizer)
+            save_language_model(workdir, language)
     decay, per_tower = configured_decays(config.optim)
     if {decay, *per_tower.values()} != {1.0} and not resuming and jax.process_index() == 0:
         decayed = describe_layer_decay(abstract_train_state(shardings, model, tx).params, decay, per_tower)
@@ -277,8 +286,10 @@ def _train_closing(cleanup: contextlib.ExitStack, config: ml_collections.ConfigD
         finetuning.params = None  # the host copy, as large as the model
     else:
         state = create_train_state(model, tx, jax.random.key(config.seed), shardings)
-        if vision_tower is not None:
-            state = with_vision_tower(state, vision_tower, tx, shardings)
+        pretrained = {**({"vision": vision_tower} if vision_tower is not None else {}),
+                      **(language.language.params if language else {})}
+        if pretrained:
+            state = with_pretrained_params(state, pretrained, tx, shardings)
     step_fn = jit_train_step(
         make_train_step(model, tx, learning_rate_schedule(config.optim, config.total_steps), mesh,
                         loss=config.loss, multi_positive=config.multi_positive,

@@ -26,8 +26,6 @@ from mmjax.models import FlamingoConfig
 from mmjax.models.vit import VisionConfig
 from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.config import ConfigError
-from mmjax.train.finetune import place_params
-from mmjax.train.state import TrainState, train_state_from_params
 
 
 def load_vision_tower(config: ml_collections.ConfigDict, model: FlamingoConfig) -> dict:
@@ -70,9 +68,3 @@ def check_vision_tower(pretrained, model: FlamingoConfig, config: ml_collections
                           f"{tuple(data.image_std)}: add \"--config.data.image_mean={tuple(preprocess.mean)}\" "
                           f"\"--config.data.image_std={tuple(preprocess.std)}\"")
 
-
-def with_vision_tower(state: TrainState, vision: dict, tx, shardings: TrainState) -> TrainState:
-    """The step-0 `state` with `vision` (NumPy) as its `vision` parameters, placed as they are sharded, and a fresh
-    optimizer state."""
-    params = {**state.params, "vision": place_params(vision, state.params["vision"])}
-    return train_state_from_params(params, tx, shardings)

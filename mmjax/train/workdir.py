@@ -39,6 +39,7 @@ from mmjax.parallel.distributed import raise_if_any_failed
 from mmjax.train.checkpoint import Checkpoints, latest_saved_step
 from mmjax.train.config import ConfigError, registered_model
 from mmjax.train.finetune import PRETRAINED_FILE, is_finetuning, read_start
+from mmjax.train.language_model import LANGUAGE_FILE, recorded_language_model
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -206,7 +207,7 @@ def load_trained(workdir: str, dtype: str | None = None, step: int | None = None
         start = read_start(workdir, config.model_options)
         model_config, tokenizer, preprocess = start.model, start.tokenizer, start.preprocess
     else:
-        model_config = registered_model(config)
+        model_config = recorded_language_model(workdir, registered_model(config))
         tokenizer = workdir_tokenizer(workdir, model_config.text.context_length, config.data.get("tokenizer", ""))
         preprocess = ImagePreprocess(model_config.vision.image_size, tuple(config.data.image_mean),
                                      tuple(config.data.image_std))
@@ -218,8 +219,8 @@ def load_trained(workdir: str, dtype: str | None = None, step: int | None = None
 
 
 LOCK_FILE = ".lock"
-RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, SENTENCEPIECE_FILE, PRETRAINED_FILE, "metrics.jsonl", "eval_metrics.jsonl",
-             LOCK_FILE)
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, SENTENCEPIECE_FILE, PRETRAINED_FILE, LANGUAGE_FILE, "metrics.jsonl",
+             "eval_metrics.jsonl", LOCK_FILE)
 RUN_DIRECTORIES = ("checkpoints", "tensorboard")
 
 
