@@ -21,6 +21,8 @@ from mmjax.train.loop import train  # noqa: E402
 from mmjax.train.workdir import load_trained  # noqa: E402
 from tiny_gpt2 import torch_logits, write_tiny_gpt2  # noqa: E402
 
+from config_changes import with_changes  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import clip_tiny  # noqa: E402
 import flamingo_tiny  # noqa: E402
@@ -36,10 +38,7 @@ def gpt2_dir(tmp_path_factory):
 def flamingo_config(**changes):
     config = flamingo_tiny.get_config("test")
     config.total_steps, config.checkpoint_every, config.optim.learning_rate = 3, 3, 1e-2
-    for key, value in changes.items():
-        parent, _, name = key.rpartition(".")
-        (config[parent] if parent else config)[name] = value
-    return config
+    return with_changes(config, changes)
 
 
 def test_a_flamingo_trains_on_a_frozen_gpt2_reads_its_bpe_and_resumes_without_it(gpt2_dir, tmp_path):
@@ -113,9 +112,5 @@ def test_a_language_model_that_cannot_start_is_one_line_before_anything_compiles
      r"\(not 'clip-bpe'\)"),
 ])
 def test_the_language_options_are_checked_in_one_line(make, changes, message):
-    config = make("test")
-    for key, value in changes.items():
-        parent, _, name = key.rpartition(".")
-        (config[parent] if parent else config)[name] = value
     with pytest.raises(ConfigError, match=message):
-        validate(config)
+        validate(with_changes(make("test"), changes))

@@ -15,6 +15,8 @@ from mmjax.train.config import ConfigError, validate
 from mmjax.train.loop import train
 from mmjax.train.workdir import load_trained
 
+from config_changes import with_changes  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import clip_tiny  # noqa: E402
 import flamingo_tiny  # noqa: E402
@@ -34,10 +36,7 @@ def clip_run(tmp_path_factory):
 def flamingo_config(**changes):
     config = flamingo_tiny.get_config("test")
     config.total_steps, config.checkpoint_every, config.optim.learning_rate = 3, 3, 1e-2
-    for key, value in changes.items():
-        parent, _, name = key.rpartition(".")
-        (config[parent] if parent else config)[name] = value
-    return config
+    return with_changes(config, changes)
 
 
 def test_a_flamingo_starts_from_a_clip_runs_image_tower_and_keeps_it_frozen(clip_run, tmp_path):
@@ -109,12 +108,8 @@ def test_a_run_resumes_with_its_models_own_activation_spelled_out_and_not_with_a
     (clip_tiny.get_config, {"model_options.norm_eps": -1.0}, r"config.model_options.norm_eps=-1.0 must be ≥ 0"),
 ])
 def test_the_options_are_checked_in_one_line(make, changes, message):
-    config = make("test")
-    for key, value in changes.items():
-        parent, _, name = key.rpartition(".")
-        (config[parent] if parent else config)[name] = value
     with pytest.raises(ConfigError, match=message):
-        validate(config)
+        validate(with_changes(make("test"), changes))
 
 
 def test_a_fine_tuned_checkpoint_keeps_its_own_activation(tmp_path):
