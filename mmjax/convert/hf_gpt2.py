@@ -124,7 +124,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], text: TextConfig, positions: 
 
     def block(i: int) -> dict:
         qkv, qkv_bias = linear(f"h.{i}.attn.c_attn", width, 3 * width)
-        query, key, value = ((w, b) for w, b in zip(np.split(qkv, 3), np.split(qkv_bias, 3)))
+        query, key, value = zip(np.split(qkv, 3), np.split(qkv_bias, 3))  # each (weight [out, in], bias)
         return layout.transformer_block(
             pair(f"h.{i}.ln_1", (width,)), query, key, value, linear(f"h.{i}.attn.c_proj", width, width),
             pair(f"h.{i}.ln_2", (width,)), linear(f"h.{i}.mlp.c_fc", width, text.mlp_dim),
