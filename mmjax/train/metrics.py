@@ -8,10 +8,18 @@ import sys
 
 import jax
 import tqdm
-from tensorboardX import SummaryWriter
 
 from mmjax.eval.report import finite_or_none
 from mmjax.files import write_text_atomically
+
+
+def _summary_writer(directory: str, **options):
+    """A tensorboardX `SummaryWriter`, imported when a run starts writing: tensorboardX imports torch wherever it is
+    installed (5 s here), which a config error found before training should not wait for."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(directory, **options)
+
 
 # The evaluation metrics printed during training; every metric goes to eval_metrics.jsonl and TensorBoard.
 HEADLINE_METRICS = ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1", "shape_accuracy")  # in %
@@ -72,7 +80,7 @@ class MetricsWriter:
             self.jsonl = _open_records(os.path.join(workdir, "metrics.jsonl"), initial_step)
             _drop_records_after(self.eval_path, initial_step)
             self.tensorboard_dir = os.path.join(workdir, "tensorboard")
-            self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=initial_step + 1)
+            self.tensorboard = _summary_writer(self.tensorboard_dir, purge_step=initial_step + 1)
 
     def advance(self, steps: int) -> None:
         self.progress.update(steps)
@@ -113,7 +121,8 @@ class MetricsWriter:
         (suffix `.<step>`, zero-padded; TensorBoard reads every file in the directory, in name order)."""
         if self.active:
             self.tensorboard.close()
-            self.tensorboard = SummaryWriter(self.tensorboard_dir, filename_suffix=f".{step:012d}")  # names sort by step
+            # names sort by step
+            self.tensorboard = _summary_writer(self.tensorboard_dir, filename_suffix=f".{step:012d}")
 
     def close(self) -> None:
         """Ends the progress bar and closes the files; a second call does nothing."""
