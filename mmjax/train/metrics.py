@@ -121,7 +121,6 @@ class MetricsWriter:
         (suffix `.<step>`, zero-padded; TensorBoard reads every file in the directory, in name order)."""
         if self.active:
             self.tensorboard.close()
-            # names sort by step
             self.tensorboard = _summary_writer(self.tensorboard_dir, filename_suffix=f".{step:012d}")
 
     def close(self) -> None:
