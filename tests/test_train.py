@@ -205,6 +205,23 @@ def test_every_checkpoint_finds_tensorboard_on_disk_up_to_its_step_and_the_first
     assert first["step"] == 1 and first["data_wait_s"] > 0
 
 
+def test_tensorboard_logs_without_importing_torch_and_torch_still_imports_afterwards(tmp_path):
+    """tensorboardX imports torch where it is installed (4 s of every run's start here) to accept torch tensors."""
+    script = (
+        "import sys\n"
+        "from mmjax.train.metrics import _summary_writer\n"
+        f"writer = _summary_writer({str(tmp_path / 'tensorboard')!r})\n"
+        "writer.add_scalar('train/loss', 2.5, 7)\n"
+        "writer.close()\n"
+        "assert 'torch' not in sys.modules, 'tensorboardX imported torch'\n"
+        "import torch\n"
+        "print(torch.zeros(2).sum().item())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.0"]
+    assert _tensorboard_steps(tmp_path) == [7]
+
+
 def test_schedule_is_linear_warmup_then_cosine_to_the_floor():
     optim = base_config("clip-tiny", "clip").optim
     optim.learning_rate, optim.warmup_steps, optim.final_lr_ratio = 1e-3, 10, 0.1
