@@ -182,7 +182,7 @@ def test_summed_accumulation_keeps_one_micro_batch_of_a_captioner_alive():
     images, tokens = models.example_inputs(config, 128)
     images = jnp.asarray(rng.normal(size=images.shape), jnp.float32)
     tokens = jnp.asarray(rng.integers(0, config.media_token_id, size=tokens.shape), jnp.int32)
-    params = nn.unbox(model.init(jax.random.key(0), images[:1], tokens[:1]))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images[:1], tokens[:1]))["params"]
 
     def term(params, batch):  # each token's log-likelihood, divided by the whole batch's token count
         logits = model.apply({"params": params}, batch["image"], batch["text"])
@@ -210,7 +210,7 @@ def test_flava_accumulation_keeps_one_micro_batch_alive_and_the_objective():
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (128, 16, 16, 3)).astype(np.uint8),
              "text": rng.integers(1, 60, (128, 8)).astype(np.int32)}
-    params = nn.unbox(model.init(jax.random.key(0), *models.example_inputs(model.config)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), *models.example_inputs(model.config)))["params"]
 
     def one_pass(params, batch, step):
         def total(params):

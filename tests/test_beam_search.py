@@ -23,7 +23,7 @@ def setup():
     rng = np.random.default_rng(0)
     size = config.vision.image_size
     images = rng.normal(size=(4, 1, size, size, 3)).astype(np.float32)
-    params = nn.unbox(model.init(jax.random.key(1), *models.example_inputs(config)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(1), *models.example_inputs(config)))["params"]
     prompts = np.full((4, config.text.context_length), PAD, np.int32)
     prompts[:, :2] = [config.media_token_id, 2]
     return model, params, images, prompts

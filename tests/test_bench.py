@@ -66,7 +66,7 @@ def test_analytic_image_tower_count_equals_the_matmuls_jax_traces(name):
     config, batch = get_config(name), 8
     model = TwoTower(config)
     images, tokens = example_inputs(config, batch_size=batch)
-    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), image=images, text=tokens))["params"]
     traced = jax.make_jaxpr(lambda p: model.apply({"params": p}, images, method=TwoTower.encode_image))(params)
     parts = forward_flops(config, batch)
     projection = 2 * batch * config.vision.width * config.embed_dim * config.image_projection
@@ -117,8 +117,8 @@ def test_train_step_benchmark_ends_with_a_json_line_whose_flops_match_the_analyt
     command = [sys.executable, "-m", "mmjax.cli", "bench", "train-step", "--model", "bench-tiny", "--batch", "8",
                "--threads", "1", "--steps", "2", "--warmup", "0", "--peak-size", "1024", "--dtype", dtype,
                "--scan_layers" if scan else "--noscan_layers", "--mesh", "data=2"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("step_time_s", "examples_per_s", "flops_per_step", "analytic_flops_per_step", "mfu",
@@ -399,7 +399,7 @@ def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):
                           capture_output=True, text=True, timeout=300)  # it asked NumPy for 149 GiB
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
         "mmjax: error: flag --source_px=100000: 100000 is not an integer in the range [8, 4096]"), done.stderr[-2000:]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
     done = subprocess.run([sys.executable, "-m", "mmjax.cli", "bench", "input", "--batch", "255", "--nohugepages"],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (

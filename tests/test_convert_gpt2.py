@@ -35,7 +35,7 @@ def flamingo(path, context_length=12):
     language = hf_gpt2.load(str(path), context_length)
     model = Flamingo(language.flamingo_config(VISION, num_latents=3, resampler_depth=1))
     ids = np.zeros((1, context_length), np.int32)
-    params = nn.unbox(model.init(jax.random.key(0), np.zeros((1, 1, 8, 8, 3), np.float32), ids))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 1, 8, 8, 3), np.float32), ids))["params"]
     return language, model, language.into(params)
 
 
@@ -123,7 +123,7 @@ def test_bad_gpt2_directories_are_one_line_errors(gpt2_dir, tmp_path):
 
     language = hf_gpt2.load(str(gpt2_dir), 12)
     _, small, _ = flamingo(gpt2_dir, context_length=8)
-    params = nn.unbox(small.init(jax.random.key(0), np.zeros((1, 1, 8, 8, 3), np.float32),
+    params = nn.unbox(jax.jit(small.init)(jax.random.key(0), np.zeros((1, 1, 8, 8, 3), np.float32),
                                  np.zeros((1, 8), np.int32)))["params"]
     with pytest.raises(ValueError, match=r"parameter pos_embed/embedding has shape \(8, 16\), GPT-2's \(12, 16\)"):
         language.into(params)

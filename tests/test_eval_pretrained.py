@@ -257,7 +257,6 @@ def test_pretrained_eval_in_two_processes_gives_one_process_metrics(siglip_dir, 
     from test_multihost_eval import _mmjax_processes, free_port
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
     args = ["eval", "--model", siglip_dir, "--benchmark", f"wds:{benchmark_dir[0]}", "--batch_size", "3"]
     [single] = _mmjax_processes([[*args, "--output", str(tmp_path / "one.json")]], [env])
     assert single.returncode == 0, single.stderr[-3000:]

@@ -44,7 +44,7 @@ def test_webdataset_benchmark_reproduces_the_synthetic_zero_shot_numbers(tmp_pat
     config = models.get_config("clip-test")
     model = models.TwoTower(config)
     images, tokens = models.example_inputs(config)
-    params = nn.unbox(model.init(jax.random.key(3), image=images, text=tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(3), image=images, text=tokens))["params"]
     encoder = Encoder(model, params, Tokenizer.for_synthetic(config.text.context_length), (0.5,) * 3, (0.5,) * 3,
                       batch_size=32)
     size, count, seed = config.vision.image_size, 96, 0

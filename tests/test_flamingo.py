@@ -53,7 +53,7 @@ def images(seed, batch=2, num_media=2):
 def test_an_untrained_flamingo_is_its_language_model():
     """The gates start at 0: whatever the images, the logits are those of the causal LM alone (NumPy)."""
     model = Flamingo(CONFIG)
-    params = nn.unbox(model.init(jax.random.key(0), images(0), IDS))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images(0), IDS))["params"]
     p = float64(params)
     x = p["token_embed"]["embedding"][IDS] + p["pos_embed"]["embedding"][None]
     for i in range(TEXT.depth):
@@ -66,7 +66,7 @@ def test_an_untrained_flamingo_is_its_language_model():
 def test_the_perceiver_resampler_matches_numpy_reference():
     media = np.random.default_rng(3).normal(size=(2, 5, 16)).astype(np.float32)
     resampler = PerceiverResampler(num_latents=3, depth=2, num_heads=2, mlp_dim=32)
-    params = nn.unbox(resampler.init(jax.random.key(1), media))["params"]
+    params = nn.unbox(jax.jit(resampler.init)(jax.random.key(1), media))["params"]
     p = float64(params)
     latents = np.broadcast_to(p["latents"], (2, 3, 16))
     for i in range(2):
@@ -91,7 +91,7 @@ def test_the_gated_block_matches_numpy_reference_with_open_gates():
     x, latents = rng.normal(size=(2, 10, 16)).astype(np.float32), rng.normal(size=(2, 6, 12)).astype(np.float32)
     mask, sees = media_attention_mask(jnp.asarray(IDS), 1, num_media=2, num_latents=3)
     block = GatedCrossAttentionBlock(num_heads=2, mlp_dim=32, options=layers.BlockOptions())
-    params = nn.unbox(block.init(jax.random.key(2), x, latents, mask, sees))["params"]
+    params = nn.unbox(jax.jit(block.init)(jax.random.key(2), x, latents, mask, sees))["params"]
     params = {**params, "attn_gate": jnp.float32(0.7), "mlp_gate": jnp.float32(-1.3)}
     p, mask, sees = float64(params), np.asarray(mask), np.asarray(sees)
     attended = np_masked_attention(_np_layer_norm(x, **p["ln_cross"], eps=1e-5), latents, p["cross_attn"],
@@ -110,7 +110,7 @@ def test_a_token_reads_no_image_placed_after_it():
     """Changing the second image leaves every token before its media token as it was (causal LM, routed
     cross-attention); changing either image leaves the token before the first image alone."""
     model = Flamingo(CONFIG)
-    params = open_gates(nn.unbox(model.init(jax.random.key(0), images(0), IDS))["params"])
+    params = open_gates(nn.unbox(jax.jit(model.init)(jax.random.key(0), images(0), IDS))["params"])
     base = images(5)
     logits = lambda imgs: np.asarray(model.apply({"params": params}, imgs, IDS))  # noqa: E731
     want = logits(base)
@@ -133,7 +133,7 @@ def test_every_flamingo_parameter_has_logical_names_and_a_sharded_apply_equals_o
 
 
 def test_trainable_mask_selects_the_resampler_and_the_gated_blocks():
-    params = nn.unbox(Flamingo(CONFIG).init(jax.random.key(0), images(0), IDS))["params"]
+    params = nn.unbox(jax.jit(Flamingo(CONFIG).init)(jax.random.key(0), images(0), IDS))["params"]
     mask = trainable_mask(params)
     trained = {name for name, subtree in mask.items() if all(jax.tree.leaves(subtree))}
     frozen = {name for name, subtree in mask.items() if not any(jax.tree.leaves(subtree))}
@@ -169,7 +169,7 @@ def test_a_tiny_flamingo_learns_to_name_the_colour_of_its_image():
         return pixels, np.stack([np.zeros(16), np.ones(16), 10 + colour], axis=1).astype(np.int32)
 
     pixels, ids = batch()
-    params = model.init(jax.random.key(0), pixels, ids)
+    params = jax.jit(model.init)(jax.random.key(0), pixels, ids)
     optimizer = optax.adam(3e-3)
     opt_state = optimizer.init(params)
     lengths = np.full(16, 3)
@@ -202,13 +202,13 @@ def test_the_documented_freezing_recipe_changes_only_the_trainable_parameters():
     """`optax.masked` (the first recipe documented) passed the frozen leaves' gradients through as updates: the
     language model took a gradient-ascent step of size 1."""
     model = Flamingo(CONFIG)
-    params = nn.unbox(model.init(jax.random.key(0), images(0), IDS))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images(0), IDS))["params"]
     trained = trainable_mask(params)
     optimizer = optax.multi_transform({True: optax.adam(1e-2), False: optax.set_to_zero()}, trained)
     loss = lambda p: captioning_loss(model.apply({"params": p}, images(1), IDS), IDS, np.array([10, 10]),  # noqa: E731
                                      ignore_ids=(1,))
-    grads = jax.grad(loss)(params)
-    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    grads = jax.jit(jax.grad(loss))(params)
+    updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
     stepped = optax.apply_updates(params, updates)
     for name in params:
         change = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
@@ -221,7 +221,7 @@ def test_the_documented_freezing_recipe_changes_only_the_trainable_parameters():
 
 
 def test_remat_gives_the_same_gradients_and_scan_is_refused():
-    base = nn.unbox(Flamingo(CONFIG).init(jax.random.key(0), images(0), IDS))["params"]
+    base = nn.unbox(jax.jit(Flamingo(CONFIG).init)(jax.random.key(0), images(0), IDS))["params"]
     params = open_gates(base, 0.5)
     grads = []
     for policy in ("none", "full"):
@@ -260,7 +260,7 @@ def _naive_greedy(model, params, media, prompts, lengths, num_tokens, eos_id):
 def test_greedy_generation_equals_a_token_by_token_loop_over_the_whole_model():
     model = Flamingo(CONFIG)
     media = images(4, batch=3)
-    params = nn.unbox(model.init(jax.random.key(0), media, IDS[:1].repeat(3, 0)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), media, IDS[:1].repeat(3, 0)))["params"]
     rng = np.random.default_rng(5)  # every parameter moved, the gates open: the images change the text
     params = jax.tree.map(lambda x: x + rng.normal(size=np.shape(x)).astype(np.float32), params)
     prompts = np.zeros((3, TEXT.context_length), np.int32)
@@ -288,7 +288,7 @@ def test_greedy_generation_equals_a_token_by_token_loop_over_the_whole_model():
 
 def _moved_params(model, media, seed=5):
     """Parameters with every entry moved and the gates open: the images change the text."""
-    params = nn.unbox(model.init(jax.random.key(0), media, IDS[:1].repeat(len(media), 0)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), media, IDS[:1].repeat(len(media), 0)))["params"]
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda x: x + rng.normal(size=np.shape(x)).astype(np.float32), params)
 

@@ -44,7 +44,7 @@ def test_every_head_reads_the_encoder_it_should():
     """The standalone ViT, text transformer and EarlyFusion on FLAVA's own parameters, and the heads in NumPy."""
     images, ids, lengths = batch()
     model = Flava(CONFIG)
-    params = nn.unbox(model.init(jax.random.key(0), images, ids, lengths))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, ids, lengths))["params"]
     out = model.apply({"params": params}, images, ids, lengths)
     image_tokens = ViT(VISION, CONFIG.options).apply({"params": params["image_encoder"]}, images, return_tokens=True)
     text_tokens = TextTransformer(TEXT, CONFIG.options).apply({"params": params["text_encoder"]}, ids,
@@ -66,7 +66,7 @@ def test_every_head_reads_the_encoder_it_should():
 def test_masked_patches_and_text_padding_change_no_output():
     images, ids, lengths = batch(1)
     model = Flava(CONFIG)
-    variables = model.init(jax.random.key(0), images, ids, lengths)
+    variables = jax.jit(model.init)(jax.random.key(0), images, ids, lengths)
     patch_mask = np.zeros((4, 4), bool)
     patch_mask[:, [0, 3]] = True  # the top-left and bottom-right 4 × 4 patches
     want = model.apply(variables, images, ids, lengths, patch_mask)
@@ -87,17 +87,20 @@ def test_masked_patches_and_text_padding_change_no_output():
 def test_the_objective_reaches_every_parameter_and_its_contrastive_part_is_clip_loss():
     images, ids, lengths = batch(2)
     model = Flava(CONFIG)
-    variables = model.init(jax.random.key(0), images, ids, lengths)
-    losses = model.apply(variables, images, ids, lengths, jax.random.key(1), method="losses")
+    variables = jax.jit(model.init)(jax.random.key(0), images, ids, lengths)
+
+    def objective(variables):
+        losses = model.apply(variables, images, ids, lengths, jax.random.key(1), method="losses")
+        return losses["total"], losses
+
+    (_, losses), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(variables)  # one compile, not op by op
     assert set(losses) == {"contrastive", "itm", "mlm", "mim", "mmm", "total"}
     assert all(np.isfinite(float(v)) for v in losses.values())
     np.testing.assert_allclose(losses["total"], sum(float(losses[k]) for k in ("contrastive", "itm", "mlm", "mim",
                                                                                 "mmm")), rtol=1e-6)
-    out = model.apply(variables, images, ids, lengths)
+    out = jax.jit(model.apply)(variables, images, ids, lengths)
     np.testing.assert_allclose(losses["contrastive"], clip_loss(out["image_emb"], out["text_emb"], out["logit_scale"]),
                                rtol=1e-5)
-    grads = jax.grad(lambda v: model.apply(v, images, ids, lengths, jax.random.key(1), method="losses")["total"])(
-        variables)
     flat = jax.tree_util.tree_flatten_with_path(nn.unbox(grads))[0]
     untouched = [jax.tree_util.keystr(path) for path, g in flat if not np.abs(np.asarray(g)).max() > 0]
     assert not untouched, untouched
@@ -108,7 +111,7 @@ def test_the_masked_heads_on_the_chosen_positions_alone_equal_them_on_every_posi
     images, ids, lengths = batch(6)
     config = dataclasses.replace(CONFIG, mask_prob=0.5, max_predictions=2)  # captions with more: the cap binds
     model = Flava(config)
-    variables = model.init(jax.random.key(0), images, ids, lengths)
+    variables = jax.jit(model.init)(jax.random.key(0), images, ids, lengths)
     key = jax.random.key(7)
     losses = model.apply(variables, images, ids, lengths, key, method="losses")
     _, text_key, patch_key = jax.random.split(key, 3)  # the draws `losses` makes, in its order
@@ -139,7 +142,7 @@ def test_encode_image_and_text_are_the_contrastive_embeddings_before_normalising
     """What evaluation and search embed: the caption lengths read from the padding, as `batch` built them."""
     images, ids, lengths = batch(5)
     model = Flava(CONFIG)
-    variables = model.init(jax.random.key(0), images, ids, lengths)
+    variables = jax.jit(model.init)(jax.random.key(0), images, ids, lengths)
     want = model.apply(variables, images, ids, lengths)
     got_images = model.apply(variables, images, method="encode_image")
     got_texts = model.apply(variables, ids, method="encode_text")
@@ -153,7 +156,7 @@ def test_encode_image_and_text_are_the_contrastive_embeddings_before_normalising
 def test_flava_fits_a_batch():
     images, ids, lengths = batch(3, size=8)
     model = Flava(CONFIG)
-    params = model.init(jax.random.key(0), images, ids, lengths)
+    params = jax.jit(model.init)(jax.random.key(0), images, ids, lengths)
     optimizer = optax.adam(3e-3)
     opt_state = optimizer.init(params)
 

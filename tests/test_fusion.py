@@ -49,7 +49,7 @@ def test_cross_attention_block_matches_numpy_reference():
     x, context = rng.normal(size=(3, 5, 16)).astype(np.float32), rng.normal(size=(3, 7, 12)).astype(np.float32)
     x_lengths, context_lengths = np.array([5, 2, 4]), np.array([7, 1, 3])
     block = CrossAttentionBlock(SPEC, layers.BlockOptions())
-    params = nn.unbox(block.init(jax.random.key(1), x, context, x_lengths, context_lengths))["params"]
+    params = nn.unbox(jax.jit(block.init)(jax.random.key(1), x, context, x_lengths, context_lengths))["params"]
     got = block.apply({"params": params}, x, context, x_lengths, context_lengths)
     p, eps = float64(params), 1e-5
     want = x.astype(np.float64)
@@ -67,7 +67,7 @@ def test_early_fusion_matches_numpy_reference():
     rng = np.random.default_rng(1)
     image, text = rng.normal(size=(2, 4, 12)).astype(np.float32), rng.normal(size=(2, 3, 8)).astype(np.float32)
     fusion = EarlyFusion(SPEC)
-    params = nn.unbox(fusion.init(jax.random.key(2), image, text))["params"]
+    params = nn.unbox(jax.jit(fusion.init)(jax.random.key(2), image, text))["params"]
     pooled, tokens = fusion.apply({"params": params}, image, text)
     p = float64(params)
     x = np.concatenate([image @ p["image_proj"]["kernel"] + p["image_proj"]["bias"] + p["modality_embed"][0],
@@ -86,7 +86,7 @@ def test_late_fusion_matches_numpy_reference(combine):
     rng = np.random.default_rng(2)
     image, text = rng.normal(size=(3, 12)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32)
     fusion = LateFusion(width=6, mlp_dim=10, combine=combine)
-    params = nn.unbox(fusion.init(jax.random.key(3), image, text))["params"]
+    params = nn.unbox(jax.jit(fusion.init)(jax.random.key(3), image, text))["params"]
     p = float64(params)
     i = image @ p["image_proj"]["kernel"] + p["image_proj"]["bias"]
     t = text @ p["text_proj"]["kernel"] + p["text_proj"]["bias"]
@@ -111,7 +111,7 @@ def test_text_padding_changes_no_output_of_a_valid_token(block):
     image, text = rng.normal(size=(3, 5, 12)).astype(np.float32), padded_text(rng, lengths, 6, 8)
     fusion = EarlyFusion(SPEC) if block == "early" else CrossModalFusion(SPEC)
     inputs = (lambda image, text: (image, text)) if block == "early" else (lambda image, text: (text, image))
-    params = fusion.init(jax.random.key(4), *inputs(image, text))
+    params = jax.jit(fusion.init)(jax.random.key(4), *inputs(image, text))
     call = lambda image, text, lengths=None: fusion.apply(params, *inputs(image, text), lengths)  # noqa: E731
     pooled, tokens = call(image, text, lengths)
     for b, length in enumerate(lengths):
@@ -126,7 +126,7 @@ def test_early_fusion_scanned_with_text_lengths_equals_the_unrolled_stack():
     lengths = np.array([3, 1])
     image, text = rng.normal(size=(2, 4, 12)).astype(np.float32), padded_text(rng, lengths, 3, 8)
     unrolled = EarlyFusion(SPEC)
-    params = unrolled.init(jax.random.key(5), image, text)
+    params = jax.jit(unrolled.init)(jax.random.key(5), image, text)
     want = unrolled.apply(params, image, text, lengths)
     for options in (layers.BlockOptions(scan_layers=True), layers.BlockOptions(scan_layers=True, remat_policy="full")):
         got = EarlyFusion(SPEC, options).apply(_stack_layers(nn.unbox(params)), image, text, lengths)
@@ -137,7 +137,7 @@ def test_cross_modal_fusion_remat_gives_the_same_gradients():
     rng = np.random.default_rng(6)
     text, image = rng.normal(size=(2, 3, 16)).astype(np.float32), rng.normal(size=(2, 4, 12)).astype(np.float32)
     plain = CrossModalFusion(SPEC)
-    params = plain.init(jax.random.key(6), text, image)
+    params = jax.jit(plain.init)(jax.random.key(6), text, image)
     grads = [jax.grad(lambda p: jnp.sum(model.apply(p, text, image, np.array([3, 2]))[0] ** 2))(params)
              for model in (plain, CrossModalFusion(SPEC, layers.BlockOptions(remat_policy="full")))]
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5), *grads)
@@ -150,7 +150,7 @@ def assert_named_and_sharded_like_one_device(module, *inputs, atol=2e-5):
     flat = flax.traverse_util.flatten_dict(boxed["params"], is_leaf=lambda _, x: isinstance(x, nn.Partitioned))
     unnamed = [k for k, v in flat.items() if not isinstance(v, nn.Partitioned) or len(v.names) != v.value.ndim]
     assert not unnamed, unnamed
-    params = nn.unbox(module.init(jax.random.key(0), *inputs))
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(0), *inputs))
     want = module.apply(params, *inputs)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     shardings = logical_shardings(boxed, mesh)
@@ -264,8 +264,8 @@ def test_a_cross_modal_fusion_learns_to_match_with_hard_negatives():
         return image, text
 
     image, text = make_batch(0)
-    params = {"fusion": fusion.init(jax.random.key(0), text, image),
-              "head": head.init(jax.random.key(1), jnp.ones((1, 16)))}
+    params = {"fusion": jax.jit(fusion.init)(jax.random.key(0), text, image),
+              "head": jax.jit(head.init)(jax.random.key(1), jnp.ones((1, 16)))}
     optimizer = optax.adam(1e-2)
     opt_state = optimizer.init(params)
 
@@ -303,7 +303,7 @@ def test_the_towers_token_sequences_are_what_their_pooling_reads():
     images = rng.normal(size=(2, size, size, 3)).astype(np.float32)
     ids = np.zeros((2, length), np.int32)
     ids[0, :4], ids[1, :6] = [1, 5, 7, 63], [1, 8, 3, 3, 2, 63]  # 63: the largest id, CLIP's end of text
-    params = model.init(jax.random.key(0), image=images, text=ids)
+    params = jax.jit(model.init)(jax.random.key(0), image=images, text=ids)
     image_tokens = model.apply(params, images, method="image_tokens")
     text_tokens = model.apply(params, ids, method="text_tokens")
     assert image_tokens.shape == (2, config.vision.num_patches + 1, config.vision.width)

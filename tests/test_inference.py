@@ -16,7 +16,7 @@ def test_sharded_padded_batches_equal_one_unsharded_forward():
     config = models.get_config("clip-test")
     model = models.TwoTower(config)
     images, tokens = models.example_inputs(config)
-    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), image=images, text=tokens))["params"]
     tokenizer = Tokenizer.for_synthetic(config.text.context_length)
     rng = np.random.default_rng(0)
     pictures = rng.integers(0, 256, size=(11, 16, 16, 3), dtype=np.uint8)
@@ -52,7 +52,7 @@ def _pretrained(config):
     from mmjax.pretrained import Pretrained
 
     model = models.TwoTower(config)
-    params = nn.unbox(model.init(jax.random.key(1), *models.example_inputs(config)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(1), *models.example_inputs(config)))["params"]
     return Pretrained(config, params, Tokenizer.for_synthetic(config.text.context_length),
                       ImagePreprocess(config.vision.image_size), "test", "mmjax")
 

@@ -137,7 +137,7 @@ def _initial_params(config) -> dict:
     """The parameters a fresh run of `config` starts from (its seed's init), flattened by path."""
     model_config = registered_model(config)
     images, tokens = example_inputs(model_config)
-    params = build_model(model_config).init(jax.random.key(config.seed), images, tokens)["params"]
+    params = jax.jit(build_model(model_config).init)(jax.random.key(config.seed), images, tokens)["params"]
     return flax.traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/")
 
 

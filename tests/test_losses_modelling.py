@@ -94,7 +94,7 @@ def test_patchify_gives_the_patch_embedding_order_and_maes_pixel_order():
                                for i in range(3) for j in range(3)]) for b in range(2)])
     np.testing.assert_array_equal(got, want)
     embed = layers.PatchEmbed(4, 8)
-    params = nn.unbox(embed.init(jax.random.key(0), images))
+    params = nn.unbox(jax.jit(embed.init)(jax.random.key(0), images))
     kernel = params["params"]["conv"]["kernel"]  # [p, p, C, D]
     np.testing.assert_allclose(embed.apply(params, images), got @ np.asarray(kernel).reshape(-1, 8), atol=1e-5)
 

@@ -70,7 +70,7 @@ def test_transformer_block_matches_numpy_reference(causal, activation):
     opts = layers.BlockOptions(activation=activation)
     block = layers.TransformerBlock(spec, opts, causal)
     x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32)
-    params = nn.unbox(block.init(jax.random.key(1), x))["params"]
+    params = nn.unbox(jax.jit(block.init)(jax.random.key(1), x))["params"]
     got = block.apply({"params": params}, x)
     act = {"gelu": lambda h: 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2))),
            "quick_gelu": lambda h: h / (1 + np.exp(-1.702 * h))}[activation]
@@ -89,7 +89,7 @@ def test_eot_pooling_reads_the_largest_token_id():
 
 def _init_and_apply(config, images, tokens):
     model = models.TwoTower(config)
-    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), image=images, text=tokens))["params"]
     return model, params
 
 
@@ -244,7 +244,7 @@ def test_sincos_position_table_with_a_class_token_covers_the_patches_only():
                                  posemb="sincos2d")
     vit = models.ViT(config, layers.BlockOptions())
     images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
-    params = vit.init(jax.random.key(0), images)["params"]
+    params = jax.jit(vit.init)(jax.random.key(0), images)["params"]
     assert "pos_embed" not in params
     token = np.asarray(nn.unbox(params)["cls"]["token"], np.float64)
     layer_norm = lambda v: (v - v.mean()) / np.sqrt(v.var() + 1e-5)  # noqa: E731 (scale 1, bias 0 at init)
@@ -282,7 +282,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
     images, tokens = _inputs(config)
     model, params = _init_and_apply(config, images, tokens)
     low = models.TwoTower(models.get_config("clip-test", dtype="bfloat16"))
-    low_params = nn.unbox(low.init(jax.random.key(0), image=images, text=tokens))["params"]
+    low_params = nn.unbox(jax.jit(low.init)(jax.random.key(0), image=images, text=tokens))["params"]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(low_params))
     want = jax.jit(model.apply)({"params": params}, image=images, text=tokens)
     got = jax.jit(low.apply)({"params": params}, image=images, text=tokens)
@@ -348,7 +348,7 @@ def test_bfloat16_dense_off_cpu_is_jaxs_own_matmul(monkeypatch):
     config = models.get_config("clip-test", dtype="bfloat16")
     images, tokens = _inputs(config)
     model = models.TwoTower(config)
-    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), image=images, text=tokens))["params"]
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     hlo = jax.jit(jax.grad(lambda p: model.apply({"params": p}, image=images, text=tokens)[0].sum())
                   ).lower(params).as_text()
@@ -405,7 +405,7 @@ def test_transformer_padding_its_sequence_once_changes_no_output_or_gradient(mon
     spec = layers.TransformerSpec(width=16, depth=2, num_heads=4, mlp_dim=32)
     stack = layers.Transformer(spec, layers.BlockOptions(scan_layers=scan_layers), causal)
     x = np.random.default_rng(2).normal(size=(2, 7, 16)).astype(np.float32)
-    params = stack.init(jax.random.key(0), x)
+    params = jax.jit(stack.init)(jax.random.key(0), x)
     cotangent = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
 
     def outputs_and_gradients():

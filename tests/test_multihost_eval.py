@@ -82,7 +82,7 @@ def evaluate(benchmarks: list[str], devices) -> dict[str, dict[str, float]]:
     config = models.get_config("clip-test")
     model = models.TwoTower(config)
     images, tokens = models.example_inputs(config)
-    params = nn.unbox(model.init(jax.random.key(0), image=images, text=tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), image=images, text=tokens))["params"]
     encoder = Encoder(model, params, Tokenizer.for_synthetic(config.text.context_length),
                       (0.5,) * 3, (0.5,) * 3, batch_size=4, mesh=make_mesh(data=-1, devices=devices))
     results = {}
@@ -95,7 +95,7 @@ def evaluate(benchmarks: list[str], devices) -> dict[str, dict[str, float]]:
     # a random-init flamingo-test's captions of the image–text benchmark, batch i written by process i % 2
     captioning = models.get_config("flamingo-test")
     flamingo = models.build_model(captioning)
-    params = nn.unbox(flamingo.init(jax.random.key(0), *models.example_inputs(captioning)))["params"]
+    params = nn.unbox(jax.jit(flamingo.init)(jax.random.key(0), *models.example_inputs(captioning)))["params"]
     captioner = Captioner(flamingo, params, Tokenizer.for_synthetic(captioning.text.context_length), (0.5,) * 3,
                           (0.5,) * 3)
     metrics, captions = caption_benchmark(benchmarks[1], captioner.caption, image_size=captioning.vision.image_size,
@@ -119,7 +119,6 @@ def run_two_workers(script, *args: str) -> list:
     """Run `python SCRIPT PORT PROCESS_ID TESTS_DIR *args` as processes 0 and 1 of a CPU `jax.distributed`
     job; each must print one JSON value on its last stdout line. Returns the two values."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
     port = free_port()
     done = run_processes([[sys.executable, str(script), str(port), str(i), str(pathlib.Path(__file__).parent), *args]
                           for i in range(2)], [env, env], timeout=180)
@@ -211,7 +210,6 @@ def test_mmjax_eval_in_two_processes_gives_one_process_metrics_and_fails_togethe
     by hand it restored its parameters onto every process's devices ("does not support cross-host device
     transfers"). One process without a checkpoint left the other waiting in the restore."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
     workdir = tmp_path / "run"
     trained = subprocess.run([sys.executable, "-m", "mmjax.cli", "train", "--config", "configs/clip_tiny.py:test",
                               "--workdir", str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,

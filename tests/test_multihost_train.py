@@ -121,7 +121,6 @@ def _train_in_two_processes(tmp_path, worker: str, config, *args: str) -> pathli
     for process_id in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                    MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id))
-        env.pop("XLA_FLAGS", None)
         workers.append(subprocess.Popen([sys.executable, str(script), str(shared), str(REPO / "configs"), *args],
                                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for worker_process, (stdout, stderr) in zip(workers, _outputs(workers, timeout=300)):
@@ -243,7 +242,6 @@ def test_a_preemption_notice_to_one_process_saves_the_same_step_on_both_and_stop
         for process_id in range(2):
             env = dict(os.environ, JAX_PLATFORMS="cpu", MMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                        MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(process_id), PYTHONUNBUFFERED="1")
-            env.pop("XLA_FLAGS", None)
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", "mmjax.cli", "train", "--config", str(REPO / "configs" / "clip_tiny.py:test"),
                  "--workdir", str(workdir), "--config.total_steps=5000", "--config.checkpoint_every=2500",

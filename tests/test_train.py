@@ -46,7 +46,7 @@ def _reference_params(config, batches):
     model = models.TwoTower(models.get_config(config.model))
     tx = make_optimizer(config.optim, config.total_steps)
     images, tokens = models.example_inputs(model.config)
-    params = nn.unbox(model.init(jax.random.key(config.seed), image=images, text=tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(config.seed), image=images, text=tokens))["params"]
     opt_state = tx.init(params)
 
     def loss_fn(params, batch):
@@ -112,9 +112,9 @@ def _test_config(loss):
     return config
 
 
-@pytest.mark.parametrize("loss", ["clip", "sigmoid"])
-def test_sharded_steps_equal_a_plain_single_device_step(loss):
-    config = _test_config(loss)
+def test_sharded_sigmoid_steps_equal_a_plain_single_device_step():
+    """The CLIP loss's steps are checked on every mesh against the same reference in test_parallel.py."""
+    config = _test_config("sigmoid")
     batches = _batches(config, 3)
     want = _reference_params(config, batches)
     for shape in [(8, 1, 1), (4, 2, 1)]:

@@ -57,7 +57,7 @@ def _reference(config, batches, eot):
     model = models.create_model(config.model)
     media = model.config.media_token_id
     tx = make_optimizer(config.optim, config.total_steps)
-    params = nn.unbox(model.init(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"]
     opt_state = tx.init(params)
 
     def logits_of(params, batch):
@@ -80,7 +80,7 @@ def _reference(config, batches, eot):
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
     np.testing.assert_allclose(losses[0], _np_caption_loss(jax.jit(logits_of)(
-        nn.unbox(model.init(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"],
+        nn.unbox(jax.jit(model.init)(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"],
         batches[0]), batches[0]["text"], eot), rtol=1e-5)
     return params, losses
 

@@ -41,7 +41,7 @@ def _reference(config, batches):
     model = models.Flava(models.get_config(config.model))
     eot = Tokenizer.for_synthetic(model.config.text.context_length).eot_id
     tx = make_optimizer(config.optim, config.total_steps)
-    params = nn.unbox(model.init(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(config.seed), *models.example_inputs(model.config)))["params"]
     opt_state = tx.init(params)
 
     @jax.jit

@@ -53,7 +53,7 @@ def test_a_flamingo_starts_from_a_clip_runs_image_tower_and_keeps_it_frozen(clip
     jax.tree.map(np.testing.assert_array_equal, flamingo.params["vision"], clip.params["image_encoder"])
     # the step-0 parameters of the same seed: the vision tower replaced, the resampler trained from there
     model_config = flamingo.model.config
-    initial = nn.unbox(flamingo.model.init(jax.random.key(0), *models.example_inputs(model_config)))["params"]
+    initial = nn.unbox(jax.jit(flamingo.model.init)(jax.random.key(0), *models.example_inputs(model_config)))["params"]
     assert not np.array_equal(initial["vision"]["cls"]["token"], clip.params["image_encoder"]["cls"]["token"])
     assert not np.array_equal(initial["resampler"]["latents"], flamingo.params["resampler"]["latents"])
     # a resumed run restores its checkpoint and never reads the source again: it may be gone, or left unnamed
