@@ -2,7 +2,8 @@
 # `make demo` installs what mmjax runs on, `make test` adds the reference libraries the tests compare against.
 PYTHON ?= python3
 # Test processes (pytest-xdist). Two halve nothing on two cores, but compiles and subprocess start-ups overlap:
-# 548 s -> 416 s on 2026-11-28 (199 tests). With 513 tests the suite took 87 min on two cores (2026-12-02).
+# 548 s -> 416 s on 2026-11-28 (199 tests). 788 tests took 1866 s on two cores on 2026-12-02 (2678 s before
+# tests/conftest.py compiled at -O0).
 TEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -28,9 +28,12 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # LLVM at -O0 for XLA:CPU: the tests' programs are tiny, so compiling them is most of their time, and -O0
 # compiles them in about half the time (tests/test_models.py and tests/test_flamingo.py: 367 -> 270 CPU-s,
 # 194 -> 148 s on two workers). Set before JAX makes its backend; `mmjax` processes the tests start inherit it.
-_FLAGS = os.environ.get("XLA_FLAGS", "")
-if "--xla_backend_optimization_level" not in _FLAGS:
-    os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_backend_optimization_level=0".strip()
+# A device count in the caller's XLA_FLAGS is dropped: the tests and their processes choose their own.
+_FLAGS = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+          if not flag.startswith("--xla_force_host_platform_device_count")]
+if not any(flag.startswith("--xla_backend_optimization_level") for flag in _FLAGS):
+    _FLAGS.append("--xla_backend_optimization_level=0")
+os.environ["XLA_FLAGS"] = " ".join(_FLAGS)
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")

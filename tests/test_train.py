@@ -151,6 +151,8 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
     for name in ["config.json", "tokenizer.json", "metrics.jsonl", "tensorboard"]:
         assert os.path.exists(tmp_path / "resumed" / name), name
     assert not os.path.exists(tmp_path / "resumed" / "eval_metrics.jsonl")  # no benchmark, no (empty) file
+    # Orbax's array metadata is written as its default handler writes it (mmjax writes from one replica on CPU)
+    assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / str(config.total_steps) / "state" / "array_metadatas")
     assert _logged_steps(tmp_path / "resumed") == [2, 3, 4, 6]
 
 

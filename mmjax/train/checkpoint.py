@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from orbax.checkpoint._src.metadata import array_metadata_store  # the default handler's; no public name
 
 from mmjax import interrupts
 from mmjax.data.batching import StateMismatchError
@@ -82,14 +83,25 @@ class _OrbaxErrorReports(python_logging.Filter):
         return record.levelno < python_logging.ERROR or "/orbax/checkpoint/" not in record.pathname.replace(os.sep, "/")
 
 
+_one_replica_handler = None  # the handler `_write_arrays_from_one_replica_on_cpu` registered
+
+
 def _write_arrays_from_one_replica_on_cpu() -> None:
     """Orbax (0.12) splits the writing of a replicated array among its replicas by slicing it on each device: on
     8 CPU devices that is one compile per device and array shape (88 for clip-test's state, 2.5-8 s of a 3-step
-    run on two busy cores) to spread work over devices that share one host memory. Orbax already writes from one
-    replica on GPU; this does the same on CPU. The files are the same either way."""
-    if jax.default_backend() == "cpu":
-        handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
-        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    run on two busy cores) to spread work over devices that share one host memory. Orbax writes from one replica
+    when JAX_PLATFORMS names a GPU; this does the same on CPU, once per process, when the registered handler is
+    Orbax's `ArrayHandler` (a handler of another type stays). It keeps the default's array metadata store, so the
+    files are the same either way."""
+    global _one_replica_handler
+    current = ocp.type_handlers.get_type_handler(jax.Array)
+    if jax.default_backend() != "cpu" or type(current) is not ocp.type_handlers.ArrayHandler:
+        return
+    if current is _one_replica_handler:
+        return
+    _one_replica_handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False,
+                                                          array_metadata_store=array_metadata_store.Store())
+    ocp.type_handlers.register_type_handler(jax.Array, _one_replica_handler, override=True)
 
 
 class Checkpoints:

@@ -15,10 +15,10 @@ from mmjax.files import write_text_atomically
 
 def _summary_writer(directory: str, **options):
     """A tensorboardX `SummaryWriter`. tensorboardX (2.6) imports torch wherever it is installed, only to accept
-    torch tensors, which mmjax never passes it: 5 s of every run's start here. So torch, when this process has not
-    imported it yet, is hidden while tensorboardX loads; its other torch imports are inside the functions for torch
-    tensors and graphs."""
-    hide_torch = "torch" not in sys.modules
+    torch tensors, which mmjax never passes it: 5 s of every run's start here. So torch, when this process has
+    not imported it yet, is hidden while tensorboardX first loads; its other torch imports are inside the
+    functions for torch tensors and graphs."""
+    hide_torch = "torch" not in sys.modules and "tensorboardX" not in sys.modules  # once: other threads run later
     if hide_torch:
         sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX expects
     try:
