@@ -144,12 +144,13 @@ def _initial_params(config) -> dict:
 def test_a_run_with_layer_decay_moves_each_layer_its_share(tmp_path, capsys):
     """One step of a run with decay moves each parameter by its factor of what the same run without decay
     moved it (weight decay included)."""
+    initial = _initial_params(clip_tiny.get_config("test"))  # both runs start from it: the same seed
+
     def moved(layer_decay: float, workdir: str) -> dict:
         config = clip_tiny.get_config("test")
         config.total_steps, config.optim.warmup_steps, config.optim.layer_decay = 1, 0, layer_decay
         train(config, workdir)
         trained = flax.traverse_util.flatten_dict(jax.device_get(load_trained(workdir).params), sep="/")
-        initial = _initial_params(config)
         return {path: trained[path] - initial[path] for path in trained}
 
     plain, decayed = moved(1.0, str(tmp_path / "plain")), moved(DECAY, str(tmp_path / "decayed"))
