@@ -115,7 +115,7 @@ def _test_config(loss):
 def test_sharded_sigmoid_steps_equal_a_plain_single_device_step():
     """On a data × fsdp mesh the sigmoid loss's ring runs over both batch axes and the parameters are FSDP-sharded.
     The CLIP loss's steps are checked on every mesh against the same reference in test_parallel.py, the sigmoid
-    loss's ring alone on every mesh in test_losses.py."""
+    loss's ring alone on data=8 and on data=4 × fsdp=2 in test_losses.py."""
     config = _test_config("sigmoid")
     batches = _batches(config, 3)
     want = _reference_params(config, batches)
