@@ -128,16 +128,19 @@ class Pretrained:
         return dataclasses.replace(self, config=config, params=params, preprocess=self.preprocess.with_size(image_size))
 
 
-def download_hf(repo: str, allow_pickle: bool = False) -> str:
+def download_hf(repo: str, allow_pickle: bool = False, *, weights: bool = True) -> str:
     """The local directory of Hugging Face Hub repository `repo` (`ORG/NAME[@REVISION]`), downloaded with
-    huggingface_hub: its configs, tokenizer files and weights (pickled ones only with `allow_pickle`)."""
+    huggingface_hub: its configs, tokenizer files and weights (pickled ones only with `allow_pickle`; without
+    `weights`, its JSON files only)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ValueError("hf: sources need huggingface_hub (pip install huggingface_hub)") from None
     name, _, revision = repo.partition("@")
-    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.npz", "*.gz"]
-    if allow_pickle:
+    patterns = ["*.json"]
+    if weights:
+        patterns += ["*.txt", "*.model", "*.safetensors", "*.npz", "*.gz"]
+    if weights and allow_pickle:
         patterns += ["*.bin", "*.pt", "*.pth"]
     try:
         return snapshot_download(name, revision=revision or None, allow_patterns=patterns)
@@ -146,10 +149,12 @@ def download_hf(repo: str, allow_pickle: bool = False) -> str:
                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
 
-def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
+def _directory_format(path: str):
+    """The `mmjax.convert` module that reads directory `path` (`hf_clip`, `hf_siglip`, `open_clip`), or None for an
+    mmjax workdir; a one-line error for anything else."""
     if os.path.isfile(os.path.join(path, "open_clip_config.json")):
         from mmjax.convert import open_clip
-        return open_clip.load(path, allow_pickle=allow_pickle)
+        return open_clip
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path} has neither config.json (Hugging Face, mmjax workdir) "
@@ -158,10 +163,10 @@ def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
     model_type = config.get("model_type")
     if model_type == "clip":
         from mmjax.convert import hf_clip
-        return hf_clip.load(path, allow_pickle=allow_pickle)
+        return hf_clip
     if model_type == "siglip":
         from mmjax.convert import hf_siglip
-        return hf_siglip.load(path, allow_pickle=allow_pickle)
+        return hf_siglip
     if model_type == "siglip2":
         raise ValueError(f"{config_path}: SigLIP 2 NaFlex (model_type 'siglip2', native aspect ratio) is not supported; "
                          f"the fixed-resolution SigLIP 2 checkpoints (model_type 'siglip', e.g. "
@@ -169,9 +174,29 @@ def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
     if model_type is not None:
         raise ValueError(f"{config_path}: model_type {model_type!r} is not supported (clip, siglip)")
     if os.path.isdir(os.path.join(path, "checkpoints")):
-        return _load_workdir(path)
+        return None
     raise ValueError(f"{config_path} is neither a Hugging Face config (no model_type) nor an mmjax workdir's "
                      "(no checkpoints/)")
+
+
+def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
+    converter = _directory_format(path)
+    return _load_workdir(path) if converter is None else converter.load(path, allow_pickle=allow_pickle)
+
+
+def describe_hf(source: str, image_size: int | None = None) -> tuple[TwoTowerConfig, ImagePreprocess]:
+    """The model config and image preprocessing of `hf:ORG/NAME[@REVISION]` (at `image_size` px when given, as
+    `load_pretrained` would resize it), from its JSON files alone: what a caller can check before the weights
+    download."""
+    path = download_hf(source[len("hf:"):], weights=False)
+    converter = _directory_format(path)
+    if converter is None:
+        raise ValueError(f"{source} holds an mmjax workdir, which loads from a local directory only")
+    config, preprocess = converter.describe(path)
+    if image_size is None or image_size == config.vision.image_size:
+        return config, preprocess
+    return (dataclasses.replace(config, vision=dataclasses.replace(config.vision, image_size=image_size)),
+            preprocess.with_size(image_size))
 
 
 def _load_workdir(workdir: str) -> Pretrained:

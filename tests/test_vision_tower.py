@@ -1,6 +1,7 @@
 """`config.init_vision`: a Flamingo whose vision tower starts from a trained CLIP run's image tower (frozen, as
 Flamingo's is), `config.model_options.activation` / `norm_eps`, and the one-line refusals."""
 
+import fnmatch
 import os
 import shutil
 import sys
@@ -11,8 +12,11 @@ import numpy as np
 import pytest
 
 import mmjax.models as models
-from mmjax.train.config import ConfigError, validate
+from mmjax.convert import hf_clip
+from mmjax.pretrained import describe_hf, load_pretrained
+from mmjax.train.config import ConfigError, registered_model, validate
 from mmjax.train.loop import train
+from mmjax.train.vision_tower import load_vision_tower
 from mmjax.train.workdir import load_trained
 
 from config_changes import with_changes  # noqa: E402
@@ -86,6 +90,49 @@ def test_an_image_tower_that_cannot_stand_in_is_one_line_before_anything_compile
                                           f"neither config.json"):
         train(flamingo_config(init_vision=str(tmp_path / "empty")), str(tmp_path / "e"))
     assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written for a refused run
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """`hf:fake/NAME` served from `tmp_path/hub/NAME`: huggingface_hub's `snapshot_download` copies the files its
+    `allow_patterns` match into a fresh directory and records the patterns of each call (the list returned)."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(name, revision=None, allow_patterns=None):
+        calls.append(list(allow_patterns))
+        repo, out = tmp_path / "hub" / name.split("/")[1], tmp_path / "downloads" / str(len(calls))
+        for file in repo.rglob("*"):
+            if file.is_file() and any(fnmatch.fnmatch(file.name, pattern) for pattern in allow_patterns):
+                (out / file.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, out / file.relative_to(repo))
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_an_hf_image_tower_is_checked_from_its_config_files_before_the_weights_download(clip_run, tmp_path,
+                                                                                         fake_hub):
+    clip = load_pretrained(str(clip_run))
+    hf_clip.export(clip, str(tmp_path / "hub" / "clip"))
+    with pytest.raises(ConfigError, match=r"^config.init_vision='hf:fake/clip' computes with activation "
+                                          r"'quick_gelu', flamingo-test with 'gelu'"):
+        train(flamingo_config(init_vision="hf:fake/clip"), str(tmp_path / "refused"))
+    assert fake_hub == [["*.json"]]  # the weights were never asked for
+    assert not (tmp_path / "refused").exists()
+    # at another image size, the description is what the whole checkpoint loads as
+    loaded = load_pretrained("hf:fake/clip", image_size=24)
+    assert describe_hf("hf:fake/clip", image_size=24) == (loaded.config, loaded.preprocess)
+    assert loaded.config.vision.image_size == 24 and clip.config.vision.image_size == 16
+    # a tower that fits: its configs first, then the weights; the parameters are the run's image tower
+    fake_hub.clear()
+    config = flamingo_config(init_vision="hf:fake/clip", **{"model_options.activation": "quick_gelu"})
+    vision = load_vision_tower(config, registered_model(config))
+    assert fake_hub[0] == ["*.json"] and "*.safetensors" in fake_hub[1]
+    assert jax.tree.structure(vision) == jax.tree.structure(clip.params["image_encoder"])
+    jax.tree.map(np.testing.assert_array_equal, vision, clip.params["image_encoder"])
 
 
 def test_a_run_resumes_with_its_models_own_activation_spelled_out_and_not_with_another(tmp_path):

@@ -132,14 +132,20 @@ def load_preprocess(path: str, image_size: int) -> ImagePreprocess:
     return preprocess_from_hf(read_json(file) if os.path.isfile(file) else {}, image_size, file, CLIP_PROCESSOR)
 
 
-def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
-    """A local transformers CLIPModel directory → `Pretrained`."""
+def describe(path: str) -> tuple[TwoTowerConfig, ImagePreprocess]:
+    """The model and preprocessing of a transformers CLIPModel directory, from its JSON files alone."""
     config_path = os.path.join(path, "config.json")
     config = config_from_hf(read_json(config_path), config_path)
+    return config, load_preprocess(path, config.vision.image_size)
+
+
+def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
+    """A local transformers CLIPModel directory → `Pretrained`."""
+    config, preprocess = describe(path)
     tensors, weights_file = read_transformers_weights(path, allow_pickle=allow_pickle)
     params = params_from_hf(tensors, config, weights_file)
     tokenizer = load_tokenizer(path, config.text.context_length)
-    return Pretrained(config, params, tokenizer, load_preprocess(path, config.vision.image_size), path, "hf_clip")
+    return Pretrained(config, params, tokenizer, preprocess, path, "hf_clip")
 
 
 # --- export ---------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
 from mmjax.convert.jsonfile import json_object, read_json, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.gemma_tokenizer import GEMMA_CLASSES, siglip2_tokenizer
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models.layers import BlockOptions, sincos_2d
@@ -322,20 +323,24 @@ def tokenizer_from_dir(directory: str, context_length: int) -> SentencePieceToke
     raise FileNotFoundError(f"{directory} has no spiece.model (the SigLIP SentencePiece tokenizer)")
 
 
+def describe(path: str) -> tuple[TwoTowerConfig, ImagePreprocess]:
+    """The model and preprocessing of a transformers `SiglipModel` directory, from its JSON files alone."""
+    config_path = os.path.join(path, "config.json")
+    config = config_from_hf(read_json(config_path), config_path)
+    processor_path = os.path.join(path, "preprocessor_config.json")
+    processor = read_json(processor_path) if os.path.isfile(processor_path) else {}
+    return config, preprocess_from_hf(processor, config.vision.image_size, processor_path, SIGLIP_PROCESSOR)
+
+
 def load(path: str, *, image_size: int | None = None, allow_pickle: bool = False) -> Pretrained:
     """A transformers `SiglipModel` directory → `Pretrained` (model, params, tokenizer, preprocessing)."""
     path = os.fspath(path)
-    config_path = os.path.join(path, "config.json")
-    config = config_from_hf(read_json(config_path), config_path)
+    config, preprocess = describe(path)
     tensors, weights_file = read_transformers_weights(path, allow_pickle=allow_pickle)
     params = params_from_hf(tensors, config, weights_file)
-    processor_path = os.path.join(path, "preprocessor_config.json")
-    processor = read_json(processor_path) if os.path.isfile(processor_path) else {}
     pretrained = Pretrained(config=config, params=params,
                             tokenizer=tokenizer_from_dir(path, config.text.context_length),
-                            preprocess=preprocess_from_hf(processor, config.vision.image_size, processor_path,
-                                                          SIGLIP_PROCESSOR),
-                            source=path, format="hf_siglip")
+                            preprocess=preprocess, source=path, format="hf_siglip")
     return pretrained.with_image_size(image_size) if image_size else pretrained
 
 

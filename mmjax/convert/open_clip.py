@@ -203,17 +203,37 @@ def tokenizer_clean(model_cfg: dict, where: str) -> str:
     return clean
 
 
+def _model_and_preprocess(model_cfg: dict, preprocess_cfg: dict,
+                          where: str) -> tuple[TwoTowerConfig, ImagePreprocess]:
+    config = config_from_open_clip(model_cfg, where)
+    return config, preprocess_from_open_clip(preprocess_cfg, config.vision.image_size, where)
+
+
 def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, allow_pickle: bool,
               tokenizer_file: str | None, bpe_dir: str) -> Pretrained:
-    config = config_from_open_clip(model_cfg, where)
+    config, preprocess = _model_and_preprocess(model_cfg, preprocess_cfg, where)
     clean = tokenizer_clean(model_cfg, where)
     params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
     if tokenizer_file is not None:
         tokenizer = Tokenizer.load(tokenizer_file)
     else:
         tokenizer = ClipBpeTokenizer.open_clip(find_open_clip_bpe(bpe_dir), config.text.context_length, clean)
-    preprocess = preprocess_from_open_clip(preprocess_cfg, config.vision.image_size, where)
     return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
+
+
+def _read_spec(path: str) -> tuple[dict, dict, str]:
+    """`(model_cfg, preprocess_cfg, the config file's path)` of OpenCLIP directory `path`."""
+    config_path = os.path.join(path, CONFIG_FILE)
+    spec = read_json(config_path)
+    model_cfg = json_object(spec, "model_cfg", config_path)
+    if not model_cfg:
+        raise ValueError(f"{config_path} has no model_cfg")
+    return model_cfg, json_object(spec, "preprocess_cfg", config_path), config_path
+
+
+def describe(path: str) -> tuple[TwoTowerConfig, ImagePreprocess]:
+    """The model and preprocessing of an OpenCLIP directory, from `open_clip_config.json` alone."""
+    return _model_and_preprocess(*_read_spec(path))
 
 
 def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
@@ -223,18 +243,14 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     a transformers CLIP tokenizer.json beside an OpenCLIP config, as in repositories that hold both formats,
     is passed over, as OpenCLIP passes it over), else `bpe_simple_vocab_16e6.txt.gz` in the directory or the
     copy mmjax ships."""
-    config_path = os.path.join(path, CONFIG_FILE)
-    spec = read_json(config_path)
-    model_cfg = json_object(spec, "model_cfg", config_path)
-    if not model_cfg:
-        raise ValueError(f"{config_path} has no model_cfg")
+    model_cfg, preprocess_cfg, config_path = _read_spec(path)
     weights = next((os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))),
                    None)
     if weights is None:
         raise FileNotFoundError(f"{path} has no OpenCLIP weights ({', '.join(WEIGHT_FILES[:3])}, …)")
     tokenizer_file = os.path.join(path, TOKENIZER_FILE)
     own_tokenizer = os.path.isfile(tokenizer_file) and not _is_clip_bpe_json(read_json(tokenizer_file))
-    return _assemble(model_cfg, json_object(spec, "preprocess_cfg", config_path), weights, config_path, allow_pickle,
+    return _assemble(model_cfg, preprocess_cfg, weights, config_path, allow_pickle,
                      tokenizer_file if own_tokenizer else None, path)
 
 
