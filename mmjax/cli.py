@@ -11,7 +11,7 @@
     mmjax caption  --model runs/flamingo [--prompt "a red"] [--temperature 0.7 --top_k 20 | --num_beams 3] IMAGE...
     (--model of eval, embed, search, classify and data filter: a workdir or a pretrained checkpoint)
     mmjax data     convert SOURCE --out DIR | filter DIR --model WORKDIR --out DIR2 … | info DIR
-    mmjax convert  SOURCE --to hf|open_clip --out DIR
+    mmjax convert  SOURCE --to hf|open_clip|big_vision --out DIR
     mmjax bench    train-step | data | input [flags]
 """
 

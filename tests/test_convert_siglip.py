@@ -352,6 +352,46 @@ def test_big_vision_npz_embeds_like_transformers(torch_model, spiece_path, tmp_p
         torch.testing.assert_close(exported[key], value, rtol=0, atol=0, msg=key)
 
 
+def test_big_vision_export_is_the_npz_of_transformers_naming_and_loads_back_bit_identical(hf_dir, torch_model,
+                                                                                         spiece_path, tmp_path):
+    pretrained = load_pretrained(hf_dir)
+    out = tmp_path / "bv"
+    big_vision.export(pretrained, str(out))
+    assert sorted(os.listdir(out)) == ["siglip_32.model", "siglip_32.npz"]
+    written, reference = dict(np.load(out / "siglip_32.npz")), _big_vision_npz(torch_model, scanned=False)
+    assert sorted(written) == sorted(reference)
+    for key, value in reference.items():
+        assert (written[key].dtype, written[key].shape) == (np.float32, value.shape), key
+        np.testing.assert_array_equal(written[key], value, err_msg=key)
+    assert (out / "siglip_32.model").read_bytes() == open(spiece_path, "rb").read()
+    reloaded = load_pretrained(str(out / "siglip_32.npz"))
+    assert (reloaded.config.vision, reloaded.config.text, reloaded.config.options) == (
+        pretrained.config.vision, pretrained.config.text, pretrained.config.options)
+    assert jax.tree.structure(reloaded.params) == jax.tree.structure(pretrained.params)
+    jax.tree.map(np.testing.assert_array_equal, reloaded.params, pretrained.params)
+
+
+def test_a_model_big_vision_would_read_otherwise_is_refused_before_anything_is_written(hf_dir, tmp_path):
+    pretrained = load_pretrained(hf_dir)
+    config, tokenizer = pretrained.config, pretrained.tokenizer
+    for changed, message in [
+            (dict(config=dataclasses.replace(config, options=dataclasses.replace(config.options, activation="gelu"))),
+             "activation 'gelu', not 'gelu_tanh'"),
+            (dict(config=dataclasses.replace(config, options=dataclasses.replace(config.options, norm_eps=1e-5))),
+             "LayerNorm eps 1e-05, not 1e-06"),
+            (dict(preprocess=dataclasses.replace(pretrained.preprocess, mean=(0.48, 0.46, 0.41))),
+             r"it reads images resized with mode 'squash', mean \(0.48, 0.46, 0.41\)"),
+            (dict(tokenizer=type(tokenizer)(tokenizer.model_proto, CONTEXT, pad_token="<pad>")),
+             "its tokenizer pads with '<pad>', big_vision with '</s>'"),
+            (dict(config=dataclasses.replace(config, vision=dataclasses.replace(config.vision, image_size=36))),
+             "its image size 36 is not a whole number of 8 px patches"),
+            (dict(config=dataclasses.replace(config, vision=dataclasses.replace(config.vision, pool="cls"))),
+             "its image pooling is 'cls', not 'map'")]:
+        with pytest.raises(ValueError, match=f"^cannot export as a big_vision SigLIP: {message}"):
+            big_vision.export(dataclasses.replace(pretrained, **changed), str(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+
+
 def test_big_vision_errors_are_one_line(torch_model, spiece_path, tmp_path):
     npz = _big_vision_npz(torch_model, scanned=False)
     np.savez(tmp_path / "alone.npz", **npz)

@@ -1,12 +1,14 @@
-"""`mmjax convert`: load any supported checkpoint and write it as a Hugging Face or OpenCLIP directory.
+"""`mmjax convert`: load any supported checkpoint and write it as a Hugging Face or OpenCLIP directory, or a
+big_vision `.npz`.
 
-    mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] [--allow_pickle]
-                  [--image_size N]
-    mmjax convert FINE_TUNED_WORKDIR --to hf|open_clip --out DIR --wise_ft ALPHA   (mmjax/train/wise_ft.py)
+    mmjax convert SOURCE --to hf|open_clip|big_vision --out DIR [--weights FILE] [--tokenizer FILE]
+                  [--allow_pickle] [--image_size N]
+    mmjax convert FINE_TUNED_WORKDIR --to hf|open_clip|big_vision --out DIR --wise_ft ALPHA   (mmjax/train/wise_ft.py)
 
 SOURCE: hf:ORG/NAME, a Hugging Face or OpenCLIP directory, open_clip:MODEL (with --weights FILE),
 a big_vision .npz, or an mmjax training workdir. `--to hf` writes a transformers `CLIPModel`
-(or `SiglipModel`) directory, `--to open_clip` a directory for OpenCLIP's `local-dir:`.
+(or `SiglipModel`) directory, `--to open_clip` a directory for OpenCLIP's `local-dir:`, `--to big_vision` a
+SigLIP's `DIR/siglip_{image size}.npz` and its SentencePiece model beside it (`mmjax/convert/big_vision.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from absl import flags
 
 
 def define_flags() -> None:
-    flags.DEFINE_enum("to", None, ["hf", "open_clip"], "Output format.")
+    flags.DEFINE_enum("to", None, ["hf", "open_clip", "big_vision"], "Output format.")
     flags.DEFINE_string("out", None, "Output directory.")
     flags.DEFINE_string("weights", None, "Weights file of an open_clip:MODEL source.")
     flags.DEFINE_string("tokenizer", None, "SentencePiece model of a big_vision .npz source "
@@ -34,6 +36,11 @@ def define_flags() -> None:
 def exporter(pretrained, target: str):
     """The `export(pretrained, out_dir)` function that writes `pretrained` in format `target`."""
     is_siglip = pretrained.config.logit_bias_init is not None
+    if target == "big_vision":
+        if not is_siglip:
+            raise ValueError("--to big_vision writes SigLIP models only; use --to hf or --to open_clip for CLIP")
+        from mmjax.convert import big_vision
+        return big_vision.export
     if target == "hf":
         if is_siglip:
             from mmjax.convert import hf_siglip
@@ -72,8 +79,8 @@ def _refuse_out(source: str, out: str, inputs: dict[str, str | None]) -> None:
 
 def run(argv: list[str]) -> None:
     if len(argv) != 2 or not flags.FLAGS.to or not flags.FLAGS.out:
-        raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip --out DIR [--weights FILE] [--tokenizer FILE] "
-                         "[--allow_pickle]")
+        raise ValueError("usage: mmjax convert SOURCE --to hf|open_clip|big_vision --out DIR [--weights FILE] "
+                         "[--tokenizer FILE] [--allow_pickle]")
     from mmjax.convert.checks import flatten
     from mmjax.data.clip_bpe import BPE_FILE
     from mmjax.convert.image_processor import colour_caveat, crop_caveat
@@ -112,6 +119,11 @@ def run(argv: list[str]) -> None:
             print(f"mmjax: warning: {source} tokenizes as big_vision does (punctuation kept); the SiglipTokenizer "
                   f"written to {out} removes punctuation, as transformers' own SigLIP conversion does, so texts with "
                   f"punctuation get other ids there", file=sys.stderr)
+    if flags.FLAGS.to == "big_vision":
+        from mmjax.convert.big_vision import export_caveats
+
+        for caveat in export_caveats(pretrained):
+            print(f"mmjax: warning: {source} {caveat}", file=sys.stderr)
     if flags.FLAGS.to == "open_clip":
         from mmjax.convert.open_clip import is_clip_bpe
 

@@ -16,7 +16,7 @@ without a leading `params/`:
     t [1] (log temperature), b [1] (bias)
 
 Flax layouts equal mmjax's, so the mapping only renames and drops the leading 1 of the
-position tables and scalars. The architecture is read from the shapes (width, depth,
+position tables and scalars (and `export` adds them back). The architecture is read from the shapes (width, depth,
 heads, MLP size, patch, image size, vocabulary, context length); activation (tanh GELU)
 and LayerNorm eps (1e-6) are big_vision's defaults. The SentencePiece model is not in the
 checkpoint: pass it (`tokenizer=`), or keep it next to the `.npz`. SigLIP 2's fixed-resolution
@@ -33,9 +33,11 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from mmjax.convert import checks, hf_siglip, layout
+from mmjax.convert.export_dir import staged_export
 from mmjax.convert.tensors import read_tensors
 from mmjax.data.preprocess import ImagePreprocess
-from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from mmjax.data.sentencepiece_tokenizer import GEMMA_PAD, SentencePieceTokenizer
+from mmjax.models.layers import sincos_2d
 from mmjax.models.two_tower import TwoTowerConfig
 from mmjax.pretrained import Pretrained
 
@@ -211,3 +213,90 @@ def load(path: str, *, tokenizer: str | None = None, image_size: int | None = No
     pretrained = Pretrained(config=config, params=params, tokenizer=text_tokenizer, preprocess=preprocess,
                             source=path, format="big_vision")
     return pretrained.with_image_size(image_size) if image_size else pretrained
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+ACTIVATION, NORM_EPS = "gelu_tanh", 1e-6  # what `load` assumes: big_vision's defaults
+
+
+def export_stem(config: TwoTowerConfig) -> str:
+    """The file name an export writes, without `.npz` / `.model`: `siglip_{image size}`, which tells `load` the
+    image size when the patch size does not divide it (`image_size_from_name`)."""
+    return f"siglip_{config.vision.image_size}"
+
+
+def check_exportable(pretrained: Pretrained) -> None:
+    """A one-line ValueError when `load` would not read `pretrained`'s export as the same model: a SigLIP that
+    transformers' `SiglipModel` can express, computing with tanh GELU and LayerNorm eps 1e-6, reading text with a
+    SentencePiece model padded as big_vision pads, and images squashed to its size and scaled to [−1, 1]."""
+    config, tokenizer, preprocess = pretrained.config, pretrained.tokenizer, pretrained.preprocess
+    hf_siglip.check_exportable(config, "a big_vision SigLIP")
+    vision = config.vision
+    grid = vision.image_size // vision.patch_size
+    sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
+    problems = [
+        (config.options.activation != ACTIVATION, f"activation {config.options.activation!r}, not {ACTIVATION!r}"),
+        (config.options.norm_eps != NORM_EPS, f"LayerNorm eps {config.options.norm_eps}, not {NORM_EPS}"),
+        (not sentencepiece, f"its tokenizer is a {type(tokenizer).__name__}, not a SentencePiece model"),
+        (sentencepiece and tokenizer.pad_token != (GEMMA_PAD if tokenizer.is_gemma else tokenizer.eot_token),
+         f"its tokenizer pads with {getattr(tokenizer, 'pad_token', None)!r}, big_vision with "
+         f"{GEMMA_PAD if sentencepiece and tokenizer.is_gemma else getattr(tokenizer, 'eot_token', None)!r}"),
+        (preprocess.mode != "squash" or not (np.allclose(preprocess.mean, 0.5) and np.allclose(preprocess.std, 0.5)),
+         f"it reads images resized with mode {preprocess.mode!r}, mean {tuple(preprocess.mean)} and std "
+         f"{tuple(preprocess.std)}; big_vision's SigLIP squashes them and scales them to [-1, 1] (mean and std 0.5)"),
+        (image_size_from_name(export_stem(config), vision.patch_size, grid) != vision.image_size,
+         f"its image size {vision.image_size} is not a whole number of {vision.patch_size} px patches, which only a "
+         f"3-digit size in the file name tells"),
+    ]
+    for bad, why in problems:
+        if bad:
+            raise ValueError(f"cannot export as a big_vision SigLIP: {why}")
+
+
+def export_caveats(pretrained: Pretrained) -> list[str]:
+    """What big_vision (and `load`) do otherwise than `pretrained` with its export, each as the end of a sentence
+    about it: the resize filter and the clean-up of texts before SentencePiece."""
+    caveats = []
+    if pretrained.preprocess.interpolation != "bilinear_tf":
+        caveats.append(f"resizes images with the {pretrained.preprocess.interpolation} filter; big_vision resizes "
+                       f"with TensorFlow's bilinear one, so pixel values differ slightly there")
+    cleaning = {"hf": "lower-cases texts and removes their punctuation (transformers' SiglipTokenizer)",
+                "lowercase": "lower-cases every letter of a text (transformers' Siglip2Tokenizer)"}
+    normalization = getattr(pretrained.tokenizer, "normalization", "big_vision")
+    if normalization != "big_vision":
+        caveats.append(f"{cleaning[normalization]}; big_vision lower-cases A-Z only, so texts with punctuation or "
+                       f"other capitals get other ids there")
+    return caveats
+
+
+def params_to_big_vision(params, config: TwoTowerConfig) -> dict[str, np.ndarray]:
+    """big_vision tensors (float32 NumPy, named as `load` and big_vision read them) from unscanned mmjax params;
+    a fixed sine-cosine position table (`posemb="sincos2d"`) is written as the learned table it equals."""
+    flat = {key: np.asarray(value, np.float32) for key, value in checks.flatten(params).items()}
+    if config.vision.posemb == "sincos2d":
+        flat["image_encoder/pos_embed/embedding"] = sincos_2d(config.vision.image_size // config.vision.patch_size,
+                                                              config.vision.width)
+    names = {"image_encoder/pos_embed/embedding": "img/pos_embedding", "image_encoder/map_head/probe":
+             "img/MAPHead_0/probe", "text_encoder/token_embed/embedding": "txt/Embed_0/embedding",
+             "text_encoder/pos_embed/embedding": "txt/pos_embedding", "logit_scale": "t", "logit_bias": "b"}
+    for mm, bv in modules(config):
+        names.update({f"{mm}/{name}": f"{bv}/{name}" for name in ("kernel", "bias", "scale") if f"{mm}/{name}" in flat})
+    unnamed = sorted(set(flat) - set(names))
+    if unnamed:
+        raise ValueError(f"cannot export as a big_vision SigLIP: parameter {unnamed[0]} has no big_vision name")
+    leading_one = {"img/pos_embedding", "txt/pos_embedding", "t", "b"}  # big_vision's [1, N, W] tables, [1] scalars
+    return {bv: flat[mm][None] if bv in leading_one else flat[mm] for mm, bv in names.items()}
+
+
+def export(pretrained: Pretrained, out_dir: str) -> None:
+    """Writes `siglip_{image size}.npz` (the parameters as big_vision's released SigLIP checkpoints hold them,
+    without a `params/` prefix) and the SentencePiece model beside it as `siglip_{image size}.model`, all at once
+    (`staged_export`); `load` and big_vision's `utils.load_params` read the `.npz`."""
+    check_exportable(pretrained)
+    config = pretrained.config
+    tensors = params_to_big_vision(layout.unscan(layout.to_numpy(pretrained.params)), config)
+    stem = export_stem(config)
+    with staged_export(out_dir) as staging:
+        np.savez(os.path.join(staging, stem + ".npz"), **tensors)
+        pretrained.tokenizer.save(os.path.join(staging, stem + ".model"))

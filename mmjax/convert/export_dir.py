@@ -5,6 +5,7 @@ vocab.json + merges.txt written beside it, by mmjax and by transformers alike)."
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import os
 import shutil
@@ -13,14 +14,20 @@ from collections.abc import Iterator
 
 from mmjax.data.clip_bpe import BPE_FILE
 
-# Every file an export of any format writes: transformers CLIP and SigLIP, then OpenCLIP's local-dir.
+# Every file an export of any format writes (names and `fnmatch` patterns): transformers CLIP and SigLIP,
+# OpenCLIP's local-dir, then big_vision's SigLIP `.npz` and its SentencePiece model.
 EXPORT_FILES = frozenset({
     "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
     "vocab.json", "merges.txt", "spiece.model", "special_tokens_map.json",
     "open_clip_config.json", "open_clip_model.safetensors", BPE_FILE,
+    "siglip_*.npz", "siglip_*.model",
 })
-# The file that says a directory holds an export: a transformers config, or OpenCLIP's.
-EXPORT_MARKS = ("config.json", "open_clip_config.json")
+# The file that says a directory holds an export: a transformers config, OpenCLIP's, or a big_vision `.npz`.
+EXPORT_MARKS = ("config.json", "open_clip_config.json", "siglip_*.npz")
+
+
+def _matching(names, patterns) -> set[str]:
+    return {name for name in names if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)}
 STAGING_PREFIX = ".mmjax-export-"
 
 
@@ -35,14 +42,15 @@ def staged_export(out_dir: str) -> Iterator[str]:
     os.makedirs(out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(glob.escape(out_dir), STAGING_PREFIX + "*")):
         shutil.rmtree(stale, ignore_errors=True)
-    earlier_export = any(os.path.isfile(os.path.join(out_dir, name)) for name in EXPORT_MARKS)
+    earlier_export = any(os.path.isfile(os.path.join(out_dir, name))
+                         for name in _matching(os.listdir(out_dir), EXPORT_MARKS))
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
         yield staging
         written = set(os.listdir(staging))
         for name in sorted(written):
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-        for name in sorted(EXPORT_FILES - written) if earlier_export else ():
+        for name in sorted(_matching(os.listdir(out_dir), EXPORT_FILES) - written) if earlier_export else ():
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(out_dir, name))
     except BaseException:
@@ -65,5 +73,5 @@ def _missing_directories(path: str) -> list[str]:
 
 def written_by_export(path: str, out_dir: str) -> bool:
     """Whether an export into `out_dir` writes or removes the file `path`."""
-    return (os.path.basename(path) in EXPORT_FILES and os.path.isdir(out_dir)
+    return (bool(_matching([os.path.basename(path)], EXPORT_FILES)) and os.path.isdir(out_dir)
             and os.path.samefile(os.path.dirname(os.path.abspath(path)), out_dir))

@@ -104,8 +104,9 @@ def config_from_hf(config: Mapping, where: str = "config.json") -> TwoTowerConfi
     )
 
 
-def check_exportable(config: TwoTowerConfig) -> None:
-    """Raises a one-line ValueError if `config` has no transformers `SiglipModel` equivalent."""
+def check_exportable(config: TwoTowerConfig, target: str = "transformers SiglipModel") -> None:
+    """Raises a one-line ValueError if `config` has no transformers `SiglipModel` equivalent (the error says it
+    cannot be exported as `target`)."""
     v, t = config.vision, config.text
     problems = [
         (config.logit_bias_init is None, "it has no logit bias (a CLIP model; export it as CLIPModel)"),
@@ -120,7 +121,7 @@ def check_exportable(config: TwoTowerConfig) -> None:
     ]
     for bad, why in problems:
         if bad:
-            raise ValueError(f"cannot export as transformers SiglipModel: {why}")
+            raise ValueError(f"cannot export as {target}: {why}")
 
 
 def config_to_hf(config: TwoTowerConfig, pad_id: int | None = None, eot_id: int | None = None) -> dict:

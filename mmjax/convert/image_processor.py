@@ -108,8 +108,8 @@ def preprocess_to_hf(preprocess: ImagePreprocess, defaults: ProcessorDefaults) -
 
 
 def crop_caveat(preprocess: ImagePreprocess, to: str) -> str | None:
-    """How the preprocessing written for `to` ("hf" or "open_clip") crops otherwise than `preprocess`, as the end
-    of a sentence about it, or None.
+    """How the preprocessing written for `to` ("hf" or "open_clip"; big_vision's squashes, which no export to it
+    crops) crops otherwise than `preprocess`, as the end of a sentence about it, or None.
 
     OpenCLIP's transform resizes the shorter side to the crop size. transformers' processors floor the centre-crop
     offset `d / 2` (`d`: the resized side minus the crop), OpenCLIP rounds it as torchvision does (half to even):
@@ -130,8 +130,9 @@ def crop_caveat(preprocess: ImagePreprocess, to: str) -> str | None:
 
 
 # How each format's processor makes an image that is not RGB into RGB: `(alpha_on_white, rgb_after_resize)`.
-WRITTEN_COLOUR = {"hf": (True, False), "open_clip": (False, True)}
-WRITTEN_BY = {"hf": "the transformers processor written", "open_clip": "OpenCLIP's transform"}
+WRITTEN_COLOUR = {"hf": (True, False), "open_clip": (False, True), "big_vision": (False, False)}
+WRITTEN_BY = {"hf": "the transformers processor written", "open_clip": "OpenCLIP's transform",
+              "big_vision": "big_vision's decoder"}
 
 
 def _to_rgb_step(alpha_on_white: bool, rgb_after_resize: bool) -> str:
@@ -143,9 +144,9 @@ def _to_rgb_step(alpha_on_white: bool, rgb_after_resize: bool) -> str:
 
 
 def colour_caveat(preprocess: ImagePreprocess, to: str) -> str | None:
-    """How the preprocessing written for `to` ("hf" or "open_clip") makes palette and transparent images RGB
-    otherwise than `preprocess`, as the end of a sentence about it, or None. (An RGBA image moved an embedding
-    by 0.24 between OpenCLIP's transform and the transformers processor on a test model.)"""
+    """How the preprocessing written for `to` ("hf", "open_clip" or "big_vision") makes palette and transparent
+    images RGB otherwise than `preprocess`, as the end of a sentence about it, or None. (An RGBA image moved an
+    embedding by 0.24 between OpenCLIP's transform and the transformers processor on a test model.)"""
     own = (preprocess.alpha_on_white, preprocess.rgb_after_resize)
     if own == WRITTEN_COLOUR[to]:
         return None
