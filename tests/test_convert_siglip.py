@@ -369,6 +369,13 @@ def test_big_vision_export_is_the_npz_of_transformers_naming_and_loads_back_bit_
         pretrained.config.vision, pretrained.config.text, pretrained.config.options)
     assert jax.tree.structure(reloaded.params) == jax.tree.structure(pretrained.params)
     jax.tree.map(np.testing.assert_array_equal, reloaded.params, pretrained.params)
+    # an export into an earlier one of the other format replaces it whole, both ways; other files stay
+    (out / "notes.txt").write_text("mine")
+    hf_siglip.export(pretrained, str(out))
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "notes.txt", "preprocessor_config.json",
+                                       "special_tokens_map.json", "spiece.model", "tokenizer_config.json"]
+    big_vision.export(pretrained, str(out))
+    assert sorted(os.listdir(out)) == ["notes.txt", "siglip_32.model", "siglip_32.npz"]
 
 
 def test_a_model_big_vision_would_read_otherwise_is_refused_before_anything_is_written(hf_dir, tmp_path):
