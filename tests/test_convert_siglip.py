@@ -20,8 +20,10 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from mmjax.commands.convert import exporter  # noqa: E402
 from mmjax.convert import big_vision, checks, hf_siglip  # noqa: E402
 from mmjax.data.preprocess import ImagePreprocess, resize_bilinear_tf  # noqa: E402
+from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer  # noqa: E402
 from mmjax.data.tokenizers import Tokenizer  # noqa: E402
 from mmjax.models import TwoTower, get_config  # noqa: E402
 from mmjax.pretrained import Pretrained, load_pretrained  # noqa: E402
@@ -389,7 +391,10 @@ def test_a_model_big_vision_would_read_otherwise_is_refused_before_anything_is_w
             (dict(preprocess=dataclasses.replace(pretrained.preprocess, mean=(0.48, 0.46, 0.41))),
              r"it reads images resized with mode 'squash', mean \(0.48, 0.46, 0.41\)"),
             (dict(tokenizer=type(tokenizer)(tokenizer.model_proto, CONTEXT, pad_token="<pad>")),
-             "its tokenizer pads with '<pad>', big_vision with '</s>'"),
+             "its tokenizer ends texts with '</s>' and pads with '<pad>', big_vision with '</s>' and '</s>'"),
+            (dict(tokenizer=type(tokenizer)(tokenizer.model_proto, CONTEXT, eot_token="<unk>")),
+             "its tokenizer ends texts with '<unk>' and pads with '<unk>', big_vision with '</s>' and '</s>'"),
+            (dict(tokenizer=Tokenizer.for_synthetic(CONTEXT)), "its tokenizer is a Tokenizer, not a SentencePiece"),
             (dict(config=dataclasses.replace(config, vision=dataclasses.replace(config.vision, image_size=36))),
              "its image size 36 is not a whole number of 8 px patches"),
             (dict(config=dataclasses.replace(config, vision=dataclasses.replace(config.vision, pool="cls"))),
@@ -397,6 +402,29 @@ def test_a_model_big_vision_would_read_otherwise_is_refused_before_anything_is_w
         with pytest.raises(ValueError, match=f"^cannot export as a big_vision SigLIP: {message}"):
             big_vision.export(dataclasses.replace(pretrained, **changed), str(tmp_path / "out"))
         assert not (tmp_path / "out").exists()
+    clip = get_config("clip-test")
+    with pytest.raises(ValueError, match="^--to big_vision writes SigLIP models only; use --to hf or --to open_clip"):
+        exporter(Pretrained(clip, {}, Tokenizer.for_synthetic(8), ImagePreprocess(16)), "big_vision")
+
+
+def test_a_sine_cosine_position_table_exports_to_big_vision_as_the_learned_table_it_equals(spiece_path, tmp_path):
+    config = get_config("siglip-test")
+    config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, posemb="sincos2d"),
+                                 text=dataclasses.replace(config.text, vocab_size=VOCAB),
+                                 options=dataclasses.replace(config.options, activation="gelu_tanh", norm_eps=1e-6))
+    images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    ids = np.random.default_rng(1).integers(0, VOCAB, size=(2, 8))
+    variables = nn.unbox(jax.jit(lambda rng: TwoTower(config).init(rng, image=images, text=ids))(jax.random.key(0)))
+    tokenizer = SentencePieceTokenizer.from_file(spiece_path, context_length=8, normalization="big_vision")
+    preprocess = ImagePreprocess(16, (0.5,) * 3, (0.5,) * 3, mode="squash", interpolation="bilinear_tf")
+    big_vision.export(Pretrained(config, jax.tree.map(np.asarray, variables["params"]), tokenizer, preprocess),
+                      str(tmp_path))
+    again = load_pretrained(str(tmp_path / "siglip_16.npz"))
+    assert again.config.vision.posemb == "learned"
+    embed = jax.jit(lambda v, x: TwoTower(config).apply(v, x, method=TwoTower.encode_image))(variables, images)
+    reloaded = jax.jit(lambda p, x: again.model.apply({"params": p}, x, method=TwoTower.encode_image))(again.params,
+                                                                                                      images)
+    np.testing.assert_allclose(np.asarray(reloaded), np.asarray(embed), rtol=1e-5, atol=1e-5)
 
 
 def test_big_vision_errors_are_one_line(torch_model, spiece_path, tmp_path):

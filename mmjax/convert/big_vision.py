@@ -36,7 +36,7 @@ from mmjax.convert import checks, hf_siglip, layout
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.tensors import read_tensors
 from mmjax.data.preprocess import ImagePreprocess
-from mmjax.data.sentencepiece_tokenizer import GEMMA_PAD, SentencePieceTokenizer
+from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
 from mmjax.models.layers import sincos_2d
 from mmjax.models.two_tower import TwoTowerConfig
 from mmjax.pretrained import Pretrained
@@ -226,6 +226,13 @@ def export_stem(config: TwoTowerConfig) -> str:
     return f"siglip_{config.vision.image_size}"
 
 
+def _big_vision_end_and_padding(tokenizer: SentencePieceTokenizer) -> tuple[str, str]:
+    """The end-of-text and padding pieces big_vision (and `load`) use with `tokenizer`'s SentencePiece model: its
+    own end-of-sentence piece, padded with itself, or with `<pad>` for Gemma's `<eos>` (`for_siglip`)."""
+    end = tokenizer.backend.id_to_piece(tokenizer.backend.eos_id())
+    return end, GEMMA_PAD if end == GEMMA_EOS else end
+
+
 def check_exportable(pretrained: Pretrained) -> None:
     """A one-line ValueError when `load` would not read `pretrained`'s export as the same model: a SigLIP that
     transformers' `SiglipModel` can express, computing with tanh GELU and LayerNorm eps 1e-6, reading text with a
@@ -235,13 +242,15 @@ def check_exportable(pretrained: Pretrained) -> None:
     vision = config.vision
     grid = vision.image_size // vision.patch_size
     sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
+    own = (tokenizer.eot_token, tokenizer.pad_token) if sentencepiece else None
+    expected = _big_vision_end_and_padding(tokenizer) if sentencepiece else None
     problems = [
         (config.options.activation != ACTIVATION, f"activation {config.options.activation!r}, not {ACTIVATION!r}"),
         (config.options.norm_eps != NORM_EPS, f"LayerNorm eps {config.options.norm_eps}, not {NORM_EPS}"),
-        (not sentencepiece, f"its tokenizer is a {type(tokenizer).__name__}, not a SentencePiece model"),
-        (sentencepiece and tokenizer.pad_token != (GEMMA_PAD if tokenizer.is_gemma else tokenizer.eot_token),
-         f"its tokenizer pads with {getattr(tokenizer, 'pad_token', None)!r}, big_vision with "
-         f"{GEMMA_PAD if sentencepiece and tokenizer.is_gemma else getattr(tokenizer, 'eot_token', None)!r}"),
+        (not sentencepiece, f"its tokenizer is a {type(tokenizer).__name__}, not a SentencePiece model (a SigLIP 2 "
+                            f"from a transformers directory reads its tokenizer.json: export its big_vision .npz)"),
+        (own != expected, f"its tokenizer ends texts with {own and own[0]!r} and pads with {own and own[1]!r}, "
+                          f"big_vision with {expected and expected[0]!r} and {expected and expected[1]!r}"),
         (preprocess.mode != "squash" or not (np.allclose(preprocess.mean, 0.5) and np.allclose(preprocess.std, 0.5)),
          f"it reads images resized with mode {preprocess.mode!r}, mean {tuple(preprocess.mean)} and std "
          f"{tuple(preprocess.std)}; big_vision's SigLIP squashes them and scales them to [-1, 1] (mean and std 0.5)"),
@@ -256,7 +265,8 @@ def check_exportable(pretrained: Pretrained) -> None:
 
 def export_caveats(pretrained: Pretrained) -> list[str]:
     """What big_vision (and `load`) do otherwise than `pretrained` with its export, each as the end of a sentence
-    about it: the resize filter and the clean-up of texts before SentencePiece."""
+    about it: the resize filter and the clean-up of texts before SentencePiece (how images that are not RGB become
+    RGB: `image_processor.colour_caveat(preprocess, "big_vision")`)."""
     caveats = []
     if pretrained.preprocess.interpolation != "bilinear_tf":
         caveats.append(f"resizes images with the {pretrained.preprocess.interpolation} filter; big_vision resizes "

@@ -5,30 +5,32 @@ vocab.json + merges.txt written beside it, by mmjax and by transformers alike)."
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 from mmjax.data.clip_bpe import BPE_FILE
 
-# Every file an export of any format writes (names and `fnmatch` patterns): transformers CLIP and SigLIP,
-# OpenCLIP's local-dir, then big_vision's SigLIP `.npz` and its SentencePiece model.
-EXPORT_FILES = frozenset({
-    "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
-    "vocab.json", "merges.txt", "spiece.model", "special_tokens_map.json",
-    "open_clip_config.json", "open_clip_model.safetensors", BPE_FILE,
-    "siglip_*.npz", "siglip_*.model",
-})
+# Every file an export of any format writes: transformers CLIP and SigLIP, OpenCLIP's local-dir, then big_vision's
+# SigLIP `.npz` and its SentencePiece model (`big_vision.export_stem`: `siglip_{image size}`), as full-match patterns.
+EXPORT_FILES = tuple(re.compile(pattern) for pattern in (
+    *(re.escape(name) for name in (
+        "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
+        "vocab.json", "merges.txt", "spiece.model", "special_tokens_map.json",
+        "open_clip_config.json", "open_clip_model.safetensors", BPE_FILE)),
+    r"siglip_\d+\.npz", r"siglip_\d+\.model"))
 # The file that says a directory holds an export: a transformers config, OpenCLIP's, or a big_vision `.npz`.
-EXPORT_MARKS = ("config.json", "open_clip_config.json", "siglip_*.npz")
-
-
-def _matching(names, patterns) -> set[str]:
-    return {name for name in names if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)}
+EXPORT_MARKS = tuple(re.compile(pattern) for pattern in (r"config\.json", r"open_clip_config\.json",
+                                                           r"siglip_\d+\.npz"))
 STAGING_PREFIX = ".mmjax-export-"
+
+
+def _matching(names, patterns: tuple[re.Pattern, ...]) -> set[str]:
+    """The names that one of `patterns` matches in full."""
+    return {name for name in names if any(pattern.fullmatch(name) for pattern in patterns)}
 
 
 @contextlib.contextmanager

@@ -17,7 +17,9 @@ a resumed one restores its own checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -37,20 +39,27 @@ def load_vision_tower(config: ml_collections.ConfigDict, model: FlamingoConfig) 
 
     params, error = None, None
     try:
-        try:
-            if config.init_vision.startswith("hf:"):  # checked from its config files before the weights download
-                check_vision_tower(*describe_hf(config.init_vision, model.vision.image_size), model, config)
+        if config.init_vision.startswith("hf:"):  # checked from its config files before the weights download
+            with _said_of_init_vision(config):
+                described = describe_hf(config.init_vision, model.vision.image_size)
+            check_vision_tower(*described, model, config)
+        with _said_of_init_vision(config):
             pretrained = load_pretrained(config.init_vision, image_size=model.vision.image_size)
-        except ConfigError:  # check_vision_tower's, which names init_vision
-            raise
-        except (ValueError, OSError) as failed:  # the checkpoint's own message, said to be init_vision's
-            raise ConfigError(f"config.init_vision={config.init_vision!r}: {failed}") from None
         check_vision_tower(pretrained.config, pretrained.preprocess, model, config)
         params = pretrained.params["image_encoder"]
     except Exception as caught:  # reported by every process alike, below
         error = caught
     raise_if_any_failed(error, jax.process_count())
     return params
+
+
+@contextlib.contextmanager
+def _said_of_init_vision(config: ml_collections.ConfigDict) -> Iterator[None]:
+    """A checkpoint's own one-line error, as a `ConfigError` said to be `config.init_vision`'s."""
+    try:
+        yield
+    except (ValueError, OSError) as failed:
+        raise ConfigError(f"config.init_vision={config.init_vision!r}: {failed}") from None
 
 
 def check_vision_tower(pretrained: TwoTowerConfig, preprocess: ImagePreprocess, model: FlamingoConfig,
