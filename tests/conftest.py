@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices so mesh code runs without accelerators, one persistent
-compilation cache for the session, and XLA:CPU's LLVM at -O0.
+compilation cache for the session, and XLA:CPU's LLVM at -O0; `fake_hub`, a Hugging Face Hub served
+from local directories.
 
 The flags must be set before JAX creates its backend, so they live here, at
 import time of the test session. The cache is a fresh temporary directory, named in the
@@ -8,11 +9,13 @@ that tests start share it: many tests compile the same tiny programs (the CLI's 
 above all), and XLA:CPU compiles dominate the suite.
 """
 import atexit
+import fnmatch
 import os
 import shutil
 import tempfile
 
 import jax
+import pytest
 
 _CACHE = os.environ.get("MMJAX_TEST_JAX_CACHE")
 if _CACHE is None:  # the first process of the session (pytest-xdist's workers inherit it)
@@ -37,3 +40,24 @@ os.environ["XLA_FLAGS"] = " ".join(_FLAGS)
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """`hf:fake/NAME` served from `tmp_path/hub/NAME`: huggingface_hub's `snapshot_download` copies the files its
+    `allow_patterns` match into a fresh directory and records the patterns of each call (the list returned)."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(name, revision=None, allow_patterns=None):
+        calls.append(list(allow_patterns))
+        repo, out = tmp_path / "hub" / name.split("/")[1], tmp_path / "downloads" / str(len(calls))
+        for file in repo.rglob("*"):
+            if file.is_file() and any(fnmatch.fnmatch(file.name, pattern) for pattern in allow_patterns):
+                (out / file.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, out / file.relative_to(repo))
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls

@@ -266,6 +266,20 @@ def test_bad_finetuning_configs_are_one_line_before_anything_compiles(clip_dir, 
                            f"config.model='{tmp_path / 'missing'}': there is no such checkpoint file or directory")
 
 
+def test_an_hf_checkpoint_is_checked_from_its_config_files_before_its_weights_download(clip_dir, tmp_path, fake_hub):
+    shutil.copytree(clip_dir, tmp_path / "hub" / "clip")
+    sigmoid = _finetune_config("hf:fake/clip", loss="sigmoid")
+    split = _finetune_config("hf:fake/clip")
+    split.mesh.data, split.mesh.tensor = 1, 8
+    for config, message in [(sigmoid, "config.loss='sigmoid' needs a model with a logit bias"),
+                            (split, "mesh tensor=8 does not divide the vision tower's 2 heads")]:
+        fake_hub.clear()
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train(config, str(tmp_path / "never"))
+        assert fake_hub == [["*.json"]]  # the weights were never asked for
+    assert not os.path.exists(tmp_path / "never")
+
+
 def test_a_busy_workdir_is_refused_before_the_checkpoint_is_loaded(clip_dir, tmp_path, monkeypatch):
     """The lock came after the load: a second run on a busy workdir read (an `hf:` source downloaded) the
     checkpoint before it was refused."""

@@ -1,7 +1,6 @@
 """`config.init_vision`: a Flamingo whose vision tower starts from a trained CLIP run's image tower (frozen, as
 Flamingo's is), `config.model_options.activation` / `norm_eps`, and the one-line refusals."""
 
-import fnmatch
 import os
 import shutil
 import sys
@@ -90,27 +89,6 @@ def test_an_image_tower_that_cannot_stand_in_is_one_line_before_anything_compile
                                           f"neither config.json"):
         train(flamingo_config(init_vision=str(tmp_path / "empty")), str(tmp_path / "e"))
     assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written for a refused run
-
-
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    """`hf:fake/NAME` served from `tmp_path/hub/NAME`: huggingface_hub's `snapshot_download` copies the files its
-    `allow_patterns` match into a fresh directory and records the patterns of each call (the list returned)."""
-    import huggingface_hub
-
-    calls = []
-
-    def snapshot_download(name, revision=None, allow_patterns=None):
-        calls.append(list(allow_patterns))
-        repo, out = tmp_path / "hub" / name.split("/")[1], tmp_path / "downloads" / str(len(calls))
-        for file in repo.rglob("*"):
-            if file.is_file() and any(fnmatch.fnmatch(file.name, pattern) for pattern in allow_patterns):
-                (out / file.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(file, out / file.relative_to(repo))
-        return str(out)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    return calls
 
 
 def test_an_hf_image_tower_is_checked_from_its_config_files_before_the_weights_download(clip_run, tmp_path,

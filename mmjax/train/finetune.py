@@ -36,8 +36,9 @@ from mmjax.models import TwoTowerConfig, registry
 from mmjax.models.layers import BlockOptions
 from mmjax.models.text import TextConfig
 from mmjax.models.vit import VisionConfig
+from mmjax.parallel import check_tensor_split
 from mmjax.parallel.distributed import raise_if_any_failed
-from mmjax.train.config import block_options
+from mmjax.train.config import block_options, validate_model
 from mmjax.train.state import TrainState, train_state_from_params
 
 PRETRAINED_FILE = "pretrained.json"
@@ -60,6 +61,24 @@ class Start:
     source: str
     format: str
     params: dict | None = None
+
+
+def check_before_download(config: ml_collections.ConfigDict, mesh) -> None:
+    """For an `hf:` checkpoint, what its config files tell before its weights download, in every process (one line
+    from each when any fails): that `config.loss` can train it and `mesh`'s tensor axis can split its heads."""
+    from mmjax.pretrained import describe_hf
+
+    if not config.model.startswith("hf:"):
+        return
+    error = None
+    try:
+        described, _ = describe_hf(config.model, config.pretrained.image_size or None)
+        model = with_options(described, config.model_options)
+        validate_model(config, model)
+        check_tensor_split(model, mesh)
+    except Exception as caught:  # reported by every process alike, below
+        error = caught
+    raise_if_any_failed(error, jax.process_count())
 
 
 def load_start(config: ml_collections.ConfigDict) -> Start:

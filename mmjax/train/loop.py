@@ -34,8 +34,8 @@ from mmjax.train.checkpoint import Checkpoints, has_checkpoint, saved_process_co
 from mmjax.train.config import (AUTO_LOSS, ConfigError, registered_model, resolved_loss, validate,
                                 validate_frozen, validate_model)
 from mmjax.train.evaluation import PeriodicEval
-from mmjax.train.finetune import (Start, is_finetuning, load_start, place_params, read_start, recorded_source,
-                                  save_start, source_name, with_pretrained_params)
+from mmjax.train.finetune import (Start, check_before_download, is_finetuning, load_start, place_params,
+                                  read_start, recorded_source, save_start, source_name, with_pretrained_params)
 from mmjax.train.language_model import (LanguageStart, load_language_model, recorded_language_model,
                                         save_language_model)
 from mmjax.train.layer_decay import configured_decays, describe as describe_layer_decay
@@ -202,7 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     with workdir_lock(workdir, jax.process_index() == 0):  # before a checkpoint is loaded (or downloaded)
         finetuning = None
         if is_finetuning(config):
-            finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None)
+            finetuning = _finetuning_start(config, workdir, resuming=saved_config is not None, mesh=mesh)
         model_config = finetuning.model if finetuning else registered_model(config)
         vision_tower = load_vision_tower(config, model_config) if config.init_vision and saved_config is None else None
         language = load_language_model(config, model_config) if config.init_language and saved_config is None else None
@@ -215,10 +215,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                       language)
 
 
-def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> Start:
-    """What a run from a pretrained checkpoint starts from: the checkpoint (a new run) or the workdir's record
-    of it (a resumed one). `config.data.image_mean` / `image_std` become the checkpoint's: its towers were
-    trained on images normalised with them; an "auto" loss becomes its own."""
+def _finetuning_start(config: ml_collections.ConfigDict, workdir: str, resuming: bool, mesh) -> Start:
+    """What a run from a pretrained checkpoint starts from: the checkpoint (a new run; an `hf:` one checked from
+    its config files first) or the workdir's record of it (a resumed one). `config.data.image_mean` / `image_std`
+    become the checkpoint's: its towers were trained on images normalised with them; an "auto" loss becomes its
+    own."""
+    if not resuming:
+        check_before_download(config, mesh)
     start = read_start(workdir, config.model_options) if resuming else load_start(config)
     validate_model(config, start.model)
     config.loss = resolved_loss(config.loss, start.model)
