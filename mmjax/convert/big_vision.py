@@ -16,9 +16,9 @@ without a leading `params/`:
     t [1] (log temperature), b [1] (bias)
 
 Flax layouts equal mmjax's, so the mapping only renames and drops the leading 1 of the
-position tables and scalars (and `export` adds them back). The architecture is read from the shapes (width, depth,
-heads, MLP size, patch, image size, vocabulary, context length); activation (tanh GELU)
-and LayerNorm eps (1e-6) are big_vision's defaults. The SentencePiece model is not in the
+position tables and scalars (`export` writes them back). The architecture is read from the
+shapes (width, depth, heads, MLP size, patch, image size, vocabulary, context length);
+activation (tanh GELU) and LayerNorm eps (1e-6) are big_vision's defaults. The SentencePiece model is not in the
 checkpoint: pass it (`tokenizer=`), or keep it next to the `.npz`. SigLIP 2's fixed-resolution
 checkpoints are SigLIP's architecture with a 256k Gemma vocabulary; the tokenizer tells them apart.
 """
