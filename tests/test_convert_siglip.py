@@ -380,6 +380,15 @@ def test_big_vision_export_is_the_npz_of_transformers_naming_and_loads_back_bit_
     assert sorted(os.listdir(out)) == ["notes.txt", "siglip_32.model", "siglip_32.npz"]
 
 
+def _model_without_an_end_piece() -> bytes:
+    model = io.BytesIO()
+    corpus = ["the quick brown fox jumps over the lazy dog", "a red square beside a blue circle"] * 50
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=28,
+                                   model_type="unigram", eos_id=-1, bos_id=-1, pad_id=-1, unk_id=0, num_threads=1,
+                                   minloglevel=2)
+    return model.getvalue()
+
+
 def test_a_model_big_vision_would_read_otherwise_is_refused_before_anything_is_written(hf_dir, tmp_path):
     pretrained = load_pretrained(hf_dir)
     config, tokenizer = pretrained.config, pretrained.tokenizer
@@ -394,7 +403,10 @@ def test_a_model_big_vision_would_read_otherwise_is_refused_before_anything_is_w
              "its tokenizer ends texts with '</s>' and pads with '<pad>', big_vision with '</s>' and '</s>'"),
             (dict(tokenizer=type(tokenizer)(tokenizer.model_proto, CONTEXT, eot_token="<unk>")),
              "its tokenizer ends texts with '<unk>' and pads with '<unk>', big_vision with '</s>' and '</s>'"),
-            (dict(tokenizer=Tokenizer.for_synthetic(CONTEXT)), "its tokenizer is a Tokenizer, not a SentencePiece"),
+            (dict(tokenizer=Tokenizer.for_synthetic(CONTEXT)), "its tokenizer is a Tokenizer, not a SentencePiece "
+                                                               "model$"),
+            (dict(tokenizer=SentencePieceTokenizer(_model_without_an_end_piece(), CONTEXT, eot_token="<unk>")),
+             "its SentencePiece model has no end-of-sentence piece"),
             (dict(config=dataclasses.replace(config, vision=dataclasses.replace(config.vision, image_size=36))),
              "its image size 36 is not a whole number of 8 px patches"),
             (dict(config=dataclasses.replace(config, vision=dataclasses.replace(config.vision, pool="cls"))),

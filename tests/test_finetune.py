@@ -31,9 +31,11 @@ from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from mmjax.data.tokenizer_record import load_tokenizer, save_tokenizer
 from mmjax.data.tokenizers import Tokenizer
 from mmjax.models import TwoTower, get_config
+from mmjax.parallel import make_mesh
 from mmjax.pretrained import Pretrained, load_pretrained
 from mmjax.train import train
 from mmjax.train.config import ConfigError, validate
+from mmjax.train.finetune import check_before_download
 from mmjax.train.optim import make_optimizer
 from mmjax.train.wise_ft import wise_ft
 from mmjax.train.workdir import load_config, load_trained, unknown_words_warning
@@ -278,6 +280,11 @@ def test_an_hf_checkpoint_is_checked_from_its_config_files_before_its_weights_do
             train(config, str(tmp_path / "never"))
         assert fake_hub == [["*.json"]]  # the weights were never asked for
     assert not os.path.exists(tmp_path / "never")
+    fake_hub.clear()  # a run that can start passes, its own loss ("auto") at another image size
+    fitting = _finetune_config("hf:fake/clip")
+    fitting.pretrained.image_size = 24
+    check_before_download(fitting, make_mesh(**fitting.mesh))
+    assert fake_hub == [["*.json"]]
 
 
 def test_a_busy_workdir_is_refused_before_the_checkpoint_is_loaded(clip_dir, tmp_path, monkeypatch):

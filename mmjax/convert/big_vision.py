@@ -226,9 +226,12 @@ def export_stem(config: TwoTowerConfig) -> str:
     return f"siglip_{config.vision.image_size}"
 
 
-def _big_vision_end_and_padding(tokenizer: SentencePieceTokenizer) -> tuple[str, str]:
+def _big_vision_end_and_padding(tokenizer: SentencePieceTokenizer) -> tuple[str, str] | None:
     """The end-of-text and padding pieces big_vision (and `load`) use with `tokenizer`'s SentencePiece model: its
-    own end-of-sentence piece, padded with itself, or with `<pad>` for Gemma's `<eos>` (`for_siglip`)."""
+    own end-of-sentence piece, padded with itself, or with `<pad>` for Gemma's `<eos>` (`for_siglip`); None when
+    the model has no end-of-sentence piece."""
+    if tokenizer.backend.eos_id() < 0:
+        return None
     end = tokenizer.backend.id_to_piece(tokenizer.backend.eos_id())
     return end, GEMMA_PAD if end == GEMMA_EOS else end
 
@@ -247,8 +250,11 @@ def check_exportable(pretrained: Pretrained) -> None:
     problems = [
         (config.options.activation != ACTIVATION, f"activation {config.options.activation!r}, not {ACTIVATION!r}"),
         (config.options.norm_eps != NORM_EPS, f"LayerNorm eps {config.options.norm_eps}, not {NORM_EPS}"),
-        (not sentencepiece, f"its tokenizer is a {type(tokenizer).__name__}, not a SentencePiece model (a SigLIP 2 "
-                            f"from a transformers directory reads its tokenizer.json: export its big_vision .npz)"),
+        (not sentencepiece, f"its tokenizer is a {type(tokenizer).__name__}, not a SentencePiece model"
+                            + (" (a SigLIP 2 from a transformers directory reads its tokenizer.json: export its "
+                               "big_vision .npz)" if config.text.vocab_size == GEMMA_VOCAB_SIZE else "")),
+        (sentencepiece and expected is None, "its SentencePiece model has no end-of-sentence piece, which big_vision "
+                                             "ends every text with"),
         (own != expected, f"its tokenizer ends texts with {own and own[0]!r} and pads with {own and own[1]!r}, "
                           f"big_vision with {expected and expected[0]!r} and {expected and expected[1]!r}"),
         (preprocess.mode != "squash" or not (np.allclose(preprocess.mean, 0.5) and np.allclose(preprocess.std, 0.5)),
