@@ -44,7 +44,12 @@ def _assert_same_direction(actual, expected):
 
 @pytest.fixture(scope="module")
 def spiece_path(tmp_path_factory):
-    """A T5-style (pad 0, </s> 1, <unk> 2, no <s>) unigram SentencePiece model trained here."""
+    return train_t5_spiece(tmp_path_factory.mktemp("spm"))
+
+
+def train_t5_spiece(directory) -> str:
+    """`directory/spiece.model`, a T5-style (pad 0, </s> 1, <unk> 2, no <s>) unigram SentencePiece model trained
+    here."""
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyzäöüé") for _ in range(rng.randint(1, 8)))
              for _ in range(500)] + ["photo", "cat", "dog", "zebra", "bird", "nest", "über", "café", "running"]
@@ -53,7 +58,7 @@ def spiece_path(tmp_path_factory):
     spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=VOCAB,
                                    model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
                                    character_coverage=1.0, num_threads=1, minloglevel=2)
-    path = tmp_path_factory.mktemp("spm") / "spiece.model"
+    path = directory / "spiece.model"
     path.write_bytes(model.getvalue())
     return str(path)
 

@@ -33,8 +33,13 @@ PAD, EOS, BOS, UNK = 0, 1, 2, 3
 
 @pytest.fixture(scope="module")
 def gemma_spm(tmp_path_factory):
-    """A Gemma-style BPE SentencePiece model (pad 0, `<eos>` 1, `<bos>` 2, `<unk>` 3, `<mask>`, byte fallback, no dummy
-    prefix, spaces kept) trained on mixed-case text, so that lower-casing changes the ids."""
+    return train_gemma_spm(tmp_path_factory.mktemp("gemma"))
+
+
+def train_gemma_spm(directory) -> tuple[str, list[str]]:
+    """`directory/tokenizer.model` and the words of its corpus: a Gemma-style BPE SentencePiece model (pad 0,
+    `<eos>` 1, `<bos>` 2, `<unk>` 3, `<mask>`, byte fallback, no dummy prefix, spaces kept) trained on mixed-case
+    text, so that lower-casing changes the ids."""
     rng = random.Random(0)
     words = WORDS + ["".join(rng.choice(string.ascii_letters) for _ in range(rng.randint(2, 7))) for _ in range(150)]
     corpus = [_sentence(rng, words, rng.randint(1, 12)) for _ in range(2000)]
@@ -44,7 +49,6 @@ def gemma_spm(tmp_path_factory):
         pad_id=PAD, eos_id=EOS, bos_id=BOS, unk_id=UNK, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
         unk_piece="<unk>", user_defined_symbols=["<mask>"], byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=True, character_coverage=1.0, num_threads=1, minloglevel=2)
-    directory = tmp_path_factory.mktemp("gemma")
     (directory / "tokenizer.model").write_bytes(model.getvalue())
     return str(directory / "tokenizer.model"), words
 

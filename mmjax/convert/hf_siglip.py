@@ -25,6 +25,7 @@ from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
 from mmjax.convert.jsonfile import json_object, read_json, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.gemma_tokenizer import GEMMA_CLASSES, siglip2_tokenizer
+from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer
@@ -378,6 +379,10 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     tokenizer files and preprocessor_config.json, all at once (`staged_export`)."""
     config = pretrained.config
     check_exportable(config)
+    if isinstance(pretrained.tokenizer, OpenClipHfTokenizer):
+        raise ValueError(f"cannot export as transformers SiglipModel: its tokenizer runs OpenCLIP's text clean-up "
+                         f"(clean={pretrained.tokenizer.open_clip_clean!r}) before its tokenizer.json, which no "
+                         f"transformers SigLIP tokenizer reproduces")
     if getattr(pretrained.tokenizer, "open_clip_clean", None) is not None:  # pool="last" reads its padding, id 0
         raise ValueError("cannot export as transformers SiglipModel: its tokenizer is OpenCLIP's CLIP BPE "
                          "(data.tokenizer='clip-bpe'), whose cleaning and padding no transformers SigLIP tokenizer "

@@ -1,8 +1,8 @@
 """OpenCLIP checkpoints: a directory (`open_clip_config.json` + weights, as OpenCLIP's
 `local-dir:` and its Hugging Face Hub repositories hold them) or a model name with a weights file.
 
-Supported: the ViT `CLIP` class (not `CustomTextCLIP`, timm or HF text towers), gelu and
-quick_gelu. Text pools at the largest token id (`pool_type="argmax"`). Preprocessing:
+Supported: the ViT `CLIP` class (not HF text towers), gelu and quick_gelu, and the SigLIP models (a
+`CustomTextCLIP` with a timm SigLIP image tower, `mmjax.convert.open_clip_siglip`). Text pools at the largest token id (`pool_type="argmax"`). Preprocessing:
 torchvision `Resize(bicubic)` of the shorter side on a PIL image + `CenterCrop` (rounded
 offset), or `"squash"`. The tokenizer is OpenCLIP's `SimpleTokenizer` (see `mmjax.data.clip_bpe`).
 """
@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from mmjax.convert import layout
+from mmjax.convert import layout, open_clip_siglip
 from mmjax.convert.checks import config_errors_name_the_file, source_shapes
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.jsonfile import json_object, read_json, write_json
@@ -88,8 +88,11 @@ _FIXED = ("ls_init_value", "attentional_pool", "no_ln_pre", "pos_embed_type", "f
 @config_errors_name_the_file
 def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
     """An OpenCLIP `model_cfg` dict → `TwoTowerConfig`; one line naming the first unsupported option."""
+    if open_clip_siglip.is_siglip(model_cfg, where):
+        return open_clip_siglip.config_from_open_clip(model_cfg, where)
     if model_cfg.get("custom_text") or "multimodal_cfg" in model_cfg:
-        raise ValueError(f"{where}: only OpenCLIP's CLIP class is supported (not custom_text / CoCa models)")
+        raise ValueError(f"{where}: only OpenCLIP's CLIP class and its SigLIP models are supported (not other "
+                         f"custom_text / CoCa models)")
     vision = dict(_VISION_DEFAULTS, **json_object(model_cfg, "vision_cfg", where))
     text = dict(_TEXT_DEFAULTS, **json_object(model_cfg, "text_cfg", where))
     for tower, cfg, defaults in [("vision_cfg", vision, _VISION_DEFAULTS), ("text_cfg", text, _TEXT_DEFAULTS)]:
@@ -144,6 +147,8 @@ def params_from_open_clip(tensors: dict[str, np.ndarray], config: TwoTowerConfig
     has another shape than `config` needs, or is not used."""
     if any(key.startswith("module.") for key in tensors):  # saved from DistributedDataParallel
         tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
+    if config.logit_bias_init is not None:
+        return open_clip_siglip.params_from_open_clip(tensors, config, where)
     used, shapes = set(), source_shapes(params_to_open_clip, config)
 
     def get(key: str) -> np.ndarray:
@@ -210,14 +215,18 @@ def _model_and_preprocess(model_cfg: dict, preprocess_cfg: dict,
 
 
 def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, allow_pickle: bool,
-              tokenizer_file: str | None, bpe_dir: str) -> Pretrained:
+              tokenizer_file: str | None, tokenizer_dir: str) -> Pretrained:
     config, preprocess = _model_and_preprocess(model_cfg, preprocess_cfg, where)
+    if config.logit_bias_init is not None:  # a SigLIP: its transformers tokenizer files, as OpenCLIP reads them
+        tokenizer = open_clip_siglip.tokenizer_from_dir(tokenizer_dir, model_cfg, where)
+        params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
+        return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
     clean = tokenizer_clean(model_cfg, where)
     params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
     if tokenizer_file is not None:
         tokenizer = Tokenizer.load(tokenizer_file)
     else:
-        tokenizer = ClipBpeTokenizer.open_clip(find_open_clip_bpe(bpe_dir), config.text.context_length, clean)
+        tokenizer = ClipBpeTokenizer.open_clip(find_open_clip_bpe(tokenizer_dir), config.text.context_length, clean)
     return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
 
 
@@ -249,7 +258,8 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     if weights is None:
         raise FileNotFoundError(f"{path} has no OpenCLIP weights ({', '.join(WEIGHT_FILES[:3])}, …)")
     tokenizer_file = os.path.join(path, TOKENIZER_FILE)
-    own_tokenizer = os.path.isfile(tokenizer_file) and not _is_clip_bpe_json(read_json(tokenizer_file))
+    own_tokenizer = (not open_clip_siglip.is_siglip(model_cfg, config_path) and os.path.isfile(tokenizer_file)
+                     and not _is_clip_bpe_json(read_json(tokenizer_file)))
     return _assemble(model_cfg, preprocess_cfg, weights, config_path, allow_pickle,
                      tokenizer_file if own_tokenizer else None, path)
 

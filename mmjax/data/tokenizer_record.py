@@ -7,7 +7,8 @@ kind, so that evaluating, converting or resuming the run needs neither the check
     tokenizer = load_tokenizer(workdir, description)     # the description is JSON (kept in pretrained.json)
 
 Kinds: a `tokenizers`-backed `Tokenizer` (a word-level vocabulary, a Gemma tokenizer.json), CLIP's BPE in either
-flavour (OpenCLIP's text clean-up runs in Python: its name is recorded and the tokenizer rebuilt with it), and a
+flavour (OpenCLIP's text clean-up runs in Python: its name is recorded and the tokenizer rebuilt with it), a
+transformers tokenizer.json behind OpenCLIP's clean-up (OpenCLIP's SigLIP models, recorded the same way), and a
 SentencePiece model with its normalization and end-of-text and padding pieces.
 """
 
@@ -18,6 +19,7 @@ import os
 import tokenizers
 
 from mmjax.data.clip_bpe import ClipBpeTokenizer
+from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
 from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
 from mmjax.files import write_atomically
@@ -26,6 +28,7 @@ JSON_FILE, SENTENCEPIECE_FILE = "tokenizer.json", "tokenizer.model"
 # The keys of each kind's description, with their types.
 KEYS = {"tokenizers": dict(file=str, eot_token=str),
         "clip_bpe": dict(file=str, eot_token=str, context_length=int, pad_id=int, open_clip_clean=(str, type(None))),
+        "open_clip_hf": dict(file=str, eot_token=str, open_clip_clean=str),
         "sentencepiece": dict(file=str, context_length=int, normalization=str, eot_token=str, pad_token=str)}
 
 
@@ -42,6 +45,8 @@ def save_tokenizer(tokenizer: Tokenizer | SentencePieceTokenizer, directory: str
     # the backend itself: ClipBpeTokenizer.save refuses the OpenCLIP flavour, whose clean-up is recorded here
     write_atomically(os.path.join(directory, JSON_FILE), tokenizer.backend.save)
     description = dict(kind="tokenizers", file=JSON_FILE, eot_token=tokenizer.backend.id_to_token(tokenizer.eot_id))
+    if isinstance(tokenizer, OpenClipHfTokenizer):
+        description.update(kind="open_clip_hf", open_clip_clean=tokenizer.open_clip_clean)
     if isinstance(tokenizer, ClipBpeTokenizer):
         description.update(kind="clip_bpe", context_length=tokenizer.context_length, pad_id=tokenizer.pad_id,
                            open_clip_clean=tokenizer.open_clip_clean)
@@ -77,6 +82,8 @@ def load_tokenizer(directory: str, description: dict) -> Tokenizer | SentencePie
         return Tokenizer.load(path, eot_token=description["eot_token"])
     with reading_tokenizer_file(path):
         backend = tokenizers.Tokenizer.from_file(path)
+    if kind == "open_clip_hf":
+        return OpenClipHfTokenizer(backend, description["eot_token"], description["open_clip_clean"])
     return ClipBpeTokenizer(backend, description["context_length"], description["pad_id"], description["eot_token"],
                             open_clip_clean=description["open_clip_clean"])
 

@@ -1,0 +1,264 @@
+"""OpenCLIP's SigLIP models: a `CustomTextCLIP` whose image tower is a timm SigLIP ViT (`vision_cfg.timm_model_name`
+`vit_*_siglip_*`, MAP pooling, no projection) and whose text tower is OpenCLIP's `TextTransformer`
+(bidirectional, pooled at the last position, a biased projection), with a learned logit bias. These are the
+`ViT-*-SigLIP*` models of OpenCLIP's zoo and the `timm/ViT-*-SigLIP*` Hugging Face Hub repositories.
+
+The timm model name fixes the image tower's shape, activation and image size (timm ignores
+`vision_cfg.image_size`), so `TIMM_SIGLIP_VITS` lists them (a test checks it against timm). mmjax computes both
+towers with one activation: the OpenCLIP models whose timm tower runs exact GELU and whose text runs tanh GELU
+(`text_cfg.act_kwargs`, most SigLIP 2 sizes) are refused in one line; their weights load as Google published
+them from `hf:google/siglip2-…` or the big_vision `.npz`.
+
+The tokenizer is the directory's transformers tokenizer (T5's vocabulary for SigLIP, Gemma's for SigLIP 2) as
+OpenCLIP's `HFTokenizer` runs it: OpenCLIP's clean-up (`text_cfg.tokenizer_kwargs.clean`, "whitespace" when
+absent), the end-of-text token appended and kept, padded to the context length with the tokenizer's pad token.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from mmjax.convert import checks, layout
+from mmjax.convert.hf_siglip import to_hf, to_mmjax
+from mmjax.convert.jsonfile import json_object, read_json
+from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS
+from mmjax.data.gemma_tokenizer import GEMMA_CLASSES
+from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
+from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
+from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
+
+# timm's SigLIP ViTs (timm/models/vision_transformer.py; a test builds each with timm and compares):
+# name → (width, depth, heads, mlp_dim, patch, image size, activation). All have no class token, no pre-norm,
+# a biased patch embedding, LayerNorm eps 1e-6 and an attention-pool (MAP) head with the blocks' MLP.
+TIMM_SIGLIP_VITS = {
+    **{f"vit_base_patch16_siglip_{size}": (768, 12, 12, 3072, 16, size, "gelu") for size in (224, 256, 384, 512)},
+    "vit_base_patch32_siglip_256": (768, 12, 12, 3072, 32, 256, "gelu_tanh"),
+    **{f"vit_large_patch16_siglip_{size}": (1024, 24, 16, 4096, 16, size, "gelu") for size in (256, 384)},
+    "vit_large_patch16_siglip_512": (1024, 24, 16, 4096, 16, 512, "gelu_tanh"),
+    **{f"vit_so400m_patch14_siglip_{size}": (1152, 27, 16, 4304, 14, size, "gelu") for size in (224, 378, 384)},
+    **{f"vit_so400m_patch16_siglip_{size}": (1152, 27, 16, 4304, 16, size, "gelu_tanh") for size in (256, 384, 512)},
+    **{f"vit_giantopt_patch16_siglip_{size}": (1536, 40, 16, 6144, 16, size, "gelu_tanh") for size in (256, 384)},
+}
+NORM_EPS = 1e-6  # timm's ViT LayerNorm; the text tower must say the same in text_cfg.norm_kwargs
+# OpenCLIP's CLIPTextCfg defaults of the options that change the computation, and what SigLIP needs of them
+_TEXT_NEEDS = dict(hf_model_name=(None, None), proj_type=("linear", "linear"), no_causal_mask=(False, True),
+                   pool_type=("argmax", "last"), proj_bias=(False, True), embed_cls=(False, False),
+                   ls_init_value=(None, None), final_ln_after_pool=(False, False), tokenizer_mode=(None, None),
+                   qk_norm=(False, False), scaled_cosine_attn=(False, False), scale_heads=(False, False),
+                   scale_attn_inner=(False, False), scale_attn=(False, False), scale_fc=(False, False),
+                   block_type=(None, None))
+_TEXT_ACTIVATIONS = {None: "gelu", "none": "gelu", "tanh": "gelu_tanh"}  # nn.GELU(approximate=…)
+
+
+def is_siglip(model_cfg: Mapping, where: str) -> bool:
+    """Whether an OpenCLIP `model_cfg` has a timm image tower (this module's models, or one it refuses)."""
+    return json_object(model_cfg, "vision_cfg", where).get("timm_model_name") is not None
+
+
+@checks.config_errors_name_the_file
+def config_from_open_clip(model_cfg: Mapping, where: str) -> TwoTowerConfig:
+    """An OpenCLIP SigLIP `model_cfg` → `TwoTowerConfig`; one line naming the first option mmjax cannot run."""
+    vision, text = json_object(model_cfg, "vision_cfg", where), json_object(model_cfg, "text_cfg", where)
+    name = vision["timm_model_name"]
+    if name not in TIMM_SIGLIP_VITS:
+        raise ValueError(f"vision_cfg.timm_model_name {name!r} is not supported (timm image towers: the SigLIP ViTs "
+                         f"{', '.join(sorted(TIMM_SIGLIP_VITS))})")
+    width, depth, heads, mlp_dim, patch, image_size, vision_activation = TIMM_SIGLIP_VITS[name]
+    for key, default, needed in [("timm_pool", "avg", "map"), ("timm_proj", "linear", "none")]:
+        if vision.get(key, default) != needed:
+            raise ValueError(f"vision_cfg.{key}={vision.get(key, default)!r} is not supported (SigLIP: {needed!r})")
+    if vision.get("image_size", 224) not in (image_size, [image_size, image_size]):
+        raise ValueError(f"vision_cfg.image_size {vision.get('image_size', 224)} is not the {image_size} px of "
+                         f"{name}")
+    for key, (default, needed) in _TEXT_NEEDS.items():
+        if text.get(key, default) != needed:
+            raise ValueError(f"text_cfg.{key}={text.get(key, default)!r} is not supported (SigLIP: {needed!r})")
+    if model_cfg.get("init_logit_bias") is None:
+        raise ValueError("init_logit_bias is missing: a timm SigLIP image tower with a CLIP loss is not supported")
+    if model_cfg.get("quick_gelu"):
+        raise ValueError("quick_gelu with a timm SigLIP image tower is not supported")
+    act_kwargs, norm_kwargs = dict(text.get("act_kwargs") or {}), dict(text.get("norm_kwargs") or {})
+    approximate = act_kwargs.pop("approximate", None)
+    if act_kwargs or approximate not in _TEXT_ACTIVATIONS:
+        raise ValueError(f"text_cfg.act_kwargs {text.get('act_kwargs')} is not supported")
+    text_activation = _TEXT_ACTIVATIONS[approximate]
+    if text_activation != vision_activation:
+        raise ValueError(f"its image tower ({name}) computes {vision_activation} and its text tower "
+                         f"{text_activation}; mmjax runs both towers with one activation (the same weights load "
+                         f"from the Hugging Face google/siglip… repository or the big_vision .npz)")
+    if norm_kwargs != {"eps": NORM_EPS}:
+        raise ValueError(f"text_cfg.norm_kwargs {text.get('norm_kwargs')} is not supported (SigLIP: "
+                         f"{{'eps': {NORM_EPS}}})")
+    if model_cfg.get("embed_dim") != width:
+        raise ValueError(f"embed_dim {model_cfg.get('embed_dim')} is not the image tower's width {width} "
+                         f"(SigLIP has no image projection)")
+    text_width = text.get("width", 512)
+    return TwoTowerConfig(
+        vision=VisionConfig(width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim, image_size=image_size,
+                            patch_size=patch, pool="map", pre_norm=False, patch_bias=True, posemb="learned"),
+        text=TextConfig(width=text_width, depth=text.get("layers", 12), num_heads=text.get("heads", 8),
+                        mlp_dim=int(text_width * text.get("mlp_ratio", 4.0)),
+                        vocab_size=text.get("vocab_size", 49408), context_length=text.get("context_length", 77),
+                        causal=False, pool="last"),
+        embed_dim=width,
+        options=BlockOptions(activation=vision_activation, norm_eps=NORM_EPS),
+        image_projection=False, text_projection_bias=True,
+        logit_scale_init=math.log(10.0), logit_bias_init=float(model_cfg["init_logit_bias"]),
+    )
+
+
+def timm_model_name(config: TwoTowerConfig) -> str | None:
+    """The timm SigLIP ViT that is `config`'s image tower, if there is one."""
+    v = config.vision
+    return next((name for name, spec in TIMM_SIGLIP_VITS.items()
+                 if spec == (v.width, v.depth, v.num_heads, v.mlp_dim, v.patch_size, v.image_size,
+                             config.options.activation)), None)
+
+
+# --- tensors: (mmjax path, OpenCLIP key, layout kind, (part, parts) of a fused tensor or None) ---------------------
+
+
+def _linear(mm: str, key: str, kind: str = "linear", part=None) -> Iterator[tuple]:
+    yield f"{mm}/kernel", f"{key}.weight", kind, part
+    yield f"{mm}/bias", f"{key}.bias", "copy" if kind in ("linear", "heads_out") else "bias", part
+
+
+def _norm(mm: str, key: str) -> Iterator[tuple]:
+    yield f"{mm}/scale", f"{key}.weight", "copy", None
+    yield f"{mm}/bias", f"{key}.bias", "copy", None
+
+
+def _vision_block(mm: str, key: str) -> Iterator[tuple]:
+    yield from _norm(f"{mm}/ln_1", f"{key}.norm1")
+    for i, part in enumerate(("query", "key", "value")):
+        yield from _linear(f"{mm}/attn/{part}", f"{key}.attn.qkv", "heads_in", (i, 3))
+    yield from _linear(f"{mm}/attn/out", f"{key}.attn.proj", "heads_out")
+    yield from _norm(f"{mm}/ln_2", f"{key}.norm2")
+    yield from _linear(f"{mm}/mlp/fc1", f"{key}.mlp.fc1")
+    yield from _linear(f"{mm}/mlp/fc2", f"{key}.mlp.fc2")
+
+
+def _text_block(mm: str, key: str) -> Iterator[tuple]:
+    yield from _norm(f"{mm}/ln_1", f"{key}.ln_1")
+    for i, part in enumerate(("query", "key", "value")):
+        yield f"{mm}/attn/{part}/kernel", f"{key}.attn.in_proj_weight", "heads_in", (i, 3)
+        yield f"{mm}/attn/{part}/bias", f"{key}.attn.in_proj_bias", "bias", (i, 3)
+    yield from _linear(f"{mm}/attn/out", f"{key}.attn.out_proj", "heads_out")
+    yield from _norm(f"{mm}/ln_2", f"{key}.ln_2")
+    yield from _linear(f"{mm}/mlp/fc1", f"{key}.mlp.c_fc")
+    yield from _linear(f"{mm}/mlp/fc2", f"{key}.mlp.c_proj")
+
+
+def table(config: TwoTowerConfig) -> list[tuple]:
+    """`(mmjax path, OpenCLIP key, layout kind, part)` for every parameter of an OpenCLIP SigLIP `config`; `part`
+    `(i, n)` is the i-th of n equal slices of a fused tensor (q/k/v, the MAP head's k/v). Kind `"lead1"`: a
+    tensor timm stores with a leading axis of 1 (position table, MAP probe)."""
+    img, txt, trunk = "image_encoder", "text_encoder", "visual.trunk"
+    return [
+        (f"{img}/patch_embed/conv/kernel", f"{trunk}.patch_embed.proj.weight", "conv", None),
+        (f"{img}/patch_embed/conv/bias", f"{trunk}.patch_embed.proj.bias", "copy", None),
+        (f"{img}/pos_embed/embedding", f"{trunk}.pos_embed", "lead1", None),
+        *(entry for i in range(config.vision.depth)
+          for entry in _vision_block(f"{img}/encoder/layers_{i}", f"{trunk}.blocks.{i}")),
+        *_norm(f"{img}/ln_post", f"{trunk}.norm"),
+        (f"{img}/map_head/probe", f"{trunk}.attn_pool.latent", "copy", None),
+        *_linear(f"{img}/map_head/attn/query", f"{trunk}.attn_pool.q", "heads_in"),
+        *_linear(f"{img}/map_head/attn/key", f"{trunk}.attn_pool.kv", "heads_in", (0, 2)),
+        *_linear(f"{img}/map_head/attn/value", f"{trunk}.attn_pool.kv", "heads_in", (1, 2)),
+        *_linear(f"{img}/map_head/attn/out", f"{trunk}.attn_pool.proj", "heads_out"),
+        *_norm(f"{img}/map_head/ln", f"{trunk}.attn_pool.norm"),
+        *_linear(f"{img}/map_head/mlp/fc1", f"{trunk}.attn_pool.mlp.fc1"),
+        *_linear(f"{img}/map_head/mlp/fc2", f"{trunk}.attn_pool.mlp.fc2"),
+        (f"{txt}/token_embed/embedding", "text.token_embedding.weight", "copy", None),
+        (f"{txt}/pos_embed/embedding", "text.positional_embedding", "copy", None),
+        *(entry for i in range(config.text.depth)
+          for entry in _text_block(f"{txt}/encoder/layers_{i}", f"text.transformer.resblocks.{i}")),
+        *_norm(f"{txt}/ln_final", "text.ln_final"),
+        *_linear("text_proj", "text.text_projection"),
+        ("logit_scale", "logit_scale", "copy", None),
+        ("logit_bias", "logit_bias", "copy", None),
+    ]
+
+
+def params_to_open_clip(params: Mapping, config: TwoTowerConfig) -> dict[str, np.ndarray]:
+    """Unscanned mmjax params → the state dict of OpenCLIP's `CustomTextCLIP` with a timm SigLIP tower (fused
+    tensors concatenated in their parts' order)."""
+    flat, out, fused = checks.flatten(params), {}, {}
+    for path, key, kind, part in table(config):
+        value = np.asarray(flat[path])
+        value = value[None] if kind == "lead1" else to_hf(kind, value)
+        if part is None:
+            out[key] = value
+        else:
+            fused.setdefault(key, {})[part[0]] = value
+    for key, parts in fused.items():
+        out[key] = np.concatenate([parts[i] for i in sorted(parts)])
+    return out
+
+
+def params_from_open_clip(tensors: Mapping[str, np.ndarray], config: TwoTowerConfig, where: str) -> dict:
+    """OpenCLIP SigLIP state dict → mmjax params; a one-line ValueError naming the first tensor that is not used,
+    is missing, or has another shape than `config` needs."""
+    entries = table(config)
+    used = {key for _, key, _, _ in entries}
+    unused = [key for key in tensors if key not in used]
+    if unused:
+        raise ValueError(f"{where}: tensor {unused[0]} is not used by an OpenCLIP SigLIP with this config")
+    shapes = checks.source_shapes(lambda params: params_to_open_clip(params, config), config)
+    expected, flat = checks.expected_shapes(config), {}
+    for path, key, kind, part in entries:
+        value = layout.take(tensors, key, where, shapes[key])
+        if part is not None:
+            value = np.split(value, part[1])[part[0]]
+        flat[path] = value.reshape(expected[path]) if kind == "lead1" else to_mmjax(kind, value, expected[path])
+    return checks.unflatten(flat)
+
+
+# --- tokenizer ---------------------------------------------------------------------------------------------------
+
+
+def _special(config: Mapping, key: str, default: str) -> str:
+    value = config.get(key)
+    if value is None:
+        return default
+    return value["content"] if isinstance(value, Mapping) else str(value)
+
+
+def tokenizer_from_dir(directory: str, model_cfg: Mapping,
+                       where: str) -> OpenClipHfTokenizer | SentencePieceTokenizer:
+    """The tokenizer OpenCLIP's `HFTokenizer` loads from an OpenCLIP SigLIP directory (transformers'
+    `AutoTokenizer`: its tokenizer.json, else its SentencePiece model) behind OpenCLIP's clean-up; one line for
+    options OpenCLIP would run otherwise."""
+    text = json_object(model_cfg, "text_cfg", where)
+    options = dict(text.get("tokenizer_kwargs") or {})
+    clean = options.pop("clean", "whitespace")  # HFTokenizer's default
+    if options or clean not in OPEN_CLIP_CLEANS:
+        raise ValueError(f"{where}: text_cfg.tokenizer_kwargs {text.get('tokenizer_kwargs')} is not supported "
+                         f"(only clean, one of {', '.join(OPEN_CLIP_CLEANS)})")
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    config = read_json(config_path) if os.path.isfile(config_path) else {}
+    gemma = config.get("tokenizer_class") in GEMMA_CLASSES
+    flags = {key: config[key] for key in ("add_bos_token", "add_eos_token") if key in config}
+    if gemma and flags and (flags.get("add_bos_token", True) or not flags.get("add_eos_token", False)):
+        raise ValueError(f"{config_path}: a Gemma tokenizer that does not append <eos> alone (add_bos_token false, "
+                         f"add_eos_token true, as OpenCLIP saves SigLIP 2's) is not supported")
+    eot = _special(config, "eos_token", GEMMA_EOS if gemma else "</s>")
+    pad = _special(config, "pad_token", GEMMA_PAD if gemma else "<pad>")
+    files = [os.path.join(directory, name) for name in ("tokenizer.json", "spiece.model", "tokenizer.model")]
+    found = next((file for file in files if os.path.isfile(file)), None)
+    context_length = text.get("context_length", 77)
+    if found is None:
+        raise FileNotFoundError(f"{directory} has no tokenizer.json, spiece.model or tokenizer.model, the tokenizer "
+                                f"of text_cfg.hf_tokenizer_name {text.get('hf_tokenizer_name')!r}")
+    if found.endswith(".json"):  # its post-processor decides, unless tokenizer_config.json sets the flags
+        return OpenClipHfTokenizer.from_file(found, context_length, eot, pad, clean, check_post_processor=not flags)
+    if gemma and not flags:
+        raise ValueError(f"{config_path}: without add_bos_token / add_eos_token, transformers starts texts with <bos> "
+                         f"and appends no <eos> to {os.path.basename(found)}; SigLIP 2 reads them without <bos>, "
+                         f"with <eos>")
+    return SentencePieceTokenizer.from_file(found, context_length=context_length,
+                                            normalization=f"open_clip_{clean}", eot_token=eot, pad_token=pad)

@@ -1,0 +1,262 @@
+"""OpenCLIP's SigLIP models (a `CustomTextCLIP` with a timm SigLIP image tower): a random one, saved as OpenCLIP's
+Hugging Face repositories hold them (open_clip_config.json, weights, the transformers tokenizer files), must
+tokenize and embed as `open_clip.create_model_and_transforms("local-dir:…")` and `open_clip.get_tokenizer` do. The
+image tower is a tiny timm ViT registered here under a SigLIP-style name; the table of the real timm names is
+checked against timm itself."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+open_clip = pytest.importorskip("open_clip")
+timm = pytest.importorskip("timm")
+from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import save_file as save_numpy  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from mmjax.convert import hf_siglip, open_clip_siglip  # noqa: E402
+from mmjax.convert.checks import expected_shapes  # noqa: E402
+from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer  # noqa: E402
+from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer  # noqa: E402
+from mmjax.data.tokenizer_record import load_tokenizer, save_tokenizer  # noqa: E402
+from mmjax.pretrained import load_pretrained  # noqa: E402
+from test_convert_siglip import _assert_same_direction, _images, train_t5_spiece  # noqa: E402
+from test_convert_siglip2 import train_gemma_spm  # noqa: E402
+
+TINY = "vit_mmjaxtest_patch8_siglip_32"
+WIDTH, CONTEXT = 32, 12
+TEXTS = ["a photo of a cat", "A DOG, running!", "", "zebra " * 20, "the bird's nest; über café?", "a &amp; b",
+         "snake_case_words   and\ttabs", "naïve café 3.14 o'clock 🐱", "(parenthesised) [bracketed] {braced}"]
+
+
+@pytest.fixture(scope="module")
+def spiece_path(tmp_path_factory):
+    return train_t5_spiece(tmp_path_factory.mktemp("spm"))
+
+
+@pytest.fixture(scope="module")
+def gemma_spm(tmp_path_factory):
+    return train_gemma_spm(tmp_path_factory.mktemp("gemma"))
+
+
+def _register_tiny_timm_vit(act_layer: str) -> str:
+    """A 2-layer, 32-wide timm SigLIP-style ViT (MAP head, no class token) for 32 px images of 8 px patches."""
+    from timm.models import register_model
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = f"{TINY}_{act_layer}"
+    if name not in timm.list_models(name):
+        def build(pretrained=False, **kwargs):
+            kwargs = {key: value for key, value in kwargs.items() if not key.startswith("pretrained_cfg")
+                      and key != "cache_dir"}
+            return VisionTransformer(img_size=32, patch_size=8, embed_dim=WIDTH, depth=2, num_heads=2, mlp_ratio=2,
+                                     class_token=False, act_layer=act_layer, **kwargs)
+        build.__name__ = name
+        register_model(build)
+    return name
+
+
+def _open_clip_siglip_dir(path, monkeypatch, *, gemma_model=None, spiece=None, text_act=None, vision_act="gelu",
+                          seed=0):
+    """An OpenCLIP SigLIP directory with random (perturbed) weights and the tokenizer OpenCLIP saves."""
+    name = _register_tiny_timm_vit("gelu_tanh" if vision_act == "gelu_tanh" else "gelu")
+    monkeypatch.setitem(open_clip_siglip.TIMM_SIGLIP_VITS, name, (WIDTH, 2, 2, 64, 8, 32, vision_act))
+    vocab = 420 if gemma_model else 320
+    text_cfg = dict(context_length=CONTEXT, vocab_size=vocab, hf_tokenizer_name="timm/tiny",
+                    tokenizer_kwargs={"clean": "canonicalize"}, width=WIDTH, heads=2, layers=2, mlp_ratio=2.0,
+                    no_causal_mask=True, proj_bias=True, pool_type="last", norm_kwargs={"eps": 1e-6})
+    if text_act:
+        text_cfg["act_kwargs"] = {"approximate": text_act}
+    model_cfg = dict(embed_dim=WIDTH, init_logit_bias=-10, custom_text=True, text_cfg=text_cfg,
+                     vision_cfg=dict(image_size=32, timm_model_name=name, timm_model_pretrained=False,
+                                     timm_pool="map", timm_proj="none"))
+    torch.manual_seed(seed)
+    model = open_clip.model.CustomTextCLIP(**{k: v for k, v in model_cfg.items() if k != "custom_text"})
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    os.makedirs(path)
+    preprocess_cfg = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}
+    with open(os.path.join(path, "open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, f)
+    save_file(model.state_dict(), os.path.join(path, "open_clip_model.safetensors"))
+    model_file = gemma_model or spiece
+    source = os.path.join(os.path.dirname(path), "tokenizer_source")
+    os.makedirs(source, exist_ok=True)
+    shutil.copy(model_file, os.path.join(source, "tokenizer.model" if gemma_model else "spiece.model"))
+    if gemma_model:  # as OpenCLIP's SigLipTokenizer("gemma") makes and saves SigLIP 2's
+        tokenizer = transformers.GemmaTokenizer.from_pretrained(source, add_bos_token=False, add_eos_token=True,
+                                                                padding_side="right")
+    else:  # SigLipTokenizer("c4-en"): T5's, padded with </s>
+        tokenizer = transformers.T5Tokenizer.from_pretrained(source, extra_ids=0, pad_token="</s>")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _edit_json(file, **changes):
+    with open(file) as f:
+        value = json.load(f)
+    with open(file, "w") as f:
+        json.dump({**value, **changes}, f)
+
+
+def _reference(path, images, texts):
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + path)
+    tokenizer = open_clip.get_tokenizer("local-dir:" + path)
+    model.eval()
+    with torch.no_grad():
+        ids = tokenizer(texts)
+        return (model.encode_image(torch.stack([preprocess(image) for image in images])).numpy(),
+                model.encode_text(ids).numpy(), ids.numpy(), model)
+
+
+@pytest.mark.parametrize("vocabulary", ["t5", "gemma"])
+def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, spiece_path, gemma_spm, monkeypatch,
+                                                                tmp_path):
+    gemma = vocabulary == "gemma"
+    path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, gemma_model=gemma_spm[0] if gemma else None,
+                                 spiece=spiece_path, text_act="tanh" if gemma else None,
+                                 vision_act="gelu_tanh" if gemma else "gelu")
+    images = _images()
+    image_ref, text_ref, ids_ref, model = _reference(path, images, TEXTS)
+    pieces = spm.SentencePieceProcessor(model_file=gemma_spm[0] if gemma else spiece_path)
+    first = pieces.encode("a photo of a cat")[:CONTEXT - 1] + [pieces.piece_to_id("<eos>" if gemma else "</s>")]
+    assert ids_ref[0, :len(first)].tolist() == first  # the reference tokenizer is the SentencePiece model's
+    pretrained = load_pretrained(path)
+    assert isinstance(pretrained.tokenizer, OpenClipHfTokenizer)
+    np.testing.assert_array_equal(pretrained.tokenizer(TEXTS), ids_ref)
+    _assert_same_direction(pretrained.encode_image(images), image_ref)
+    _assert_same_direction(pretrained.encode_text(TEXTS), text_ref)
+    assert pretrained.config.options.activation == ("gelu_tanh" if gemma else "gelu")
+    assert pretrained.logit_scale == pytest.approx(model.logit_scale.item(), rel=1e-6)
+    assert float(pretrained.params["logit_bias"]) == pytest.approx(model.logit_bias.item(), rel=1e-6)
+
+    os.remove(os.path.join(path, "tokenizer.json"))  # the SentencePiece model alone (transformers reads it then)
+    shutil.copy(gemma_spm[0] if gemma else spiece_path, path)
+    if gemma:  # Gemma's defaults (<bos>, no <eos>) unless the config says otherwise, as transformers 4 wrote it
+        with pytest.raises(ValueError, match="without add_bos_token / add_eos_token, transformers starts texts"):
+            load_pretrained(path)
+        _edit_json(os.path.join(path, "tokenizer_config.json"), add_bos_token=False, add_eos_token=True)
+    from_model = load_pretrained(path).tokenizer
+    assert isinstance(from_model, SentencePieceTokenizer)
+    np.testing.assert_array_equal(from_model(TEXTS), ids_ref)
+
+
+def test_the_timm_siglip_table_is_timms(monkeypatch):
+    """Each entry as timm builds the model (on the meta device: shapes only): width, depth, heads, MLP, patch,
+    image size and activation, and what every entry shares (no class token, no pre-norm, a biased patch
+    embedding, LayerNorm eps 1e-6, a MAP head with the blocks' MLP and activation)."""
+    activations = {("GELU", "none"): "gelu", ("GELUTanh", None): "gelu_tanh", ("GELU", "tanh"): "gelu_tanh"}
+    for name, spec in open_clip_siglip.TIMM_SIGLIP_VITS.items():
+        with torch.device("meta"):
+            vit = timm.create_model(name, num_classes=0, global_pool="map")
+        block, act = vit.blocks[0], vit.blocks[0].mlp.act
+        built = (vit.embed_dim, len(vit.blocks), block.attn.num_heads, block.mlp.fc1.out_features,
+                 vit.patch_embed.patch_size[0], vit.patch_embed.img_size[0],
+                 activations[(type(act).__name__, getattr(act, "approximate", None))])
+        assert built == spec, name
+        assert vit.cls_token is None and isinstance(vit.norm_pre, torch.nn.Identity), name
+        assert vit.patch_embed.proj.bias is not None and vit.norm.eps == 1e-6, name
+        assert vit.attn_pool.mlp.fc1.out_features == spec[3] and type(vit.attn_pool.mlp.act) is type(act), name
+    listed = {name for name in timm.list_models("vit_*_siglip_*") if "gap" not in name and TINY not in name}
+    assert listed == set(open_clip_siglip.TIMM_SIGLIP_VITS)
+
+
+def test_open_clips_own_siglip_configs_are_read_or_refused_in_one_line():
+    """Every SigLIP config OpenCLIP ships is read or refused with its reason; three that are read give the model
+    OpenCLIP builds (parameter count, on the meta device)."""
+    outcomes = {}
+    for name in open_clip.list_models():
+        model_cfg = open_clip.get_model_config(name)
+        if "siglip" not in (model_cfg.get("vision_cfg", {}).get("timm_model_name") or ""):
+            continue
+        try:
+            outcomes[name] = open_clip_siglip.config_from_open_clip(model_cfg, name)
+        except ValueError as error:
+            assert "\n" not in str(error) and str(error).startswith(f"{name}: ")
+            outcomes[name] = str(error)
+    for name in ("ViT-B-16-SigLIP", "ViT-SO400M-14-SigLIP-384", "ViT-SO400M-16-SigLIP2-256"):
+        model_cfg = open_clip.get_model_config(name)
+        with torch.device("meta"):
+            reference = open_clip.model.CustomTextCLIP(**{k: v for k, v in model_cfg.items() if k != "custom_text"})
+        ours = sum(int(np.prod(shape)) for shape in expected_shapes(outcomes[name]).values())
+        assert ours == sum(p.numel() for p in reference.parameters()), name
+    read = sorted(name for name, outcome in outcomes.items() if not isinstance(outcome, str))
+    assert len(read) == 17 and "ViT-gopt-16-SigLIP2-384" in read, read
+    assert "its image tower (vit_base_patch16_siglip_224) computes gelu and its text tower gelu_tanh" in outcomes[
+        "ViT-B-16-SigLIP2"]
+    assert "text_cfg.hf_model_name='facebook/nllb-200-distilled-600M'" in outcomes["nllb-clip-base-siglip"]
+    assert "text_cfg.proj_type='none'" in outcomes["ViT-SO400M-16-SigLIP-i18n-256"]
+
+
+def test_what_mmjax_cannot_run_is_refused_in_one_line_naming_the_file(spiece_path, monkeypatch, tmp_path):
+    path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, spiece=spiece_path)
+    config_file = os.path.join(path, "open_clip_config.json")
+    with open(config_file) as f:
+        spec = json.load(f)
+
+    def refused(edit, message):
+        changed = json.loads(json.dumps(spec))
+        edit(changed["model_cfg"])
+        with open(config_file, "w") as f:
+            json.dump(changed, f)
+        with pytest.raises(ValueError) as error:
+            load_pretrained(path)
+        assert "\n" not in str(error.value) and str(error.value).startswith(config_file), error.value
+        assert message in str(error.value)
+
+    refused(lambda cfg: cfg["vision_cfg"].update(timm_model_name="convnext_base"),
+            "vision_cfg.timm_model_name 'convnext_base' is not supported")
+    refused(lambda cfg: cfg["vision_cfg"].update(timm_pool="avg"), "vision_cfg.timm_pool='avg'")
+    refused(lambda cfg: cfg["vision_cfg"].update(image_size=64), "vision_cfg.image_size 64 is not the 32 px")
+    refused(lambda cfg: cfg["text_cfg"].update(pool_type="argmax"), "text_cfg.pool_type='argmax'")
+    refused(lambda cfg: cfg["text_cfg"].update(act_kwargs={"approximate": "tanh"}),
+            "computes gelu and its text tower gelu_tanh")
+    refused(lambda cfg: cfg["text_cfg"].pop("norm_kwargs"), "text_cfg.norm_kwargs None")
+    refused(lambda cfg: cfg.pop("init_logit_bias"), "init_logit_bias is missing")
+    refused(lambda cfg: cfg["text_cfg"].update(tokenizer_kwargs={"clean": "canonicalize", "strip_sep_token": True}),
+            "text_cfg.tokenizer_kwargs")
+    with open(config_file, "w") as f:
+        json.dump(spec, f)
+    weights = os.path.join(path, "open_clip_model.safetensors")
+    tensors = load_file(weights)
+    save_numpy({**tensors, "visual.trunk.attn_pool.kv.weight": tensors["visual.trunk.attn_pool.kv.weight"][:40]},
+               weights)
+    with pytest.raises(ValueError, match=r"tensor visual.trunk.attn_pool.kv.weight has shape \(40, 32\) but the "
+                                         r"config needs \(64, 32\)"):
+        load_pretrained(path)
+    os.remove(os.path.join(path, "tokenizer.json"))
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json, spiece.model or tokenizer.model"):
+        load_pretrained(path)
+
+
+def test_mmjax_params_written_as_open_clip_tensors_and_read_back_are_bit_identical(spiece_path, monkeypatch, tmp_path):
+    path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, spiece=spiece_path)
+    pretrained = load_pretrained(path)
+    tensors = open_clip_siglip.params_to_open_clip(pretrained.params, pretrained.config)
+    original = load_file(os.path.join(path, "open_clip_model.safetensors"))
+    assert sorted(tensors) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(tensors[key], value, err_msg=key)
+
+
+def test_the_tokenizer_survives_a_runs_record_and_an_export_that_would_lose_its_clean_up_is_refused(
+        spiece_path, monkeypatch, tmp_path):
+    path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, spiece=spiece_path)
+    pretrained = load_pretrained(path)
+    description = save_tokenizer(pretrained.tokenizer, str(tmp_path))
+    recorded = load_tokenizer(str(tmp_path), json.loads(json.dumps(description)))
+    assert description["kind"] == "open_clip_hf" and description["open_clip_clean"] == "canonicalize"
+    np.testing.assert_array_equal(recorded(TEXTS), open_clip.get_tokenizer("local-dir:" + path)(TEXTS).numpy())
+    with pytest.raises(ValueError, match="runs OpenCLIP's text clean-up .clean='canonicalize'. before its "
+                                         "tokenizer.json"):
+        hf_siglip.export(pretrained, str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="cannot be saved as"):
+        pretrained.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    assert not os.path.exists(tmp_path / "hf")
