@@ -26,6 +26,7 @@ from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer  # noqa: E402
 from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer  # noqa: E402
 from mmjax.data.tokenizer_record import load_tokenizer, save_tokenizer  # noqa: E402
 from mmjax.pretrained import load_pretrained  # noqa: E402
+from test_convert_clip import _open_clip_reference  # noqa: E402
 from test_convert_siglip import _assert_same_direction, _images, train_t5_spiece  # noqa: E402
 from test_convert_siglip2 import train_gemma_spm  # noqa: E402
 
@@ -106,16 +107,6 @@ def _edit_json(file, **changes):
         json.dump({**value, **changes}, f)
 
 
-def _reference(path, images, texts):
-    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + path)
-    tokenizer = open_clip.get_tokenizer("local-dir:" + path)
-    model.eval()
-    with torch.no_grad():
-        ids = tokenizer(texts)
-        return (model.encode_image(torch.stack([preprocess(image) for image in images])).numpy(),
-                model.encode_text(ids).numpy(), ids.numpy(), model)
-
-
 @pytest.mark.parametrize("vocabulary", ["t5", "gemma"])
 def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, spiece_path, gemma_spm, monkeypatch,
                                                                 tmp_path):
@@ -124,7 +115,7 @@ def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, spiec
                                  spiece=spiece_path, text_act="tanh" if gemma else None,
                                  vision_act="gelu_tanh" if gemma else "gelu")
     images = _images()
-    image_ref, text_ref, ids_ref, model = _reference(path, images, TEXTS)
+    image_ref, text_ref, ids_ref, model = _open_clip_reference(path, images, TEXTS)
     pieces = spm.SentencePieceProcessor(model_file=gemma_spm[0] if gemma else spiece_path)
     first = pieces.encode("a photo of a cat")[:CONTEXT - 1] + [pieces.piece_to_id("<eos>" if gemma else "</s>")]
     assert ids_ref[0, :len(first)].tolist() == first  # the reference tokenizer is the SentencePiece model's

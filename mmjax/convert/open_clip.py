@@ -251,7 +251,7 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     The tokenizer: `tokenizer.json` when it is not a CLIP BPE (`export` writes one for non-BPE tokenizers;
     a transformers CLIP tokenizer.json beside an OpenCLIP config, as in repositories that hold both formats,
     is passed over, as OpenCLIP passes it over), else `bpe_simple_vocab_16e6.txt.gz` in the directory or the
-    copy mmjax ships."""
+    copy mmjax ships. A SigLIP's: its transformers tokenizer files (`open_clip_siglip.tokenizer_from_dir`)."""
     model_cfg, preprocess_cfg, config_path = _read_spec(path)
     weights = next((os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))),
                    None)
