@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mmjax.convert.jsonfile import read_json
+from mmjax.convert.jsonfile import json_object, read_json
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.inference import check_batch_size
 from mmjax.models import TwoTower, TwoTowerConfig
@@ -184,6 +184,21 @@ def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
     return _load_workdir(path) if converter is None else converter.load(path, allow_pickle=allow_pickle)
 
 
+def _open_clip_tokenizer_dir(path: str, repo: str) -> str | None:
+    """For an OpenCLIP SigLIP downloaded from the Hub, the JSON files of the repository its
+    `text_cfg.hf_tokenizer_name` names, when that is another one (OpenCLIP's `hf-hub:` reads its tokenizer there,
+    e.g. `timm/ViT-L-16-SigLIP-256` names `timm/ViT-B-16-SigLIP`); else None."""
+    from mmjax.convert import open_clip, open_clip_siglip
+
+    if not os.path.isfile(os.path.join(path, open_clip.CONFIG_FILE)):
+        return None
+    model_cfg, _, config_path = open_clip.read_spec(path)
+    name = json_object(model_cfg, "text_cfg", config_path).get("hf_tokenizer_name")
+    if not open_clip_siglip.is_siglip(model_cfg, config_path) or not name or name == repo.partition("@")[0]:
+        return None
+    return download_hf(name, weights=False)
+
+
 def describe_hf(source: str, image_size: int | None = None) -> tuple[TwoTowerConfig, ImagePreprocess]:
     """The model config and image preprocessing of `hf:ORG/NAME[@REVISION]` (at `image_size` px when given, as
     `load_pretrained` would resize it), from its JSON files alone: what a caller can check before the weights
@@ -252,7 +267,13 @@ def load_pretrained(source: str, *, image_size: int | None = None, allow_pickle:
     if tokenizer is not None and not source.endswith(".npz"):
         raise ValueError("tokenizer= is only for big_vision .npz sources")
     if source.startswith("hf:"):
-        pretrained = _load_directory(download_hf(source[3:], allow_pickle), allow_pickle)
+        path = download_hf(source[3:], allow_pickle)
+        tokenizer_dir = _open_clip_tokenizer_dir(path, source[3:])
+        if tokenizer_dir is None:
+            pretrained = _load_directory(path, allow_pickle)
+        else:
+            from mmjax.convert import open_clip
+            pretrained = open_clip.load(path, allow_pickle=allow_pickle, tokenizer_dir=tokenizer_dir)
     elif source.startswith("open_clip:"):
         from mmjax.convert import open_clip
         if weights is None:

@@ -23,7 +23,6 @@ from safetensors.torch import save_file  # noqa: E402
 from mmjax.convert import hf_siglip, open_clip_siglip  # noqa: E402
 from mmjax.convert.checks import expected_shapes  # noqa: E402
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer  # noqa: E402
-from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer  # noqa: E402
 from mmjax.data.tokenizer_record import load_tokenizer, save_tokenizer  # noqa: E402
 from mmjax.pretrained import load_pretrained  # noqa: E402
 from test_convert_clip import _open_clip_reference  # noqa: E402
@@ -64,13 +63,13 @@ def _register_tiny_timm_vit(act_layer: str) -> str:
 
 
 def _open_clip_siglip_dir(path, monkeypatch, *, gemma_model=None, spiece=None, text_act=None, vision_act="gelu",
-                          seed=0):
+                          clean="canonicalize", seed=0):
     """An OpenCLIP SigLIP directory with random (perturbed) weights and the tokenizer OpenCLIP saves."""
     name = _register_tiny_timm_vit("gelu_tanh" if vision_act == "gelu_tanh" else "gelu")
     monkeypatch.setitem(open_clip_siglip.TIMM_SIGLIP_VITS, name, (WIDTH, 2, 2, 64, 8, 32, vision_act))
     vocab = 420 if gemma_model else 320
     text_cfg = dict(context_length=CONTEXT, vocab_size=vocab, hf_tokenizer_name="timm/tiny",
-                    tokenizer_kwargs={"clean": "canonicalize"}, width=WIDTH, heads=2, layers=2, mlp_ratio=2.0,
+                    tokenizer_kwargs={"clean": clean}, width=WIDTH, heads=2, layers=2, mlp_ratio=2.0,
                     no_causal_mask=True, proj_bias=True, pool_type="last", norm_kwargs={"eps": 1e-6})
     if text_act:
         text_cfg["act_kwargs"] = {"approximate": text_act}
@@ -128,15 +127,56 @@ def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, spiec
     assert pretrained.logit_scale == pytest.approx(model.logit_scale.item(), rel=1e-6)
     assert float(pretrained.params["logit_bias"]) == pytest.approx(model.logit_bias.item(), rel=1e-6)
 
-    os.remove(os.path.join(path, "tokenizer.json"))  # the SentencePiece model alone (transformers reads it then)
-    shutil.copy(gemma_spm[0] if gemma else spiece_path, path)
-    if gemma:  # Gemma's defaults (<bos>, no <eos>) unless the config says otherwise, as transformers 4 wrote it
-        with pytest.raises(ValueError, match="without add_bos_token / add_eos_token, transformers starts texts"):
+
+
+@pytest.mark.parametrize("clean", ["canonicalize", "lower", "whitespace"])
+@pytest.mark.parametrize("vocabulary", ["t5", "gemma"])
+def test_each_clean_up_and_special_tokens_in_the_text_give_open_clips_ids(vocabulary, clean, spiece_path, gemma_spm,
+                                                                         monkeypatch, tmp_path):
+    gemma = vocabulary == "gemma"
+    path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, gemma_model=gemma_spm[0] if gemma else None,
+                                 spiece=spiece_path, text_act="tanh" if gemma else None,
+                                 vision_act="gelu_tanh" if gemma else "gelu", clean=clean)
+    texts = TEXTS + ["a </s> b", "<eos> <pad> <unk> <bos>", "A  Cat  ", "Ärger_über_CAFÉ", "x" * 40]
+    np.testing.assert_array_equal(load_pretrained(path).tokenizer(texts),
+                                  open_clip.get_tokenizer("local-dir:" + path)(texts).numpy())
+
+
+def test_tokenizer_files_that_transformers_reads_otherwise_are_refused_or_followed(spiece_path, gemma_spm,
+                                                                                  monkeypatch, tmp_path):
+    """What transformers' AutoTokenizer does with the files: a Gemma pads on the left unless its
+    tokenizer_config.json says right; the tokenizer.json's post-processor decides what is added around a text,
+    whatever add_bos_token / add_eos_token say."""
+    path = _open_clip_siglip_dir(tmp_path / "gemma", monkeypatch, gemma_model=gemma_spm[0], text_act="tanh",
+                                 vision_act="gelu_tanh")
+    config_file, tokenizer_file = (os.path.join(path, name) for name in ("tokenizer_config.json", "tokenizer.json"))
+    with open(config_file) as f:
+        config = json.load(f)
+    with open(tokenizer_file) as f:
+        tokenizer_json = json.load(f)
+
+    def write(config_changes, post_processor=None):
+        with open(config_file, "w") as f:
+            json.dump({key: value for key, value in {**config, **config_changes}.items() if value is not None}, f)
+        with open(tokenizer_file, "w") as f:
+            json.dump({**tokenizer_json, "post_processor": post_processor or tokenizer_json["post_processor"]}, f)
+
+    for changes, message in [({"padding_side": None}, "padding_side 'left' is not supported"),
+                             ({"truncation_side": "left"}, "truncation_side 'left' is not supported"),
+                             ({"tokenizer_class": "Siglip2Tokenizer"}, "tokenizer_class 'Siglip2Tokenizer'"),
+                             ({"eos_token": {"special": True}}, "eos_token {'special': True} is not a token")]:
+        write(changes)
+        with pytest.raises(ValueError, match=message) as error:
             load_pretrained(path)
-        _edit_json(os.path.join(path, "tokenizer_config.json"), add_bos_token=False, add_eos_token=True)
-    from_model = load_pretrained(path).tokenizer
-    assert isinstance(from_model, SentencePieceTokenizer)
-    np.testing.assert_array_equal(from_model(TEXTS), ids_ref)
+        assert str(error.value).startswith(config_file) and "\n" not in str(error.value)
+    bos_only = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}}}
+    write({"add_bos_token": False, "add_eos_token": True}, bos_only)
+    assert open_clip.get_tokenizer("local-dir:" + path)(["a"])[0, 0] == 2  # <bos> first: the file decided
+    with pytest.raises(ValueError, match=r"post-processor makes 'a' \['<bos>'"):
+        load_pretrained(path)
 
 
 def test_the_timm_siglip_table_is_timms(monkeypatch):
@@ -155,6 +195,10 @@ def test_the_timm_siglip_table_is_timms(monkeypatch):
         assert vit.cls_token is None and isinstance(vit.norm_pre, torch.nn.Identity), name
         assert vit.patch_embed.proj.bias is not None and vit.norm.eps == 1e-6, name
         assert vit.attn_pool.mlp.fc1.out_features == spec[3] and type(vit.attn_pool.mlp.act) is type(act), name
+        assert vit.attn_pool.latent_len == 1 and vit.attn_pool.num_heads == spec[2], name
+        assert all(norm.eps == 1e-6 for norm in (block.norm1, block.norm2, vit.attn_pool.norm)), name
+        assert block.attn.qkv.bias is not None and vit.attn_pool.q.bias is not None, name
+        assert isinstance(block.attn.q_norm, torch.nn.Identity) and isinstance(block.ls1, torch.nn.Identity), name
     listed = {name for name in timm.list_models("vit_*_siglip_*") if "gap" not in name and TINY not in name}
     assert listed == set(open_clip_siglip.TIMM_SIGLIP_VITS)
 
@@ -213,6 +257,8 @@ def test_what_mmjax_cannot_run_is_refused_in_one_line_naming_the_file(spiece_pat
     refused(lambda cfg: cfg.pop("init_logit_bias"), "init_logit_bias is missing")
     refused(lambda cfg: cfg["text_cfg"].update(tokenizer_kwargs={"clean": "canonicalize", "strip_sep_token": True}),
             "text_cfg.tokenizer_kwargs")
+    refused(lambda cfg: cfg["text_cfg"].update(tokenizer_kwargs="canonicalize"), "tokenizer_kwargs is not a JSON")
+    refused(lambda cfg: cfg["text_cfg"].pop("hf_tokenizer_name"), "text_cfg.hf_tokenizer_name is empty")
     with open(config_file, "w") as f:
         json.dump(spec, f)
     weights = os.path.join(path, "open_clip_model.safetensors")
@@ -223,7 +269,7 @@ def test_what_mmjax_cannot_run_is_refused_in_one_line_naming_the_file(spiece_pat
                                          r"config needs \(64, 32\)"):
         load_pretrained(path)
     os.remove(os.path.join(path, "tokenizer.json"))
-    with pytest.raises(FileNotFoundError, match="has no tokenizer.json, spiece.model or tokenizer.model"):
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
         load_pretrained(path)
 
 
@@ -251,3 +297,22 @@ def test_the_tokenizer_survives_a_runs_record_and_an_export_that_would_lose_its_
     with pytest.raises(ValueError, match="cannot be saved as"):
         pretrained.tokenizer.save(str(tmp_path / "tokenizer.json"))
     assert not os.path.exists(tmp_path / "hf")
+
+
+def test_from_the_hub_the_tokenizer_comes_from_the_repository_hf_tokenizer_name_names(spiece_path, monkeypatch,
+                                                                                       tmp_path, fake_hub):
+    """As OpenCLIP's `hf-hub:` reads it: `timm/ViT-L-16-SigLIP-256` names `timm/ViT-B-16-SigLIP`'s tokenizer."""
+    model = _open_clip_siglip_dir(tmp_path / "hub" / "model", monkeypatch, spiece=spiece_path)
+    expected = open_clip.get_tokenizer("local-dir:" + model)(TEXTS).numpy()
+    os.makedirs(tmp_path / "hub" / "tok")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.move(os.path.join(model, name), tmp_path / "hub" / "tok" / name)
+    config_file = os.path.join(model, "open_clip_config.json")
+    with open(config_file) as f:
+        spec = json.load(f)
+    spec["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "fake/tok"
+    with open(config_file, "w") as f:
+        json.dump(spec, f)
+    pretrained = load_pretrained("hf:fake/model")
+    np.testing.assert_array_equal(pretrained.tokenizer(TEXTS), expected)
+    assert fake_hub[1] == ["*.json"]  # the tokenizer's repository: its JSON files alone

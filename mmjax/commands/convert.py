@@ -110,15 +110,7 @@ def run(argv: list[str]) -> None:
                                                                                        flags.FLAGS.to)):
         if caveat:
             print(f"mmjax: warning: {source}'s preprocessing {caveat}", file=sys.stderr)
-    normalization = getattr(pretrained.tokenizer, "normalization", None)
-    if flags.FLAGS.to == "hf" and normalization and normalization.startswith("open_clip_"):
-        written = ("Siglip2Tokenizer written to {out} lower-cases only" if pretrained.tokenizer.is_gemma else
-                   "SiglipTokenizer written to {out} lower-cases and removes punctuation but runs neither ftfy nor "
-                   "HTML unescaping").format(out=out)
-        print(f"mmjax: warning: {source} tokenizes after OpenCLIP's clean-up "
-              f"(clean={normalization.removeprefix('open_clip_')!r}); the {written}, so some texts get other ids "
-              f"there", file=sys.stderr)
-    if flags.FLAGS.to == "hf" and normalization == "big_vision":
+    if flags.FLAGS.to == "hf" and getattr(pretrained.tokenizer, "normalization", None) == "big_vision":
         if pretrained.tokenizer.is_gemma:
             print(f"mmjax: warning: {source} tokenizes as big_vision does (A-Z lower-cased, other capitals kept); the "
                   f"Siglip2Tokenizer written to {out} lower-cases every letter, so texts with capitals outside A-Z get "

@@ -35,7 +35,6 @@ import numpy as np
 from mmjax.convert import checks, hf_siglip, layout
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.tensors import read_tensors
-from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS
 from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
 from mmjax.models.layers import sincos_2d
@@ -279,11 +278,7 @@ def export_caveats(pretrained: Pretrained) -> list[str]:
         caveats.append(f"resizes images with the {pretrained.preprocess.interpolation} filter; big_vision resizes "
                        f"with TensorFlow's bilinear one, so pixel values differ slightly there")
     cleaning = {"hf": "lower-cases texts and removes their punctuation (transformers' SiglipTokenizer)",
-                "lowercase": "lower-cases every letter of a text (transformers' Siglip2Tokenizer)",
-                **{f"open_clip_{clean}": f"cleans texts as OpenCLIP's clean={clean!r} does (ftfy, HTML entities"
-                                         f"{', punctuation removed' if clean == 'canonicalize' else ''}"
-                                         f"{', lower-cased' if clean != 'whitespace' else ''})"
-                   for clean in OPEN_CLIP_CLEANS}}
+                "lowercase": "lower-cases every letter of a text (transformers' Siglip2Tokenizer)"}
     normalization = getattr(pretrained.tokenizer, "normalization", "big_vision")
     if normalization != "big_vision":
         caveats.append(f"{cleaning[normalization]}; big_vision lower-cases A-Z only, so texts with punctuation or "

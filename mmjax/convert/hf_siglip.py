@@ -379,7 +379,7 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     tokenizer files and preprocessor_config.json, all at once (`staged_export`)."""
     config = pretrained.config
     check_exportable(config)
-    if isinstance(pretrained.tokenizer, OpenClipHfTokenizer):
+    if isinstance(pretrained.tokenizer, OpenClipHfTokenizer):  # an OpenCLIP SigLIP's
         raise ValueError(f"cannot export as transformers SiglipModel: its tokenizer runs OpenCLIP's text clean-up "
                          f"(clean={pretrained.tokenizer.open_clip_clean!r}) before its tokenizer.json, which no "
                          f"transformers SigLIP tokenizer reproduces")

@@ -97,7 +97,8 @@ def config_from_open_clip(model_cfg: dict, where: str) -> TwoTowerConfig:
     text = dict(_TEXT_DEFAULTS, **json_object(model_cfg, "text_cfg", where))
     for tower, cfg, defaults in [("vision_cfg", vision, _VISION_DEFAULTS), ("text_cfg", text, _TEXT_DEFAULTS)]:
         for key in (key for key in _FIXED if key in defaults):
-            value = (cfg[key] or None) if key.endswith("_kwargs") else cfg[key]  # {} passes no keyword, as None
+            # {} passes no keyword, as None; "" names no timm model, as None
+            value = (cfg[key] or None) if key.endswith("_kwargs") or key == "timm_model_name" else cfg[key]
             if value != defaults[key]:
                 raise ValueError(f"{where}: {tower}.{key}={cfg[key]!r} is not supported")
     if not isinstance(vision.get("layers"), int):
@@ -218,7 +219,7 @@ def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, a
               tokenizer_file: str | None, tokenizer_dir: str) -> Pretrained:
     config, preprocess = _model_and_preprocess(model_cfg, preprocess_cfg, where)
     if config.logit_bias_init is not None:  # a SigLIP: its transformers tokenizer files, as OpenCLIP reads them
-        tokenizer = open_clip_siglip.tokenizer_from_dir(tokenizer_dir, model_cfg, where)
+        tokenizer = open_clip_siglip.tokenizer_from_dir(tokenizer_dir, model_cfg, config.text.context_length, where)
         params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
         return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
     clean = tokenizer_clean(model_cfg, where)
@@ -230,7 +231,7 @@ def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, a
     return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
 
 
-def _read_spec(path: str) -> tuple[dict, dict, str]:
+def read_spec(path: str) -> tuple[dict, dict, str]:
     """`(model_cfg, preprocess_cfg, the config file's path)` of OpenCLIP directory `path`."""
     config_path = os.path.join(path, CONFIG_FILE)
     spec = read_json(config_path)
@@ -242,17 +243,18 @@ def _read_spec(path: str) -> tuple[dict, dict, str]:
 
 def describe(path: str) -> tuple[TwoTowerConfig, ImagePreprocess]:
     """The model and preprocessing of an OpenCLIP directory, from `open_clip_config.json` alone."""
-    return _model_and_preprocess(*_read_spec(path))
+    return _model_and_preprocess(*read_spec(path))
 
 
-def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
+def load(path: str, *, allow_pickle: bool = False, tokenizer_dir: str | None = None) -> Pretrained:
     """An OpenCLIP directory (`open_clip_config.json` + weights) → `Pretrained`.
 
     The tokenizer: `tokenizer.json` when it is not a CLIP BPE (`export` writes one for non-BPE tokenizers;
     a transformers CLIP tokenizer.json beside an OpenCLIP config, as in repositories that hold both formats,
     is passed over, as OpenCLIP passes it over), else `bpe_simple_vocab_16e6.txt.gz` in the directory or the
-    copy mmjax ships. A SigLIP's: its transformers tokenizer files (`open_clip_siglip.tokenizer_from_dir`)."""
-    model_cfg, preprocess_cfg, config_path = _read_spec(path)
+    copy mmjax ships. A SigLIP's: its transformers tokenizer files (`open_clip_siglip.tokenizer_from_dir`), in
+    `tokenizer_dir` when given (the repository `text_cfg.hf_tokenizer_name` names), else in `path`."""
+    model_cfg, preprocess_cfg, config_path = read_spec(path)
     weights = next((os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))),
                    None)
     if weights is None:
@@ -261,7 +263,7 @@ def load(path: str, *, allow_pickle: bool = False) -> Pretrained:
     own_tokenizer = (not open_clip_siglip.is_siglip(model_cfg, config_path) and os.path.isfile(tokenizer_file)
                      and not _is_clip_bpe_json(read_json(tokenizer_file)))
     return _assemble(model_cfg, preprocess_cfg, weights, config_path, allow_pickle,
-                     tokenizer_file if own_tokenizer else None, path)
+                     tokenizer_file if own_tokenizer else None, tokenizer_dir or path)
 
 
 def load_named(name: str, weights: str, *, allow_pickle: bool = False) -> Pretrained:

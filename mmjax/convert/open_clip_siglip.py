@@ -9,8 +9,8 @@ towers with one activation: the OpenCLIP models whose timm tower runs exact GELU
 (`text_cfg.act_kwargs`, most SigLIP 2 sizes) are refused in one line; their weights load as Google published
 them from `hf:google/siglip2-…` or the big_vision `.npz`.
 
-The tokenizer is the directory's transformers tokenizer (T5's vocabulary for SigLIP, Gemma's for SigLIP 2) as
-OpenCLIP's `HFTokenizer` runs it: OpenCLIP's clean-up (`text_cfg.tokenizer_kwargs.clean`, "whitespace" when
+The tokenizer is the directory's transformers `tokenizer.json` (T5's vocabulary for SigLIP, Gemma's for SigLIP 2)
+as OpenCLIP's `HFTokenizer` runs it: OpenCLIP's clean-up (`text_cfg.tokenizer_kwargs.clean`, "whitespace" when
 absent), the end-of-text token appended and kept, padded to the context length with the tokenizer's pad token.
 """
 
@@ -26,9 +26,8 @@ from mmjax.convert import checks, layout
 from mmjax.convert.hf_siglip import to_hf, to_mmjax
 from mmjax.convert.jsonfile import json_object, read_json
 from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS
-from mmjax.data.gemma_tokenizer import GEMMA_CLASSES
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
-from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
+from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD
 from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
 
 # timm's SigLIP ViTs (timm/models/vision_transformer.py; a test builds each with timm and compares):
@@ -56,7 +55,7 @@ _TEXT_ACTIVATIONS = {None: "gelu", "none": "gelu", "tanh": "gelu_tanh"}  # nn.GE
 
 def is_siglip(model_cfg: Mapping, where: str) -> bool:
     """Whether an OpenCLIP `model_cfg` has a timm image tower (this module's models, or one it refuses)."""
-    return json_object(model_cfg, "vision_cfg", where).get("timm_model_name") is not None
+    return bool(json_object(model_cfg, "vision_cfg", where).get("timm_model_name"))
 
 
 @checks.config_errors_name_the_file
@@ -221,44 +220,56 @@ def params_from_open_clip(tensors: Mapping[str, np.ndarray], config: TwoTowerCon
 # --- tokenizer ---------------------------------------------------------------------------------------------------
 
 
+GEMMA_CLASSES = ("GemmaTokenizer", "GemmaTokenizerFast")  # what OpenCLIP saves SigLIP 2's tokenizer as
+T5_CLASSES = ("T5Tokenizer", "T5TokenizerFast")  # and SigLIP's
+
+
 def _special(config: Mapping, key: str, default: str) -> str:
-    value = config.get(key)
-    if value is None:
-        return default
-    return value["content"] if isinstance(value, Mapping) else str(value)
+    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
+    value = config.get(key, default)
+    token = value.get("content") if isinstance(value, Mapping) else value
+    if not isinstance(token, str):
+        raise ValueError(f"{key} {value!r} is not a token")
+    return token
 
 
-def tokenizer_from_dir(directory: str, model_cfg: Mapping,
-                       where: str) -> OpenClipHfTokenizer | SentencePieceTokenizer:
-    """The tokenizer OpenCLIP's `HFTokenizer` loads from an OpenCLIP SigLIP directory (transformers'
-    `AutoTokenizer`: its tokenizer.json, else its SentencePiece model) behind OpenCLIP's clean-up; one line for
-    options OpenCLIP would run otherwise."""
+def tokenizer_from_dir(directory: str, model_cfg: Mapping, context_length: int, where: str) -> OpenClipHfTokenizer:
+    """The tokenizer OpenCLIP's `HFTokenizer` loads from an OpenCLIP SigLIP directory: its `tokenizer.json` (T5's or
+    Gemma's, as OpenCLIP saves them) as transformers' `AutoTokenizer` reads it, behind OpenCLIP's clean-up. One line
+    naming the file for anything OpenCLIP would tokenize otherwise: no `hf_tokenizer_name` (OpenCLIP then uses
+    CLIP's BPE), another tokenizer class, padding or truncation on the left, special tokens other than the text
+    followed by its end-of-text token."""
     text = json_object(model_cfg, "text_cfg", where)
-    options = dict(text.get("tokenizer_kwargs") or {})
+    if not text.get("hf_tokenizer_name"):
+        raise ValueError(f"{where}: text_cfg.hf_tokenizer_name is empty: OpenCLIP would tokenize with CLIP's BPE, "
+                         f"whose ids are not this SigLIP's vocabulary")
+    options = dict(json_object(text, "tokenizer_kwargs", where))
     clean = options.pop("clean", "whitespace")  # HFTokenizer's default
     if options or clean not in OPEN_CLIP_CLEANS:
-        raise ValueError(f"{where}: text_cfg.tokenizer_kwargs {text.get('tokenizer_kwargs')} is not supported "
-                         f"(only clean, one of {', '.join(OPEN_CLIP_CLEANS)})")
-    config_path = os.path.join(directory, "tokenizer_config.json")
-    config = read_json(config_path) if os.path.isfile(config_path) else {}
-    gemma = config.get("tokenizer_class") in GEMMA_CLASSES
-    flags = {key: config[key] for key in ("add_bos_token", "add_eos_token") if key in config}
-    if gemma and flags and (flags.get("add_bos_token", True) or not flags.get("add_eos_token", False)):
-        raise ValueError(f"{config_path}: a Gemma tokenizer that does not append <eos> alone (add_bos_token false, "
-                         f"add_eos_token true, as OpenCLIP saves SigLIP 2's) is not supported")
-    eot = _special(config, "eos_token", GEMMA_EOS if gemma else "</s>")
-    pad = _special(config, "pad_token", GEMMA_PAD if gemma else "<pad>")
-    files = [os.path.join(directory, name) for name in ("tokenizer.json", "spiece.model", "tokenizer.model")]
-    found = next((file for file in files if os.path.isfile(file)), None)
-    context_length = text.get("context_length", 77)
-    if found is None:
-        raise FileNotFoundError(f"{directory} has no tokenizer.json, spiece.model or tokenizer.model, the tokenizer "
-                                f"of text_cfg.hf_tokenizer_name {text.get('hf_tokenizer_name')!r}")
-    if found.endswith(".json"):  # its post-processor decides, unless tokenizer_config.json sets the flags
-        return OpenClipHfTokenizer.from_file(found, context_length, eot, pad, clean, check_post_processor=not flags)
-    if gemma and not flags:
-        raise ValueError(f"{config_path}: without add_bos_token / add_eos_token, transformers starts texts with <bos> "
-                         f"and appends no <eos> to {os.path.basename(found)}; SigLIP 2 reads them without <bos>, "
-                         f"with <eos>")
-    return SentencePieceTokenizer.from_file(found, context_length=context_length,
-                                            normalization=f"open_clip_{clean}", eot_token=eot, pad_token=pad)
+        raise ValueError(f"{where}: text_cfg.tokenizer_kwargs {text.get('tokenizer_kwargs')} is not supported (only "
+                         f"clean, one of {', '.join(OPEN_CLIP_CLEANS)})")
+    config_path, file = (os.path.join(directory, name) for name in ("tokenizer_config.json", "tokenizer.json"))
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{directory} has no tokenizer.json, the transformers tokenizer OpenCLIP saves "
+                                f"with a SigLIP")
+    eot, pad = _special_tokens(read_json(config_path) if os.path.isfile(config_path) else {}, config_path)
+    return OpenClipHfTokenizer.from_file(file, context_length, eot, pad, clean)
+
+
+@checks.config_errors_name_the_file
+def _special_tokens(config: Mapping, where: str) -> tuple[str, str]:
+    """`(end-of-text token, padding token)` of a tokenizer_config.json, as transformers reads it; a ValueError for
+    a class or side that SigLIP's text tower would read otherwise. (What is added around a text is the
+    tokenizer.json's post-processor's: transformers 5 follows it whatever add_bos_token / add_eos_token say.)"""
+    tokenizer_class = config.get("tokenizer_class")
+    if tokenizer_class not in (*T5_CLASSES, *GEMMA_CLASSES):
+        raise ValueError(f"tokenizer_class {tokenizer_class!r} is not supported in an OpenCLIP SigLIP directory "
+                         f"(one of {', '.join(T5_CLASSES + GEMMA_CLASSES)})")
+    gemma = tokenizer_class in GEMMA_CLASSES
+    sides = {key: config.get(key, "left" if gemma and key == "padding_side" else "right")
+             for key in ("padding_side", "truncation_side")}  # transformers' class defaults
+    for key, side in sides.items():
+        if side != "right":
+            raise ValueError(f"{key} {side!r} is not supported (SigLIP's text tower reads the last position: right)")
+    return (_special(config, "eos_token", GEMMA_EOS if gemma else "</s>"),
+            _special(config, "pad_token", GEMMA_PAD if gemma else "<pad>"))

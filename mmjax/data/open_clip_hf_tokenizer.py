@@ -1,7 +1,8 @@
 """A transformers `tokenizer.json` as OpenCLIP's `HFTokenizer` runs it (OpenCLIP's SigLIP models): OpenCLIP's text
 clean-up in Python (`clip_bpe.open_clip_clean`: ftfy, HTML unescaped, then "lower", "whitespace" or
-"canonicalize"), then the file's own normalizer and model, the end-of-text token appended and kept when the text
-is cut to `context_length`, padded at the end with the pad token (`padding="max_length", truncation=True`)."""
+"canonicalize"), then the file's own normalizer, model and post-processor (which must append the end-of-text
+token alone), the end-of-text token kept when the text is cut to `context_length`, padded at the end with the
+pad token (`padding="max_length", truncation=True`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import tokenizers
-from tokenizers import processors
 
 from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS, open_clip_clean
 from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
@@ -27,27 +27,21 @@ class OpenClipHfTokenizer(Tokenizer):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, context_length: int, eot_token: str, pad_token: str,
-                  open_clip_clean: str, check_post_processor: bool = True) -> OpenClipHfTokenizer:
-        """The tokenizer.json at `path` with `eot_token` appended, truncated and padded with `pad_token` to
-        `context_length`. With `check_post_processor`, a one-line ValueError unless the file's own post-processor
-        appends `eot_token` alone (transformers follows it when tokenizer_config.json says nothing else)."""
+                  open_clip_clean: str) -> OpenClipHfTokenizer:
+        """The tokenizer.json at `path`, truncated and padded with `pad_token` to `context_length`; a one-line
+        ValueError unless its post-processor appends `eot_token` alone (what SigLIP's text tower reads)."""
         path = os.fspath(path)
         with reading_tokenizer_file(path):
             backend = tokenizers.Tokenizer.from_file(path)
-        ids = {role: (token, backend.token_to_id(token)) for role, token in [("end-of-text", eot_token),
-                                                                            ("padding", pad_token)]}
-        for role, (token, token_id) in ids.items():
-            if token_id is None:
-                raise ValueError(f"{path}: the {role} token {token!r} is not in the vocabulary")
+        pad_id = backend.token_to_id(pad_token)
+        if pad_id is None:
+            raise ValueError(f"{path}: the padding token {pad_token!r} is not in the vocabulary")
         added = backend.encode("a").tokens
-        if check_post_processor and added != [*backend.encode("a", add_special_tokens=False).tokens, eot_token]:
+        if added != [*backend.encode("a", add_special_tokens=False).tokens, eot_token]:
             raise ValueError(f"{path}: its post-processor makes 'a' {added}, not the text and {eot_token} alone as "
                              f"the SigLIP text tower reads it")
-        backend.post_processor = processors.TemplateProcessing(single=f"$A {eot_token}",
-                                                               special_tokens=[ids["end-of-text"]])
         backend.enable_truncation(context_length)  # counts the appended end of text, so it survives the cut
-        backend.enable_padding(direction="right", pad_id=ids["padding"][1], pad_token=pad_token,
-                               length=context_length)
+        backend.enable_padding(direction="right", pad_id=pad_id, pad_token=pad_token, length=context_length)
         return cls(backend, eot_token, open_clip_clean)
 
     def save(self, path: str | os.PathLike) -> None:

@@ -9,7 +9,7 @@ SigLIP 2 keeps it on the Gemma vocabulary with Gemma's own padding (big_vision's
 `tok(bos="no", eos="sticky")`): `<eos>` appended and kept, padded with `<pad>`;
 `SentencePieceTokenizer.for_siglip` picks the convention from the model's end-of-text piece.
 
-Text clean-ups, named after the checkpoints that use them:
+Three text clean-ups, named after the checkpoints that use them:
 - `"hf"` (transformers' `SiglipTokenizer.canonicalize_text`): lower-case, delete
   ASCII punctuation (`string.punctuation`), collapse runs of whitespace to one
   space, strip the ends;
@@ -17,9 +17,7 @@ Text clean-ups, named after the checkpoints that use them:
   lower-case ASCII letters only, nothing else;
 - `"lowercase"` (transformers' `Siglip2Tokenizer`, the `tokenizers` `Lowercase`
   normalizer): every character lower-cased on its own, Unicode's full mapping
-  without the final-sigma rule ("Σ" → "σ" everywhere);
-- `"open_clip_canonicalize"`, `"open_clip_lower"`, `"open_clip_whitespace"` (OpenCLIP's SigLIP models, whose
-  `HFTokenizer` cleans text before the tokenizer: `clip_bpe.open_clip_clean`).
+  without the final-sigma rule ("Σ" → "σ" everywhere).
 
 One deliberate difference from transformers: text that literally contains a special
 token (`"</s>"`, `"<unk>"`) is tokenized as text here (as big_vision does), whereas
@@ -28,7 +26,6 @@ token (`"</s>"`, `"<unk>"`) is tokenized as text here (as big_vision does), wher
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import string
@@ -38,9 +35,7 @@ import numpy as np
 import sentencepiece
 from tokenizers import normalizers
 
-from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS, open_clip_clean
-
-NORMALIZATIONS = ("hf", "big_vision", "lowercase", *(f"open_clip_{clean}" for clean in OPEN_CLIP_CLEANS))
+NORMALIZATIONS = ("hf", "big_vision", "lowercase")
 GEMMA_EOS, GEMMA_PAD = "<eos>", "<pad>"  # SigLIP 2's end of text and padding
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -68,8 +63,7 @@ def lower_each_character(text: str) -> str:
     return _LOWERCASE.normalize_str(text)
 
 
-_NORMALIZE = {"hf": canonicalize_hf, "big_vision": lower_ascii, "lowercase": lower_each_character,
-              **{f"open_clip_{clean}": functools.partial(open_clip_clean, clean=clean) for clean in OPEN_CLIP_CLEANS}}
+_NORMALIZE = {"hf": canonicalize_hf, "big_vision": lower_ascii, "lowercase": lower_each_character}
 
 
 class SentencePieceTokenizer:
