@@ -184,19 +184,32 @@ def _load_directory(path: str, allow_pickle: bool) -> Pretrained:
     return _load_workdir(path) if converter is None else converter.load(path, allow_pickle=allow_pickle)
 
 
-def _open_clip_tokenizer_dir(path: str, repo: str) -> str | None:
-    """For an OpenCLIP SigLIP downloaded from the Hub, the JSON files of the repository its
-    `text_cfg.hf_tokenizer_name` names, when that is another one (OpenCLIP's `hf-hub:` reads its tokenizer there,
-    e.g. `timm/ViT-L-16-SigLIP-256` names `timm/ViT-B-16-SigLIP`); else None."""
+def _check_hf_before_weights(path: str, repo: str) -> str | None:
+    """What Hub repository `repo` (JSON files downloaded to `path`) holds, checked before its weights download:
+    its model and preprocessing config, and for an OpenCLIP SigLIP its tokenizer, which OpenCLIP's `hf-hub:` reads
+    from the repository `text_cfg.hf_tokenizer_name` names (e.g. `timm/ViT-L-16-SigLIP-256` names
+    `timm/ViT-B-16-SigLIP`; unpinned, as OpenCLIP reads it). Returns that tokenizer's directory (None for any other
+    checkpoint)."""
     from mmjax.convert import open_clip, open_clip_siglip
 
-    if not os.path.isfile(os.path.join(path, open_clip.CONFIG_FILE)):
+    converter = _directory_format(path)
+    if converter is None:  # an mmjax workdir
+        return None
+    config, _ = converter.describe(path)
+    if converter is not open_clip:
         return None
     model_cfg, _, config_path = open_clip.read_spec(path)
-    name = json_object(model_cfg, "text_cfg", config_path).get("hf_tokenizer_name")
-    if not open_clip_siglip.is_siglip(model_cfg, config_path) or not name or name == repo.partition("@")[0]:
+    if not open_clip_siglip.is_siglip(model_cfg, config_path):
         return None
-    return download_hf(name, weights=False)
+    name = json_object(model_cfg, "text_cfg", config_path).get("hf_tokenizer_name")
+    tokenizer_dir = path
+    if isinstance(name, str) and name and name != repo.partition("@")[0]:
+        try:
+            tokenizer_dir = download_hf(name, weights=False)
+        except ValueError as error:
+            raise ValueError(f"{config_path}: text_cfg.hf_tokenizer_name: {error}") from None
+    open_clip_siglip.tokenizer_from_dir(tokenizer_dir, model_cfg, config.text.context_length, config_path)
+    return tokenizer_dir
 
 
 def describe_hf(source: str, image_size: int | None = None) -> tuple[TwoTowerConfig, ImagePreprocess]:
@@ -267,8 +280,8 @@ def load_pretrained(source: str, *, image_size: int | None = None, allow_pickle:
     if tokenizer is not None and not source.endswith(".npz"):
         raise ValueError("tokenizer= is only for big_vision .npz sources")
     if source.startswith("hf:"):
+        tokenizer_dir = _check_hf_before_weights(download_hf(source[3:], weights=False), source[3:])
         path = download_hf(source[3:], allow_pickle)
-        tokenizer_dir = _open_clip_tokenizer_dir(path, source[3:])
         if tokenizer_dir is None:
             pretrained = _load_directory(path, allow_pickle)
         else:

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import sentencepiece as spm
+import tokenizers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -63,13 +64,13 @@ def _register_tiny_timm_vit(act_layer: str) -> str:
 
 
 def _open_clip_siglip_dir(path, monkeypatch, *, gemma_model=None, spiece=None, text_act=None, vision_act="gelu",
-                          clean="canonicalize", seed=0):
+                          t5_pad="</s>", seed=0):
     """An OpenCLIP SigLIP directory with random (perturbed) weights and the tokenizer OpenCLIP saves."""
     name = _register_tiny_timm_vit("gelu_tanh" if vision_act == "gelu_tanh" else "gelu")
     monkeypatch.setitem(open_clip_siglip.TIMM_SIGLIP_VITS, name, (WIDTH, 2, 2, 64, 8, 32, vision_act))
     vocab = 420 if gemma_model else 320
     text_cfg = dict(context_length=CONTEXT, vocab_size=vocab, hf_tokenizer_name="timm/tiny",
-                    tokenizer_kwargs={"clean": clean}, width=WIDTH, heads=2, layers=2, mlp_ratio=2.0,
+                    tokenizer_kwargs={"clean": "canonicalize"}, width=WIDTH, heads=2, layers=2, mlp_ratio=2.0,
                     no_causal_mask=True, proj_bias=True, pool_type="last", norm_kwargs={"eps": 1e-6})
     if text_act:
         text_cfg["act_kwargs"] = {"approximate": text_act}
@@ -94,7 +95,7 @@ def _open_clip_siglip_dir(path, monkeypatch, *, gemma_model=None, spiece=None, t
         tokenizer = transformers.GemmaTokenizer.from_pretrained(source, add_bos_token=False, add_eos_token=True,
                                                                 padding_side="right")
     else:  # SigLipTokenizer("c4-en"): T5's, padded with </s>
-        tokenizer = transformers.T5Tokenizer.from_pretrained(source, extra_ids=0, pad_token="</s>")
+        tokenizer = transformers.T5Tokenizer.from_pretrained(source, extra_ids=0, pad_token=t5_pad)
     tokenizer.save_pretrained(path)
     return str(path)
 
@@ -121,23 +122,40 @@ def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, spiec
     pretrained = load_pretrained(path)
     assert isinstance(pretrained.tokenizer, OpenClipHfTokenizer)
     np.testing.assert_array_equal(pretrained.tokenizer(TEXTS), ids_ref)
-    _assert_same_direction(pretrained.encode_image(images), image_ref)
-    _assert_same_direction(pretrained.encode_text(TEXTS), text_ref)
+    for ours, reference in [(pretrained.encode_image(images), image_ref), (pretrained.encode_text(TEXTS), text_ref)]:
+        _assert_same_direction(ours, reference)
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
     assert pretrained.config.options.activation == ("gelu_tanh" if gemma else "gelu")
     assert pretrained.logit_scale == pytest.approx(model.logit_scale.item(), rel=1e-6)
     assert float(pretrained.params["logit_bias"]) == pytest.approx(model.logit_bias.item(), rel=1e-6)
 
 
 
-@pytest.mark.parametrize("clean", ["canonicalize", "lower", "whitespace"])
-@pytest.mark.parametrize("vocabulary", ["t5", "gemma"])
-def test_each_clean_up_and_special_tokens_in_the_text_give_open_clips_ids(vocabulary, clean, spiece_path, gemma_spm,
-                                                                         monkeypatch, tmp_path):
+def _as_transformers_4_writes_t5(tokenizer_file):
+    """T5's tokenizer.json as transformers 4 wrote it (the Hub's files): the character map then runs of spaces
+    collapsed, one Metaspace; transformers 5 rebuilds its own pre-tokenizer from the class."""
+    with open(tokenizer_file) as f:
+        tokenizer_json = json.load(f)
+    charsmap = tokenizer_json["normalizer"]["precompiled_charsmap"]
+    tokenizer_json["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Precompiled", "precompiled_charsmap": charsmap},
+        {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]}
+    tokenizer_json["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first",
+                                       "split": True}
+    with open(tokenizer_file, "w") as f:
+        json.dump(tokenizer_json, f)
+
+
+@pytest.mark.parametrize("vocabulary", ["t5", "t5-transformers-4", "gemma"])
+def test_special_tokens_in_texts_and_files_transformers_4_wrote_give_open_clips_ids(vocabulary, spiece_path,
+                                                                                    gemma_spm, monkeypatch, tmp_path):
     gemma = vocabulary == "gemma"
     path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, gemma_model=gemma_spm[0] if gemma else None,
                                  spiece=spiece_path, text_act="tanh" if gemma else None,
-                                 vision_act="gelu_tanh" if gemma else "gelu", clean=clean)
-    texts = TEXTS + ["a </s> b", "<eos> <pad> <unk> <bos>", "A  Cat  ", "Ärger_über_CAFÉ", "x" * 40]
+                                 vision_act="gelu_tanh" if gemma else "gelu", t5_pad="<pad>")
+    if vocabulary == "t5-transformers-4":
+        _as_transformers_4_writes_t5(os.path.join(path, "tokenizer.json"))
+    texts = TEXTS + ["a </s> b", "a</s>b", "<eos> <pad> <unk> <bos>", "  A  Cat  ", "Ärger_über_CAFÉ", "x" * 40]
     np.testing.assert_array_equal(load_pretrained(path).tokenizer(texts),
                                   open_clip.get_tokenizer("local-dir:" + path)(texts).numpy())
 
@@ -177,6 +195,20 @@ def test_tokenizer_files_that_transformers_reads_otherwise_are_refused_or_follow
     assert open_clip.get_tokenizer("local-dir:" + path)(["a"])[0, 0] == 2  # <bos> first: the file decided
     with pytest.raises(ValueError, match=r"post-processor makes 'a' \['<bos>'"):
         load_pretrained(path)
+    bos_and_eos = dict(bos_only, single=[*bos_only["single"], {"SpecialToken": {"id": "<eos>", "type_id": 0}}],
+                       special_tokens={**bos_only["special_tokens"],
+                                       "<eos>": {"id": "<eos>", "ids": [1], "tokens": ["<eos>"]}})
+    write({}, bos_and_eos)
+    with pytest.raises(ValueError, match=r"post-processor makes 'a' \['<bos>', .*'<eos>'\]"):
+        load_pretrained(path)
+    # a file saved after use keeps its last padding and truncation: transformers pads as asked, and so does mmjax
+    backend = tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json))
+    backend.enable_padding(pad_id=0, pad_token="<pad>", length=5)
+    backend.enable_truncation(5)
+    write({})
+    backend.save(tokenizer_file)
+    np.testing.assert_array_equal(load_pretrained(path).tokenizer(TEXTS),
+                                  open_clip.get_tokenizer("local-dir:" + path)(TEXTS).numpy())
 
 
 def test_the_timm_siglip_table_is_timms(monkeypatch):
@@ -258,6 +290,9 @@ def test_what_mmjax_cannot_run_is_refused_in_one_line_naming_the_file(spiece_pat
     refused(lambda cfg: cfg["text_cfg"].update(tokenizer_kwargs={"clean": "canonicalize", "strip_sep_token": True}),
             "text_cfg.tokenizer_kwargs")
     refused(lambda cfg: cfg["text_cfg"].update(tokenizer_kwargs="canonicalize"), "tokenizer_kwargs is not a JSON")
+    refused(lambda cfg: cfg["text_cfg"].update(tokenizer_kwargs={"clean": "lower"}),
+            "text_cfg.tokenizer_kwargs {'clean': 'lower'} is not supported (only {'clean': 'canonicalize'}")
+    refused(lambda cfg: cfg["text_cfg"].pop("tokenizer_kwargs"), "text_cfg.tokenizer_kwargs None is not supported")
     refused(lambda cfg: cfg["text_cfg"].pop("hf_tokenizer_name"), "text_cfg.hf_tokenizer_name is empty")
     with open(config_file, "w") as f:
         json.dump(spec, f)
@@ -291,6 +326,8 @@ def test_the_tokenizer_survives_a_runs_record_and_an_export_that_would_lose_its_
     recorded = load_tokenizer(str(tmp_path), json.loads(json.dumps(description)))
     assert description["kind"] == "open_clip_hf" and description["open_clip_clean"] == "canonicalize"
     np.testing.assert_array_equal(recorded(TEXTS), open_clip.get_tokenizer("local-dir:" + path)(TEXTS).numpy())
+    with pytest.raises(ValueError, match=r"^the open_clip_hf tokenizer's 'open_clip_clean' is 'fancy', not one of"):
+        load_tokenizer(str(tmp_path), {**description, "open_clip_clean": "fancy"})
     with pytest.raises(ValueError, match="runs OpenCLIP's text clean-up .clean='canonicalize'. before its "
                                          "tokenizer.json"):
         hf_siglip.export(pretrained, str(tmp_path / "hf"))
@@ -316,3 +353,23 @@ def test_from_the_hub_the_tokenizer_comes_from_the_repository_hf_tokenizer_name_
     pretrained = load_pretrained("hf:fake/model")
     np.testing.assert_array_equal(pretrained.tokenizer(TEXTS), expected)
     assert fake_hub[1] == ["*.json"]  # the tokenizer's repository: its JSON files alone
+
+
+def test_from_the_hub_a_refused_tokenizer_stops_the_load_before_the_weights_download(spiece_path, monkeypatch,
+                                                                                     tmp_path, fake_hub):
+    """`hf_tokenizer_name` naming the model's own repository (the usual case): nothing more to fetch."""
+    model = _open_clip_siglip_dir(tmp_path / "hub" / "model", monkeypatch, spiece=spiece_path)
+    spec_file, config_file = (os.path.join(model, name) for name in ("open_clip_config.json", "tokenizer_config.json"))
+    with open(spec_file) as f:
+        spec = json.load(f)
+    spec["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "fake/model"
+    _edit_json(spec_file, **spec)
+    _edit_json(config_file, padding_side="left")
+    with pytest.raises(ValueError, match="padding_side 'left' is not supported"):
+        load_pretrained("hf:fake/model")
+    assert fake_hub == [["*.json"]]  # the weights were never asked for
+    _edit_json(config_file, padding_side="right")
+    fake_hub.clear()
+    np.testing.assert_array_equal(load_pretrained("hf:fake/model").tokenizer(TEXTS),
+                                  open_clip.get_tokenizer("local-dir:" + model)(TEXTS).numpy())
+    assert len(fake_hub) == 2 and fake_hub[0] == ["*.json"] and "*.safetensors" in fake_hub[1]

@@ -48,7 +48,7 @@ def exporter(pretrained, target: str):
         from mmjax.convert import hf_clip
         return hf_clip.export
     if is_siglip:
-        raise ValueError("--to open_clip writes CLIP models only; use --to hf for SigLIP")
+        raise ValueError("--to open_clip writes CLIP models only; use --to hf or --to big_vision for SigLIP")
     from mmjax.convert import open_clip
     return open_clip.export
 

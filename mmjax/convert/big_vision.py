@@ -36,6 +36,7 @@ from mmjax.convert import checks, hf_siglip, layout
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.tensors import read_tensors
 from mmjax.data.preprocess import ImagePreprocess
+from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
 from mmjax.models.layers import sincos_2d
 from mmjax.models.two_tower import TwoTowerConfig
@@ -252,7 +253,8 @@ def check_exportable(pretrained: Pretrained) -> None:
         (config.options.norm_eps != NORM_EPS, f"LayerNorm eps {config.options.norm_eps}, not {NORM_EPS}"),
         (not sentencepiece, f"its tokenizer is a {type(tokenizer).__name__}, not a SentencePiece model"
                             + (" (a SigLIP 2 from a transformers directory reads its tokenizer.json: export its "
-                               "big_vision .npz)" if config.text.vocab_size == GEMMA_VOCAB_SIZE else "")),
+                               "big_vision .npz)" if config.text.vocab_size == GEMMA_VOCAB_SIZE
+                               and not isinstance(tokenizer, OpenClipHfTokenizer) else "")),
         (sentencepiece and expected is None, "its SentencePiece model has no end-of-sentence piece, which big_vision "
                                              "ends every text with"),
         (own != expected, f"its tokenizer ends texts with {own and own[0]!r} and pads with {own and own[1]!r}, "

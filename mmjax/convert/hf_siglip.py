@@ -379,10 +379,11 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     tokenizer files and preprocessor_config.json, all at once (`staged_export`)."""
     config = pretrained.config
     check_exportable(config)
-    if isinstance(pretrained.tokenizer, OpenClipHfTokenizer):  # an OpenCLIP SigLIP's
+    if isinstance(pretrained.tokenizer, OpenClipHfTokenizer):  # an OpenCLIP SigLIP's (before the CLIP BPE check)
         raise ValueError(f"cannot export as transformers SiglipModel: its tokenizer runs OpenCLIP's text clean-up "
                          f"(clean={pretrained.tokenizer.open_clip_clean!r}) before its tokenizer.json, which no "
-                         f"transformers SigLIP tokenizer reproduces")
+                         f"transformers SigLIP tokenizer reproduces (an OpenCLIP SigLIP is evaluated and fine-tuned "
+                         f"in mmjax, not exported)")
     if getattr(pretrained.tokenizer, "open_clip_clean", None) is not None:  # pool="last" reads its padding, id 0
         raise ValueError("cannot export as transformers SiglipModel: its tokenizer is OpenCLIP's CLIP BPE "
                          "(data.tokenizer='clip-bpe'), whose cleaning and padding no transformers SigLIP tokenizer "

@@ -1,10 +1,11 @@
 """OpenCLIP checkpoints: a directory (`open_clip_config.json` + weights, as OpenCLIP's
 `local-dir:` and its Hugging Face Hub repositories hold them) or a model name with a weights file.
 
-Supported: the ViT `CLIP` class (not HF text towers), gelu and quick_gelu, and the SigLIP models (a
-`CustomTextCLIP` with a timm SigLIP image tower, `mmjax.convert.open_clip_siglip`). Text pools at the largest token id (`pool_type="argmax"`). Preprocessing:
-torchvision `Resize(bicubic)` of the shorter side on a PIL image + `CenterCrop` (rounded
-offset), or `"squash"`. The tokenizer is OpenCLIP's `SimpleTokenizer` (see `mmjax.data.clip_bpe`).
+Supported: the ViT `CLIP` class (not HF text towers), gelu and quick_gelu, and OpenCLIP's SigLIP models (a
+`CustomTextCLIP` with a timm SigLIP image tower: `mmjax.convert.open_clip_siglip`, which also reads their tokenizer).
+A CLIP's text pools at the largest token id (`pool_type="argmax"`) and its tokenizer is OpenCLIP's
+`SimpleTokenizer` (see `mmjax.data.clip_bpe`). Preprocessing: torchvision `Resize(bicubic)` of the shorter side on
+a PIL image + `CenterCrop` (rounded offset), or `"squash"`.
 """
 
 from __future__ import annotations
@@ -220,14 +221,12 @@ def _assemble(model_cfg: dict, preprocess_cfg: dict, weights: str, where: str, a
     config, preprocess = _model_and_preprocess(model_cfg, preprocess_cfg, where)
     if config.logit_bias_init is not None:  # a SigLIP: its transformers tokenizer files, as OpenCLIP reads them
         tokenizer = open_clip_siglip.tokenizer_from_dir(tokenizer_dir, model_cfg, config.text.context_length, where)
-        params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
-        return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
-    clean = tokenizer_clean(model_cfg, where)
-    params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
-    if tokenizer_file is not None:
+    elif tokenizer_file is not None:
         tokenizer = Tokenizer.load(tokenizer_file)
     else:
-        tokenizer = ClipBpeTokenizer.open_clip(find_open_clip_bpe(tokenizer_dir), config.text.context_length, clean)
+        tokenizer = ClipBpeTokenizer.open_clip(find_open_clip_bpe(tokenizer_dir), config.text.context_length,
+                                               tokenizer_clean(model_cfg, where))
+    params = params_from_open_clip(read_tensors(weights, allow_pickle=allow_pickle), config, weights)
     return Pretrained(config, params, tokenizer, preprocess, where, "open_clip")
 
 

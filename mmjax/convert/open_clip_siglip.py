@@ -10,8 +10,9 @@ towers with one activation: the OpenCLIP models whose timm tower runs exact GELU
 them from `hf:google/siglip2-…` or the big_vision `.npz`.
 
 The tokenizer is the directory's transformers `tokenizer.json` (T5's vocabulary for SigLIP, Gemma's for SigLIP 2)
-as OpenCLIP's `HFTokenizer` runs it: OpenCLIP's clean-up (`text_cfg.tokenizer_kwargs.clean`, "whitespace" when
-absent), the end-of-text token appended and kept, padded to the context length with the tokenizer's pad token.
+as OpenCLIP's `HFTokenizer` runs it: OpenCLIP's clean-up (`text_cfg.tokenizer_kwargs.clean`, "canonicalize" in
+every OpenCLIP SigLIP config and the only one accepted), the end-of-text token appended and kept, padded to the
+context length with the tokenizer's pad token.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import os
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+import tokenizers
 
 from mmjax.convert import checks, layout
 from mmjax.convert.hf_siglip import to_hf, to_mmjax
 from mmjax.convert.jsonfile import json_object, read_json
-from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS
-from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
+from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer, read_backend
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD
 from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
 
@@ -108,14 +109,6 @@ def config_from_open_clip(model_cfg: Mapping, where: str) -> TwoTowerConfig:
         image_projection=False, text_projection_bias=True,
         logit_scale_init=math.log(10.0), logit_bias_init=float(model_cfg["init_logit_bias"]),
     )
-
-
-def timm_model_name(config: TwoTowerConfig) -> str | None:
-    """The timm SigLIP ViT that is `config`'s image tower, if there is one."""
-    v = config.vision
-    return next((name for name, spec in TIMM_SIGLIP_VITS.items()
-                 if spec == (v.width, v.depth, v.num_heads, v.mlp_dim, v.patch_size, v.image_size,
-                             config.options.activation)), None)
 
 
 # --- tensors: (mmjax path, OpenCLIP key, layout kind, (part, parts) of a fused tensor or None) ---------------------
@@ -220,8 +213,12 @@ def params_from_open_clip(tensors: Mapping[str, np.ndarray], config: TwoTowerCon
 # --- tokenizer ---------------------------------------------------------------------------------------------------
 
 
-GEMMA_CLASSES = ("GemmaTokenizer", "GemmaTokenizerFast")  # what OpenCLIP saves SigLIP 2's tokenizer as
-T5_CLASSES = ("T5Tokenizer", "T5TokenizerFast")  # and SigLIP's
+# OpenCLIP's text clean-up before a SigLIP's tokenizer (lower-cased, punctuation and runs of spaces removed): on its
+# output transformers 5 (which rebuilds T5's and Gemma's pre-tokenizers from the class) and the tokenizer.json files
+# written by transformers 4 (which mmjax runs as they are) give the same ids, on other text not always
+CLEAN = "canonicalize"
+# the tokenizer classes OpenCLIP saves SigLIP 2's and SigLIP's tokenizers as
+GEMMA_TOKENIZER_CLASSES, T5_TOKENIZER_CLASSES = ("GemmaTokenizer", "GemmaTokenizerFast"), ("T5Tokenizer", "T5TokenizerFast")
 
 
 def _special(config: Mapping, key: str, default: str) -> str:
@@ -240,35 +237,43 @@ def tokenizer_from_dir(directory: str, model_cfg: Mapping, context_length: int, 
     CLIP's BPE), another tokenizer class, padding or truncation on the left, special tokens other than the text
     followed by its end-of-text token."""
     text = json_object(model_cfg, "text_cfg", where)
-    if not text.get("hf_tokenizer_name"):
+    name = text.get("hf_tokenizer_name")
+    if not name:
         raise ValueError(f"{where}: text_cfg.hf_tokenizer_name is empty: OpenCLIP would tokenize with CLIP's BPE, "
                          f"whose ids are not this SigLIP's vocabulary")
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: text_cfg.hf_tokenizer_name {name!r} is not a repository name")
     options = dict(json_object(text, "tokenizer_kwargs", where))
     clean = options.pop("clean", "whitespace")  # HFTokenizer's default
-    if options or clean not in OPEN_CLIP_CLEANS:
+    if options or clean != CLEAN:
         raise ValueError(f"{where}: text_cfg.tokenizer_kwargs {text.get('tokenizer_kwargs')} is not supported (only "
-                         f"clean, one of {', '.join(OPEN_CLIP_CLEANS)})")
+                         f"{{'clean': {CLEAN!r}}}, which every OpenCLIP SigLIP config sets: on text it has not "
+                         f"cleaned, transformers 4 and 5 split these tokenizer files differently)")
     config_path, file = (os.path.join(directory, name) for name in ("tokenizer_config.json", "tokenizer.json"))
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{directory} has no tokenizer.json, the transformers tokenizer OpenCLIP saves "
-                                f"with a SigLIP")
-    eot, pad = _special_tokens(read_json(config_path) if os.path.isfile(config_path) else {}, config_path)
-    return OpenClipHfTokenizer.from_file(file, context_length, eot, pad, clean)
+    for path, what in [(file, "the transformers tokenizer OpenCLIP saves with a SigLIP"),
+                       (config_path, "which names the tokenizer's class")]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{directory} has no {os.path.basename(path)}, {what}")
+    backend = read_backend(file)
+    eot, pad = _special_tokens(read_json(config_path), backend, config_path)
+    return OpenClipHfTokenizer.from_backend(backend, file, context_length, eot, pad, clean)
 
 
 @checks.config_errors_name_the_file
-def _special_tokens(config: Mapping, where: str) -> tuple[str, str]:
+def _special_tokens(config: Mapping, backend: tokenizers.Tokenizer, where: str) -> tuple[str, str]:
     """`(end-of-text token, padding token)` of a tokenizer_config.json, as transformers reads it; a ValueError for
-    a class or side that SigLIP's text tower would read otherwise. (What is added around a text is the
-    tokenizer.json's post-processor's: transformers 5 follows it whatever add_bos_token / add_eos_token say.)"""
+    a class or side that SigLIP's text tower would read otherwise. A side the config does not set is the
+    tokenizer.json's, else the class's default. (What is added around a text is the tokenizer.json's
+    post-processor's: transformers 5 follows it whatever add_bos_token / add_eos_token say.)"""
     tokenizer_class = config.get("tokenizer_class")
-    if tokenizer_class not in (*T5_CLASSES, *GEMMA_CLASSES):
+    if tokenizer_class not in (*T5_TOKENIZER_CLASSES, *GEMMA_TOKENIZER_CLASSES):
         raise ValueError(f"tokenizer_class {tokenizer_class!r} is not supported in an OpenCLIP SigLIP directory "
-                         f"(one of {', '.join(T5_CLASSES + GEMMA_CLASSES)})")
-    gemma = tokenizer_class in GEMMA_CLASSES
-    sides = {key: config.get(key, "left" if gemma and key == "padding_side" else "right")
-             for key in ("padding_side", "truncation_side")}  # transformers' class defaults
-    for key, side in sides.items():
+                         f"(one of {', '.join(T5_TOKENIZER_CLASSES + GEMMA_TOKENIZER_CLASSES)})")
+    gemma = tokenizer_class in GEMMA_TOKENIZER_CLASSES
+    in_file = {"padding_side": (backend.padding or {}).get("direction"),
+               "truncation_side": (backend.truncation or {}).get("direction")}
+    for key, default in [("padding_side", "left" if gemma else "right"), ("truncation_side", "right")]:
+        side = config.get(key) or in_file[key] or default
         if side != "right":
             raise ValueError(f"{key} {side!r} is not supported (SigLIP's text tower reads the last position: right)")
     return (_special(config, "eos_token", GEMMA_EOS if gemma else "</s>"),

@@ -16,6 +16,12 @@ from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS, open_clip_clean
 from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
 
 
+def read_backend(path: str | os.PathLike) -> tokenizers.Tokenizer:
+    """The `tokenizers.Tokenizer` of a tokenizer.json; one line naming a missing, truncated or corrupt file."""
+    with reading_tokenizer_file(path):
+        return tokenizers.Tokenizer.from_file(os.fspath(path))
+
+
 class OpenClipHfTokenizer(Tokenizer):
     """`__call__(texts) -> int32 [N, context_length]`; `open_clip_clean` names the clean-up."""
 
@@ -26,16 +32,16 @@ class OpenClipHfTokenizer(Tokenizer):
         self.open_clip_clean = open_clip_clean
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, context_length: int, eot_token: str, pad_token: str,
-                  open_clip_clean: str) -> OpenClipHfTokenizer:
-        """The tokenizer.json at `path`, truncated and padded with `pad_token` to `context_length`; a one-line
-        ValueError unless its post-processor appends `eot_token` alone (what SigLIP's text tower reads)."""
-        path = os.fspath(path)
-        with reading_tokenizer_file(path):
-            backend = tokenizers.Tokenizer.from_file(path)
+    def from_backend(cls, backend: tokenizers.Tokenizer, path: str, context_length: int, eot_token: str,
+                     pad_token: str, open_clip_clean: str) -> OpenClipHfTokenizer:
+        """The tokenizer.json read from `path` (`read_backend`), truncated and padded with `pad_token` to
+        `context_length`; a one-line ValueError naming `path` unless its post-processor appends `eot_token` alone
+        (what SigLIP's text tower reads)."""
         pad_id = backend.token_to_id(pad_token)
         if pad_id is None:
             raise ValueError(f"{path}: the padding token {pad_token!r} is not in the vocabulary")
+        backend.no_padding()  # a file saved after use keeps its last padding and truncation
+        backend.no_truncation()
         added = backend.encode("a").tokens
         if added != [*backend.encode("a", add_special_tokens=False).tokens, eot_token]:
             raise ValueError(f"{path}: its post-processor makes 'a' {added}, not the text and {eot_token} alone as "

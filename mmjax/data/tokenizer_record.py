@@ -18,7 +18,7 @@ import os
 
 import tokenizers
 
-from mmjax.data.clip_bpe import ClipBpeTokenizer
+from mmjax.data.clip_bpe import OPEN_CLIP_CLEANS, ClipBpeTokenizer
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
 from mmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
@@ -65,6 +65,9 @@ def check_description(description) -> None:
         if not isinstance(description[key], types) or isinstance(description[key], bool):
             raise ValueError(f"the {description['kind']} tokenizer's {key!r} is {description[key]!r}, not a "
                              f"{getattr(types, '__name__', 'str or null')}")
+    if description.get("open_clip_clean") not in (None, *OPEN_CLIP_CLEANS):
+        raise ValueError(f"the {description['kind']} tokenizer's 'open_clip_clean' is "
+                         f"{description['open_clip_clean']!r}, not one of {OPEN_CLIP_CLEANS}")
 
 
 def load_tokenizer(directory: str, description: dict) -> Tokenizer | SentencePieceTokenizer:
