@@ -209,6 +209,18 @@ def test_tokenizer_files_that_transformers_reads_otherwise_are_refused_or_follow
     backend.save(tokenizer_file)
     np.testing.assert_array_equal(load_pretrained(path).tokenizer(TEXTS),
                                   open_clip.get_tokenizer("local-dir:" + path)(TEXTS).numpy())
+    # a side the config leaves out is the file's: a T5 whose tokenizer.json pads on the left pads there
+    t5 = _open_clip_siglip_dir(tmp_path / "t5", monkeypatch, spiece=spiece_path, t5_pad="<pad>")
+    backend = tokenizers.Tokenizer.from_file(os.path.join(t5, "tokenizer.json"))
+    backend.enable_padding(direction="left", pad_id=0, pad_token="<pad>")
+    backend.save(os.path.join(t5, "tokenizer.json"))
+    with open(os.path.join(t5, "tokenizer_config.json")) as f:
+        t5_config = {key: value for key, value in json.load(f).items() if key != "padding_side"}
+    with open(os.path.join(t5, "tokenizer_config.json"), "w") as f:
+        json.dump(t5_config, f)
+    assert open_clip.get_tokenizer("local-dir:" + t5)(["a"])[0, 0] == 0  # OpenCLIP pads it on the left
+    with pytest.raises(ValueError, match="padding_side 'left' is not supported"):
+        load_pretrained(t5)
 
 
 def test_the_timm_siglip_table_is_timms(monkeypatch):
