@@ -35,8 +35,8 @@ import numpy as np
 from mmjax.convert import checks, hf_siglip, layout
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.tensors import read_tensors
-from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
+from mmjax.data.preprocess import ImagePreprocess
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD, SentencePieceTokenizer
 from mmjax.models.layers import sincos_2d
 from mmjax.models.two_tower import TwoTowerConfig
