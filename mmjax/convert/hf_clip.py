@@ -18,7 +18,7 @@ from mmjax.convert.checks import config_errors_name_the_file, source_shapes
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.image_processor import CLIP as CLIP_PROCESSOR
 from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
-from mmjax.convert.jsonfile import json_object, read_json, write_json
+from mmjax.convert.jsonfile import json_object, read_json, special_token, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.clip_bpe import ClipBpeTokenizer
 from mmjax.data.preprocess import ImagePreprocess
@@ -105,19 +105,14 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where
     return params
 
 
-def _special_token(tokenizer_config: dict, name: str, default: str) -> str:
-    value = tokenizer_config.get(name, default)
-    return value.get("content", default) if isinstance(value, dict) else (value or default)
-
-
 def load_tokenizer(path: str, context_length: int, eot_token: str = "<|endoftext|>") -> ClipBpeTokenizer:
     """The directory's tokenizer (tokenizer.json, else vocab.json + merges.txt), padded as transformers pads."""
-    tokenizer_config = {}
+    pad, eot = "<|endoftext|>", eot_token
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        if os.path.isfile(os.path.join(path, name)):
-            tokenizer_config.update(read_json(os.path.join(path, name)))
-    pad = _special_token(tokenizer_config, "pad_token", "<|endoftext|>")
-    eot = _special_token(tokenizer_config, "eos_token", eot_token)
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            config = read_json(file)
+            pad, eot = special_token(config, "pad_token", pad, file), special_token(config, "eos_token", eot, file)
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         return ClipBpeTokenizer.from_tokenizer_json(os.path.join(path, "tokenizer.json"), context_length, pad, eot)
     if os.path.isfile(os.path.join(path, "vocab.json")) and os.path.isfile(os.path.join(path, "merges.txt")):

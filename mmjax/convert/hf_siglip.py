@@ -22,7 +22,7 @@ from mmjax.convert import checks, layout
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.image_processor import SIGLIP as SIGLIP_PROCESSOR
 from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
-from mmjax.convert.jsonfile import json_object, read_json, write_json
+from mmjax.convert.jsonfile import json_object, read_json, special_token, write_json
 from mmjax.convert.tensors import read_transformers_weights, write_safetensors
 from mmjax.data.gemma_tokenizer import GEMMA_CLASSES, siglip2_tokenizer
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer
@@ -286,13 +286,6 @@ def params_to_hf(params: Mapping, config: TwoTowerConfig) -> dict[str, np.ndarra
     return fuse_in_proj(tensors)
 
 
-def _token(value, default: str) -> str:
-    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
-    if value is None:
-        return default
-    return value["content"] if isinstance(value, Mapping) else str(value)
-
-
 def tokenizer_from_dir(directory: str, context_length: int) -> SentencePieceTokenizer | Tokenizer:
     """The tokenizer of a transformers SigLIP directory: `SiglipTokenizer` (spiece.model +
     tokenizer_config.json); SigLIP 2's Gemma tokenizer (`tokenizer_class` Gemma or Siglip2: its tokenizer.json,
@@ -310,7 +303,7 @@ def tokenizer_from_dir(directory: str, context_length: int) -> SentencePieceToke
                                                     pad_token=GEMMA_PAD)
         raise FileNotFoundError(f"{directory} has neither tokenizer.json nor tokenizer.model, the Gemma tokenizer "
                                 f"its tokenizer_config.json names")
-    eos, pad = _token(config.get("eos_token"), "</s>"), _token(config.get("pad_token"), "</s>")
+    eos, pad = (special_token(config, key, "</s>", config_path) for key in ("eos_token", "pad_token"))
     if os.path.isfile(files["spiece.model"]):
         if not config.get("do_lower_case", True):
             raise ValueError(f"{config_path}: do_lower_case=false is not supported")

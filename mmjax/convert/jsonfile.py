@@ -32,6 +32,19 @@ def json_object(parent: Mapping, key: str, where: str) -> Mapping:
     return value
 
 
+def special_token(config: Mapping, key: str, default: str, where: str) -> str:
+    """The special token `config[key]` names, as a tokenizer_config.json or special_tokens_map.json stores it
+    (a string or an AddedToken object with its `content`); `default` when it is absent or null; a one-line
+    ValueError naming `where` for anything else."""
+    value = config.get(key)
+    if value is None:
+        return default
+    token = value.get("content") if isinstance(value, Mapping) else value
+    if not isinstance(token, str) or not token:
+        raise ValueError(f"{where}: {key} {value!r} is not a token")
+    return token
+
+
 def write_json(path: str, value: dict) -> None:
     """`value` as indented JSON with a final newline."""
     with open(path, "w", encoding="utf-8") as f:

@@ -26,7 +26,7 @@ import tokenizers
 
 from mmjax.convert import checks, layout
 from mmjax.convert.hf_siglip import to_hf, to_mmjax
-from mmjax.convert.jsonfile import json_object, read_json
+from mmjax.convert.jsonfile import json_object, read_json, special_token
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer, read_backend
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD
 from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
@@ -221,15 +221,6 @@ CLEAN = "canonicalize"
 GEMMA_TOKENIZER_CLASSES, T5_TOKENIZER_CLASSES = ("GemmaTokenizer", "GemmaTokenizerFast"), ("T5Tokenizer", "T5TokenizerFast")
 
 
-def _special(config: Mapping, key: str, default: str) -> str:
-    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
-    value = config.get(key, default)
-    token = value.get("content") if isinstance(value, Mapping) else value
-    if not isinstance(token, str):
-        raise ValueError(f"{key} {value!r} is not a token")
-    return token
-
-
 def tokenizer_from_dir(directory: str, model_cfg: Mapping, context_length: int, where: str) -> OpenClipHfTokenizer:
     """The tokenizer OpenCLIP's `HFTokenizer` loads from an OpenCLIP SigLIP directory: its `tokenizer.json` (T5's or
     Gemma's, as OpenCLIP saves them) as transformers' `AutoTokenizer` reads it, behind OpenCLIP's clean-up. One line
@@ -276,5 +267,5 @@ def _special_tokens(config: Mapping, backend: tokenizers.Tokenizer, where: str) 
         side = config.get(key) or in_file[key] or default
         if side != "right":
             raise ValueError(f"{key} {side!r} is not supported (SigLIP's text tower reads the last position: right)")
-    return (_special(config, "eos_token", GEMMA_EOS if gemma else "</s>"),
-            _special(config, "pad_token", GEMMA_PAD if gemma else "<pad>"))
+    return (special_token(config, "eos_token", GEMMA_EOS if gemma else "</s>", where),
+            special_token(config, "pad_token", GEMMA_PAD if gemma else "<pad>", where))
