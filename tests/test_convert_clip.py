@@ -155,6 +155,34 @@ def test_hf_clip_matches_transformers(hf_dir, images):
     np.testing.assert_allclose(pretrained.preprocess.batch(images), pixels, atol=1e-6)
 
 
+def test_hf_clip_towers_with_their_own_activations_embed_and_export_as_transformers(bpe_merges, images, tmp_path):
+    """An exact-GELU image tower beside a quick-GELU text tower (each its own `hidden_act`): transformers'
+    embeddings; the transformers export keeps each tower's activation; OpenCLIP's CLIP, with one, is refused."""
+    torch.manual_seed(2)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu"),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, hidden_act="gelu"),
+        projection_dim=16)
+    path = str(tmp_path / "mixed")
+    transformers.CLIPModel(config).eval().save_pretrained(path)
+    _hf_tokenizer(bpe_merges).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    pretrained = load_pretrained(path)
+    assert (pretrained.config.options.activation, pretrained.config.text_activation) == ("gelu", "quick_gelu")
+    image_ref, text_ref, _ = _hf_reference(path, images, TEXTS)
+    np.testing.assert_allclose(pretrained.encode_image(images), image_ref, atol=1e-5)
+    np.testing.assert_allclose(pretrained.encode_text(TEXTS), text_ref, atol=1e-5)
+    out = str(tmp_path / "exported")
+    hf_clip.export(pretrained, out)
+    written = transformers.CLIPConfig.from_pretrained(out)
+    assert (written.vision_config.hidden_act, written.text_config.hidden_act) == ("gelu", "quick_gelu")
+    assert load_pretrained(out).config == pretrained.config
+    with pytest.raises(ValueError, match=r"cannot be written as an OpenCLIP CLIP \(needs: one activation in both"):
+        oc_convert.export(pretrained, str(tmp_path / "oc"))
+
+
 @pytest.mark.parametrize("processor_kwargs", [
     dict(size={"height": 32, "width": 32}, do_center_crop=False),
     dict(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32}),

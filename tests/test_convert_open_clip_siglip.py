@@ -4,6 +4,7 @@ tokenize and embed as `open_clip.create_model_and_transforms("local-dir:…")` a
 image tower is a tiny timm ViT registered here under a SigLIP-style name; the table of the real timm names is
 checked against timm itself."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,10 +22,12 @@ from safetensors.numpy import load_file  # noqa: E402
 from safetensors.numpy import save_file as save_numpy  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from mmjax.convert import hf_siglip, open_clip_siglip  # noqa: E402
+from mmjax.commands.convert import exporter  # noqa: E402
+from mmjax.convert import checks, hf_siglip, open_clip_siglip  # noqa: E402
 from mmjax.convert.checks import expected_shapes  # noqa: E402
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer  # noqa: E402
 from mmjax.data.tokenizer_record import load_tokenizer, save_tokenizer  # noqa: E402
+from mmjax.data.tokenizers import Tokenizer  # noqa: E402
 from mmjax.pretrained import load_pretrained  # noqa: E402
 from test_convert_clip import _open_clip_reference  # noqa: E402
 from test_convert_siglip import _assert_same_direction, _images, train_t5_spiece  # noqa: E402
@@ -107,13 +110,16 @@ def _edit_json(file, **changes):
         json.dump({**value, **changes}, f)
 
 
-@pytest.mark.parametrize("vocabulary", ["t5", "gemma"])
-def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, spiece_path, gemma_spm, monkeypatch,
-                                                                tmp_path):
+@pytest.mark.parametrize("vocabulary, vision_act, text_act", [
+    ("t5", "gelu", None),  # SigLIP: exact GELU in both towers
+    ("gemma", "gelu_tanh", "tanh"),  # SigLIP 2 So400m/16: tanh GELU in both
+    ("gemma", "gelu", "tanh"),  # SigLIP 2 B/16, L/16, So400m/14: an exact-GELU timm tower, a tanh-GELU text tower
+])
+def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, vision_act, text_act, spiece_path,
+                                                                gemma_spm, monkeypatch, tmp_path):
     gemma = vocabulary == "gemma"
     path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, gemma_model=gemma_spm[0] if gemma else None,
-                                 spiece=spiece_path, text_act="tanh" if gemma else None,
-                                 vision_act="gelu_tanh" if gemma else "gelu")
+                                 spiece=spiece_path, text_act=text_act, vision_act=vision_act)
     images = _images()
     image_ref, text_ref, ids_ref, model = _open_clip_reference(path, images, TEXTS)
     pieces = spm.SentencePieceProcessor(model_file=gemma_spm[0] if gemma else spiece_path)
@@ -125,7 +131,8 @@ def test_an_open_clip_siglip_tokenizes_and_embeds_as_open_clip(vocabulary, spiec
     for ours, reference in [(pretrained.encode_image(images), image_ref), (pretrained.encode_text(TEXTS), text_ref)]:
         _assert_same_direction(ours, reference)
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
-    assert pretrained.config.options.activation == ("gelu_tanh" if gemma else "gelu")
+    assert pretrained.config.options.activation == vision_act
+    assert pretrained.config.text_options.activation == ("gelu_tanh" if text_act else "gelu")
     assert pretrained.logit_scale == pytest.approx(model.logit_scale.item(), rel=1e-6)
     assert float(pretrained.params["logit_bias"]) == pytest.approx(model.logit_bias.item(), rel=1e-6)
 
@@ -182,7 +189,9 @@ def test_tokenizer_files_that_transformers_reads_otherwise_are_refused_or_follow
     for changes, message in [({"padding_side": None}, "padding_side 'left' is not supported"),
                              ({"truncation_side": "left"}, "truncation_side 'left' is not supported"),
                              ({"tokenizer_class": "Siglip2Tokenizer"}, "tokenizer_class 'Siglip2Tokenizer'"),
-                             ({"eos_token": {"special": True}}, "eos_token {'special': True} is not a token")]:
+                             ({"eos_token": {"special": True}}, "eos_token {'special': True} is not a token"),
+                             ({"tokenizer_class": "PreTrainedTokenizerFast", "padding_side": "right",
+                               "pad_token": None}, "pad_token is missing .PreTrainedTokenizerFast has none")]:
         write(changes)
         with pytest.raises(ValueError, match=message) as error:
             load_pretrained(path)
@@ -267,9 +276,10 @@ def test_open_clips_own_siglip_configs_are_read_or_refused_in_one_line():
         ours = sum(int(np.prod(shape)) for shape in expected_shapes(outcomes[name]).values())
         assert ours == sum(p.numel() for p in reference.parameters()), name
     read = sorted(name for name, outcome in outcomes.items() if not isinstance(outcome, str))
-    assert len(read) == 17 and "ViT-gopt-16-SigLIP2-384" in read, read
-    assert "its image tower (vit_base_patch16_siglip_224) computes gelu and its text tower gelu_tanh" in outcomes[
-        "ViT-B-16-SigLIP2"]
+    assert len(read) == 25 and "ViT-gopt-16-SigLIP2-384" in read, read
+    assert outcomes["ViT-B-16-SigLIP2"].options.activation == "gelu"
+    assert outcomes["ViT-B-16-SigLIP2"].text_activation == "gelu_tanh"
+    assert outcomes["ViT-SO400M-16-SigLIP2-256"].text_activation is None
     assert "text_cfg.hf_model_name='facebook/nllb-200-distilled-600M'" in outcomes["nllb-clip-base-siglip"]
     assert "text_cfg.proj_type='none'" in outcomes["ViT-SO400M-16-SigLIP-i18n-256"]
 
@@ -295,8 +305,8 @@ def test_what_mmjax_cannot_run_is_refused_in_one_line_naming_the_file(spiece_pat
     refused(lambda cfg: cfg["vision_cfg"].update(timm_pool="avg"), "vision_cfg.timm_pool='avg'")
     refused(lambda cfg: cfg["vision_cfg"].update(image_size=64), "vision_cfg.image_size 64 is not the 32 px")
     refused(lambda cfg: cfg["text_cfg"].update(pool_type="argmax"), "text_cfg.pool_type='argmax'")
-    refused(lambda cfg: cfg["text_cfg"].update(act_kwargs={"approximate": "tanh"}),
-            "computes gelu and its text tower gelu_tanh")
+    refused(lambda cfg: cfg["text_cfg"].update(act_kwargs={"approximate": "sigmoid"}),
+            "text_cfg.act_kwargs {'approximate': 'sigmoid'} is not supported")
     refused(lambda cfg: cfg["text_cfg"].pop("norm_kwargs"), "text_cfg.norm_kwargs None")
     refused(lambda cfg: cfg.pop("init_logit_bias"), "init_logit_bias is missing")
     refused(lambda cfg: cfg["text_cfg"].update(tokenizer_kwargs={"clean": "canonicalize", "strip_sep_token": True}),
@@ -330,6 +340,54 @@ def test_mmjax_params_written_as_open_clip_tensors_and_read_back_are_bit_identic
         np.testing.assert_array_equal(tensors[key], value, err_msg=key)
 
 
+@pytest.mark.parametrize("vocabulary", ["t5", "gemma"])
+def test_an_open_clip_siglip_exports_to_open_clip_and_reads_back_bit_identical(vocabulary, spiece_path, gemma_spm,
+                                                                               monkeypatch, tmp_path):
+    """OpenCLIP → mmjax → OpenCLIP (`mmjax convert --to open_clip`): OpenCLIP's `local-dir:` loads the export with
+    the source's tensors, bit for bit, and gives its token ids and embeddings; mmjax reads it back as it was. The
+    Gemma model has an exact-GELU image tower and a tanh-GELU text tower."""
+    gemma = vocabulary == "gemma"
+    path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, gemma_model=gemma_spm[0] if gemma else None,
+                                 spiece=spiece_path, text_act="tanh" if gemma else None)
+    pretrained = load_pretrained(path)
+    out = str(tmp_path / "exported")
+    exporter(pretrained, "open_clip")(pretrained, out)
+    written, original = (load_file(os.path.join(directory, "open_clip_model.safetensors")) for directory in (out, path))
+    assert sorted(written) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(written[key], value, err_msg=key)
+    images = _images()
+    image_ref, text_ref, ids_ref, _ = _open_clip_reference(path, images, TEXTS)
+    image_out, text_out, ids_out, _ = _open_clip_reference(out, images, TEXTS)
+    np.testing.assert_array_equal(ids_out, ids_ref)
+    np.testing.assert_allclose(image_out, image_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(text_out, text_ref, rtol=0, atol=1e-6)
+    again = load_pretrained(out)
+    assert again.config == pretrained.config and again.preprocess == pretrained.preprocess
+    for key, value in checks.flatten(pretrained.params).items():
+        np.testing.assert_array_equal(checks.flatten(again.params)[key], value, err_msg=key)
+    np.testing.assert_array_equal(again.tokenizer(TEXTS), ids_ref)
+
+
+def test_what_open_clip_cannot_build_is_not_exported_to_it(spiece_path, monkeypatch, tmp_path):
+    path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, spiece=spiece_path)
+    pretrained = load_pretrained(path)
+    config = pretrained.config
+    for changed, message in [
+            (dict(tokenizer=Tokenizer.for_synthetic(CONTEXT)), "its tokenizer is a Tokenizer, not OpenCLIP's"),
+            (dict(config=dataclasses.replace(config, vision=dataclasses.replace(config.vision, depth=3))),
+             r"its image tower \(width 32, depth 3, 2 heads, MLP 64, 8 px patches, 32 px, gelu\) is none of timm's"),
+            (dict(config=dataclasses.replace(config, text_activation="quick_gelu")),
+             "its text tower's activation is 'quick_gelu'"),
+            (dict(config=dataclasses.replace(config, options=dataclasses.replace(config.options, norm_eps=1e-5))),
+             "its LayerNorm eps is 1e-05, timm's 1e-06"),
+            (dict(config=dataclasses.replace(config, text=dataclasses.replace(config.text, pool="map"))),
+             "its text pooling is 'map'")]:
+        with pytest.raises(ValueError, match=f"^cannot export as an OpenCLIP SigLIP: {message}"):
+            open_clip_siglip.export(dataclasses.replace(pretrained, **changed), str(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+
+
 def test_the_tokenizer_survives_a_runs_record_and_an_export_that_would_lose_its_clean_up_is_refused(
         spiece_path, monkeypatch, tmp_path):
     path = _open_clip_siglip_dir(tmp_path / "model", monkeypatch, spiece=spiece_path)
@@ -341,7 +399,8 @@ def test_the_tokenizer_survives_a_runs_record_and_an_export_that_would_lose_its_
     with pytest.raises(ValueError, match=r"^the open_clip_hf tokenizer's 'open_clip_clean' is 'fancy', not one of"):
         load_tokenizer(str(tmp_path), {**description, "open_clip_clean": "fancy"})
     with pytest.raises(ValueError, match="runs OpenCLIP's text clean-up .clean='canonicalize'. before its "
-                                         "tokenizer.json"):
+                                         "tokenizer.json, which no transformers SigLIP tokenizer reproduces; use "
+                                         "--to open_clip"):
         hf_siglip.export(pretrained, str(tmp_path / "hf"))
     with pytest.raises(ValueError, match="cannot be saved as"):
         pretrained.tokenizer.save(str(tmp_path / "tokenizer.json"))

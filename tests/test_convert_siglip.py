@@ -68,16 +68,17 @@ def torch_model():
     return random_siglip(VOCAB, CONTEXT, pad_id=1, eos_id=1, bos_id=None, seed=0)
 
 
-def random_siglip(vocab_size, context_length, *, pad_id, eos_id, bos_id, seed):
+def random_siglip(vocab_size, context_length, *, pad_id, eos_id, bos_id, seed, text_act="gelu_pytorch_tanh",
+                  vision_act="gelu_pytorch_tanh"):
     """A random SiglipModel (width 32, 2 layers, 32 px images of 8 px patches) with every parameter (biases,
     probe, scale, bias) perturbed."""
     torch.manual_seed(seed)
     config = transformers.SiglipConfig(
         text_config=dict(vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=context_length, pad_token_id=pad_id,
-                         eos_token_id=eos_id, bos_token_id=bos_id),
+                         eos_token_id=eos_id, bos_token_id=bos_id, hidden_act=text_act),
         vision_config=dict(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE, patch_size=PATCH))
+                           image_size=IMAGE, patch_size=PATCH, hidden_act=vision_act))
     model = transformers.SiglipModel(config).eval()
     with torch.no_grad():
         for param in model.parameters():
@@ -135,6 +136,30 @@ def test_export_loads_in_transformers_and_reimports_bit_identical(hf_dir, torch_
     for path, value in checks.flatten(pretrained.params).items():
         np.testing.assert_array_equal(checks.flatten(again.params)[path], value, err_msg=path)
     assert again.preprocess == pretrained.preprocess
+
+
+def test_towers_with_their_own_activations_embed_and_export_as_transformers(spiece_path, tmp_path):
+    """An exact-GELU image tower beside a tanh-GELU text tower (each its own `hidden_act`) loads, embeds as
+    transformers does, and exports with each tower's activation."""
+    torch_model = random_siglip(VOCAB, CONTEXT, pad_id=1, eos_id=1, bos_id=None, seed=3, vision_act="gelu")
+    path = str(tmp_path / "mixed")
+    torch_model.save_pretrained(path)
+    transformers.SiglipTokenizer(vocab_file=spiece_path, model_max_length=CONTEXT).save_pretrained(path)
+    transformers.SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE}).save_pretrained(path)
+    pretrained = load_pretrained(path)
+    assert (pretrained.config.options.activation, pretrained.config.text_activation) == ("gelu", "gelu_tanh")
+    image_ref, text_ref = _torch_embeddings(torch_model, path, _images(), TEXTS)
+    np.testing.assert_allclose(pretrained.encode_image(_images()), image_ref, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(pretrained.encode_text(TEXTS), text_ref, rtol=0, atol=1e-4)
+    out = str(tmp_path / "exported")
+    hf_siglip.export(pretrained, out)
+    with open(os.path.join(out, "config.json")) as f:
+        written = json.load(f)
+    assert (written["vision_config"]["hidden_act"], written["text_config"]["hidden_act"]) == (
+        "gelu", "gelu_pytorch_tanh")
+    assert load_pretrained(out).config == pretrained.config
+    with pytest.raises(ValueError, match="^cannot export as a big_vision SigLIP: its image tower's activation 'gelu'"):
+        big_vision.export(pretrained, str(tmp_path / "npz"))
 
 
 @pytest.mark.parametrize("posemb", ["learned", "sincos2d"])
@@ -399,7 +424,9 @@ def test_a_model_big_vision_would_read_otherwise_is_refused_before_anything_is_w
     config, tokenizer = pretrained.config, pretrained.tokenizer
     for changed, message in [
             (dict(config=dataclasses.replace(config, options=dataclasses.replace(config.options, activation="gelu"))),
-             "activation 'gelu', not 'gelu_tanh'"),
+             "its image tower's activation 'gelu', not 'gelu_tanh'"),
+            (dict(config=dataclasses.replace(config, text_activation="gelu")),
+             "its text tower's activation 'gelu', not 'gelu_tanh'"),
             (dict(config=dataclasses.replace(config, options=dataclasses.replace(config.options, norm_eps=1e-5))),
              "LayerNorm eps 1e-05, not 1e-06"),
             (dict(preprocess=dataclasses.replace(pretrained.preprocess, mean=(0.48, 0.46, 0.41))),

@@ -1,6 +1,7 @@
 """Model tests: published parameter counts, a NumPy reference for the blocks,
 scan/remat equivalence, logical axis names, and clear shape errors."""
 
+import dataclasses
 import math
 import re
 
@@ -169,6 +170,25 @@ def test_embeddings_are_unit_norm_and_towers_are_optional():
     # an empty batch of images, as of texts (the patch reshape divided by the batch size)
     none, _, _ = model.apply({"params": params}, image=images[:0], text=tokens[:0])
     assert none.shape == (0, config.embed_dim)
+
+
+def test_a_text_activation_changes_the_text_tower_only():
+    """Image embeddings as the model computing `options.activation` everywhere, text embeddings as the one
+    computing `text_activation` everywhere (same parameters)."""
+    config = models.get_config("clip-test")
+    assert config.options.activation == "gelu"
+    images, tokens = _inputs(config)
+    mixed = dataclasses.replace(config, text_activation="quick_gelu")
+    model, params = _init_and_apply(mixed, images, tokens)
+    every_quick = dataclasses.replace(config, options=dataclasses.replace(config.options, activation="quick_gelu"))
+    image_emb, text_emb, _ = model.apply({"params": params}, image=images, text=tokens)
+    plain_image, plain_text, _ = models.TwoTower(config).apply({"params": params}, image=images, text=tokens)
+    _, quick_text, _ = models.TwoTower(every_quick).apply({"params": params}, text=tokens)
+    np.testing.assert_array_equal(image_emb, plain_image)
+    np.testing.assert_array_equal(text_emb, quick_text)
+    assert np.abs(text_emb - plain_text).max() > 1e-4
+    with pytest.raises(ValueError, match=r"TwoTowerConfig: text_activation 'relu' is not one of \['gelu', "):
+        dataclasses.replace(config, text_activation="relu")
 
 
 def test_wrong_image_size_is_one_clear_error():

@@ -48,7 +48,8 @@ def exporter(pretrained, target: str):
         from mmjax.convert import hf_clip
         return hf_clip.export
     if is_siglip:
-        raise ValueError("--to open_clip writes CLIP models only; use --to hf or --to big_vision for SigLIP")
+        from mmjax.convert import open_clip_siglip
+        return open_clip_siglip.export
     from mmjax.convert import open_clip
     return open_clip.export
 
@@ -124,7 +125,7 @@ def run(argv: list[str]) -> None:
 
         for caveat in export_caveats(pretrained):
             print(f"mmjax: warning: {source} {caveat}", file=sys.stderr)
-    if flags.FLAGS.to == "open_clip":
+    if flags.FLAGS.to == "open_clip" and pretrained.config.logit_bias_init is None:  # a CLIP, read by SimpleTokenizer
         from mmjax.convert.open_clip import is_clip_bpe
 
         if not is_clip_bpe(pretrained.tokenizer):

@@ -249,7 +249,8 @@ def check_exportable(pretrained: Pretrained) -> None:
     own = (tokenizer.eot_token, tokenizer.pad_token) if sentencepiece else None
     expected = _big_vision_end_and_padding(tokenizer) if sentencepiece else None
     problems = [
-        (config.options.activation != ACTIVATION, f"activation {config.options.activation!r}, not {ACTIVATION!r}"),
+        *[(opts.activation != ACTIVATION, f"its {tower} tower's activation {opts.activation!r}, not {ACTIVATION!r}")
+          for tower, opts in (("image", config.options), ("text", config.text_options))],
         (config.options.norm_eps != NORM_EPS, f"LayerNorm eps {config.options.norm_eps}, not {NORM_EPS}"),
         (not sentencepiece, f"its tokenizer is a {type(tokenizer).__name__}, not a SentencePiece model"
                             + (" (a SigLIP 2 from a transformers directory reads its tokenizer.json: export its "

@@ -33,13 +33,14 @@ ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": 
 def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
     """A `CLIPConfig` dict (config.json) → `TwoTowerConfig`."""
     text, vision = json_object(hf, "text_config", where), json_object(hf, "vision_config", where)
-    acts = {vision.get("hidden_act", "quick_gelu"), text.get("hidden_act", "quick_gelu")}
+    acts = [tower.get("hidden_act", "quick_gelu") for tower in (vision, text)]
     eps = {vision.get("layer_norm_eps", 1e-5), text.get("layer_norm_eps", 1e-5)}
-    if len(acts) > 1 or len(eps) > 1:
-        raise ValueError(f"{where}: towers with different activations or layer-norm eps are not supported")
-    act = acts.pop()
-    if act not in ACTIVATIONS:
-        raise ValueError(f"{where}: hidden_act {act!r} is not one of {sorted(ACTIVATIONS)}")
+    if len(eps) > 1:
+        raise ValueError(f"{where}: towers with different layer-norm eps are not supported")
+    for act in acts:
+        if act not in ACTIVATIONS:
+            raise ValueError(f"{where}: hidden_act {act!r} is not one of {sorted(ACTIVATIONS)}")
+    vision_act, text_act = (ACTIVATIONS[act] for act in acts)
     eos = text.get("eos_token_id", 49407)
     try:
         return TwoTowerConfig(
@@ -53,7 +54,8 @@ def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
                             context_length=text.get("max_position_embeddings", 77),
                             pool="eot" if eos == 2 else "first_eot", eot_id=None if eos == 2 else eos),
             embed_dim=hf.get("projection_dim", 512),
-            options=BlockOptions(activation=ACTIVATIONS[act], norm_eps=eps.pop()),
+            options=BlockOptions(activation=vision_act, norm_eps=eps.pop()),
+            text_activation=None if text_act == vision_act else text_act,
         )
     except KeyError as error:
         raise ValueError(f"{where}: {error.args[0]} is missing from the text or vision config") from None
@@ -157,19 +159,21 @@ def config_to_hf(config: TwoTowerConfig, eot_id: int, pad_id: int, bos_id: int) 
         ("no logit bias", config.logit_bias_init is not None)] if bad]
     if problems:
         raise ValueError(f"this model cannot be written as a transformers CLIPModel (needs: {', '.join(problems)})")
-    act = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}[opts.activation]
-    common = dict(hidden_act=act, layer_norm_eps=opts.norm_eps, attention_dropout=0.0, projection_dim=config.embed_dim)
+    act = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+    common = dict(layer_norm_eps=opts.norm_eps, attention_dropout=0.0, projection_dim=config.embed_dim)
     return {
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
         "logit_scale_init_value": 2.6592, "initializer_factor": 1.0,
         "text_config": dict(model_type="clip_text_model", hidden_size=text.width, intermediate_size=text.mlp_dim,
                             num_hidden_layers=text.depth, num_attention_heads=text.num_heads,
                             vocab_size=text.vocab_size, max_position_embeddings=text.context_length,
-                            bos_token_id=bos_id, eos_token_id=eot_id, pad_token_id=pad_id, **common),
+                            bos_token_id=bos_id, eos_token_id=eot_id, pad_token_id=pad_id,
+                            hidden_act=act[config.text_options.activation], **common),
         "vision_config": dict(model_type="clip_vision_model", hidden_size=vision.width,
                               intermediate_size=vision.mlp_dim, num_hidden_layers=vision.depth,
                               num_attention_heads=vision.num_heads, image_size=vision.image_size,
-                              patch_size=vision.patch_size, num_channels=3, **common),
+                              patch_size=vision.patch_size, num_channels=3, hidden_act=act[opts.activation],
+                              **common),
     }
 
 

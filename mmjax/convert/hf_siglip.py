@@ -80,9 +80,9 @@ def config_from_hf(config: Mapping, where: str = "config.json") -> TwoTowerConfi
         raise ValueError(f"{where}: vision_use_head=false has no pooled image embedding; not supported")
     if vision["num_channels"] != 3:
         raise ValueError(f"{where}: num_channels={vision['num_channels']} is not supported (RGB only)")
-    activations = {_activation(text["hidden_act"], where), _activation(vision["hidden_act"], where)}
-    if len(activations) != 1 or text["layer_norm_eps"] != vision["layer_norm_eps"]:
-        raise ValueError(f"{where}: the towers use different activations or layer-norm eps; mmjax needs one of each")
+    vision_activation, text_activation = (_activation(tower["hidden_act"], where) for tower in (vision, text))
+    if text["layer_norm_eps"] != vision["layer_norm_eps"]:
+        raise ValueError(f"{where}: the towers use different layer-norm eps; mmjax needs one")
     embed_dim = text["projection_size"] or text["hidden_size"]
     if embed_dim != vision["hidden_size"]:
         raise ValueError(f"{where}: text projection_size {embed_dim} differs from the vision width "
@@ -99,9 +99,10 @@ def config_from_hf(config: Mapping, where: str = "config.json") -> TwoTowerConfi
             width=text["hidden_size"], depth=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
             mlp_dim=text["intermediate_size"], causal=False, pool="last"),
         embed_dim=embed_dim,
-        options=BlockOptions(activation=activations.pop(), norm_eps=float(text["layer_norm_eps"])),
+        options=BlockOptions(activation=vision_activation, norm_eps=float(text["layer_norm_eps"])),
         image_projection=False, text_projection_bias=True,
         logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
+        text_activation=None if text_activation == vision_activation else text_activation,
     )
 
 
@@ -118,7 +119,8 @@ def check_exportable(config: TwoTowerConfig, target: str = "transformers SiglipM
         (not v.patch_bias, "its patch embedding has no bias"),
         (t.causal, "its text attention is causal"),
         (t.pool != "last", f"its text pooling is {t.pool!r}, not 'last'"),
-        (config.options.activation not in TO_HF_ACTIVATION, f"activation {config.options.activation!r}"),
+        *[(opts.activation not in TO_HF_ACTIVATION, f"its {tower} tower's activation {opts.activation!r}")
+          for tower, opts in (("image", config.options), ("text", config.text_options))],
     ]
     for bad, why in problems:
         if bad:
@@ -129,12 +131,14 @@ def config_to_hf(config: TwoTowerConfig, pad_id: int | None = None, eot_id: int 
     """The `config.json` dict of a transformers `SiglipModel` equal to `config`."""
     check_exportable(config)
     v, t, opts = config.vision, config.text, config.options
-    common = dict(hidden_act=TO_HF_ACTIVATION[opts.activation], layer_norm_eps=opts.norm_eps, attention_dropout=0.0)
-    text = dict(vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=t.mlp_dim,
+    common = dict(layer_norm_eps=opts.norm_eps, attention_dropout=0.0)
+    text = dict(hidden_act=TO_HF_ACTIVATION[config.text_options.activation],
+                vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=t.mlp_dim,
                 num_hidden_layers=t.depth, num_attention_heads=t.num_heads, max_position_embeddings=t.context_length,
                 projection_size=config.embed_dim, pad_token_id=pad_id, bos_token_id=None, eos_token_id=eot_id,
                 model_type="siglip_text_model", **common)
-    vision = dict(hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth,
+    vision = dict(hidden_act=TO_HF_ACTIVATION[opts.activation],
+                  hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth,
                   num_attention_heads=v.num_heads, num_channels=3, image_size=v.image_size, patch_size=v.patch_size,
                   vision_use_head=True, model_type="siglip_vision_model", **common)
     return dict(architectures=["SiglipModel"], model_type="siglip", initializer_factor=1.0, dtype="float32",
@@ -375,8 +379,7 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     if isinstance(pretrained.tokenizer, OpenClipHfTokenizer):  # an OpenCLIP SigLIP's (before the CLIP BPE check)
         raise ValueError(f"cannot export as transformers SiglipModel: its tokenizer runs OpenCLIP's text clean-up "
                          f"(clean={pretrained.tokenizer.open_clip_clean!r}) before its tokenizer.json, which no "
-                         f"transformers SigLIP tokenizer reproduces (an OpenCLIP SigLIP is evaluated and fine-tuned "
-                         f"in mmjax, not exported)")
+                         f"transformers SigLIP tokenizer reproduces; use --to open_clip")
     if getattr(pretrained.tokenizer, "open_clip_clean", None) is not None:  # pool="last" reads its padding, id 0
         raise ValueError("cannot export as transformers SiglipModel: its tokenizer is OpenCLIP's CLIP BPE "
                          "(data.tokenizer='clip-bpe'), whose cleaning and padding no transformers SigLIP tokenizer "

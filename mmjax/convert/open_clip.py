@@ -277,7 +277,7 @@ def load_named(name: str, weights: str, *, allow_pickle: bool = False) -> Pretra
 # --- export ---------------------------------------------------------------------------------------------------
 
 
-def _mlp_ratio(mlp_dim: int, width: int) -> float:
+def mlp_ratio(mlp_dim: int, width: int) -> float:
     """A ratio with `int(width * ratio) == mlp_dim`, as OpenCLIP computes the MLP width."""
     ratio = mlp_dim / width
     return ratio if int(width * ratio) == mlp_dim else (mlp_dim + 0.5) / width
@@ -295,6 +295,7 @@ def config_to_open_clip(config: TwoTowerConfig) -> dict:
         ("image projection", not config.image_projection), ("no text projection bias", config.text_projection_bias),
         ("no logit bias", config.logit_bias_init is not None),
         ("gelu or quick_gelu", opts.activation not in ("gelu", "quick_gelu")), ("norm eps 1e-5", opts.norm_eps != 1e-5),
+        ("one activation in both towers", config.text_options.activation != opts.activation),
         ("vision heads of equal width", vision.width % vision.num_heads)] if bad]
     if problems:
         raise ValueError(f"this model cannot be written as an OpenCLIP CLIP (needs: {', '.join(problems)})")
@@ -302,9 +303,9 @@ def config_to_open_clip(config: TwoTowerConfig) -> dict:
         "embed_dim": config.embed_dim,
         "vision_cfg": dict(image_size=vision.image_size, layers=vision.depth, width=vision.width,
                            patch_size=vision.patch_size, head_width=vision.width // vision.num_heads,
-                           mlp_ratio=_mlp_ratio(vision.mlp_dim, vision.width)),
+                           mlp_ratio=mlp_ratio(vision.mlp_dim, vision.width)),
         "text_cfg": dict(context_length=text.context_length, vocab_size=text.vocab_size, width=text.width,
-                         heads=text.num_heads, layers=text.depth, mlp_ratio=_mlp_ratio(text.mlp_dim, text.width)),
+                         heads=text.num_heads, layers=text.depth, mlp_ratio=mlp_ratio(text.mlp_dim, text.width)),
     }
     if opts.activation == "quick_gelu":
         cfg["quick_gelu"] = True
@@ -369,6 +370,12 @@ def _write_tokenizer(tokenizer, out_dir: str) -> None:
         f.write("\n".join(["#version: 0.2", *merges]) + "\n")
 
 
+def preprocess_to_open_clip(preprocess: ImagePreprocess) -> dict:
+    """OpenCLIP's `preprocess_cfg` of `preprocess` (mean, std, interpolation, resize mode)."""
+    return {"mean": list(preprocess.mean), "std": list(preprocess.std), "interpolation": preprocess.interpolation,
+            "resize_mode": preprocess.mode}
+
+
 def export(pretrained: Pretrained, out_dir: str) -> None:
     """Writes a directory that `open_clip.create_model_and_transforms("local-dir:" + out_dir)` loads as it is
     (all at once, `staged_export`).
@@ -380,10 +387,8 @@ def export(pretrained: Pretrained, out_dir: str) -> None:
     clean = getattr(pretrained.tokenizer, "open_clip_clean", None)
     if clean not in (None, "lower"):  # SimpleTokenizer's default: not written
         model_cfg["text_cfg"]["tokenizer_kwargs"] = {"clean": clean}
-    pp = pretrained.preprocess
-    preprocess_cfg = {"mean": list(pp.mean), "std": list(pp.std), "interpolation": pp.interpolation,
-                      "resize_mode": pp.mode}
     with staged_export(out_dir) as staging:
         write_safetensors(os.path.join(staging, WEIGHTS_FILE), params_to_open_clip(pretrained.params))
-        write_json(os.path.join(staging, CONFIG_FILE), {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+        write_json(os.path.join(staging, CONFIG_FILE),
+                   {"model_cfg": model_cfg, "preprocess_cfg": preprocess_to_open_clip(pretrained.preprocess)})
         _write_tokenizer(pretrained.tokenizer, staging)

@@ -4,15 +4,17 @@
 `ViT-*-SigLIP*` models of OpenCLIP's zoo and the `timm/ViT-*-SigLIP*` Hugging Face Hub repositories.
 
 The timm model name fixes the image tower's shape, activation and image size (timm ignores
-`vision_cfg.image_size`), so `TIMM_SIGLIP_VITS` lists them (a test checks it against timm). mmjax computes both
-towers with one activation: the OpenCLIP models whose timm tower runs exact GELU and whose text runs tanh GELU
-(`text_cfg.act_kwargs`, most SigLIP 2 sizes) are refused in one line; their weights load as Google published
-them from `hf:google/siglip2-…` or the big_vision `.npz`.
+`vision_cfg.image_size`), so `TIMM_SIGLIP_VITS` lists them (a test checks it against timm). The text tower's
+activation is `text_cfg.act_kwargs`'; where the two differ (most SigLIP 2 sizes: an exact-GELU timm tower beside
+a tanh-GELU text tower, not as Google trained them) the model keeps both (`TwoTowerConfig.text_activation`) and
+computes as OpenCLIP does.
 
 The tokenizer is the directory's transformers `tokenizer.json` (T5's vocabulary for SigLIP, Gemma's for SigLIP 2)
 as OpenCLIP's `HFTokenizer` runs it: OpenCLIP's clean-up (`text_cfg.tokenizer_kwargs.clean`, "canonicalize" in
 every OpenCLIP SigLIP config and the only one accepted), the end-of-text token appended and kept, padded to the
 context length with the tokenizer's pad token.
+
+`export` writes such a model (loaded from OpenCLIP, or fine-tuned from one) back as an OpenCLIP SigLIP directory.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import numpy as np
 import tokenizers
 
 from mmjax.convert import checks, layout
-from mmjax.convert.hf_siglip import to_hf, to_mmjax
-from mmjax.convert.jsonfile import json_object, read_json, special_token
+from mmjax.convert.export_dir import staged_export
+from mmjax.convert.hf_siglip import check_exportable, to_hf, to_mmjax
+from mmjax.convert.jsonfile import json_object, read_json, special_token, write_json
+from mmjax.convert.tensors import write_safetensors
 from mmjax.data.open_clip_hf_tokenizer import OpenClipHfTokenizer, read_backend
 from mmjax.data.sentencepiece_tokenizer import GEMMA_EOS, GEMMA_PAD
 from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
+from mmjax.pretrained import Pretrained
 
 # timm's SigLIP ViTs (timm/models/vision_transformer.py; a test builds each with timm and compares):
 # name → (width, depth, heads, mlp_dim, patch, image size, activation). All have no class token, no pre-norm,
@@ -86,10 +91,6 @@ def config_from_open_clip(model_cfg: Mapping, where: str) -> TwoTowerConfig:
     if act_kwargs or approximate not in _TEXT_ACTIVATIONS:
         raise ValueError(f"text_cfg.act_kwargs {text.get('act_kwargs')} is not supported")
     text_activation = _TEXT_ACTIVATIONS[approximate]
-    if text_activation != vision_activation:
-        raise ValueError(f"its image tower ({name}) computes {vision_activation} and its text tower "
-                         f"{text_activation}; mmjax runs both towers with one activation (the same weights load "
-                         f"from the Hugging Face google/siglip… repository or the big_vision .npz)")
     if norm_kwargs != {"eps": NORM_EPS}:
         raise ValueError(f"text_cfg.norm_kwargs {text.get('norm_kwargs')} is not supported (SigLIP: "
                          f"{{'eps': {NORM_EPS}}})")
@@ -108,6 +109,7 @@ def config_from_open_clip(model_cfg: Mapping, where: str) -> TwoTowerConfig:
         options=BlockOptions(activation=vision_activation, norm_eps=NORM_EPS),
         image_projection=False, text_projection_bias=True,
         logit_scale_init=math.log(10.0), logit_bias_init=float(model_cfg["init_logit_bias"]),
+        text_activation=None if text_activation == vision_activation else text_activation,
     )
 
 
@@ -219,6 +221,9 @@ def params_from_open_clip(tensors: Mapping[str, np.ndarray], config: TwoTowerCon
 CLEAN = "canonicalize"
 # the tokenizer classes OpenCLIP saves SigLIP 2's and SigLIP's tokenizers as
 GEMMA_TOKENIZER_CLASSES, T5_TOKENIZER_CLASSES = ("GemmaTokenizer", "GemmaTokenizerFast"), ("T5Tokenizer", "T5TokenizerFast")
+# the classes transformers runs a tokenizer.json with as it is (4 and 5; 5 saves the first as the second): what
+# `export` writes, and which names no end-of-text or padding token of its own
+FILE_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
 def tokenizer_from_dir(directory: str, model_cfg: Mapping, context_length: int, where: str) -> OpenClipHfTokenizer:
@@ -257,9 +262,14 @@ def _special_tokens(config: Mapping, backend: tokenizers.Tokenizer, where: str) 
     tokenizer.json's, else the class's default. (What is added around a text is the tokenizer.json's
     post-processor's: transformers 5 follows it whatever add_bos_token / add_eos_token say.)"""
     tokenizer_class = config.get("tokenizer_class")
-    if tokenizer_class not in (*T5_TOKENIZER_CLASSES, *GEMMA_TOKENIZER_CLASSES):
+    classes = (*T5_TOKENIZER_CLASSES, *GEMMA_TOKENIZER_CLASSES, *FILE_TOKENIZER_CLASSES)
+    if tokenizer_class not in classes:
         raise ValueError(f"tokenizer_class {tokenizer_class!r} is not supported in an OpenCLIP SigLIP directory "
-                         f"(one of {', '.join(T5_TOKENIZER_CLASSES + GEMMA_TOKENIZER_CLASSES)})")
+                         f"(one of {', '.join(classes)})")
+    if tokenizer_class in FILE_TOKENIZER_CLASSES:
+        missing = [key for key in ("eos_token", "pad_token") if config.get(key) is None]
+        if missing:
+            raise ValueError(f"{missing[0]} is missing ({tokenizer_class} has none by default)")
     gemma = tokenizer_class in GEMMA_TOKENIZER_CLASSES
     in_file = {"padding_side": (backend.padding or {}).get("direction"),
                "truncation_side": (backend.truncation or {}).get("direction")}
@@ -269,3 +279,83 @@ def _special_tokens(config: Mapping, backend: tokenizers.Tokenizer, where: str) 
             raise ValueError(f"{key} {side!r} is not supported (SigLIP's text tower reads the last position: right)")
     return (special_token(config, "eos_token", GEMMA_EOS if gemma else "</s>", where),
             special_token(config, "pad_token", GEMMA_PAD if gemma else "<pad>", where))
+
+
+# --- export --------------------------------------------------------------------------------------------------------
+
+
+def timm_model_name(config: TwoTowerConfig) -> str:
+    """The timm SigLIP ViT that computes `config`'s image tower (shape, image size, activation); a one-line
+    ValueError when there is none, since OpenCLIP builds a SigLIP's image tower from a timm name."""
+    v = config.vision
+    tower = (v.width, v.depth, v.num_heads, v.mlp_dim, v.patch_size, v.image_size, config.options.activation)
+    names = [name for name, spec in TIMM_SIGLIP_VITS.items() if spec == tower]
+    if not names:
+        raise ValueError(f"cannot export as an OpenCLIP SigLIP: its image tower (width {v.width}, depth {v.depth}, "
+                         f"{v.num_heads} heads, MLP {v.mlp_dim}, {v.patch_size} px patches, {v.image_size} px, "
+                         f"{config.options.activation}) is none of timm's SigLIP ViTs, from which OpenCLIP builds "
+                         f"it; use --to hf or --to big_vision")
+    return names[0]
+
+
+def config_to_open_clip(config: TwoTowerConfig, tokenizer: OpenClipHfTokenizer, tokenizer_name: str) -> dict:
+    """The OpenCLIP `model_cfg` of a SigLIP `config` read with `tokenizer`; `tokenizer_name` is written as
+    `text_cfg.hf_tokenizer_name`. A one-line ValueError for what OpenCLIP's SigLIP cannot express."""
+    from mmjax.convert.open_clip import mlp_ratio
+
+    check_exportable(config, "an OpenCLIP SigLIP")
+    name, text = timm_model_name(config), config.text
+    text_act_kwargs = {"gelu": {}, "gelu_tanh": {"approximate": "tanh"}}.get(config.text_options.activation)
+    problems = [(config.options.norm_eps != NORM_EPS, f"its LayerNorm eps is {config.options.norm_eps}, timm's "
+                                                      f"{NORM_EPS}"),
+                (config.vision.posemb != "learned", f"its image position table is {config.vision.posemb!r}"),
+                (text_act_kwargs is None, f"its text tower's activation is {config.text_options.activation!r}")]
+    for bad, why in problems:
+        if bad:
+            raise ValueError(f"cannot export as an OpenCLIP SigLIP: {why}")
+    text_cfg = dict(context_length=text.context_length, vocab_size=text.vocab_size, width=text.width,
+                    heads=text.num_heads, layers=text.depth, mlp_ratio=mlp_ratio(text.mlp_dim, text.width),
+                    no_causal_mask=True, proj_bias=True, pool_type="last", norm_kwargs={"eps": NORM_EPS},
+                    hf_tokenizer_name=tokenizer_name, tokenizer_kwargs={"clean": tokenizer.open_clip_clean})
+    if text_act_kwargs:
+        text_cfg["act_kwargs"] = text_act_kwargs
+    return dict(embed_dim=config.embed_dim, init_logit_bias=config.logit_bias_init, custom_text=True,
+                vision_cfg=dict(image_size=config.vision.image_size, timm_model_name=name,
+                                timm_model_pretrained=False, timm_pool="map", timm_proj="none"),
+                text_cfg=text_cfg)
+
+
+def write_tokenizer(tokenizer: OpenClipHfTokenizer, directory: str) -> None:
+    """`tokenizer.json` (without padding and truncation: OpenCLIP's `HFTokenizer` sets them per call) and a
+    `tokenizer_config.json` naming `PreTrainedTokenizerFast`, which transformers runs the file with as it is."""
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
+    pad_token = backend.padding["pad_token"]
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(os.path.join(directory, "tokenizer.json"))
+    write_json(os.path.join(directory, "tokenizer_config.json"), dict(
+        tokenizer_class=FILE_TOKENIZER_CLASSES[0], eos_token=backend.id_to_token(tokenizer.eot_id),
+        pad_token=pad_token, padding_side="right", truncation_side="right", model_max_length=tokenizer.context_length))
+
+
+def export(pretrained: Pretrained, out_dir: str) -> None:
+    """Writes an OpenCLIP SigLIP directory that `open_clip.create_model_and_transforms("local-dir:" + out_dir)` and
+    `open_clip.get_tokenizer` load as it is, and mmjax loads back bit-identical (all at once, `staged_export`): a
+    SigLIP whose image tower is one of timm's SigLIP ViTs and whose tokenizer is OpenCLIP's (one loaded from an
+    OpenCLIP SigLIP, or fine-tuned from one). `text_cfg.hf_tokenizer_name` is the directory's name: `local-dir:`
+    reads the tokenizer in the directory; set it to the repository's name before uploading to the Hub, where
+    OpenCLIP's `hf-hub:` reads the tokenizer from the repository it names."""
+    from mmjax.convert.open_clip import CONFIG_FILE, WEIGHTS_FILE, preprocess_to_open_clip
+
+    tokenizer = pretrained.tokenizer
+    if not isinstance(tokenizer, OpenClipHfTokenizer):
+        raise ValueError(f"cannot export as an OpenCLIP SigLIP: its tokenizer is a {type(tokenizer).__name__}, not "
+                         f"OpenCLIP's (a tokenizer.json behind OpenCLIP's text clean-up, as an OpenCLIP SigLIP "
+                         f"loads); use --to hf or --to big_vision")
+    model_cfg = config_to_open_clip(pretrained.config, tokenizer, os.path.basename(os.path.abspath(out_dir)))
+    tensors = params_to_open_clip(layout.unscan(layout.to_numpy(pretrained.params)), pretrained.config)
+    with staged_export(out_dir) as staging:
+        write_safetensors(os.path.join(staging, WEIGHTS_FILE), tensors)
+        write_json(os.path.join(staging, CONFIG_FILE),
+                   {"model_cfg": model_cfg, "preprocess_cfg": preprocess_to_open_clip(pretrained.preprocess)})
+        write_tokenizer(tokenizer, staging)

@@ -33,6 +33,8 @@ class TwoTowerConfig:
     text_projection_bias: SigLIP's text head has a bias, CLIP's projection not.
     logit_scale_init: `log(1/0.07)` for CLIP, `log(10)` for SigLIP.
     logit_bias_init: `None` for CLIP (no bias parameter), −10 for SigLIP.
+    text_activation: the text tower's activation when it is not `options`' (None): a checkpoint whose towers
+    differ (OpenCLIP's SigLIP 2, an exact-GELU timm image tower beside a tanh-GELU text tower).
     """
 
     vision: VisionConfig
@@ -43,6 +45,17 @@ class TwoTowerConfig:
     text_projection_bias: bool = False
     logit_scale_init: float = math.log(1 / 0.07)
     logit_bias_init: float | None = None
+    text_activation: str | None = None
+
+    def __post_init__(self):
+        if self.text_activation not in (None, *layers.ACTIVATIONS):
+            raise ValueError(f"TwoTowerConfig: text_activation {self.text_activation!r} is not one of "
+                             f"{sorted(layers.ACTIVATIONS)}")
+
+    @property
+    def text_options(self) -> layers.BlockOptions:
+        """The `BlockOptions` of the text tower: `options`, with `text_activation` when it is set."""
+        return dataclasses.replace(self.options, activation=self.text_activation or self.options.activation)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -58,7 +71,7 @@ class TwoTower(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.options.dtype)
         self.image_encoder = ViT(cfg.vision, cfg.options)
-        self.text_encoder = TextTransformer(cfg.text, cfg.options)
+        self.text_encoder = TextTransformer(cfg.text, cfg.text_options)
         if cfg.image_projection:
             self.image_proj = layers.dense(cfg.embed_dim, (axes.EMBED, axes.PROJ), use_bias=False, dtype=dtype)
         elif cfg.vision.width != cfg.embed_dim:
