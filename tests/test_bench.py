@@ -1,6 +1,7 @@
 """`mmjax bench train-step`: the JSON it ends with, XLA's FLOP count against the analytic one,
 and the OpenCLIP model built with the same numbers (no timing assertions)."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,7 +14,7 @@ import pytest
 
 from mmjax.bench.flops import train_step_flops
 from mmjax.bench.largest_batch import NoBatchFitsError, largest_batch
-from mmjax.bench.open_clip_reference import build_open_clip, open_clip_available
+from mmjax.bench.open_clip_reference import build_open_clip, open_clip_available, reference_problem
 from mmjax.commands.bench import parse_mesh
 from mmjax.models import get_config, param_count
 
@@ -405,3 +406,11 @@ def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
         "mmjax: error: --batch=255 must be a multiple of 2 (the data×fsdp devices of mesh "
         "{'data': 2, 'fsdp': 1, 'tensor': 1})"), done.stderr[-2000:]
+
+
+def test_the_open_clip_reference_names_the_models_it_cannot_build():
+    clip = get_config("clip-test")
+    assert reference_problem(clip) is None
+    assert "not a sigmoid loss" in reference_problem(dataclasses.replace(clip, logit_bias_init=-10.0))
+    assert reference_problem(dataclasses.replace(clip, text_activation="quick_gelu")) == (
+        "OpenCLIP's CLIP computes both towers with one activation")

@@ -155,6 +155,28 @@ def test_hf_clip_matches_transformers(hf_dir, images):
     np.testing.assert_allclose(pretrained.preprocess.batch(images), pixels, atol=1e-6)
 
 
+def test_hf_clip_special_tokens_map_overrides_the_config_as_transformers_reads_it(hf_dir, tmp_path):
+    """transformers reads special_tokens_map.json over tokenizer_config.json, unless the config lists its added
+    tokens (`added_tokens_decoder`): then it ignores the map."""
+    path = str(tmp_path / "tokenizer")
+    os.makedirs(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(hf_dir, name), path)
+    with open(os.path.join(path, "special_tokens_map.json"), "w") as f:
+        json.dump({"pad_token": {"content": "<|startoftext|>", "special": True}}, f)
+    with open(os.path.join(path, "tokenizer_config.json")) as f:
+        config = json.load(f)
+    assert "added_tokens_decoder" not in config
+    for listed in (False, True):
+        if listed:
+            with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+                json.dump({**config, "added_tokens_decoder": {}}, f)
+        reference = transformers.AutoTokenizer.from_pretrained(path)
+        expected = reference(TEXTS[:2], padding="max_length", max_length=77, truncation=True)["input_ids"]
+        assert reference.pad_token == ("<|endoftext|>" if listed else "<|startoftext|>")
+        np.testing.assert_array_equal(hf_clip.load_tokenizer(path, 77)(TEXTS[:2]), expected)
+
+
 def test_hf_clip_towers_with_their_own_activations_embed_and_export_as_transformers(bpe_merges, images, tmp_path):
     """An exact-GELU image tower beside a quick-GELU text tower (each its own `hidden_act`): transformers'
     embeddings; the transformers export keeps each tower's activation; OpenCLIP's CLIP, with one, is refused."""

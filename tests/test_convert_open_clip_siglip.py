@@ -191,8 +191,11 @@ def test_tokenizer_files_that_transformers_reads_otherwise_are_refused_or_follow
                              ({"tokenizer_class": "Siglip2Tokenizer"}, "tokenizer_class 'Siglip2Tokenizer'"),
                              ({"eos_token": {"special": True}}, "eos_token {'special': True} is not a token"),
                              ({"tokenizer_class": "PreTrainedTokenizerFast", "padding_side": "right",
-                               "pad_token": None}, "pad_token is missing .PreTrainedTokenizerFast has none")]:
+                               "pad_token": None}, "pad_token is missing .PreTrainedTokenizerFast then has none"),
+                             ({"pad_token": "null"}, "pad_token is null .GemmaTokenizer then has none")]:
         write(changes)
+        if changes.get("pad_token") == "null":  # written as JSON null, which transformers reads as no token
+            _edit_json(config_file, pad_token=None)
         with pytest.raises(ValueError, match=message) as error:
             load_pretrained(path)
         assert str(error.value).startswith(config_file) and "\n" not in str(error.value)

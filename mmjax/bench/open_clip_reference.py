@@ -39,6 +39,8 @@ def reference_problem(config: TwoTowerConfig) -> str | None:
         return "the OpenCLIP reference trains with the CLIP loss, not a sigmoid loss"
     if config.options.activation not in ("gelu", "quick_gelu"):
         return f"OpenCLIP has no {config.options.activation!r} activation"
+    if config.text_options.activation != config.options.activation:
+        return "OpenCLIP's CLIP computes both towers with one activation"
     return None
 
 

@@ -109,12 +109,13 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: TwoTowerConfig, where
 
 def load_tokenizer(path: str, context_length: int, eot_token: str = "<|endoftext|>") -> ClipBpeTokenizer:
     """The directory's tokenizer (tokenizer.json, else vocab.json + merges.txt), padded as transformers pads."""
-    pad, eot = "<|endoftext|>", eot_token
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        file = os.path.join(path, name)
-        if os.path.isfile(file):
-            config = read_json(file)
-            pad, eot = special_token(config, "pad_token", pad, file), special_token(config, "eos_token", eot, file)
+    config_file, map_file = (os.path.join(path, name) for name in ("tokenizer_config.json", "special_tokens_map.json"))
+    config = read_json(config_file) if os.path.isfile(config_file) else {}
+    pad = special_token(config, "pad_token", "<|endoftext|>", config_file)
+    eot = special_token(config, "eos_token", eot_token, config_file)
+    if "added_tokens_decoder" not in config and os.path.isfile(map_file):  # transformers' legacy layout: the map wins
+        tokens = read_json(map_file)
+        pad, eot = special_token(tokens, "pad_token", pad, map_file), special_token(tokens, "eos_token", eot, map_file)
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         return ClipBpeTokenizer.from_tokenizer_json(os.path.join(path, "tokenizer.json"), context_length, pad, eot)
     if os.path.isfile(os.path.join(path, "vocab.json")) and os.path.isfile(os.path.join(path, "merges.txt")):

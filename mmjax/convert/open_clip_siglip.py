@@ -266,10 +266,10 @@ def _special_tokens(config: Mapping, backend: tokenizers.Tokenizer, where: str) 
     if tokenizer_class not in classes:
         raise ValueError(f"tokenizer_class {tokenizer_class!r} is not supported in an OpenCLIP SigLIP directory "
                          f"(one of {', '.join(classes)})")
-    if tokenizer_class in FILE_TOKENIZER_CLASSES:
-        missing = [key for key in ("eos_token", "pad_token") if config.get(key) is None]
-        if missing:
-            raise ValueError(f"{missing[0]} is missing ({tokenizer_class} has none by default)")
+    for key in ("eos_token", "pad_token"):
+        if config.get(key) is None and (key in config or tokenizer_class in FILE_TOKENIZER_CLASSES):
+            raise ValueError(f"{key} is {'null' if key in config else 'missing'} ({tokenizer_class} then has none, "
+                             f"which OpenCLIP's tokenizer needs)")
     gemma = tokenizer_class in GEMMA_TOKENIZER_CLASSES
     in_file = {"padding_side": (backend.padding or {}).get("direction"),
                "truncation_side": (backend.truncation or {}).get("direction")}
