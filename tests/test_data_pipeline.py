@@ -239,28 +239,32 @@ def test_a_shard_array_record_cannot_open_is_skipped_and_counted(tmp_path):
     assert sum(iterator.skip_counts) == 30
 
 
-def test_a_batched_read_gives_what_reading_record_by_record_gives(tmp_path):
-    """The pipeline reads a batch's records in one `_getitems` call (one ArrayRecord read per shard); reading each
-    record alone is the reference, with a missing shard, a damaged one, repeated and unordered indices."""
+@pytest.mark.parametrize("reads", ["parallel", "single"])
+def test_a_batched_read_gives_what_reading_record_by_record_gives(tmp_path, reads):
+    """The pipeline reads a batch's records in one `_getitems` call (one ArrayRecord read per shard in threads, or
+    one record at a time); reading each record alone is the reference, with a missing shard, a damaged one,
+    repeated and unordered indices."""
     clean_dir(tmp_path, 60)
     os.remove(tmp_path / "shard-00001.array_record")
-    source = RecordSource(str(tmp_path))
+    source = RecordSource(str(tmp_path), reads)
+    assert source.parallel_reads == (reads == "parallel")
     healthy = list(np.random.default_rng(0).permutation(60)) + [3, 3, 59, 0]
     assert source._getitems(healthy) == [source[i] for i in healthy]
     assert sum(isinstance(item, Skip) for item in source._getitems(healthy)) == 10
     with open(tmp_path / "shard-00004.array_record", "r+b") as f:
         f.truncate(1000)
-    damaged = RecordSource(str(tmp_path))
+    damaged = RecordSource(str(tmp_path), reads)
     expected = [damaged[i] for i in healthy]
     assert sorted(item.reason for item in expected if isinstance(item, Skip)) == (["missing_shard"] * 10
                                                                                  + ["truncated_record"] * 10)
     assert damaged._getitems(healthy) == expected
 
 
-def test_a_shard_the_system_will_not_open_stops_the_run_in_one_line(tmp_path):
+@pytest.mark.parametrize("reads", ["parallel", "single"])
+def test_a_shard_the_system_will_not_open_stops_the_run_in_one_line(tmp_path, reads):
     """Too many open files is not bad data: skipping those shards lost 280 of 600 records without a word."""
     clean_dir(tmp_path, 40)
-    source = RecordSource(str(tmp_path))
+    source = RecordSource(str(tmp_path), reads)
     taken = []
     try:
         while True:  # take every file descriptor there is
@@ -474,6 +478,9 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
     ({"seed": -1}, "config.data.seed=-1 must be in [0, 2**32)"),
     ({"image_std": (0.5, 0.0, 0.5)}, "image_std=(0.5, 0.0, 0.5) must be 3 numbers each, the std positive"),
     ({"worker_priority": "low"}, "config.data.worker_priority='low' must be one of ('normal', 'idle')"),
+    ({"record_reads": "threads"}, "config.data.record_reads='threads' is ignored by data.name='synthetic'"),
+    ({"name": "arrayrecord", "sources": ("a",), "record_reads": "threads"},
+     "config.data.record_reads='threads' must be one of ('auto', 'parallel', 'single')"),
 ])
 def test_bad_data_configs_are_one_line_errors(overrides, expected):
     config = base_config("clip-test", "clip")

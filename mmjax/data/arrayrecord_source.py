@@ -9,6 +9,13 @@ the system will not open (too many open files, no permission) stops the run with
 naming it, since its records are not bad data. Shards are opened lazily with the counts from the index (no file is
 opened up front, which matters with thousands of shards); each stays open once read, so the source raises the
 process's open-file limit to fit them all (`open_files.allow_open_files`).
+
+A batch's records (`_getitems`) are read one at a time on the reading thread when the shards lie on a local disk,
+and in parallel threads, a shard each (grain's batched read), on network storage, where that hides the network's
+latency (`reads`: "auto" decides by the filesystem, `filesystems.on_network_storage`). On a local disk the threads
+cost several times the CPU of the reads: for 256 records of 32 px PNGs, measured in one process on a 2-core
+machine, 12 ms of CPU instead of 6 over 4 shards, 38 ms instead of 4 when they are spread over 250 shards (a
+global shuffle of many small shards, as `img2dataset` writes them).
 """
 
 from __future__ import annotations
@@ -20,17 +27,24 @@ from collections.abc import Sequence
 
 import grain
 
+from mmjax.data.filesystems import on_network_storage
 from mmjax.data.open_files import allow_open_files
 from mmjax.data.records import RawRecord, Skip
 from mmjax.data.shards import read_index
 
 
+READS = ("auto", "parallel", "single")  # how `_getitems` reads: by the filesystem, in threads, one at a time
+
+
 class RecordSource:
     """`len()` records of `directory`; `[i]` → `RawRecord(record_id="shard-00003.array_record:17", data)` or
-    `Skip(record_id, "missing_shard")`."""
+    `Skip(record_id, "missing_shard")`. `reads`: one of `READS` (see the module docstring)."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, reads: str = "auto"):
+        if reads not in READS:
+            raise ValueError(f"reads={reads!r} is not one of {READS}")
         self.directory = directory
+        self.parallel_reads = on_network_storage(directory) if reads == "auto" else reads == "parallel"
         infos = read_index(directory)
         if not sum(info.count for info in infos):
             raise ValueError(f"{directory}/index.json lists no records")
@@ -74,8 +88,11 @@ class RecordSource:
         return RawRecord(record_id, data)
 
     def _getitems(self, indices: Sequence[int]) -> list[RawRecord | Skip]:
-        """`[self[i] for i in indices]` with one ArrayRecord read per shard (grain's batched-read protocol). When a
-        shard among them cannot be read, the records are read one by one, so only that shard's are skipped."""
+        """`[self[i] for i in indices]` (grain's batched-read protocol); with `parallel_reads`, one ArrayRecord read
+        per shard, in threads. When a shard among them cannot be read, the records are read one by one, so only
+        that shard's are skipped."""
+        if not self.parallel_reads:
+            return [self[index] for index in indices]
         located = [self._locate(index) for index in indices]
         keys = [int(index) - self._missing_before[shard]
                 for index, (shard, _) in zip(indices, located) if self._present[shard]]

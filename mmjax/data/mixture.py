@@ -29,11 +29,13 @@ from mmjax.data.batching import TagSource
 from mmjax.data.tfds_source import TFDS_PREFIX, TfdsSamples
 
 
-def open_source(spec: str, tfds_split: str = "train", tfds_data_dir: str | None = None) -> RecordSource | TfdsSamples:
-    """`DIR` → `RecordSource`, `tfds:NAME` → `TfdsSamples` (one-line FileNotFoundError when absent)."""
+def open_source(spec: str, tfds_split: str = "train", tfds_data_dir: str | None = None,
+                record_reads: str = "auto") -> RecordSource | TfdsSamples:
+    """`DIR` → `RecordSource` (reading a batch's records as `record_reads` says), `tfds:NAME` → `TfdsSamples`
+    (one-line FileNotFoundError when absent)."""
     if spec.startswith(TFDS_PREFIX):
         return TfdsSamples(spec[len(TFDS_PREFIX):], tfds_split, tfds_data_dir or None)
-    return RecordSource(spec)
+    return RecordSource(spec, record_reads)
 
 
 def shuffled_component(source, index: int, seed: int, num_epochs: int | None = None,

@@ -140,7 +140,8 @@ def config_train_dataset(data: ml_collections.ConfigDict, global_batch_size: int
     if data.name == "synthetic":
         return train_dataset(data.seed, global_batch_size, image_size, tokenizer, data.num_workers,
                              worker_priority=data.worker_priority)
-    sources = [open_source(spec, data.tfds_split, data.tfds_data_dir or None) for spec in data.sources]
+    sources = [open_source(spec, data.tfds_split, data.tfds_data_dir or None, data.record_reads)
+               for spec in data.sources]
     options = DecodeOptions(image_size, data.augment, tuple(data.crop_scale), tuple(data.crop_ratio),
                             data.caption_sampling, data.max_caption_chars)
     return records_train_dataset(sources, tuple(data.weights) if data.name == "mixture" else None, data.seed,

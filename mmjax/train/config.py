@@ -14,6 +14,7 @@ import flax
 import ml_collections
 
 from mmjax.data import synthetic
+from mmjax.data.arrayrecord_source import READS
 from mmjax.data.mixture import usable_weights
 from mmjax.data.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmjax.data.workers import WORKER_PRIORITIES
@@ -37,7 +38,11 @@ class ConfigError(ValueError):
 # `skip_check_min_samples` samples were read).
 REAL_DATA_OPTIONS = dict(weights=(), tfds_split="train", augment=True, crop_scale=(0.9, 1.0),
                          crop_ratio=(3 / 4, 4 / 3), caption_sampling="random", max_caption_chars=1000,
-                         max_skip_fraction=0.01, skip_check_min_samples=1000)
+                         max_skip_fraction=0.01, skip_check_min_samples=1000,
+                         # How a batch's records are read from ArrayRecord shards (mmjax/data/arrayrecord_source.py):
+                         # "auto" (in parallel threads on network storage, one at a time on a local disk),
+                         # "parallel" or "single".
+                         record_reads="auto")
 
 
 def base_config(model: str, loss: str) -> ml_collections.ConfigDict:
@@ -406,6 +411,7 @@ def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     _require(c.data.num_workers >= 0, f"config.data.num_workers={c.data.num_workers} must be ≥ 0")
     _require(c.data.worker_priority in WORKER_PRIORITIES,
              f"config.data.worker_priority={c.data.worker_priority!r} must be one of {WORKER_PRIORITIES}")
+    _require(c.data.record_reads in READS, f"config.data.record_reads={c.data.record_reads!r} must be one of {READS}")
     _require(c.data.prefetch_to_device >= 0,
              f"config.data.prefetch_to_device={c.data.prefetch_to_device} must be ≥ 0")
     for key in ("image_mean", "image_std"):
