@@ -222,8 +222,8 @@ def test_input_benchmark_feeds_the_demo_stream_when_asked():
     assert (result["data"], result["images"], result["source_px"]) == ("synthetic", None, None)
     refused = subprocess.run([*command, "--images", "40"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
-        "mmjax: error: --images and --source_px describe the ArrayRecord shards; --data synthetic draws the demo's "
-        "stream instead")
+        "mmjax: error: --images, --source_px and --record_reads describe the ArrayRecord shards; --data synthetic "
+        "draws the demo's stream instead")
 
 
 def test_data_benchmark_reads_every_pair_of_the_tar_and_divides_the_two_rates(tmp_path):
@@ -378,7 +378,8 @@ def test_unknown_sub_benchmark_is_a_one_line_error():
                               "data=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ignored.returncode == 2 and ignored.stderr.strip() == (
         "mmjax: error: mmjax bench input does not read --dtype, --mesh (it reads --batch, --data, --hugepages, "
-        "--images, --model, --num_workers, --rounds, --source_px, --steps, --threads, --worker_priority)")
+        "--images, --model, --num_workers, --record_reads, --rounds, --source_px, --steps, --threads, "
+        "--worker_priority)")
 
 
 def test_bench_flags_that_cannot_work_are_one_line_before_any_work(tmp_path):

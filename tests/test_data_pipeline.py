@@ -587,3 +587,30 @@ def test_a_mixture_reads_a_batch_as_it_reads_record_by_record(tmp_path):
     indices = [*range(5000, 5100), 3, 3, 0, 9000]  # beyond the first window, repeated, out of order
     assert mixed._getitems(indices) == [mixed[i] for i in indices]
     assert {item.source for item in mixed._getitems(indices)} == {0, 1}
+
+
+def test_the_config_chooses_how_records_are_read_and_both_ways_give_the_same_batches(tmp_path, monkeypatch):
+    """`data.record_reads` reaches each `RecordSource`; "auto" asks the mount table (here: network storage, so
+    grain's threaded read); a worker process reading in threads gives the batches it gives reading one at a time."""
+    from mmjax.data import arrayrecord_source, pipeline
+
+    clean_dir(tmp_path, 40)
+    sources = []
+    monkeypatch.setattr(pipeline, "open_source",
+                        lambda *args: sources.append(arrayrecord_source.RecordSource(args[0], args[3])) or sources[-1])
+    monkeypatch.setattr(arrayrecord_source, "on_network_storage", lambda directory: directory == str(tmp_path))
+    config = base_config("clip-tiny", "clip").data
+    config.name, config.sources, config.num_workers = "arrayrecord", (str(tmp_path),), 1
+    batches = {}
+    for reads in ("auto", "single", "parallel"):
+        config.record_reads = reads
+        iterator = iter(pipeline.config_train_dataset(config, 8, 16, TOKENIZER))
+        try:
+            batches[reads] = [next(iterator) for _ in range(3)]
+        finally:
+            iterator.close()
+    assert [source.parallel_reads for source in sources] == [True, False, True]
+    for batch_single, batch_parallel in zip(batches["single"], batches["parallel"]):
+        assert batch_single.keys() == batch_parallel.keys()
+        for key in batch_single:
+            np.testing.assert_array_equal(batch_single[key], batch_parallel[key])

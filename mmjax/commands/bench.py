@@ -6,6 +6,7 @@
     mmjax bench data [--images 512] [--source_px 256] [--crop_px 224] [--batch 64]
     mmjax bench input [--model clip-tiny] [--batch 256] [--num_workers 1] [--data synthetic] [--images 4096]
                       [--source_px 32] [--steps 10] [--rounds 5] [--threads N] [--worker_priority idle]
+                      [--record_reads parallel]
 
 Progress goes to stderr and a summary to stdout; the last line of stdout is one JSON object.
 """
@@ -21,6 +22,7 @@ from typing import Callable
 from absl import flags
 
 from mmjax.commands.subcommand_flags import refuse_unread_flags
+from mmjax.data.arrayrecord_source import READS
 from mmjax.data.workers import WORKER_PRIORITIES
 from mmjax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 
@@ -203,6 +205,8 @@ def _define_input_flags() -> None:
                          lower_bound=1)
     flags.DEFINE_enum("worker_priority", "normal", list(WORKER_PRIORITIES), "input: CPU priority of the worker "
                       "processes (config.data.worker_priority).")
+    flags.DEFINE_enum("record_reads", "auto", list(READS), "input: how a batch's records are read from the "
+                      "shards (config.data.record_reads).")
     flags.DEFINE_enum("data", "arrayrecord", ["arrayrecord", "synthetic"], "input: the pipeline: ArrayRecord shards "
                       "of the demo's images (--images, --source_px), or the demo's own synthetic stream.")
 
@@ -213,9 +217,9 @@ def _input(_argv: list[str]) -> None:
     from mmjax.hugepages import reexec_with_hugepages
 
     f = flags.FLAGS
-    if f.data == "synthetic" and (f["images"].present or f["source_px"].present):
-        raise ValueError("--images and --source_px describe the ArrayRecord shards; --data synthetic draws the "
-                         "demo's stream instead")
+    if f.data == "synthetic" and (f["images"].present or f["source_px"].present or f["record_reads"].present):
+        raise ValueError("--images, --source_px and --record_reads describe the ArrayRecord shards; --data synthetic "
+                         "draws the demo's stream instead")
     if f.hugepages:  # as `mmjax train` runs
         reexec_with_hugepages()
     from mmjax.bench.threads import checked_cpus
@@ -232,12 +236,13 @@ def _input(_argv: list[str]) -> None:
     config.batch_size = f.batch if f["batch"].present else config.batch_size
     config.data.num_workers = f.num_workers
     config.data.worker_priority = f.worker_priority
+    config.data.record_reads = f.record_reads
     images = f.images if f["images"].present else 4096
     source_px = f.source_px if f["source_px"].present else None
     result = run_input(config, images, source_px, f.steps, f.rounds, synthetic_stream=f.data == "synthetic")
     result["xla_threads"] = int(os.environ.get("PJRT_NPROC", len(os.sched_getaffinity(0))))
-    data = (f"{result['images']} images of {result['source_px']} px" if f.data == "arrayrecord"
-            else "the synthetic stream")
+    data = (f"{result['images']} images of {result['source_px']} px, record reads {f.record_reads}"
+            if f.data == "arrayrecord" else "the synthetic stream")
     print(f"{result['model']} batch {result['batch']}, {result['num_workers']} worker(s) at "
           f"{result['worker_priority']} priority, XLA threads {os.environ.get('PJRT_NPROC', 'all')}, {data}")
     print(f"  step from memory {result['memory_step_s'] * 1e3:.1f} ms, from the pipeline "
@@ -267,7 +272,7 @@ FLAGS_USED = {
     "train-step": _TRAIN_STEP_FLAGS,
     "data": {"images", "source_px", "crop_px", "batch"},
     "input": {"model", "batch", "threads", "steps", "hugepages", "images", "source_px", "num_workers", "rounds",
-              "worker_priority", "data"},
+              "worker_priority", "data", "record_reads"},
 }
 _BENCH_FLAGS: set[str] = set()
 

@@ -44,8 +44,8 @@ class RecordSource:
         if reads not in READS:
             raise ValueError(f"reads={reads!r} is not one of {READS}")
         self.directory = directory
+        infos = read_index(directory)  # first: reading index.json mounts an automounted directory
         self.parallel_reads = on_network_storage(directory) if reads == "auto" else reads == "parallel"
-        infos = read_index(directory)
         if not sum(info.count for info in infos):
             raise ValueError(f"{directory}/index.json lists no records")
         self._names = [os.path.basename(info.path) for info in infos]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 
-# Types (before any ".subtype": gcsfuse mounts as "fuse.gcsfuse") of filesystems whose reads cross a network.
-# "fuseblk" (a local disk through FUSE, e.g. NTFS) is not among them.
+# Types (before any ".subtype": gcsfuse mounts as "fuse.gcsfuse") of filesystems whose reads cross a network, or a
+# virtual machine's boundary (9p, virtiofs). "fuseblk" (a local disk through FUSE, e.g. NTFS) is not among them,
+# nor are the FUSE filesystems in `LOCAL_FUSE` (rootless containers' overlays, images, unions of local folders).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse", "lustre", "gpfs", "ceph", "glusterfs", "9p",
-                       "beegfs", "afs", "davfs", "orangefs", "virtiofs")
+                       "beegfs", "afs", "davfs", "orangefs", "virtiofs", "wekafs", "panfs")
+LOCAL_FUSE = ("fuse.fuse-overlayfs", "fuse.squashfuse", "fuse.bindfs", "fuse.mergerfs")
 MOUNTS_FILE = "/proc/self/mounts"
 
 
@@ -22,17 +24,21 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
-def filesystem_type(path: str, mounts: str | None = None) -> str | None:
-    """The type of the filesystem that holds `path` ("ext4", "fuse.gcsfuse", …): the mount with the longest mount
-    point above its real path in `mounts` (the text of `/proc/self/mounts`, read when None); None where there is
-    no mount table (not Linux)."""
-    if mounts is None:
-        try:
-            with open(MOUNTS_FILE, encoding="utf-8", errors="replace") as f:
-                mounts = f.read()
-        except OSError:
-            return None
-    real, best, kind = os.path.realpath(path), "", None
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem that holds `path` ("ext4", "fuse.gcsfuse", …): `mount_type` of its real path in
+    `MOUNTS_FILE`; None where there is no mount table (not Linux)."""
+    try:
+        with open(MOUNTS_FILE, encoding="utf-8", errors="surrogateescape") as f:
+            mounts = f.read()
+    except OSError:
+        return None
+    return mount_type(os.path.realpath(path), mounts)
+
+
+def mount_type(real: str, mounts: str) -> str | None:
+    """The type of the mount with the longest mount point above the absolute, resolved path `real` in `mounts`
+    (the text of `/proc/self/mounts`; the later of two mounts on one point, which covers the earlier)."""
+    best, kind = "", None
     for line in mounts.splitlines():
         fields = line.split()
         if len(fields) < 3:
@@ -44,7 +50,11 @@ def filesystem_type(path: str, mounts: str | None = None) -> str | None:
     return kind
 
 
-def on_network_storage(path: str, mounts: str | None = None) -> bool:
-    """Whether `path` lies on a filesystem whose reads cross a network (`NETWORK_FILESYSTEMS`)."""
-    kind = filesystem_type(path, mounts)
-    return kind is not None and kind.split(".")[0] in NETWORK_FILESYSTEMS
+def is_network_type(kind: str | None) -> bool:
+    """Whether a filesystem of type `kind` (None: unknown) reads across a network (`NETWORK_FILESYSTEMS`)."""
+    return kind is not None and kind not in LOCAL_FUSE and kind.split(".")[0] in NETWORK_FILESYSTEMS
+
+
+def on_network_storage(path: str) -> bool:
+    """Whether `path` lies on network storage (`filesystem_type`, `is_network_type`)."""
+    return is_network_type(filesystem_type(path))

@@ -67,7 +67,8 @@ TOWER_DECAYS = ("optim.image_layer_decay", "optim.text_layer_decay")
 IMPLIED_WHEN_ABSENT = {"model_options.activation": "", "model_options.norm_eps": 0.0,
                        "optim.frozen": (), "optim.layer_decay": 1.0, "optim.image_layer_decay": None,
                        "optim.text_layer_decay": None, "pretrained.weights": "",
-                       "pretrained.tokenizer": "", "pretrained.allow_pickle": False, "pretrained.image_size": 0}
+                       "pretrained.tokenizer": "", "pretrained.allow_pickle": False, "pretrained.image_size": 0,
+                       "data.record_reads": "auto"}
 
 
 def _saved_run(workdir: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
