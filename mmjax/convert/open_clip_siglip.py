@@ -5,7 +5,7 @@
 
 The timm model name fixes the image tower's shape, activation and image size (timm ignores
 `vision_cfg.image_size`), so `TIMM_SIGLIP_VITS` lists them (a test checks it against timm). The text tower's
-activation is `text_cfg.act_kwargs`'; where the two differ (most SigLIP 2 sizes: an exact-GELU timm tower beside
+activation comes from `text_cfg.act_kwargs`; where the two differ (most SigLIP 2 sizes: an exact-GELU timm tower beside
 a tanh-GELU text tower, not as Google trained them) the model keeps both (`TwoTowerConfig.text_activation`) and
 computes as OpenCLIP does.
 
