@@ -481,6 +481,9 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(augment):
     ({"record_reads": "threads"}, "config.data.record_reads='threads' is ignored by data.name='synthetic'"),
     ({"name": "arrayrecord", "sources": ("a",), "record_reads": "threads"},
      "config.data.record_reads='threads' must be one of ('auto', 'parallel', 'single')"),
+    ({"name": "tfds", "sources": ("tfds:coco_captions",), "record_reads": "single"},
+     "config.data.record_reads='single' is ignored: every source of config.data.sources=('tfds:coco_captions',) "
+     "is tfds:NAME, which TFDS reads itself"),
 ])
 def test_bad_data_configs_are_one_line_errors(overrides, expected):
     config = base_config("clip-test", "clip")

@@ -199,6 +199,9 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
     _require(d.tfds_split == "train" or any(str(s).startswith("tfds:") for s in d.sources),
              f"config.data.tfds_split={d.tfds_split!r} is ignored: no source of config.data.sources="
              f"{tuple(d.sources)} is tfds:NAME")
+    _require(d.record_reads == "auto" or not all(str(s).startswith("tfds:") for s in d.sources),
+             f"config.data.record_reads={d.record_reads!r} is ignored: every source of config.data.sources="
+             f"{tuple(d.sources)} is tfds:NAME, which TFDS reads itself")
     _require(d.name != "mixture" or usable_weights(tuple(d.weights), len(d.sources)),
              f"config.data.weights={tuple(d.weights)} must be {len(d.sources)} finite positive numbers, one per source")
     _require(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
