@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from mmjax.convert import layout
+from mmjax.convert import hf_activations, layout
 from mmjax.convert.checks import config_errors_name_the_file, source_shapes
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.image_processor import CLIP as CLIP_PROCESSOR
@@ -25,10 +25,6 @@ from mmjax.data.preprocess import ImagePreprocess
 from mmjax.models import BlockOptions, TextConfig, TwoTowerConfig, VisionConfig
 from mmjax.pretrained import Pretrained
 
-# transformers' activation names ↔ mmjax's.
-ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-
-
 @config_errors_name_the_file
 def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
     """A `CLIPConfig` dict (config.json) → `TwoTowerConfig`."""
@@ -37,10 +33,7 @@ def config_from_hf(hf: dict, where: str) -> TwoTowerConfig:
     eps = {vision.get("layer_norm_eps", 1e-5), text.get("layer_norm_eps", 1e-5)}
     if len(eps) > 1:
         raise ValueError(f"{where}: towers with different layer-norm eps are not supported")
-    for act in acts:
-        if act not in ACTIVATIONS:
-            raise ValueError(f"{where}: hidden_act {act!r} is not one of {sorted(ACTIVATIONS)}")
-    vision_act, text_act = (ACTIVATIONS[act] for act in acts)
+    vision_act, text_act = (hf_activations.from_hf(act) for act in acts)
     eos = text.get("eos_token_id", 49407)
     try:
         return TwoTowerConfig(
@@ -160,7 +153,6 @@ def config_to_hf(config: TwoTowerConfig, eot_id: int, pad_id: int, bos_id: int) 
         ("no logit bias", config.logit_bias_init is not None)] if bad]
     if problems:
         raise ValueError(f"this model cannot be written as a transformers CLIPModel (needs: {', '.join(problems)})")
-    act = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
     common = dict(layer_norm_eps=opts.norm_eps, attention_dropout=0.0, projection_dim=config.embed_dim)
     return {
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
@@ -169,11 +161,11 @@ def config_to_hf(config: TwoTowerConfig, eot_id: int, pad_id: int, bos_id: int) 
                             num_hidden_layers=text.depth, num_attention_heads=text.num_heads,
                             vocab_size=text.vocab_size, max_position_embeddings=text.context_length,
                             bos_token_id=bos_id, eos_token_id=eot_id, pad_token_id=pad_id,
-                            hidden_act=act[config.text_options.activation], **common),
+                            hidden_act=hf_activations.TO_HF[config.text_options.activation], **common),
         "vision_config": dict(model_type="clip_vision_model", hidden_size=vision.width,
                               intermediate_size=vision.mlp_dim, num_hidden_layers=vision.depth,
                               num_attention_heads=vision.num_heads, image_size=vision.image_size,
-                              patch_size=vision.patch_size, num_channels=3, hidden_act=act[opts.activation],
+                              patch_size=vision.patch_size, num_channels=3, hidden_act=hf_activations.TO_HF[opts.activation],
                               **common),
     }
 

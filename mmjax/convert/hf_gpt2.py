@@ -26,9 +26,8 @@ import numpy as np
 import tokenizers
 from tokenizers import processors
 
-from mmjax.convert import layout
+from mmjax.convert import hf_activations, layout
 from mmjax.convert.checks import config_errors_name_the_file, flatten
-from mmjax.convert.hf_clip import ACTIVATIONS
 from mmjax.convert.jsonfile import read_json
 from mmjax.convert.tensors import read_transformers_weights
 from mmjax.data.tokenizers import Tokenizer, reading_tokenizer_file
@@ -86,9 +85,7 @@ def text_config_from_hf(hf: dict, where: str, context_length: int) -> tuple[Text
     for key, default in _DEFAULTS.items():
         if hf.get(key, default) != default:
             raise ValueError(f"{key}={hf[key]} is not supported (only GPT-2's default, {default})")
-    activation = hf.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation_function {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    activation = hf_activations.from_hf(hf.get("activation_function", "gelu_new"), "activation_function")
     norm_eps = hf.get("layer_norm_epsilon", 1e-5)
     if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not norm_eps >= 0:
         raise ValueError(f"layer_norm_epsilon {norm_eps!r} is not a number ≥ 0")
@@ -99,7 +96,7 @@ def text_config_from_hf(hf: dict, where: str, context_length: int) -> tuple[Text
     text = TextConfig(width=width, depth=hf.get("n_layer", 12), num_heads=hf.get("n_head", 12),
                       mlp_dim=hf.get("n_inner") or 4 * width, vocab_size=hf.get("vocab_size", 50257) + 1,
                       context_length=context_length)
-    return text, ACTIVATIONS[activation], float(norm_eps), positions
+    return text, activation, float(norm_eps), positions
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], text: TextConfig, positions: int, where: str) -> dict:

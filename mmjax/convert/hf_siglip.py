@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from mmjax.convert import checks, layout
+from mmjax.convert import checks, hf_activations, layout
 from mmjax.convert.export_dir import staged_export
 from mmjax.convert.image_processor import SIGLIP as SIGLIP_PROCESSOR
 from mmjax.convert.image_processor import preprocess_from_hf, preprocess_to_hf
@@ -43,9 +43,6 @@ TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, 
 VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                        num_channels=3, image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh",
                        layer_norm_eps=1e-6, vision_use_head=True)
-FROM_HF_ACTIVATION = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                      "gelu": "gelu", "quick_gelu": "quick_gelu"}
-TO_HF_ACTIVATION = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
 MAP_IN_PROJ = "vision_model.head.attention.in_proj_"
 _QKV = ("q_proj", "k_proj", "v_proj")
 
@@ -53,12 +50,6 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 def _sub(config: Mapping, key: str, defaults: dict, where: str) -> dict:
     sub = json_object(config, key, where)
     return {name: sub.get(name, default) for name, default in defaults.items()}
-
-
-def _activation(name: str, where: str) -> str:
-    if not isinstance(name, str) or name not in FROM_HF_ACTIVATION:
-        raise ValueError(f"{where}: hidden_act {name!r} is not one of {sorted(FROM_HF_ACTIVATION)}")
-    return FROM_HF_ACTIVATION[name]
 
 
 def _single_int(value, what: str, where: str) -> int:
@@ -80,7 +71,7 @@ def config_from_hf(config: Mapping, where: str = "config.json") -> TwoTowerConfi
         raise ValueError(f"{where}: vision_use_head=false has no pooled image embedding; not supported")
     if vision["num_channels"] != 3:
         raise ValueError(f"{where}: num_channels={vision['num_channels']} is not supported (RGB only)")
-    vision_activation, text_activation = (_activation(tower["hidden_act"], where) for tower in (vision, text))
+    vision_activation, text_activation = (hf_activations.from_hf(tower["hidden_act"]) for tower in (vision, text))
     if text["layer_norm_eps"] != vision["layer_norm_eps"]:
         raise ValueError(f"{where}: the towers use different layer-norm eps; mmjax needs one")
     embed_dim = text["projection_size"] or text["hidden_size"]
@@ -119,7 +110,7 @@ def check_exportable(config: TwoTowerConfig, target: str = "transformers SiglipM
         (not v.patch_bias, "its patch embedding has no bias"),
         (t.causal, "its text attention is causal"),
         (t.pool != "last", f"its text pooling is {t.pool!r}, not 'last'"),
-        *[(opts.activation not in TO_HF_ACTIVATION, f"its {tower} tower's activation {opts.activation!r}")
+        *[(opts.activation not in hf_activations.TO_HF, f"its {tower} tower's activation {opts.activation!r}")
           for tower, opts in (("image", config.options), ("text", config.text_options))],
     ]
     for bad, why in problems:
@@ -132,12 +123,12 @@ def config_to_hf(config: TwoTowerConfig, pad_id: int | None = None, eot_id: int 
     check_exportable(config)
     v, t, opts = config.vision, config.text, config.options
     common = dict(layer_norm_eps=opts.norm_eps, attention_dropout=0.0)
-    text = dict(hidden_act=TO_HF_ACTIVATION[config.text_options.activation],
+    text = dict(hidden_act=hf_activations.TO_HF[config.text_options.activation],
                 vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=t.mlp_dim,
                 num_hidden_layers=t.depth, num_attention_heads=t.num_heads, max_position_embeddings=t.context_length,
                 projection_size=config.embed_dim, pad_token_id=pad_id, bos_token_id=None, eos_token_id=eot_id,
                 model_type="siglip_text_model", **common)
-    vision = dict(hidden_act=TO_HF_ACTIVATION[opts.activation],
+    vision = dict(hidden_act=hf_activations.TO_HF[opts.activation],
                   hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth,
                   num_attention_heads=v.num_heads, num_channels=3, image_size=v.image_size, patch_size=v.patch_size,
                   vision_use_head=True, model_type="siglip_vision_model", **common)
