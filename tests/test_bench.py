@@ -183,10 +183,13 @@ def test_loss_memory_script_refuses_sizes_below_one_in_one_line(flag):
 
 def test_input_benchmark_reports_both_sides_round_by_round_and_their_ratio():
     command = [sys.executable, "-m", "mmjax.cli", "bench", "input", "--model", "clip-test", "--batch", "8",
-               "--images", "40", "--steps", "2", "--rounds", "2", "--num_workers", "0", "--threads", "1"]
+               "--images", "40", "--steps", "2", "--rounds", "2", "--num_workers", "0", "--threads", "1",
+               "--record_reads", "single"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "40 images of 16 px, record reads single" in done.stdout
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["record_reads"] == "single"
     assert len(result["memory_rounds_s"]) == len(result["pipeline_rounds_s"]) == 2
     assert result["ratio"] == pytest.approx(result["pipeline_step_s"] / result["memory_step_s"])
     assert result["source_px"] == get_config("clip-test").vision.image_size and result["xla_threads"] == 1
@@ -219,7 +222,8 @@ def test_input_benchmark_feeds_the_demo_stream_when_asked():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "the synthetic stream" in done.stdout
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (result["data"], result["images"], result["source_px"]) == ("synthetic", None, None)
+    assert (result["data"], result["images"], result["source_px"], result["record_reads"]) == (
+        "synthetic", None, None, None)
     refused = subprocess.run([*command, "--images", "40"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
         "mmjax: error: --images, --source_px and --record_reads describe the ArrayRecord shards; --data synthetic "

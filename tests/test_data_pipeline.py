@@ -239,8 +239,18 @@ def test_a_shard_array_record_cannot_open_is_skipped_and_counted(tmp_path):
     assert sum(iterator.skip_counts) == 30
 
 
+def count_threaded_reads(monkeypatch) -> list[int]:
+    """Patches grain's batched ArrayRecord read (a thread per shard) to note each call's number of keys."""
+    import grain
+
+    calls, batched = [], grain.sources.ArrayRecordDataSource.__getitems__
+    monkeypatch.setattr(grain.sources.ArrayRecordDataSource, "__getitems__",
+                        lambda self, keys: calls.append(len(keys)) or batched(self, keys))
+    return calls
+
+
 @pytest.mark.parametrize("reads", ["parallel", "single"])
-def test_a_batched_read_gives_what_reading_record_by_record_gives(tmp_path, reads):
+def test_a_batched_read_gives_what_reading_record_by_record_gives(tmp_path, reads, monkeypatch):
     """The pipeline reads a batch's records in one `_getitems` call (one ArrayRecord read per shard in threads, or
     one record at a time); reading each record alone is the reference, with a missing shard, a damaged one,
     repeated and unordered indices."""
@@ -249,7 +259,10 @@ def test_a_batched_read_gives_what_reading_record_by_record_gives(tmp_path, read
     source = RecordSource(str(tmp_path), reads)
     assert source.parallel_reads == (reads == "parallel")
     healthy = list(np.random.default_rng(0).permutation(60)) + [3, 3, 59, 0]
-    assert source._getitems(healthy) == [source[i] for i in healthy]
+    threaded = count_threaded_reads(monkeypatch)
+    batched = source._getitems(healthy)
+    assert threaded == ([54] if reads == "parallel" else [])  # the 10 records of the missing shard are not read
+    assert batched == [source[i] for i in healthy]
     assert sum(isinstance(item, Skip) for item in source._getitems(healthy)) == 10
     with open(tmp_path / "shard-00004.array_record", "r+b") as f:
         f.truncate(1000)
@@ -598,9 +611,8 @@ def test_the_config_chooses_how_records_are_read_and_both_ways_give_the_same_bat
     from mmjax.data import arrayrecord_source, pipeline
 
     clean_dir(tmp_path, 40)
-    sources = []
-    monkeypatch.setattr(pipeline, "open_source",
-                        lambda *args: sources.append(arrayrecord_source.RecordSource(args[0], args[3])) or sources[-1])
+    sources, open_source = [], pipeline.open_source
+    monkeypatch.setattr(pipeline, "open_source", lambda *args: sources.append(open_source(*args)) or sources[-1])
     monkeypatch.setattr(arrayrecord_source, "on_network_storage", lambda directory: directory == str(tmp_path))
     config = base_config("clip-tiny", "clip").data
     config.name, config.sources, config.num_workers = "arrayrecord", (str(tmp_path),), 1

@@ -152,8 +152,8 @@ def test_results_json_and_table(tmp_path, true_labels):
     assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(results)
     assert results["task"] == "zeroshot_classification+zeroshot_retrieval"
     assert results["seed"] == SEED
-    with pytest.raises(ValueError):
-        results_json("d", "m", metrics, extra={"task": "other"})
+    with pytest.raises(ValueError, match=r"^extra may not replace the clip_benchmark keys \['model', 'task'\]$"):
+        results_json("d", "m", metrics, extra={"task": "other", "model": "other", "seed": 0})
     write_results(tmp_path / "results.json", results | {"metrics": metrics | {"x": float("nan")}})
     loaded = json.loads((tmp_path / "results.json").read_text())
     assert loaded["metrics"]["acc1"] == metrics["acc1"] and loaded["metrics"]["x"] is None

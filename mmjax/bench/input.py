@@ -152,7 +152,8 @@ def run(config: ml_collections.ConfigDict, images: int, source_px: int | None, s
     cores = len(os.sched_getaffinity(0))
     return {"model": config.model, "batch": config.batch_size, "num_workers": config.data.num_workers,
             "worker_priority": config.data.worker_priority, "data": "synthetic" if synthetic_stream else "arrayrecord",
-            "images": None if synthetic_stream else images, "source_px": source_px, "steps_per_round": steps,
+            "images": None if synthetic_stream else images, "source_px": source_px,
+            "record_reads": None if synthetic_stream else config.data.record_reads, "steps_per_round": steps,
             "rounds": rounds, "memory_step_s": _median(memory, "seconds"), "pipeline_step_s": _median(piped, "seconds"),
             "ratio": _median(piped, "seconds") / _median(memory, "seconds"),
             "round_ratios": [p["seconds"] / m["seconds"] for m, p in zip(memory, piped)],

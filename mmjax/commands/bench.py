@@ -241,7 +241,7 @@ def _input(_argv: list[str]) -> None:
     source_px = f.source_px if f["source_px"].present else None
     result = run_input(config, images, source_px, f.steps, f.rounds, synthetic_stream=f.data == "synthetic")
     result["xla_threads"] = int(os.environ.get("PJRT_NPROC", len(os.sched_getaffinity(0))))
-    data = (f"{result['images']} images of {result['source_px']} px, record reads {f.record_reads}"
+    data = (f"{result['images']} images of {result['source_px']} px, record reads {result['record_reads']}"
             if f.data == "arrayrecord" else "the synthetic stream")
     print(f"{result['model']} batch {result['batch']}, {result['num_workers']} worker(s) at "
           f"{result['worker_priority']} priority, XLA threads {os.environ.get('PJRT_NPROC', 'all')}, {data}")
