@@ -257,8 +257,9 @@ def test_sigmoid_loss_closed_form():
 
 def test_labels_must_come_in_pairs():
     labels = jnp.zeros((2, 1), jnp.int32)
-    with pytest.raises(ValueError, match="both"):
-        clip_loss(ONE_HOT, ONE_HOT, jnp.float32(1.0), labels, None)
+    for image_labels, text_labels in [(labels, None), (None, labels)]:
+        with pytest.raises(ValueError, match=r"^give both image_labels and text_labels, or neither$"):
+            clip_loss(ONE_HOT, ONE_HOT, jnp.float32(1.0), image_labels, text_labels)
 
 
 # ---------------------------------------------------------------------------------------

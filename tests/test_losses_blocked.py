@@ -2,6 +2,8 @@
 reference of test_losses.py: sizes not divisible by the block, extreme logits, wildcard labels, the
 sharded forms with tiny tiles on 8 fake CPU devices, and compiled memory that does not grow as B×B."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,7 +210,8 @@ def test_compiled_memory_does_not_grow_as_batch_squared(loss_name):
 
 
 def test_ring_backward_does_not_keep_the_forward_text_blocks():
-    # Autodiff of the forward ring scan would stack the 7 received [5, 16] text blocks: f32[7,5,16].
+    # Autodiff of the forward ring scan would stack what each of its 7 steps received or computed: f32[7,…]
+    # (e.g. the text blocks as f32[7,1,5,16], the logits as f32[7,1,1,5,5]).
     mesh = make_mesh((8, 1, 1))
     sharding = NamedSharding(mesh, P(BATCH_AXES))
     emb = jax.ShapeDtypeStruct((SHARDED_BATCH, DIM), jnp.float32, sharding=sharding)
@@ -219,7 +222,7 @@ def test_ring_backward_does_not_keep_the_forward_text_blocks():
 
     program = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(emb, emb, scalar).compile().as_text()
     assert "f32[5,16]" in program
-    assert "f32[7,5,16]" not in program
+    assert re.search(r"f32\[7,", program) is None
 
 
 @pytest.mark.parametrize("loss", [sharded_clip_loss, sharded_sigmoid_loss])

@@ -8,13 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax.losses.lm import captioning_loss
 from mmjax.losses.masking import (mask_tokens, masked_lm_loss, masked_patch_loss, patchify, prediction_positions,
                                   random_patch_mask)
 from mmjax.models import layers
-from mmjax.parallel import make_mesh
 
 
 def np_log_softmax(x):
@@ -136,22 +134,27 @@ def test_captioning_loss_is_the_next_token_cross_entropy_inside_each_caption(smo
     np.testing.assert_allclose(captioning_loss(logits, ids, lengths, smoothing, ignored), np.mean(terms), rtol=1e-5)
 
 
-def test_token_losses_are_the_same_with_the_batch_sharded_over_8_devices():
+def test_token_losses_of_8_shards_divided_by_the_whole_batchs_count_add_up_to_its_loss():
+    """Each device's share of a sharded (or micro-batched) token loss, divided by the whole batch's count of
+    positions (`total`), adds up to the whole batch's loss: one sum over all positions divided by one count (a mean
+    of per-shard means would weigh a shard's positions by how few it has). Reference: NumPy, in float64."""
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(16, 6, 9)).astype(np.float32)
     ids = rng.integers(0, 9, size=(16, 6))
-    lengths = rng.integers(1, 7, size=16)
-    weights = (rng.random((16, 6)) < 0.3).astype(np.float32)
-    predictions, targets = rng.normal(size=(16, 4, 12)).astype(np.float32), rng.normal(size=(16, 4, 12))
-    mask = rng.random((16, 4)) < 0.5
-    mesh = make_mesh(data=8)
-    shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))  # noqa: E731
-    losses = [lambda a, b, c: captioning_loss(a, b, c), lambda a, b, c: masked_lm_loss(a, b, c)]
-    arguments = [(logits, ids, lengths), (logits, ids, weights)]
-    for loss, args in zip(losses, arguments):
-        np.testing.assert_allclose(jax.jit(loss)(*map(shard, args)), loss(*args), rtol=1e-6)
-    np.testing.assert_allclose(jax.jit(masked_patch_loss)(*map(shard, (predictions, targets, mask))),
-                               masked_patch_loss(predictions, targets, mask), rtol=1e-6)
+    weights = (rng.random((16, 6)) < np.linspace(0.05, 0.9, 16)[:, None]).astype(np.float32)  # uneven per row
+    log_probs = np_log_softmax(logits)
+    picked = np.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+    want_lm = -(picked * weights).sum() / weights.sum()
+    predictions, targets = rng.normal(size=(16, 4, 12)).astype(np.float32), rng.normal(size=(16, 4, 12)) * 3 + 1
+    mask = rng.random((16, 4)) < np.linspace(0.1, 0.9, 16)[:, None]
+    normalized = (targets - targets.mean(-1, keepdims=True)) / np.sqrt(targets.var(-1, ddof=1, keepdims=True) + 1e-6)
+    want_patch = (((predictions - normalized) ** 2).mean(-1) * mask).sum() / mask.sum()
+    shards = [slice(2 * i, 2 * i + 2) for i in range(8)]
+    got_lm = sum(masked_lm_loss(logits[s], ids[s], weights[s], total=weights.sum()) for s in shards)
+    got_patch = sum(masked_patch_loss(predictions[s], targets[s].astype(np.float32), mask[s], total=mask.sum())
+                    for s in shards)
+    np.testing.assert_allclose(got_lm, want_lm, rtol=1e-5)
+    np.testing.assert_allclose(got_patch, want_patch, rtol=1e-5)
 
 
 @pytest.mark.parametrize("call, message", [

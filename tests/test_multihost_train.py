@@ -150,7 +150,9 @@ def test_two_processes_train_to_the_parameters_of_one_process(tmp_path):
         assert got_value == pytest.approx(want_value, abs=one_example), name  # parameters equal to 1e-5
     for workdir in (shared, tmp_path / "one_process"):  # the first log line has the step's bytes per device
         first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
-        assert first["memory_per_device_bytes"] >= first["argument_bytes"] > 0
+        assert first["argument_bytes"] > 0 and first["temp_bytes"] > 0
+        assert first["memory_per_device_bytes"] == (first["argument_bytes"] + first["output_bytes"]
+                                                    - first["alias_bytes"] + first["temp_bytes"])
     _assert_saved_params_equal(shared, config, want.params)
 
 

@@ -8,7 +8,9 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import mmjax.models as models
@@ -17,10 +19,11 @@ from mmjax.parallel import DEFAULT_RULES, batch_sharding, check_tensor_split, ma
 from mmjax.parallel.memory import memory_per_device
 from mmjax.train.checkpoint import Checkpoints
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
-from mmjax.train.state import abstract_train_state, create_train_state, state_shardings
+from mmjax.train.state import TrainState, abstract_train_state, create_train_state, state_shardings
 from mmjax.train.step import jit_train_step, make_train_step
 
 sys.path.insert(0, os.path.dirname(__file__))
+from test_accumulation import MEAN, STD, assert_tree_close, reference_grads, setup  # noqa: E402
 from test_train import _batches, _reference_params, _test_config  # noqa: E402
 
 MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=4×tensor=2": (4, 1, 2),
@@ -81,13 +84,37 @@ def test_every_mesh_trains_to_the_single_device_parameters_with_the_state_sharde
     token_embed = state.params["text_encoder"]["token_embed"]["embedding"]
     assert _local_shape(token_embed) == (64 // tensor, 32 // fsdp)
     # Per-device bytes: the arguments hold 1/fsdp of the parameters and moments (tensor splits them further).
-    memory = memory_per_device(compiled)
+    memory, stats = memory_per_device(compiled), compiled.memory_analysis()
     state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
-    assert memory["memory_per_device_bytes"] >= memory["argument_bytes"] > 0
+    assert stats.temp_size_in_bytes > 0 and stats.alias_size_in_bytes > 0  # the old state's buffers are donated
+    assert memory["memory_per_device_bytes"] == (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                                                 - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
     if fsdp * tensor == 1:
         assert memory["argument_bytes"] >= state_bytes
     else:
         assert memory["argument_bytes"] < state_bytes * 1.5 / (fsdp * tensor) + 32_768
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_every_mesh_computes_the_single_device_loss_and_gradient(name):
+    """AdamW's first steps move each parameter by about lr · sign(gradient), whatever the gradient's size, so the
+    parameters above cannot see a gradient scaled on one mesh (a replicated scalar's gradient summed over its
+    devices). `optax.trace(decay=0)` keeps the step's gradient itself: compared with `jax.grad` of the naive loss
+    on one device (test_accumulation.py), with the step's loss and gradient norm."""
+    model, params, batch = setup("clip-test")
+    params = jax.tree.map(np.array, params)  # copies: the step donates the state's buffers
+    want_loss, want_grads = reference_grads("clip-test", "clip")
+    mesh = make_mesh(*MESHES[name])
+    tx = optax.trace(decay=0.0)
+    shardings = state_shardings(model, tx, mesh)
+    state = jax.device_put(TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params)), shardings)
+    step = jit_train_step(make_train_step(model, tx, lambda step: 0.0, mesh, loss="clip", multi_positive=True,
+                                          image_mean=MEAN, image_std=STD), shardings, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        state, metrics = step(state, jax.device_put(batch, batch_sharding(mesh)))
+    assert_tree_close(jax.device_get(state.opt_state.trace), want_grads)
+    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(want_grads), rtol=1e-5)
 
 
 def test_state_shardings_are_the_same_inside_the_training_context():
