@@ -138,8 +138,11 @@ def test_cross_modal_fusion_remat_gives_the_same_gradients():
     text, image = rng.normal(size=(2, 3, 16)).astype(np.float32), rng.normal(size=(2, 4, 12)).astype(np.float32)
     plain = CrossModalFusion(SPEC)
     params = jax.jit(plain.init)(jax.random.key(6), text, image)
-    grads = [jax.grad(lambda p: jnp.sum(model.apply(p, text, image, np.array([3, 2]))[0] ** 2))(params)
-             for model in (plain, CrossModalFusion(SPEC, layers.BlockOptions(remat_policy="full")))]
+    grads = []
+    for model, blocks in [(plain, 0), (CrossModalFusion(SPEC, layers.BlockOptions(remat_policy="full")), SPEC.depth)]:
+        loss = lambda p: jnp.sum(model.apply(p, text, image, np.array([3, 2]))[0] ** 2)  # noqa: E731
+        grads.append(jax.grad(loss)(params))
+        assert str(jax.make_jaxpr(loss)(params)).count("remat2[") == blocks  # every block, or none
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5), *grads)
 
 
