@@ -86,8 +86,11 @@ def sharded_params(config, batches, mesh, **step_options):
 @pytest.mark.parametrize("loss", ["clip", "sigmoid"])
 def test_clip_logit_scale_parameter_is_clamped_after_the_update_as_open_clip_does(loss):
     """Above log 100 the CLIP loss's gradient in `logit_scale` is 0: without OpenCLIP's clamp of the parameter a
-    scale that overshoots could never come back. SigLIP has no clamp."""
+    scale that overshoots could never come back. SigLIP has no clamp. No warmup: the step moves every parameter
+    (by about the learning rate, AdamW's first step), so a clamp before the update would leave the parameter
+    that far from the bound it started past."""
     config = _test_config(loss)
+    config.optim.warmup_steps, config.optim.learning_rate = 0, 0.1
     model = models.TwoTower(models.get_config(config.model))
     tx, mesh = make_optimizer(config.optim, config.total_steps), make_mesh(1, 1, 1, devices=jax.devices()[:1])
     shardings = state_shardings(model, tx, mesh)
@@ -95,15 +98,19 @@ def test_clip_logit_scale_parameter_is_clamped_after_the_update_as_open_clip_doe
                                           loss=loss, multi_positive=True, image_mean=(0.5,) * 3,
                                           image_std=(0.5,) * 3), shardings, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        state = create_train_state(model, tx, jax.random.key(0), shardings)
-        state = state.replace(params={**state.params, "logit_scale": jax.numpy.float32(6.0)})
-        state, metrics = step(state, _batches(config, 1)[0])
+        start = create_train_state(model, tx, jax.random.key(0), shardings)
+        ends = {}
+        for logit_scale in (6.0, -1.0):  # past log 100, where its gradient is 0, and below 0, where it is not
+            state = start.replace(params={**start.params, "logit_scale": jax.numpy.float32(logit_scale)})
+            state, metrics = step(jax.tree.map(jax.numpy.copy, state), _batches(config, 1)[0])
+            ends[logit_scale] = float(state.params["logit_scale"]), float(metrics["scale"])
     if loss == "clip":
-        assert float(state.params["logit_scale"]) == pytest.approx(math.log(100))
-        assert float(metrics["scale"]) == pytest.approx(100, rel=1e-6)
+        assert ends[6.0] == (pytest.approx(math.log(100)), pytest.approx(100, rel=1e-6))
+        assert ends[-1.0] == (0.0, pytest.approx(math.exp(-1.0), rel=1e-6))
     else:
-        assert abs(float(state.params["logit_scale"]) - 6.0) < 0.01 and float(metrics["scale"]) == pytest.approx(
-            math.exp(6.0), rel=1e-5)
+        assert ends[6.0][1] == pytest.approx(math.exp(6.0), rel=1e-5) and ends[6.0][0] > 5.8  # not clamped
+        assert ends[-1.0][1] == pytest.approx(math.exp(-1.0), rel=1e-5)
+        assert 0.05 < abs(ends[-1.0][0] + 1.0) < 0.15  # moved by about the learning rate, not clamped
 
 
 def _test_config(loss):
@@ -235,6 +242,43 @@ def test_schedule_is_linear_warmup_then_cosine_to_the_floor():
             progress = (step - 10) / 100
             want = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress))
         assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-9), step
+
+
+def test_the_optimizer_is_clipping_then_adamw_with_the_schedule_and_the_decay_mask_written_out():
+    """Four steps of `make_optimizer` against AdamW written out in NumPy (float64): the global norm clipped to
+    `clip_norm` (the first gradients exceed it, the later ones do not), Adam's bias-corrected moments, weight decay
+    on kernels and token embeddings only, the learning rate of each step (warmup from 0, then cosine)."""
+    optim = base_config("clip-tiny", "clip").optim
+    optim.learning_rate, optim.warmup_steps, optim.final_lr_ratio, optim.weight_decay = 0.1, 2, 0.2, 0.5
+    lr, total_steps = optim.learning_rate, 4
+    rng = np.random.default_rng(0)
+    params = {"layer": {"dense": {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=2)},
+                        "ln": {"scale": rng.normal(size=3)}},
+              "token_embed": {"embedding": rng.normal(size=(5, 3))}, "logit_scale": np.array(2.0)}
+    decayed = {"layer/dense/kernel", "token_embed/embedding"}
+    params = flax.traverse_util.flatten_dict(params, sep="/")
+    grads = [{path: rng.normal(size=p.shape) * scale for path, p in params.items()} for scale in (3, 3, 0.05, 0.05)]
+    tx = make_optimizer(optim, total_steps)
+    ours = {path: np.float32(p) for path, p in params.items()}
+    state = tx.init(flax.traverse_util.unflatten_dict(ours, sep="/"))
+    want = dict(params)
+    m, v = ({path: np.zeros_like(p) for path, p in params.items()} for _ in range(2))
+    for t, grad in enumerate(grads):
+        step_lr = lr * t / 2 if t <= 2 else lr * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 2)))
+        norm = math.sqrt(sum(float((g ** 2).sum()) for g in grad.values()))
+        assert (norm > optim.clip_norm) == (t < 2)
+        for path, g in grad.items():
+            g = g * min(1.0, optim.clip_norm / norm)
+            m[path] = optim.b1 * m[path] + (1 - optim.b1) * g
+            v[path] = optim.b2 * v[path] + (1 - optim.b2) * g ** 2
+            adam = (m[path] / (1 - optim.b1 ** (t + 1))) / (np.sqrt(v[path] / (1 - optim.b2 ** (t + 1))) + optim.eps)
+            want[path] = want[path] - step_lr * (adam + (optim.weight_decay * want[path] if path in decayed else 0))
+        tree = flax.traverse_util.unflatten_dict(ours, sep="/")
+        updates, state = tx.update(flax.traverse_util.unflatten_dict(
+            {path: np.float32(g) for path, g in grad.items()}, sep="/"), state, tree)
+        ours = flax.traverse_util.flatten_dict(optax.apply_updates(tree, updates), sep="/")
+        for path in params:
+            np.testing.assert_allclose(ours[path], want[path], rtol=2e-5, atol=1e-6, err_msg=f"step {t} {path}")
 
 
 @pytest.mark.parametrize("name", ["siglip-test", "clip-test", "flava-test", "flamingo-test"])
