@@ -48,24 +48,29 @@ def test_evaluations_during_training_equal_evaluating_the_checkpoint_of_their_st
     config.eval.every = 3
     config.eval.benchmarks = ("synthetic", f"wds:{tmp_path / 'heldout'}", f"wds:{tmp_path / 'broken'}")
     workdir = tmp_path / "run"
-    train(config, str(workdir), stop_after=3)
+    train(config, str(workdir))  # evaluates steps 3 and 6 in one run: the second evaluation sees new parameters
     shutil.copytree(workdir, tmp_path / "at_step_3")
-    train(config, str(workdir))
-    shutil.rmtree(workdir / "checkpoints" / "6")  # as if killed after evaluating step 6, before its checkpoint
-    train(config, str(workdir))
+    shutil.rmtree(tmp_path / "at_step_3" / "checkpoints" / "6")
 
-    with open(workdir / "eval_metrics.jsonl") as f:
-        records = [json.loads(line) for line in f]
-    assert [record["step"] for record in records] == [3, 6]
-    for record, run in zip(records, [tmp_path / "at_step_3", workdir]):
-        step, want = checkpoint_metrics(run, tmp_path / "heldout")
-        assert step == record["step"]
-        for label, metrics in want.items():
-            for name in ["acc1", "acc5", "image_retrieval_recall@1", "text_retrieval_recall@5"]:
-                if name in metrics:
-                    assert record[f"{label}/{name}"] == pytest.approx(metrics[name], abs=1e-9), (step, label, name)
-        assert not any(key.startswith("wds_broken/") for key in record)
-        assert record["eval_s"] > 0
+    def assert_records_are_their_checkpoints():
+        with open(workdir / "eval_metrics.jsonl") as f:
+            records = [json.loads(line) for line in f]
+        assert [record["step"] for record in records] == [3, 6]
+        for record, run in zip(records, [tmp_path / "at_step_3", workdir]):
+            step, want = checkpoint_metrics(run, tmp_path / "heldout")
+            assert step == record["step"]
+            for label, metrics in want.items():
+                for name in ["acc1", "acc5", "image_retrieval_recall@1", "text_retrieval_recall@5"]:
+                    if name in metrics:
+                        assert record[f"{label}/{name}"] == pytest.approx(metrics[name], abs=1e-9), (step, label, name)
+            assert not any(key.startswith("wds_broken/") for key in record)
+            assert record["eval_s"] > 0
+        assert records[0]["synthetic/image_retrieval_recall@1"] != records[1]["synthetic/image_retrieval_recall@1"]
+
+    assert_records_are_their_checkpoints()
+    shutil.rmtree(workdir / "checkpoints" / "6")  # as if killed after evaluating step 6, before its checkpoint
+    train(config, str(workdir))  # evaluates step 6 again, in place of the first record of step 6
+    assert_records_are_their_checkpoints()
     # TensorBoard tags cannot hold "@": tensorboardX made it "_" (recall_1); the tag says "_at_"
     assert set(_tensorboard_steps(workdir, "eval/synthetic/image_retrieval_recall_at_1")) == {3, 6}
     printed = capsys.readouterr()
