@@ -567,21 +567,23 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError, SyntaxError, ImportError) as error:
         from mmjax.train.config import ConfigError
 
-        original = _first_error(error)  # config_flags re-raises get_config()'s errors, sometimes garbling them
-        if isinstance(original, ConfigError):  # mmjax's own one-line message (`configs/x.py:bogus`)
-            _fail(original)
-        if _users_frames(original):
-            _fail_in_get_config(original)
+        chain = _error_chain(error)  # config_flags re-raises get_config()'s errors, sometimes garbling them
+        if isinstance(chain[-1], ConfigError):  # mmjax's own one-line message (`configs/x.py:bogus`)
+            _fail(chain[-1])
+        in_users_code = [link for link in chain if _users_frames(link)]  # (a value ml_collections refused to take
+        if in_users_code:                                                 # is raised while handling another error)
+            _fail_in_get_config(in_users_code[-1])
         _fail(error)  # SyntaxError, ImportError: the --config file's own
     except Exception as error:  # noqa: BLE001 - raised by the --config file's get_config(): said where, in one line
         _fail_in_get_config(error)
 
 
-def _first_error(error: BaseException) -> BaseException:
-    """The exception at the start of `error`'s chain of "during handling of …" contexts."""
-    while error.__context__ is not None:
-        error = error.__context__
-    return error
+def _error_chain(error: BaseException) -> list[BaseException]:
+    """`error` and the exceptions it was raised while handling ("during handling of …"), the first raised last."""
+    chain = [error]
+    while chain[-1].__context__ is not None:
+        chain.append(chain[-1].__context__)
+    return chain
 
 
 def _users_frames(error: BaseException) -> list[traceback.FrameSummary]:
@@ -594,7 +596,11 @@ def _users_frames(error: BaseException) -> list[traceback.FrameSummary]:
 
 def _fail_in_get_config(error: BaseException) -> None:
     frame = (_users_frames(error) or traceback.extract_tb(error.__traceback__))[-1]
-    _fail(ValueError(f"the --config file's get_config() raised {type(error).__name__}: {error} "
+    # a key set on a locked ConfigDict: ml_collections' message prints the whole config (its newlines escaped, as
+    # the message is a KeyError's) before its "Did you mean"
+    message = re.sub(r"\s*Other fields present: .*?(?:((?:\\n|\s)+)(?=Did you mean)|(?='$))",
+                     lambda match: " " if match.group(1) else "", str(error), flags=re.DOTALL)
+    _fail(ValueError(f"the --config file's get_config() raised {type(error).__name__}: {message} "
                      f"({frame.filename}, line {frame.lineno})"))
 
 

@@ -14,6 +14,8 @@ from mmjax.train.config import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(ROOT, "configs", "clip_tiny.py") + ":test"
+LOCKED_CONFIG = ("from mmjax.train.config import captions_config\n\ndef get_config(arg=None):\n"
+                 "    config = captions_config('clip-tiny', 'clip', arg, 'clip-test')\n")
 
 
 def mmjax(*args, cwd=ROOT):
@@ -145,6 +147,19 @@ def test_missing_config_file_unknown_config_argument_and_file_as_workdir_are_one
          "get_config() raised JSONDecodeError: Expecting property name enclosed in double quotes"),
         ("plain.py", "def get_config(arg=None):\n    return {'model': 'clip-test'}\n",
          "mmjax: error: {path}: get_config() returned a dict, not an ml_collections.ConfigDict"),
+        # a value ml_collections refuses (raised while handling another error): the config file's line
+        ("floating.py", LOCKED_CONFIG + "    config.total_steps = 1e4\n    return config\n",
+         "raised TypeError: Could not override field 'total_steps' (reference). 10000.0 is of original type "
+         "<class 'float'> and cannot be casted to type <class 'int'> ({path}, line 5)"),
+        # a key set on the locked config: ml_collections' message without its dump of the whole config
+        ("locked.py", LOCKED_CONFIG + "    config.batch_sze = 8\n    return config\n",
+         "raised AttributeError: 'Key \"batch_sze\" does not exist and cannot be added since the config is locked. "
+         "Did you mean \"batch_size\" instead of \"batch_sze\"?' ({path}, line 5)"),
+        # a config file that does not lock its config: the key would be ignored
+        ("unlocked.py", "from mmjax.train.config import base_config\n\ndef get_config(arg=None):\n"
+                        "    config = base_config('clip-test', 'clip')\n    config.optim.learning_rat = 1e-3\n"
+                        "    return config\n",
+         "mmjax: error: config.optim.learning_rat is not a config key; did you mean config.optim.learning_rate?"),
         ("frozen.py", "import ml_collections\n\ndef get_config(arg=None):\n"
                       "    return ml_collections.FrozenConfigDict({'model': 'clip-test'})\n",
          "mmjax: error: the --config file's get_config() returned a FrozenConfigDict: return an "

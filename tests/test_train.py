@@ -294,6 +294,23 @@ def test_weight_decay_skips_all_but_kernels_and_token_embeddings(name):
     assert len(expected) < len(mask)
 
 
+@pytest.mark.parametrize("add, message", [
+    (lambda c: setattr(c.optim, "lr", 1e-3), "config.optim.lr is not a config key; config.optim has b1, b2, "
+     "clip_norm, eps, final_lr_ratio, frozen, image_layer_decay, layer_decay, learning_rate, no_decay, "
+     "text_layer_decay, warmup_steps, weight_decay"),
+    (lambda c: setattr(c.mesh, "dat", 2), "config.mesh.dat is not a config key; did you mean config.mesh.data?"),
+    (lambda c: setattr(c, "optimizer", ml_collections.ConfigDict({"lr": 1.0})),
+     "config.optimizer is not a config key; did you mean config.optim?"),
+    (lambda c: setattr(c, "xyz", 1), "config.xyz is not a config key"),
+])
+def test_a_key_the_defaults_lack_is_a_one_line_error(add, message):
+    """A config file that does not lock its config can add any key; it would be ignored."""
+    config = base_config("clip-tiny", "clip")
+    add(config)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        validate(config)
+
+
 def test_invalid_values_are_one_line_config_errors():
     config = clip_tiny.get_config("test")
     config.loss = "triplet"

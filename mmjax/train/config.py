@@ -7,6 +7,7 @@ error. `validate` checks values before anything is compiled and raises
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 
@@ -164,6 +165,33 @@ def small_for_tests(c: ml_collections.ConfigDict, model: str) -> ml_collections.
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _keys(c: ml_collections.ConfigDict, prefix: str = "config.") -> list[str]:
+    """Every leaf key of `c`, dotted: `config.optim.learning_rate`, …"""
+    return [name for key, value in c.items()
+            for name in (_keys(value, f"{prefix}{key}.") if isinstance(value, ml_collections.ConfigDict)
+                         else [f"{prefix}{key}"])]
+
+
+def _validate_keys(c: ml_collections.ConfigDict) -> None:
+    """A key the defaults lack (set in a config file that does not lock its config, or misspelt there) would be
+    ignored: a one-line error naming it, with the closest key of its section (or the section's keys)."""
+    known = set(_keys(base_config(c.model, c.loss)))
+    sections = {".".join(key.split(".")[:depth]) for key in known for depth in range(1, key.count(".") + 1)}
+    for key in _keys(c):
+        if key in known:
+            continue
+        _require(key not in sections, f"{key} is a section of the config; set its keys, not one value")
+        parts = key.split(".")
+        depth = next(depth for depth in range(2, len(parts) + 1) if ".".join(parts[:depth]) not in sections)
+        unknown, parent = ".".join(parts[:depth]), ".".join(parts[:depth - 1])
+        _require(unknown not in known, f"{unknown} is one value, not a section of the config")
+        siblings = sorted({k[len(parent) + 1:].split(".")[0] for k in known if k.startswith(parent + ".")})
+        close = difflib.get_close_matches(parts[depth - 1], siblings, n=1)
+        hint = (f"; did you mean {parent}.{close[0]}?" if close
+                else f"; {parent} has {', '.join(siblings)}" if parent != "config" else "")
+        raise ConfigError(f"{unknown} is not a config key{hint}")
 
 
 def _plain(value):
@@ -370,6 +398,7 @@ def registered_model(c: ml_collections.ConfigDict):
 def validate(c: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     """Raise `ConfigError` (one line) for a value that cannot work (for a pretrained `c.model`, those that need
     the checkpoint's config are checked by `validate_model` once it is loaded). `workdir`: where the run trains."""
+    _validate_keys(c)
     _validate_pretrained(c, workdir)
     _require(c.loss in LOSSES + (AUTO_LOSS,), f"config.loss={c.loss!r} must be one of {LOSSES + (AUTO_LOSS,)}")
     if c.model in registry.list_models():
