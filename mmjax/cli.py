@@ -248,9 +248,9 @@ def _evaluate(workdir: str, benchmark: str | None, step: int) -> None:
         results = results_json(benchmark, config.model, metrics, extra=extra, task=task,
                                pretrained=workdir)
     output = flags.FLAGS.output or os.path.join(workdir, results_file_name(benchmark))
-    write_results(output, results)
     print(f"{config.model} trained {trained.step} steps in {workdir}: {results['dataset']} ({results['task']})")
-    print(format_table(metrics))
+    print(format_table(metrics), flush=True)  # shown before the file is written: a full disk loses nothing
+    write_results(output, results)
     print(f"results: {output}")
     if flags.FLAGS.figure:
         _write_demo_figure(flags.FLAGS.figure, workdir, encoder, config, image_size)
@@ -290,10 +290,10 @@ def _evaluate_captioner(workdir: str, benchmark: str | None, step: int) -> None:
         extra["captions"] = captions
         default_output = results_file_name(benchmark)
     output = flags.FLAGS.output or os.path.join(workdir, default_output)
+    print(f"{config.model} trained {trained.step} steps in {workdir}: {dataset} ({CAPTIONING_TASK})")
+    print(format_table(metrics), flush=True)  # shown before the file is written: a full disk loses nothing
     write_results(output, results_json(dataset, config.model, metrics, task=CAPTIONING_TASK, pretrained=workdir,
                                        extra=extra))
-    print(f"{config.model} trained {trained.step} steps in {workdir}: {dataset} ({CAPTIONING_TASK})")
-    print(format_table(metrics))
     print(f"results: {output}")
 
 

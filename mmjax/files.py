@@ -1,16 +1,45 @@
-"""Writing a file so that a reader (another process, a restarted run) sees the old one or the whole new one."""
+"""Writing a file so that a reader (another process, a restarted run) sees the old one or the whole new one, and
+an error writing it (a full disk) that names it."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT)  # what a library's own error may carry as the system's message
+
+
+@contextlib.contextmanager
+def naming_the_file(path: str) -> Iterator[None]:
+    """An error writing `path` that does not name it is raised as an `OSError` naming `path`: an `OSError` without a
+    file name (a full disk, met by a write or a flush), or a library's error carrying the system's message for a
+    full disk or quota (safetensors' `SafetensorError`, ArrayRecord's `RuntimeError`)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
+    except Exception as error:
+        code = next((code for code in _WRITE_ERRORS if os.strerror(code) in str(error)), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), path) from None
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """`write(temporary path)` for a temporary file beside `path`, then a rename: never half written."""
+    """`write(temporary path)` for a temporary file beside `path`, then a rename: never half written. When it
+    fails, the temporary file is removed and the error names `path` (`naming_the_file`)."""
     temporary = f"{path}.tmp-{os.getpid()}"
-    write(temporary)
-    os.replace(temporary, path)
+    try:
+        with naming_the_file(path):
+            write(temporary)
+            os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
 
 
 def write_text_atomically(path: str, text: str) -> None:

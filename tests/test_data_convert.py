@@ -413,6 +413,13 @@ def test_top_fraction_keeps_the_ceiling_of_the_exact_share(n):
         assert selection_threshold(scores, None, np.float64(fraction)) == selection_threshold(scores, None, fraction)
 
 
+def test_a_top_fraction_of_nothing_scored_says_why_nothing_was():
+    scores = Scores([None, None, None], Counter({"undecodable_image": 2, "truncated_record": 1}))
+    with pytest.raises(ValueError, match=r"^no pair could be scored \(3 records; skipped: truncated_record 1, "
+                                         r"undecodable_image 2\)$"):
+        selection_threshold(scores, None, 0.5)
+
+
 def test_captions_file_rows_that_do_not_fit_the_header_are_one_line(tmp_path):
     """An unquoted comma cut the caption at it (the rest went to metadata under "null"); a short row or an image
     that is not a path was a raw TypeError."""

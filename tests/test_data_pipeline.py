@@ -574,6 +574,22 @@ def test_data_workers_tokenize_without_a_thread_pool():
         iterator.close()
 
 
+def test_data_smaller_than_one_batch_is_a_one_line_error(tmp_path):
+    """Each batch would hold copies of the same pairs, which a contrastive loss counts as each other's negatives."""
+    from mmjax.data import pipeline
+
+    clean_dir(tmp_path / "a", 3)
+    clean_dir(tmp_path / "b", 4, offset=100)
+    config = base_config("clip-tiny", "clip").data
+    config.name, config.sources, config.weights = "mixture", (str(tmp_path / "a"), str(tmp_path / "b")), (0.5, 0.5)
+    with pytest.raises(ValueError, match=r"^config.data.sources hold 7 records, fewer than one batch of 8 "
+                                         r"\(config.batch_size\): every batch would repeat them; use a smaller "
+                                         r"batch or more data$"):
+        pipeline.config_train_dataset(config, 8, 16, TOKENIZER)
+    iterator = iter(pipeline.config_train_dataset(config, 7, 16, TOKENIZER))
+    assert len(next(iterator)["image"]) == 7
+
+
 @pytest.mark.parametrize("name", ["synthetic", "arrayrecord"])
 def test_the_config_names_the_workers_priority(tmp_path, monkeypatch, name):
     from mmjax.data import pipeline

@@ -1,6 +1,7 @@
 """Embedding search, index files, image loading, free-label classification, and the CLI end to end."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from mmjax.eval.contact_sheet import write_contact_sheet, write_search_sheet
 from mmjax.eval.images import list_images, load_images
 from mmjax.eval.search import Index, format_hits, load_index, save_index, search
 from mmjax.eval.text_files import read_text_lines
+from mmjax.train.workdir import load_trained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(ROOT, "configs", "clip_tiny.py") + ":test"
@@ -249,6 +251,11 @@ def mmjax(*args):
                           timeout=300)
 
 
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, np.float64)
+    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("search") / "run")
@@ -259,8 +266,6 @@ def trained_workdir(tmp_path_factory):
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="on a GPU the run keeps cuDNN's attention")
 def test_a_run_trained_with_cudnn_attention_loads_with_xla_attention_off_a_gpu(trained_workdir, tmp_path):
-    from mmjax.train.workdir import load_trained
-
     copy = tmp_path / "cudnn"
     shutil.copytree(trained_workdir, copy)
     config = json.loads((copy / "config.json").read_text())
@@ -304,8 +309,12 @@ def test_cli_embed_search_sheet_and_classify(trained_workdir, tmp_path):
     assert mmjax("embed", "--model", trained_workdir, str(texts), "--out", text_index).returncode == 0
     image_to_text = mmjax("search", "--index", text_index, "--image", str(tmp_path / "images" / "00.png"), "-k", "9")
     assert image_to_text.returncode == 0, image_to_text.stderr
-    assert sorted(line.split(None, 2)[2] for line in image_to_text.stdout.splitlines()) == [
-        "a blue square", "a green triangle", "a red circle"]
+    image_embeddings = dict(zip(load_index(index).ids, _unit(load_index(index).embeddings)))
+    text_embeddings = dict(zip(load_index(text_index).ids, _unit(load_index(text_index).embeddings)))
+    hits = [line.split(None, 2) for line in image_to_text.stdout.splitlines()]
+    assert sorted(text for _, _, text in hits) == ["a blue square", "a green triangle", "a red circle"]
+    for _, score, text in hits:  # the cosine of the image's and the text's embeddings, from the indexes
+        assert float(score) == pytest.approx(float(image_embeddings["00.png"] @ text_embeddings[text]), abs=1e-4)
     resized = mmjax("search", "--index", text_index, "--text", "a cat", "--image_size", "24")
     assert resized.returncode == 2 and resized.stderr.strip().splitlines() == [  # the refusal alone
         f"mmjax: error: --image_size applies to a pretrained checkpoint; the training workdir {trained_workdir} runs "
@@ -318,14 +327,19 @@ def test_cli_embed_search_sheet_and_classify(trained_workdir, tmp_path):
         f"mmjax: error: --out {tmp_path / 'folder.npz'} is a directory; name the index file (.safetensors or .npz)")
 
     images = [str(tmp_path / "images" / "00.png"), str(tmp_path / "images" / "sub" / "01.png")]
-    classified = mmjax("classify", "--model", trained_workdir, "--labels", "a red circle,a blue square, a cat",
-                       *images)
+    classified = mmjax("classify", "--model", trained_workdir, "--labels",
+                       "a red circle,a blue square, a green triangle", *images)
     assert classified.returncode == 0, classified.stderr
     blocks = classified.stdout.split("\n" + images[1] + "\n")
     assert blocks[0].splitlines()[0] == images[0] and len(blocks) == 2
-    for block in (blocks[0].splitlines()[1:], blocks[1].splitlines()):
-        probabilities = [float(line.split()[0]) for line in block]
-        assert len(probabilities) == 3 and abs(sum(probabilities) - 1) < 1e-3
+    # CLIP's softmax over the labels of the cosines times the run's scale (clamped at 100), in NumPy
+    scale = min(math.exp(float(load_trained(trained_workdir).params["logit_scale"])), 100.0)
+    for block, image_id in zip((blocks[0].splitlines()[1:], blocks[1].splitlines()), ("00.png", "sub/01.png")):
+        got = {label: float(probability) for probability, label in (line.split(None, 1) for line in block)}
+        logits = np.array([scale * image_embeddings[image_id] @ text_embeddings[label] for label in got])
+        want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        np.testing.assert_allclose(list(got.values()), want, atol=1e-4)
+        assert list(got.values()) == sorted(got.values(), reverse=True)
 
 
 def test_search_warns_when_the_index_model_has_trained_on(trained_workdir, tmp_path):

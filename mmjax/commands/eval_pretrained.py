@@ -56,8 +56,8 @@ def evaluate(model, source: str, benchmark: str, *, output: str | None, data_dir
     results = results_json(benchmark, source, metrics, task=task, pretrained=model.format,
                            extra={"processes": jax.process_count(), "image_size": preprocess.size})
     output = output or default_output(source, benchmark, model.image_size)
-    write_results(output, results)
     size = f" at {model.image_size} px" if model.image_size else ""
     print(f"{source} ({model.format} {kind}{size}): {results['dataset']} ({results['task']})")
-    print(format_table(metrics))
+    print(format_table(metrics), flush=True)  # shown before the file is written: a full disk loses nothing
+    write_results(output, results)
     print(f"results: {output}")

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from mmjax.convert.jsonfile import read_json
+from mmjax.files import naming_the_file
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # A transformers model directory's weights, in the order they are looked for; an `.index.json` file maps each
@@ -131,5 +132,6 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
     """Writes `tensors` (contiguous copies) to a safetensors file."""
     from safetensors.numpy import save_file
 
-    save_file({key: np.require(value, requirements="C") for key, value in tensors.items()}, os.fspath(path),
-              metadata=metadata)
+    with naming_the_file(os.fspath(path)):
+        save_file({key: np.require(value, requirements="C") for key, value in tensors.items()}, os.fspath(path),
+                  metadata=metadata)

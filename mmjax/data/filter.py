@@ -131,7 +131,8 @@ def selection_threshold(scores: Scores, threshold: float | None, top_fraction: f
         return threshold
     every = np.sort(np.concatenate([s for s in scores.scores if s is not None] or [np.zeros(0)]))[::-1]
     if not len(every):
-        raise ValueError("no pair could be scored")
+        why = ", ".join(f"{reason} {count}" for reason, count in sorted(scores.skipped.items()))
+        raise ValueError(f"no pair could be scored ({len(scores.scores)} records; skipped: {why or 'none'})")
     # exact decimal arithmetic: in floats, 0.28 × 25 = 7.000000000000001, whose ceiling would keep 8 pairs
     return float(every[math.ceil(Fraction(str(top_fraction)) * len(every)) - 1])
 

@@ -142,6 +142,10 @@ def config_train_dataset(data: ml_collections.ConfigDict, global_batch_size: int
                              worker_priority=data.worker_priority)
     sources = [open_source(spec, data.tfds_split, data.tfds_data_dir or None, data.record_reads)
                for spec in data.sources]
+    records = sum(len(source) for source in sources)
+    if records < global_batch_size:  # each batch would hold copies of one pair, which a contrastive loss contrasts
+        raise ValueError(f"config.data.sources hold {records} records, fewer than one batch of {global_batch_size} "
+                         f"(config.batch_size): every batch would repeat them; use a smaller batch or more data")
     options = DecodeOptions(image_size, data.augment, tuple(data.crop_scale), tuple(data.crop_ratio),
                             data.caption_sampling, data.max_caption_chars)
     return records_train_dataset(sources, tuple(data.weights) if data.name == "mixture" else None, data.seed,

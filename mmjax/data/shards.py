@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from mmjax.data.records import Sample, Skip, encode_record
-from mmjax.files import write_text_atomically
+from mmjax.files import write_atomically, write_text_atomically
 
 INDEX_FILE = "index.json"
 PLAN_FILE = "plan.json"  # what `mmjax data convert` is writing into a directory (`convert._check_plan`)
@@ -97,22 +97,23 @@ def write_shard(directory: str, name: str, samples: Iterable[Sample | Skip], sou
     Returns the marker: {"file", "count", "source", "dropped": {reason: n}}.
     """
     path = os.path.join(directory, name)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    writer = ArrayRecordWriter(temporary, "group_size:1")
     count, dropped = 0, Counter()
-    try:
-        for sample in samples:
-            if isinstance(sample, Skip):
-                dropped[sample.reason] += 1
-                continue
-            writer.write(encode_record(sample))
-            count += 1
-    except BaseException:  # a source that fails part-way (or Ctrl-C) leaves no half-written shard behind
-        writer.close()
-        os.remove(temporary)
-        raise
-    writer.close()
-    os.replace(temporary, path)
+
+    def write(temporary: str) -> None:
+        nonlocal count
+        writer = ArrayRecordWriter(temporary, "group_size:1")
+        try:
+            for sample in samples:
+                if isinstance(sample, Skip):
+                    dropped[sample.reason] += 1
+                else:
+                    writer.write(encode_record(sample))
+                    count += 1
+        finally:
+            writer.close()
+
+    # a source that fails part-way, a full disk (an error naming the shard) or Ctrl-C leaves no half-written shard
+    write_atomically(path, write)
     marker = {"file": name, "count": count, "source": source, "dropped": dict(sorted(dropped.items()))}
     write_text_atomically(path + DONE_SUFFIX, json.dumps(marker, indent=1))
     return marker

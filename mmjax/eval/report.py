@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from mmjax.files import write_text_atomically
+
 SYNTHETIC_TASK = "zeroshot_classification+zeroshot_retrieval"
 
 
@@ -78,10 +80,9 @@ def finite_or_none(value: Any) -> Any:
 
 
 def write_results(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
-    """Writes ``results`` as strict JSON (NaN, e.g. ``acc5`` with < 5 classes, becomes null)."""
-    with open(path, "w") as f:
-        json.dump(finite_or_none(results), f, indent=2, allow_nan=False)
-        f.write("\n")
+    """Writes ``results`` as strict JSON (NaN, e.g. ``acc5`` with < 5 classes, becomes null), whole or not at all
+    (``write_text_atomically``: a full disk leaves the old file, and the error names ``path``)."""
+    write_text_atomically(os.fspath(path), json.dumps(finite_or_none(results), indent=2, allow_nan=False) + "\n")
 
 
 def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:

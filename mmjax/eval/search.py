@@ -30,6 +30,7 @@ from mmjax.eval.images import load_images
 from mmjax.eval.retrieval import blocked_top_k
 from mmjax.eval.text_files import one_line
 from mmjax.eval.zeroshot import l2_normalize
+from mmjax.files import write_atomically
 
 FORMAT = "mmjax-index"
 VERSION = "1"
@@ -100,10 +101,9 @@ def save_index(path: str | os.PathLike, index: Index) -> None:
     check_ids_fit(path, index.ids)
     fields = {name: getattr(index, name) for name in _FIELDS}
     embeddings = np.ascontiguousarray(index.embeddings, np.float32)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(temporary: str) -> None:
         if extension == ".safetensors":
             from safetensors.numpy import save_file
             metadata = {"format": FORMAT, "version": VERSION, "ids": json.dumps(index.ids), **fields}
@@ -113,10 +113,8 @@ def save_index(path: str | os.PathLike, index: Index) -> None:
             with open(temporary, "wb") as f:  # a file object: np.savez would append ".npz" to a name
                 np.savez(f, embeddings=embeddings, ids=ids, format=np.array(FORMAT), version=np.array(VERSION),
                          **{name: np.array(value) for name, value in fields.items()})
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+
+    write_atomically(path, write)
 
 
 def _read(path: str, extension: str) -> tuple[np.ndarray, dict]:

@@ -10,7 +10,7 @@ import jax
 import tqdm
 
 from mmjax.eval.report import finite_or_none
-from mmjax.files import write_text_atomically
+from mmjax.files import naming_the_file, write_text_atomically
 
 
 def _summary_writer(directory: str, **options):
@@ -96,10 +96,12 @@ class MetricsWriter:
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
             return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
-        for name, value in metrics.items():
-            self.tensorboard.add_scalar(f"train/{name}", value, step)
+        with naming_the_file(self.jsonl.name):
+            self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.jsonl.flush()
+        with naming_the_file(self.tensorboard_dir):
+            for name, value in metrics.items():
+                self.tensorboard.add_scalar(f"train/{name}", value, step)
         shown = {k: metrics[k] for k in PROGRESS_METRICS if k in metrics}
         if self.progress.disable:
             print(f"step {step:6d}  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
@@ -112,11 +114,13 @@ class MetricsWriter:
             return
         if self.eval_jsonl is None:
             self.eval_jsonl = open(self.eval_path, "a")
-        self.eval_jsonl.write(json.dumps(finite_or_none({"step": step, **metrics}), allow_nan=False) + "\n")
-        self.eval_jsonl.flush()
-        for name, value in metrics.items():
-            if not name.rpartition("/")[2].startswith(("chance_", "num_")):  # constants stay in the JSON lines
-                self.tensorboard.add_scalar(f"eval/{tensorboard_tag(name)}", value, step)
+        with naming_the_file(self.eval_path):
+            self.eval_jsonl.write(json.dumps(finite_or_none({"step": step, **metrics}), allow_nan=False) + "\n")
+            self.eval_jsonl.flush()
+        with naming_the_file(self.tensorboard_dir):
+            for name, value in metrics.items():
+                if not name.rpartition("/")[2].startswith(("chance_", "num_")):  # constants stay in the JSON lines
+                    self.tensorboard.add_scalar(f"eval/{tensorboard_tag(name)}", value, step)
         shown = [f"{name} {100 * value:.2f} %" if name.rpartition("/")[2] in HEADLINE_METRICS else f"{name} {value:.4f}"
                  for name, value in metrics.items() if name.rpartition("/")[2] in HEADLINE_METRICS + HEADLINE_SCORES]
         self.progress.write(f"eval {step:6d}  " + "  ".join(shown + [f"eval_s {metrics['eval_s']:.3g}"]))
@@ -128,7 +132,8 @@ class MetricsWriter:
         and it flushes the file every 2 minutes): its event file is closed, and later records go to a new one
         (suffix `.<step>`, zero-padded; TensorBoard reads every file in the directory, in name order)."""
         if self.active:
-            self.tensorboard.close()
+            with naming_the_file(self.tensorboard_dir):
+                self.tensorboard.close()
             self.tensorboard = _summary_writer(self.tensorboard_dir, filename_suffix=f".{step:012d}")
 
     def close(self) -> None:
@@ -138,10 +143,13 @@ class MetricsWriter:
         self.closed = True
         self.progress.close()
         if self.active:
-            self.jsonl.close()
+            with naming_the_file(self.jsonl.name):
+                self.jsonl.close()
             if self.eval_jsonl is not None:
-                self.eval_jsonl.close()
-            self.tensorboard.close()
+                with naming_the_file(self.eval_path):
+                    self.eval_jsonl.close()
+            with naming_the_file(self.tensorboard_dir):
+                self.tensorboard.close()
 
 
 def _open_records(path: str, initial_step: int):

@@ -248,17 +248,13 @@ def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
     os.makedirs(workdir, exist_ok=True)
     lock, refused = None, None
     if take:
-        lock = open(os.path.join(workdir, LOCK_FILE), "a+")
+        lock = open(os.path.join(workdir, LOCK_FILE), "a+b", buffering=0)  # unbuffered: a write fails where it is
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            lock.seek(0)
-            lock.truncate()
-            lock.write(str(os.getpid()))
-            lock.flush()
         except OSError as error:
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 lock.seek(0)
-                holder = lock.read().strip() or "unknown"
+                holder = lock.read().decode(errors="replace").strip() or "unknown"
                 refused = ConfigError(f"{workdir} is being trained by another process (pid {holder}); wait for it, "
                                       f"or use another --workdir")
             else:
@@ -266,6 +262,14 @@ def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
                       f"would not be noticed", file=sys.stderr)
             lock.close()
             lock = None
+        else:
+            try:
+                lock.truncate(0)
+                lock.write(str(os.getpid()).encode())
+            except OSError as error:  # a full disk: said in one line, in every process
+                refused = OSError(error.errno, error.strerror, lock.name)
+                lock.close()
+                lock = None
     raise_if_any_failed(refused, jax.process_count())
     try:
         yield
