@@ -165,8 +165,8 @@ def config_to_hf(config: TwoTowerConfig, eot_id: int, pad_id: int, bos_id: int) 
         "vision_config": dict(model_type="clip_vision_model", hidden_size=vision.width,
                               intermediate_size=vision.mlp_dim, num_hidden_layers=vision.depth,
                               num_attention_heads=vision.num_heads, image_size=vision.image_size,
-                              patch_size=vision.patch_size, num_channels=3, hidden_act=hf_activations.TO_HF[opts.activation],
-                              **common),
+                              patch_size=vision.patch_size, num_channels=3,
+                              hidden_act=hf_activations.TO_HF[opts.activation], **common),
     }
 
 
