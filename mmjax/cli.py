@@ -572,7 +572,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
             _fail(chain[-1])
         in_users_code = [link for link in chain if _users_frames(link)]  # (a value ml_collections refused to take
         if in_users_code:                                                 # is raised while handling another error)
-            _fail_in_get_config(in_users_code[-1])
+            _fail_in_get_config(in_users_code[0])
         _fail(error)  # SyntaxError, ImportError: the --config file's own
     except Exception as error:  # noqa: BLE001 - raised by the --config file's get_config(): said where, in one line
         _fail_in_get_config(error)

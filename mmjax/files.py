@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 from collections.abc import Callable, Iterator
 
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT)  # what a library's own error may carry as the system's message
@@ -19,7 +20,7 @@ def naming_the_file(path: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if error.filename is not None:
+        if error.filename is not None or error.errno not in _WRITE_ERRORS:  # (another error: a read of the input)
             raise
         raise OSError(error.errno, error.strerror, path) from None
     except Exception as error:
@@ -30,13 +31,19 @@ def naming_the_file(path: str) -> Iterator[None]:
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """`write(temporary path)` for a temporary file beside `path`, then a rename: never half written. When it
+    """`write(temporary path)` for a temporary file beside `path`, then a rename: never half written. The
+    temporary's name holds the host's name and the process id (`PATH.tmp-HOST-PID`), so that the processes of a
+    multi-host run writing one file on a shared file system (each the same content) do not share one. When it
     fails, the temporary file is removed and the error names `path` (`naming_the_file`)."""
-    temporary = f"{path}.tmp-{os.getpid()}"
+    temporary = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
     try:
         with naming_the_file(path):
             write(temporary)
             os.replace(temporary, path)
+    except OSError as error:
+        if error.filename != temporary:
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)

@@ -228,6 +228,10 @@ def test_input_benchmark_feeds_the_demo_stream_when_asked():
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
         "mmjax: error: --images, --source_px and --record_reads describe the ArrayRecord shards; --data synthetic "
         "draws the demo's stream instead")
+    too_few = subprocess.run([*command[:command.index("--data")], "--images", "4"], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert too_few.returncode == 2 and too_few.stderr.strip().splitlines()[-1] == (
+        "mmjax: error: --images=4 must be at least one batch (8, --batch)")
 
 
 def test_data_benchmark_reads_every_pair_of_the_tar_and_divides_the_two_rates(tmp_path):

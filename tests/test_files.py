@@ -34,7 +34,8 @@ def test_a_librarys_error_carrying_the_systems_full_disk_message_becomes_one_nam
 
 
 @pytest.mark.parametrize("error", [ValueError("bad value"), RuntimeError("open() failed"),
-                                   FileNotFoundError(errno.ENOENT, "No such file or directory", "elsewhere")])
+                                   FileNotFoundError(errno.ENOENT, "No such file or directory", "elsewhere"),
+                                   OSError("cannot write mode F as PNG"), OSError(errno.EIO, "Input/output error")])
 def test_other_errors_pass_unchanged(error):
     with pytest.raises(type(error)) as raised, naming_the_file("d/file"):
         raise error
@@ -70,3 +71,17 @@ def test_training_metrics_that_cannot_be_written_name_their_directory(tmp_path):
     with pytest.raises(OSError) as raised:
         writer.flush(2)
     assert raised.value.filename == str(tmp_path / "tensorboard") and raised.value.errno == errno.ENOSPC
+
+
+def test_results_are_written_through_a_link_and_into_what_is_not_a_file(tmp_path):
+    import json
+
+    from mmjax.eval.report import write_results
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "latest.json").symlink_to(tmp_path / "runs" / "results.json")
+    write_results(tmp_path / "latest.json", {"acc1": 0.5})
+    assert (tmp_path / "latest.json").is_symlink()
+    assert json.loads((tmp_path / "runs" / "results.json").read_text()) == {"acc1": 0.5}
+    write_results(os.devnull, {"acc1": 0.5})  # `--output /dev/stdout` and the like: written to, not replaced
+    assert not os.path.isfile(os.devnull)

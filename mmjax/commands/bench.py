@@ -238,6 +238,8 @@ def _input(_argv: list[str]) -> None:
     config.data.worker_priority = f.worker_priority
     config.data.record_reads = f.record_reads
     images = f.images if f["images"].present else 4096
+    if f.data == "arrayrecord" and images < config.batch_size:
+        raise ValueError(f"--images={images} must be at least one batch ({config.batch_size}, --batch)")
     source_px = f.source_px if f["source_px"].present else None
     result = run_input(config, images, source_px, f.steps, f.rounds, synthetic_stream=f.data == "synthetic")
     result["xla_threads"] = int(os.environ.get("PJRT_NPROC", len(os.sched_getaffinity(0))))

@@ -119,11 +119,12 @@ def write_shard(directory: str, name: str, samples: Iterable[Sample | Skip], sou
     return marker
 
 
-TEMPORARY = re.compile(r"(shard-\d+\.array_record(\.done)?|index\.json|plan\.json)\.tmp-\d+")
+TEMPORARY = re.compile(r"(shard-\d+\.array_record(\.done)?|index\.json|plan\.json)\.tmp-([\w.-]+-)?\d+")
 
 
 def remove_temporaries(directory: str) -> None:
-    """Delete what an interrupted writer left (`shard-….tmp-PID`, `index.json.tmp-PID`, …), and nothing else."""
+    """Delete what an interrupted writer left (`shard-….tmp-HOST-PID`, `index.json.tmp-HOST-PID`, …), and nothing
+    else."""
     for name in os.listdir(directory):
         if TEMPORARY.fullmatch(name):
             os.remove(os.path.join(directory, name))

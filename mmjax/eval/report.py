@@ -81,8 +81,14 @@ def finite_or_none(value: Any) -> Any:
 
 def write_results(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     """Writes ``results`` as strict JSON (NaN, e.g. ``acc5`` with < 5 classes, becomes null), whole or not at all
-    (``write_text_atomically``: a full disk leaves the old file, and the error names ``path``)."""
-    write_text_atomically(os.fspath(path), json.dumps(finite_or_none(results), indent=2, allow_nan=False) + "\n")
+    (``write_text_atomically``: a full disk leaves the old file, and the error names ``path``). A symbolic link
+    is written through; a path that is not a file (``/dev/stdout``, a pipe) is written to as it is."""
+    path, text = os.fspath(path), json.dumps(finite_or_none(results), indent=2, allow_nan=False) + "\n"
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    write_text_atomically(os.path.realpath(path), text)
 
 
 def chance_level(name: str, metrics: Mapping[str, float]) -> float | None:

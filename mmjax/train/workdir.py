@@ -248,7 +248,11 @@ def workdir_lock(workdir: str, take: bool = True) -> Iterator[None]:
     os.makedirs(workdir, exist_ok=True)
     lock, refused = None, None
     if take:
-        lock = open(os.path.join(workdir, LOCK_FILE), "a+b", buffering=0)  # unbuffered: a write fails where it is
+        try:
+            lock = open(os.path.join(workdir, LOCK_FILE), "a+b", buffering=0)  # unbuffered: a write fails where it is
+        except OSError as error:  # a read-only workdir, no inodes left: said in one line, in every process
+            refused = error
+    if lock is not None:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
